@@ -1,0 +1,1 @@
+"""The application shell: settings, wiring, CLI, Postgres schema, event store, outbox, Kafka."""

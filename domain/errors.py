@@ -1,0 +1,35 @@
+"""The domain's exception family: every rule the model enforces fails with one of these."""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    """Base of every error raised by the domain model."""
+
+
+class InvalidAmount(DomainError):
+    """An amount that is not a whole number of minor units, or otherwise not money."""
+
+
+class CurrencyMismatch(DomainError):
+    """Arithmetic or comparison across two currencies."""
+
+
+class InexactConversion(DomainError):
+    """A conversion that would lose minor units."""
+
+
+class InvalidTransition(DomainError):
+    """A command that the payment's current state does not allow."""
+
+
+class RefundExceedsCapture(InvalidTransition):
+    """A refund larger than what is left of the captured amount."""
+
+
+class ConcurrencyConflict(DomainError):
+    """Another writer appended to the stream first (optimistic concurrency)."""
+
+
+class UnknownEventType(DomainError):
+    """A stored or received event whose type this version of the model does not know."""

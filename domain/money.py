@@ -1,0 +1,127 @@
+"""Money: integer minor units of one currency or token, never floats.
+
+A `Currency` is either a fiat currency (EUR, 2 decimals) or an on-chain token (EURe, 18 decimals;
+USDCe, 6 decimals). Arithmetic is only defined within one currency; converting between a token's
+base units and its fiat minor units is explicit and exact (or says it is not).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+from domain.errors import CurrencyMismatch, InexactConversion, InvalidAmount
+
+
+@dataclass(frozen=True, slots=True)
+class Currency:
+    """A unit of account: `code` names it (EUR, EURe, USDCe), `decimals` sets its minor unit."""
+
+    code: str
+    decimals: int
+
+    def __post_init__(self) -> None:
+        if not self.code or not self.code.isprintable() or " " in self.code:
+            raise InvalidAmount(f"currency code {self.code!r} is not a short printable name")
+        if not 0 <= self.decimals <= 36:
+            raise InvalidAmount(f"{self.code}: decimals {self.decimals} outside 0..36")
+
+    def __str__(self) -> str:
+        return self.code
+
+
+@dataclass(frozen=True, slots=True, order=False)
+class Money:
+    """An exact amount: `units` minor units (base units for a token) of `currency`."""
+
+    units: int
+    currency: Currency
+
+    def __post_init__(self) -> None:
+        # bool is an int subclass; a float must never sneak in as an amount.
+        if type(self.units) is not int:
+            raise InvalidAmount(
+                f"amount must be an int of minor units, got {type(self.units).__name__}"
+            )
+
+    @classmethod
+    def zero(cls, currency: Currency) -> Money:
+        return cls(0, currency)
+
+    @classmethod
+    def parse(cls, text: str, currency: Currency) -> Money:
+        """Parse a decimal string in major units ("8.50") exactly; too many decimals is an error."""
+        try:
+            value = Decimal(text)
+        except ArithmeticError as exc:
+            raise InvalidAmount(f"{text!r} is not a decimal amount") from exc
+        if not value.is_finite():
+            raise InvalidAmount(f"{text!r} is not a finite amount")
+        scaled = value.scaleb(currency.decimals)
+        if scaled != scaled.to_integral_value():
+            raise InvalidAmount(f"{text!r} has more than {currency.decimals} decimals for {currency}")
+        return cls(int(scaled), currency)
+
+    def _same(self, other: Money) -> None:
+        if self.currency != other.currency:
+            raise CurrencyMismatch(f"cannot combine {self.currency} with {other.currency}")
+
+    def __add__(self, other: Money) -> Money:
+        self._same(other)
+        return Money(self.units + other.units, self.currency)
+
+    def __sub__(self, other: Money) -> Money:
+        self._same(other)
+        return Money(self.units - other.units, self.currency)
+
+    def __neg__(self) -> Money:
+        return Money(-self.units, self.currency)
+
+    def __lt__(self, other: Money) -> bool:
+        self._same(other)
+        return self.units < other.units
+
+    def __le__(self, other: Money) -> bool:
+        self._same(other)
+        return self.units <= other.units
+
+    def __gt__(self, other: Money) -> bool:
+        self._same(other)
+        return self.units > other.units
+
+    def __ge__(self, other: Money) -> bool:
+        self._same(other)
+        return self.units >= other.units
+
+    @property
+    def is_zero(self) -> bool:
+        return self.units == 0
+
+    @property
+    def is_negative(self) -> bool:
+        return self.units < 0
+
+    def to_decimal(self) -> Decimal:
+        return Decimal(self.units).scaleb(-self.currency.decimals)
+
+    def __str__(self) -> str:
+        return f"{self.to_decimal():f} {self.currency}"
+
+    def convert(self, to: Currency, *, exact: bool = True) -> Money:
+        """Re-express the amount with `to`'s decimals (1 EURe == 1 EUR, a token pegged to its fiat).
+
+        Going to fewer decimals must be exact unless `exact=False`, which truncates toward zero.
+        """
+        shift = to.decimals - self.currency.decimals
+        if shift >= 0:
+            return Money(self.units * 10**shift, to)
+        factor = 10**-shift
+        quotient, remainder = divmod(abs(self.units), factor)
+        if remainder and exact:
+            raise InexactConversion(f"{self} cannot be expressed exactly in {to}")
+        return Money(quotient if self.units >= 0 else -quotient, to)
+
+
+EUR = Currency("EUR", 2)
+GBP = Currency("GBP", 2)
+USD = Currency("USD", 2)

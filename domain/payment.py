@@ -1,0 +1,251 @@
+"""The Payment aggregate: one card payment from authorization to settlement.
+
+Command methods check the invariants and record past-tense events; state changes only in `_apply`.
+Invariants:
+- refunds (requested and confirmed together) never exceed what was spent on chain;
+- the hold resolves at most once (posted by clearing, or voided by a reversal);
+- a terminal payment (reversed) accepts no further command.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+from domain import commands as c
+from domain import events as e
+from domain.errors import InvalidTransition, RefundExceedsCapture
+from domain.money import Money
+
+
+class Status(enum.StrEnum):
+    NEW = "new"
+    AUTHORIZED = "authorized"
+    HELD = "held"
+    CLEARED = "cleared"
+    SETTLED = "settled"
+    REVERSED = "reversed"
+
+
+class Hold(enum.StrEnum):
+    NONE = "none"
+    PENDING = "pending"
+    POSTED = "posted"
+    VOIDED = "voided"
+
+
+TERMINAL = frozenset({Status.REVERSED})
+
+
+@dataclass(slots=True)
+class _Refund:
+    amount: Money
+    tx_hash: str | None = None
+    confirmed: bool = False
+
+
+class Payment:
+    def __init__(self, payment_id: str) -> None:
+        self.id = payment_id
+        self.version = 0
+        self.status = Status.NEW
+        self.hold = Hold.NONE
+        self.account: str | None = None
+        self.authorized: Money | None = None
+        self.spent: Money | None = None
+        self.cleared: Money | None = None
+        self.refunds: dict[str, _Refund] = {}
+        self.pending_events: list[e.DomainEvent] = []
+
+    # -- reconstitution -------------------------------------------------------------------------
+    @classmethod
+    def rehydrate(cls, payment_id: str, history: list[e.DomainEvent]) -> Payment:
+        payment = cls(payment_id)
+        for event in history:
+            payment._apply(event)
+        return payment
+
+    # -- derived figures ------------------------------------------------------------------------
+    @property
+    def refunded(self) -> Money | None:
+        """Refunds confirmed on chain."""
+        return self._sum(r.amount for r in self.refunds.values() if r.confirmed)
+
+    @property
+    def committed_refunds(self) -> Money | None:
+        """Refunds confirmed plus those still in flight: what is no longer refundable."""
+        return self._sum(r.amount for r in self.refunds.values())
+
+    def _sum(self, amounts: Any) -> Money | None:
+        if self.spent is None:
+            return None
+        total = Money.zero(self.spent.currency)
+        for amount in amounts:
+            total = total + amount
+        return total
+
+    @property
+    def refundable(self) -> Money | None:
+        if self.spent is None or self.committed_refunds is None:
+            return None
+        return self.spent - self.committed_refunds
+
+    # -- commands -------------------------------------------------------------------------------
+    def authorize(self, cmd: c.AuthorizePayment) -> None:
+        self._require(Status.NEW)
+        self._positive(cmd.amount)
+        self._record(
+            e.PaymentAuthorized,
+            cmd,
+            account=cmd.account,
+            amount=cmd.amount,
+            merchant=cmd.merchant,
+            mcc=cmd.mcc,
+            expires_at=cmd.expires_at,
+        )
+
+    def confirm_spend(self, cmd: c.ConfirmSpend) -> None:
+        """The spend log was seen. A payment seen first on chain (observer mode) starts here."""
+        self._require(Status.NEW, Status.AUTHORIZED)
+        self._positive(cmd.amount)
+        if self.authorized is not None:
+            if cmd.amount.currency != self.authorized.currency:
+                raise InvalidTransition(
+                    f"payment {self.id}: spent {cmd.amount.currency}, "
+                    f"authorized {self.authorized.currency}"
+                )
+            if cmd.amount > self.authorized:
+                raise InvalidTransition(
+                    f"payment {self.id}: spend {cmd.amount} exceeds authorized {self.authorized}"
+                )
+        self._record(e.PaymentSpent, cmd, account=cmd.account, amount=cmd.amount,
+                     evidence=cmd.evidence)
+
+    def clear(self, cmd: c.ClearPayment) -> None:
+        self._require(Status.HELD)
+        assert self.spent is not None
+        self._positive(cmd.amount)
+        if cmd.amount.currency != self.spent.currency:
+            raise InvalidTransition(f"payment {self.id}: clearing in another currency")
+        self._record(e.PaymentCleared, cmd, amount=cmd.amount)
+
+    def reverse(self, cmd: c.ReversePayment) -> None:
+        self._require(Status.AUTHORIZED, Status.HELD)
+        self._record(e.PaymentReversed, cmd, reason=cmd.reason)
+
+    def request_refund(self, cmd: c.RequestRefund) -> None:
+        self._require(Status.HELD, Status.CLEARED, Status.SETTLED)
+        self._positive(cmd.amount)
+        if cmd.refund_id in self.refunds:
+            raise InvalidTransition(f"payment {self.id}: refund {cmd.refund_id} already requested")
+        refundable = self.refundable
+        assert refundable is not None
+        if cmd.amount.currency != refundable.currency or cmd.amount > refundable:
+            raise RefundExceedsCapture(
+                f"payment {self.id}: refund {cmd.amount} exceeds refundable {refundable}"
+            )
+        self._record(e.RefundRequested, cmd, refund_id=cmd.refund_id, amount=cmd.amount,
+                     reason=cmd.reason)
+
+    def record_refund_submission(self, cmd: c.RecordRefundSubmission) -> None:
+        refund = self._open_refund(cmd.refund_id)
+        if refund.tx_hash is not None:
+            raise InvalidTransition(f"refund {cmd.refund_id} already submitted in {refund.tx_hash}")
+        self._record(e.RefundSubmitted, cmd, refund_id=cmd.refund_id, tx_hash=cmd.tx_hash)
+
+    def confirm_refund(self, cmd: c.ConfirmRefund) -> None:
+        refund = self._open_refund(cmd.refund_id)
+        if cmd.amount != refund.amount:
+            raise InvalidTransition(
+                f"refund {cmd.refund_id}: chain shows {cmd.amount}, requested {refund.amount}"
+            )
+        self._record(e.PaymentRefunded, cmd, refund_id=cmd.refund_id, amount=cmd.amount,
+                     evidence=cmd.evidence)
+
+    def settle(self, cmd: c.SettlePayment) -> None:
+        self._require(Status.CLEARED)
+        self._record(e.PaymentSettled, cmd, batch_id=cmd.batch_id)
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _open_refund(self, refund_id: str) -> _Refund:
+        self._require(Status.HELD, Status.CLEARED, Status.SETTLED)
+        refund = self.refunds.get(refund_id)
+        if refund is None:
+            raise InvalidTransition(f"payment {self.id}: no refund {refund_id} was requested")
+        if refund.confirmed:
+            raise InvalidTransition(f"payment {self.id}: refund {refund_id} already confirmed")
+        return refund
+
+    def _require(self, *allowed: Status) -> None:
+        if self.status not in allowed:
+            raise InvalidTransition(
+                f"payment {self.id} is {self.status.value}; "
+                f"needs {' or '.join(s.value for s in allowed)}"
+            )
+
+    @staticmethod
+    def _positive(amount: Money) -> None:
+        if amount.units <= 0:
+            raise InvalidTransition(f"amount must be positive, got {amount}")
+
+    def _record(self, cls: type[e.DomainEvent], cmd: c.Command, **fields: Any) -> None:
+        event = cls(
+            stream_id=self.id,
+            version=self.version + 1,
+            occurred_at=cmd.at,
+            correlation_id=cmd.correlation_id or cmd.command_id,
+            causation_id=cmd.command_id,
+            **fields,
+        )
+        self._apply(event)
+        self.pending_events.append(event)
+
+    def _apply(self, event: e.DomainEvent) -> None:
+        match event:
+            case e.PaymentAuthorized():
+                self.status, self.account, self.authorized = (
+                    Status.AUTHORIZED, event.account, event.amount)
+            case e.PaymentSpent():
+                self.status, self.hold = Status.HELD, Hold.PENDING
+                self.account, self.spent = event.account, event.amount
+            case e.PaymentCleared():
+                self.status, self.hold, self.cleared = Status.CLEARED, Hold.POSTED, event.amount
+            case e.PaymentReversed():
+                self.status = Status.REVERSED
+                if self.hold is Hold.PENDING:
+                    self.hold = Hold.VOIDED
+            case e.RefundRequested():
+                self.refunds[event.refund_id] = _Refund(event.amount)
+            case e.RefundSubmitted():
+                self.refunds[event.refund_id].tx_hash = event.tx_hash
+            case e.PaymentRefunded():
+                self.refunds[event.refund_id].confirmed = True
+            case e.PaymentSettled():
+                self.status = Status.SETTLED
+            case _:
+                raise InvalidTransition(f"payment cannot apply {type(event).__name__}")
+        self.version = event.version
+
+
+def handle(payment: Payment, cmd: c.Command) -> None:
+    """Dispatch a command to the aggregate method that decides it."""
+    match cmd:
+        case c.AuthorizePayment():
+            payment.authorize(cmd)
+        case c.ConfirmSpend():
+            payment.confirm_spend(cmd)
+        case c.ClearPayment():
+            payment.clear(cmd)
+        case c.ReversePayment():
+            payment.reverse(cmd)
+        case c.RequestRefund():
+            payment.request_refund(cmd)
+        case c.RecordRefundSubmission():
+            payment.record_refund_submission(cmd)
+        case c.ConfirmRefund():
+            payment.confirm_refund(cmd)
+        case c.SettlePayment():
+            payment.settle(cmd)
+        case _:
+            raise InvalidTransition(f"unknown command {type(cmd).__name__}")

@@ -1,0 +1,1 @@
+"""Chain to commands: JSON-RPC client, range planning, log decoding, classification, cursor."""

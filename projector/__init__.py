@@ -1,0 +1,1 @@
+"""Event feed consumers that maintain read models, and the finance queries over them."""
