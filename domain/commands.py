@@ -70,3 +70,19 @@ class ConfirmRefund(Command):
 @dataclass(frozen=True, kw_only=True)
 class SettlePayment(Command):
     batch_id: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecordSettlementTransfer:
+    """A transfer out of the issuer's settlement account was seen on chain (a refund/reversal).
+
+    Not addressed to a payment: the chain does not say which payment it refunds. The handler matches
+    it to a submitted refund by transaction, recipient, token and amount.
+    """
+
+    command_id: str
+    at: datetime
+    recipient: str
+    token: str
+    amount: Money
+    evidence: ChainEvidence

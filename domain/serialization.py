@@ -7,7 +7,6 @@ Money becomes {"units": "<int as string>", "currency": code, "decimals": n}: amo
 from __future__ import annotations
 
 import dataclasses
-import functools
 import typing
 from datetime import datetime
 from typing import Any
@@ -20,9 +19,14 @@ _ENVELOPE = frozenset(f.name for f in dataclasses.fields(DomainEvent))
 EVENT_TYPES: dict[str, type[DomainEvent]] = {cls.__name__: cls for cls in PAYMENT_EVENTS}
 
 
-@functools.cache
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
 def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+    hints = _HINTS.get(cls)
+    if hints is None:
+        hints = _HINTS[cls] = typing.get_type_hints(cls)
+    return hints
 
 
 def _dump(value: Any) -> Any:

@@ -1,0 +1,1 @@
+"""PostgreSQL: schema, engine, migrations, and the embedded server for local runs and tests."""

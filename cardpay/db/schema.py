@@ -1,0 +1,120 @@
+"""Table definitions for SQLAlchemy Core queries. The migrations in cardpay/migrations create them.
+
+Token amounts are NUMERIC(78, 0): a uint256 in base units, exact.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Identity,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Numeric,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = MetaData()
+Amount = Numeric(78, 0)
+
+events = Table(
+    "events",
+    metadata,
+    Column("stream_id", Text, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("position", BigInteger, Identity(always=False), nullable=False, unique=True),
+    Column("type", Text, nullable=False),
+    Column("data", JSONB, nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("stream_id", "version"),
+)
+
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", BigInteger, Identity(always=False), primary_key=True),
+    Column("topic", Text, nullable=False),
+    Column("key", Text, nullable=False),
+    Column("value", LargeBinary, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("published_at", DateTime(timezone=True)),
+)
+
+consumer_positions = Table(
+    "consumer_positions",
+    metadata,
+    Column("consumer", Text, nullable=False),
+    Column("source", Text, nullable=False),
+    Column("position", BigInteger, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("consumer", "source"),
+)
+
+processed_commands = Table(
+    "processed_commands",
+    metadata,
+    Column("command_id", Text, primary_key=True),
+    Column("outcome", Text, nullable=False),
+    Column("processed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+chain_cursor = Table(
+    "chain_cursor",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("block_number", BigInteger, nullable=False),
+    Column("block_hash", Text, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+quarantine = Table(
+    "quarantine",
+    metadata,
+    Column("id", BigInteger, Identity(always=False), primary_key=True),
+    Column("source", Text, nullable=False),
+    Column("key", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("payload", JSONB, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    UniqueConstraint("source", "key"),
+)
+
+expected_refunds = Table(
+    "expected_refunds",
+    metadata,
+    Column("tx_hash", Text, nullable=False),
+    Column("to_address", Text, nullable=False),
+    Column("token", Text, nullable=False),
+    Column("amount", Amount, nullable=False),
+    Column("payment_id", Text, nullable=False),
+    Column("refund_id", Text, nullable=False),
+    Column("matched_by", Text),
+    PrimaryKeyConstraint("payment_id", "refund_id"),
+)
+Index("expected_refunds_lookup", expected_refunds.c.tx_hash, expected_refunds.c.to_address)
+
+rm_payments = Table(
+    "rm_payments",
+    metadata,
+    Column("payment_id", Text, primary_key=True),
+    Column("account", Text),
+    Column("currency", Text),
+    Column("decimals", Integer),
+    Column("status", Text, nullable=False),
+    Column("authorized", Amount),
+    Column("spent", Amount, nullable=False, server_default="0"),
+    Column("cleared", Amount),
+    Column("refunded", Amount, nullable=False, server_default="0"),
+    Column("spend_tx", Text),
+    Column("last_version", Integer, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)

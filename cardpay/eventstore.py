@@ -1,0 +1,168 @@
+"""Event stores: `PostgresEventStore` (the real one) and `InMemoryEventStore` (for fast tests).
+
+Ordering guarantee (docs/adr/0002-event-store-ordering.md): a writer takes
+`LOCK TABLE events IN EXCLUSIVE MODE` before inserting and keeps it until commit, so global positions
+are assigned in commit order. A reader that asks for "positions after the last one I saw" can never
+skip an event that commits later with a lower position, because no such event can exist. The lock
+blocks other writers only (EXCLUSIVE does not conflict with the ACCESS SHARE that readers take).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, insert, select, text
+from sqlalchemy.exc import IntegrityError
+
+from cardpay.db.schema import events as events_table
+from cardpay.db.schema import outbox as outbox_table
+from cardpay.messages import encode_event
+from domain.errors import ConcurrencyConflict
+from domain.events import DomainEvent, RecordedEvent
+from domain.serialization import from_recorded, to_data
+
+PK_VIOLATION = "events_pkey"
+
+
+def _check_sequence(current: int, new: Sequence[DomainEvent]) -> None:
+    expected = current + 1
+    for event in new:
+        if event.version != expected:
+            raise ConcurrencyConflict(
+                f"stream {event.stream_id}: expected version {expected}, got {event.version}"
+            )
+        expected += 1
+
+
+class PostgresEventStore:
+    """Event store on one open connection: the caller's transaction is the unit of work.
+
+    With `outbox_topic` set, every appended event also gets an outbox row in the same transaction.
+    """
+
+    def __init__(self, conn: Connection, *, outbox_topic: str | None = None) -> None:
+        self._conn = conn
+        self._outbox_topic = outbox_topic
+
+    def load(self, stream_id: str) -> list[DomainEvent]:
+        return [from_recorded(r) for r in self.load_recorded(stream_id)]
+
+    def load_recorded(self, stream_id: str) -> list[RecordedEvent]:
+        rows = self._conn.execute(
+            select(events_table)
+            .where(events_table.c.stream_id == stream_id)
+            .order_by(events_table.c.version)
+        )
+        return [_recorded(row._mapping) for row in rows]
+
+    def append(self, new: Sequence[DomainEvent]) -> list[RecordedEvent]:
+        if not new:
+            return []
+        by_stream: dict[str, list[DomainEvent]] = {}
+        for event in new:
+            by_stream.setdefault(event.stream_id, []).append(event)
+        self._conn.execute(text("LOCK TABLE events IN EXCLUSIVE MODE"))
+        for stream_id, stream_events in by_stream.items():
+            current = self._conn.execute(
+                text("SELECT coalesce(max(version), 0) FROM events WHERE stream_id = :s"),
+                {"s": stream_id},
+            ).scalar_one()
+            _check_sequence(int(current), stream_events)
+        rows: list[dict[str, Any]] = [
+            {
+                "stream_id": e.stream_id,
+                "version": e.version,
+                "type": type(e).__name__,
+                "data": to_data(e),
+            }
+            for e in new
+        ]
+        try:
+            result = self._conn.execute(
+                insert(events_table).returning(
+                    events_table.c.position,
+                    events_table.c.recorded_at,
+                    sort_by_parameter_order=True,
+                ),
+                rows,
+            )
+        except IntegrityError as exc:  # pragma: no cover - the version check above runs first
+            raise ConcurrencyConflict(str(exc.orig)) from exc
+        recorded = [
+            RecordedEvent(
+                stream_id=row["stream_id"],
+                version=row["version"],
+                position=int(position),
+                type=row["type"],
+                data=row["data"],
+                recorded_at=recorded_at,
+            )
+            for row, (position, recorded_at) in zip(rows, result.all(), strict=True)
+        ]
+        if self._outbox_topic is not None:
+            self._conn.execute(
+                insert(outbox_table),
+                [
+                    {"topic": self._outbox_topic, "key": r.stream_id, "value": encode_event(r)}
+                    for r in recorded
+                ],
+            )
+        return recorded
+
+    def read_after(self, position: int, limit: int) -> list[RecordedEvent]:
+        rows = self._conn.execute(
+            select(events_table)
+            .where(events_table.c.position > position)
+            .order_by(events_table.c.position)
+            .limit(limit)
+        )
+        return [_recorded(row._mapping) for row in rows]
+
+
+def _recorded(row: Any) -> RecordedEvent:
+    return RecordedEvent(
+        stream_id=row["stream_id"],
+        version=int(row["version"]),
+        position=int(row["position"]),
+        type=row["type"],
+        data=row["data"],
+        recorded_at=row["recorded_at"],
+    )
+
+
+class InMemoryEventStore:
+    """The same contract in memory; append is atomic per call."""
+
+    def __init__(self) -> None:
+        self._log: list[RecordedEvent] = []
+        self._streams: dict[str, list[RecordedEvent]] = {}
+
+    def load(self, stream_id: str) -> list[DomainEvent]:
+        return [from_recorded(r) for r in self._streams.get(stream_id, [])]
+
+    def append(self, new: Sequence[DomainEvent]) -> list[RecordedEvent]:
+        by_stream: dict[str, list[DomainEvent]] = {}
+        for event in new:
+            by_stream.setdefault(event.stream_id, []).append(event)
+        for stream_id, stream_events in by_stream.items():
+            _check_sequence(len(self._streams.get(stream_id, [])), stream_events)
+        recorded = []
+        now = datetime.now(UTC)
+        for event in new:
+            r = RecordedEvent(
+                stream_id=event.stream_id,
+                version=event.version,
+                position=len(self._log) + 1,
+                type=type(event).__name__,
+                data=to_data(event),
+                recorded_at=now,
+            )
+            self._log.append(r)
+            self._streams.setdefault(event.stream_id, []).append(r)
+            recorded.append(r)
+        return recorded
+
+    def read_after(self, position: int, limit: int) -> list[RecordedEvent]:
+        return self._log[position : position + limit]

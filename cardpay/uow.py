@@ -1,0 +1,237 @@
+"""The Postgres Unit of Work: one connection, one transaction, every table a consumer touches.
+
+Events, outbox rows, read-model rows, quarantine rows and the consumer's position (feed offsets or
+the chain cursor) are written through one of these and commit together or not at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Engine, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from cardpay.db import schema as s
+from cardpay.eventstore import PostgresEventStore
+from listener.ports import Cursor
+from projector.payments import PaymentRow
+
+
+@dataclass(frozen=True, slots=True)
+class ExpectedRefund:
+    payment_id: str
+    refund_id: str
+    tx_hash: str
+    to_address: str
+    token: str
+    amount: int
+
+
+class PostgresUnitOfWork:
+    def __init__(self, engine: Engine, *, outbox_topic: str | None = None) -> None:
+        self._engine = engine
+        self._outbox_topic = outbox_topic
+        self._conn: Connection | None = None
+
+    # -- transaction ----------------------------------------------------------------------------
+    def __enter__(self) -> PostgresUnitOfWork:
+        self._conn = self._engine.connect()
+        self._conn.begin()
+        self.events = PostgresEventStore(self._conn, outbox_topic=self._outbox_topic)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            if conn.in_transaction():
+                conn.rollback()
+            conn.close()
+
+    @property
+    def conn(self) -> Connection:
+        if self._conn is None:
+            raise RuntimeError("unit of work used outside its `with` block")
+        return self._conn
+
+    def commit(self) -> None:
+        self.conn.commit()
+
+    def rollback(self) -> None:
+        self.conn.rollback()
+        self.conn.begin()
+
+    # -- consumer positions ---------------------------------------------------------------------
+    def load_positions(self, consumer: str) -> dict[str, int]:
+        rows = self.conn.execute(
+            select(s.consumer_positions.c.source, s.consumer_positions.c.position).where(
+                s.consumer_positions.c.consumer == consumer
+            )
+        )
+        return {source: int(position) for source, position in rows}
+
+    def save_positions(self, consumer: str, positions: Mapping[str, int]) -> None:
+        if not positions:
+            return
+        stmt = pg_insert(s.consumer_positions).values(
+            [{"consumer": consumer, "source": k, "position": v} for k, v in positions.items()]
+        )
+        self.conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["consumer", "source"],
+                set_={"position": stmt.excluded.position, "updated_at": func.now()},
+            )
+        )
+
+    # -- idempotent commands --------------------------------------------------------------------
+    def is_processed(self, command_id: str) -> bool:
+        return (
+            self.conn.execute(
+                select(s.processed_commands.c.command_id).where(
+                    s.processed_commands.c.command_id == command_id
+                )
+            ).first()
+            is not None
+        )
+
+    def claim_command(self, command_id: str, outcome: str) -> bool:
+        """Record the command as processed; False when it already was (a duplicate delivery)."""
+        result = self.conn.execute(
+            pg_insert(s.processed_commands)
+            .values(command_id=command_id, outcome=outcome)
+            .on_conflict_do_nothing(index_elements=["command_id"])
+        )
+        return result.rowcount == 1
+
+    # -- quarantine -----------------------------------------------------------------------------
+    def quarantine(self, source: str, key: str, reason: str, payload: dict[str, Any]) -> None:
+        self.conn.execute(
+            pg_insert(s.quarantine)
+            .values(source=source, key=key, reason=reason, payload=payload)
+            .on_conflict_do_nothing(constraint="quarantine_source_key")
+        )
+
+    def quarantined(self, source_prefix: str = "") -> list[dict[str, Any]]:
+        rows = self.conn.execute(
+            select(s.quarantine)
+            .where(s.quarantine.c.source.startswith(source_prefix))
+            .order_by(s.quarantine.c.id)
+        )
+        return [dict(r._mapping) for r in rows]
+
+    # -- chain cursor ---------------------------------------------------------------------------
+    def load_cursor(self, name: str) -> Cursor | None:
+        row = self.conn.execute(
+            select(s.chain_cursor.c.block_number, s.chain_cursor.c.block_hash).where(
+                s.chain_cursor.c.name == name
+            )
+        ).first()
+        return None if row is None else Cursor(int(row[0]), str(row[1]))
+
+    def save_cursor(self, name: str, cursor: Cursor) -> None:
+        stmt = pg_insert(s.chain_cursor).values(
+            name=name, block_number=cursor.block_number, block_hash=cursor.block_hash
+        )
+        self.conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["name"],
+                set_={
+                    "block_number": stmt.excluded.block_number,
+                    "block_hash": stmt.excluded.block_hash,
+                    "updated_at": func.now(),
+                },
+            )
+        )
+
+    # -- refunds awaiting their on-chain transfer -----------------------------------------------
+    def expect_refund(self, refund: ExpectedRefund) -> None:
+        self.conn.execute(
+            pg_insert(s.expected_refunds).values(
+                payment_id=refund.payment_id,
+                refund_id=refund.refund_id,
+                tx_hash=refund.tx_hash.lower(),
+                to_address=refund.to_address.lower(),
+                token=refund.token.lower(),
+                amount=refund.amount,
+            )
+        )
+
+    def match_refund(
+        self, tx_hash: str, to_address: str, token: str, amount: int, log_key: str
+    ) -> ExpectedRefund | None:
+        """Claim the one unmatched expected refund this transfer confirms (None if there is none)."""
+        t = s.expected_refunds
+        candidate = (
+            select(t.c.payment_id, t.c.refund_id)
+            .where(
+                t.c.tx_hash == tx_hash.lower(),
+                t.c.to_address == to_address.lower(),
+                t.c.token == token.lower(),
+                t.c.amount == amount,
+                t.c.matched_by.is_(None),
+            )
+            .limit(1)
+            .with_for_update()
+        )
+        row = self.conn.execute(candidate).first()
+        if row is None:
+            return None
+        self.conn.execute(
+            update(t)
+            .where(t.c.payment_id == row[0], t.c.refund_id == row[1])
+            .values(matched_by=log_key)
+        )
+        return ExpectedRefund(row[0], row[1], tx_hash, to_address, token, amount)
+
+    # -- payments read model --------------------------------------------------------------------
+    def get_payments(self, payment_ids: list[str]) -> dict[str, PaymentRow]:
+        if not payment_ids:
+            return {}
+        rows = self.conn.execute(
+            select(s.rm_payments).where(s.rm_payments.c.payment_id.in_(payment_ids))
+        )
+        return {r.payment_id: _payment_row(r._mapping) for r in rows}
+
+    def put_payments(self, rows: list[PaymentRow]) -> None:
+        if not rows:
+            return
+        values = [
+            {
+                "payment_id": r.payment_id,
+                "account": r.account,
+                "currency": r.currency,
+                "decimals": r.decimals,
+                "status": r.status,
+                "authorized": r.authorized,
+                "spent": r.spent,
+                "cleared": r.cleared,
+                "refunded": r.refunded,
+                "spend_tx": r.spend_tx,
+                "last_version": r.last_version,
+            }
+            for r in rows
+        ]
+        stmt = pg_insert(s.rm_payments).values(values)
+        updatable = {k: stmt.excluded[k] for k in values[0] if k != "payment_id"}
+        self.conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["payment_id"], set_={**updatable, "updated_at": func.now()}
+            )
+        )
+
+
+def _payment_row(m: Any) -> PaymentRow:
+    return PaymentRow(
+        payment_id=m["payment_id"],
+        status=m["status"],
+        last_version=int(m["last_version"]),
+        account=m["account"],
+        currency=m["currency"],
+        decimals=m["decimals"],
+        authorized=None if m["authorized"] is None else int(m["authorized"]),
+        spent=int(m["spent"]),
+        cleared=None if m["cleared"] is None else int(m["cleared"]),
+        refunded=int(m["refunded"]),
+        spend_tx=m["spend_tx"],
+    )

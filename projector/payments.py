@@ -1,0 +1,69 @@
+"""The `payments` read model: one row per payment, evolved by its events (pure functions).
+
+Applying an event whose version the row already has is a no-op (feeds deliver at least once). An
+event that skips a version is refused with `OutOfOrder`; the runner quarantines it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from domain import events as e
+
+
+class OutOfOrder(Exception):
+    """An event that does not follow the row's last version."""
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentRow:
+    payment_id: str
+    status: str
+    last_version: int
+    account: str | None = None
+    currency: str | None = None
+    decimals: int | None = None
+    authorized: int | None = None
+    spent: int = 0
+    cleared: int | None = None
+    refunded: int = 0
+    spend_tx: str | None = None
+
+
+def is_duplicate(row: PaymentRow | None, event: e.DomainEvent) -> bool:
+    return row is not None and event.version <= row.last_version
+
+
+def evolve(row: PaymentRow | None, event: e.DomainEvent) -> PaymentRow:
+    expected = 1 if row is None else row.last_version + 1
+    if event.version != expected:
+        raise OutOfOrder(
+            f"payment {event.stream_id}: got version {event.version}, expected {expected}"
+        )
+    if row is None:
+        row = PaymentRow(payment_id=event.stream_id, status="new", last_version=0)
+    row = dataclasses.replace(row, last_version=event.version)
+    match event:
+        case e.PaymentAuthorized():
+            return dataclasses.replace(
+                row, status="authorized", account=event.account,
+                currency=event.amount.currency.code, decimals=event.amount.currency.decimals,
+                authorized=event.amount.units,
+            )
+        case e.PaymentSpent():
+            return dataclasses.replace(
+                row, status="held", account=event.account,
+                currency=event.amount.currency.code, decimals=event.amount.currency.decimals,
+                spent=event.amount.units, spend_tx=event.evidence.tx_hash,
+            )
+        case e.PaymentCleared():
+            return dataclasses.replace(row, status="cleared", cleared=event.amount.units)
+        case e.PaymentReversed():
+            return dataclasses.replace(row, status="reversed")
+        case e.PaymentRefunded():
+            return dataclasses.replace(row, refunded=row.refunded + event.amount.units)
+        case e.PaymentSettled():
+            return dataclasses.replace(row, status="settled")
+        case _:
+            return row  # events that do not change this view (refund requested/submitted)

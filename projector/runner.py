@@ -1,0 +1,109 @@
+"""The projector loop: feed batch → read-model rows + feed positions, one transaction per batch.
+
+Exactly-once effects over an at-least-once feed: positions are stored with the rows they produced,
+and rows remember the last version applied, so a redelivered event changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from domain.errors import DomainError
+from domain.events import DomainEvent
+from domain.serialization import from_recorded
+from projector.feed import Feed, FeedMessage, Positions, advance
+from projector.payments import OutOfOrder, PaymentRow, evolve, is_duplicate
+
+log = logging.getLogger(__name__)
+
+
+class ProjectionUnitOfWork(Protocol):
+    def __enter__(self) -> ProjectionUnitOfWork: ...
+    def __exit__(self, *exc: object) -> None: ...
+    def commit(self) -> None: ...
+    def load_positions(self, consumer: str) -> dict[str, int]: ...
+    def save_positions(self, consumer: str, positions: Positions) -> None: ...
+    def get_payments(self, payment_ids: list[str]) -> dict[str, PaymentRow]: ...
+    def put_payments(self, rows: list[PaymentRow]) -> None: ...
+    def quarantine(self, source: str, key: str, reason: str, payload: dict[str, Any]) -> None: ...
+
+
+class Projector:
+    def __init__(
+        self,
+        name: str,
+        feed: Feed,
+        uow_factory: Callable[[], ProjectionUnitOfWork],
+        *,
+        batch_size: int = 500,
+    ) -> None:
+        self.name = name
+        self._feed = feed
+        self._uow = uow_factory
+        self._batch_size = batch_size
+        self._positions: dict[str, int] = {}
+        self.applied = 0
+
+    async def start(self) -> None:
+        with self._uow() as uow:
+            self._positions = uow.load_positions(self.name)
+        await self._feed.start(self._positions)
+
+    async def stop(self) -> None:
+        await self._feed.stop()
+
+    async def run_once(self, timeout: float = 0.5) -> int:
+        """Consume one batch; returns how many feed messages it covered (0 when idle)."""
+        batch = await self._feed.poll(self._batch_size, timeout)
+        if not batch:
+            return 0
+        positions = advance(self._positions, batch)
+        with self._uow() as uow:
+            self._apply(uow, batch)
+            uow.save_positions(self.name, positions)
+            uow.commit()
+        self._positions = positions
+        return len(batch)
+
+    async def run_until_idle(self, idle_polls: int = 2, timeout: float = 0.2) -> None:
+        idle = 0
+        while idle < idle_polls:
+            idle = idle + 1 if await self.run_once(timeout) == 0 else 0
+
+    async def run_forever(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self.run_once()
+
+    def _apply(self, uow: ProjectionUnitOfWork, batch: list[FeedMessage]) -> None:
+        typed: list[tuple[FeedMessage, DomainEvent]] = []
+        for message in batch:
+            try:
+                typed.append((message, from_recorded(message.event)))
+            except (DomainError, KeyError, TypeError, ValueError) as exc:
+                self._quarantine(uow, message, f"undecodable event: {exc}")
+        rows = uow.get_payments(sorted({event.stream_id for _, event in typed}))
+        changed: dict[str, PaymentRow] = {}
+        for message, event in typed:
+            row = changed.get(event.stream_id) or rows.get(event.stream_id)
+            if is_duplicate(row, event):
+                continue
+            try:
+                changed[event.stream_id] = evolve(row, event)
+                self.applied += 1
+            except OutOfOrder as exc:
+                self._quarantine(uow, message, str(exc))
+        uow.put_payments(list(changed.values()))
+
+    def _quarantine(self, uow: ProjectionUnitOfWork, message: FeedMessage, reason: str) -> None:
+        log.warning("projector %s quarantined %s@%d: %s", self.name, message.source,
+                    message.offset, reason)
+        uow.quarantine(
+            f"projector:{self.name}",
+            f"{message.source}@{message.offset}",
+            reason,
+            {"stream_id": message.event.stream_id, "version": message.event.version,
+             "type": message.event.type, "data": message.event.data},
+        )

@@ -1,0 +1,50 @@
+"""Shared fixtures. Real services start once per session; each test gets a fresh database."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import Engine, create_engine, text
+
+from cardpay.db.embedded import EmbeddedPostgres
+from cardpay.db.engine import make_engine, normalize_url, upgrade
+
+pytest_plugins = ["tests.fixtures.kafka", "tests.fixtures.anvil"]
+
+_db_names = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[EmbeddedPostgres]:
+    with EmbeddedPostgres() as server:
+        yield server
+
+
+def _admin(url: str) -> Engine:
+    return create_engine(normalize_url(url), isolation_level="AUTOCOMMIT")
+
+
+@pytest.fixture
+def pg_url(pg_server: EmbeddedPostgres) -> Iterator[str]:
+    """A fresh, migrated database on the session's real PostgreSQL server."""
+    name = f"cardpay_test_{next(_db_names)}"
+    admin = _admin(pg_server.url)
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = pg_server.url.replace("/postgres?", f"/{name}?")
+    engine = make_engine(url)
+    upgrade(engine)
+    engine.dispose()
+    yield url
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def pg_engine(pg_url: str) -> Iterator[Engine]:
+    engine = make_engine(pg_url, pool_size=10)
+    yield engine
+    engine.dispose()
