@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, select, update
+from sqlalchemy import Connection, Engine, func, literal, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from cardpay.db import schema as s
@@ -168,7 +168,7 @@ class PostgresUnitOfWork:
                 t.c.tx_hash == tx_hash.lower(),
                 t.c.to_address == to_address.lower(),
                 t.c.token == token.lower(),
-                t.c.amount == amount,
+                t.c.amount == literal(amount, s.Amount),
                 t.c.matched_by.is_(None),
             )
             .limit(1)

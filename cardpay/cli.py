@@ -1,0 +1,149 @@
+"""The `cardpay` command line. Configuration comes from `CARDPAY_*` environment variables."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from cardpay.settings import Settings, SettingsError
+
+EPILOG = """\
+environment:
+  CARDPAY_DATABASE_URL     PostgreSQL URL (default: embedded server in CARDPAY_DATA_DIR)
+  CARDPAY_DATA_DIR         data directory for the embedded server (default ~/.local/share/cardpay)
+  CARDPAY_KAFKA_BOOTSTRAP  Kafka bootstrap servers (default: none; feeds read the Postgres log)
+  CARDPAY_KAFKA_TOPIC      topic of payment events (default cardpay.payments)
+  CARDPAY_RPC_URL          JSON-RPC URL of the chain node
+  CARDPAY_CONFIRMATIONS    blocks behind the head the listener stays (default 2)
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cardpay",
+        description="On-chain card-payment indexer and saga engine (modelled on Gnosis Pay).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser(
+        "demo",
+        help="run the whole slice on embedded PostgreSQL + Anvil and check it against the chain",
+        description="Start embedded PostgreSQL and Anvil, deploy the contracts, make card spends "
+        "and refunds, index and project them, and compare the read model's totals per currency "
+        "with totals computed independently from the chain's logs. Exits 1 on a mismatch.",
+    )
+    demo.add_argument("--payments", type=int, default=20, help="card spends to make (default 20)")
+    demo.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
+    demo.add_argument("--json", action="store_true", help="print one JSON object")
+
+    db = sub.add_parser("db", help="database administration")
+    db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    db_sub.add_parser("upgrade", help="apply the schema migrations (idempotent)")
+
+    relay = sub.add_parser("relay", help="publish the outbox to Kafka (needs CARDPAY_KAFKA_BOOTSTRAP)")
+    relay.add_argument("--until-idle", action="store_true", help="exit when the outbox is empty")
+
+    project = sub.add_parser("project", help="run the payments projector on the event feed")
+    project.add_argument("--until-idle", action="store_true",
+                         help="exit when the feed has nothing new")
+    return parser
+
+
+def _database_upgrade(settings: Settings) -> int:
+    from cardpay.bootstrap import database
+    from cardpay.db.engine import current_revision
+
+    with database(settings) as engine:
+        print(f"schema at revision {current_revision(engine)}")
+    return 0
+
+
+async def _until_signal(run: asyncio.Future[None] | asyncio.Task[None], stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await run
+
+
+def _relay(settings: Settings, until_idle: bool) -> int:
+    if not settings.kafka_bootstrap:
+        print("cardpay relay: set CARDPAY_KAFKA_BOOTSTRAP (host:port)", file=sys.stderr)
+        return 2
+    from cardpay.adapters.kafka import KafkaPublisher
+    from cardpay.bootstrap import database
+    from cardpay.relay import OutboxRelay
+
+    async def main() -> None:
+        assert settings.kafka_bootstrap is not None
+        with database(settings) as engine:
+            publisher = KafkaPublisher(settings.kafka_bootstrap)
+            await publisher.start()
+            try:
+                stop = asyncio.Event()
+                relay = OutboxRelay(engine, publisher)
+                await _until_signal(asyncio.create_task(relay.run(stop, until_idle=until_idle)),
+                                    stop)
+                print(f"published {relay.published} messages")
+            finally:
+                await publisher.stop()
+
+    asyncio.run(main())
+    return 0
+
+
+def _project(settings: Settings, until_idle: bool) -> int:
+    from cardpay.bootstrap import database, payments_projector
+
+    async def main() -> None:
+        with database(settings) as engine:
+            projector = payments_projector(settings, engine)
+            await projector.start()
+            try:
+                stop = asyncio.Event()
+                task = (projector.run_until_idle() if until_idle
+                        else projector.run_forever(stop))
+                await _until_signal(asyncio.ensure_future(task), stop)
+                print(f"applied {projector.applied} events")
+            finally:
+                await projector.stop()
+
+    asyncio.run(main())
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"cardpay: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "demo":
+        from cardpay import demo
+
+        if args.payments < 1:
+            print("cardpay demo: --payments must be at least 1", file=sys.stderr)
+            return 2
+        return demo.run(args.payments, args.seed, as_json=args.json)
+    if args.command == "db":
+        return _database_upgrade(settings)
+    if args.command == "relay":
+        return _relay(settings, args.until_idle)
+    if args.command == "project":
+        return _project(settings, args.until_idle)
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,305 @@
+"""`cardpay demo`: the whole slice on real parts, checked against the chain.
+
+Starts embedded PostgreSQL and Anvil, deploys the contracts, makes N card spends and refunds some of
+them (single and batched), runs listener → event store → Postgres feed → projector, then compares the
+read model's totals per currency with totals computed independently from the chain's logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from eth_abi import decode as abi_decode
+from sqlalchemy import Engine, func, select
+
+from cardpay.bootstrap import database, payments_projector
+from cardpay.chain.local import LocalChain, LocalDeployment
+from cardpay.db.schema import quarantine, rm_payments
+from cardpay.infra.anvil import AnvilNode
+from cardpay.services import PaymentService, PostgresChainSink, make_uow_factory
+from cardpay.settings import Settings
+from domain.commands import RecordRefundSubmission, RequestRefund
+from domain.money import Currency, Money
+from listener.decode import SPEND_TOPIC, TRANSFER_TOPIC
+from listener.poller import Listener
+from listener.rpc import HttpJsonRpc
+from listener.translate import ChainConfig
+
+CONFIRMATIONS = 2
+
+
+@dataclass
+class Totals:
+    payments: int = 0
+    spent: int = 0
+    refunded: int = 0
+
+    @property
+    def net(self) -> int:
+        return self.spent - self.refunded
+
+    def as_json(self) -> dict[str, Any]:
+        return {"payments": self.payments, "spent": str(self.spent),
+                "refunded": str(self.refunded), "net": str(self.net)}
+
+
+@dataclass
+class DemoResult:
+    decimals: dict[str, int]
+    read_model: dict[str, Totals]
+    chain: dict[str, Totals]
+    quarantined: int
+    seconds: float
+    refunds: int
+    blocks: tuple[int, int] = (0, 0)
+    mismatches: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.mismatches
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "check": "ok" if self.ok else "mismatch",
+            "mismatches": self.mismatches,
+            "currencies": {
+                code: {
+                    "decimals": self.decimals[code],
+                    "read_model": self.read_model[code].as_json(),
+                    "chain": self.chain[code].as_json(),
+                }
+                for code in sorted(self.decimals)
+            },
+            "refunds_requested": self.refunds,
+            "quarantined": self.quarantined,
+            "blocks": {"from": self.blocks[0], "to": self.blocks[1]},
+            "seconds": round(self.seconds, 2),
+        }
+
+
+def chain_config(deployment: LocalDeployment) -> ChainConfig:
+    return ChainConfig(
+        chain_id=deployment.chain_id,
+        settlement=deployment.settlement_account.lower(),
+        spender_modules=frozenset({deployment.spender_module.lower()}),
+        tokens={t.address.lower(): Currency(t.symbol, t.decimals)
+                for t in deployment.tokens.values()},
+    )
+
+
+def chain_totals(chain: LocalChain, deployment: LocalDeployment, to_block: int) -> dict[str, Totals]:
+    """Totals straight from the node's logs with eth-abi: independent of the listener's code."""
+    by_address = {t.address.lower(): t.symbol for t in deployment.tokens.values()}
+    totals = {symbol: Totals() for symbol in deployment.tokens}
+    span = {"fromBlock": deployment.deployed_at_block, "toBlock": to_block}
+    for entry in chain.w3.eth.get_logs(
+        {**span, "address": deployment.spender_module, "topics": [SPEND_TOPIC]}  # type: ignore[typeddict-item]
+    ):
+        asset, _account, _receiver, amount = abi_decode(
+            ["address", "address", "address", "uint256"], bytes(entry["data"])
+        )
+        t = totals[by_address[asset.lower()]]
+        t.payments += 1
+        t.spent += int(amount)
+    settlement_topic = "0x" + deployment.settlement_account.lower()[2:].rjust(64, "0")
+    for entry in chain.w3.eth.get_logs(
+        {**span, "address": list(deployment.token_addresses.values()),  # type: ignore[typeddict-item]
+         "topics": [TRANSFER_TOPIC, settlement_topic]}
+    ):
+        (value,) = abi_decode(["uint256"], bytes(entry["data"]))
+        totals[by_address[entry["address"].lower()]].refunded += int(value)
+    return totals
+
+
+def read_model_totals(engine: Engine) -> dict[str, Totals]:
+    totals: dict[str, Totals] = {}
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(rm_payments.c.currency, func.count(), func.sum(rm_payments.c.spent),
+                   func.sum(rm_payments.c.refunded)).group_by(rm_payments.c.currency)
+        )
+        for currency, count, spent, refunded in rows:
+            totals[currency] = Totals(int(count), int(spent or 0), int(refunded or 0))
+    return totals
+
+
+def _mine(chain: LocalChain, blocks: int) -> None:
+    chain.w3.provider.make_request("anvil_mine", [hex(blocks)])  # type: ignore[arg-type]
+
+
+class Demo:
+    def __init__(self, payments: int, seed: int, progress: Callable[[str], None]) -> None:
+        self.n = payments
+        self.rng = random.Random(seed)
+        self.say = progress
+
+    def run(self) -> DemoResult:
+        started = time.monotonic()
+        with contextlib.ExitStack() as stack:
+            self.say("starting embedded PostgreSQL and Anvil")
+            settings = Settings(data_dir=stack.enter_context(_temp_dir()))
+            engine = stack.enter_context(database(settings))
+            node = stack.enter_context(AnvilNode())
+            chain = LocalChain(node.rpc_url)
+            deployment = chain.deploy(n_cardholders=max(1, min(8, self.n)))
+            self.say(f"deployed contracts at block {deployment.deployed_at_block}")
+            uows = make_uow_factory(engine, settings.outbox_topic)
+            rpc = HttpJsonRpc(node.rpc_url)
+            stack.callback(rpc.close)
+            listener = Listener(
+                "demo", rpc, PostgresChainSink(uows), chain_config(deployment),
+                start_block=deployment.deployed_at_block, confirmations=CONFIRMATIONS,
+                max_range=500,
+            )
+
+            spends = self._spends(deployment)
+            chain.spend_many(spends)
+            self.say(f"sent {len(spends)} card spends")
+            self._index(chain, listener, engine, settings)
+
+            refunds = self._refund_some(engine, chain, deployment, PaymentService(uows))
+            self.say(f"sent {refunds} refunds")
+            self._index(chain, listener, engine, settings)
+
+            head = listener.head() - CONFIRMATIONS
+            chain_side = chain_totals(chain, deployment, head)
+            model_side = read_model_totals(engine)
+            with engine.connect() as conn:
+                quarantined = int(conn.execute(select(func.count()).select_from(quarantine))
+                                  .scalar_one())
+        result = DemoResult(
+            decimals={t.symbol: t.decimals for t in deployment.tokens.values()},
+            read_model={c: model_side.get(c, Totals()) for c in deployment.tokens},
+            chain=chain_side, quarantined=quarantined, seconds=time.monotonic() - started,
+            refunds=refunds, blocks=(deployment.deployed_at_block, head),
+        )
+        for code in sorted(result.decimals):
+            a, b = result.read_model[code], result.chain[code]
+            if (a.payments, a.spent, a.refunded) != (b.payments, b.spent, b.refunded):
+                result.mismatches.append(f"{code}: read model {a.as_json()} != chain {b.as_json()}")
+        if quarantined:
+            result.mismatches.append(f"{quarantined} quarantined rows (expected none)")
+        return result
+
+    def _spends(self, deployment: LocalDeployment) -> list[tuple[str, int, int]]:
+        spends = []
+        symbols = sorted(deployment.tokens)
+        for _ in range(self.n):
+            symbol = self.rng.choice(symbols)
+            cents = self.rng.randint(50, 25_000)  # 0.50 to 250.00
+            units = Money(cents, Currency(symbol, 2)).convert(
+                Currency(symbol, deployment.tokens[symbol].decimals)).units
+            spends.append((symbol, self.rng.randrange(len(deployment.cardholders)), units))
+        return spends
+
+    def _index(self, chain: LocalChain, listener: Listener, engine: Engine,
+               settings: Settings) -> None:
+        _mine(chain, CONFIRMATIONS)
+        ranges = listener.run_until_caught_up()
+        projector = payments_projector(settings, engine)
+
+        async def project() -> None:
+            await projector.start()
+            await projector.run_until_idle()
+            await projector.stop()
+
+        asyncio.run(project())
+        self.say(f"indexed {ranges} block ranges; projected {projector.applied} events")
+
+    def _refund_some(self, engine: Engine, chain: LocalChain, deployment: LocalDeployment,
+                     service: PaymentService) -> int:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                select(rm_payments.c.payment_id, rm_payments.c.account, rm_payments.c.currency,
+                       rm_payments.c.decimals, rm_payments.c.spent)
+                .order_by(rm_payments.c.spend_tx)
+            ).all()
+        chosen = [r for r in rows if self.rng.random() < 0.35]
+        now = datetime.now(UTC)
+        batches: dict[str, list[tuple[str, str, str, int]]] = {}
+        for payment_id, account, currency, decimals, spent in chosen:
+            amount = max(1, int(spent) * self.rng.randint(1, 100) // 100)
+            refund_id = str(uuid.UUID(int=self.rng.getrandbits(128)))
+            service.submit(RequestRefund(
+                command_id=f"demo-refund-request:{refund_id}", payment_id=payment_id, at=now,
+                refund_id=refund_id, amount=Money(amount, Currency(currency, decimals)),
+                reason="merchant refund (demo)",
+            ))
+            batches.setdefault(currency, []).append((payment_id, refund_id, account, amount))
+        for symbol, legs in batches.items():
+            token = deployment.token(symbol).address
+            singles, batched = legs[: len(legs) // 2], legs[len(legs) // 2:]
+            sent = [(leg, chain.refund(symbol, leg[2], leg[3])) for leg in singles]
+            if batched:
+                tx = chain.refund_batch(symbol, [(leg[2], leg[3]) for leg in batched])
+                sent += [(leg, tx) for leg in batched]
+            for (payment_id, refund_id, account, amount), tx_hash in sent:
+                service.record_refund_submission(
+                    RecordRefundSubmission(
+                        command_id=f"demo-refund-sent:{refund_id}", payment_id=payment_id,
+                        at=now, refund_id=refund_id, tx_hash=tx_hash,
+                    ),
+                    recipient=account, token=token, amount=amount,
+                )
+        return len(chosen)
+
+
+@contextlib.contextmanager
+def _temp_dir() -> Iterator[Any]:
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory(prefix="cardpay-demo-") as d:
+        yield Path(d)
+
+
+def _fmt(units: int, decimals: int) -> str:
+    """Exact, without trailing zeros past the second decimal (18-decimal amounts stay readable)."""
+    text = f"{Money(units, Currency('X', decimals)).to_decimal():f}"
+    if "." in text:
+        whole, frac = text.split(".")
+        frac = frac.rstrip("0").ljust(2, "0")
+        text = f"{whole}.{frac}"
+    return text
+
+
+def print_table(result: DemoResult, out: TextIO) -> None:
+    w = 24
+    header = f"{'currency':<9}{'source':<12}{'payments':>9}{'spent':>{w}}{'refunded':>{w}}{'net':>{w}}"
+    print(header, file=out)
+    print("-" * len(header), file=out)
+    for code in sorted(result.decimals):
+        d = result.decimals[code]
+        for source, t in (("read model", result.read_model[code]), ("chain", result.chain[code])):
+            print(f"{code:<9}{source:<12}{t.payments:>9}{_fmt(t.spent, d):>{w}}"
+                  f"{_fmt(t.refunded, d):>{w}}{_fmt(t.net, d):>{w}}", file=out)
+    print(file=out)
+    print(f"refunds requested: {result.refunds}   quarantined: {result.quarantined}   "
+          f"blocks {result.blocks[0]}..{result.blocks[1]}   {result.seconds:.1f}s", file=out)
+    for m in result.mismatches:
+        print(f"MISMATCH {m}", file=out)
+    print(f"check: {'ok' if result.ok else 'mismatch'}", file=out)
+
+
+def run(payments: int, seed: int, *, as_json: bool) -> int:
+    import json
+
+    def say(message: str) -> None:
+        if not as_json:
+            print(f"· {message}", file=sys.stderr, flush=True)
+
+    result = Demo(payments, seed, say).run()
+    if as_json:
+        print(json.dumps(result.as_json(), indent=2))
+    else:
+        print_table(result, sys.stdout)
+    return 0 if result.ok else 1

@@ -1,0 +1,66 @@
+"""Settings, read once from `CARDPAY_*` environment variables (the composition root passes them on)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class SettingsError(ValueError):
+    """A setting that is missing or malformed."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "cardpay"
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str | None = None
+    """None: start the embedded PostgreSQL in `data_dir`."""
+    data_dir: Path = field(default_factory=default_data_dir)
+    kafka_bootstrap: str | None = None
+    """None: no Kafka; projectors tail the Postgres event log (embedded mode)."""
+    kafka_topic: str = "cardpay.payments"
+    rpc_url: str | None = None
+    confirmations: int = 2
+    max_block_range: int = 2000
+    listener_name: str = "main"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        data_dir = env.get("CARDPAY_DATA_DIR")
+        settings = cls(
+            database_url=env.get("CARDPAY_DATABASE_URL") or None,
+            data_dir=Path(data_dir) if data_dir else default_data_dir(),
+            kafka_bootstrap=env.get("CARDPAY_KAFKA_BOOTSTRAP") or None,
+            kafka_topic=env.get("CARDPAY_KAFKA_TOPIC") or "cardpay.payments",
+            rpc_url=env.get("CARDPAY_RPC_URL") or None,
+            confirmations=_int(env, "CARDPAY_CONFIRMATIONS", 2),
+            max_block_range=_int(env, "CARDPAY_MAX_BLOCK_RANGE", 2000),
+            listener_name=env.get("CARDPAY_LISTENER_NAME") or "main",
+        )
+        if settings.confirmations < 0:
+            raise SettingsError("CARDPAY_CONFIRMATIONS must be >= 0")
+        if settings.max_block_range < 1:
+            raise SettingsError("CARDPAY_MAX_BLOCK_RANGE must be >= 1")
+        return settings
+
+    @property
+    def outbox_topic(self) -> str | None:
+        """Outbox rows are written only when something will relay them (Kafka configured)."""
+        return self.kafka_topic if self.kafka_bootstrap else None
