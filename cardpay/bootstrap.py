@@ -38,5 +38,6 @@ def feed(settings: Settings, engine: Engine) -> Feed:
     return PostgresLogFeed(engine)
 
 
-def payments_projector(settings: Settings, engine: Engine) -> Projector:
-    return Projector("payments", feed(settings, engine), make_uow_factory(engine, None))
+def payments_projector(settings: Settings, engine: Engine, *, batch_size: int = 500) -> Projector:
+    return Projector("payments", feed(settings, engine), make_uow_factory(engine, None),
+                     batch_size=batch_size)

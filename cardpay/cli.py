@@ -49,10 +49,13 @@ def _parser() -> argparse.ArgumentParser:
 
     relay = sub.add_parser("relay", help="publish the outbox to Kafka (needs CARDPAY_KAFKA_BOOTSTRAP)")
     relay.add_argument("--until-idle", action="store_true", help="exit when the outbox is empty")
+    relay.add_argument("--batch-size", type=int, default=500, help="rows per publish (500)")
 
     project = sub.add_parser("project", help="run the payments projector on the event feed")
     project.add_argument("--until-idle", action="store_true",
                          help="exit when the feed has nothing new")
+    project.add_argument("--batch-size", type=int, default=500,
+                         help="feed messages per transaction (500)")
     return parser
 
 
@@ -72,7 +75,7 @@ async def _until_signal(run: asyncio.Future[None] | asyncio.Task[None], stop: as
     await run
 
 
-def _relay(settings: Settings, until_idle: bool) -> int:
+def _relay(settings: Settings, until_idle: bool, batch_size: int) -> int:
     if not settings.kafka_bootstrap:
         print("cardpay relay: set CARDPAY_KAFKA_BOOTSTRAP (host:port)", file=sys.stderr)
         return 2
@@ -87,7 +90,7 @@ def _relay(settings: Settings, until_idle: bool) -> int:
             await publisher.start()
             try:
                 stop = asyncio.Event()
-                relay = OutboxRelay(engine, publisher)
+                relay = OutboxRelay(engine, publisher, batch_size=batch_size)
                 await _until_signal(asyncio.create_task(relay.run(stop, until_idle=until_idle)),
                                     stop)
                 print(f"published {relay.published} messages")
@@ -98,12 +101,12 @@ def _relay(settings: Settings, until_idle: bool) -> int:
     return 0
 
 
-def _project(settings: Settings, until_idle: bool) -> int:
+def _project(settings: Settings, until_idle: bool, batch_size: int) -> int:
     from cardpay.bootstrap import database, payments_projector
 
     async def main() -> None:
         with database(settings) as engine:
-            projector = payments_projector(settings, engine)
+            projector = payments_projector(settings, engine, batch_size=batch_size)
             await projector.start()
             try:
                 stop = asyncio.Event()
@@ -139,9 +142,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "db":
         return _database_upgrade(settings)
     if args.command == "relay":
-        return _relay(settings, args.until_idle)
+        return _relay(settings, args.until_idle, args.batch_size)
     if args.command == "project":
-        return _project(settings, args.until_idle)
+        return _project(settings, args.until_idle, args.batch_size)
     raise AssertionError(args.command)
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from eth_abi import decode as abi_decode
+from eth_abi.abi import decode as abi_decode
 from sqlalchemy import Engine, func, select
 
 from cardpay.bootstrap import database, payments_projector

@@ -81,7 +81,7 @@ def test_undecodable_duplicate_and_malformed_logs_are_quarantined_and_indexing_g
     node.logs.append({"address": "0x12", "topics": [], "blockNumber": "0x2"})  # not a log
     node.add_refund(3, tx=3, index=0, amount=10**18)  # refund nobody asked for
     node.add_spend(4, tx=4, amount=7 * 10**18)
-    listener, sink = _listener(pg_engine, node, max_range=10)
+    listener, _sink = _listener(pg_engine, node, max_range=10)
     listener.run_until_caught_up()
 
     with PostgresUnitOfWork(pg_engine) as uow:

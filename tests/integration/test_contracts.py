@@ -1,0 +1,287 @@
+"""The local Gnosis Pay replicas on a real Anvil: reproducible build, Spend/Transfer logs, refunds,
+reverts, and the Anvil harness itself.
+
+Needs `npm ci` (Anvil and solcjs from npm). Uses the fixtures of tests/fixtures/anvil.py.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from eth_abi.abi import decode as abi_decode
+from web3 import Web3
+
+from cardpay.chain import load_artifact
+from cardpay.chain.local import (
+    SPEND_EVENT_TOPIC0,
+    TRANSFER_EVENT_TOPIC0,
+    LocalChain,
+    TransactionReverted,
+)
+from cardpay.infra.anvil import AnvilNode
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+COMPILE_TOOL = REPO / "tools" / "compile_contracts.py"
+REAL_SPEND_TOPIC0 = "0xca8fbb9bda99848f447971eae62ad0ad2bc7caf9afcc0d8e4e8ffcf7e06bc28f"
+
+
+def _compile(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(COMPILE_TOOL), *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+        check=False,
+    )
+
+
+def _topic_address(topic: str) -> str:
+    return Web3.to_checksum_address("0x" + topic[-40:])
+
+
+def _logs(chain: LocalChain, tx_hash: str) -> list[dict[str, Any]]:
+    logs: list[dict[str, Any]] = chain.receipt(tx_hash)["logs"]
+    return logs
+
+
+def _transfers(logs: list[dict[str, Any]], token: str) -> list[tuple[str, str, int]]:
+    return [
+        (_topic_address(log["topics"][1]), _topic_address(log["topics"][2]), int(log["data"], 16))
+        for log in logs
+        if log["topics"][0] == TRANSFER_EVENT_TOPIC0 and log["address"].lower() == token.lower()
+    ]
+
+
+# -- reproducible build ---------------------------------------------------------------------
+
+
+def test_committed_artifacts_match_a_fresh_compile() -> None:
+    result = _compile("--check")
+    assert result.returncode == 0, (
+        "tools/compile_contracts.py --check failed (if solcjs is missing: run `npm ci` in the "
+        f"repo root)\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    )
+
+
+def test_check_reports_a_changed_source(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    shutil.copytree(REPO / "contracts" / "src", src)
+    module = src / "SpenderModule.sol"
+    module.write_text(
+        module.read_text().replace("caller is not a relayer", "not a relayer"), encoding="utf-8"
+    )
+    result = _compile("--check", "--src", str(src))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "differs: contracts/artifacts/SpenderModule.json" in result.stderr
+    assert "bytecode" in result.stderr
+
+
+def test_spend_event_abi_is_the_real_gnosis_pay_signature() -> None:
+    assert Web3.keccak(text="Spend(address,address,address,uint256)").to_0x_hex() == (
+        REAL_SPEND_TOPIC0
+    )
+    assert SPEND_EVENT_TOPIC0 == REAL_SPEND_TOPIC0
+    event = load_artifact("SpenderModule").event_abi("Spend")
+    signature = "Spend({})".format(",".join(i["type"] for i in event["inputs"]))
+    assert Web3.keccak(text=signature).to_0x_hex() == REAL_SPEND_TOPIC0
+    assert [i["name"] for i in event["inputs"]] == ["asset", "account", "receiver", "amount"]
+    assert not any(i["indexed"] for i in event["inputs"])
+    assert event["anonymous"] is False
+
+
+# -- card spends ----------------------------------------------------------------------------
+
+
+def test_spend_emits_one_spend_log_and_the_matching_transfer(local_chain: LocalChain) -> None:
+    d = local_chain.deployment
+    eure = d.token("EURe")
+    account = d.cardholders[0]
+    amount = 8_500_000_000_000_000_000  # 8.5 EURe, as in the recorded mainnet spend
+    before = local_chain.balance_of("EURe", account)
+
+    tx_hash = local_chain.spend("EURe", account, amount)
+
+    assert tx_hash.startswith("0x") and len(tx_hash) == 66
+    receipt = local_chain.receipt(tx_hash)
+    assert receipt["status"] == "0x1"
+    assert Web3.to_checksum_address(receipt["from"]) == d.relayer
+    assert Web3.to_checksum_address(receipt["to"]) == d.spender_module
+    logs = receipt["logs"]
+    spends = [log for log in logs if log["topics"][0] == REAL_SPEND_TOPIC0]
+    assert len(spends) == 1
+    spend_log = spends[0]
+    assert Web3.to_checksum_address(spend_log["address"]) == d.spender_module
+    assert spend_log["topics"] == [REAL_SPEND_TOPIC0]  # nothing indexed
+    asset, decoded_account, receiver, decoded_amount = abi_decode(
+        ["address", "address", "address", "uint256"], bytes.fromhex(spend_log["data"][2:])
+    )
+    assert Web3.to_checksum_address(asset) == eure.address
+    assert Web3.to_checksum_address(decoded_account) == account
+    assert Web3.to_checksum_address(receiver) == d.settlement_account
+    assert decoded_amount == amount
+
+    assert _transfers(logs, eure.address) == [(account, d.settlement_account, amount)]
+    assert local_chain.balance_of("EURe", account) == before - amount
+    assert local_chain.balance_of("EURe", d.settlement_account) == amount
+
+
+def test_spend_logs_are_found_by_emitter_and_topic0(local_chain: LocalChain) -> None:
+    d = local_chain.deployment
+    hashes = local_chain.spend_many([("EURe", i, 10**18 + i) for i in range(len(d.cardholders))])
+    logs = local_chain.w3.eth.get_logs(
+        {
+            "address": Web3.to_checksum_address(d.spender_module),
+            "topics": [REAL_SPEND_TOPIC0],
+            "fromBlock": d.deployed_at_block,
+            "toBlock": "latest",
+        }
+    )
+    assert [log["transactionHash"].to_0x_hex() for log in logs] == hashes
+    amounts = [
+        abi_decode(["address", "address", "address", "uint256"], log["data"])[3] for log in logs
+    ]
+    assert amounts == [10**18 + i for i in range(len(d.cardholders))]
+
+
+def test_six_decimal_token_spend(local_chain: LocalChain) -> None:
+    d = local_chain.deployment
+    usdce = d.token("USDCe")
+    assert usdce.decimals == 6
+    token = local_chain.w3.eth.contract(
+        address=Web3.to_checksum_address(usdce.address), abi=load_artifact("CardToken").abi
+    )
+    assert token.functions.decimals().call() == 6
+    assert token.functions.symbol().call() == "USDCe"
+    account = d.cardholders[1]
+    before = local_chain.balance_of("USDCe", account)
+    amount = 12_340_000  # 12.34 USDC.e
+
+    tx_hash = local_chain.spend("USDCe", 1, amount)
+
+    logs = _logs(local_chain, tx_hash)
+    (spend_log,) = [log for log in logs if log["topics"][0] == REAL_SPEND_TOPIC0]
+    decoded = abi_decode(
+        ["address", "address", "address", "uint256"], bytes.fromhex(spend_log["data"][2:])
+    )
+    assert Web3.to_checksum_address(decoded[0]) == usdce.address
+    assert decoded[3] == amount
+    assert _transfers(logs, usdce.address) == [(account, d.settlement_account, amount)]
+    assert local_chain.balance_of("USDCe", account) == before - amount
+
+
+# -- refunds --------------------------------------------------------------------------------
+
+
+def test_refund_is_a_plain_transfer_from_the_settlement_account(local_chain: LocalChain) -> None:
+    d = local_chain.deployment
+    eure = d.token("EURe").address
+    local_chain.spend("EURe", 2, 42_240_000_000_000_000_000)
+
+    tx_hash = local_chain.refund("EURe", 2, 2_350_000_000_000_000_000)
+
+    logs = _logs(local_chain, tx_hash)
+    assert len(logs) == 1
+    assert _transfers(logs, eure) == [
+        (d.settlement_account, d.cardholders[2], 2_350_000_000_000_000_000)
+    ]
+
+
+def test_refund_batch_of_five_legs_is_one_tx_with_five_transfers(local_chain: LocalChain) -> None:
+    d = local_chain.deployment
+    eure = d.token("EURe").address
+    local_chain.spend_many([("EURe", i, 100 * 10**18) for i in range(5)])
+    legs = [(d.cardholders[i], (i + 1) * 10**18) for i in range(5)]
+    before = [local_chain.balance_of("EURe", holder) for holder, _ in legs]
+    head = local_chain.w3.eth.block_number
+
+    tx_hash = local_chain.refund_batch("EURe", legs)
+
+    assert local_chain.w3.eth.block_number == head + 1
+    receipt = local_chain.receipt(tx_hash)
+    assert receipt["status"] == "0x1"
+    assert len(receipt["logs"]) == 5
+    assert _transfers(receipt["logs"], eure) == [
+        (d.settlement_account, holder, amount) for holder, amount in legs
+    ]
+    after = [local_chain.balance_of("EURe", holder) for holder, _ in legs]
+    assert [a - b for a, b in zip(after, before, strict=True)] == [a for _, a in legs]
+    assert local_chain.balance_of("EURe", d.settlement_account) == 500 * 10**18 - 15 * 10**18
+
+
+# -- reverts --------------------------------------------------------------------------------
+
+
+def test_spend_by_a_non_relayer_reverts_with_a_clear_error(local_chain: LocalChain) -> None:
+    d = local_chain.deployment
+    outsider = local_chain.accounts[5]
+    before = local_chain.balance_of("EURe", 0)
+
+    with pytest.raises(TransactionReverted) as info:
+        local_chain.spend("EURe", 0, 10**18, sender=outsider)
+
+    assert "SpenderModule: caller is not a relayer" in str(info.value)
+    assert info.value.tx_hash.startswith("0x")
+    assert local_chain.receipt(info.value.tx_hash)["status"] == "0x0"
+    assert local_chain.balance_of("EURe", 0) == before
+    assert local_chain.balance_of("EURe", d.settlement_account) == 0
+
+
+def test_spend_above_the_balance_reverts_with_a_clear_error(local_chain: LocalChain) -> None:
+    balance = local_chain.balance_of("USDCe", 3)
+
+    with pytest.raises(TransactionReverted) as info:
+        local_chain.spend("USDCe", 3, balance + 1)
+
+    assert "transfer amount exceeds balance" in str(info.value)
+    assert "spend" in str(info.value)
+    assert local_chain.balance_of("USDCe", 3) == balance
+
+
+def test_refund_batch_above_the_settlement_balance_reverts(local_chain: LocalChain) -> None:
+    with pytest.raises(TransactionReverted, match="exceeds balance"):
+        local_chain.refund_batch("EURe", [(0, 1), (1, 1)])
+
+
+# -- the Anvil harness ----------------------------------------------------------------------
+
+
+def test_anvil_node_binds_localhost_and_stops(anvil_node: AnvilNode) -> None:
+    assert anvil_node.rpc_url.startswith("http://127.0.0.1:")
+    assert int(anvil_node.rpc("eth_chainId"), 16) == 31337
+    pid = anvil_node.pid
+    assert pid is not None and anvil_node.running
+    anvil_node.stop()
+    assert not anvil_node.running
+    if sys.platform == "linux":
+        assert not Path(f"/proc/{pid}").exists()
+
+
+def test_anvil_state_survives_a_restart(tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    with AnvilNode(chain_id=100, state_path=state) as node:
+        chain = LocalChain(node.rpc_url)
+        deployment = chain.deploy(2)
+        chain.spend("EURe", 0, 10**18)
+    assert state.is_file()
+    with AnvilNode(chain_id=100, state_path=state) as node:
+        chain = LocalChain(node.rpc_url, deployment)
+        assert chain.balance_of("EURe", deployment.settlement_account) == 10**18
+        chain.spend("EURe", 1, 10**18)
+
+
+def test_anvil_kill_leaves_no_process() -> None:
+    node = AnvilNode().start()
+    pid = node.pid
+    node.kill()
+    assert not node.running
+    if sys.platform == "linux":
+        assert pid is not None
+        assert not Path(f"/proc/{pid}").exists()
