@@ -8,7 +8,7 @@ base units and its fiat minor units is explicit and exact (or says it is not).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Context, Decimal, Inexact, InvalidOperation, Overflow
 
 from domain.errors import CurrencyMismatch, InexactConversion, InvalidAmount
 
@@ -51,15 +51,27 @@ class Money:
     @classmethod
     def parse(cls, text: str, currency: Currency) -> Money:
         """Parse a decimal string in major units ("8.50") exactly; too many decimals is an error."""
+        if not isinstance(text, str):
+            raise InvalidAmount(f"amount text must be a str, got {type(text).__name__}")
         try:
             value = Decimal(text)
         except ArithmeticError as exc:
             raise InvalidAmount(f"{text!r} is not a decimal amount") from exc
         if not value.is_finite():
             raise InvalidAmount(f"{text!r} is not a finite amount")
-        scaled = value.scaleb(currency.decimals)
+        # The default context keeps 28 digits and would silently round an 18-decimal token amount;
+        # shift with as many digits as the text has, and trap anything that is not exact.
+        exact = Context(
+            prec=len(value.as_tuple().digits), traps=[InvalidOperation, Overflow, Inexact]
+        )
+        try:
+            scaled = value.scaleb(currency.decimals, exact)
+        except ArithmeticError as exc:
+            raise InvalidAmount(f"{text!r} is out of range for {currency}") from exc
         if scaled != scaled.to_integral_value():
-            raise InvalidAmount(f"{text!r} has more than {currency.decimals} decimals for {currency}")
+            raise InvalidAmount(
+                f"{text!r} has more than {currency.decimals} decimals for {currency}"
+            )
         return cls(int(scaled), currency)
 
     def _same(self, other: Money) -> None:
@@ -102,7 +114,9 @@ class Money:
         return self.units < 0
 
     def to_decimal(self) -> Decimal:
-        return Decimal(self.units).scaleb(-self.currency.decimals)
+        # Built from the digits, not with scaleb: context arithmetic would round past 28 digits.
+        sign, digits, _ = Decimal(self.units).as_tuple()
+        return Decimal((sign, digits, -self.currency.decimals))
 
     def __str__(self) -> str:
         return f"{self.to_decimal():f} {self.currency}"

@@ -141,7 +141,11 @@ class Payment:
             raise InvalidTransition(f"payment {self.id}: refund {cmd.refund_id} already requested")
         refundable = self.refundable
         assert refundable is not None
-        if cmd.amount.currency != refundable.currency or cmd.amount > refundable:
+        if cmd.amount.currency != refundable.currency:
+            raise InvalidTransition(
+                f"payment {self.id}: refund in {cmd.amount.currency}, spent {refundable.currency}"
+            )
+        if cmd.amount > refundable:
             raise RefundExceedsCapture(
                 f"payment {self.id}: refund {cmd.amount} exceeds refundable {refundable}"
             )
