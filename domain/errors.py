@@ -33,3 +33,7 @@ class ConcurrencyConflict(DomainError):
 
 class UnknownEventType(DomainError):
     """A stored or received event whose type this version of the model does not know."""
+
+
+class NaiveTimestamp(DomainError):
+    """A time without a UTC offset; the model only records UTC-aware times."""

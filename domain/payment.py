@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from domain import commands as c
 from domain import events as e
-from domain.errors import InvalidTransition, RefundExceedsCapture
+from domain.errors import InvalidTransition, NaiveTimestamp, RefundExceedsCapture
 from domain.money import Money
 
 
@@ -194,6 +195,9 @@ class Payment:
             raise InvalidTransition(f"amount must be positive, got {amount}")
 
     def _record(self, cls: type[e.DomainEvent], cmd: c.Command, **fields: Any) -> None:
+        for name, value in (("at", cmd.at), *fields.items()):
+            if isinstance(value, datetime) and value.tzinfo is None:
+                raise NaiveTimestamp(f"{type(cmd).__name__}.{name} has no UTC offset")
         event = cls(
             stream_id=self.id,
             version=self.version + 1,

@@ -49,7 +49,10 @@ def _load(hint: Any, raw: Any) -> Any:
     if hint is Money:
         return Money(int(raw["units"]), Currency(raw["currency"], int(raw["decimals"])))
     if hint is datetime:
-        return datetime.fromisoformat(raw)
+        value = datetime.fromisoformat(raw)
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {raw!r} in an event; use UTC-aware times")
+        return value
     if hint is ChainEvidence:
         return ChainEvidence(**{k: _load(h, raw[k]) for k, h in _hints(ChainEvidence).items()})
     return raw
@@ -89,7 +92,7 @@ def from_recorded(recorded: RecordedEvent) -> DomainEvent:
     return cls(
         stream_id=recorded.stream_id,
         version=recorded.version,
-        occurred_at=datetime.fromisoformat(meta["occurred_at"]),
+        occurred_at=_load(datetime, meta["occurred_at"]),
         correlation_id=meta["correlation_id"],
         causation_id=meta["causation_id"],
         **fields,

@@ -1,0 +1,550 @@
+"""The Payment aggregate's lifecycle, example by example."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from domain import commands as c
+from domain import events as e
+from domain.errors import DomainError, InvalidTransition, RefundExceedsCapture
+from domain.events import ChainEvidence
+from domain.money import EUR, Currency, Money
+from domain.payment import Hold, Payment, Status, handle
+
+pytestmark = pytest.mark.unit
+
+EURE = Currency("EURe", 18)
+PAYMENT_ID = "pay-1"
+T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+_ids = itertools.count(1)
+
+
+def eure(major: str) -> Money:
+    return Money.parse(major, EURE)
+
+
+def evidence(log_index: int = 0) -> ChainEvidence:
+    return ChainEvidence(
+        chain_id=100,
+        block_number=35_000_000 + log_index,
+        block_hash="0x" + "ab" * 32,
+        tx_hash="0x" + f"{log_index:064x}",
+        log_index=log_index,
+    )
+
+
+def _base(minutes: int = 0, correlation_id: str | None = None) -> dict[str, object]:
+    return {
+        "command_id": f"cmd-{next(_ids)}",
+        "payment_id": PAYMENT_ID,
+        "at": T0 + timedelta(minutes=minutes),
+        "correlation_id": correlation_id,
+    }
+
+
+def authorize(amount: Money | None = None, **kw: object) -> c.AuthorizePayment:
+    return c.AuthorizePayment(
+        **_base(**kw),  # type: ignore[arg-type]
+        account="0xsafe",
+        amount=amount or eure("25"),
+        merchant="Bakery",
+        mcc="5462",
+        expires_at=T0 + timedelta(days=7),
+    )
+
+
+def confirm_spend(amount: Money | None = None, **kw: object) -> c.ConfirmSpend:
+    return c.ConfirmSpend(
+        **_base(**kw),  # type: ignore[arg-type]
+        account="0xsafe",
+        amount=amount or eure("25"),
+        evidence=evidence(1),
+    )
+
+
+def clear(amount: Money | None = None, **kw: object) -> c.ClearPayment:
+    return c.ClearPayment(**_base(**kw), amount=amount or eure("25"))  # type: ignore[arg-type]
+
+
+def reverse(**kw: object) -> c.ReversePayment:
+    return c.ReversePayment(**_base(**kw), reason="expired")  # type: ignore[arg-type]
+
+
+def request_refund(refund_id: str, amount: Money, **kw: object) -> c.RequestRefund:
+    return c.RequestRefund(
+        **_base(**kw),  # type: ignore[arg-type]
+        refund_id=refund_id,
+        amount=amount,
+        reason="merchant credit",
+    )
+
+
+def submit_refund(refund_id: str, **kw: object) -> c.RecordRefundSubmission:
+    return c.RecordRefundSubmission(
+        **_base(**kw),  # type: ignore[arg-type]
+        refund_id=refund_id,
+        tx_hash="0x" + "cd" * 32,
+    )
+
+
+def confirm_refund(refund_id: str, amount: Money, **kw: object) -> c.ConfirmRefund:
+    return c.ConfirmRefund(
+        **_base(**kw),  # type: ignore[arg-type]
+        refund_id=refund_id,
+        amount=amount,
+        evidence=evidence(7),
+    )
+
+
+def settle(**kw: object) -> c.SettlePayment:
+    return c.SettlePayment(**_base(**kw), batch_id="2024-05-02-EUR")  # type: ignore[arg-type]
+
+
+def snapshot(payment: Payment) -> tuple[object, ...]:
+    """Everything a command may change, in comparable form."""
+    return (
+        payment.version,
+        payment.status,
+        payment.hold,
+        payment.account,
+        payment.authorized,
+        payment.spent,
+        payment.cleared,
+        {k: (r.amount, r.tx_hash, r.confirmed) for k, r in payment.refunds.items()},
+        len(payment.pending_events),
+    )
+
+
+def held(amount: str = "25") -> Payment:
+    payment = Payment(PAYMENT_ID)
+    payment.authorize(authorize(eure(amount)))
+    payment.confirm_spend(confirm_spend(eure(amount)))
+    return payment
+
+
+def cleared(amount: str = "25") -> Payment:
+    payment = held(amount)
+    payment.clear(clear(eure(amount)))
+    return payment
+
+
+# -- the happy path --------------------------------------------------------------------------------
+def test_authorize_confirm_clear_settle() -> None:
+    payment = Payment(PAYMENT_ID)
+    assert (payment.status, payment.hold, payment.version) == (Status.NEW, Hold.NONE, 0)
+
+    payment.authorize(authorize(eure("25"), minutes=0))
+    assert (payment.status, payment.hold) == (Status.AUTHORIZED, Hold.NONE)
+    assert payment.authorized == eure("25")
+    assert payment.account == "0xsafe"
+    assert payment.spent is None
+
+    payment.confirm_spend(confirm_spend(eure("25"), minutes=1))
+    assert (payment.status, payment.hold) == (Status.HELD, Hold.PENDING)
+    assert payment.spent == eure("25")
+    assert payment.refunded == Money.zero(EURE)
+    assert payment.refundable == eure("25")
+
+    payment.clear(clear(eure("25"), minutes=2))
+    assert (payment.status, payment.hold) == (Status.CLEARED, Hold.POSTED)
+    assert payment.cleared == eure("25")
+
+    payment.settle(settle(minutes=3))
+    assert (payment.status, payment.hold) == (Status.SETTLED, Hold.POSTED)
+
+    assert [type(ev) for ev in payment.pending_events] == [
+        e.PaymentAuthorized,
+        e.PaymentSpent,
+        e.PaymentCleared,
+        e.PaymentSettled,
+    ]
+    assert payment.version == 4
+
+
+def test_partial_spend_and_clearing_below_the_authorization() -> None:
+    payment = Payment(PAYMENT_ID)
+    payment.authorize(authorize(eure("100")))
+    payment.confirm_spend(confirm_spend(eure("60")))
+    payment.clear(clear(eure("55.5")))
+    assert payment.authorized == eure("100")
+    assert payment.spent == eure("60")
+    assert payment.cleared == eure("55.5")
+    assert payment.hold is Hold.POSTED
+
+
+def test_spend_above_the_authorization_is_rejected() -> None:
+    payment = Payment(PAYMENT_ID)
+    payment.authorize(authorize(eure("25")))
+    with pytest.raises(InvalidTransition):
+        payment.confirm_spend(confirm_spend(Money(eure("25").units + 1, EURE)))
+    assert payment.status is Status.AUTHORIZED
+
+
+def test_handle_dispatches_every_command() -> None:
+    payment = Payment(PAYMENT_ID)
+    for cmd in [
+        authorize(),
+        confirm_spend(),
+        request_refund("r1", eure("5")),
+        submit_refund("r1"),
+        confirm_refund("r1", eure("5")),
+        clear(),
+        settle(),
+    ]:
+        handle(payment, cmd)
+    assert payment.status is Status.SETTLED
+    assert payment.refunded == eure("5")
+    assert payment.version == 7
+    with pytest.raises(InvalidTransition):
+        handle(payment, c.Command(**_base()))  # type: ignore[arg-type]
+
+
+# -- chain first (observer mode) -----------------------------------------------------------------
+def test_chain_first_payment_starts_with_the_spend() -> None:
+    payment = Payment(PAYMENT_ID)
+    payment.confirm_spend(confirm_spend(eure("12.34")))
+    assert (payment.status, payment.hold) == (Status.HELD, Hold.PENDING)
+    assert payment.authorized is None
+    assert payment.spent == eure("12.34")
+    assert payment.version == 1
+
+    payment.clear(clear(eure("12.34")))
+    payment.settle(settle())
+    assert (payment.status, payment.hold) == (Status.SETTLED, Hold.POSTED)
+
+
+def test_a_chain_first_payment_cannot_be_authorized_afterwards() -> None:
+    payment = Payment(PAYMENT_ID)
+    payment.confirm_spend(confirm_spend())
+    with pytest.raises(InvalidTransition):
+        payment.authorize(authorize())
+
+
+# -- reversal -------------------------------------------------------------------------------------
+def test_reversal_voids_a_pending_hold() -> None:
+    payment = held()
+    payment.reverse(reverse())
+    assert (payment.status, payment.hold) == (Status.REVERSED, Hold.VOIDED)
+    assert isinstance(payment.pending_events[-1], e.PaymentReversed)
+    assert payment.pending_events[-1].reason == "expired"
+
+
+def test_reversal_before_the_spend_has_no_hold_to_void() -> None:
+    payment = Payment(PAYMENT_ID)
+    payment.authorize(authorize())
+    payment.reverse(reverse())
+    assert (payment.status, payment.hold) == (Status.REVERSED, Hold.NONE)
+
+
+@pytest.mark.parametrize("make", [lambda: Payment(PAYMENT_ID), cleared], ids=["new", "cleared"])
+def test_reversal_needs_an_unresolved_authorization(make: Callable[[], Payment]) -> None:
+    payment = make()
+    before = snapshot(payment)
+    with pytest.raises(InvalidTransition):
+        payment.reverse(reverse())
+    assert snapshot(payment) == before
+
+
+def test_a_posted_hold_is_never_voided() -> None:
+    payment = cleared()
+    with pytest.raises(InvalidTransition):
+        payment.reverse(reverse())
+    assert payment.hold is Hold.POSTED
+
+
+# -- refunds --------------------------------------------------------------------------------------
+def test_refund_request_submission_confirmation() -> None:
+    payment = cleared("25")
+
+    payment.request_refund(request_refund("r1", eure("10")))
+    assert payment.committed_refunds == eure("10")
+    assert payment.refunded == Money.zero(EURE)
+    assert payment.refundable == eure("15")
+
+    payment.record_refund_submission(submit_refund("r1"))
+    assert payment.refunds["r1"].tx_hash == "0x" + "cd" * 32
+    assert payment.refunded == Money.zero(EURE)
+
+    payment.confirm_refund(confirm_refund("r1", eure("10")))
+    assert payment.refunded == eure("10")
+    assert payment.committed_refunds == eure("10")
+    assert payment.refundable == eure("15")
+    assert [type(ev) for ev in payment.pending_events[-3:]] == [
+        e.RefundRequested,
+        e.RefundSubmitted,
+        e.PaymentRefunded,
+    ]
+    assert payment.status is Status.CLEARED
+
+
+def test_refund_seen_on_chain_before_its_submission_was_recorded() -> None:
+    payment = cleared()
+    payment.request_refund(request_refund("r1", eure("1")))
+    payment.confirm_refund(confirm_refund("r1", eure("1")))
+    assert payment.refunded == eure("1")
+    with pytest.raises(InvalidTransition):
+        payment.record_refund_submission(submit_refund("r1"))
+
+
+def test_refunds_before_clearing_and_after_settlement() -> None:
+    payment = held("25")
+    payment.request_refund(request_refund("difference", eure("5")))
+    payment.clear(clear(eure("20")))
+    payment.settle(settle())
+    payment.request_refund(request_refund("merchant", eure("20")))
+    payment.confirm_refund(confirm_refund("merchant", eure("20")))
+    payment.confirm_refund(confirm_refund("difference", eure("5")))
+    assert payment.refunded == eure("25")
+    assert payment.refundable == Money.zero(EURE)
+
+
+def test_refund_exceeding_what_was_spent() -> None:
+    payment = cleared("25")
+    with pytest.raises(RefundExceedsCapture):
+        payment.request_refund(request_refund("r1", Money(eure("25").units + 1, EURE)))
+
+    payment.request_refund(request_refund("r1", eure("20")))
+    before = snapshot(payment)
+    # In-flight refunds count: 20 requested leaves 5, whether or not it was confirmed yet.
+    with pytest.raises(RefundExceedsCapture):
+        payment.request_refund(request_refund("r2", eure("5.000000000000000001")))
+    assert snapshot(payment) == before
+
+    payment.request_refund(request_refund("r2", eure("5")))
+    assert payment.refundable == Money.zero(EURE)
+    with pytest.raises(RefundExceedsCapture):
+        payment.request_refund(request_refund("r3", Money(1, EURE)))
+
+
+def test_refund_exceeds_capture_is_an_invalid_transition() -> None:
+    assert issubclass(RefundExceedsCapture, InvalidTransition)
+    assert issubclass(InvalidTransition, DomainError)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        lambda p: p.request_refund(request_refund("r1", eure("1"))),  # duplicate id
+        lambda p: p.record_refund_submission(submit_refund("unknown")),
+        lambda p: p.confirm_refund(confirm_refund("unknown", eure("1"))),
+        lambda p: p.confirm_refund(confirm_refund("r1", eure("2"))),  # chain shows another amount
+        lambda p: p.request_refund(request_refund("r0", Money(0, EURE))),
+        lambda p: p.request_refund(request_refund("r0", Money(-1, EURE))),
+    ],
+    ids=["duplicate", "submit-unknown", "confirm-unknown", "amount-differs", "zero", "negative"],
+)
+def test_bad_refund_commands_change_nothing(bad: Callable[[Payment], None]) -> None:
+    payment = cleared()
+    payment.request_refund(request_refund("r1", eure("1")))
+    before = snapshot(payment)
+    with pytest.raises(InvalidTransition):
+        bad(payment)
+    assert snapshot(payment) == before
+
+
+def test_a_refund_resolves_once() -> None:
+    payment = cleared()
+    payment.request_refund(request_refund("r1", eure("1")))
+    payment.record_refund_submission(submit_refund("r1"))
+    with pytest.raises(InvalidTransition):
+        payment.record_refund_submission(submit_refund("r1"))
+    payment.confirm_refund(confirm_refund("r1", eure("1")))
+    with pytest.raises(InvalidTransition):
+        payment.confirm_refund(confirm_refund("r1", eure("1")))
+    assert payment.refunded == eure("1")
+
+
+@pytest.mark.parametrize("authorized_first", [False, True], ids=["new", "authorized"])
+def test_refund_needs_a_spend(authorized_first: bool) -> None:
+    payment = Payment(PAYMENT_ID)
+    if authorized_first:
+        payment.authorize(authorize())
+    before = snapshot(payment)
+    with pytest.raises(InvalidTransition):
+        payment.request_refund(request_refund("r1", eure("1")))
+    assert snapshot(payment) == before
+
+
+# -- currencies -----------------------------------------------------------------------------------
+def test_currency_mismatch_between_authorization_and_spend() -> None:
+    payment = Payment(PAYMENT_ID)
+    payment.authorize(authorize(eure("25")))
+    with pytest.raises(InvalidTransition):
+        payment.confirm_spend(confirm_spend(Money(2500, EUR)))
+    assert payment.status is Status.AUTHORIZED
+    assert payment.spent is None
+
+
+def test_currency_mismatch_at_clearing() -> None:
+    payment = held("25")
+    with pytest.raises(InvalidTransition):
+        payment.clear(clear(Money(2500, EUR)))
+    assert payment.status is Status.HELD
+
+
+def test_currency_mismatch_in_a_refund() -> None:
+    payment = cleared("25")
+    before = snapshot(payment)
+    with pytest.raises(InvalidTransition) as raised:
+        payment.request_refund(request_refund("r1", Money(100, EUR)))
+    # Not "exceeds capture": 1.00 EUR is small; it is in the wrong unit.
+    assert not isinstance(raised.value, RefundExceedsCapture)
+    assert snapshot(payment) == before
+
+    payment.request_refund(request_refund("r1", eure("1")))
+    with pytest.raises(InvalidTransition):
+        payment.confirm_refund(confirm_refund("r1", Money(100, EUR)))
+    assert payment.refunded == Money.zero(EURE)
+
+
+@pytest.mark.parametrize("amount", [Money(0, EURE), Money(-1, EURE)], ids=["zero", "negative"])
+def test_amounts_must_be_positive(amount: Money) -> None:
+    with pytest.raises(InvalidTransition):
+        Payment(PAYMENT_ID).authorize(authorize(amount))
+    with pytest.raises(InvalidTransition):
+        Payment(PAYMENT_ID).confirm_spend(confirm_spend(amount))
+    payment = held()
+    with pytest.raises(InvalidTransition):
+        payment.clear(clear(amount))
+    assert payment.status is Status.HELD
+
+
+# -- terminal state -------------------------------------------------------------------------------
+ALL_COMMANDS: list[Callable[[], c.Command]] = [
+    authorize,
+    confirm_spend,
+    clear,
+    reverse,
+    lambda: request_refund("r1", eure("1")),
+    lambda: request_refund("r2", eure("1")),
+    lambda: submit_refund("r1"),
+    lambda: confirm_refund("r1", eure("1")),
+    settle,
+]
+
+
+@pytest.mark.parametrize("make_command", ALL_COMMANDS)
+@pytest.mark.parametrize("reversed_from", ["authorized", "held", "held-with-refund"])
+def test_every_command_on_a_reversed_payment_is_invalid(
+    make_command: Callable[[], c.Command], reversed_from: str
+) -> None:
+    payment = Payment(PAYMENT_ID)
+    payment.authorize(authorize())
+    if reversed_from != "authorized":
+        payment.confirm_spend(confirm_spend())
+    if reversed_from == "held-with-refund":
+        payment.request_refund(request_refund("r1", eure("1")))
+    payment.reverse(reverse())
+    before = snapshot(payment)
+
+    with pytest.raises(InvalidTransition):
+        handle(payment, make_command())
+    assert snapshot(payment) == before
+
+
+# -- events and rehydration -----------------------------------------------------------------------
+def full_history() -> Payment:
+    payment = held("25")
+    payment.request_refund(request_refund("r1", eure("5"), minutes=5))
+    payment.record_refund_submission(submit_refund("r1", minutes=6))
+    payment.clear(clear(eure("20"), minutes=7))
+    payment.confirm_refund(confirm_refund("r1", eure("5"), minutes=8))
+    payment.request_refund(request_refund("r2", eure("3"), minutes=9))
+    payment.settle(settle(minutes=10))
+    return payment
+
+
+def test_rehydrating_from_pending_events_gives_the_same_state() -> None:
+    payment = full_history()
+    again = Payment.rehydrate(PAYMENT_ID, list(payment.pending_events))
+    assert snapshot(again)[:-1] == snapshot(payment)[:-1]
+    assert again.pending_events == []
+    assert (again.refunded, again.committed_refunds, again.refundable) == (
+        payment.refunded,
+        payment.committed_refunds,
+        payment.refundable,
+    )
+
+
+def test_a_rehydrated_payment_continues_where_it_left_off() -> None:
+    live = held()
+    payment = Payment.rehydrate(PAYMENT_ID, list(live.pending_events))
+    payment.clear(clear())
+    assert payment.version == 3
+    assert [ev.version for ev in payment.pending_events] == [3]
+
+
+def test_rehydrating_a_reversed_payment() -> None:
+    live = held()
+    live.reverse(reverse())
+    payment = Payment.rehydrate(PAYMENT_ID, list(live.pending_events))
+    assert (payment.status, payment.hold, payment.version) == (Status.REVERSED, Hold.VOIDED, 3)
+
+
+def test_events_carry_stream_version_time_and_ids() -> None:
+    payment = full_history()
+    events = payment.pending_events
+    assert [ev.version for ev in events] == list(range(1, len(events) + 1))
+    assert payment.version == len(events)
+    for ev in events:
+        assert ev.stream_id == PAYMENT_ID
+        assert ev.occurred_at.tzinfo is not None
+        assert ev.occurred_at.utcoffset() == timedelta(0)
+        assert ev.causation_id.startswith("cmd-")
+        # Without a correlation id the command starts its own conversation.
+        assert ev.correlation_id == ev.causation_id
+    assert len({ev.causation_id for ev in events}) == len(events)
+    times = [ev.occurred_at for ev in events]
+    assert times == sorted(times)
+
+
+def test_events_take_their_ids_and_time_from_the_command() -> None:
+    payment = Payment(PAYMENT_ID)
+    cmd = authorize(minutes=3, correlation_id="network-msg-9")
+    payment.authorize(cmd)
+    (event,) = payment.pending_events
+    assert isinstance(event, e.PaymentAuthorized)
+    assert event.occurred_at == cmd.at
+    assert event.causation_id == cmd.command_id
+    assert event.correlation_id == "network-msg-9"
+    assert (event.account, event.amount, event.merchant, event.mcc, event.expires_at) == (
+        cmd.account,
+        cmd.amount,
+        cmd.merchant,
+        cmd.mcc,
+        cmd.expires_at,
+    )
+
+
+def test_events_are_frozen() -> None:
+    payment = held()
+    with pytest.raises(AttributeError):
+        payment.pending_events[0].version = 9  # type: ignore[misc]
+
+
+def test_a_rejected_command_records_nothing() -> None:
+    payment = held()
+    before = snapshot(payment)
+    for bad in (authorize(), confirm_spend(), settle(), submit_refund("none")):
+        with pytest.raises(InvalidTransition):
+            handle(payment, bad)
+    assert snapshot(payment) == before
+
+
+def test_naive_command_times_are_refused_before_anything_is_recorded() -> None:
+    from datetime import datetime as _dt
+
+    from domain.errors import NaiveTimestamp
+
+    payment = Payment("naive")
+    with pytest.raises(NaiveTimestamp):
+        payment.confirm_spend(
+            c.ConfirmSpend(command_id="x", payment_id="naive", at=_dt(2026, 1, 1),
+                           account="0xabc", amount=Money(1, Currency("EURe", 18)),
+                           evidence=ChainEvidence(chain_id=1, block_number=1, block_hash="0x1",
+                                                  tx_hash="0x2", log_index=0)))
+    assert payment.version == 0 and payment.pending_events == []
