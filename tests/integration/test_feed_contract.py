@@ -18,10 +18,11 @@ from tests.support.workload import payment_events, write
 pytestmark = pytest.mark.integration
 
 FeedFactory = Callable[[], Feed]
+Backend = tuple[FeedFactory, Callable[[int, int], Any]]
 
 
 @pytest.fixture(params=["postgres", "kafka"])
-def make_feed(request: pytest.FixtureRequest, pg_engine: Engine) -> Iterator[tuple[FeedFactory, Callable[[int, int], Any]]]:
+def make_feed(request: pytest.FixtureRequest, pg_engine: Engine) -> Iterator[Backend]:
     """(new feed, write(n payments, seed)) for one backend; writes go through the real path."""
     if request.param == "postgres":
         def write_pg(n: int, seed: int) -> Any:
