@@ -23,6 +23,16 @@ class FeedMessage:
     event: RecordedEvent
 
 
+@dataclass(frozen=True, slots=True)
+class RejectedMessage:
+    """A feed record that is not a recorded event: the consumer quarantines it with its position."""
+
+    source: str
+    offset: int
+    raw: bytes
+    reason: str
+
+
 class Feed(Protocol):
     async def start(self, positions: Positions) -> None:
         """Resume after the stored positions (next offset to read per source; absent = beginning)."""
@@ -30,6 +40,16 @@ class Feed(Protocol):
 
     async def poll(self, max_messages: int, timeout: float) -> list[FeedMessage]:
         """Up to `max_messages` messages, waiting at most `timeout` seconds for the first one."""
+        ...
+
+    def positions(self) -> dict[str, int]:
+        """Next offset per source after everything polled so far, rejected records included.
+
+        Store this with the effects of the polled batch (and the rejected records' quarantine)."""
+        ...
+
+    def take_rejected(self) -> list[RejectedMessage]:
+        """Records polled since the last call that could not be decoded (then forgotten here)."""
         ...
 
     async def stop(self) -> None: ...

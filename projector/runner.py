@@ -1,7 +1,8 @@
 """The projector loop: feed batch → read-model rows + feed positions, one transaction per batch.
 
 Exactly-once effects over an at-least-once feed: positions are stored with the rows they produced,
-and rows remember the last version applied, so a redelivered event changes nothing.
+and rows remember the last version applied, so a redelivered event changes nothing. If the
+transaction fails, the exception ends the loop: the process restarts from the stored positions.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any, Protocol
 from domain.errors import DomainError
 from domain.events import DomainEvent
 from domain.serialization import from_recorded
-from projector.feed import Feed, FeedMessage, Positions, advance
+from projector.feed import Feed, FeedMessage, Positions, RejectedMessage
 from projector.payments import OutOfOrder, PaymentRow, evolve, is_duplicate
 
 log = logging.getLogger(__name__)
@@ -44,13 +45,12 @@ class Projector:
         self._feed = feed
         self._uow = uow_factory
         self._batch_size = batch_size
-        self._positions: dict[str, int] = {}
         self.applied = 0
 
     async def start(self) -> None:
         with self._uow() as uow:
-            self._positions = uow.load_positions(self.name)
-        await self._feed.start(self._positions)
+            positions = uow.load_positions(self.name)
+        await self._feed.start(positions)
 
     async def stop(self) -> None:
         await self._feed.stop()
@@ -58,15 +58,17 @@ class Projector:
     async def run_once(self, timeout: float = 0.5) -> int:
         """Consume one batch; returns how many feed messages it covered (0 when idle)."""
         batch = await self._feed.poll(self._batch_size, timeout)
-        if not batch:
+        rejected = self._feed.take_rejected()
+        if not batch and not rejected:
             return 0
-        positions = advance(self._positions, batch)
+        positions = self._feed.positions()
         with self._uow() as uow:
+            for bad in rejected:
+                self._quarantine_rejected(uow, bad)
             self._apply(uow, batch)
             uow.save_positions(self.name, positions)
             uow.commit()
-        self._positions = positions
-        return len(batch)
+        return len(batch) + len(rejected)
 
     async def run_until_idle(self, idle_polls: int = 2, timeout: float = 0.2) -> None:
         idle = 0
@@ -96,6 +98,14 @@ class Projector:
             except OutOfOrder as exc:
                 self._quarantine(uow, message, str(exc))
         uow.put_payments(list(changed.values()))
+
+    def _quarantine_rejected(self, uow: ProjectionUnitOfWork, bad: RejectedMessage) -> None:
+        log.warning("projector %s quarantined %s@%d: %s", self.name, bad.source, bad.offset,
+                    bad.reason)
+        uow.quarantine(
+            f"projector:{self.name}", f"{bad.source}@{bad.offset}", bad.reason,
+            {"raw": bad.raw.decode("utf-8", errors="replace")},
+        )
 
     def _quarantine(self, uow: ProjectionUnitOfWork, message: FeedMessage, reason: str) -> None:
         log.warning("projector %s quarantined %s@%d: %s", self.name, message.source,

@@ -12,7 +12,7 @@ import time
 from sqlalchemy import Engine
 
 from cardpay.eventstore import PostgresEventStore
-from projector.feed import FeedMessage, Positions
+from projector.feed import FeedMessage, Positions, RejectedMessage
 
 SOURCE = "events"
 
@@ -41,6 +41,12 @@ class PostgresLogFeed:
             if time.monotonic() >= deadline:
                 return []
             await asyncio.sleep(self._idle_sleep)
+
+    def positions(self) -> dict[str, int]:
+        return {SOURCE: self._last + 1}
+
+    def take_rejected(self) -> list[RejectedMessage]:
+        return []  # rows are typed by the table; a bad payload is caught when it is applied
 
     async def stop(self) -> None:
         return None

@@ -9,13 +9,14 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from types import TracebackType
 from typing import Any
+
+from cardpay.infra.service import ManagedService
 
 log = logging.getLogger(__name__)
 
 
-class EmbeddedPostgres:
+class EmbeddedPostgres(ManagedService):
     """A real PostgreSQL server on a Unix socket inside `data_dir` (a temp dir when not given).
 
     A temporary server is deleted on stop; a server with a given data dir keeps its data.
@@ -52,15 +53,3 @@ class EmbeddedPostgres:
         server._cleanup()
         if self._temp:
             shutil.rmtree(self.data_dir.parent, ignore_errors=True)
-
-    def __enter__(self) -> EmbeddedPostgres:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -27,10 +27,11 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 import requests
+
+from cardpay.infra.service import ManagedService
 
 DEFAULT_CHAIN_ID = 31337
 DEFAULT_STARTUP_TIMEOUT = 30.0
@@ -114,7 +115,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-class AnvilNode:
+class AnvilNode(ManagedService):
     """One Anvil process on 127.0.0.1 and a free port; a context manager.
 
     ``block_time=None`` keeps Anvil's automine (one block per transaction, mined on arrival).
@@ -244,14 +245,6 @@ class AnvilNode:
         if self._process is None:
             self.start()
         return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- JSON-RPC --------------------------------------------------------------------------
 

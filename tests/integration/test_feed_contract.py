@@ -57,7 +57,10 @@ def make_feed(request: pytest.FixtureRequest, pg_engine: Engine) -> Iterator[Bac
     yield (lambda: KafkaFeed(broker.bootstrap_servers, topic)), write_kafka
 
 
-async def _drain(feed: Feed, positions: Positions, limit: int | None = None) -> list[FeedMessage]:
+async def _drain(
+    feed: Feed, positions: Positions, limit: int | None = None
+) -> tuple[list[FeedMessage], dict[str, int]]:
+    """Everything the feed delivers (up to `limit`), and the positions to resume after it."""
     await feed.start(positions)
     got: list[FeedMessage] = []
     try:
@@ -66,9 +69,10 @@ async def _drain(feed: Feed, positions: Positions, limit: int | None = None) -> 
             batch = await feed.poll(50 if limit is None else min(50, limit - len(got)), 0.5)
             idle = 0 if batch else idle + 1
             got.extend(batch)
+        assert feed.take_rejected() == []
+        return got, feed.positions()
     finally:
         await feed.stop()
-    return got
 
 
 def _keys(messages: list[FeedMessage]) -> list[tuple[str, int]]:
@@ -78,7 +82,7 @@ def _keys(messages: list[FeedMessage]) -> list[tuple[str, int]]:
 def test_a_new_reader_gets_every_event_once_in_stream_order(make_feed: Any) -> None:
     new_feed, write_events = make_feed
     payments = write_events(120, 1)
-    got = asyncio.run(_drain(new_feed(), {}))
+    got, _ = asyncio.run(_drain(new_feed(), {}))
     expected = {(e.stream_id, e.version) for events in payments for e in events}
     assert sorted(_keys(got)) == sorted(expected)
     per_stream: dict[str, list[int]] = {}
@@ -91,9 +95,9 @@ def test_resuming_from_stored_positions_delivers_exactly_the_rest(make_feed: Any
     new_feed, write_events = make_feed
     payments = write_events(80, 2)
     total = sum(len(events) for events in payments)
-    first = asyncio.run(_drain(new_feed(), {}, limit=total // 2))
-    positions = advance({}, first)
-    rest = asyncio.run(_drain(new_feed(), positions))
+    first, positions = asyncio.run(_drain(new_feed(), {}, limit=total // 2))
+    assert positions == advance({}, first)
+    rest, _ = asyncio.run(_drain(new_feed(), positions))
     assert len(first) + len(rest) == total
     assert not set(_keys(first)) & set(_keys(rest))
 
@@ -103,13 +107,53 @@ def test_poll_with_nothing_new_returns_empty_within_the_timeout(make_feed: Any) 
     write_events(3, 3)
 
     async def go() -> list[FeedMessage]:
+        _, positions = await _drain(new_feed(), {})
         feed = new_feed()
-        everything = await _drain(feed, {})
-        feed = new_feed()
-        await feed.start(advance({}, everything))
+        await feed.start(positions)
         try:
             return await feed.poll(10, 0.3)
         finally:
             await feed.stop()
 
     assert asyncio.run(go()) == []
+
+
+def test_kafka_records_that_are_not_events_are_quarantined_with_their_position(
+    pg_engine: Engine, kafka_broker: Any
+) -> None:
+    from cardpay.adapters.kafka import KafkaFeed, KafkaPublisher
+    from cardpay.messages import OutboxMessage
+    from cardpay.services import make_uow_factory
+    from cardpay.uow import PostgresUnitOfWork
+    from projector.runner import Projector
+    from tests.support.workload import expected_rows, stored_rows
+
+    topic = f"feed-garbage-{random.randrange(10**9)}"
+    kafka_broker.create_topic(topic, 1)
+    payments = payment_events(5, 9)
+    write(pg_engine, payments, outbox_topic=topic)
+
+    async def go() -> None:
+        publisher = KafkaPublisher(kafka_broker.bootstrap_servers)
+        await publisher.start()
+        try:
+            await OutboxRelay(pg_engine, publisher).run(until_idle=True)
+            await publisher.publish([OutboxMessage(0, topic, "junk", b"{not json")])
+        finally:
+            await publisher.stop()
+        projector = Projector("payments", KafkaFeed(kafka_broker.bootstrap_servers, topic),
+                              make_uow_factory(pg_engine, None))
+        await projector.start()
+        await projector.run_until_idle()
+        await projector.stop()
+
+    asyncio.run(go())
+    assert stored_rows(pg_engine) == expected_rows(payments)
+    with PostgresUnitOfWork(pg_engine) as uow:
+        quarantined = uow.quarantined("projector:")
+        positions = uow.load_positions("payments")
+    assert len(quarantined) == 1
+    assert quarantined[0]["reason"].startswith("not a recorded event")
+    assert quarantined[0]["payload"] == {"raw": "{not json"}
+    total = sum(len(events) for events in payments)
+    assert positions == {f"{topic}:0": total + 1}  # past the junk record, which came last
