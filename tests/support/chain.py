@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from listener.decode import SPEND_TOPIC, TRANSFER_TOPIC
+from listener.errors import RpcError
 
 SETTLEMENT = "0x" + "48" * 20
 SPENDER = "0x" + "5f" * 20
@@ -47,6 +48,9 @@ class RecordedNode:
         if method == "eth_getLogs":
             f = params[0]
             lo, hi = int(f["fromBlock"], 16), int(f["toBlock"], 16)
+            if hi > self.head:  # like Anvil: a range past the head is an error, not empty
+                raise RpcError("eth_getLogs", -32602,
+                               f"block height is {self.head} but requested was {hi}")
             return [
                 log for log in self.logs
                 if isinstance(log.get("blockNumber"), str) and lo <= int(log["blockNumber"], 16) <= hi
