@@ -31,8 +31,8 @@ from domain.commands import RecordRefundSubmission, RequestRefund
 from domain.money import Currency, Money
 from listener.decode import SPEND_TOPIC, TRANSFER_TOPIC
 from listener.poller import Listener
+from listener.presets import ChainConfig, local_config
 from listener.rpc import HttpJsonRpc
-from listener.translate import ChainConfig
 
 CONFIRMATIONS = 2
 
@@ -87,13 +87,7 @@ class DemoResult:
 
 
 def chain_config(deployment: LocalDeployment) -> ChainConfig:
-    return ChainConfig(
-        chain_id=deployment.chain_id,
-        settlement=deployment.settlement_account.lower(),
-        spender_modules=frozenset({deployment.spender_module.lower()}),
-        tokens={t.address.lower(): Currency(t.symbol, t.decimals)
-                for t in deployment.tokens.values()},
-    )
+    return local_config(deployment.to_dict())
 
 
 def chain_totals(chain: LocalChain, deployment: LocalDeployment, to_block: int) -> dict[str, Totals]:
@@ -156,7 +150,8 @@ class Demo:
             rpc = HttpJsonRpc(node.rpc_url)
             stack.callback(rpc.close)
             listener = Listener(
-                "demo", rpc, PostgresChainSink(uows), chain_config(deployment),
+                "demo", rpc, PostgresChainSink(uows, chain_id=deployment.chain_id),
+                chain_config(deployment),
                 start_block=deployment.deployed_at_block, confirmations=CONFIRMATIONS,
                 max_range=500,
             )

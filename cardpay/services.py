@@ -7,17 +7,18 @@ and a log the listener could not use are quarantined with the reason, never rais
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine
 
-from cardpay.uow import ExpectedRefund, PostgresUnitOfWork
+from cardpay.uow import ChainEffect, ExpectedRefund, PostgresUnitOfWork
 from domain import commands as c
 from domain.errors import DomainError
 from domain.payment import Payment, handle
-from listener.ports import ChainCommand, Cursor, Rejected
+from listener.ports import BlockRef, ChainBatch, ChainCommand, Cursor
 
 log = logging.getLogger(__name__)
 
@@ -37,32 +38,57 @@ def _describe(command: Any) -> dict[str, Any]:
 
 
 class PostgresChainSink:
-    """The listener's sink: applies a block range's commands, rejects and cursor atomically."""
+    """The listener's sink: applies a block range atomically, and rolls back reorged blocks.
 
-    def __init__(self, uow_factory: UowFactory) -> None:
+    `window` is how many blocks below the cursor keep their hashes (the deepest reorg handled).
+    """
+
+    def __init__(self, uow_factory: UowFactory, *, chain_id: int, window: int = 256) -> None:
         self._uow = uow_factory
+        self._chain_id = chain_id
+        self._window = window
         self.applied = 0
         self.quarantined = 0
 
     def load_cursor(self, name: str) -> Cursor | None:
         with self._uow() as uow:
-            stored = uow.load_cursor(name)
-        return None if stored is None else Cursor(stored.block_number, stored.block_hash)
+            return uow.load_cursor(name)
 
-    def apply(
-        self,
-        name: str,
-        commands: Sequence[ChainCommand],
-        rejected: Sequence[Rejected],
-        cursor: Cursor,
-    ) -> None:
+    def recent_blocks(self, name: str) -> list[BlockRef]:
         with self._uow() as uow:
-            for reject in rejected:
+            return uow.recent_blocks(name)
+
+    def apply(self, name: str, batch: ChainBatch) -> None:
+        with self._uow() as uow:
+            for reject in batch.rejected:
                 self._quarantine(uow, name, reject.key, reject.reason, reject.raw)
-            for command in commands:
+            for command in batch.commands:
                 self._apply_one(uow, name, command)
-            uow.save_cursor(name, cursor)
+            uow.add_activity(self._chain_id, batch.activity)
+            uow.keep_blocks(name, batch.blocks, below=batch.cursor.block_number - self._window)
+            uow.save_cursor(name, batch.cursor)
             uow.commit()
+
+    def rollback(self, name: str, ancestor: BlockRef) -> int:
+        """Retract what the orphaned blocks above `ancestor` produced, in one transaction."""
+        with self._uow() as uow:
+            orphaned = uow.blocks_above(name, ancestor.number)
+            retracted = 0
+            for effect in uow.chain_effects(orphaned):
+                if not _still_rests_on(uow, effect):
+                    continue
+                retracted += 1
+                command = _retraction(effect, f"reorg: block {effect.evidence.block_hash} orphaned")
+                try:
+                    with uow.conn.begin_nested():
+                        execute(uow, command)
+                except DomainError as exc:
+                    self._quarantine(uow, name, f"{command.command_id}", str(exc),
+                                     _describe(command))
+            uow.forget_chain_blocks(name, self._chain_id, ancestor.number, orphaned)
+            uow.save_cursor(name, Cursor(ancestor.number, ancestor.hash))
+            uow.commit()
+        return retracted
 
     def _apply_one(self, uow: PostgresUnitOfWork, name: str, command: ChainCommand) -> None:
         if uow.is_processed(command.command_id):
@@ -107,6 +133,26 @@ class PostgresChainSink:
         log.warning("listener %s quarantined %s: %s", name, key, reason)
         self.quarantined += 1
         uow.quarantine(f"listener:{name}", key, reason, payload)
+
+
+def _still_rests_on(uow: PostgresUnitOfWork, effect: ChainEffect) -> bool:
+    """True if the payment's current state still depends on this log (not retracted already)."""
+    payment = Payment.rehydrate(effect.payment_id, uow.events.load(effect.payment_id))
+    if effect.refund_id is None:
+        return payment.spend_evidence == effect.evidence
+    refund = payment.refunds.get(effect.refund_id)
+    return refund is not None and refund.evidence == effect.evidence
+
+
+def _retraction(effect: ChainEffect, reason: str) -> c.Command:
+    ev = effect.evidence
+    command_id = f"retract:{ev.chain_id}:{ev.block_hash}:{ev.log_index}"
+    now = datetime.now(UTC)
+    if effect.refund_id is None:
+        return c.RetractSpend(command_id=command_id, payment_id=effect.payment_id, at=now,
+                              evidence=ev, reason=reason)
+    return c.RetractRefund(command_id=command_id, payment_id=effect.payment_id, at=now,
+                           refund_id=effect.refund_id, evidence=ev, reason=reason)
 
 
 class UnmatchedTransfer(Exception):

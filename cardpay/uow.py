@@ -6,17 +6,28 @@ the chain cursor) are written through one of these and commit together or not at
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, literal, select, update
+from sqlalchemy import Connection, Engine, delete, func, literal, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from cardpay.db import schema as s
 from cardpay.eventstore import PostgresEventStore
-from listener.ports import Cursor
+from domain.events import ChainEvidence
+from listener.classify import Activity
+from listener.ports import BlockRef, Cursor
 from projector.payments import PaymentRow
+
+
+@dataclass(frozen=True, slots=True)
+class ChainEffect:
+    """A payment event that rests on a chain log (a spend, or a refund with its id)."""
+
+    payment_id: str
+    refund_id: str | None
+    evidence: ChainEvidence
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +153,92 @@ class PostgresUnitOfWork:
                     "updated_at": func.now(),
                 },
             )
+        )
+
+    # -- classified activity and the unfinalized block window ----------------------------------
+    def add_activity(self, chain_id: int, activity: Sequence[Activity]) -> None:
+        if not activity:
+            return
+        rows = [
+            {
+                "chain_id": chain_id, "block_hash": a.log.block_hash, "log_index": a.log.log_index,
+                "block_number": a.log.block_number, "block_time": a.block_time,
+                "tx_hash": a.log.tx_hash, "kind": a.kind.value, "token": a.token,
+                "symbol": a.symbol, "sender": a.sender, "recipient": a.recipient,
+                "amount": a.amount, "cardholder": a.cardholder,
+            }
+            for a in activity
+        ]
+        self.conn.execute(pg_insert(s.chain_activity).on_conflict_do_nothing(), rows)
+
+    def keep_blocks(self, listener: str, blocks: Sequence[BlockRef], *, below: int) -> None:
+        """Remember these block hashes; forget those older than `below` (final by then)."""
+        if blocks:
+            stmt = pg_insert(s.chain_blocks)
+            self.conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["listener", "block_number"],
+                    set_={"block_hash": stmt.excluded.block_hash,
+                          "parent_hash": stmt.excluded.parent_hash},
+                ),
+                [{"listener": listener, "block_number": b.number, "block_hash": b.hash,
+                  "parent_hash": b.parent_hash} for b in blocks],
+            )
+        self.conn.execute(
+            delete(s.chain_blocks).where(s.chain_blocks.c.listener == listener,
+                                         s.chain_blocks.c.block_number < below)
+        )
+
+    def recent_blocks(self, listener: str) -> list[BlockRef]:
+        return self.blocks_above(listener, -1)
+
+    def blocks_above(self, listener: str, number: int) -> list[BlockRef]:
+        t = s.chain_blocks
+        rows = self.conn.execute(
+            select(t.c.block_number, t.c.block_hash, t.c.parent_hash)
+            .where(t.c.listener == listener, t.c.block_number > number)
+            .order_by(t.c.block_number.desc())
+        )
+        return [BlockRef(int(n), h, p) for n, h, p in rows]
+
+    def chain_effects(self, blocks: Sequence[BlockRef]) -> list[ChainEffect]:
+        """Spends and refunds recorded from logs in these blocks, newest first."""
+        if not blocks:
+            return []
+        block_hash = s.events.c.data[("payload", "evidence", "block_hash")].astext
+        rows = self.conn.execute(
+            select(s.events.c.stream_id, s.events.c.data)
+            .where(s.events.c.type.in_(["PaymentSpent", "PaymentRefunded"]),
+                   block_hash.in_([b.hash for b in blocks]))
+            .order_by(s.events.c.position.desc())
+        )
+        effects = []
+        for stream_id, data in rows:
+            payload = data["payload"]
+            effects.append(ChainEffect(stream_id, payload.get("refund_id"),
+                                       ChainEvidence(**payload["evidence"])))
+        return effects
+
+    def forget_chain_blocks(
+        self, listener: str, chain_id: int, ancestor: int, orphaned: Sequence[BlockRef]
+    ) -> None:
+        """Drop what orphaned blocks left behind: activity, claimed log ids, matched refunds."""
+        self.conn.execute(
+            delete(s.chain_activity).where(s.chain_activity.c.chain_id == chain_id,
+                                           s.chain_activity.c.block_number > ancestor)
+        )
+        for block in orphaned:
+            pattern = f"chain:{chain_id}:{block.hash}:%"
+            self.conn.execute(
+                delete(s.processed_commands).where(s.processed_commands.c.command_id.like(pattern))
+            )
+            self.conn.execute(
+                update(s.expected_refunds).where(s.expected_refunds.c.matched_by.like(pattern))
+                .values(matched_by=None)
+            )
+        self.conn.execute(
+            delete(s.chain_blocks).where(s.chain_blocks.c.listener == listener,
+                                         s.chain_blocks.c.block_number > ancestor)
         )
 
     # -- refunds awaiting their on-chain transfer -----------------------------------------------

@@ -73,6 +73,19 @@ class SettlePayment(Command):
 
 
 @dataclass(frozen=True, kw_only=True)
+class RetractSpend(Command):
+    evidence: ChainEvidence
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetractRefund(Command):
+    refund_id: str
+    evidence: ChainEvidence
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
 class RecordSettlementTransfer:
     """A transfer out of the issuer's settlement account was seen on chain (a refund/reversal).
 

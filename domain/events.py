@@ -102,6 +102,24 @@ class PaymentSettled(DomainEvent):
     batch_id: str
 
 
+@dataclass(frozen=True, kw_only=True)
+class SpendRetracted(DomainEvent):
+    """The block holding the spend left the canonical chain (reorg): the hold is gone with it."""
+
+    evidence: ChainEvidence
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class RefundRetracted(DomainEvent):
+    """The block holding the refund transfer left the canonical chain: the refund is in flight again."""
+
+    refund_id: str
+    amount: Money
+    evidence: ChainEvidence
+    reason: str
+
+
 PAYMENT_EVENTS: tuple[type[DomainEvent], ...] = (
     PaymentAuthorized,
     PaymentSpent,
@@ -111,6 +129,8 @@ PAYMENT_EVENTS: tuple[type[DomainEvent], ...] = (
     RefundSubmitted,
     PaymentRefunded,
     PaymentSettled,
+    SpendRetracted,
+    RefundRetracted,
 )
 
 

@@ -44,6 +44,7 @@ class _Refund:
     amount: Money
     tx_hash: str | None = None
     confirmed: bool = False
+    evidence: e.ChainEvidence | None = None
 
 
 class Payment:
@@ -56,6 +57,7 @@ class Payment:
         self.authorized: Money | None = None
         self.spent: Money | None = None
         self.cleared: Money | None = None
+        self.spend_evidence: e.ChainEvidence | None = None
         self.refunds: dict[str, _Refund] = {}
         self.pending_events: list[e.DomainEvent] = []
 
@@ -168,6 +170,29 @@ class Payment:
         self._record(e.PaymentRefunded, cmd, refund_id=cmd.refund_id, amount=cmd.amount,
                      evidence=cmd.evidence)
 
+    def retract_spend(self, cmd: c.RetractSpend) -> None:
+        """A reorg removed the spend's block. Only a spend nothing was built on can be retracted;
+        anything later (clearing, refunds) needs a compensating saga and is refused here."""
+        self._require(Status.HELD)
+        if cmd.evidence != self.spend_evidence:
+            raise InvalidTransition(f"payment {self.id}: retraction names another spend log")
+        committed = self.committed_refunds
+        if committed is not None and not committed.is_zero:
+            raise InvalidTransition(
+                f"payment {self.id}: spend retracted by a reorg after refunds were requested; "
+                "needs compensation"
+            )
+        self._record(e.SpendRetracted, cmd, evidence=cmd.evidence, reason=cmd.reason)
+
+    def retract_refund(self, cmd: c.RetractRefund) -> None:
+        refund = self.refunds.get(cmd.refund_id)
+        if refund is None or not refund.confirmed or refund.evidence != cmd.evidence:
+            raise InvalidTransition(
+                f"payment {self.id}: refund {cmd.refund_id} was not confirmed by that log"
+            )
+        self._record(e.RefundRetracted, cmd, refund_id=cmd.refund_id, amount=refund.amount,
+                     evidence=cmd.evidence, reason=cmd.reason)
+
     def settle(self, cmd: c.SettlePayment) -> None:
         self._require(Status.CLEARED)
         self._record(e.PaymentSettled, cmd, batch_id=cmd.batch_id)
@@ -217,6 +242,7 @@ class Payment:
             case e.PaymentSpent():
                 self.status, self.hold = Status.HELD, Hold.PENDING
                 self.account, self.spent = event.account, event.amount
+                self.spend_evidence = event.evidence
             case e.PaymentCleared():
                 self.status, self.hold, self.cleared = Status.CLEARED, Hold.POSTED, event.amount
             case e.PaymentReversed():
@@ -229,6 +255,13 @@ class Payment:
                 self.refunds[event.refund_id].tx_hash = event.tx_hash
             case e.PaymentRefunded():
                 self.refunds[event.refund_id].confirmed = True
+                self.refunds[event.refund_id].evidence = event.evidence
+            case e.SpendRetracted():
+                self.status = Status.AUTHORIZED if self.authorized is not None else Status.NEW
+                self.hold, self.spent, self.spend_evidence = Hold.NONE, None, None
+            case e.RefundRetracted():
+                self.refunds[event.refund_id].confirmed = False
+                self.refunds[event.refund_id].evidence = None
             case e.PaymentSettled():
                 self.status = Status.SETTLED
             case _:
@@ -255,5 +288,9 @@ def handle(payment: Payment, cmd: c.Command) -> None:
             payment.confirm_refund(cmd)
         case c.SettlePayment():
             payment.settle(cmd)
+        case c.RetractSpend():
+            payment.retract_spend(cmd)
+        case c.RetractRefund():
+            payment.retract_refund(cmd)
         case _:
             raise InvalidTransition(f"unknown command {type(cmd).__name__}")

@@ -1,8 +1,14 @@
 """The listener loop: poll `eth_getLogs` behind a confirmation depth, translate, hand to the sink.
 
-Each call of `run_once` covers one block range and ends in one `sink.apply` (one database
-transaction): the commands' effects, the quarantined logs and the new cursor commit together, so a
-crash anywhere re-reads the same range and the idempotent commands make that harmless.
+Each `run_once` covers one block range and ends in one `sink.apply` (one database transaction):
+the commands' effects, the classified activity, the quarantined logs, the block hashes and the new
+cursor commit together, so a crash anywhere re-reads the same range and idempotent commands make
+that harmless.
+
+Reorgs: before every range the block under the cursor is compared with the node's. On a mismatch
+the listener walks back through the block hashes it kept to the newest one the node still has (the
+common ancestor), asks the sink to retract everything above it, and goes on from there. A node that
+does not have the cursor's block yet is behind, not reorged: the listener waits.
 """
 
 from __future__ import annotations
@@ -10,18 +16,24 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from listener.decode import SPEND_TOPIC, TRANSFER_TOPIC
-from listener.errors import MalformedLog, ReorgDetected
+from listener.errors import MalformedLog, ReorgDetected, RpcError, RpcTransportError
 from listener.logs import Log, parse_log
-from listener.ports import ChainSink, Cursor, Rejected, RpcClient
-from listener.translate import ChainConfig, translate
+from listener.ports import BlockRef, ChainBatch, ChainSink, Cursor, Rejected, RpcClient
+from listener.presets import ChainConfig
+from listener.ranges import RangePlanner, is_range_too_large
+from listener.translate import translate
 
 log = logging.getLogger(__name__)
+
+
+class ReorgTooDeep(ReorgDetected):
+    """No kept block hash is still canonical: the reorg is deeper than the window."""
 
 
 @dataclass(frozen=True)
@@ -31,13 +43,53 @@ class RangeResult:
     logs: int
     commands: int
     rejected: int
+    activity: int = 0
+    reorg_depth: int = 0
+    retracted: int = 0
 
 
-def _block(rpc: RpcClient, number: int) -> dict[str, Any]:
-    block = rpc.call("eth_getBlockByNumber", [hex(number), False])
-    if not isinstance(block, dict) or "hash" not in block:
-        raise ReorgDetected(f"block {number} is not available from the node")
-    return block
+Observer = Callable[[RangeResult], None]
+
+
+def _block_ref(raw: Mapping[str, Any]) -> BlockRef:
+    return BlockRef(int(raw["number"], 16), str(raw["hash"]).lower(),
+                    str(raw["parentHash"]).lower(), int(raw.get("timestamp", "0x0"), 16))
+
+
+def parse_logs(raw_logs: Any) -> tuple[list[Log], list[Rejected]]:
+    """Typed logs, and a `Rejected` (with a stable key) for every object that is not a log."""
+    if not isinstance(raw_logs, list):
+        raise MalformedLog(f"eth_getLogs returned {type(raw_logs).__name__}, not a list")
+    logs: list[Log] = []
+    rejected: list[Rejected] = []
+    for raw in raw_logs:
+        try:
+            logs.append(parse_log(raw))
+        except MalformedLog as exc:
+            digest = hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode())
+            rejected.append(Rejected(f"malformed:{digest.hexdigest()}", str(exc),
+                                     raw if isinstance(raw, dict) else {"raw": raw}))
+    return logs, rejected
+
+
+def build_batch(
+    config: ChainConfig,
+    logs: Sequence[Log],
+    rejected: Sequence[Rejected],
+    timestamps: Mapping[int, datetime],
+    cursor: Cursor,
+    blocks: Iterable[BlockRef],
+) -> ChainBatch:
+    """The one translation step shared by live polling and recorded-log replay."""
+    live = [item for item in logs if not item.removed]
+    translation = translate(live, config, timestamps)
+    return ChainBatch(
+        cursor=cursor,
+        commands=translation.commands,
+        activity=translation.activity,
+        rejected=[*rejected, *translation.rejected],
+        blocks=tuple(blocks),
+    )
 
 
 class Listener:
@@ -51,7 +103,8 @@ class Listener:
         start_block: int,
         confirmations: int,
         max_range: int = 2000,
-        on_range: Callable[[RangeResult], None] | None = None,
+        initial_range: int | None = None,
+        on_range: Observer | None = None,
     ) -> None:
         if confirmations < 0 or max_range < 1:
             raise ValueError("confirmations must be >= 0 and max_range >= 1")
@@ -61,50 +114,48 @@ class Listener:
         self._config = config
         self._start_block = start_block
         self._confirmations = confirmations
-        self._max_range = max_range
+        self.planner = RangePlanner(size=min(max_range, initial_range or max_range),
+                                    maximum=max_range)
         self._on_range = on_range
 
     def head(self) -> int:
         return int(self._rpc.call("eth_blockNumber", []), 16)
 
+    def _header(self, number: int) -> BlockRef | None:
+        raw = self._rpc.call("eth_getBlockByNumber", [hex(number), False])
+        return None if raw is None else _block_ref(raw)
+
     def run_once(self) -> RangeResult | None:
-        """Index the next range up to the confirmed head; None when there is nothing new."""
+        """Index the next range up to the confirmed head; None when there is nothing to do."""
         cursor = self._sink.load_cursor(self.name)
         safe = self.head() - self._confirmations
+        if cursor is not None:
+            here = self._header(cursor.block_number)
+            if here is None:
+                log.info("node is behind block %d; waiting", cursor.block_number)
+                return None
+            if here.hash != cursor.block_hash:
+                return self._recover(cursor)
         first = cursor.block_number + 1 if cursor else self._start_block
         if first > safe:
             return None
-        last = min(safe, first + self._max_range - 1)
-        if cursor is not None:
-            parent = _block(self._rpc, first)["parentHash"].lower()
-            if parent != cursor.block_hash:
-                raise ReorgDetected(
-                    f"block {first} builds on {parent}, cursor has {cursor.block_hash} "
-                    f"at {cursor.block_number}"
-                )
-        raw_logs = self._rpc.call(
-            "eth_getLogs",
-            [{
-                "fromBlock": hex(first),
-                "toBlock": hex(last),
-                "address": self._config.log_addresses,
-                "topics": [[SPEND_TOPIC, TRANSFER_TOPIC]],
-            }],
-        )
-        logs, rejected = self._parse(raw_logs)
-        translation = translate(logs, self._config, self._timestamps(logs))
-        end = _block(self._rpc, last)
-        self._sink.apply(
-            self.name,
-            translation.commands,
-            rejected + translation.rejected,
-            Cursor(last, end["hash"].lower()),
-        )
-        result = RangeResult(first, last, len(logs), len(translation.commands),
-                             len(rejected) + len(translation.rejected))
-        if self._on_range is not None:
-            self._on_range(result)
-        return result
+        last = self.planner.plan(first, safe)
+        raw_logs, last = self._get_logs(first, last)
+        logs, rejected = parse_logs(raw_logs)
+        headers = self._headers_for(logs, last)
+        if headers is None:
+            return None  # the node changed its mind mid-range; the next poll sees the reorg
+        if cursor is not None and first in headers and \
+                headers[first].parent_hash != cursor.block_hash:
+            return self._recover(cursor)
+        timestamps = self._timestamps(logs, headers)
+        end = headers[last]
+        batch = build_batch(self._config, logs, rejected, timestamps,
+                            Cursor(last, end.hash), headers.values())
+        self._sink.apply(self.name, batch)
+        self.planner.succeeded(last - first + 1, len(logs))
+        return self._report(RangeResult(first, last, len(logs), len(batch.commands),
+                                        len(batch.rejected), len(batch.activity)))
 
     def run_until_caught_up(self) -> int:
         """Index ranges until the confirmed head; returns how many ranges it covered."""
@@ -113,29 +164,67 @@ class Listener:
             ranges += 1
         return ranges
 
-    def _parse(self, raw_logs: Any) -> tuple[list[Log], list[Rejected]]:
-        logs: list[Log] = []
-        rejected: list[Rejected] = []
-        if not isinstance(raw_logs, list):
-            raise MalformedLog(f"eth_getLogs returned {type(raw_logs).__name__}, not a list")
-        for raw in raw_logs:
+    # -- pieces ---------------------------------------------------------------------------------
+    def _get_logs(self, first: int, last: int) -> tuple[Any, int]:
+        while True:
             try:
-                logs.append(parse_log(raw))
-            except MalformedLog as exc:
-                digest = hashlib.sha256(
-                    json.dumps(raw, sort_keys=True, default=str).encode()
-                ).hexdigest()
-                rejected.append(Rejected(f"malformed:{digest}", str(exc),
-                                         raw if isinstance(raw, dict) else {"raw": raw}))
-        return logs, rejected
+                return self._rpc.call("eth_getLogs", [{
+                    "fromBlock": hex(first),
+                    "toBlock": hex(last),
+                    "address": self._config.log_addresses,
+                    "topics": [[SPEND_TOPIC, TRANSFER_TOPIC]],
+                }]), last
+            except RpcError as exc:
+                if not is_range_too_large(exc) or (self.planner.at_minimum and first == last):
+                    raise
+                self.planner.refused(first, exc)
+            except RpcTransportError:
+                if self.planner.at_minimum and first == last:
+                    raise
+                self.planner.refused(first, None)
+            log.info("eth_getLogs %d..%d refused; trying %d blocks", first, last,
+                     self.planner.size)
+            last = self.planner.plan(first, last)
 
-    def _timestamps(self, logs: list[Log]) -> dict[int, datetime]:
-        stamps: dict[int, datetime] = {}
+    def _headers_for(self, logs: Sequence[Log], last: int) -> dict[int, BlockRef] | None:
+        """Headers of every block with logs and of `last`, each checked against the logs' hash."""
+        wanted = sorted({item.block_number for item in logs} | {last})
+        headers: dict[int, BlockRef] = {}
+        for number in wanted:
+            header = self._header(number)
+            if header is None:
+                return None
+            headers[number] = header
         for item in logs:
-            if item.block_number in stamps:
-                continue
-            seconds = item.block_timestamp
-            if seconds is None:
-                seconds = int(_block(self._rpc, item.block_number)["timestamp"], 16)
-            stamps[item.block_number] = datetime.fromtimestamp(seconds, UTC)
-        return stamps
+            if item.block_hash != headers[item.block_number].hash:
+                log.warning("log %s is from a block no longer canonical; re-reading", item.key)
+                return None
+        return headers
+
+    @staticmethod
+    def _timestamps(logs: Sequence[Log], headers: Mapping[int, BlockRef]) -> dict[int, datetime]:
+        return {
+            item.block_number: datetime.fromtimestamp(headers[item.block_number].timestamp, UTC)
+            for item in logs
+        }
+
+    def _recover(self, cursor: Cursor) -> RangeResult:
+        """Find the newest kept block the node still has; retract everything above it."""
+        for kept in self._sink.recent_blocks(self.name):
+            node = self._header(kept.number)
+            if node is not None and node.hash == kept.hash:
+                retracted = self._sink.rollback(self.name, kept)
+                depth = cursor.block_number - kept.number
+                log.warning("reorg: rolled back %d blocks to %d (%s), retracted %d logs",
+                            depth, kept.number, kept.hash, retracted)
+                return self._report(RangeResult(kept.number + 1, cursor.block_number, 0, 0, 0,
+                                                reorg_depth=depth, retracted=retracted))
+        raise ReorgTooDeep(
+            f"block {cursor.block_number} ({cursor.block_hash}) was reorged out and none of the "
+            "kept block hashes is canonical any more; re-index from an older block"
+        )
+
+    def _report(self, result: RangeResult) -> RangeResult:
+        if self._on_range is not None:
+            self._on_range(result)
+        return result

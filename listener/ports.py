@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
 
 from domain.commands import ConfirmSpend, RecordSettlementTransfer
+
+if TYPE_CHECKING:
+    from listener.classify import Activity
 
 ChainCommand = ConfirmSpend | RecordSettlementTransfer
 
@@ -20,6 +23,14 @@ class Cursor:
 
 
 @dataclass(frozen=True, slots=True)
+class BlockRef:
+    number: int
+    hash: str
+    parent_hash: str
+    timestamp: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Rejected:
     """A log the listener could not use, with the reason; quarantined, never dropped."""
 
@@ -28,19 +39,32 @@ class Rejected:
     raw: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class ChainBatch:
+    """Everything one block range produced; the sink applies it in one transaction."""
+
+    cursor: Cursor
+    commands: Sequence[ChainCommand] = ()
+    activity: Sequence[Activity] = ()
+    rejected: Sequence[Rejected] = ()
+    blocks: Sequence[BlockRef] = field(default_factory=tuple)
+
+
 class RpcClient(Protocol):
     def call(self, method: str, params: list[Any]) -> Any: ...
 
 
 class ChainSink(Protocol):
-    """Applies one block range atomically: the commands' effects, the rejects and the cursor."""
+    """Applies one block range atomically: the commands' effects, activity, rejects and cursor."""
 
     def load_cursor(self, name: str) -> Cursor | None: ...
 
-    def apply(
-        self,
-        name: str,
-        commands: Sequence[ChainCommand],
-        rejected: Sequence[Rejected],
-        cursor: Cursor,
-    ) -> None: ...
+    def recent_blocks(self, name: str) -> list[BlockRef]:
+        """The unfinalized window of block hashes the sink kept, newest first."""
+        ...
+
+    def apply(self, name: str, batch: ChainBatch) -> None: ...
+
+    def rollback(self, name: str, ancestor: BlockRef) -> int:
+        """Retract everything above `ancestor` (a reorg); returns how many logs were retracted."""
+        ...

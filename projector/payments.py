@@ -65,5 +65,9 @@ def evolve(row: PaymentRow | None, event: e.DomainEvent) -> PaymentRow:
             return dataclasses.replace(row, refunded=row.refunded + event.amount.units)
         case e.PaymentSettled():
             return dataclasses.replace(row, status="settled")
+        case e.SpendRetracted():
+            return dataclasses.replace(row, status="retracted", spent=0, spend_tx=None)
+        case e.RefundRetracted():
+            return dataclasses.replace(row, refunded=row.refunded - event.amount.units)
         case _:
             return row  # events that do not change this view (refund requested/submitted)

@@ -171,6 +171,8 @@ class LocalChain:
     DEPLOY_GAS = 3_000_000
     REFUND_BATCH_BASE_GAS = 80_000
     REFUND_BATCH_GAS_PER_LEG = 45_000
+    SPEND_BATCH_BASE_GAS = 100_000
+    SPEND_BATCH_GAS_PER_SPEND = 60_000
 
     def __init__(
         self,
@@ -348,6 +350,63 @@ class LocalChain:
         self._wait([pending])
         return pending.tx_hash
 
+    # -- benchmark batching (SpendBatcher) -------------------------------------------------
+
+    def deploy_spend_batcher(self) -> str:
+        """Deploy the benchmark-only SpendBatcher (owned by the deployer) and allow it as a
+        relayer on the spender module. Returns its address. Its spends are real
+        SpenderModule.spend calls, so the logs are those of single spends, many per receipt."""
+        d = self.deployment
+        pending = self._send_create("deploy SpendBatcher", "SpendBatcher", [d.spender_module])
+        batcher = _created_address(self._wait([pending])[0])
+        self._wait([
+            self._send_call(
+                "setRelayer SpendBatcher", d.deployer, "SpenderModule", d.spender_module,
+                "setRelayer", batcher, True,
+            )
+        ])  # fmt: skip
+        return batcher
+
+    def spend_batches(
+        self,
+        batcher: str,
+        batches: Iterable[Sequence[tuple[str, CardholderRef, int]]],
+        *,
+        in_flight: int = 32,
+    ) -> list[str]:
+        """One SpendBatcher.spendBatch transaction per batch of spends ``(token_symbol,
+        cardholder, amount)``, all to the settlement account, in order. Up to ``in_flight``
+        transactions are sent before their receipts are awaited (under automine each one is
+        its own block). Returns the tx hashes in order; raises TransactionReverted if a batch
+        reverts (a batch is all or nothing)."""
+        if in_flight < 1:
+            raise ValueError("in_flight must be >= 1")
+        d = self.deployment
+        address = Web3.to_checksum_address(batcher)
+        hashes: list[str] = []
+        window: list[_Pending] = []
+        for number, batch in enumerate(batches):
+            if not batch:
+                raise ValueError(f"batch #{number} is empty")
+            assets = [d.token(symbol).address for symbol, _, _ in batch]
+            accounts = [self._cardholder(cardholder) for _, cardholder, _ in batch]
+            amounts = [int(amount) for _, _, amount in batch]
+            data = _SPEND_BATCH_SELECTOR + abi_encode(
+                ["address[]", "address[]", "address", "uint256[]"],
+                [assets, accounts, d.settlement_account, amounts],
+            )
+            gas = self.SPEND_BATCH_BASE_GAS + self.SPEND_BATCH_GAS_PER_SPEND * len(batch)
+            tx = {"from": d.deployer, "to": address, "data": "0x" + data.hex(), "gas": hex(gas)}
+            window.append(self._send(f"spendBatch #{number} of {len(batch)} spends", tx))
+            if len(window) >= in_flight:
+                self._wait(window)
+                hashes.extend(p.tx_hash for p in window)
+                window = []
+        if window:
+            self._wait(window)
+            hashes.extend(p.tx_hash for p in window)
+        return hashes
+
     def balance_of(self, token_symbol: str, owner: CardholderRef) -> int:
         address = self._cardholder(owner)
         token = self.deployment.token(token_symbol).address
@@ -467,6 +526,12 @@ class LocalChain:
         except RpcError as exc:
             return exc.rpc_message
         return "reverted on chain, but the replay on the parent block succeeded (reason unknown)"
+
+
+# SpendBatcher.spendBatch(address[],address[],address,uint256[])
+_SPEND_BATCH_SELECTOR = bytes(
+    Web3.keccak(text="spendBatch(address[],address[],address,uint256[])")
+)[:4]
 
 
 def _created_address(receipt: Mapping[str, Any]) -> str:

@@ -118,3 +118,32 @@ rm_payments = Table(
     Column("last_version", Integer, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
+
+chain_activity = Table(
+    "chain_activity",
+    metadata,
+    Column("chain_id", BigInteger, nullable=False),
+    Column("block_hash", Text, nullable=False),
+    Column("log_index", Integer, nullable=False),
+    Column("block_number", BigInteger, nullable=False),
+    Column("block_time", DateTime(timezone=True), nullable=False),
+    Column("tx_hash", Text, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("token", Text, nullable=False),
+    Column("symbol", Text, nullable=False),
+    Column("sender", Text, nullable=False),
+    Column("recipient", Text, nullable=False),
+    Column("amount", Amount, nullable=False),
+    Column("cardholder", Text),
+    PrimaryKeyConstraint("chain_id", "block_hash", "log_index"),
+)
+
+chain_blocks = Table(
+    "chain_blocks",
+    metadata,
+    Column("listener", Text, nullable=False),
+    Column("block_number", BigInteger, nullable=False),
+    Column("block_hash", Text, nullable=False),
+    Column("parent_hash", Text, nullable=False),
+    PrimaryKeyConstraint("listener", "block_number"),
+)

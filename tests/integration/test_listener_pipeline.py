@@ -14,7 +14,7 @@ from cardpay.uow import PostgresUnitOfWork
 from domain.money import Currency
 from listener.decode import SPEND_TOPIC
 from listener.poller import Listener
-from listener.translate import ChainConfig
+from listener.presets import ChainConfig
 from projector.runner import Projector
 from tests.support.chain import EURE, SAFE, SETTLEMENT, SPENDER, RecordedNode, word
 
@@ -28,7 +28,7 @@ CONFIG = ChainConfig(
 
 def _listener(engine: Engine, node: RecordedNode, *, max_range: int = 3,
               confirmations: int = 0) -> tuple[Listener, PostgresChainSink]:
-    sink = PostgresChainSink(make_uow_factory(engine, None))
+    sink = PostgresChainSink(make_uow_factory(engine, None), chain_id=CONFIG.chain_id)
     return Listener("test", node, sink, CONFIG, start_block=1, confirmations=confirmations,
                     max_range=max_range), sink
 

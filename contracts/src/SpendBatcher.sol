@@ -1,0 +1,40 @@
+// SPDX-License-Identifier: MIT
+pragma solidity 0.8.28;
+
+import {SpenderModule} from "./SpenderModule.sol";
+
+/// @title SpendBatcher
+/// @notice Benchmark-only helper, not part of the Gnosis Pay surface: a relayer of the spender
+///         module that makes many card spends in one transaction, so that a workload of 100,000
+///         card events fits in a few minutes. Each spend is a real SpenderModule.spend call, so
+///         the logs are exactly those of a single spend (token Transfer, the account's
+///         ExecutionFromModuleSuccess, the module's Spend), repeated in order inside one receipt.
+///         Only the owner (the deployer) can call it; the spender module's owner must allow it
+///         as a relayer (setRelayer / addRelayer).
+contract SpendBatcher {
+    address public immutable owner;
+    SpenderModule public immutable module;
+
+    constructor(SpenderModule module_) {
+        owner = msg.sender;
+        module = module_;
+    }
+
+    /// @notice spend(assets[i], accounts[i], receiver, amounts[i]) for every i, in order.
+    ///         Reverts as a whole if any spend reverts.
+    function spendBatch(
+        address[] calldata assets,
+        address[] calldata accounts,
+        address receiver,
+        uint256[] calldata amounts
+    ) external {
+        require(msg.sender == owner, "SpendBatcher: caller is not the owner");
+        uint256 n = assets.length;
+        require(
+            accounts.length == n && amounts.length == n, "SpendBatcher: length mismatch"
+        );
+        for (uint256 i = 0; i < n; ++i) {
+            module.spend(assets[i], accounts[i], receiver, amounts[i]);
+        }
+    }
+}

@@ -1,0 +1,115 @@
+"""Classify every token transfer touching the issuer or a cardholder (observer mode and live).
+
+Classes follow Gnosis' own analytics (gnosis-pay-onchain.md §3): a transfer into the settlement
+account is a card spend; out of it, a refund/reversal; GNO from the cashback Safe, cashback; from
+the referral Safe, a referral reward; a mint, a fiat top-up; a burn, an off-ramp; anything else,
+other. The EURe/GBPe v1 "frontend" repeats the v2 Transfer in the same transaction: it is dropped
+(counted once).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from listener.decode import Spend, Transfer
+from listener.logs import Log
+from listener.presets import ZERO, ChainConfig
+
+
+class Kind(enum.StrEnum):
+    CARD_SPEND = "card_spend"
+    REFUND = "refund"
+    CASHBACK = "cashback"
+    REFERRAL = "referral"
+    TOP_UP = "top_up"
+    OFF_RAMP = "off_ramp"
+    OTHER = "other"
+
+
+@dataclass(frozen=True, slots=True)
+class Activity:
+    log: Log
+    kind: Kind
+    token: str
+    """Canonical token address (the v2 proxy for EURe/GBPe)."""
+    symbol: str
+    sender: str
+    recipient: str
+    amount: int
+    cardholder: str | None
+    block_time: datetime | None = None
+
+
+def drop_mirrors(transfers: Sequence[Transfer], config: ChainConfig) -> list[Transfer]:
+    """Remove each v1-frontend Transfer that repeats a v2 Transfer of the same transaction.
+
+    A v1 Transfer with no v2 twin (before 2024-08-25 only v1 existed) is kept as the token's.
+    """
+    if not config.mirrors:
+        return list(transfers)
+    twins: dict[tuple[str, str, str, str, int], int] = {}
+    for t in transfers:
+        if t.token not in config.mirrors:
+            key = (t.log.tx_hash, t.token, t.sender, t.recipient, t.value)
+            twins[key] = twins.get(key, 0) + 1
+    kept = []
+    for t in transfers:
+        if t.token in config.mirrors:
+            key = (t.log.tx_hash, config.mirrors[t.token], t.sender, t.recipient, t.value)
+            if twins.get(key, 0) > 0:
+                twins[key] -= 1
+                continue
+        kept.append(t)
+    return kept
+
+
+def _kind(t: Transfer, config: ChainConfig) -> tuple[Kind, str | None]:
+    if t.recipient == config.settlement:
+        if t.sender in config.operational_wallets or t.sender == ZERO:
+            return Kind.OTHER, None
+        return Kind.CARD_SPEND, t.sender
+    if t.sender == config.settlement:
+        if t.recipient in config.operational_wallets or t.recipient == ZERO:
+            return Kind.OTHER, None
+        return Kind.REFUND, t.recipient
+    if t.sender in config.cashback_senders:
+        return Kind.CASHBACK, t.recipient
+    if t.sender in config.referral_senders:
+        return Kind.REFERRAL, t.recipient
+    if t.sender in config.ignored_senders:
+        return Kind.OTHER, None
+    if t.sender == ZERO:
+        return Kind.TOP_UP, None
+    if t.recipient == ZERO:
+        return Kind.OFF_RAMP, None
+    return Kind.OTHER, None
+
+
+def classify(transfers: Iterable[Transfer], config: ChainConfig) -> list[Activity]:
+    """One `Activity` per transfer of a configured token (mirrors already dropped)."""
+    out = []
+    for t in transfers:
+        currency = config.tokens.get(t.token)
+        if currency is None:
+            continue
+        kind, cardholder = _kind(t, config)
+        out.append(Activity(t.log, kind, config.canonical(t.token), currency.code, t.sender,
+                            t.recipient, t.value, cardholder))
+    return out
+
+
+def spend_cardholder(spend: Spend, transfers: Sequence[Transfer], config: ChainConfig) -> str:
+    """The Safe behind a Spend: the sender of the matching Transfer in the same transaction.
+
+    Spend's own `account` is the Safe's Roles module, not the Safe; it is the fallback when no
+    matching Transfer was read.
+    """
+    asset = config.canonical(spend.asset)
+    for t in transfers:
+        if (t.log.tx_hash == spend.log.tx_hash and config.canonical(t.token) == asset
+                and t.recipient == spend.receiver and t.value == spend.amount):
+            return t.sender
+    return spend.account

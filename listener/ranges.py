@@ -1,0 +1,63 @@
+"""Adaptive `eth_getLogs` block ranges: grow while responses are small, shrink on provider limits.
+
+Providers refuse large queries in many dialects ("query returned more than 10000 results",
+"Log response size exceeded", "block range is too wide", "exceed maximum block range", timeouts).
+When the error suggests a range ("try with this block range [0x..., 0x...]"), that range is used.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from listener.errors import RpcError
+
+_TOO_LARGE = re.compile(
+    r"more than \d+ results|response size|too (?:wide|large|many)|range (?:is )?too|"
+    r"exceed(?:s|ed)? (?:the )?(?:max|limit)|limit exceeded|block range|timeout|timed out",
+    re.IGNORECASE,
+)
+_SUGGESTED = re.compile(r"\[\s*(0x[0-9a-fA-F]+)\s*,\s*(0x[0-9a-fA-F]+)\s*\]")
+
+
+def is_range_too_large(error: RpcError) -> bool:
+    return bool(_TOO_LARGE.search(error.message)) and "block height is" not in error.message
+
+
+def suggested_range(error: RpcError) -> tuple[int, int] | None:
+    match = _SUGGESTED.search(error.message)
+    if match is None:
+        return None
+    lo, hi = int(match.group(1), 16), int(match.group(2), 16)
+    return (lo, hi) if hi >= lo else None
+
+
+@dataclass
+class RangePlanner:
+    size: int = 500
+    minimum: int = 1
+    maximum: int = 10_000
+    target_logs: int = 5_000
+    """Grow while a range returns fewer logs than this; shrink when it returns more than twice."""
+
+    def plan(self, first: int, safe: int) -> int:
+        """The last block of the next range starting at `first` (never beyond `safe`)."""
+        return min(safe, first + self.size - 1)
+
+    def succeeded(self, blocks: int, logs: int) -> None:
+        if logs > 2 * self.target_logs:
+            self.size = max(self.minimum, self.size // 2)
+        elif logs < self.target_logs and blocks >= self.size:
+            self.size = min(self.maximum, self.size * 2)
+
+    def refused(self, first: int, error: RpcError | None) -> None:
+        """The provider refused the range starting at `first`: take its hint or halve."""
+        hint = suggested_range(error) if error is not None else None
+        if hint is not None and hint[0] == first:
+            self.size = max(self.minimum, min(self.size - 1, hint[1] - hint[0] + 1))
+        else:
+            self.size = max(self.minimum, self.size // 2)
+
+    @property
+    def at_minimum(self) -> bool:
+        return self.size <= self.minimum
