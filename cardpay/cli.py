@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from cardpay.settings import Settings, SettingsError
 
@@ -56,6 +57,19 @@ def _parser() -> argparse.ArgumentParser:
                          help="exit when the feed has nothing new")
     project.add_argument("--batch-size", type=int, default=500,
                          help="feed messages per transaction (500)")
+    replay = sub.add_parser(
+        "replay",
+        help="index a recorded chain (logs.jsonl + blocks.jsonl) into a fresh embedded database",
+        description="Replay DIR/logs.jsonl (eth_getLogs results, one per line) and DIR/blocks.jsonl "
+        "(eth_getBlockByNumber results) through the real listener code into a fresh embedded "
+        "PostgreSQL, then print counts and totals per class and token. The local preset reads "
+        "DIR/deployment.json.",
+    )
+    replay.add_argument("directory", type=Path, metavar="DIR")
+    replay.add_argument("--preset", choices=["gnosis", "local"], default="gnosis",
+                        help="which addresses mean what (default gnosis: mainnet Gnosis Pay)")
+    replay.add_argument("--json", action="store_true",
+                        help='one JSON object: "activity" (every classified transfer) and "totals"')
     return parser
 
 
@@ -141,6 +155,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return demo.run(args.payments, args.seed, as_json=args.json)
     if args.command == "db":
         return _database_upgrade(settings)
+    if args.command == "replay":
+        from cardpay import replay as replay_command
+        from listener.errors import ListenerError
+
+        try:
+            return replay_command.main(args.directory, args.preset, args.json)
+        except (ListenerError, FileNotFoundError) as exc:
+            print(f"cardpay replay: {exc}", file=sys.stderr)
+            return 2
     if args.command == "relay":
         return _relay(settings, args.until_idle, args.batch_size)
     if args.command == "project":

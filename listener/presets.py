@@ -39,6 +39,14 @@ class ChainConfig:
     def log_addresses(self) -> list[str]:
         return sorted(self.spender_modules | set(self.tokens))
 
+    def subscribes(self, address: str, topic0: str | None) -> bool:
+        """Whether the live listener's eth_getLogs filter would return this log."""
+        from listener.decode import SPEND_TOPIC, TRANSFER_TOPIC
+
+        if topic0 == SPEND_TOPIC:
+            return address in self.spender_modules
+        return topic0 == TRANSFER_TOPIC and address in self.tokens
+
     def canonical(self, token: str) -> str:
         return self.mirrors.get(token, token)
 

@@ -1,0 +1,115 @@
+"""`cardpay replay DIR`: index a recorded chain into a fresh embedded database and report it."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from sqlalchemy import Engine, select
+
+from cardpay.bootstrap import database
+from cardpay.db.schema import chain_activity, events, quarantine
+from cardpay.progress import Progress
+from cardpay.services import PostgresChainSink, make_uow_factory
+from cardpay.settings import Settings
+from domain.money import Currency, Money
+from listener.presets import ChainConfig, load_preset
+from listener.replay import ReplayResult, load_recording, replay
+
+
+@dataclass
+class ReplayReport:
+    result: ReplayResult
+    activity: list[dict[str, Any]]
+    payments: list[dict[str, Any]]
+    totals: dict[str, dict[str, dict[str, Any]]]
+    decimals: dict[str, int]
+    quarantined: list[dict[str, Any]]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"activity": self.activity, "totals": self.totals, "payments": self.payments,
+                "quarantined": self.quarantined,
+                "blocks": self.result.blocks, "logs": self.result.logs}
+
+
+def preset_for(directory: Path, name: str) -> ChainConfig:
+    return load_preset(name, directory / "deployment.json")
+
+
+def read_report(engine: Engine, result: ReplayResult, config: ChainConfig) -> ReplayReport:
+    t = chain_activity
+    with engine.connect() as conn:
+        rows = conn.execute(select(t).order_by(t.c.block_number, t.c.log_index)).all()
+        bad = conn.execute(select(quarantine.c.key, quarantine.c.reason)
+                           .order_by(quarantine.c.id)).all()
+        spent = conn.execute(select(events.c.stream_id, events.c.data)
+                             .where(events.c.type == "PaymentSpent")
+                             .order_by(events.c.position)).all()
+    activity = [
+        {"tx_hash": r.tx_hash, "log_index": r.log_index, "block_number": r.block_number,
+         "class": r.kind, "token": r.symbol, "from": r.sender, "to": r.recipient,
+         "amount": str(int(r.amount)), "cardholder": r.cardholder}
+        for r in rows
+    ]
+    payments = [
+        {"payment_id": stream_id, "cardholder": data["payload"]["account"],
+         "token": data["payload"]["amount"]["currency"],
+         "amount": data["payload"]["amount"]["units"],
+         "tx_hash": data["payload"]["evidence"]["tx_hash"]}
+        for stream_id, data in spent
+    ]
+    totals: dict[str, dict[str, dict[str, Any]]] = {}
+    for row in activity:
+        entry = totals.setdefault(row["class"], {}).setdefault(
+            row["token"], {"count": 0, "amount": "0"})
+        entry["count"] += 1
+        entry["amount"] = str(int(entry["amount"]) + int(row["amount"]))
+    decimals = {c.code: c.decimals for c in config.tokens.values()}
+    return ReplayReport(result, activity, payments, totals, decimals,
+                        [{"key": k, "reason": r} for k, r in bad])
+
+
+@contextmanager
+def _fresh_database() -> Iterator[Engine]:
+    with tempfile.TemporaryDirectory(prefix="cardpay-replay-") as d, \
+            database(Settings(data_dir=Path(d))) as engine:
+        yield engine
+
+
+def run_replay(directory: Path, preset: str, *, show_progress: bool) -> ReplayReport:
+    config = preset_for(directory, preset)
+    recording = load_recording(directory)
+    with _fresh_database() as engine:
+        sink = PostgresChainSink(make_uow_factory(engine, None), chain_id=config.chain_id)
+        bar = Progress("replay", unit="blocks", enabled=show_progress)
+        result = replay(recording, config, sink, progress=bar.update)
+        bar.close()
+        return read_report(engine, result, config)
+
+
+def print_report(report: ReplayReport, out: TextIO) -> None:
+    print(f"{'class':<12}{'token':<8}{'count':>7}{'amount':>28}", file=out)
+    for kind in sorted(report.totals):
+        for token, entry in sorted(report.totals[kind].items()):
+            amount = Money(int(entry["amount"]), Currency(token, report.decimals.get(token, 0)))
+            print(f"{kind:<12}{token:<8}{entry['count']:>7}{amount.to_decimal():>28f}", file=out)
+    r = report.result
+    print(f"\n{r.blocks} blocks, {r.logs} logs, {len(report.activity)} transfers classified, "
+          f"{r.commands} payment commands, {len(report.quarantined)} quarantined", file=out)
+    for q in report.quarantined:
+        print(f"  quarantined {q['key']}: {q['reason']}", file=out)
+
+
+def main(directory: Path, preset: str, as_json: bool) -> int:
+    report = run_replay(directory, preset, show_progress=not as_json and sys.stderr.isatty())
+    if as_json:
+        print(json.dumps(report.as_json(), indent=2))
+    else:
+        print_report(report, sys.stdout)
+    return 0
