@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from sqlalchemy import Engine, create_engine, text
@@ -27,20 +27,33 @@ def _admin(url: str) -> Engine:
 
 
 @pytest.fixture
-def pg_url(pg_server: EmbeddedPostgres) -> Iterator[str]:
-    """A fresh, migrated database on the session's real PostgreSQL server."""
-    name = f"cardpay_test_{next(_db_names)}"
+def make_db(pg_server: EmbeddedPostgres) -> Iterator[Callable[[], str]]:
+    """A factory of fresh, migrated databases on the session's real PostgreSQL server."""
     admin = _admin(pg_server.url)
+    names: list[str] = []
+
+    def make() -> str:
+        name = f"cardpay_test_{next(_db_names)}"
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        names.append(name)
+        url = pg_server.url.replace("/postgres?", f"/{name}?")
+        engine = make_engine(url)
+        upgrade(engine)
+        engine.dispose()
+        return url
+
+    yield make
     with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = pg_server.url.replace("/postgres?", f"/{name}?")
-    engine = make_engine(url)
-    upgrade(engine)
-    engine.dispose()
-    yield url
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        for name in names:
+            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+@pytest.fixture
+def pg_url(make_db: Callable[[], str]) -> str:
+    """A fresh, migrated database on the session's real PostgreSQL server."""
+    return make_db()
 
 
 @pytest.fixture

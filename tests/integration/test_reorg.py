@@ -1,0 +1,136 @@
+"""Reorgs on a real Anvil node: after each one the read models equal a fresh index of the chain."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, select
+
+from cardpay.chain import load_artifact
+from cardpay.db.engine import make_engine
+from cardpay.db.schema import events, expected_refunds, rm_payments
+from cardpay.demo import chain_config
+from cardpay.services import PaymentService, make_uow_factory
+from domain.commands import RecordRefundSubmission, RequestRefund
+from domain.money import Currency, Money
+from listener.poller import RangeResult
+from listener.translate import payment_id_for_spend
+from tests.support.indexing import canonical_views, make_listener, project
+
+pytestmark = pytest.mark.integration
+
+
+def _spend_request(chain: Any, sender: str, cardholder: int, amount: int) -> dict[str, Any]:
+    d = chain.deployment
+    module = chain.w3.eth.contract(address=d.spender_module,
+                                   abi=load_artifact("SpenderModule").abi)
+    data = module.encode_abi("spend", args=[d.token("EURe").address, d.cardholders[cardholder],
+                                            d.settlement_account, amount])
+    return {"from": sender, "to": d.spender_module, "data": data, "gas": hex(300_000)}
+
+
+def _add_relayer(chain: Any, relayer: str) -> None:
+    d = chain.deployment
+    module = chain.w3.eth.contract(address=d.spender_module,
+                                   abi=load_artifact("SpenderModule").abi)
+    tx = {"from": d.deployer, "to": d.spender_module,
+          "data": module.encode_abi("addRelayer", args=[relayer]), "gas": hex(100_000)}
+    chain.w3.provider.make_request("eth_sendTransaction", [tx])
+
+
+def _fresh_index(make_db: Any, chain: Any) -> tuple[list[Any], list[Any]]:
+    engine = make_engine(make_db())
+    try:
+        config = chain_config(chain.deployment)
+        make_listener(engine, chain.rpc_url, config, chain.deployment.deployed_at_block) \
+            .run_until_caught_up()
+        project(engine)
+        return canonical_views(engine)
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 5, 8, 13, 21, 30])
+def test_reorg_at_depth_matches_a_fresh_index(
+    depth: int, local_chain: Any, anvil_node: Any, pg_engine: Engine, make_db: Any
+) -> None:
+    relayer2 = local_chain.accounts[9]
+    _add_relayer(local_chain, relayer2)
+    txs = [local_chain.spend("EURe", i % 4, (i + 1) * 10**17) for i in range(depth + 3)]
+    config = chain_config(local_chain.deployment)
+    seen: list[RangeResult] = []
+    listener = make_listener(pg_engine, local_chain.rpc_url, config,
+                             local_chain.deployment.deployed_at_block, seen=seen, max_range=7)
+    listener.run_until_caught_up()
+    project(pg_engine)
+
+    # Replace the last `depth` blocks: the first half of their spends come back in other
+    # blocks (shifted by one), the rest vanish, and a spend nobody saw before appears.
+    orphaned = txs[-depth:]
+    back = orphaned[: (depth + 1) // 2]
+    raw = [anvil_node.rpc("eth_getRawTransactionByHash", [tx]) for tx in back]
+    replacement = [[r, min(i + 1, depth - 1)] for i, r in enumerate(raw)]
+    replacement.append([_spend_request(local_chain, relayer2, 3, 777 * 10**15), 0])
+    anvil_node.rpc("anvil_reorg", [depth, replacement])
+    local_chain.w3.provider.make_request("anvil_mine", ["0x1"])
+
+    listener.run_until_caught_up()
+    project(pg_engine)
+
+    reorgs = [r for r in seen if r.reorg_depth]
+    assert [r.reorg_depth for r in reorgs] == [depth]
+    assert reorgs[0].retracted == depth
+    assert canonical_views(pg_engine) == _fresh_index(make_db, local_chain)
+    with pg_engine.connect() as conn:
+        statuses = dict(conn.execute(select(rm_payments.c.spend_tx, rm_payments.c.status)).all())
+    for tx in back:  # moved into another block: the same payment, confirmed again
+        receipt = local_chain.receipt(tx)
+        assert receipt is not None
+        assert statuses[tx.lower()] == "held"
+    vanished = {tx.lower() for tx in orphaned[len(back):]}
+    assert not vanished & {tx for tx, status in statuses.items() if status == "held"}
+
+
+def test_refund_reorged_out_is_in_flight_again_then_confirmed_when_remined(
+    local_chain: Any, anvil_node: Any, pg_engine: Engine
+) -> None:
+    from datetime import UTC, datetime
+
+    d = local_chain.deployment
+    config = chain_config(d)
+    spend_tx = local_chain.spend("EURe", 0, 5 * 10**18)
+    listener = make_listener(pg_engine, local_chain.rpc_url, config, d.deployed_at_block)
+    listener.run_until_caught_up()
+    payment_id = payment_id_for_spend(d.chain_id, spend_tx.lower())
+    service = PaymentService(make_uow_factory(pg_engine, None))
+    now, amount = datetime.now(UTC), Money(2 * 10**18, Currency("EURe", 18))
+    service.submit(RequestRefund(command_id="rq", payment_id=payment_id, at=now, refund_id="r",
+                                 amount=amount, reason="test"))
+    refund_tx = local_chain.refund("EURe", 0, amount.units)
+    service.record_refund_submission(
+        RecordRefundSubmission(command_id="rs", payment_id=payment_id, at=now, refund_id="r",
+                               tx_hash=refund_tx),
+        recipient=d.cardholders[0], token=d.token("EURe").address, amount=amount.units)
+    listener.run_until_caught_up()
+    project(pg_engine)
+
+    def refunded() -> int:
+        with pg_engine.connect() as conn:
+            return int(conn.execute(select(rm_payments.c.refunded)).scalar_one())
+
+    assert refunded() == amount.units
+    raw = anvil_node.rpc("eth_getRawTransactionByHash", [refund_tx])
+    anvil_node.rpc("anvil_reorg", [1, []])  # the refund's block is gone, the refund with it
+    listener.run_until_caught_up()
+    project(pg_engine)
+    assert refunded() == 0
+    with pg_engine.connect() as conn:
+        assert conn.execute(select(expected_refunds.c.matched_by)).scalar_one() is None
+        types = list(conn.execute(select(events.c.type).order_by(events.c.position)).scalars())
+    assert types[-1] == "RefundRetracted"
+
+    anvil_node.rpc("eth_sendRawTransaction", [raw])  # re-mined in a later block
+    listener.run_until_caught_up()
+    project(pg_engine)
+    assert refunded() == amount.units

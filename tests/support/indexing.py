@@ -1,0 +1,51 @@
+"""Index a chain into a database and read back its canonical views, for comparing two indexes."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from sqlalchemy import Engine, select
+
+from cardpay.adapters.pg_feed import PostgresLogFeed
+from cardpay.db.schema import chain_activity, rm_payments
+from cardpay.services import PostgresChainSink, make_uow_factory
+from listener.poller import Listener, RangeResult
+from listener.presets import ChainConfig
+from listener.rpc import HttpJsonRpc
+from projector.runner import Projector
+
+
+def make_listener(engine: Engine, rpc_url: str, config: ChainConfig, start_block: int, *,
+                  confirmations: int = 0, name: str = "test",
+                  seen: list[RangeResult] | None = None, **kwargs: Any) -> Listener:
+    sink = PostgresChainSink(make_uow_factory(engine, None), chain_id=config.chain_id)
+    return Listener(name, HttpJsonRpc(rpc_url, retries=0), sink, config,
+                    start_block=start_block, confirmations=confirmations,
+                    on_range=seen.append if seen is not None else None, **kwargs)
+
+
+def project(engine: Engine) -> None:
+    async def go() -> None:
+        projector = Projector("payments", PostgresLogFeed(engine), make_uow_factory(engine, None))
+        await projector.start()
+        await projector.run_until_idle()
+        await projector.stop()
+
+    asyncio.run(go())
+
+
+def canonical_views(engine: Engine) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """Payments that rest on the chain now (retracted ones left out) and the classified activity."""
+    with engine.connect() as conn:
+        payments = conn.execute(
+            select(rm_payments.c.payment_id, rm_payments.c.account, rm_payments.c.currency,
+                   rm_payments.c.status, rm_payments.c.spent, rm_payments.c.refunded,
+                   rm_payments.c.spend_tx)
+            .where(rm_payments.c.status != "retracted").order_by(rm_payments.c.payment_id)
+        ).all()
+        activity = conn.execute(
+            select(chain_activity).order_by(chain_activity.c.block_number,
+                                            chain_activity.c.log_index)
+        ).all()
+    return [tuple(r) for r in payments], [tuple(r) for r in activity]
