@@ -39,7 +39,7 @@ from cardpay.chain.local import (
 __all__ = ["Spend", "TokenTotals", "Workload", "WorkloadError", "generate", "plan_spends"]
 
 DEFAULT_CARDHOLDERS = 20
-DEFAULT_EVENTS_PER_TX = 100
+DEFAULT_EVENTS_PER_TX = 50
 EURE_SHARE = 0.6
 """Share of the spends made in EURe; the rest are in USDCe."""
 MIN_CENTS, MAX_CENTS = 100, 50_000
@@ -126,9 +126,7 @@ class Workload:
         }
 
 
-def plan_spends(
-    events: int, seed: int = 1, cardholders: int = DEFAULT_CARDHOLDERS
-) -> list[Spend]:
+def plan_spends(events: int, seed: int = 1, cardholders: int = DEFAULT_CARDHOLDERS) -> list[Spend]:
     """The deterministic list of spends for ``events`` card events (no I/O)."""
     if events < 1:
         raise ValueError("events must be >= 1")
@@ -163,7 +161,7 @@ def generate(
     *,
     cardholders: int = DEFAULT_CARDHOLDERS,
     events_per_tx: int = DEFAULT_EVENTS_PER_TX,
-    in_flight: int = 32,
+    in_flight: int = 1,
     log: bool = False,
 ) -> Workload:
     """Deploy the replicas and the SpendBatcher on the node at ``rpc_url`` and make ``events``
@@ -237,7 +235,9 @@ def _say(enabled: bool, message: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     from cardpay.infra.anvil import AnvilNode
 
-    parser = argparse.ArgumentParser(description="Generate the card-event workload on a fresh Anvil.")
+    parser = argparse.ArgumentParser(
+        description="Generate the card-event workload on a fresh Anvil."
+    )
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--cardholders", type=int, default=DEFAULT_CARDHOLDERS)

@@ -1,7 +1,10 @@
 """Command handlers: load the aggregate, decide, append — one Unit of Work per message or range.
 
-Every command is idempotent by its natural key (`processed_commands`); a command the model refuses
-and a log the listener could not use are quarantined with the reason, never raised out of the loop.
+Idempotency: a command's natural key is claimed first (`INSERT ... ON CONFLICT DO NOTHING` on
+`processed_commands`), so two deliveries at once serialize on the key and the second is a duplicate.
+A command the model refuses, or a log the listener could not use, is quarantined with its reason.
+A concurrency conflict is not bad input: the command is decided again on fresh state, and if it
+keeps conflicting the whole range is rolled back (the cursor does not move) and read again.
 """
 
 from __future__ import annotations
@@ -16,25 +19,70 @@ from sqlalchemy import Engine
 
 from cardpay.uow import ChainEffect, ExpectedRefund, PostgresUnitOfWork
 from domain import commands as c
-from domain.errors import DomainError
+from domain.errors import ConcurrencyConflict, DomainError
 from domain.payment import Payment, handle
 from listener.ports import BlockRef, ChainBatch, ChainCommand, Cursor
 
 log = logging.getLogger(__name__)
 
 UowFactory = Callable[[], PostgresUnitOfWork]
+CONFLICT_RETRIES = 3
+
+
+class StaleCursor(RuntimeError):
+    """Another writer moved this listener's cursor: this batch was read from an old position."""
+
+
+class UnmatchedTransfer(Exception):
+    """A settlement-account transfer that no submitted refund accounts for (yet)."""
 
 
 def execute(uow: PostgresUnitOfWork, command: c.Command) -> Payment:
-    """Decide one payment command inside the caller's transaction (no commit here)."""
-    payment = Payment.rehydrate(command.payment_id, uow.events.load(command.payment_id))
-    handle(payment, command)
-    uow.events.append(payment.pending_events)
-    return payment
+    """Decide one payment command inside the caller's transaction (no commit here).
+
+    Runs in a savepoint and decides again on fresh state when another writer appended first.
+    """
+    for attempt in range(1, CONFLICT_RETRIES + 1):
+        try:
+            with uow.conn.begin_nested():
+                payment = Payment.rehydrate(command.payment_id,
+                                            uow.events.load(command.payment_id))
+                handle(payment, command)
+                uow.events.append(payment.pending_events)
+                return payment
+        except ConcurrencyConflict:
+            if attempt == CONFLICT_RETRIES:
+                raise
+            log.info("concurrent write to %s; deciding %s again", command.payment_id,
+                     command.command_id)
+    raise AssertionError("unreachable")
 
 
 def _describe(command: Any) -> dict[str, Any]:
     return {k: str(v) for k, v in asdict(command).items()}
+
+
+def _transfer_json(command: c.RecordSettlementTransfer) -> dict[str, Any]:
+    return {
+        "command_id": command.command_id, "at": command.at.isoformat(),
+        "recipient": command.recipient, "token": command.token,
+        "amount": {"units": str(command.amount.units), "currency": command.amount.currency.code,
+                   "decimals": command.amount.currency.decimals},
+        "evidence": asdict(command.evidence),
+    }
+
+
+def _confirm_from_json(raw: dict[str, Any], expected: ExpectedRefund) -> c.ConfirmRefund:
+    from domain.events import ChainEvidence
+    from domain.money import Currency, Money
+
+    amount = raw["amount"]
+    return c.ConfirmRefund(
+        command_id=raw["command_id"], payment_id=expected.payment_id,
+        at=datetime.fromisoformat(raw["at"]), refund_id=expected.refund_id,
+        amount=Money(int(amount["units"]), Currency(amount["currency"], int(amount["decimals"]))),
+        evidence=ChainEvidence(**raw["evidence"]),
+    )
 
 
 class PostgresChainSink:
@@ -58,8 +106,17 @@ class PostgresChainSink:
         with self._uow() as uow:
             return uow.recent_blocks(name)
 
+    def _take_cursor(self, uow: PostgresUnitOfWork, name: str, previous: Cursor | None) -> None:
+        """One writer per listener name: lock it, then check nobody moved the cursor meanwhile."""
+        uow.lock(f"listener:{name}")
+        current = uow.load_cursor(name)
+        if current != previous:
+            raise StaleCursor(f"listener {name}: cursor is {current}, this range was read after "
+                              f"{previous}; another listener with this name is running?")
+
     def apply(self, name: str, batch: ChainBatch) -> None:
         with self._uow() as uow:
+            self._take_cursor(uow, name, batch.previous)
             for reject in batch.rejected:
                 self._quarantine(uow, name, reject.key, reject.reason, reject.raw)
             for command in batch.commands:
@@ -69,9 +126,53 @@ class PostgresChainSink:
             uow.save_cursor(name, batch.cursor)
             uow.commit()
 
-    def rollback(self, name: str, ancestor: BlockRef) -> int:
+    def _apply_one(self, uow: PostgresUnitOfWork, name: str, command: ChainCommand) -> None:
+        if not uow.claim_command(command.command_id, "applied"):
+            self._quarantine(uow, name, f"duplicate:{command.command_id}",
+                             "duplicate log: already applied", _describe(command))
+            return
+        try:
+            with uow.conn.begin_nested():  # a refused command leaves nothing behind
+                if isinstance(command, c.RecordSettlementTransfer):
+                    self._settlement_transfer(uow, name, command)
+                else:
+                    execute(uow, command)
+            self.applied += 1
+        except DomainError as exc:
+            if isinstance(exc, ConcurrencyConflict):
+                raise  # not bad input: the range is rolled back and read again
+            uow.set_outcome(command.command_id, "quarantined")
+            self._quarantine(uow, name, command.command_id, str(exc), _describe(command))
+
+    def _settlement_transfer(
+        self, uow: PostgresUnitOfWork, name: str, command: c.RecordSettlementTransfer
+    ) -> None:
+        expected = uow.match_refund(
+            command.evidence.tx_hash, command.recipient, command.token, command.amount.units,
+            command.command_id,
+        )
+        if expected is None:
+            # Not claimed: recording the refund's submission later confirms it (the transfer can
+            # be seen before the submission is recorded, e.g. after a crash in between).
+            uow.release_command(command.command_id)
+            uow.keep_unmatched(command.command_id, command.evidence.tx_hash, command.recipient,
+                               command.token, command.amount.units,
+                               command.evidence.block_hash, _transfer_json(command))
+            self._quarantine(
+                uow, name, command.command_id,
+                f"transfer of {command.amount} from the settlement account to "
+                f"{command.recipient} in {command.evidence.tx_hash} matches no submitted refund "
+                "(yet)", _describe(command))
+            return
+        execute(uow, c.ConfirmRefund(
+            command_id=command.command_id, payment_id=expected.payment_id, at=command.at,
+            refund_id=expected.refund_id, amount=command.amount, evidence=command.evidence,
+        ))
+
+    def rollback(self, name: str, ancestor: BlockRef, previous: Cursor) -> int:
         """Retract what the orphaned blocks above `ancestor` produced, in one transaction."""
         with self._uow() as uow:
+            self._take_cursor(uow, name, previous)
             orphaned = uow.blocks_above(name, ancestor.number)
             retracted = 0
             for effect in uow.chain_effects(orphaned):
@@ -80,52 +181,15 @@ class PostgresChainSink:
                 retracted += 1
                 command = _retraction(effect, f"reorg: block {effect.evidence.block_hash} orphaned")
                 try:
-                    with uow.conn.begin_nested():
-                        execute(uow, command)
+                    execute(uow, command)
+                except ConcurrencyConflict:
+                    raise
                 except DomainError as exc:
-                    self._quarantine(uow, name, f"{command.command_id}", str(exc),
-                                     _describe(command))
+                    self._quarantine(uow, name, command.command_id, str(exc), _describe(command))
             uow.forget_chain_blocks(name, self._chain_id, ancestor.number, orphaned)
             uow.save_cursor(name, Cursor(ancestor.number, ancestor.hash))
             uow.commit()
         return retracted
-
-    def _apply_one(self, uow: PostgresUnitOfWork, name: str, command: ChainCommand) -> None:
-        if uow.is_processed(command.command_id):
-            self._quarantine(uow, name, f"duplicate:{command.command_id}",
-                             "duplicate log: already applied", _describe(command))
-            return
-        outcome = "applied"
-        try:
-            with uow.conn.begin_nested():
-                if isinstance(command, c.RecordSettlementTransfer):
-                    self._settlement_transfer(uow, command)
-                else:
-                    execute(uow, command)
-            self.applied += 1
-        except (DomainError, UnmatchedTransfer) as exc:
-            outcome = "quarantined"
-            self._quarantine(uow, name, command.command_id, str(exc), _describe(command))
-        uow.claim_command(command.command_id, outcome)
-
-    @staticmethod
-    def _settlement_transfer(uow: PostgresUnitOfWork, command: c.RecordSettlementTransfer) -> None:
-        expected = uow.match_refund(
-            command.evidence.tx_hash, command.recipient, command.token, command.amount.units,
-            command.command_id,
-        )
-        if expected is None:
-            raise UnmatchedTransfer(
-                f"transfer of {command.amount} from the settlement account to {command.recipient} "
-                f"in {command.evidence.tx_hash} matches no submitted refund"
-            )
-        execute(
-            uow,
-            c.ConfirmRefund(
-                command_id=command.command_id, payment_id=expected.payment_id, at=command.at,
-                refund_id=expected.refund_id, amount=command.amount, evidence=command.evidence,
-            ),
-        )
 
     def _quarantine(
         self, uow: PostgresUnitOfWork, name: str, key: str, reason: str, payload: dict[str, Any]
@@ -155,10 +219,6 @@ def _retraction(effect: ChainEffect, reason: str) -> c.Command:
                            refund_id=effect.refund_id, evidence=ev, reason=reason)
 
 
-class UnmatchedTransfer(Exception):
-    """A settlement-account transfer that no submitted refund accounts for."""
-
-
 class PaymentService:
     """Application service for commands from outside the chain (network, sagas, operators)."""
 
@@ -168,26 +228,31 @@ class PaymentService:
     def submit(self, command: c.Command) -> bool:
         """Apply a command once; False if this command id was already processed (a retry)."""
         with self._uow() as uow:
-            if uow.is_processed(command.command_id):
+            if not uow.claim_command(command.command_id, "applied"):
                 return False
             execute(uow, command)
-            uow.claim_command(command.command_id, "applied")
             uow.commit()
         return True
 
     def record_refund_submission(
         self, command: c.RecordRefundSubmission, *, recipient: str, token: str, amount: int
     ) -> bool:
-        """The refund tx was sent: record it and what transfer will confirm it, atomically."""
+        """The refund tx was (or is about to be) sent: record it and what transfer confirms it.
+
+        If the listener already saw that transfer, the refund is confirmed right here.
+        """
         with self._uow() as uow:
-            if uow.is_processed(command.command_id):
+            if not uow.claim_command(command.command_id, "applied"):
                 return False
             execute(uow, command)
-            uow.expect_refund(
-                ExpectedRefund(command.payment_id, command.refund_id, command.tx_hash, recipient,
-                               token, amount)
-            )
-            uow.claim_command(command.command_id, "applied")
+            expected = ExpectedRefund(command.payment_id, command.refund_id, command.tx_hash,
+                                      recipient, token, amount)
+            uow.expect_refund(expected)
+            seen = uow.take_unmatched(command.tx_hash, recipient, token, amount)
+            if seen is not None and uow.claim_command(seen["command_id"], "applied"):
+                uow.match_refund(command.tx_hash, recipient, token, amount, seen["command_id"])
+                execute(uow, _confirm_from_json(seen, expected))
+                uow.forget_quarantine(seen["command_id"])
             uow.commit()
         return True
 

@@ -61,6 +61,7 @@ class Settings:
         return settings
 
     @property
-    def outbox_topic(self) -> str | None:
-        """Outbox rows are written only when something will relay them (Kafka configured)."""
-        return self.kafka_topic if self.kafka_bootstrap else None
+    def outbox_topic(self) -> str:
+        """Every process writes the outbox, Kafka configured or not: a process started without
+        Kafka settings must not silently keep its events from the relay."""
+        return self.kafka_topic

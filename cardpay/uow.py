@@ -92,28 +92,35 @@ class PostgresUnitOfWork:
             stmt.on_conflict_do_update(
                 index_elements=["consumer", "source"],
                 set_={"position": stmt.excluded.position, "updated_at": func.now()},
+                # positions only move forward: a stale consumer cannot rewind them
+                where=s.consumer_positions.c.position < stmt.excluded.position,
             )
         )
 
     # -- idempotent commands --------------------------------------------------------------------
-    def is_processed(self, command_id: str) -> bool:
-        return (
-            self.conn.execute(
-                select(s.processed_commands.c.command_id).where(
-                    s.processed_commands.c.command_id == command_id
-                )
-            ).first()
-            is not None
-        )
-
     def claim_command(self, command_id: str, outcome: str) -> bool:
         """Record the command as processed; False when it already was (a duplicate delivery)."""
-        result = self.conn.execute(
+        inserted = self.conn.execute(
             pg_insert(s.processed_commands)
             .values(command_id=command_id, outcome=outcome)
             .on_conflict_do_nothing(index_elements=["command_id"])
-        )
-        return result.rowcount == 1
+            .returning(s.processed_commands.c.command_id)
+        ).first()
+        return inserted is not None
+
+    def set_outcome(self, command_id: str, outcome: str) -> None:
+        self.conn.execute(update(s.processed_commands)
+                          .where(s.processed_commands.c.command_id == command_id)
+                          .values(outcome=outcome))
+
+    def release_command(self, command_id: str) -> None:
+        """Un-claim: the command may be processed again later (it found nothing to act on yet)."""
+        self.conn.execute(delete(s.processed_commands)
+                          .where(s.processed_commands.c.command_id == command_id))
+
+    def lock(self, key: str) -> None:
+        """A transaction-scoped advisory lock: one writer per consumer name at a time."""
+        self.conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(key))))
 
     # -- quarantine -----------------------------------------------------------------------------
     def quarantine(self, source: str, key: str, reason: str, payload: dict[str, Any]) -> None:
@@ -122,6 +129,10 @@ class PostgresUnitOfWork:
             .values(source=source, key=key, reason=reason, payload=payload)
             .on_conflict_do_nothing(constraint="quarantine_source_key")
         )
+
+    def forget_quarantine(self, key: str) -> None:
+        """The exception resolved itself (e.g. a refund transfer matched later): not one any more."""
+        self.conn.execute(delete(s.quarantine).where(s.quarantine.c.key == key))
 
     def quarantined(self, source_prefix: str = "") -> list[dict[str, Any]]:
         rows = self.conn.execute(
@@ -236,6 +247,9 @@ class PostgresUnitOfWork:
                 update(s.expected_refunds).where(s.expected_refunds.c.matched_by.like(pattern))
                 .values(matched_by=None)
             )
+            self.conn.execute(delete(s.unmatched_transfers)
+                              .where(s.unmatched_transfers.c.block_hash == block.hash))
+            self.conn.execute(delete(s.quarantine).where(s.quarantine.c.key.like(pattern)))
         self.conn.execute(
             delete(s.chain_blocks).where(s.chain_blocks.c.listener == listener,
                                          s.chain_blocks.c.block_number > ancestor)
@@ -281,6 +295,31 @@ class PostgresUnitOfWork:
         )
         return ExpectedRefund(row[0], row[1], tx_hash, to_address, token, amount)
 
+    def keep_unmatched(self, command_id: str, tx_hash: str, recipient: str, token: str,
+                       amount: int, block_hash: str, command: dict[str, Any]) -> None:
+        self.conn.execute(
+            pg_insert(s.unmatched_transfers).values(
+                command_id=command_id, tx_hash=tx_hash.lower(), recipient=recipient.lower(),
+                token=token.lower(), amount=amount, block_hash=block_hash, command=command,
+            ).on_conflict_do_nothing(index_elements=["command_id"])
+        )
+
+    def take_unmatched(self, tx_hash: str, recipient: str, token: str,
+                       amount: int) -> dict[str, Any] | None:
+        """Resolve the oldest unresolved transfer with exactly these facts; its stored command."""
+        t = s.unmatched_transfers
+        row = self.conn.execute(
+            select(t.c.command_id, t.c.command)
+            .where(t.c.tx_hash == tx_hash.lower(), t.c.recipient == recipient.lower(),
+                   t.c.token == token.lower(), t.c.amount == literal(amount, s.Amount),
+                   t.c.resolved_at.is_(None))
+            .order_by(t.c.seen_at).limit(1).with_for_update()
+        ).first()
+        if row is None:
+            return None
+        self.conn.execute(update(t).where(t.c.command_id == row[0]).values(resolved_at=func.now()))
+        return dict(row[1])
+
     # -- payments read model --------------------------------------------------------------------
     def get_payments(self, payment_ids: list[str]) -> dict[str, PaymentRow]:
         if not payment_ids:
@@ -313,7 +352,9 @@ class PostgresUnitOfWork:
         updatable = {k: stmt.excluded[k] for k in values[0] if k != "payment_id"}
         self.conn.execute(
             stmt.on_conflict_do_update(
-                index_elements=["payment_id"], set_={**updatable, "updated_at": func.now()}
+                index_elements=["payment_id"], set_={**updatable, "updated_at": func.now()},
+                # a row only moves to a newer version: a stale projector cannot overwrite it
+                where=s.rm_payments.c.last_version < stmt.excluded.last_version,
             )
         )
 

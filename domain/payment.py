@@ -2,9 +2,12 @@
 
 Command methods check the invariants and record past-tense events; state changes only in `_apply`.
 Invariants:
-- refunds (requested and confirmed together) never exceed what was spent on chain;
-- the hold resolves at most once (posted by clearing, or voided by a reversal);
-- a terminal payment (reversed) accepts no further command.
+- refunds (requested and confirmed together) never exceed what was spent on chain, and after
+  clearing never exceed what was cleared (the difference is refunded automatically);
+- the hold resolves at most once (posted by clearing, or voided by a reversal); a reorg that takes
+  the spend away removes the hold before it resolved;
+- a reversed payment takes no new lifecycle command; only refunds already in flight (including the
+  reversal's own refund of what was spent) go on being submitted, confirmed or retracted.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ TERMINAL = frozenset({Status.REVERSED})
 @dataclass(slots=True)
 class _Refund:
     amount: Money
-    tx_hash: str | None = None
+    tx_hashes: tuple[str, ...] = ()
     confirmed: bool = False
     evidence: e.ChainEvidence | None = None
 
@@ -131,11 +134,27 @@ class Payment:
         self._positive(cmd.amount)
         if cmd.amount.currency != self.spent.currency:
             raise InvalidTransition(f"payment {self.id}: clearing in another currency")
+        refundable = self.refundable
+        assert refundable is not None
+        if cmd.amount > refundable:
+            raise InvalidTransition(
+                f"payment {self.id}: clearing {cmd.amount} exceeds what is left of the spend "
+                f"({refundable}); an incremental spend or a finance exception is needed"
+            )
         self._record(e.PaymentCleared, cmd, amount=cmd.amount)
+        difference = refundable - cmd.amount
+        if not difference.is_zero:
+            self._record(e.RefundRequested, cmd, refund_id=f"{cmd.command_id}:difference",
+                         amount=difference, reason="clearing below the authorized spend")
 
     def reverse(self, cmd: c.ReversePayment) -> None:
+        """Reverse (or expire) before clearing: void the hold and refund what was spent."""
         self._require(Status.AUTHORIZED, Status.HELD)
+        refundable = self.refundable
         self._record(e.PaymentReversed, cmd, reason=cmd.reason)
+        if refundable is not None and not refundable.is_zero:
+            self._record(e.RefundRequested, cmd, refund_id=f"{cmd.command_id}:reversal",
+                         amount=refundable, reason=f"reversal: {cmd.reason}")
 
     def request_refund(self, cmd: c.RequestRefund) -> None:
         self._require(Status.HELD, Status.CLEARED, Status.SETTLED)
@@ -157,8 +176,9 @@ class Payment:
 
     def record_refund_submission(self, cmd: c.RecordRefundSubmission) -> None:
         refund = self._open_refund(cmd.refund_id)
-        if refund.tx_hash is not None:
-            raise InvalidTransition(f"refund {cmd.refund_id} already submitted in {refund.tx_hash}")
+        if cmd.tx_hash in refund.tx_hashes:
+            raise InvalidTransition(f"refund {cmd.refund_id} already submitted in {cmd.tx_hash}")
+        # Another hash for the same refund is a resubmission (fee bump, re-sent after a drop).
         self._record(e.RefundSubmitted, cmd, refund_id=cmd.refund_id, tx_hash=cmd.tx_hash)
 
     def confirm_refund(self, cmd: c.ConfirmRefund) -> None:
@@ -199,7 +219,7 @@ class Payment:
 
     # -- helpers --------------------------------------------------------------------------------
     def _open_refund(self, refund_id: str) -> _Refund:
-        self._require(Status.HELD, Status.CLEARED, Status.SETTLED)
+        self._require(Status.HELD, Status.CLEARED, Status.SETTLED, Status.REVERSED)
         refund = self.refunds.get(refund_id)
         if refund is None:
             raise InvalidTransition(f"payment {self.id}: no refund {refund_id} was requested")
@@ -252,7 +272,8 @@ class Payment:
             case e.RefundRequested():
                 self.refunds[event.refund_id] = _Refund(event.amount)
             case e.RefundSubmitted():
-                self.refunds[event.refund_id].tx_hash = event.tx_hash
+                refund = self.refunds[event.refund_id]
+                refund.tx_hashes = (*refund.tx_hashes, event.tx_hash)
             case e.PaymentRefunded():
                 self.refunds[event.refund_id].confirmed = True
                 self.refunds[event.refund_id].evidence = event.evidence

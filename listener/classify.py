@@ -101,15 +101,17 @@ def classify(transfers: Iterable[Transfer], config: ChainConfig) -> list[Activit
     return out
 
 
-def spend_cardholder(spend: Spend, transfers: Sequence[Transfer], config: ChainConfig) -> str:
+def spend_cardholder(
+    spend: Spend, transfers: Sequence[Transfer], config: ChainConfig
+) -> str | None:
     """The Safe behind a Spend: the sender of the matching Transfer in the same transaction.
 
-    Spend's own `account` is the Safe's Roles module, not the Safe; it is the fallback when no
-    matching Transfer was read.
+    Spend's own `account` is the Safe's Roles module, not the Safe, so it is never used as the
+    cardholder; None when no matching Transfer was read.
     """
     asset = config.canonical(spend.asset)
     for t in transfers:
         if (t.log.tx_hash == spend.log.tx_hash and config.canonical(t.token) == asset
                 and t.recipient == spend.receiver and t.value == spend.amount):
             return t.sender
-    return spend.account
+    return None

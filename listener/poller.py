@@ -79,12 +79,14 @@ def build_batch(
     timestamps: Mapping[int, datetime],
     cursor: Cursor,
     blocks: Iterable[BlockRef],
+    previous: Cursor | None = None,
 ) -> ChainBatch:
     """The one translation step shared by live polling and recorded-log replay."""
     live = [item for item in logs if not item.removed]
     translation = translate(live, config, timestamps)
     return ChainBatch(
         cursor=cursor,
+        previous=previous,
         commands=translation.commands,
         activity=translation.activity,
         rejected=[*rejected, *translation.rejected],
@@ -151,7 +153,7 @@ class Listener:
         timestamps = self._timestamps(logs, headers)
         end = headers[last]
         batch = build_batch(self._config, logs, rejected, timestamps,
-                            Cursor(last, end.hash), headers.values())
+                            Cursor(last, end.hash), headers.values(), previous=cursor)
         self._sink.apply(self.name, batch)
         self.planner.succeeded(last - first + 1, len(logs))
         return self._report(RangeResult(first, last, len(logs), len(batch.commands),
@@ -213,7 +215,7 @@ class Listener:
         for kept in self._sink.recent_blocks(self.name):
             node = self._header(kept.number)
             if node is not None and node.hash == kept.hash:
-                retracted = self._sink.rollback(self.name, kept)
+                retracted = self._sink.rollback(self.name, kept, cursor)
                 depth = cursor.block_number - kept.number
                 log.warning("reorg: rolled back %d blocks to %d (%s), retracted %d logs",
                             depth, kept.number, kept.hash, retracted)

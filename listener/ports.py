@@ -44,6 +44,8 @@ class ChainBatch:
     """Everything one block range produced; the sink applies it in one transaction."""
 
     cursor: Cursor
+    previous: Cursor | None = None
+    """The cursor this range was read after; the sink refuses the batch if it has moved since."""
     commands: Sequence[ChainCommand] = ()
     activity: Sequence[Activity] = ()
     rejected: Sequence[Rejected] = ()
@@ -65,6 +67,7 @@ class ChainSink(Protocol):
 
     def apply(self, name: str, batch: ChainBatch) -> None: ...
 
-    def rollback(self, name: str, ancestor: BlockRef) -> int:
-        """Retract everything above `ancestor` (a reorg); returns how many logs were retracted."""
+    def rollback(self, name: str, ancestor: BlockRef, previous: Cursor) -> int:
+        """Retract everything above `ancestor` (a reorg); returns how many logs were retracted.
+        Refused if the cursor is no longer `previous` (another writer moved it)."""
         ...

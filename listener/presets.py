@@ -35,6 +35,16 @@ class ChainConfig:
     """Match settlement transfers to submitted refunds (off in observer mode: nothing is submitted)."""
     name: str = "custom"
 
+    def __post_init__(self) -> None:
+        """Addresses compare as lowercase hex everywhere; checksummed input is normalized here."""
+        low = str.lower
+        object.__setattr__(self, "settlement", low(self.settlement))
+        for name in ("spender_modules", "cashback_senders", "referral_senders",
+                     "ignored_senders", "operational_wallets"):
+            object.__setattr__(self, name, frozenset(map(low, getattr(self, name))))
+        object.__setattr__(self, "tokens", {low(a): c for a, c in self.tokens.items()})
+        object.__setattr__(self, "mirrors", {low(a): low(b) for a, b in self.mirrors.items()})
+
     @property
     def log_addresses(self) -> list[str]:
         return sorted(self.spender_modules | set(self.tokens))

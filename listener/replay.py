@@ -97,6 +97,7 @@ def replay(
             continue  # the live filter (emitter + topic0) would not have returned it
         by_block.setdefault(item.block_number, []).append(item)
     pending_rejects = list(recording.rejected)
+    previous: Cursor | None = sink.load_cursor(name)
     totals = [0, 0, 0, 0]
     numbers = sorted(recording.blocks)
     if not numbers:
@@ -105,10 +106,12 @@ def replay(
         header = recording.blocks[number]
         logs = sorted(by_block.get(number, []), key=lambda item: item.log_index)
         stamp = {number: datetime.fromtimestamp(header.timestamp, UTC)}
-        batch = build_batch(config, logs, pending_rejects, stamp,
-                            Cursor(number, header.hash), [header])
+        cursor = Cursor(number, header.hash)
+        batch = build_batch(config, logs, pending_rejects, stamp, cursor, [header],
+                            previous=previous)
         pending_rejects = []
         sink.apply(name, batch)
+        previous = cursor
         for i, n in enumerate((len(logs), len(batch.commands), len(batch.activity),
                                len(batch.rejected))):
             totals[i] += n

@@ -62,6 +62,17 @@ def raw_log(log: Log) -> dict[str, object]:
     }
 
 
+def _spend_problem(spend: Spend, cardholder: str | None, config: ChainConfig) -> str | None:
+    if spend.module not in config.spender_modules or spend.asset not in config.tokens:
+        return f"Spend from {spend.module} of token {spend.asset}: not configured"
+    if spend.receiver != config.settlement:
+        return f"Spend to {spend.receiver}, not the settlement account {config.settlement}"
+    if cardholder is None:
+        return ("Spend without its token Transfer to the settlement account in the same "
+                "transaction: cardholder unknown")
+    return None
+
+
 def translate(
     logs: Iterable[Log], config: ChainConfig, timestamps: Mapping[int, datetime]
 ) -> Translation:
@@ -84,16 +95,17 @@ def translate(
     for spend in sorted(spends, key=lambda s: (s.log.block_number, s.log.log_index)):
         ordinal = ordinals.get(spend.log.tx_hash, 0)
         ordinals[spend.log.tx_hash] = ordinal + 1
-        if spend.module not in config.spender_modules or spend.asset not in config.tokens:
-            reason = f"Spend from {spend.module} of token {spend.asset}: not configured"
-            out.rejected.append(Rejected(command_id(config.chain_id, spend.log), reason,
-                                         raw_log(spend.log)))
+        cardholder = spend_cardholder(spend, transfers, config)
+        reason = _spend_problem(spend, cardholder, config)
+        if reason is not None or cardholder is None:
+            out.rejected.append(Rejected(command_id(config.chain_id, spend.log),
+                                         reason or "no cardholder", raw_log(spend.log)))
             continue
         out.commands.append(ConfirmSpend(
             command_id=command_id(config.chain_id, spend.log),
             payment_id=payment_id_for_spend(config.chain_id, spend.log.tx_hash, ordinal),
             at=timestamps[spend.log.block_number],
-            account=spend_cardholder(spend, transfers, config),
+            account=cardholder,
             amount=Money(spend.amount, config.tokens[spend.asset]),
             evidence=evidence(config.chain_id, spend.log),
         ))

@@ -373,12 +373,15 @@ class LocalChain:
         batches: Iterable[Sequence[tuple[str, CardholderRef, int]]],
         *,
         in_flight: int = 32,
+        gas: int | None = None,
     ) -> list[str]:
         """One SpendBatcher.spendBatch transaction per batch of spends ``(token_symbol,
         cardholder, amount)``, all to the settlement account, in order. Up to ``in_flight``
-        transactions are sent before their receipts are awaited (under automine each one is
-        its own block). Returns the tx hashes in order; raises TransactionReverted if a batch
-        reverts (a batch is all or nothing)."""
+        transactions are sent before their receipts are awaited: with 1, Anvil's automine
+        puts each batch in a block of its own; with more, a block may take two or more when
+        they arrive while it mines. ``gas`` overrides the gas limit of every transaction
+        (default: SPEND_BATCH_BASE_GAS + SPEND_BATCH_GAS_PER_SPEND per spend). Returns the tx
+        hashes in order; raises TransactionReverted if a batch reverts (all or nothing)."""
         if in_flight < 1:
             raise ValueError("in_flight must be >= 1")
         d = self.deployment
@@ -395,15 +398,15 @@ class LocalChain:
                 ["address[]", "address[]", "address", "uint256[]"],
                 [assets, accounts, d.settlement_account, amounts],
             )
-            gas = self.SPEND_BATCH_BASE_GAS + self.SPEND_BATCH_GAS_PER_SPEND * len(batch)
-            tx = {"from": d.deployer, "to": address, "data": "0x" + data.hex(), "gas": hex(gas)}
+            limit = gas or self.SPEND_BATCH_BASE_GAS + self.SPEND_BATCH_GAS_PER_SPEND * len(batch)
+            tx = {"from": d.deployer, "to": address, "data": "0x" + data.hex(), "gas": hex(limit)}
             window.append(self._send(f"spendBatch #{number} of {len(batch)} spends", tx))
             if len(window) >= in_flight:
-                self._wait(window)
+                self._wait(window, poll_interval=0.001)
                 hashes.extend(p.tx_hash for p in window)
                 window = []
         if window:
-            self._wait(window)
+            self._wait(window, poll_interval=0.001)
             hashes.extend(p.tx_hash for p in window)
         return hashes
 
@@ -493,7 +496,9 @@ class LocalChain:
             raise LocalChainError(f"{action}: the node rejected the transaction: {exc}") from exc
         return _Pending(action, tx, tx_hash)
 
-    def _wait(self, pending: Sequence[_Pending]) -> list[dict[str, Any]]:
+    def _wait(
+        self, pending: Sequence[_Pending], *, poll_interval: float = 0.01
+    ) -> list[dict[str, Any]]:
         """Wait for every receipt; raise TransactionReverted for the first failed one."""
         receipts: list[dict[str, Any]] = []
         deadline = time.monotonic() + self.receipt_timeout
@@ -508,7 +513,7 @@ class LocalChain:
                         f"{item.action}: no receipt for {item.tx_hash} "
                         f"after {self.receipt_timeout:.0f}s"
                     )
-                time.sleep(0.01)
+                time.sleep(poll_interval)
         failed = [(p, r) for p, r in zip(pending, receipts, strict=True) if r["status"] != "0x1"]
         if failed:
             item, receipt = failed[0]

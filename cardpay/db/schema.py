@@ -31,7 +31,7 @@ events = Table(
     metadata,
     Column("stream_id", Text, nullable=False),
     Column("version", Integer, nullable=False),
-    Column("position", BigInteger, Identity(always=False), nullable=False, unique=True),
+    Column("position", BigInteger, Identity(always=True), nullable=False, unique=True),
     Column("type", Text, nullable=False),
     Column("data", JSONB, nullable=False),
     Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
@@ -98,7 +98,21 @@ expected_refunds = Table(
     Column("payment_id", Text, nullable=False),
     Column("refund_id", Text, nullable=False),
     Column("matched_by", Text),
-    PrimaryKeyConstraint("payment_id", "refund_id"),
+    PrimaryKeyConstraint("payment_id", "refund_id", "tx_hash"),
+)
+
+unmatched_transfers = Table(
+    "unmatched_transfers",
+    metadata,
+    Column("command_id", Text, primary_key=True),
+    Column("tx_hash", Text, nullable=False),
+    Column("recipient", Text, nullable=False),
+    Column("token", Text, nullable=False),
+    Column("amount", Amount, nullable=False),
+    Column("block_hash", Text, nullable=False),
+    Column("command", JSONB, nullable=False),
+    Column("seen_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("resolved_at", DateTime(timezone=True)),
 )
 Index("expected_refunds_lookup", expected_refunds.c.tx_hash, expected_refunds.c.to_address)
 

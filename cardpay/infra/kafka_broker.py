@@ -486,8 +486,12 @@ def _classpath(libs: Path) -> str:
 
 
 def _random_cluster_id() -> str:
-    # Kafka's Uuid.toString(): URL-safe base64 of 16 random bytes, without padding.
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    # Kafka's Uuid.toString(): URL-safe base64 of 16 random bytes, without padding. One that
+    # starts with "-" would be read as an option by the storage tool's argument parser.
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def _free_ports(count: int) -> list[int]:

@@ -57,12 +57,14 @@ def authorize(amount: Money | None = None, **kw: object) -> c.AuthorizePayment:
     )
 
 
-def confirm_spend(amount: Money | None = None, **kw: object) -> c.ConfirmSpend:
+def confirm_spend(
+    amount: Money | None = None, proof: ChainEvidence | None = None, **kw: object
+) -> c.ConfirmSpend:
     return c.ConfirmSpend(
         **_base(**kw),  # type: ignore[arg-type]
         account="0xsafe",
         amount=amount or eure("25"),
-        evidence=evidence(1),
+        evidence=proof or evidence(1),
     )
 
 
@@ -83,20 +85,45 @@ def request_refund(refund_id: str, amount: Money, **kw: object) -> c.RequestRefu
     )
 
 
-def submit_refund(refund_id: str, **kw: object) -> c.RecordRefundSubmission:
+TX_A = "0x" + "cd" * 32
+TX_B = "0x" + "ce" * 32
+
+
+def submit_refund(refund_id: str, tx_hash: str = TX_A, **kw: object) -> c.RecordRefundSubmission:
     return c.RecordRefundSubmission(
         **_base(**kw),  # type: ignore[arg-type]
         refund_id=refund_id,
-        tx_hash="0x" + "cd" * 32,
+        tx_hash=tx_hash,
     )
 
 
-def confirm_refund(refund_id: str, amount: Money, **kw: object) -> c.ConfirmRefund:
+def confirm_refund(
+    refund_id: str, amount: Money, proof: ChainEvidence | None = None, **kw: object
+) -> c.ConfirmRefund:
     return c.ConfirmRefund(
         **_base(**kw),  # type: ignore[arg-type]
         refund_id=refund_id,
         amount=amount,
-        evidence=evidence(7),
+        evidence=proof or evidence(7),
+    )
+
+
+def retract_spend(proof: ChainEvidence | None = None, **kw: object) -> c.RetractSpend:
+    return c.RetractSpend(
+        **_base(**kw),  # type: ignore[arg-type]
+        evidence=proof or evidence(1),
+        reason="reorg",
+    )
+
+
+def retract_refund(
+    refund_id: str, proof: ChainEvidence | None = None, **kw: object
+) -> c.RetractRefund:
+    return c.RetractRefund(
+        **_base(**kw),  # type: ignore[arg-type]
+        refund_id=refund_id,
+        evidence=proof or evidence(7),
+        reason="reorg",
     )
 
 
@@ -114,7 +141,8 @@ def snapshot(payment: Payment) -> tuple[object, ...]:
         payment.authorized,
         payment.spent,
         payment.cleared,
-        {k: (r.amount, r.tx_hash, r.confirmed) for k, r in payment.refunds.items()},
+        payment.spend_evidence,
+        {k: (r.amount, r.tx_hashes, r.confirmed, r.evidence) for k, r in payment.refunds.items()},
         len(payment.pending_events),
     )
 
@@ -169,11 +197,68 @@ def test_partial_spend_and_clearing_below_the_authorization() -> None:
     payment = Payment(PAYMENT_ID)
     payment.authorize(authorize(eure("100")))
     payment.confirm_spend(confirm_spend(eure("60")))
-    payment.clear(clear(eure("55.5")))
+    cmd = clear(eure("55.5"))
+    payment.clear(cmd)
     assert payment.authorized == eure("100")
     assert payment.spent == eure("60")
     assert payment.cleared == eure("55.5")
     assert payment.hold is Hold.POSTED
+    # The 4.50 spent but not cleared goes back to the cardholder, in the same command.
+    cleared_event, difference = payment.pending_events[-2:]
+    assert isinstance(cleared_event, e.PaymentCleared)
+    assert isinstance(difference, e.RefundRequested)
+    assert difference.refund_id == f"{cmd.command_id}:difference"
+    assert difference.amount == eure("4.5")
+    assert difference.causation_id == cmd.command_id
+    assert (cleared_event.version, difference.version) == (3, 4)
+    assert payment.version == 4
+    assert payment.committed_refunds == eure("4.5")
+    assert payment.refunded == Money.zero(EURE)
+    assert payment.refundable == eure("55.5") == payment.cleared
+
+
+def test_clearing_the_whole_spend_requests_no_refund() -> None:
+    payment = held("25")
+    payment.clear(clear(eure("25")))
+    assert [type(ev) for ev in payment.pending_events] == [
+        e.PaymentAuthorized, e.PaymentSpent, e.PaymentCleared]
+    assert payment.refunds == {}
+
+
+def test_clearing_more_than_was_spent_is_rejected() -> None:
+    payment = Payment(PAYMENT_ID)
+    payment.authorize(authorize(eure("100")))
+    payment.confirm_spend(confirm_spend(eure("60")))
+    before = snapshot(payment)
+    with pytest.raises(InvalidTransition):
+        payment.clear(clear(Money(eure("60").units + 1, EURE)))
+    with pytest.raises(InvalidTransition):
+        payment.clear(clear(eure("100")))  # the authorization is not what was spent
+    assert snapshot(payment) == before
+
+
+def test_clearing_counts_refunds_already_requested() -> None:
+    payment = held("25")
+    payment.request_refund(request_refund("early", eure("10")))
+    before = snapshot(payment)
+    # Only 15 is left of the spend: clearing 15.01 would let refunds exceed the spend.
+    with pytest.raises(InvalidTransition):
+        payment.clear(clear(eure("15.01")))
+    assert snapshot(payment) == before
+
+    cmd = clear(eure("12"))
+    payment.clear(cmd)
+    assert payment.refunds[f"{cmd.command_id}:difference"].amount == eure("3")
+    assert payment.committed_refunds == eure("13")
+    assert payment.refundable == eure("12") == payment.cleared
+
+
+def test_clearing_exactly_what_is_left_requests_no_difference() -> None:
+    payment = held("25")
+    payment.request_refund(request_refund("early", eure("10")))
+    payment.clear(clear(eure("15")))
+    assert set(payment.refunds) == {"early"}
+    assert payment.refundable == eure("15")
 
 
 def test_spend_above_the_authorization_is_rejected() -> None:
@@ -188,17 +273,26 @@ def test_handle_dispatches_every_command() -> None:
     payment = Payment(PAYMENT_ID)
     for cmd in [
         authorize(),
-        confirm_spend(),
+        confirm_spend(proof=evidence(1)),
+        retract_spend(evidence(1)),
+        confirm_spend(proof=evidence(2)),
         request_refund("r1", eure("5")),
         submit_refund("r1"),
-        confirm_refund("r1", eure("5")),
-        clear(),
+        confirm_refund("r1", eure("5"), evidence(7)),
+        retract_refund("r1", evidence(7)),
+        confirm_refund("r1", eure("5"), evidence(8)),
+        clear(eure("20")),
         settle(),
     ]:
         handle(payment, cmd)
     assert payment.status is Status.SETTLED
     assert payment.refunded == eure("5")
-    assert payment.version == 7
+    assert payment.version == 11
+    assert [type(ev) for ev in payment.pending_events] == [
+        e.PaymentAuthorized, e.PaymentSpent, e.SpendRetracted, e.PaymentSpent,
+        e.RefundRequested, e.RefundSubmitted, e.PaymentRefunded, e.RefundRetracted,
+        e.PaymentRefunded, e.PaymentCleared, e.PaymentSettled,
+    ]
     with pytest.raises(InvalidTransition):
         handle(payment, c.Command(**_base()))  # type: ignore[arg-type]
 
@@ -225,19 +319,50 @@ def test_a_chain_first_payment_cannot_be_authorized_afterwards() -> None:
 
 
 # -- reversal -------------------------------------------------------------------------------------
-def test_reversal_voids_a_pending_hold() -> None:
-    payment = held()
-    payment.reverse(reverse())
+def test_reversal_voids_a_pending_hold_and_refunds_the_spend() -> None:
+    payment = held("25")
+    cmd = reverse(correlation_id="network-msg-4")
+    payment.reverse(cmd)
     assert (payment.status, payment.hold) == (Status.REVERSED, Hold.VOIDED)
+    reversed_event, refund = payment.pending_events[-2:]
+    assert isinstance(reversed_event, e.PaymentReversed)
+    assert reversed_event.reason == "expired"
+    assert isinstance(refund, e.RefundRequested)
+    assert refund.refund_id == f"{cmd.command_id}:reversal"
+    assert refund.amount == eure("25")
+    assert (refund.causation_id, refund.correlation_id) == (cmd.command_id, "network-msg-4")
+    assert (reversed_event.version, refund.version) == (3, 4)
+    assert payment.committed_refunds == eure("25")
+    assert payment.refunded == Money.zero(EURE)
+    assert payment.refundable == Money.zero(EURE)
+
+
+def test_reversal_refunds_only_what_is_still_refundable() -> None:
+    payment = held("25")
+    payment.request_refund(request_refund("r1", eure("10")))
+    cmd = reverse()
+    payment.reverse(cmd)
+    assert payment.refunds[f"{cmd.command_id}:reversal"].amount == eure("15")
+    assert payment.committed_refunds == eure("25")
+
+
+def test_reversal_with_everything_already_refunded_requests_no_refund() -> None:
+    payment = held("25")
+    payment.request_refund(request_refund("r1", eure("25")))
+    payment.reverse(reverse())
     assert isinstance(payment.pending_events[-1], e.PaymentReversed)
-    assert payment.pending_events[-1].reason == "expired"
+    assert set(payment.refunds) == {"r1"}
+    assert (payment.status, payment.hold) == (Status.REVERSED, Hold.VOIDED)
 
 
-def test_reversal_before_the_spend_has_no_hold_to_void() -> None:
+def test_reversal_before_the_spend_has_no_hold_to_void_and_nothing_to_refund() -> None:
     payment = Payment(PAYMENT_ID)
     payment.authorize(authorize())
     payment.reverse(reverse())
     assert (payment.status, payment.hold) == (Status.REVERSED, Hold.NONE)
+    assert [type(ev) for ev in payment.pending_events] == [e.PaymentAuthorized, e.PaymentReversed]
+    assert payment.refunds == {}
+    assert payment.committed_refunds is None
 
 
 @pytest.mark.parametrize("make", [lambda: Payment(PAYMENT_ID), cleared], ids=["new", "cleared"])
@@ -266,7 +391,7 @@ def test_refund_request_submission_confirmation() -> None:
     assert payment.refundable == eure("15")
 
     payment.record_refund_submission(submit_refund("r1"))
-    assert payment.refunds["r1"].tx_hash == "0x" + "cd" * 32
+    assert payment.refunds["r1"].tx_hashes == (TX_A,)
     assert payment.refunded == Money.zero(EURE)
 
     payment.confirm_refund(confirm_refund("r1", eure("10")))
@@ -350,12 +475,45 @@ def test_a_refund_resolves_once() -> None:
     payment = cleared()
     payment.request_refund(request_refund("r1", eure("1")))
     payment.record_refund_submission(submit_refund("r1"))
-    with pytest.raises(InvalidTransition):
-        payment.record_refund_submission(submit_refund("r1"))
     payment.confirm_refund(confirm_refund("r1", eure("1")))
+    before = snapshot(payment)
     with pytest.raises(InvalidTransition):
         payment.confirm_refund(confirm_refund("r1", eure("1")))
+    with pytest.raises(InvalidTransition):
+        payment.record_refund_submission(submit_refund("r1", TX_B))
+    assert snapshot(payment) == before
     assert payment.refunded == eure("1")
+
+
+def test_a_refund_may_be_resubmitted_under_another_hash() -> None:
+    payment = cleared()
+    payment.request_refund(request_refund("r1", eure("1")))
+    payment.record_refund_submission(submit_refund("r1", TX_A))
+    payment.record_refund_submission(submit_refund("r1", TX_B))  # fee bump / re-sent
+    assert payment.refunds["r1"].tx_hashes == (TX_A, TX_B)
+    assert [ev.tx_hash for ev in payment.pending_events[-2:]  # type: ignore[attr-defined]
+            ] == [TX_A, TX_B]
+    assert payment.committed_refunds == eure("1")  # still one refund, not two
+
+    before = snapshot(payment)
+    for tx_hash in (TX_A, TX_B):
+        with pytest.raises(InvalidTransition):
+            payment.record_refund_submission(submit_refund("r1", tx_hash))
+    assert snapshot(payment) == before
+
+    payment.confirm_refund(confirm_refund("r1", eure("1")))
+    assert payment.refunded == eure("1")
+    assert payment.refunds["r1"].tx_hashes == (TX_A, TX_B)
+
+
+def test_the_duplicate_hash_check_is_per_refund() -> None:
+    """The duplicate check is per refund: one batch transaction may carry several refunds."""
+    payment = cleared()
+    payment.request_refund(request_refund("r1", eure("1")))
+    payment.request_refund(request_refund("r2", eure("2")))
+    payment.record_refund_submission(submit_refund("r1", TX_A))
+    payment.record_refund_submission(submit_refund("r2", TX_A))
+    assert payment.refunds["r2"].tx_hashes == (TX_A,)
 
 
 @pytest.mark.parametrize("authorized_first", [False, True], ids=["new", "authorized"])
@@ -413,25 +571,163 @@ def test_amounts_must_be_positive(amount: Money) -> None:
     assert payment.status is Status.HELD
 
 
-# -- terminal state -------------------------------------------------------------------------------
-ALL_COMMANDS: list[Callable[[], c.Command]] = [
+# -- reorgs: retracting a spend -------------------------------------------------------------------
+def test_retracting_the_spend_returns_an_authorized_payment_to_authorized() -> None:
+    payment = held("25")
+    cmd = retract_spend(evidence(1))
+    payment.retract_spend(cmd)
+    assert (payment.status, payment.hold) == (Status.AUTHORIZED, Hold.NONE)
+    assert payment.spent is None
+    assert payment.spend_evidence is None
+    assert payment.authorized == eure("25")
+    assert (payment.refunded, payment.committed_refunds, payment.refundable) == (None, None, None)
+    event = payment.pending_events[-1]
+    assert isinstance(event, e.SpendRetracted)
+    assert (event.evidence, event.reason, event.version) == (evidence(1), "reorg", 3)
+
+    # The transaction is mined again (in another block): the payment goes on from there.
+    payment.confirm_spend(confirm_spend(eure("25"), evidence(2)))
+    assert (payment.status, payment.hold, payment.spend_evidence) == (
+        Status.HELD, Hold.PENDING, evidence(2))
+    payment.clear(clear(eure("25")))
+    assert payment.hold is Hold.POSTED
+
+
+def test_retracting_a_chain_first_spend_returns_the_payment_to_new() -> None:
+    payment = Payment(PAYMENT_ID)
+    payment.confirm_spend(confirm_spend(eure("12")))
+    payment.retract_spend(retract_spend())
+    assert (payment.status, payment.hold, payment.spent) == (Status.NEW, Hold.NONE, None)
+    with pytest.raises(InvalidTransition):
+        payment.reverse(reverse())
+
+
+def test_only_the_current_spend_log_can_be_retracted() -> None:
+    payment = held()
+    before = snapshot(payment)
+    with pytest.raises(InvalidTransition):
+        payment.retract_spend(retract_spend(evidence(2)))
+    assert snapshot(payment) == before
+
+    payment.retract_spend(retract_spend(evidence(1)))
+    payment.confirm_spend(confirm_spend(proof=evidence(2)))
+    before = snapshot(payment)
+    with pytest.raises(InvalidTransition):  # the first log's retraction, delivered again
+        payment.retract_spend(retract_spend(evidence(1)))
+    assert snapshot(payment) == before
+
+
+def test_a_spend_with_refunds_requested_cannot_simply_be_retracted() -> None:
+    payment = held()
+    payment.request_refund(request_refund("r1", eure("1")))
+    before = snapshot(payment)
+    with pytest.raises(InvalidTransition):
+        payment.retract_spend(retract_spend())
+    assert snapshot(payment) == before
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Payment(PAYMENT_ID),
+        lambda: Payment.rehydrate(PAYMENT_ID, list(held().pending_events[:1])),
+        cleared,
+    ],
+    ids=["new", "authorized", "cleared"],
+)
+def test_a_spend_is_retracted_only_while_held(make: Callable[[], Payment]) -> None:
+    payment = make()
+    before = snapshot(payment)
+    with pytest.raises(InvalidTransition):
+        payment.retract_spend(retract_spend())
+    assert snapshot(payment) == before
+
+
+def test_a_settled_spend_cannot_be_retracted() -> None:
+    payment = cleared()
+    payment.settle(settle())
+    with pytest.raises(InvalidTransition):
+        payment.retract_spend(retract_spend())
+    assert payment.hold is Hold.POSTED
+
+
+# -- reorgs: retracting a refund ------------------------------------------------------------------
+def test_a_retracted_refund_is_in_flight_again() -> None:
+    payment = cleared("25")
+    payment.request_refund(request_refund("r1", eure("10")))
+    payment.record_refund_submission(submit_refund("r1", TX_A))
+    payment.confirm_refund(confirm_refund("r1", eure("10"), evidence(7)))
+    assert payment.refunded == eure("10")
+
+    cmd = retract_refund("r1", evidence(7))
+    payment.retract_refund(cmd)
+    event = payment.pending_events[-1]
+    assert isinstance(event, e.RefundRetracted)
+    assert (event.refund_id, event.amount, event.evidence, event.reason) == (
+        "r1", eure("10"), evidence(7), "reorg")
+    refund = payment.refunds["r1"]
+    assert (refund.confirmed, refund.evidence, refund.tx_hashes) == (False, None, (TX_A,))
+    assert payment.refunded == Money.zero(EURE)
+    assert payment.committed_refunds == eure("10")  # still committed: it will be mined again
+    assert payment.refundable == eure("15")
+    assert payment.status is Status.CLEARED
+
+    # Mined again in another block, or resubmitted first.
+    payment.record_refund_submission(submit_refund("r1", TX_B))
+    payment.confirm_refund(confirm_refund("r1", eure("10"), evidence(8)))
+    assert payment.refunded == eure("10")
+    assert payment.refunds["r1"].evidence == evidence(8)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        lambda p: p.retract_refund(retract_refund("r1", evidence(7))),  # never confirmed
+        lambda p: p.retract_refund(retract_refund("r2", evidence(8))),  # another log
+        lambda p: p.retract_refund(retract_refund("r2", evidence(7))),  # r1's log, not r2's
+        lambda p: p.retract_refund(retract_refund("unknown", evidence(9))),
+    ],
+    ids=["unconfirmed", "other-log", "other-refund", "unknown"],
+)
+def test_only_a_confirmed_refund_can_be_retracted_by_its_own_log(
+    bad: Callable[[Payment], None],
+) -> None:
+    payment = cleared("25")
+    payment.request_refund(request_refund("r1", eure("1")))
+    payment.request_refund(request_refund("r2", eure("2")))
+    payment.confirm_refund(confirm_refund("r2", eure("2"), evidence(9)))
+    before = snapshot(payment)
+    with pytest.raises(InvalidTransition):
+        bad(payment)
+    assert snapshot(payment) == before
+
+
+def test_a_refund_is_retracted_once() -> None:
+    payment = cleared()
+    payment.request_refund(request_refund("r1", eure("1")))
+    payment.confirm_refund(confirm_refund("r1", eure("1"), evidence(7)))
+    payment.retract_refund(retract_refund("r1", evidence(7)))
+    before = snapshot(payment)
+    with pytest.raises(InvalidTransition):
+        payment.retract_refund(retract_refund("r1", evidence(7)))
+    assert snapshot(payment) == before
+
+
+# -- after a reversal -----------------------------------------------------------------------------
+LIFECYCLE_COMMANDS: list[Callable[[], c.Command]] = [
     authorize,
     confirm_spend,
     clear,
+    lambda: clear(eure("1")),
     reverse,
     lambda: request_refund("r1", eure("1")),
-    lambda: request_refund("r2", eure("1")),
-    lambda: submit_refund("r1"),
-    lambda: confirm_refund("r1", eure("1")),
+    lambda: request_refund("r9", eure("1")),
     settle,
+    retract_spend,
 ]
 
 
-@pytest.mark.parametrize("make_command", ALL_COMMANDS)
-@pytest.mark.parametrize("reversed_from", ["authorized", "held", "held-with-refund"])
-def test_every_command_on_a_reversed_payment_is_invalid(
-    make_command: Callable[[], c.Command], reversed_from: str
-) -> None:
+def reversed_payment(reversed_from: str) -> Payment:
     payment = Payment(PAYMENT_ID)
     payment.authorize(authorize())
     if reversed_from != "authorized":
@@ -439,11 +735,70 @@ def test_every_command_on_a_reversed_payment_is_invalid(
     if reversed_from == "held-with-refund":
         payment.request_refund(request_refund("r1", eure("1")))
     payment.reverse(reverse())
-    before = snapshot(payment)
+    return payment
 
+
+@pytest.mark.parametrize("make_command", LIFECYCLE_COMMANDS)
+@pytest.mark.parametrize("reversed_from", ["authorized", "held", "held-with-refund"])
+def test_no_lifecycle_command_is_accepted_after_a_reversal(
+    make_command: Callable[[], c.Command], reversed_from: str
+) -> None:
+    payment = reversed_payment(reversed_from)
+    before = snapshot(payment)
     with pytest.raises(InvalidTransition):
         handle(payment, make_command())
     assert snapshot(payment) == before
+
+
+@pytest.mark.parametrize("reversed_from", ["authorized", "held", "held-with-refund"])
+def test_after_a_reversal_unknown_refunds_stay_unknown(reversed_from: str) -> None:
+    payment = reversed_payment(reversed_from)
+    before = snapshot(payment)
+    for bad in (submit_refund("r9"), confirm_refund("r9", eure("1")),
+                retract_refund("r9")):
+        with pytest.raises(InvalidTransition):
+            handle(payment, bad)
+    assert snapshot(payment) == before
+
+
+def test_refunds_in_flight_go_on_after_a_reversal() -> None:
+    payment = Payment(PAYMENT_ID)
+    payment.authorize(authorize(eure("25")))
+    payment.confirm_spend(confirm_spend(eure("25")))
+    payment.request_refund(request_refund("r1", eure("1")))
+    cmd = reverse()
+    payment.reverse(cmd)
+    reversal = f"{cmd.command_id}:reversal"
+    assert set(payment.refunds) == {"r1", reversal}
+    assert payment.refunds[reversal].amount == eure("24")
+
+    for step in (
+        submit_refund(reversal, TX_A),
+        submit_refund(reversal, TX_B),  # resubmitted
+        submit_refund("r1", TX_A),
+        confirm_refund(reversal, eure("24"), evidence(7)),
+        confirm_refund("r1", eure("1"), evidence(8)),
+        retract_refund(reversal, evidence(7)),  # reorged out ...
+        confirm_refund(reversal, eure("24"), evidence(9)),  # ... and mined again
+    ):
+        handle(payment, step)
+        assert (payment.status, payment.hold) == (Status.REVERSED, Hold.VOIDED)
+    assert payment.refunded == eure("25") == payment.spent
+    assert payment.refundable == Money.zero(EURE)
+    with pytest.raises(InvalidTransition):  # confirmed: resolved
+        payment.confirm_refund(confirm_refund(reversal, eure("24")))
+
+
+def test_the_reversal_refund_is_confirmed_only_for_its_amount() -> None:
+    payment = reversed_payment("held")
+    (reversal,) = payment.refunds
+    assert reversal.endswith(":reversal")
+    before = snapshot(payment)
+    with pytest.raises(InvalidTransition):
+        payment.confirm_refund(confirm_refund(reversal, eure("1")))
+    assert snapshot(payment) == before
+    payment.confirm_refund(confirm_refund(reversal, eure("25")))
+    assert payment.refunded == eure("25")
 
 
 # -- events and rehydration -----------------------------------------------------------------------
@@ -482,7 +837,25 @@ def test_rehydrating_a_reversed_payment() -> None:
     live = held()
     live.reverse(reverse())
     payment = Payment.rehydrate(PAYMENT_ID, list(live.pending_events))
-    assert (payment.status, payment.hold, payment.version) == (Status.REVERSED, Hold.VOIDED, 3)
+    assert (payment.status, payment.hold, payment.version) == (Status.REVERSED, Hold.VOIDED, 4)
+    assert snapshot(payment)[:-1] == snapshot(live)[:-1]
+
+
+def test_rehydrating_through_retractions_and_resubmissions() -> None:
+    payment = held("25")
+    payment.retract_spend(retract_spend(evidence(1)))
+    payment.confirm_spend(confirm_spend(eure("20"), evidence(2)))
+    payment.clear(clear(eure("18")))
+    payment.request_refund(request_refund("r1", eure("3")))
+    payment.record_refund_submission(submit_refund("r1", TX_A))
+    payment.record_refund_submission(submit_refund("r1", TX_B))
+    payment.confirm_refund(confirm_refund("r1", eure("3"), evidence(7)))
+    payment.retract_refund(retract_refund("r1", evidence(7)))
+    payment.confirm_refund(confirm_refund("r1", eure("3"), evidence(8)))
+    again = Payment.rehydrate(PAYMENT_ID, list(payment.pending_events))
+    assert snapshot(again)[:-1] == snapshot(payment)[:-1]
+    assert (again.refunded, again.committed_refunds, again.refundable) == (
+        eure("3"), eure("5"), eure("15"))
 
 
 def test_events_carry_stream_version_time_and_ids() -> None:
@@ -529,7 +902,8 @@ def test_events_are_frozen() -> None:
 def test_a_rejected_command_records_nothing() -> None:
     payment = held()
     before = snapshot(payment)
-    for bad in (authorize(), confirm_spend(), settle(), submit_refund("none")):
+    for bad in (authorize(), confirm_spend(), settle(), submit_refund("none"),
+                retract_spend(evidence(5)), retract_refund("none")):
         with pytest.raises(InvalidTransition):
             handle(payment, bad)
     assert snapshot(payment) == before

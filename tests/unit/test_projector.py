@@ -1,0 +1,387 @@
+"""The payments read model (pure `evolve`) and the projector loop over in-memory feed and store."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from domain import commands as c
+from domain import events as e
+from domain.events import ChainEvidence, RecordedEvent
+from domain.money import Currency, Money
+from domain.payment import Payment, handle
+from domain.serialization import to_data
+from projector.feed import FeedMessage, RejectedMessage
+from projector.payments import OutOfOrder, PaymentRow, evolve, is_duplicate
+from projector.runner import Projector
+from tests.unit.fakes import CommitFailed, FakeFeed, FakeProjectionStore
+
+pytestmark = pytest.mark.unit
+
+EURE = Currency("EURe", 18)
+USDCE = Currency("USDCe", 6)
+T0 = datetime(2024, 9, 17, 10, 0, tzinfo=UTC)
+SAFE = "0x" + "5a" * 20
+SPEND_TX = "0x" + "a1" * 32
+
+
+def proof(n: int, tx: str = SPEND_TX) -> ChainEvidence:
+    return ChainEvidence(chain_id=100, block_number=36_000_000 + n, block_hash=f"0x{n:064x}",
+                         tx_hash=tx, log_index=n)
+
+
+def envelope(stream: str, version: int) -> dict[str, object]:
+    return {"stream_id": stream, "version": version, "occurred_at": T0 + timedelta(minutes=version),
+            "correlation_id": "corr", "causation_id": f"cmd-{stream}-{version}"}
+
+
+def authorized(stream: str = "p1", version: int = 1, units: int = 25_000_000) -> e.DomainEvent:
+    return e.PaymentAuthorized(**envelope(stream, version), account=SAFE,  # type: ignore[arg-type]
+                               amount=Money(units, USDCE), merchant="Bakery", mcc="5462",
+                               expires_at=T0 + timedelta(days=7))
+
+
+def spent(stream: str = "p1", version: int = 1, units: int = 25_000_000,
+          tx: str = SPEND_TX) -> e.DomainEvent:
+    return e.PaymentSpent(**envelope(stream, version), account=SAFE,  # type: ignore[arg-type]
+                          amount=Money(units, USDCE), evidence=proof(version, tx))
+
+
+def refund_requested(stream: str, version: int, units: int, rid: str = "r1") -> e.DomainEvent:
+    return e.RefundRequested(**envelope(stream, version),  # type: ignore[arg-type]
+                             refund_id=rid, amount=Money(units, USDCE), reason="merchant credit")
+
+
+def refunded(stream: str, version: int, units: int, rid: str = "r1") -> e.DomainEvent:
+    return e.PaymentRefunded(**envelope(stream, version),  # type: ignore[arg-type]
+                             refund_id=rid, amount=Money(units, USDCE), evidence=proof(50))
+
+
+def row(**fields: object) -> PaymentRow:
+    base: dict[str, object] = {"payment_id": "p1", "status": "held", "last_version": 2,
+                               "account": SAFE, "currency": "USDCe", "decimals": 6,
+                               "authorized": 25_000_000, "spent": 25_000_000,
+                               "spend_tx": SPEND_TX}
+    base.update(fields)
+    return PaymentRow(**base)  # type: ignore[arg-type]
+
+
+# -- evolve, one event type at a time -------------------------------------------------------------
+def test_authorized_opens_the_row() -> None:
+    assert evolve(None, authorized(units=25_000_000)) == PaymentRow(
+        payment_id="p1", status="authorized", last_version=1, account=SAFE, currency="USDCe",
+        decimals=6, authorized=25_000_000)
+
+
+def test_spent_opens_a_chain_first_row() -> None:
+    assert evolve(None, spent(units=12_340_000)) == PaymentRow(
+        payment_id="p1", status="held", last_version=1, account=SAFE, currency="USDCe",
+        decimals=6, spent=12_340_000, spend_tx=SPEND_TX)
+
+
+def test_spent_after_the_authorization() -> None:
+    first = evolve(None, authorized(units=30_000_000))
+    assert evolve(first, spent(version=2, units=25_000_000)) == row(authorized=30_000_000)
+
+
+def test_cleared() -> None:
+    event = e.PaymentCleared(**envelope("p1", 3), amount=Money(20_000_000, USDCE))  # type: ignore[arg-type]
+    assert evolve(row(), event) == row(status="cleared", last_version=3, cleared=20_000_000)
+
+
+def test_reversed() -> None:
+    event = e.PaymentReversed(**envelope("p1", 3), reason="expired")  # type: ignore[arg-type]
+    assert evolve(row(), event) == row(status="reversed", last_version=3)
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        refund_requested("p1", 3, 5_000_000),
+        e.RefundSubmitted(**envelope("p1", 3), refund_id="r1",  # type: ignore[arg-type]
+                          tx_hash="0x" + "cd" * 32),
+    ],
+    ids=["requested", "submitted"],
+)
+def test_refund_requested_and_submitted_only_move_the_version(event: e.DomainEvent) -> None:
+    assert evolve(row(), event) == row(last_version=3)
+
+
+def test_refunded_adds_and_refund_retracted_subtracts() -> None:
+    current = evolve(row(refunded=1_000_000), refunded("p1", 3, 5_000_000))
+    assert current == row(last_version=3, refunded=6_000_000)
+    retracted = e.RefundRetracted(**envelope("p1", 4), refund_id="r1",  # type: ignore[arg-type]
+                                  amount=Money(5_000_000, USDCE), evidence=proof(50),
+                                  reason="reorg")
+    assert evolve(current, retracted) == row(last_version=4, refunded=1_000_000)
+
+
+def test_settled() -> None:
+    event = e.PaymentSettled(**envelope("p1", 3), batch_id="2024-09-18")  # type: ignore[arg-type]
+    assert evolve(row(status="cleared", cleared=1), event) == row(
+        status="settled", last_version=3, cleared=1)
+
+
+def test_spend_retracted_empties_the_spend() -> None:
+    event = e.SpendRetracted(**envelope("p1", 3), evidence=proof(2),  # type: ignore[arg-type]
+                             reason="reorg")
+    assert evolve(row(), event) == row(status="retracted", last_version=3, spent=0,
+                                       spend_tx=None)
+    # The transaction mined again (another block): held again, with its spend back.
+    again = evolve(evolve(row(), event), spent(version=4, units=25_000_000))
+    assert again == row(last_version=4)
+
+
+def test_every_payment_event_type_is_evolved() -> None:
+    """A real stream from the aggregate, every event type in it, folds into the expected row."""
+    payment = Payment("p1")
+    at = iter(T0 + timedelta(minutes=i) for i in range(100))
+    ids = iter(f"cmd-{i}" for i in range(100))
+
+    def base() -> dict[str, object]:
+        return {"command_id": next(ids), "payment_id": "p1", "at": next(at)}
+
+    usdc = lambda units: Money(units, USDCE)  # noqa: E731
+    for cmd in [
+        c.AuthorizePayment(**base(), account=SAFE, amount=usdc(30_000_000),  # type: ignore[arg-type]
+                           merchant="m", mcc="5462", expires_at=T0 + timedelta(days=7)),
+        c.ConfirmSpend(**base(), account=SAFE, amount=usdc(25_000_000),  # type: ignore[arg-type]
+                       evidence=proof(1)),
+        c.RetractSpend(**base(), evidence=proof(1), reason="reorg"),  # type: ignore[arg-type]
+        c.ConfirmSpend(**base(), account=SAFE, amount=usdc(25_000_000),  # type: ignore[arg-type]
+                       evidence=proof(2)),
+        c.RequestRefund(**base(), refund_id="r1", amount=usdc(5_000_000),  # type: ignore[arg-type]
+                        reason="credit"),
+        c.RecordRefundSubmission(**base(), refund_id="r1",  # type: ignore[arg-type]
+                                 tx_hash="0x" + "cd" * 32),
+        c.ConfirmRefund(**base(), refund_id="r1", amount=usdc(5_000_000),  # type: ignore[arg-type]
+                        evidence=proof(7)),
+        c.RetractRefund(**base(), refund_id="r1", evidence=proof(7),  # type: ignore[arg-type]
+                        reason="reorg"),
+        c.ConfirmRefund(**base(), refund_id="r1", amount=usdc(5_000_000),  # type: ignore[arg-type]
+                        evidence=proof(8)),
+        c.ClearPayment(**base(), amount=usdc(18_000_000)),  # type: ignore[arg-type]
+        c.SettlePayment(**base(), batch_id="b1"),  # type: ignore[arg-type]
+    ]:
+        handle(payment, cmd)
+    events = payment.pending_events
+    assert {type(ev) for ev in events} == set(e.PAYMENT_EVENTS) - {e.PaymentReversed}
+    current: PaymentRow | None = None
+    for event in events:
+        assert not is_duplicate(current, event)
+        current = evolve(current, event)
+        assert is_duplicate(current, event)
+    assert current == PaymentRow(
+        payment_id="p1", status="settled", last_version=len(events), account=SAFE,
+        currency="USDCe", decimals=6, authorized=30_000_000, spent=25_000_000,
+        cleared=18_000_000, refunded=5_000_000, spend_tx=SPEND_TX)
+
+
+# -- duplicates and gaps --------------------------------------------------------------------------
+def test_is_duplicate() -> None:
+    assert not is_duplicate(None, spent(version=1))
+    current = row(last_version=2)
+    assert is_duplicate(current, spent(version=1))
+    assert is_duplicate(current, spent(version=2))
+    assert not is_duplicate(current, spent(version=3))
+    assert not is_duplicate(current, spent(version=4))  # a gap is not a duplicate: evolve says
+
+
+@pytest.mark.parametrize(
+    ("current", "version"),
+    [(None, 2), (None, 0), (row(last_version=2), 4), (row(last_version=2), 2),
+     (row(last_version=2), 1)],
+    ids=["first-is-not-1", "zero", "gap", "same-version", "older"],
+)
+def test_an_event_out_of_order_is_refused(current: PaymentRow | None, version: int) -> None:
+    with pytest.raises(OutOfOrder):
+        evolve(current, refund_requested("p1", version, 1))
+
+
+# -- the projector loop ---------------------------------------------------------------------------
+def recorded(event: e.DomainEvent, position: int = 0) -> RecordedEvent:
+    return RecordedEvent(stream_id=event.stream_id, version=event.version, position=position,
+                         type=type(event).__name__, data=to_data(event), recorded_at=T0)
+
+
+def messages(events: list[e.DomainEvent], source: str = "events",
+             start: int = 0) -> list[FeedMessage]:
+    return [FeedMessage(source, start + i, recorded(ev, start + i)) for i, ev in enumerate(events)]
+
+
+def run(projector: Projector) -> None:
+    async def go() -> None:
+        await projector.start()
+        await projector.run_until_idle(idle_polls=1, timeout=0)
+        await projector.stop()
+
+    asyncio.run(go())
+
+
+def stream(pid: str, *units: int) -> list[e.DomainEvent]:
+    """A spend of units[0], then one confirmed refund per further amount."""
+    events = [spent(pid, 1, units[0], tx="0x" + pid.encode().hex().rjust(64, "0"))]
+    for n, amount in enumerate(units[1:]):
+        events.append(refunded(pid, 2 + n, amount, rid=f"r{n}"))
+    return events
+
+
+def test_a_redelivered_event_is_applied_once() -> None:
+    a = stream("a", 100, 10, 20)
+    feed = FakeFeed(messages([a[0], a[1], a[1], a[0], a[2]]))
+    store = FakeProjectionStore()
+    projector = Projector("payments", feed, store.uow)
+    run(projector)
+    assert projector.applied == 3
+    assert store.rows["a"].last_version == 3
+    assert store.rows["a"].refunded == 30
+    assert store.quarantined == []
+    assert store.positions == {"payments": {"events": 5}}
+
+
+def test_restarting_from_older_positions_changes_nothing() -> None:
+    a = stream("a", 100, 10, 20)
+    store = FakeProjectionStore()
+    run(Projector("payments", FakeFeed(messages(a)), store.uow))
+    rows = dict(store.rows)
+    store.positions["payments"] = {"events": 1}  # as if the positions lagged behind the rows
+    again = Projector("payments", FakeFeed(messages(a)), store.uow)
+    run(again)
+    assert again.applied == 0
+    assert store.rows == rows
+    assert store.positions == {"payments": {"events": 3}}
+
+
+def test_a_gap_is_quarantined_and_the_rest_applied() -> None:
+    a = stream("a", 100, 10, 20, 30)  # versions 1..4
+    b = stream("b", 50, 5)
+    batch = [a[0], b[0], a[2], b[1], a[3]]  # a's version 2 is missing
+    feed = FakeFeed(messages(batch))
+    store = FakeProjectionStore()
+    projector = Projector("payments", feed, store.uow)
+    run(projector)
+    assert store.rows["a"] == evolve(None, a[0])  # stopped before the gap
+    assert store.rows["b"].last_version == 2 and store.rows["b"].refunded == 5
+    assert [(q.source, q.key) for q in store.quarantined] == [
+        ("projector:payments", "events@2"), ("projector:payments", "events@4")]
+    assert "expected 2" in store.quarantined[0].reason
+    assert store.quarantined[0].payload["version"] == 3
+    assert store.quarantined[0].payload["stream_id"] == "a"
+    assert store.positions == {"payments": {"events": 5}}  # past the quarantined events too
+    assert projector.applied == 3
+
+
+def test_rejected_feed_records_are_quarantined_and_passed() -> None:
+    a = stream("a", 100, 10)
+    ok = messages(a, "topic:0")
+    records: list[FeedMessage | RejectedMessage] = [
+        ok[0],
+        RejectedMessage("topic:0", 1, b"\xffnot json", "not a recorded event"),
+        FeedMessage("topic:0", 2, recorded(a[1], 2)),
+        RejectedMessage("topic:1", 7, b"{}", "missing type"),
+    ]
+    store = FakeProjectionStore()
+    run(Projector("payments", FakeFeed(records), store.uow))
+    assert [(q.source, q.key, q.reason) for q in store.quarantined] == [
+        ("projector:payments", "topic:0@1", "not a recorded event"),
+        ("projector:payments", "topic:1@7", "missing type"),
+    ]
+    assert store.quarantined[0].payload == {"raw": "\ufffdnot json"}
+    assert store.positions == {"payments": {"topic:0": 3, "topic:1": 8}}
+    assert store.rows["a"].refunded == 10
+
+
+def test_a_batch_of_only_rejected_records_still_saves_positions() -> None:
+    feed = FakeFeed([RejectedMessage("events", 0, b"x", "garbage")])
+    store = FakeProjectionStore()
+    projector = Projector("payments", feed, store.uow)
+
+    async def go() -> int:
+        await projector.start()
+        return await projector.run_once(timeout=0)
+
+    assert asyncio.run(go()) == 1
+    assert store.positions == {"payments": {"events": 1}}
+    assert len(store.quarantined) == 1
+    assert store.rows == {}
+
+
+def test_an_undecodable_event_is_quarantined() -> None:
+    a = stream("a", 100)
+    bad = RecordedEvent(stream_id="a", version=2, position=1, type="PaymentTeleported",
+                        data={"payload": {}, "meta": {}}, recorded_at=T0)
+    store = FakeProjectionStore()
+    run(Projector("payments", FakeFeed([*messages(a), FeedMessage("events", 1, bad)]),
+                  store.uow))
+    assert store.rows["a"].last_version == 1
+    (q,) = store.quarantined
+    assert (q.key, q.payload["type"]) == ("events@1", "PaymentTeleported")
+    assert q.reason.startswith("undecodable event")
+    assert store.positions == {"payments": {"events": 2}}
+
+
+def test_positions_are_saved_in_the_same_commit_as_the_rows() -> None:
+    a, b = stream("a", 100, 1, 2, 3), stream("b", 50, 4, 5)
+    events = [a[0], b[0], a[1], a[2], b[1], a[3], b[2]]
+    feed = FakeFeed(messages(events))
+    store = FakeProjectionStore()
+    run(Projector("payments", feed, store.uow, batch_size=2))
+    assert len(store.commits) == 4
+    for n, commit in enumerate(store.commits):
+        end = min(2 * (n + 1), len(events))
+        # Each commit carries its batch's rows and the position just past that batch.
+        assert commit.positions == {"payments": {"events": end}}
+        expected: dict[str, PaymentRow] = {}
+        for event in events[:end]:
+            expected[event.stream_id] = evolve(expected.get(event.stream_id), event)
+        assert {r.payment_id: r for r in commit.rows} == {
+            ev.stream_id: expected[ev.stream_id] for ev in events[2 * n:end]}
+    assert store.rows["a"].refunded == 6 and store.rows["b"].refunded == 9
+
+
+def test_a_failed_commit_leaves_rows_and_positions_unchanged() -> None:
+    a = stream("a", 100, 1, 2)
+    feed = FakeFeed(messages(a[:1]))
+    store = FakeProjectionStore()
+    projector = Projector("payments", feed, store.uow)
+    run(projector)
+    before = store.snapshot()
+
+    for event in a[1:]:
+        feed.append(FeedMessage("events", event.version - 1, recorded(event)))
+    feed.append(RejectedMessage("events", 3, b"?", "garbage"))
+    store.fail_commits = True
+
+    async def crash() -> None:
+        await projector.start()
+        await projector.run_once(timeout=0)
+
+    with pytest.raises(CommitFailed):
+        asyncio.run(crash())
+    assert store.snapshot() == before
+
+    # The restarted projector resumes from the stored positions and ends where a clean run would.
+    store.fail_commits = False
+    restarted = Projector("payments", feed, store.uow)
+    run(restarted)
+    assert feed.started_with == {"events": 1}
+    assert restarted.applied == 2
+    assert (store.rows["a"].last_version, store.rows["a"].refunded) == (3, 3)
+    assert store.positions == {"payments": {"events": 4}}
+    assert [q.key for q in store.quarantined] == ["events@3"]
+
+
+def test_the_projector_resumes_after_its_stored_positions() -> None:
+    a = stream("a", 100, 1)
+    store = FakeProjectionStore(positions={"payments": {"events": 1}, "other": {"events": 9}})
+    store.rows["a"] = evolve(None, a[0])
+    feed = FakeFeed(messages(a))
+    projector = Projector("payments", feed, store.uow)
+    run(projector)
+    assert feed.started_with == {"events": 1}
+    assert feed.stopped
+    assert projector.applied == 1
+    assert store.positions["other"] == {"events": 9}
+    assert store.rows["a"].refunded == 1
