@@ -111,7 +111,7 @@ def test_refund_transfer_seen_before_its_submission_is_confirmed_when_it_is_reco
         c.RecordSettlementTransfer(command_id="chain:31337:y:0", at=NOW, recipient=SAFE,
                                    token=TOKEN, amount=refund, evidence=ev)]))
     with pg_engine.connect() as conn:
-        assert [r.reason for r in conn.execute(select(quarantine))][0].endswith("(yet)")
+        assert next(r.reason for r in conn.execute(select(quarantine))).endswith("(yet)")
     assert "PaymentRefunded" not in _types(pg_engine)
 
     service.record_refund_submission(
