@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -70,6 +71,36 @@ def _parser() -> argparse.ArgumentParser:
                         help="which addresses mean what (default gnosis: mainnet Gnosis Pay)")
     replay.add_argument("--json", action="store_true",
                         help='one JSON object: "activity" (every classified transfer) and "totals"')
+    chain_args = argparse.ArgumentParser(add_help=False)
+    chain_args.add_argument("--preset", choices=["gnosis", "local"], default="local",
+                            help="addresses: gnosis (mainnet Gnosis Pay) or local (default; "
+                            "read from --deployment)")
+    chain_args.add_argument("--deployment", type=Path, default=None,
+                            help="local preset file written by `cardpay deploy` "
+                            "(default $CARDPAY_DATA_DIR/local-deployment.json)")
+    chain_args.add_argument("--rpc-url", default=None, help="node URL (default CARDPAY_RPC_URL)")
+    backfill = sub.add_parser(
+        "backfill", parents=[chain_args],
+        help="index a block range with a progress bar (blocks, logs/s, ETA), then stop",
+        description="Index from --from-block (or the listener's cursor) to --to-block (default: "
+        "the confirmed head at start). Shares the cursor with `cardpay listen`, so live "
+        "indexing continues exactly where a backfill ended.",
+    )
+    backfill.add_argument("--from-block", type=int, default=None)
+    backfill.add_argument("--to-block", type=int, default=None)
+    listen = sub.add_parser("listen", parents=[chain_args],
+                            help="index the chain as it grows (Ctrl-C to stop)")
+    listen.add_argument("--from-block", type=int, default=None,
+                        help="first block when the listener has no cursor yet")
+    listen.add_argument("--metrics-port", type=int, default=None,
+                        help="serve Prometheus /metrics on 127.0.0.1:PORT")
+    listen.add_argument("--poll-interval", type=float, default=2.0, help="seconds (default 2)")
+    deploy = sub.add_parser("deploy", help="deploy the local contract replicas on a node and "
+                            "write the local preset file")
+    deploy.add_argument("--rpc-url", default=None, help="node URL (default CARDPAY_RPC_URL)")
+    deploy.add_argument("--cardholders", type=int, default=5)
+    deploy.add_argument("--out", type=Path, default=None,
+                        help="preset file (default $CARDPAY_DATA_DIR/local-deployment.json)")
     return parser
 
 
@@ -163,6 +194,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             return replay_command.main(args.directory, args.preset, args.json)
         except (ListenerError, FileNotFoundError) as exc:
             print(f"cardpay replay: {exc}", file=sys.stderr)
+            return 2
+    if args.command in ("backfill", "listen", "deploy"):
+        from cardpay import chain_cli
+
+        try:
+            if args.command == "backfill":
+                return chain_cli.backfill(
+                    settings, preset=args.preset, deployment=args.deployment,
+                    rpc_url=args.rpc_url, from_block=args.from_block, to_block=args.to_block,
+                    show_progress=sys.stderr.isatty() or bool(os.environ.get("CARDPAY_PROGRESS")))
+            if args.command == "listen":
+                return chain_cli.listen(
+                    settings, preset=args.preset, deployment=args.deployment,
+                    rpc_url=args.rpc_url, from_block=args.from_block,
+                    metrics_port=args.metrics_port, poll_interval=args.poll_interval)
+            return chain_cli.deploy(settings, rpc_url=args.rpc_url, cardholders=args.cardholders,
+                                    out=args.out)
+        except (chain_cli.ChainCommandError, FileNotFoundError) as exc:
+            print(f"cardpay {args.command}: {exc}", file=sys.stderr)
             return 2
     if args.command == "relay":
         return _relay(settings, args.until_idle, args.batch_size)

@@ -16,8 +16,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -46,6 +47,9 @@ class RangeResult:
     activity: int = 0
     reorg_depth: int = 0
     retracted: int = 0
+    head: int = 0
+    to_block_time: int = 0
+    by_class: Mapping[str, int] = field(default_factory=dict)
 
 
 Observer = Callable[[RangeResult], None]
@@ -120,6 +124,9 @@ class Listener:
                                     maximum=max_range)
         self._on_range = on_range
 
+    def cursor(self) -> Cursor | None:
+        return self._sink.load_cursor(self.name)
+
     def head(self) -> int:
         return int(self._rpc.call("eth_blockNumber", []), 16)
 
@@ -127,10 +134,12 @@ class Listener:
         raw = self._rpc.call("eth_getBlockByNumber", [hex(number), False])
         return None if raw is None else _block_ref(raw)
 
-    def run_once(self) -> RangeResult | None:
+    def run_once(self, until_block: int | None = None) -> RangeResult | None:
         """Index the next range up to the confirmed head; None when there is nothing to do."""
         cursor = self._sink.load_cursor(self.name)
         safe = self.head() - self._confirmations
+        if until_block is not None:
+            safe = min(safe, until_block)
         if cursor is not None:
             here = self._header(cursor.block_number)
             if here is None:
@@ -156,15 +165,57 @@ class Listener:
                             Cursor(last, end.hash), headers.values(), previous=cursor)
         self._sink.apply(self.name, batch)
         self.planner.succeeded(last - first + 1, len(logs))
+        by_class: dict[str, int] = {}
+        for act in batch.activity:
+            by_class[act.kind.value] = by_class.get(act.kind.value, 0) + 1
         return self._report(RangeResult(first, last, len(logs), len(batch.commands),
-                                        len(batch.rejected), len(batch.activity)))
+                                        len(batch.rejected), len(batch.activity),
+                                        head=safe + self._confirmations,
+                                        to_block_time=end.timestamp, by_class=by_class))
 
-    def run_until_caught_up(self) -> int:
-        """Index ranges until the confirmed head; returns how many ranges it covered."""
+    def run_until_caught_up(self, until_block: int | None = None) -> int:
+        """Index ranges until the confirmed head (or `until_block`); returns how many ranges."""
         ranges = 0
-        while self.run_once() is not None:
+        while True:
+            if until_block is not None:
+                cursor = self._sink.load_cursor(self.name)
+                if cursor is not None and cursor.block_number >= until_block:
+                    return ranges
+            result = self.run_once(until_block)
+            if result is None:
+                return ranges
             ranges += 1
-        return ranges
+
+    def run_forever(
+        self,
+        stop: Callable[[], bool],
+        *,
+        poll_interval: float = 2.0,
+        max_backoff: float = 30.0,
+        on_error: Callable[[Exception], None] | None = None,
+        sleep: Callable[[float], object] = time.sleep,
+    ) -> None:
+        """Index as the chain grows until `stop()`. A failed range (RPC down, database away, a
+        stale cursor) is logged and retried with backoff; it never skips blocks. Only a reorg
+        deeper than the kept window stops the loop: that needs a person."""
+        failures = 0
+        while not stop():
+            try:
+                result = self.run_once()
+                failures = 0
+            except ReorgTooDeep:
+                raise
+            except Exception as exc:
+                failures += 1
+                delay = min(max_backoff, poll_interval * 2 ** min(failures - 1, 10))
+                log.error("listener %s: range failed (%s: %s); retrying in %.1fs", self.name,
+                          type(exc).__name__, exc, delay)
+                if on_error is not None:
+                    on_error(exc)
+                sleep(delay)
+                continue
+            if result is None:
+                sleep(poll_interval)
 
     # -- pieces ---------------------------------------------------------------------------------
     def _get_logs(self, first: int, last: int) -> tuple[Any, int]:

@@ -10,13 +10,19 @@ from __future__ import annotations
 import itertools
 import random
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import requests
 
 from listener.errors import RpcError, RpcTransportError
 
 RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+class RpcObserver(Protocol):
+    """Told about every attempt: method, seconds, and the error class name (None on success)."""
+
+    def rpc_attempt(self, method: str, seconds: float, error: str | None) -> None: ...
 
 
 class HttpJsonRpc:
@@ -28,6 +34,7 @@ class HttpJsonRpc:
         retries: int = 5,
         backoff: float = 0.2,
         max_backoff: float = 5.0,
+        observer: RpcObserver | None = None,
     ) -> None:
         self.url = url
         self._timeout = timeout
@@ -37,6 +44,7 @@ class HttpJsonRpc:
         self._session = requests.Session()
         self._ids = itertools.count(1)
         self._rng = random.Random()
+        self._observer = observer
 
     def call(self, method: str, params: list[Any]) -> Any:
         last: Exception | None = None
@@ -44,11 +52,23 @@ class HttpJsonRpc:
             if attempt:
                 delay = min(self._max_backoff, self._backoff * 2 ** (attempt - 1))
                 time.sleep(delay * (0.5 + self._rng.random()))
+            started = time.monotonic()
             try:
-                return self._once(method, params)
+                result = self._once(method, params)
             except RpcTransportError as exc:
+                self._observe(method, started, "transport")
                 last = exc
+                continue
+            except RpcError:
+                self._observe(method, started, "rpc_error")
+                raise
+            self._observe(method, started, None)
+            return result
         raise RpcTransportError(f"{method}: gave up after {self._retries + 1} attempts: {last}")
+
+    def _observe(self, method: str, started: float, error: str | None) -> None:
+        if self._observer is not None:
+            self._observer.rpc_attempt(method, time.monotonic() - started, error)
 
     def _once(self, method: str, params: list[Any]) -> Any:
         body: dict[str, Any] = {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": params}

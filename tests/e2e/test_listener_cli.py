@@ -1,0 +1,161 @@
+"""`cardpay deploy / backfill / listen` as processes on real Anvil and PostgreSQL.
+
+kill -9 at random points during backfill and live indexing, then restart: the result equals a
+fresh, uninterrupted index of the same chain. A backfill followed by `listen` leaves no gap and no
+duplicate at the handoff.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, func, select
+
+from cardpay.chain.local import LocalChain, LocalDeployment
+from cardpay.db.engine import make_engine
+from cardpay.db.schema import chain_activity, chain_cursor
+from listener.presets import local_config
+from tests.support.indexing import canonical_views, make_listener, project
+
+pytestmark = pytest.mark.e2e
+
+
+def _env(pg_url: str, rpc_url: str, deployment: Path, **extra: str) -> dict[str, str]:
+    return {**os.environ, "CARDPAY_DATABASE_URL": pg_url, "CARDPAY_RPC_URL": rpc_url,
+            "CARDPAY_CONFIRMATIONS": "0", "CARDPAY_DATA_DIR": str(deployment.parent), **extra}
+
+
+def _cardpay(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "cardpay.cli", *args], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _deploy(anvil_node: Any, tmp_path: Path) -> tuple[LocalChain, Path]:
+    out = tmp_path / "local-deployment.json"
+    proc = subprocess.run([sys.executable, "-m", "cardpay.cli", "deploy", "--rpc-url",
+                           anvil_node.rpc_url, "--cardholders", "4", "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    deployment = LocalDeployment.from_dict(json.loads(out.read_text()))
+    return LocalChain(anvil_node.rpc_url, deployment), out
+
+
+def _cursor(engine: Engine) -> int:
+    with engine.connect() as conn:
+        value = conn.execute(select(chain_cursor.c.block_number)).scalar()
+    return -1 if value is None else int(value)
+
+
+def _spends(chain: LocalChain, n: int, seed: int) -> None:
+    rng = random.Random(seed)
+    for _ in range(n // 10):  # ten per block keeps block count and runtime small
+        chain.spend_many([(rng.choice(["EURe", "USDCe"]), rng.randrange(4),
+                           rng.randint(1, 10**6)) for _ in range(10)])
+        chain.w3.provider.make_request("anvil_mine", ["0x1"])  # type: ignore[arg-type]
+
+
+def _fresh(make_db: Any, chain: LocalChain) -> tuple[list[Any], list[Any]]:
+    engine = make_engine(make_db())
+    try:
+        config = local_config(chain.deployment.to_dict())
+        make_listener(engine, chain.rpc_url, config, chain.deployment.deployed_at_block) \
+            .run_until_caught_up()
+        project(engine)
+        return canonical_views(engine)
+    finally:
+        engine.dispose()
+
+
+def _kill_when(proc: subprocess.Popen[str], ready: Any, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if proc.poll() is not None:
+            raise AssertionError(f"exited early ({proc.returncode}): {proc.stderr.read()[-2000:]}")  # type: ignore[union-attr]
+        assert time.monotonic() < deadline, "no progress before the deadline"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def test_kill_9_during_backfill_and_live_then_restart_equals_an_uninterrupted_run(
+    anvil_node: Any, pg_url: str, pg_engine: Engine, make_db: Any, tmp_path: Path
+) -> None:
+    chain, deployment = _deploy(anvil_node, tmp_path)
+    _spends(chain, 300, seed=5)
+    env = _env(pg_url, anvil_node.rpc_url, deployment, CARDPAY_MAX_BLOCK_RANGE="3")
+    first = str(chain.deployment.deployed_at_block)
+    head = int(anvil_node.rpc("eth_blockNumber"), 16)
+    rng = random.Random(8)
+    for _ in range(3):  # backfill, killed at random cursor positions
+        target = rng.randint(_cursor(pg_engine) + 1, head - 2)
+        proc = _cardpay(env, "backfill", "--from-block", first)
+        _kill_when(proc, lambda t=target: _cursor(pg_engine) >= t)
+        assert proc.returncode == -signal.SIGKILL
+    proc = _cardpay(env, "backfill", "--from-block", first)
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()  # type: ignore[union-attr]
+    assert _cursor(pg_engine) == head
+
+    live = _cardpay(env, "listen", "--poll-interval", "0.05")
+    _spends(chain, 100, seed=6)  # the chain grows while the listener runs
+    _kill_when(live, lambda: _cursor(pg_engine) > head)
+    _spends(chain, 50, seed=7)
+    live = _cardpay(env, "listen", "--poll-interval", "0.05")
+    end = int(anvil_node.rpc("eth_blockNumber"), 16)
+    deadline = time.monotonic() + 120
+    while _cursor(pg_engine) < end:
+        assert live.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    live.send_signal(signal.SIGTERM)
+    assert live.wait(timeout=30) == 0
+
+    project(pg_engine)
+    assert canonical_views(pg_engine) == _fresh(make_db, chain)
+    with pg_engine.connect() as conn:
+        kinds = dict(conn.execute(select(chain_activity.c.kind, func.count())
+                                  .group_by(chain_activity.c.kind)).all())
+    assert kinds == {"card_spend": 450, "top_up": 8}  # 4 cardholders funded in 2 tokens
+
+
+def test_backfill_then_listen_hands_over_with_no_gap_or_duplicate(
+    anvil_node: Any, pg_url: str, pg_engine: Engine, make_db: Any, tmp_path: Path
+) -> None:
+    chain, deployment = _deploy(anvil_node, tmp_path)
+    _spends(chain, 60, seed=1)
+    env = _env(pg_url, anvil_node.rpc_url, deployment, CARDPAY_PROGRESS="1")
+    backfill = _cardpay(env, "backfill", "--from-block", str(chain.deployment.deployed_at_block))
+    out, err = backfill.communicate(timeout=120)
+    assert backfill.returncode == 0, err
+    assert "backfilled blocks" in out and "blocks/s" in err and "ETA" in err  # the progress bar
+    _spends(chain, 40, seed=2)  # blocks that land between the backfill and live indexing
+    live = _cardpay(env, "listen", "--poll-interval", "0.05")
+    end = int(anvil_node.rpc("eth_blockNumber"), 16)
+    deadline = time.monotonic() + 60
+    while _cursor(pg_engine) < end:
+        assert live.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    live.send_signal(signal.SIGTERM)
+    assert live.wait(timeout=30) == 0
+    project(pg_engine)
+    assert canonical_views(pg_engine) == _fresh(make_db, chain)
+
+
+def test_backfill_refuses_to_leave_a_gap(anvil_node: Any, pg_url: str, tmp_path: Path) -> None:
+    chain, deployment = _deploy(anvil_node, tmp_path)
+    _spends(chain, 20, seed=3)
+    env = _env(pg_url, anvil_node.rpc_url, deployment)
+    first = chain.deployment.deployed_at_block
+    ok = _cardpay(env, "backfill", "--from-block", str(first), "--to-block", str(first + 2))
+    assert ok.wait(timeout=60) == 0
+    gap = _cardpay(env, "backfill", "--from-block", str(first + 10))
+    _, err = gap.communicate(timeout=60)
+    assert gap.returncode == 2
+    assert f"would skip blocks {first + 3}..{first + 9}" in err
