@@ -7,6 +7,7 @@ behind (head reported lower, newest blocks missing), and provider limits on eth_
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import threading
@@ -50,10 +51,9 @@ class FaultyProxy:
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
-                try:
+                # the client may have given up waiting (an injected slow answer)
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                     self.wfile.write(payload)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up waiting (an injected slow answer)
 
             def log_message(self, *args: Any) -> None:
                 return
