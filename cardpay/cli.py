@@ -186,6 +186,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return demo.run(args.payments, args.seed, as_json=args.json)
     if args.command == "db":
         return _database_upgrade(settings)
+    if args.command in ("replay", "backfill", "listen", "project", "demo"):
+        from cardpay.runtime import tune_gc
+
+        tune_gc()
     if args.command == "replay":
         from cardpay import replay as replay_command
         from listener.errors import ListenerError

@@ -6,7 +6,7 @@ topic count must match the event exactly. Anything else raises `DecodeError` wit
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from listener.errors import DecodeError
 from listener.logs import Log
@@ -16,8 +16,7 @@ SPEND_TOPIC = "0xca8fbb9bda99848f447971eae62ad0ad2bc7caf9afcc0d8e4e8ffcf7e06bc28
 _ZERO_PAD = "0" * 24
 
 
-@dataclass(frozen=True, slots=True)
-class Transfer:
+class Transfer(NamedTuple):
     log: Log
     token: str
     sender: str
@@ -25,8 +24,7 @@ class Transfer:
     value: int
 
 
-@dataclass(frozen=True, slots=True)
-class Spend:
+class Spend(NamedTuple):
     log: Log
     module: str
     asset: str

@@ -7,7 +7,6 @@ refund, when refunds are matched (not in observer mode), also becomes `RecordSet
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -110,7 +109,7 @@ def translate(
             evidence=evidence(config.chain_id, spend.log),
         ))
     out.activity = [
-        dataclasses.replace(act, block_time=timestamps[act.log.block_number])
+        act._replace(block_time=timestamps[act.log.block_number])
         for act in classify(transfers, config)
     ]
     if config.match_refunds:
