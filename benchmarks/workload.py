@@ -165,7 +165,9 @@ def generate(
     log: bool = False,
 ) -> Workload:
     """Deploy the replicas and the SpendBatcher on the node at ``rpc_url`` and make ``events``
-    card spends, ``events_per_tx`` per transaction (one block each under automine).
+    card spends, ``events_per_tx`` per transaction. With ``in_flight=1`` (the default) each
+    transaction is sent once the previous one is mined, so under Anvil's automine every batch
+    is a block of its own and the block layout is the same on every run.
 
     The node should be fresh (or at least not reuse the contracts): balances are minted exactly.
     Raises WorkloadError if the settlement account does not end up with the expected totals.

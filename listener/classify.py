@@ -100,17 +100,32 @@ def classify(transfers: Iterable[Transfer], config: ChainConfig) -> list[Activit
     return out
 
 
-def spend_cardholder(
-    spend: Spend, transfers: Sequence[Transfer], config: ChainConfig
-) -> str | None:
-    """The Safe behind a Spend: the sender of the matching Transfer in the same transaction.
+def spend_cardholders(
+    spends: Sequence[Spend], transfers: Sequence[Transfer], config: ChainConfig
+) -> list[str | None]:
+    """The Safe behind each Spend: the sender of its token Transfer in the same transaction.
 
-    Spend's own `account` is the Safe's Roles module, not the Safe, so it is never used as the
-    cardholder; None when no matching Transfer was read.
+    The spender module makes the transfer and then emits Spend, so a Spend's Transfer is the
+    nearest one before it (same token, receiver and amount) not already taken by an earlier Spend:
+    a transaction may hold many spends, some of equal amounts from different Safes. Spend's own
+    `account` is the Safe's Roles module, not the Safe, so it is never used as the cardholder;
+    None when no matching Transfer was read.
     """
-    asset = config.canonical(spend.asset)
+    by_tx: dict[str, list[Transfer]] = {}
     for t in transfers:
-        if (t.log.tx_hash == spend.log.tx_hash and config.canonical(t.token) == asset
-                and t.recipient == spend.receiver and t.value == spend.amount):
-            return t.sender
-    return None
+        by_tx.setdefault(t.log.tx_hash, []).append(t)
+    taken: set[tuple[str, int]] = set()
+    out: list[str | None] = []
+    for spend in spends:
+        asset = config.canonical(spend.asset)
+        best: Transfer | None = None
+        for t in by_tx.get(spend.log.tx_hash, ()):
+            if (t.log.log_index < spend.log.log_index and (t.log.block_hash, t.log.log_index) not in taken
+                    and config.canonical(t.token) == asset and t.recipient == spend.receiver
+                    and t.value == spend.amount
+                    and (best is None or t.log.log_index > best.log.log_index)):
+                best = t
+        if best is not None:
+            taken.add((best.log.block_hash, best.log.log_index))
+        out.append(None if best is None else best.sender)
+    return out

@@ -28,7 +28,7 @@ from listener.logs import Log, parse_log
 from listener.ports import BlockRef, ChainBatch, ChainSink, Cursor, Rejected, RpcClient
 from listener.presets import ChainConfig
 from listener.ranges import RangePlanner, is_range_too_large
-from listener.translate import translate
+from listener.translate import raw_log, translate
 
 log = logging.getLogger(__name__)
 
@@ -86,14 +86,25 @@ def build_batch(
     previous: Cursor | None = None,
 ) -> ChainBatch:
     """The one translation step shared by live polling and recorded-log replay."""
-    live = [item for item in logs if not item.removed]
+    live: list[Log] = []
+    seen: set[tuple[str, int]] = set()
+    duplicates: list[Rejected] = []
+    for item in logs:
+        if item.removed:
+            continue  # a node's notice that the log left the canonical chain
+        if (item.block_hash, item.log_index) in seen:
+            duplicates.append(Rejected(f"duplicate:{item.key}", "duplicate log in one response",
+                                       raw_log(item)))
+            continue
+        seen.add((item.block_hash, item.log_index))
+        live.append(item)
     translation = translate(live, config, timestamps)
     return ChainBatch(
         cursor=cursor,
         previous=previous,
         commands=translation.commands,
         activity=translation.activity,
-        rejected=[*rejected, *translation.rejected],
+        rejected=[*rejected, *duplicates, *translation.rejected],
         blocks=tuple(blocks),
     )
 

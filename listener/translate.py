@@ -15,7 +15,7 @@ from datetime import datetime
 from domain.commands import ConfirmSpend, RecordSettlementTransfer
 from domain.events import ChainEvidence
 from domain.money import Money
-from listener.classify import Activity, Kind, classify, drop_mirrors, spend_cardholder
+from listener.classify import Activity, Kind, classify, drop_mirrors, spend_cardholders
 from listener.decode import Spend, Transfer, decode
 from listener.errors import DecodeError
 from listener.logs import Log
@@ -91,10 +91,11 @@ def translate(
             transfers.append(item)
     transfers = drop_mirrors(transfers, config)
     ordinals: dict[str, int] = {}
-    for spend in sorted(spends, key=lambda s: (s.log.block_number, s.log.log_index)):
+    spends.sort(key=lambda s: (s.log.block_number, s.log.log_index))
+    for spend, cardholder in zip(spends, spend_cardholders(spends, transfers, config),
+                                 strict=True):
         ordinal = ordinals.get(spend.log.tx_hash, 0)
         ordinals[spend.log.tx_hash] = ordinal + 1
-        cardholder = spend_cardholder(spend, transfers, config)
         reason = _spend_problem(spend, cardholder, config)
         if reason is not None or cardholder is None:
             out.rejected.append(Rejected(command_id(config.chain_id, spend.log),
