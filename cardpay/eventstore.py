@@ -49,6 +49,21 @@ class PostgresEventStore:
     def load(self, stream_id: str) -> list[DomainEvent]:
         return [from_recorded(r) for r in self.load_recorded(stream_id)]
 
+    def load_many(self, stream_ids: Sequence[str]) -> dict[str, list[DomainEvent]]:
+        """Several streams in one query (empty list for a stream that does not exist)."""
+        out: dict[str, list[DomainEvent]] = {sid: [] for sid in stream_ids}
+        if not stream_ids:
+            return out
+        rows = self._conn.execute(
+            select(events_table)
+            .where(events_table.c.stream_id.in_(list(stream_ids)))
+            .order_by(events_table.c.stream_id, events_table.c.version)
+        )
+        for row in rows:
+            recorded = _recorded(row._mapping)
+            out[recorded.stream_id].append(from_recorded(recorded))
+        return out
+
     def load_recorded(self, stream_id: str) -> list[RecordedEvent]:
         rows = self._conn.execute(
             select(events_table)
@@ -64,12 +79,15 @@ class PostgresEventStore:
         for event in new:
             by_stream.setdefault(event.stream_id, []).append(event)
         self._conn.execute(text("LOCK TABLE events IN EXCLUSIVE MODE"))
+        current: dict[str, int] = dict(
+            self._conn.execute(
+                text("SELECT stream_id, max(version) FROM events "
+                     "WHERE stream_id = ANY(:ids) GROUP BY stream_id"),
+                {"ids": list(by_stream)},
+            ).all()
+        )
         for stream_id, stream_events in by_stream.items():
-            current = self._conn.execute(
-                text("SELECT coalesce(max(version), 0) FROM events WHERE stream_id = :s"),
-                {"s": stream_id},
-            ).scalar_one()
-            _check_sequence(int(current), stream_events)
+            _check_sequence(int(current.get(stream_id, 0)), stream_events)
         rows: list[dict[str, Any]] = [
             {
                 "stream_id": e.stream_id,

@@ -108,10 +108,25 @@ class PostgresUnitOfWork:
         ).first()
         return inserted is not None
 
+    def claim_commands(self, command_ids: Sequence[str]) -> set[str]:
+        """Claim many at once; returns the ids that were new (the others are duplicates)."""
+        if not command_ids:
+            return set()
+        stmt = (pg_insert(s.processed_commands)
+                .values([{"command_id": cid, "outcome": "applied"} for cid in command_ids])
+                .on_conflict_do_nothing(index_elements=["command_id"])
+                .returning(s.processed_commands.c.command_id))
+        return set(self.conn.execute(stmt).scalars())
+
     def set_outcome(self, command_id: str, outcome: str) -> None:
         self.conn.execute(update(s.processed_commands)
                           .where(s.processed_commands.c.command_id == command_id)
                           .values(outcome=outcome))
+
+    def release_commands(self, command_ids: Sequence[str]) -> None:
+        if command_ids:
+            self.conn.execute(delete(s.processed_commands)
+                              .where(s.processed_commands.c.command_id.in_(list(command_ids))))
 
     def release_command(self, command_id: str) -> None:
         """Un-claim: the command may be processed again later (it found nothing to act on yet)."""

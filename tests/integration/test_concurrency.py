@@ -132,3 +132,25 @@ def test_a_second_listener_with_the_same_name_cannot_move_the_cursor(pg_engine: 
     with pytest.raises(StaleCursor, match="another listener with this name"):
         sink.apply("l", ChainBatch(cursor=Cursor(12, f"0x{12:064x}"), previous=None))
     assert sink.load_cursor("l") == first
+
+
+def test_bulk_spends_fall_back_one_by_one_when_a_writer_races_them(pg_engine: Engine) -> None:
+    """An authorization written while the listener's bulk path decides: nothing is lost."""
+    from datetime import timedelta
+
+    authorize = c.AuthorizePayment(command_id="auth", payment_id="p2", at=NOW, account=SAFE,
+                                   amount=Money(9 * 10**18, EURE), merchant="m", mcc="5411",
+                                   expires_at=NOW + timedelta(days=7))
+    spends = [c.ConfirmSpend(command_id=f"chain:31337:b:{i}", payment_id=f"p{i}", at=NOW,
+                             account=SAFE, amount=Money(10**18, EURE), evidence=_evidence(3, i))
+              for i in range(1, 4)]
+    writer = _slow_write(pg_engine, authorize, 1.0)
+    sink = PostgresChainSink(make_uow_factory(pg_engine, None), chain_id=31337)
+    sink.apply("l", ChainBatch(cursor=Cursor(3, f"0x{3:064x}"), commands=spends))
+    writer.join()
+    with pg_engine.connect() as conn:
+        p2 = list(conn.execute(select(events.c.type).where(events.c.stream_id == "p2")
+                               .order_by(events.c.version)).scalars())
+        assert conn.execute(select(quarantine)).all() == []
+    assert p2 == ["PaymentAuthorized", "PaymentSpent"]
+    assert _types(pg_engine).count("PaymentSpent") == 3
