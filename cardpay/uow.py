@@ -113,10 +113,10 @@ class PostgresUnitOfWork:
         if not command_ids:
             return set()
         stmt = (pg_insert(s.processed_commands)
-                .values([{"command_id": cid, "outcome": "applied"} for cid in command_ids])
                 .on_conflict_do_nothing(index_elements=["command_id"])
                 .returning(s.processed_commands.c.command_id))
-        return set(self.conn.execute(stmt).scalars())
+        rows = [{"command_id": cid, "outcome": "applied"} for cid in command_ids]
+        return set(self.conn.execute(stmt, rows).scalars())
 
     def set_outcome(self, command_id: str, outcome: str) -> None:
         self.conn.execute(update(s.processed_commands)
@@ -363,14 +363,15 @@ class PostgresUnitOfWork:
             }
             for r in rows
         ]
-        stmt = pg_insert(s.rm_payments).values(values)
+        stmt = pg_insert(s.rm_payments)
         updatable = {k: stmt.excluded[k] for k in values[0] if k != "payment_id"}
-        self.conn.execute(
+        self.conn.execute(  # executemany: the statement is compiled once, not per row
             stmt.on_conflict_do_update(
                 index_elements=["payment_id"], set_={**updatable, "updated_at": func.now()},
                 # a row only moves to a newer version: a stale projector cannot overwrite it
                 where=s.rm_payments.c.last_version < stmt.excluded.last_version,
-            )
+            ),
+            values,
         )
 
 

@@ -1,0 +1,84 @@
+"""Memory during a long backfill: `cardpay backfill` over ~1,000,000 logs, RSS sampled throughout.
+
+    python -m benchmarks.backfill_memory [--events 500000]
+
+Each card event is two logs (Spend + Transfer), so 500,000 events are 1,000,000 logs. The backfill
+runs as its own process against a real Anvil node and embedded PostgreSQL; its resident set size is
+sampled every 0.2 s and reported at each tenth of the work, with the peak. Flat means the last
+tenths are no higher than the first: memory does not grow with the number of logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+from sqlalchemy import select
+
+from benchmarks.machine import describe
+from benchmarks.workload import generate
+from cardpay.db.embedded import EmbeddedPostgres
+from cardpay.db.engine import make_engine, upgrade
+from cardpay.db.schema import chain_cursor
+from cardpay.infra.anvil import AnvilNode
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=500_000)
+    parser.add_argument("--events-per-tx", type=int, default=100)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="cardpay-mem-") as tmp, AnvilNode() as node:
+        work = Path(tmp)
+        workload = generate(node.rpc_url, args.events, events_per_tx=args.events_per_tx)
+        (work / "local-deployment.json").write_text(json.dumps(workload.deployment.to_dict()))
+        print(describe())
+        print(f"workload: {workload.events:,} card events = {2 * workload.events:,} logs in "
+              f"{workload.blocks:,} blocks, generated in {workload.seconds:.0f}s")
+        with EmbeddedPostgres(work / "pgdata") as pg:
+            engine = make_engine(pg.url)
+            upgrade(engine)
+            env = {**os.environ, "CARDPAY_DATABASE_URL": pg.url, "CARDPAY_CONFIRMATIONS": "0",
+                   "CARDPAY_DATA_DIR": str(work)}
+            first, last = workload.start_block, workload.head_block
+            started = time.perf_counter()
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "cardpay.cli", "backfill", "--preset", "local",
+                 "--rpc-url", node.rpc_url, "--from-block", str(first), "--to-block", str(last)],
+                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            process = psutil.Process(proc.pid)
+            samples: list[tuple[float, int]] = []  # (fraction done, rss bytes)
+            while proc.poll() is None:
+                try:
+                    rss = process.memory_info().rss
+                except psutil.NoSuchProcess:
+                    break
+                with engine.connect() as conn:
+                    cursor = conn.execute(select(chain_cursor.c.block_number)).scalar()
+                done = 0.0 if cursor is None else (int(cursor) - first + 1) / (last - first + 1)
+                samples.append((done, rss))
+                time.sleep(0.2)
+            seconds = time.perf_counter() - started
+            engine.dispose()
+        if proc.returncode != 0:
+            raise SystemExit(f"backfill failed with exit status {proc.returncode}")
+        print(f"backfill: {2 * workload.events:,} logs in {seconds:.0f}s = "
+              f"{2 * workload.events / seconds:,.0f} logs/s")
+        mib = 1024 * 1024
+        for tenth in range(1, 11):
+            window = [rss for done, rss in samples if (tenth - 1) / 10 <= done < tenth / 10 + 1e-9]
+            if window:
+                print(f"  {tenth * 10:3d}% done: RSS max {max(window) / mib:7.1f} MiB")
+        print(f"peak RSS: {max(rss for _, rss in samples) / mib:.1f} MiB")
+
+
+if __name__ == "__main__":
+    main()
