@@ -100,7 +100,7 @@ def parse_decode_classify(raw_logs: list[dict[str, Any]]) -> int:
 
 
 def web3_process(raw_logs: list[dict[str, Any]]) -> int:
-    from eth_utils import to_checksum_address
+    from eth_utils.address import to_checksum_address
     from hexbytes import HexBytes
     from web3 import Web3
     from web3.datastructures import AttributeDict

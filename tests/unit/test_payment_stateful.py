@@ -50,7 +50,7 @@ NUDGES = st.sampled_from([None, 0, 0, 0, -1, 1])
 # For refunds and clearings, also a share of the known amount (so that several fit in a spend).
 SHARES = st.sampled_from([None, 0, 0, -1, 1, "half", "half", "third"])
 # Which known amount a clearing is nudged around: the spend, or what is left of it.
-CLEAR_ANCHORS = st.sampled_from(["spent", "refundable", "refundable"])
+CLEAR_ANCHORS = st.sampled_from(["refundable", "spent"])
 # Which log a retraction names: the current one (right), an earlier one (stale), or a fresh one.
 EVIDENCE_PICKS = st.sampled_from(["current", "current", "current", "stale", "fresh"])
 # Which hash a submission carries: a new one, one this refund was already submitted in, or one
@@ -63,6 +63,7 @@ PREFIXES = {
     "authorized": 1,
     "held": 2,
     "held-with-refund": 3,
+    "refund-confirmed": 4,
     "chain-first": 1,
     "cleared": 3,
     "reversed": 4,
@@ -185,14 +186,15 @@ Expected = tuple[type[e.DomainEvent], dict[str, object]]
 
 
 @settings(
-    max_examples=150,
+    max_examples=200,
     stateful_step_count=40,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
 class PaymentMachine(RuleBasedStateMachine):
     @initialize(
-        prefix=st.sampled_from(list(PREFIXES)),
+        # Held with a refund requested twice as often: most of the rules' edges are there.
+        prefix=st.sampled_from([*PREFIXES, "held-with-refund"]),
         units=st.integers(min_value=1, max_value=100 * ONE),
     )
     def start(self, prefix: str, units: int) -> None:
@@ -205,15 +207,16 @@ class PaymentMachine(RuleBasedStateMachine):
         self.submitted_hashes: list[str] = []
         self.reversed_state: tuple[object, ...] | None = None
         self.committed_at_clearing: int | None = None
-        if prefix in ("authorized", "held", "held-with-refund", "cleared", "reversed",
-                      "retracted"):
+        with_refund = ("held-with-refund", "refund-confirmed")
+        if prefix in ("authorized", "held", *with_refund, "cleared", "reversed", "retracted"):
             self.authorize(units, EURE, correlated=False)
-        if prefix in ("held", "held-with-refund", "chain-first", "cleared", "reversed",
-                      "retracted"):
+        if prefix in ("held", *with_refund, "chain-first", "cleared", "reversed", "retracted"):
             self.confirm_spend(units, EURE, nudge=None, correlated=False)
-        if prefix == "held-with-refund":
+        if prefix in with_refund:
             self.request_refund(0, units, EURE, nudge="third" if units >= 3 else 0,
                                 correlated=False)
+        if prefix == "refund-confirmed":
+            self.confirm_refund(0, units, EURE, nudge=0, correlated=False)
         if prefix == "cleared":
             self.clear(units, EURE, nudge=None, anchor="spent", correlated=False)
         if prefix == "reversed":
