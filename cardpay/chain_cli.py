@@ -47,7 +47,7 @@ def build_listener(
 ) -> Listener:
     rpc = HttpJsonRpc(rpc_url, observer=metrics)
     sink = PostgresChainSink(make_uow_factory(engine, settings.outbox_topic),
-                             chain_id=config.chain_id)
+                             chain_id=config.chain_id, on_quarantine=metrics.log_quarantined)
 
     def observe(result: RangeResult) -> None:
         metrics.observe_range(result)

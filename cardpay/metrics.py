@@ -31,8 +31,8 @@ class ListenerMetrics:
         self._by_class = Counter("cardpay_listener_transfers_total",
                                  "Classified transfers by class", ["listener", "class"], registry=r)
         self.quarantined = Counter("cardpay_listener_quarantined_total",
-                                   "Logs quarantined (undecodable, malformed, refused, duplicate)",
-                                   ["listener"], registry=r).labels(**labels)
+                                   "Logs quarantined (undecodable, malformed, refused, duplicate, "
+                                   "unmatched)", ["listener"], registry=r).labels(**labels)
         self.reorgs = Counter("cardpay_listener_reorgs_total", "Reorgs detected", ["listener"],
                               registry=r).labels(**labels)
         self.reorg_depth = Histogram("cardpay_listener_reorg_depth_blocks", "Depth of reorgs",
@@ -60,9 +60,12 @@ class ListenerMetrics:
         if result.to_block_time:
             self.lag_seconds.set(max(0.0, time.time() - result.to_block_time))
         self.logs.inc(result.logs)
-        self.quarantined.inc(result.rejected)
         for kind, count in result.by_class.items():
             self._by_class.labels(listener=self._listener, **{"class": kind}).inc(count)
+
+    def log_quarantined(self, reason: str) -> None:
+        """Counted when the row is written (in the sink's transaction), whatever the reason."""
+        self.quarantined.inc()
 
     def range_failed(self, error: Exception) -> None:
         self.range_errors.labels(listener=self._listener, error=type(error).__name__).inc()

@@ -91,8 +91,10 @@ class PostgresChainSink:
     `window` is how many blocks below the cursor keep their hashes (the deepest reorg handled).
     """
 
-    def __init__(self, uow_factory: UowFactory, *, chain_id: int, window: int = 256) -> None:
+    def __init__(self, uow_factory: UowFactory, *, chain_id: int, window: int = 256,
+                 on_quarantine: Callable[[str], None] | None = None) -> None:
         self._uow = uow_factory
+        self._on_quarantine = on_quarantine
         self._chain_id = chain_id
         self._window = window
         self.applied = 0
@@ -235,6 +237,8 @@ class PostgresChainSink:
         log.warning("listener %s quarantined %s: %s", name, key, reason)
         self.quarantined += 1
         uow.quarantine(f"listener:{name}", key, reason, payload)
+        if self._on_quarantine is not None:
+            self._on_quarantine(reason)
 
 
 def _still_rests_on(uow: PostgresUnitOfWork, effect: ChainEffect) -> bool:
