@@ -56,7 +56,7 @@ def build_listener(
 
     return Listener(settings.listener_name, rpc, sink, config, start_block=start_block,
                     confirmations=settings.confirmations, max_range=settings.max_block_range,
-                    initial_range=min(500, settings.max_block_range), on_range=observe)
+                    initial_range=min(50, settings.max_block_range), on_range=observe)
 
 
 def _check_start(listener: Listener, from_block: int | None, name: str) -> int:

@@ -1,8 +1,21 @@
 """Deploy the local Gnosis Pay replicas on Anvil and drive card spends and refunds with web3.py.
 
-Accounts are Anvil's unlocked dev accounts (``eth_accounts``): account 0 deploys and owns every
-contract (tokens, settlement account, spender module), account 1 is the spend relayer, accounts
-2.. own the cardholder accounts (round-robin when there are more cardholders than accounts).
+What is deployed mirrors the mainnet shape (contracts/README.md, gnosis-pay-onchain.md §1a, §3):
+
+- EURe is a v2 token (``CardToken``, ``DeployedToken.address``) plus a Monerium-style v1 frontend
+  (``TokenFrontend``, ``DeployedToken.mirror``): spends and refunds go through the v1 address, so
+  each one emits the v2 Transfer and then an identical v1 Transfer; mints are v2-only. USDCe is a
+  single 6-decimal token.
+- Each cardholder is a Safe (``CardholderSafe``, ``LocalDeployment.cardholders``: the identity
+  an indexer must resolve) with a Roles module (``RolesModule``,
+  ``LocalDeployment.roles_modules``, same order). The spender module calls the Roles module,
+  which checks and consumes a daily allowance per token (``ConsumeAllowance``), has the Safe
+  transfer, and is the ``account`` of the ``Spend`` log.
+
+Accounts are Anvil's unlocked dev accounts (``eth_accounts``): account 0 deploys and owns the
+tokens, settlement account and spender module, account 1 is the spend relayer, accounts 2.. own
+the cardholder Safes and their Roles modules (round-robin when there are more cardholders than
+accounts) and so set the daily allowances.
 
 Transactions go out with ``eth_sendTransaction`` (Anvil signs for its dev accounts) and a fixed
 gas limit, so nothing is estimated and many can be in flight at once; receipts are then awaited
@@ -15,7 +28,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 from eth_abi.abi import encode as abi_encode
@@ -26,7 +39,10 @@ from web3.types import RPCEndpoint
 from cardpay.chain import ContractArtifact, load_artifact
 
 __all__ = [
+    "CONSUME_ALLOWANCE_EVENT_TOPIC0",
+    "DAILY_ALLOWANCE_TOKENS",
     "DEFAULT_TOKENS",
+    "SPENDING_ALLOWANCE_KEY",
     "SPEND_EVENT_TOPIC0",
     "TRANSFER_EVENT_TOPIC0",
     "DeployedToken",
@@ -42,19 +58,53 @@ __all__ = [
 SPEND_EVENT_TOPIC0 = "0xca8fbb9bda99848f447971eae62ad0ad2bc7caf9afcc0d8e4e8ffcf7e06bc28f"
 # keccak("Transfer(address,address,uint256)")
 TRANSFER_EVENT_TOPIC0 = "0xddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef"
+# keccak("ConsumeAllowance(bytes32,uint128,uint128)"): Zodiac Roles v2, emitted by the Roles module.
+CONSUME_ALLOWANCE_EVENT_TOPIC0 = (
+    "0x90355d540c2980efb4c360996dfc5405ee87e812e4f3db843857547cbdb5af65"
+)
+# keccak("SPENDING_ALLOWANCE"): Gnosis Pay's allowance key (the daily limit).
+SPENDING_ALLOWANCE_KEY = "0xfe687fc128d1915040376d20ccb1bf40d838ddd82bf9b0ba3da683cc2a251623"
+# keccak("SPENDING_ROLE"): the role the spender module holds on every Roles module.
+SPENDING_ROLE_KEY = "0x349476e3982666749979c85ce800cd2947a4b8dc9fe20a01a00a1b526072a8a3"
+
+DAILY_ALLOWANCE_TOKENS = 1_000_000
+"""Default daily allowance per cardholder and token, in whole tokens."""
+DAY_SECONDS = 86_400
+MONERIUM_SYMBOLS = frozenset({"EURe", "GBPe"})
+"""Tokens that get a v1 frontend unless ``TokenSpec.frontend`` says otherwise."""
+_UINT128_MAX = 2**128 - 1
 
 CardholderRef = str | int
-"""A cardholder account address, or its index in ``LocalDeployment.cardholders``."""
+"""A cardholder Safe address, or its index in ``LocalDeployment.cardholders``."""
 
 
 @dataclass(frozen=True)
 class TokenSpec:
-    """A token to deploy; ``mint_per_cardholder`` is in base units."""
+    """A token to deploy; ``mint_per_cardholder`` and ``daily_allowance`` are in base units.
+
+    ``frontend``: deploy a Monerium-style v1 frontend in front of the token (None: yes for EURe
+    and GBPe, as on mainnet). ``daily_allowance``: each cardholder's daily limit in this token
+    (None: the larger of DAILY_ALLOWANCE_TOKENS whole tokens and ``mint_per_cardholder``, so by
+    default only the balance limits spends).
+    """
 
     symbol: str
     name: str
     decimals: int
     mint_per_cardholder: int
+    frontend: bool | None = None
+    daily_allowance: int | None = None
+
+    @property
+    def has_frontend(self) -> bool:
+        return self.symbol in MONERIUM_SYMBOLS if self.frontend is None else self.frontend
+
+    @property
+    def allowance_per_day(self) -> int:
+        if self.daily_allowance is not None:
+            return self.daily_allowance
+        default = int(DAILY_ALLOWANCE_TOKENS * 10**self.decimals)
+        return min(max(default, self.mint_per_cardholder), _UINT128_MAX)
 
 
 DEFAULT_TOKENS: tuple[TokenSpec, ...] = (
@@ -65,10 +115,25 @@ DEFAULT_TOKENS: tuple[TokenSpec, ...] = (
 
 @dataclass(frozen=True)
 class DeployedToken:
+    """``address`` is the token that holds balances (EURe: the v2 token, where mints happen);
+    ``mirror`` its v1 frontend, if any, through which card spends and refunds go."""
+
     symbol: str
     name: str
     address: str
     decimals: int
+    mirror: str | None = None
+
+    @property
+    def spend_address(self) -> str:
+        """The address card spends and refunds use (the Spend's ``asset``): the v1 frontend
+        when there is one, as on mainnet."""
+        return self.mirror or self.address
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        """Every address emitting this token's Transfers (v2 first)."""
+        return (self.address, self.mirror) if self.mirror else (self.address,)
 
 
 @dataclass(frozen=True)
@@ -84,6 +149,9 @@ class LocalDeployment:
     deployer: str
     relayer: str
     deployed_at_block: int
+    roles_modules: tuple[str, ...] = ()
+    """The Roles module of each cardholder Safe, same order as ``cardholders`` (the ``account``
+    of that cardholder's Spend logs)."""
 
     def token(self, symbol: str) -> DeployedToken:
         try:
@@ -96,17 +164,39 @@ class LocalDeployment:
     def token_addresses(self) -> dict[str, str]:
         return {symbol: token.address for symbol, token in self.tokens.items()}
 
+    def roles_module(self, cardholder: CardholderRef) -> str:
+        """The Roles module of a cardholder (index, Safe address or the module's own address)."""
+        if isinstance(cardholder, int):
+            if not 0 <= cardholder < len(self.roles_modules):
+                raise LocalChainError(
+                    f"cardholder index {cardholder} out of range (0..{len(self.roles_modules)})"
+                )
+            return self.roles_modules[cardholder]
+        address = Web3.to_checksum_address(cardholder)
+        if address in self.roles_modules:
+            return address
+        try:
+            return self.roles_modules[self.cardholders.index(address)]
+        except ValueError:
+            raise LocalChainError(
+                f"{address} is not a cardholder Safe of this deployment"
+            ) from None
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly form (e.g. to hand the addresses to a listener's configuration)."""
+        """JSON-friendly form (e.g. to hand the addresses to a listener's configuration); a
+        token with a v1 frontend has ``"mirror"``, read by ``listener.presets.local_config``."""
+        tokens: dict[str, dict[str, Any]] = {}
+        for s, t in self.tokens.items():
+            tokens[s] = {"name": t.name, "address": t.address, "decimals": t.decimals}
+            if t.mirror:
+                tokens[s]["mirror"] = t.mirror
         return {
             "chain_id": self.chain_id,
-            "tokens": {
-                s: {"name": t.name, "address": t.address, "decimals": t.decimals}
-                for s, t in self.tokens.items()
-            },
+            "tokens": tokens,
             "spender_module": self.spender_module,
             "settlement_account": self.settlement_account,
             "cardholders": list(self.cardholders),
+            "roles_modules": list(self.roles_modules),
             "cardholder_owners": list(self.cardholder_owners),
             "deployer": self.deployer,
             "relayer": self.relayer,
@@ -117,10 +207,7 @@ class LocalDeployment:
     def from_dict(cls, data: Mapping[str, Any]) -> LocalDeployment:
         return cls(
             chain_id=int(data["chain_id"]),
-            tokens={
-                s: DeployedToken(s, str(t["name"]), str(t["address"]), int(t["decimals"]))
-                for s, t in data["tokens"].items()
-            },
+            tokens={s: _token_from_dict(s, t) for s, t in data["tokens"].items()},
             spender_module=str(data["spender_module"]),
             settlement_account=str(data["settlement_account"]),
             cardholders=tuple(data["cardholders"]),
@@ -128,6 +215,7 @@ class LocalDeployment:
             deployer=str(data["deployer"]),
             relayer=str(data["relayer"]),
             deployed_at_block=int(data["deployed_at_block"]),
+            roles_modules=tuple(data.get("roles_modules", ())),
         )
 
 
@@ -172,7 +260,7 @@ class LocalChain:
     REFUND_BATCH_BASE_GAS = 80_000
     REFUND_BATCH_GAS_PER_LEG = 45_000
     SPEND_BATCH_BASE_GAS = 100_000
-    SPEND_BATCH_GAS_PER_SPEND = 30_000
+    SPEND_BATCH_GAS_PER_SPEND = 55_000  # ~46k for a cold cardholder (Roles + Safe + v1/v2)
 
     def __init__(
         self,
@@ -218,20 +306,26 @@ class LocalChain:
     def deploy(
         self, n_cardholders: int, tokens: Sequence[TokenSpec] = DEFAULT_TOKENS
     ) -> LocalDeployment:
-        """Deploy tokens, settlement account, spender module (relayer allowed) and N funded
-        cardholder accounts; the result is also kept as ``self.deployment``."""
+        """Deploy the tokens (v2 + v1 frontend for EURe), the settlement account, the spender
+        module (relayer allowed) and N funded cardholder Safes, each with its Roles module
+        enabled, SPENDING_ROLE given to the spender module and a daily allowance per token.
+        The result is also kept as ``self.deployment``."""
         if n_cardholders < 0:
             raise ValueError("n_cardholders must be >= 0")
         symbols = [t.symbol for t in tokens]
         if len(set(symbols)) != len(symbols):
             raise ValueError(f"duplicate token symbols: {symbols}")
+        for t in tokens:
+            if not 0 <= t.allowance_per_day <= _UINT128_MAX:
+                raise ValueError(f"{t.symbol}: daily_allowance must fit in a uint128")
         chain_id = int(self._rpc("eth_chainId", []), 16)
         deployer, relayer = self.deployer, self.relayer
         owner_pool = self.accounts[2:]
         if n_cardholders and not owner_pool:
             raise LocalChainError("the node needs a 3rd unlocked account to own cardholders")
+        owners = tuple(owner_pool[i % len(owner_pool)] for i in range(n_cardholders))
 
-        # 1. tokens, settlement account, spender module
+        # 1. tokens (v2 / single), settlement account, spender module
         pending = [
             self._send_create(f"deploy {t.symbol}", "CardToken", [t.name, t.symbol, t.decimals])
             for t in tokens
@@ -244,46 +338,101 @@ class LocalChain:
         token_addresses = addresses[: len(tokens)]
         settlement, spender = addresses[len(tokens)], addresses[len(tokens) + 1]
 
-        # 2. cardholder accounts (module = spender module) and the relayer
-        owners = tuple(owner_pool[i % len(owner_pool)] for i in range(n_cardholders))
+        # 2. v1 frontends, cardholder Safes, the relayer
+        fronted = [(t, a) for t, a in zip(tokens, token_addresses, strict=True) if t.has_frontend]
         pending = [
-            self._send_create(f"deploy CardholderAccount #{i}", "CardholderAccount", [o, spender])
+            self._send_create(f"deploy {t.symbol} v1 frontend", "TokenFrontend",
+                              [t.name, t.symbol, a])
+            for t, a in fronted
+        ]  # fmt: skip
+        pending += [
+            self._send_create(f"deploy CardholderSafe #{i}", "CardholderSafe", [o])
             for i, o in enumerate(owners)
         ]
         pending.append(
             self._send_call("addRelayer", deployer, "SpenderModule", spender, "addRelayer", relayer)
         )
         receipts = self._wait(pending)
-        cardholders = tuple(_created_address(r) for r in receipts[:n_cardholders])
+        mirrors = {
+            t.symbol: _created_address(r)
+            for (t, _), r in zip(fronted, receipts[: len(fronted)], strict=True)
+        }
+        safes = tuple(_created_address(r) for r in receipts[len(fronted) : -1])
 
-        # 3. fund every cardholder account
-        pending = []
+        deployment = LocalDeployment(
+            chain_id=chain_id,
+            tokens={
+                t.symbol: DeployedToken(t.symbol, t.name, a, t.decimals, mirrors.get(t.symbol))
+                for t, a in zip(tokens, token_addresses, strict=True)
+            },
+            spender_module=spender,
+            settlement_account=settlement,
+            cardholders=safes,
+            cardholder_owners=owners,
+            deployer=deployer,
+            relayer=relayer,
+            deployed_at_block=deployed_at_block,
+        )
+
+        # 3. v2 tokens accept their frontend; Roles modules; fund every Safe (mints on v2)
+        pending = [
+            self._send_call(f"setFrontend {t.symbol}", deployer, "CardToken", a, "setFrontend",
+                            mirrors[t.symbol])
+            for t, a in fronted
+        ]  # fmt: skip
+        pending += [
+            self._send_create(f"deploy RolesModule #{i}", "RolesModule", [owner, safe, settlement])
+            for i, (owner, safe) in enumerate(zip(owners, safes, strict=True))
+        ]
+        n_setup = len(pending)
         for spec, token_address in zip(tokens, token_addresses, strict=True):
             if spec.mint_per_cardholder <= 0:
                 continue
-            for holder in cardholders:
+            for holder in safes:
                 pending.append(
                     self._send_call(
                         f"mint {spec.symbol}", deployer, "CardToken", token_address, "mint",
                         holder, spec.mint_per_cardholder,
                     )
                 )  # fmt: skip
+        receipts = self._wait(pending)
+        roles = tuple(_created_address(r) for r in receipts[len(fronted) : n_setup])
+
+        # 4. each owner enables the Roles module on the Safe, gives the spender module
+        #    SPENDING_ROLE and sets the daily allowance of every token (on its spend address)
+        pending = []
+        for i, (owner, safe, module) in enumerate(zip(owners, safes, roles, strict=True)):
+            pending.append(
+                self._send_call(
+                    f"enableModule #{i}", owner, "CardholderSafe", safe, "enableModule", module
+                )
+            )
+            pending.append(
+                self._send_call(
+                    f"assignRoles #{i}",
+                    owner,
+                    "RolesModule",
+                    module,
+                    "assignRoles",
+                    spender,
+                    [_bytes32(SPENDING_ROLE_KEY)],
+                    [True],
+                )
+            )
+            for spec in tokens:
+                token = deployment.token(spec.symbol)
+                pending.append(
+                    self._send_allowance(
+                        f"setAllowance {spec.symbol} #{i}",
+                        owner,
+                        module,
+                        token.spend_address,
+                        spec.allowance_per_day,
+                    )
+                )
         self._wait(pending)
 
-        self._deployment = LocalDeployment(
-            chain_id=chain_id,
-            tokens={
-                t.symbol: DeployedToken(t.symbol, t.name, a, t.decimals)
-                for t, a in zip(tokens, token_addresses, strict=True)
-            },
-            spender_module=spender,
-            settlement_account=settlement,
-            cardholders=cardholders,
-            cardholder_owners=owners,
-            deployer=deployer,
-            relayer=relayer,
-            deployed_at_block=deployed_at_block,
-        )
+        self._deployment = replace(deployment, roles_modules=roles)
         return self._deployment
 
     # -- card flows ------------------------------------------------------------------------
@@ -297,9 +446,12 @@ class LocalChain:
         sender: str | None = None,
         receiver: str | None = None,
     ) -> str:
-        """A card spend: the relayer (or ``sender``) calls SpenderModule.spend, moving the amount
-        from the cardholder account to the settlement account (or ``receiver``). Waits for the
-        receipt; returns the tx hash; raises TransactionReverted on a revert."""
+        """A card spend: the relayer (or ``sender``) calls SpenderModule.spend with the
+        cardholder's Roles module as ``account`` and the token's spend address (EURe: the v1
+        frontend) as ``asset``; the Roles module consumes the daily allowance and the Safe sends
+        the amount to the settlement account (or ``receiver``, which the Roles module refuses).
+        Waits for the receipt; returns the tx hash; raises TransactionReverted on a revert
+        (e.g. "RolesModule: amount exceeds the daily allowance")."""
         pending = self._send_spend(token_symbol, cardholder, amount_base_units, sender, receiver)
         self._wait([pending])
         return pending.tx_hash
@@ -311,11 +463,33 @@ class LocalChain:
         self._wait(pending)
         return [p.tx_hash for p in pending]
 
+    def spend_request(
+        self,
+        token_symbol: str,
+        cardholder: CardholderRef,
+        amount_base_units: int,
+        *,
+        sender: str | None = None,
+        receiver: str | None = None,
+    ) -> dict[str, Any]:
+        """The ``eth_sendTransaction`` object of a spend, not sent (e.g. to hand to
+        ``anvil_reorg``)."""
+        d = self.deployment
+        to = Web3.to_checksum_address(receiver) if receiver else d.settlement_account
+        data = self._contract("SpenderModule", d.spender_module).encode_abi(
+            "spend",
+            args=[d.token(token_symbol).spend_address, d.roles_module(cardholder), to,
+                  amount_base_units],
+        )  # fmt: skip
+        return {"from": sender or d.relayer, "to": d.spender_module, "data": data,
+                "gas": hex(self.SPEND_GAS)}  # fmt: skip
+
     def refund(self, token_symbol: str, cardholder: CardholderRef, amount: int) -> str:
-        """One refund: a plain token Transfer from the settlement account to the cardholder."""
+        """One refund: a token transfer from the settlement account to the cardholder Safe,
+        through the v1 frontend for EURe (a v2 Transfer, then the identical v1 one)."""
         d = self.deployment
         to = self._cardholder(cardholder)
-        token = d.token(token_symbol).address
+        token = d.token(token_symbol).spend_address
         pending = self._send_call(
             f"refund {amount} {token_symbol} to {to}", d.deployer, "SettlementAccount",
             d.settlement_account, "refund", token, to, amount,
@@ -324,8 +498,8 @@ class LocalChain:
         return pending.tx_hash
 
     def refund_batch(self, token_symbol: str, legs: Sequence[tuple[CardholderRef, int]]) -> str:
-        """Many refunds in one transaction (one Transfer log per leg, like Gnosis Pay's
-        MultiSend batches)."""
+        """Many refunds in one transaction (one Transfer log per leg, two for EURe: v2 then v1,
+        like Gnosis Pay's MultiSend batches)."""
         if not legs:
             raise ValueError("refund_batch needs at least one leg")
         d = self.deployment
@@ -334,14 +508,15 @@ class LocalChain:
         gas = self.REFUND_BATCH_BASE_GAS + self.REFUND_BATCH_GAS_PER_LEG * len(legs)
         pending = self._send_call(
             f"refundBatch of {len(legs)} {token_symbol} legs", d.deployer, "SettlementAccount",
-            d.settlement_account, "refundBatch", d.token(token_symbol).address, recipients,
+            d.settlement_account, "refundBatch", d.token(token_symbol).spend_address, recipients,
             amounts, gas=gas,
         )  # fmt: skip
         self._wait([pending])
         return pending.tx_hash
 
     def mint(self, token_symbol: str, to: str, amount: int) -> str:
-        """Mint tokens (a Transfer from address(0), like a Monerium top-up)."""
+        """Mint tokens on the v2 token (a Transfer from address(0), like a Monerium top-up;
+        none from the v1 frontend)."""
         d = self.deployment
         pending = self._send_call(
             f"mint {amount} {token_symbol} to {to}", d.deployer, "CardToken",
@@ -391,8 +566,8 @@ class LocalChain:
         for number, batch in enumerate(batches):
             if not batch:
                 raise ValueError(f"batch #{number} is empty")
-            assets = [d.token(symbol).address for symbol, _, _ in batch]
-            accounts = [self._cardholder(cardholder) for _, cardholder, _ in batch]
+            assets = [d.token(symbol).spend_address for symbol, _, _ in batch]
+            accounts = [d.roles_module(cardholder) for _, cardholder, _ in batch]
             amounts = [int(amount) for _, _, amount in batch]
             data = _SPEND_BATCH_SELECTOR + abi_encode(
                 ["address[]", "address[]", "address", "uint256[]"],
@@ -409,6 +584,31 @@ class LocalChain:
             self._wait(window, poll_interval=0.001)
             hashes.extend(p.tx_hash for p in window)
         return hashes
+
+    def set_daily_allowance(
+        self, cardholder: CardholderRef, token_symbol: str, amount_per_day: int
+    ) -> str:
+        """Set a cardholder's daily limit in a token (base units), full from now on and
+        refilled every 86,400 s of block time. Sent by the Roles module's owner."""
+        d = self.deployment
+        index = self._cardholder_index(cardholder)
+        pending = self._send_allowance(
+            f"setAllowance {token_symbol} of {d.cardholders[index]}",
+            d.cardholder_owners[index], d.roles_modules[index],
+            d.token(token_symbol).spend_address, amount_per_day,
+        )  # fmt: skip
+        self._wait([pending])
+        return pending.tx_hash
+
+    def allowance_left(self, cardholder: CardholderRef, token_symbol: str) -> int:
+        """What the cardholder may still spend in the token now (refills included)."""
+        d = self.deployment
+        module = d.roles_module(cardholder)
+        data = self._contract("RolesModule", module).encode_abi(
+            "accruedAllowance", args=[d.token(token_symbol).spend_address]
+        )
+        result = self._rpc("eth_call", [{"to": module, "data": data}, "latest"])
+        return int(result[2:66], 16)
 
     def balance_of(self, token_symbol: str, owner: CardholderRef) -> int:
         address = self._cardholder(owner)
@@ -441,6 +641,11 @@ class LocalChain:
             return holders[ref]
         return Web3.to_checksum_address(ref)
 
+    def _cardholder_index(self, ref: CardholderRef) -> int:
+        d = self.deployment
+        module = d.roles_module(ref)
+        return d.roles_modules.index(module)
+
     def _contract(self, name: str, address: str) -> Contract:
         key = (name, address)
         contract = self._contracts.get(key)
@@ -460,13 +665,19 @@ class LocalChain:
         sender: str | None,
         receiver: str | None,
     ) -> _Pending:
-        d = self.deployment
-        account = self._cardholder(cardholder)
-        to = Web3.to_checksum_address(receiver) if receiver else d.settlement_account
+        tx = self.spend_request(token_symbol, cardholder, amount, sender=sender, receiver=receiver)
+        safe = self.deployment.cardholders[self._cardholder_index(cardholder)]
+        return self._send(f"spend {amount} {token_symbol} from {safe}", tx)
+
+    def _send_allowance(
+        self, action: str, owner: str, module: str, token: str, per_day: int
+    ) -> _Pending:
+        """RolesModule.setAllowance(token, L, L, L, 1 day, now): a daily limit L."""
+        if not 0 <= per_day <= _UINT128_MAX:
+            raise ValueError("a daily allowance must fit in a uint128")
         return self._send_call(
-            f"spend {amount} {token_symbol} from {account}", sender or d.relayer,
-            "SpenderModule", d.spender_module, "spend", d.token(token_symbol).address, account,
-            to, amount, gas=self.SPEND_GAS,
+            action, owner, "RolesModule", module, "setAllowance", token, per_day, per_day,
+            per_day, DAY_SECONDS, 0,
         )  # fmt: skip
 
     def _send_call(
@@ -537,6 +748,18 @@ class LocalChain:
 _SPEND_BATCH_SELECTOR = bytes(
     Web3.keccak(text="spendBatch(address[],address[],address,uint256[])")
 )[:4]
+
+
+def _token_from_dict(symbol: str, data: Mapping[str, Any]) -> DeployedToken:
+    mirror = data.get("mirror")
+    return DeployedToken(
+        symbol, str(data["name"]), str(data["address"]), int(data["decimals"]),
+        str(mirror) if mirror else None,
+    )  # fmt: skip
+
+
+def _bytes32(hex_value: str) -> bytes:
+    return bytes.fromhex(hex_value.removeprefix("0x"))
 
 
 def _created_address(receipt: Mapping[str, Any]) -> str:

@@ -7,8 +7,9 @@ import {SpenderModule} from "./SpenderModule.sol";
 /// @notice Benchmark-only helper, not part of the Gnosis Pay surface: a relayer of the spender
 ///         module that makes many card spends in one transaction, so that a workload of 100,000
 ///         card events fits in a few minutes. Each spend is a real SpenderModule.spend call, so
-///         the logs are exactly those of a single spend (token Transfer, the account's
-///         ExecutionFromModuleSuccess, the module's Spend), repeated in order inside one receipt.
+///         the logs are exactly those of a single spend (the token Transfer(s), the Safe's
+///         ExecutionFromModuleSuccess, the Roles module's ConsumeAllowance, the module's Spend),
+///         repeated in order inside one receipt.
 ///         Only the owner (the deployer) can call it; the spender module's owner must allow it
 ///         as a relayer (setRelayer / addRelayer).
 contract SpendBatcher {

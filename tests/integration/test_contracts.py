@@ -1,5 +1,6 @@
 """The local Gnosis Pay replicas on a real Anvil: reproducible build, Spend/Transfer logs, refunds,
-reverts, and the Anvil harness itself.
+reverts, and the Anvil harness itself. The mainnet-shape details (EURe v1/v2 double Transfer, the
+Roles module's ConsumeAllowance and daily limit) are in test_local_replicas.py.
 
 Needs `npm ci` (Anvil and solcjs from npm). Uses the fixtures of tests/fixtures/anvil.py.
 """
@@ -103,7 +104,9 @@ def test_spend_event_abi_is_the_real_gnosis_pay_signature() -> None:
 def test_spend_emits_one_spend_log_and_the_matching_transfer(local_chain: LocalChain) -> None:
     d = local_chain.deployment
     eure = d.token("EURe")
+    assert eure.mirror is not None
     account = d.cardholders[0]
+    roles_module = d.roles_modules[0]
     amount = 8_500_000_000_000_000_000  # 8.5 EURe, as in the recorded mainnet spend
     before = local_chain.balance_of("EURe", account)
 
@@ -123,12 +126,13 @@ def test_spend_emits_one_spend_log_and_the_matching_transfer(local_chain: LocalC
     asset, decoded_account, receiver, decoded_amount = abi_decode(
         ["address", "address", "address", "uint256"], bytes.fromhex(spend_log["data"][2:])
     )
-    assert Web3.to_checksum_address(asset) == eure.address
-    assert Web3.to_checksum_address(decoded_account) == account
+    assert Web3.to_checksum_address(asset) == eure.mirror  # the v1 address, as on mainnet
+    assert Web3.to_checksum_address(decoded_account) == roles_module  # not the Safe
     assert Web3.to_checksum_address(receiver) == d.settlement_account
     assert decoded_amount == amount
 
     assert _transfers(logs, eure.address) == [(account, d.settlement_account, amount)]
+    assert _transfers(logs, eure.mirror) == [(account, d.settlement_account, amount)]
     assert local_chain.balance_of("EURe", account) == before - amount
     assert local_chain.balance_of("EURe", d.settlement_account) == amount
 
@@ -171,7 +175,9 @@ def test_six_decimal_token_spend(local_chain: LocalChain) -> None:
     decoded = abi_decode(
         ["address", "address", "address", "uint256"], bytes.fromhex(spend_log["data"][2:])
     )
+    assert usdce.mirror is None
     assert Web3.to_checksum_address(decoded[0]) == usdce.address
+    assert Web3.to_checksum_address(decoded[1]) == d.roles_modules[1]
     assert decoded[3] == amount
     assert _transfers(logs, usdce.address) == [(account, d.settlement_account, amount)]
     assert local_chain.balance_of("USDCe", account) == before - amount
@@ -182,21 +188,36 @@ def test_six_decimal_token_spend(local_chain: LocalChain) -> None:
 
 def test_refund_is_a_plain_transfer_from_the_settlement_account(local_chain: LocalChain) -> None:
     d = local_chain.deployment
-    eure = d.token("EURe").address
+    eure = d.token("EURe")
+    assert eure.mirror is not None
     local_chain.spend("EURe", 2, 42_240_000_000_000_000_000)
 
     tx_hash = local_chain.refund("EURe", 2, 2_350_000_000_000_000_000)
 
     logs = _logs(local_chain, tx_hash)
+    assert len(logs) == 2  # the v2 Transfer, then the v1 frontend's identical one
+    leg = (d.settlement_account, d.cardholders[2], 2_350_000_000_000_000_000)
+    assert _transfers(logs, eure.address) == [leg]
+    assert _transfers(logs, eure.mirror) == [leg]
+    assert [log["address"].lower() for log in logs] == [eure.address.lower(), eure.mirror.lower()]
+
+
+def test_usdce_refund_is_a_single_transfer(local_chain: LocalChain) -> None:
+    d = local_chain.deployment
+    usdce = d.token("USDCe").address
+    local_chain.spend("USDCe", 1, 5_000_000)
+
+    logs = _logs(local_chain, local_chain.refund("USDCe", 1, 1_250_000))
+
     assert len(logs) == 1
-    assert _transfers(logs, eure) == [
-        (d.settlement_account, d.cardholders[2], 2_350_000_000_000_000_000)
-    ]
+    assert _transfers(logs, usdce) == [(d.settlement_account, d.cardholders[1], 1_250_000)]
 
 
 def test_refund_batch_of_five_legs_is_one_tx_with_five_transfers(local_chain: LocalChain) -> None:
     d = local_chain.deployment
     eure = d.token("EURe").address
+    mirror = d.token("EURe").mirror
+    assert mirror is not None
     local_chain.spend_many([("EURe", i, 100 * 10**18) for i in range(5)])
     legs = [(d.cardholders[i], (i + 1) * 10**18) for i in range(5)]
     before = [local_chain.balance_of("EURe", holder) for holder, _ in legs]
@@ -207,10 +228,11 @@ def test_refund_batch_of_five_legs_is_one_tx_with_five_transfers(local_chain: Lo
     assert local_chain.w3.eth.block_number == head + 1
     receipt = local_chain.receipt(tx_hash)
     assert receipt["status"] == "0x1"
-    assert len(receipt["logs"]) == 5
-    assert _transfers(receipt["logs"], eure) == [
-        (d.settlement_account, holder, amount) for holder, amount in legs
-    ]
+    assert len(receipt["logs"]) == 10  # per leg: v2 Transfer, then v1 Transfer
+    expected = [(d.settlement_account, holder, amount) for holder, amount in legs]
+    assert _transfers(receipt["logs"], eure) == expected
+    assert _transfers(receipt["logs"], mirror) == expected
+    assert [log["address"].lower() for log in receipt["logs"]] == [eure.lower(), mirror.lower()] * 5
     after = [local_chain.balance_of("EURe", holder) for holder, _ in legs]
     assert [a - b for a, b in zip(after, before, strict=True)] == [a for _, a in legs]
     assert local_chain.balance_of("EURe", d.settlement_account) == 500 * 10**18 - 15 * 10**18

@@ -186,7 +186,7 @@ Expected = tuple[type[e.DomainEvent], dict[str, object]]
 
 
 @settings(
-    max_examples=200,
+    max_examples=150,
     stateful_step_count=40,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
