@@ -134,3 +134,37 @@ def test_refund_reorged_out_is_in_flight_again_then_confirmed_when_remined(
     listener.run_until_caught_up()
     project(pg_engine)
     assert refunded() == amount.units
+
+
+def test_snapshot_revert_reorg_with_a_transaction_in_a_different_block(
+    local_chain: Any, anvil_node: Any, pg_engine: Engine, make_db: Any
+) -> None:
+    """evm_snapshot / evm_revert: the chain after the snapshot is replaced by one where the same
+    spend lands two blocks later, next to a spend the first branch never had."""
+    config = chain_config(local_chain.deployment)
+    seen: list[RangeResult] = []
+    listener = make_listener(pg_engine, local_chain.rpc_url, config,
+                             local_chain.deployment.deployed_at_block, seen=seen)
+    local_chain.spend("USDCe", 1, 4_200_000)
+    snapshot = anvil_node.rpc("evm_snapshot")
+    moved = local_chain.spend("EURe", 2, 3 * 10**18)
+    local_chain.spend("EURe", 3, 10**18)
+    listener.run_until_caught_up()
+    project(pg_engine)
+    raw = anvil_node.rpc("eth_getRawTransactionByHash", [moved])
+    first_block = local_chain.receipt(moved)["blockNumber"]
+
+    assert anvil_node.rpc("evm_revert", [snapshot]) is True
+    anvil_node.rpc("anvil_mine", ["0x2"])
+    anvil_node.rpc("eth_sendRawTransaction", [raw])  # the same transaction, another block
+    local_chain.spend("USDCe", 0, 1_000_000)
+    anvil_node.rpc("anvil_mine", ["0x1"])  # the new branch is longer than the old one
+    assert local_chain.receipt(moved)["blockNumber"] != first_block
+
+    listener.run_until_caught_up()
+    project(pg_engine)
+    assert any(r.reorg_depth for r in seen)
+    assert canonical_views(pg_engine) == _fresh_index(make_db, local_chain)
+    with pg_engine.connect() as conn:
+        statuses = dict(conn.execute(select(rm_payments.c.spend_tx, rm_payments.c.status)).all())
+    assert statuses[moved.lower()] == "held"
