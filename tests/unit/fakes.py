@@ -10,6 +10,7 @@ or the unit of work is left without committing).
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +21,7 @@ Record = FeedMessage | RejectedMessage
 
 
 class FakeFeed:
-    def __init__(self, records: list[Record]) -> None:
+    def __init__(self, records: Sequence[Record]) -> None:
         self.records = list(records)
         self.started_with: dict[str, int] | None = None
         self.stopped = False

@@ -222,6 +222,27 @@ def test_payment_ids_come_from_the_tx_hash_and_the_spend_ordinal() -> None:
         first.payment_id, second.payment_id, third.payment_id]
 
 
+def test_equal_spends_from_two_safes_in_one_tx_each_get_their_own_cardholder() -> None:
+    logs = [
+        transfer(EURE, SAFE, SETTLEMENT, 5, index=0),
+        spend_log(5, index=1),
+        transfer(EURE, OTHER_SAFE, SETTLEMENT, 5, index=2),
+        spend_log(5, index=3),
+    ]
+    first, second = spends(run(logs))
+    assert (first.account, second.account) == (SAFE, OTHER_SAFE)
+    assert (first.payment_id, second.payment_id) == (
+        payment_id_for_spend(31337, tx(1), 0), payment_id_for_spend(31337, tx(1), 1))
+
+
+def test_a_transfer_after_the_spend_is_not_its_transfer() -> None:
+    """The module transfers first and then emits Spend: a later Transfer belongs to another."""
+    logs = [spend_log(5, index=0), transfer(EURE, SAFE, SETTLEMENT, 5, index=1)]
+    out = run(logs)
+    assert spends(out) == []
+    assert "cardholder unknown" in out.rejected[0].reason
+
+
 def test_a_spend_moved_into_another_block_by_a_reorg_keeps_its_payment_id() -> None:
     before = spends(run([transfer(EURE, SAFE, SETTLEMENT, 5, index=0), spend_log(5, index=1)]))
     after = spends(run([transfer(EURE, SAFE, SETTLEMENT, 5, block=12, index=7, fork="b"),

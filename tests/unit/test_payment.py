@@ -577,8 +577,7 @@ def test_retracting_the_spend_returns_an_authorized_payment_to_authorized() -> N
     cmd = retract_spend(evidence(1))
     payment.retract_spend(cmd)
     assert (payment.status, payment.hold) == (Status.AUTHORIZED, Hold.NONE)
-    assert payment.spent is None
-    assert payment.spend_evidence is None
+    assert (payment.spent, payment.spend_evidence) == (None, None)
     assert payment.authorized == eure("25")
     assert (payment.refunded, payment.committed_refunds, payment.refundable) == (None, None, None)
     event = payment.pending_events[-1]

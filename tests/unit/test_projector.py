@@ -143,7 +143,9 @@ def test_every_payment_event_type_is_evolved() -> None:
     def base() -> dict[str, object]:
         return {"command_id": next(ids), "payment_id": "p1", "at": next(at)}
 
-    usdc = lambda units: Money(units, USDCE)  # noqa: E731
+    def usdc(units: int) -> Money:
+        return Money(units, USDCE)
+
     for cmd in [
         c.AuthorizePayment(**base(), account=SAFE, amount=usdc(30_000_000),  # type: ignore[arg-type]
                            merchant="m", mcc="5462", expires_at=T0 + timedelta(days=7)),
