@@ -141,19 +141,21 @@ class Payment:
                 f"payment {self.id}: clearing {cmd.amount} exceeds what is left of the spend "
                 f"({refundable}); an incremental spend or a finance exception is needed"
             )
-        self._record(e.PaymentCleared, cmd, amount=cmd.amount)
         difference = refundable - cmd.amount
+        difference_id = self._automatic_refund_id(cmd, "difference")
+        self._record(e.PaymentCleared, cmd, amount=cmd.amount)
         if not difference.is_zero:
-            self._record(e.RefundRequested, cmd, refund_id=f"{cmd.command_id}:difference",
+            self._record(e.RefundRequested, cmd, refund_id=difference_id,
                          amount=difference, reason="clearing below the authorized spend")
 
     def reverse(self, cmd: c.ReversePayment) -> None:
         """Reverse (or expire) before clearing: void the hold and refund what was spent."""
         self._require(Status.AUTHORIZED, Status.HELD)
         refundable = self.refundable
+        reversal_id = self._automatic_refund_id(cmd, "reversal")
         self._record(e.PaymentReversed, cmd, reason=cmd.reason)
         if refundable is not None and not refundable.is_zero:
-            self._record(e.RefundRequested, cmd, refund_id=f"{cmd.command_id}:reversal",
+            self._record(e.RefundRequested, cmd, refund_id=reversal_id,
                          amount=refundable, reason=f"reversal: {cmd.reason}")
 
     def request_refund(self, cmd: c.RequestRefund) -> None:
@@ -218,6 +220,12 @@ class Payment:
         self._record(e.PaymentSettled, cmd, batch_id=cmd.batch_id)
 
     # -- helpers --------------------------------------------------------------------------------
+    def _automatic_refund_id(self, cmd: c.Command, purpose: str) -> str:
+        refund_id = f"{cmd.command_id}:{purpose}"
+        if refund_id in self.refunds:
+            raise InvalidTransition(f"payment {self.id}: refund {refund_id} already exists")
+        return refund_id
+
     def _open_refund(self, refund_id: str) -> _Refund:
         self._require(Status.HELD, Status.CLEARED, Status.SETTLED, Status.REVERSED)
         refund = self.refunds.get(refund_id)

@@ -14,14 +14,19 @@ from listener.errors import RpcError
 
 _TOO_LARGE = re.compile(
     r"more than \d+ results|response size|too (?:wide|large|many)|range (?:is )?too|"
-    r"exceed(?:s|ed)? (?:the )?(?:max|limit)|limit exceeded|block range|timeout|timed out",
+    r"exceed(?:s|ed)? (?:the )?(?:max|limit)|limit exceeded|limited to|block range|timeout|"
+    r"timed out",
     re.IGNORECASE,
 )
 _SUGGESTED = re.compile(r"\[\s*(0x[0-9a-fA-F]+)\s*,\s*(0x[0-9a-fA-F]+)\s*\]")
 
 
+_NOT_RANGE = re.compile(r"block height is|rate limit|too many requests", re.IGNORECASE)
+
+
 def is_range_too_large(error: RpcError) -> bool:
-    return bool(_TOO_LARGE.search(error.message)) and "block height is" not in error.message
+    """A refusal that a smaller range would avoid (not a rate limit, not a node behind)."""
+    return bool(_TOO_LARGE.search(error.message)) and not _NOT_RANGE.search(error.message)
 
 
 def suggested_range(error: RpcError) -> tuple[int, int] | None:

@@ -95,7 +95,8 @@ def translate(
     for spend, cardholder in zip(spends, spend_cardholders(spends, transfers, config),
                                  strict=True):
         ordinal = ordinals.get(spend.log.tx_hash, 0)
-        ordinals[spend.log.tx_hash] = ordinal + 1
+        if spend.module in config.spender_modules:  # what the live filter returns, no more
+            ordinals[spend.log.tx_hash] = ordinal + 1
         reason = _spend_problem(spend, cardholder, config)
         if reason is not None or cardholder is None:
             out.rejected.append(Rejected(command_id(config.chain_id, spend.log),

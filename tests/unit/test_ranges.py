@@ -225,3 +225,19 @@ def test_the_planner_stays_within_its_bounds(
         last = planner.plan(first, first + 50_000)
         assert first <= last <= first + 50_000
         assert last - first + 1 == planner.size
+
+
+@pytest.mark.parametrize("message", ["rate limit exceeded", "Too Many Requests: limit exceeded"])
+def test_rate_limits_are_not_range_errors(message: str) -> None:
+    from listener.errors import RpcError
+    from listener.ranges import is_range_too_large
+
+    assert not is_range_too_large(RpcError("eth_getLogs", -32005, message))
+
+
+def test_quicknode_range_limit_is_a_range_error() -> None:
+    from listener.errors import RpcError
+    from listener.ranges import is_range_too_large
+
+    assert is_range_too_large(
+        RpcError("eth_getLogs", -32602, "eth_getLogs is limited to a 10,000 range"))
