@@ -92,7 +92,8 @@ def chain_config(deployment: LocalDeployment) -> ChainConfig:
 
 def chain_totals(chain: LocalChain, deployment: LocalDeployment, to_block: int) -> dict[str, Totals]:
     """Totals straight from the node's logs with eth-abi: independent of the listener's code."""
-    by_address = {t.address.lower(): t.symbol for t in deployment.tokens.values()}
+    # a Spend names the address it was spent through (EURe: the v1 frontend, as on mainnet)
+    by_address = {a.lower(): t.symbol for t in deployment.tokens.values() for a in t.addresses}
     totals = {symbol: Totals() for symbol in deployment.tokens}
     span = {"fromBlock": deployment.deployed_at_block, "toBlock": to_block}
     for entry in chain.w3.eth.get_logs(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import tempfile
@@ -39,7 +40,9 @@ class ReplayReport:
 
 
 def preset_for(directory: Path, name: str) -> ChainConfig:
-    return load_preset(name, directory / "deployment.json")
+    """Observer mode: a recording has no refund submissions to match transfers against."""
+    return dataclasses.replace(load_preset(name, directory / "deployment.json"),
+                               match_refunds=False)
 
 
 def read_report(engine: Engine, result: ReplayResult, config: ChainConfig) -> ReplayReport:

@@ -22,12 +22,7 @@ pytestmark = pytest.mark.integration
 
 
 def _spend_request(chain: Any, sender: str, cardholder: int, amount: int) -> dict[str, Any]:
-    d = chain.deployment
-    module = chain.w3.eth.contract(address=d.spender_module,
-                                   abi=load_artifact("SpenderModule").abi)
-    data = module.encode_abi("spend", args=[d.token("EURe").address, d.cardholders[cardholder],
-                                            d.settlement_account, amount])
-    return {"from": sender, "to": d.spender_module, "data": data, "gas": hex(300_000)}
+    return dict(chain.spend_request("EURe", cardholder, amount, sender=sender))
 
 
 def _add_relayer(chain: Any, relayer: str) -> None:
@@ -88,6 +83,10 @@ def test_reorg_at_depth_matches_a_fresh_index(
         receipt = local_chain.receipt(tx)
         assert receipt is not None
         assert statuses[tx.lower()] == "held"
+    with pg_engine.connect() as conn:  # the spend only the new branch has
+        new_spends = conn.execute(select(rm_payments.c.spent)
+                                  .where(rm_payments.c.spent == 777 * 10**15)).all()
+    assert len(new_spends) == 1
     vanished = {tx.lower() for tx in orphaned[len(back):]}
     assert not vanished & {tx for tx, status in statuses.items() if status == "held"}
 
