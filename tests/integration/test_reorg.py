@@ -46,7 +46,7 @@ def _fresh_index(make_db: Any, chain: Any) -> tuple[list[Any], list[Any]]:
         engine.dispose()
 
 
-@pytest.mark.parametrize("depth", [1, 2, 3, 5, 8, 13, 21, 30])
+@pytest.mark.parametrize("depth", range(1, 31))
 def test_reorg_at_depth_matches_a_fresh_index(
     depth: int, local_chain: Any, anvil_node: Any, pg_engine: Engine, make_db: Any
 ) -> None:
