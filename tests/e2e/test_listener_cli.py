@@ -86,6 +86,18 @@ def _kill_when(proc: subprocess.Popen[str], ready: Any, timeout: float = 60) -> 
     proc.wait(timeout=30)
 
 
+def _listen_to_the_head(env: dict[str, str], anvil_node: Any, engine: Engine) -> None:
+    """`cardpay listen` until its cursor reaches the node's head, then a clean SIGTERM stop."""
+    live = _cardpay(env, "listen", "--poll-interval", "0.05")
+    end = int(anvil_node.rpc("eth_blockNumber"), 16)
+    deadline = time.monotonic() + 120
+    while _cursor(engine) < end:
+        assert live.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    live.send_signal(signal.SIGTERM)
+    assert live.wait(timeout=30) == 0
+
+
 def test_kill_9_during_backfill_and_live_then_restart_equals_an_uninterrupted_run(
     anvil_node: Any, pg_url: str, pg_engine: Engine, make_db: Any, tmp_path: Path
 ) -> None:
@@ -108,14 +120,7 @@ def test_kill_9_during_backfill_and_live_then_restart_equals_an_uninterrupted_ru
     _spends(chain, 100, seed=6)  # the chain grows while the listener runs
     _kill_when(live, lambda: _cursor(pg_engine) > head)
     _spends(chain, 50, seed=7)
-    live = _cardpay(env, "listen", "--poll-interval", "0.05")
-    end = int(anvil_node.rpc("eth_blockNumber"), 16)
-    deadline = time.monotonic() + 120
-    while _cursor(pg_engine) < end:
-        assert live.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
-    live.send_signal(signal.SIGTERM)
-    assert live.wait(timeout=30) == 0
+    _listen_to_the_head(env, anvil_node, pg_engine)
 
     project(pg_engine)
     assert canonical_views(pg_engine) == _fresh(make_db, chain)
@@ -136,14 +141,7 @@ def test_backfill_then_listen_hands_over_with_no_gap_or_duplicate(
     assert backfill.returncode == 0, err
     assert "backfilled blocks" in out and "blocks/s" in err and "ETA" in err  # the progress bar
     _spends(chain, 40, seed=2)  # blocks that land between the backfill and live indexing
-    live = _cardpay(env, "listen", "--poll-interval", "0.05")
-    end = int(anvil_node.rpc("eth_blockNumber"), 16)
-    deadline = time.monotonic() + 60
-    while _cursor(pg_engine) < end:
-        assert live.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
-    live.send_signal(signal.SIGTERM)
-    assert live.wait(timeout=30) == 0
+    _listen_to_the_head(env, anvil_node, pg_engine)
     project(pg_engine)
     assert canonical_views(pg_engine) == _fresh(make_db, chain)
 
