@@ -60,7 +60,9 @@ class OutboxRelay:
 
     async def run(self, stop: asyncio.Event | None = None, *, until_idle: bool = False,
                   idle_sleep: float = 0.1) -> None:
-        with self._engine.connect() as guard:
+        # A session lock on an autocommit connection: not an idle-in-transaction session that a
+        # server timeout could end (which would silently let a second relay start).
+        with self._engine.connect().execution_options(isolation_level="AUTOCOMMIT") as guard:
             if not guard.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": RELAY_LOCK}).scalar():
                 raise RelayAlreadyRunning("another outbox relay holds the relay lock")
             try:

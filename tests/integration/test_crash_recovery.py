@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, func, select
 
-from cardpay.db.schema import consumer_positions, outbox
+from cardpay.db.schema import consumer_positions, outbox, quarantine
 from tests.support.workload import expected_rows, payment_events, stored_rows, write
 
 pytestmark = pytest.mark.integration
@@ -67,6 +67,8 @@ def test_projector_killed_mid_run_on_the_postgres_feed(pg_url: str, pg_engine: E
     assert 0 < before < len(payments), "the kill did not land mid-run"
     _finish(env, "project", "--batch-size", "20")
     assert stored_rows(pg_engine) == expected_rows(payments)
+    assert _count(pg_engine, quarantine) == 0
+    assert _count(pg_engine, quarantine) == 0  # redelivery was absorbed, not quarantined
 
 
 @pytest.mark.parametrize("victim", ["relay", "projector"])
@@ -95,3 +97,4 @@ def test_relay_or_projector_killed_mid_run_with_kafka(
         assert 0 < len(stored_rows(pg_engine)) < len(payments)
     _finish(env, "project", "--batch-size", "20")
     assert stored_rows(pg_engine) == expected_rows(payments)
+    assert _count(pg_engine, quarantine) == 0

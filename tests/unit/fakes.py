@@ -94,6 +94,7 @@ class FakeProjectionStore:
     quarantined: list[Quarantined] = field(default_factory=list)
     commits: list[Commit] = field(default_factory=list)
     fail_commits: bool = False
+    locks: list[str] = field(default_factory=list)
 
     def uow(self) -> FakeProjectionUnitOfWork:
         return FakeProjectionUnitOfWork(self)
@@ -117,6 +118,10 @@ class FakeProjectionUnitOfWork:
     def __exit__(self, *exc: object) -> None:
         # Leaving without a commit (or after a failed one) rolls everything back.
         self._rows, self._positions, self._quarantined = {}, {}, []
+
+    def lock(self, key: str) -> None:
+        """One process, one writer: nothing to serialize in memory; recorded for the tests."""
+        self.store.locks.append(key)
 
     def commit(self) -> None:
         if self.store.fail_commits:
