@@ -78,7 +78,7 @@ def test_undecodable_duplicate_and_malformed_logs_are_quarantined_and_indexing_g
     node.add_log(2, 2, 0, SPENDER, [SPEND_TOPIC], "0x" + word(1))  # short data: undecodable
     node.logs.append(dict(node.logs[0]))  # the same Transfer log delivered twice
     node.logs.append(dict(node.logs[1]))  # the same Spend log delivered twice
-    node.logs.append({"address": "0x12", "topics": [], "blockNumber": "0x2"})  # not a log
+    node.garbage.append({"address": "0x12", "topics": [], "blockNumber": "0x2"})  # not a log
     node.add_refund(3, tx=3, index=0, amount=10**18)  # refund nobody asked for
     node.add_spend(4, tx=4, amount=7 * 10**18)
     listener, _sink = _listener(pg_engine, node, max_range=10)

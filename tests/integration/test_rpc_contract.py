@@ -83,3 +83,16 @@ def test_get_logs_returns_the_spend_and_its_transfer_only_within_the_range(node:
     assert len(both) == 2 * len(logs)
     with pytest.raises(RpcError, match="block height is"):
         _logs(rpc, addresses, second + 1, second + 1)
+
+
+def test_get_logs_filters_by_emitter_and_topic0(node: Setup) -> None:
+    rpc, addresses, spend = node
+    block = spend(5 * 10**18)
+    only_spend = [parse_log(r) for r in rpc.call("eth_getLogs", [{
+        "fromBlock": hex(block), "toBlock": hex(block), "address": addresses,
+        "topics": [[SPEND_TOPIC]]}])]
+    assert [log.topics[0] for log in only_spend] == [SPEND_TOPIC]
+    nobody = rpc.call("eth_getLogs", [{"fromBlock": hex(block), "toBlock": hex(block),
+                                        "address": ["0x" + "77" * 20],
+                                        "topics": [[SPEND_TOPIC, TRANSFER_TOPIC]]}])
+    assert nobody == []

@@ -28,6 +28,8 @@ def block_hash(n: int, fork: str = "") -> str:
 @dataclass
 class RecordedNode:
     logs: list[dict[str, Any]] = field(default_factory=list)
+    garbage: list[dict[str, Any]] = field(default_factory=list)
+    """Objects a broken node returns among the logs whatever the filter (not logs at all)."""
     head: int = 0
     calls: list[str] = field(default_factory=list)
 
@@ -51,11 +53,28 @@ class RecordedNode:
             if hi > self.head:  # like Anvil: a range past the head is an error, not empty
                 raise RpcError("eth_getLogs", -32602,
                                f"block height is {self.head} but requested was {hi}")
-            return [
-                log for log in self.logs
-                if isinstance(log.get("blockNumber"), str) and lo <= int(log["blockNumber"], 16) <= hi
-            ]
+            garbage = [g for g in self.garbage if lo <= int(g.get("blockNumber", "0x0"), 16) <= hi]
+            return [log for log in self.logs if self._matches(log, lo, hi, f)] + garbage
         raise AssertionError(f"unexpected RPC {method}")
+
+    @staticmethod
+    def _matches(log: dict[str, Any], lo: int, hi: int, f: dict[str, Any]) -> bool:
+        """The filter a node applies: block range, emitter list, topic0 alternatives."""
+        number = log.get("blockNumber")
+        if not isinstance(number, str) or not lo <= int(number, 16) <= hi:
+            return False
+        addresses = f.get("address")
+        if addresses is not None:
+            wanted = {a.lower() for a in ([addresses] if isinstance(addresses, str) else addresses)}
+            if str(log.get("address", "")).lower() not in wanted:
+                return False
+        topics = f.get("topics") or []
+        if topics and topics[0] is not None:
+            first = topics[0] if isinstance(topics[0], list) else [topics[0]]
+            log_topics = log.get("topics") or []
+            if log_topics and log_topics[0] not in first:
+                return False
+        return True
 
     def add_log(self, n: int, tx: int, index: int, address: str, topics: list[str],
                 data: str) -> dict[str, Any]:
