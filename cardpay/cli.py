@@ -20,7 +20,9 @@ environment:
   CARDPAY_KAFKA_BOOTSTRAP  Kafka bootstrap servers (default: none; feeds read the Postgres log)
   CARDPAY_KAFKA_TOPIC      topic of payment events (default cardpay.payments)
   CARDPAY_RPC_URL          JSON-RPC URL of the chain node
-  CARDPAY_CONFIRMATIONS    blocks behind the head the listener stays (default 2)
+  CARDPAY_CONFIRMATIONS    blocks behind the head the listener stays (default 2; 0 allowed)
+  CARDPAY_MAX_BLOCK_RANGE  largest eth_getLogs range in blocks (default 2000; it adapts below)
+  CARDPAY_LISTENER_NAME    the cursor's name, shared by backfill and listen (default main)
 """
 
 
