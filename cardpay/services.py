@@ -33,10 +33,6 @@ class StaleCursor(RuntimeError):
     """Another writer moved this listener's cursor: this batch was read from an old position."""
 
 
-class UnmatchedTransfer(Exception):
-    """A settlement-account transfer that no submitted refund accounts for (yet)."""
-
-
 def execute(uow: PostgresUnitOfWork, command: c.Command) -> Payment:
     """Decide one payment command inside the caller's transaction (no commit here).
 
