@@ -7,6 +7,7 @@ drop the redelivered events by (stream, version). A Postgres advisory lock keeps
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from typing import Protocol
@@ -22,6 +23,10 @@ RELAY_LOCK = 0x63617264  # "card"
 
 class Publisher(Protocol):
     async def publish(self, messages: Sequence[OutboxMessage]) -> None: ...
+
+    async def reset(self) -> None:
+        """Recover after a failed publish (e.g. reconnect); may raise, then it is retried."""
+        ...
 
 
 class RelayAlreadyRunning(RuntimeError):
@@ -59,15 +64,30 @@ class OutboxRelay:
         return len(batch)
 
     async def run(self, stop: asyncio.Event | None = None, *, until_idle: bool = False,
-                  idle_sleep: float = 0.1) -> None:
+                  idle_sleep: float = 0.1, max_backoff: float = 30.0) -> None:
+        """Publish until `stop` (or until the outbox is empty with `until_idle`). A failed publish
+        leaves its rows unmarked; they are sent again after a backoff and a publisher reset."""
         # A session lock on an autocommit connection: not an idle-in-transaction session that a
         # server timeout could end (which would silently let a second relay start).
         with self._engine.connect().execution_options(isolation_level="AUTOCOMMIT") as guard:
             if not guard.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": RELAY_LOCK}).scalar():
                 raise RelayAlreadyRunning("another outbox relay holds the relay lock")
             try:
+                failures = 0
                 while stop is None or not stop.is_set():
-                    if await self.run_once() == 0:
+                    try:
+                        published = await self.run_once()
+                        failures = 0
+                    except Exception as exc:  # broker or database away: nothing was marked
+                        failures += 1
+                        delay = min(max_backoff, 0.2 * 2 ** min(failures, 8))
+                        log.error("relay: publish failed (%s: %s); retrying in %.1fs",
+                                  type(exc).__name__, exc, delay)
+                        await asyncio.sleep(delay)
+                        with contextlib.suppress(Exception):
+                            await self._publisher.reset()
+                        continue
+                    if published == 0:
                         if until_idle:
                             return
                         await asyncio.sleep(idle_sleep)

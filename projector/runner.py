@@ -8,6 +8,7 @@ transaction fails, the exception ends the loop: the process restarts from the st
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -79,9 +80,28 @@ class Projector:
         while idle < idle_polls:
             idle = idle + 1 if await self.run_once(timeout) == 0 else 0
 
-    async def run_forever(self, stop: asyncio.Event) -> None:
+    async def run_forever(self, stop: asyncio.Event, *, max_backoff: float = 30.0) -> None:
+        """Project until `stop`. A failed batch (database away, broker away) is never skipped:
+        the feed has already moved past it in memory, so the loop restarts the feed from the
+        positions stored with the last committed batch, after a backoff."""
+        failures = 0
         while not stop.is_set():
-            await self.run_once()
+            try:
+                if await self.run_once() == 0:
+                    await asyncio.sleep(0)  # let others run even if the feed answers at once
+                failures = 0
+            except Exception as exc:
+                failures += 1
+                delay = min(max_backoff, 0.1 * 2 ** min(failures, 10))
+                log.error("projector %s: batch failed (%s: %s); resuming from the stored "
+                          "positions in %.1fs", self.name, type(exc).__name__, exc, delay)
+                with contextlib.suppress(Exception):
+                    await self._feed.stop()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                if not stop.is_set():
+                    with contextlib.suppress(Exception):
+                        await self.start()  # a failure here is retried on the next turn
 
     def _apply(self, uow: ProjectionUnitOfWork, batch: list[FeedMessage]) -> None:
         typed: list[tuple[FeedMessage, DomainEvent]] = []

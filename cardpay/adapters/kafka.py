@@ -111,6 +111,12 @@ class KafkaPublisher:
         except TimeoutError:
             await _force_close(producer)
 
+    async def reset(self) -> None:
+        """After a failed publish: drop the producer and make a fresh one (aiokafka's cannot be
+        reused after a delivery failure)."""
+        await self.stop()
+        await self.start()
+
     async def publish(self, messages: Sequence[OutboxMessage]) -> None:
         """Send every message and wait until the broker has acknowledged all of them."""
         producer = self._producer

@@ -387,3 +387,27 @@ def test_the_projector_resumes_after_its_stored_positions() -> None:
     assert projector.applied == 1
     assert store.positions["other"] == {"events": 9}
     assert store.rows["a"].refunded == 1
+
+
+def test_run_forever_resumes_from_stored_positions_after_a_failed_commit() -> None:
+    """The feed has moved past a batch whose commit failed; the loop must not skip that batch."""
+    feed = FakeFeed(messages([spent("p1"), spent("p2"), spent("p3")]))
+    store = FakeProjectionStore(fail_commits=True)
+    projector = Projector("payments", feed, store.uow, batch_size=1)
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        await projector.start()
+        task = asyncio.create_task(projector.run_forever(stop, max_backoff=0.01))
+        await asyncio.sleep(0.05)
+        assert store.rows == {}  # every commit so far failed
+        store.fail_commits = False
+        for _ in range(200):
+            if len(store.rows) == 3:
+                break
+            await asyncio.sleep(0.01)
+        stop.set()
+        await task
+
+    asyncio.run(go())
+    assert sorted(store.rows) == ["p1", "p2", "p3"]
