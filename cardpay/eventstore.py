@@ -23,8 +23,6 @@ from domain.errors import ConcurrencyConflict
 from domain.events import DomainEvent, RecordedEvent
 from domain.serialization import from_recorded, to_data
 
-PK_VIOLATION = "events_pkey"
-
 
 def _check_sequence(current: int, new: Sequence[DomainEvent]) -> None:
     expected = current + 1

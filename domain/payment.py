@@ -39,9 +39,6 @@ class Hold(enum.StrEnum):
     VOIDED = "voided"
 
 
-TERMINAL = frozenset({Status.REVERSED})
-
-
 @dataclass(slots=True)
 class _Refund:
     amount: Money

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Protocol
 
 from domain.events import DomainEvent, RecordedEvent
@@ -26,6 +25,3 @@ class EventStore(Protocol):
         last position it saw never misses an event committed later with a lower position."""
         ...
 
-
-class Clock(Protocol):
-    def now(self) -> datetime: ...

@@ -188,11 +188,7 @@ class Listener:
         """Index ranges until the confirmed head (or `until_block`); returns how many ranges."""
         ranges = 0
         while True:
-            if until_block is not None:
-                cursor = self._sink.load_cursor(self.name)
-                if cursor is not None and cursor.block_number >= until_block:
-                    return ranges
-            result = self.run_once(until_block)
+            result = self.run_once(until_block)  # None once the cursor reaches until_block
             if result is None:
                 return ranges
             ranges += 1

@@ -98,10 +98,11 @@ def translate(
         if spend.module in config.spender_modules:  # what the live filter returns, no more
             ordinals[spend.log.tx_hash] = ordinal + 1
         reason = _spend_problem(spend, cardholder, config)
-        if reason is not None or cardholder is None:
-            out.rejected.append(Rejected(command_id(config.chain_id, spend.log),
-                                         reason or "no cardholder", raw_log(spend.log)))
+        if reason is not None:
+            out.rejected.append(Rejected(command_id(config.chain_id, spend.log), reason,
+                                         raw_log(spend.log)))
             continue
+        assert cardholder is not None  # _spend_problem refuses a Spend without one
         out.commands.append(ConfirmSpend(
             command_id=command_id(config.chain_id, spend.log),
             payment_id=payment_id_for_spend(config.chain_id, spend.log.tx_hash, ordinal),
