@@ -21,6 +21,7 @@ from cardpay.uow import ChainEffect, ExpectedRefund, PostgresUnitOfWork
 from domain import commands as c
 from domain.errors import ConcurrencyConflict, DomainError
 from domain.payment import Payment, handle
+from domain.serialization import from_json, to_json
 from listener.ports import BlockRef, ChainBatch, ChainCommand, Cursor
 
 log = logging.getLogger(__name__)
@@ -58,26 +59,10 @@ def _describe(command: Any) -> dict[str, Any]:
     return {k: str(v) for k, v in asdict(command).items()}
 
 
-def _transfer_json(command: c.RecordSettlementTransfer) -> dict[str, Any]:
-    return {
-        "command_id": command.command_id, "at": command.at.isoformat(),
-        "recipient": command.recipient, "token": command.token,
-        "amount": {"units": str(command.amount.units), "currency": command.amount.currency.code,
-                   "decimals": command.amount.currency.decimals},
-        "evidence": asdict(command.evidence),
-    }
-
-
-def _confirm_from_json(raw: dict[str, Any], expected: ExpectedRefund) -> c.ConfirmRefund:
-    from domain.events import ChainEvidence
-    from domain.money import Currency, Money
-
-    amount = raw["amount"]
+def _confirmation(seen: c.RecordSettlementTransfer, expected: ExpectedRefund) -> c.ConfirmRefund:
     return c.ConfirmRefund(
-        command_id=raw["command_id"], payment_id=expected.payment_id,
-        at=datetime.fromisoformat(raw["at"]), refund_id=expected.refund_id,
-        amount=Money(int(amount["units"]), Currency(amount["currency"], int(amount["decimals"]))),
-        evidence=ChainEvidence(**raw["evidence"]),
+        command_id=seen.command_id, payment_id=expected.payment_id, at=seen.at,
+        refund_id=expected.refund_id, amount=seen.amount, evidence=seen.evidence,
     )
 
 
@@ -193,17 +178,14 @@ class PostgresChainSink:
             uow.release_command(command.command_id)
             uow.keep_unmatched(command.command_id, command.evidence.tx_hash, command.recipient,
                                command.token, command.amount.units,
-                               command.evidence.block_hash, _transfer_json(command))
+                               command.evidence.block_hash, to_json(command))
             self._quarantine(
                 uow, name, command.command_id,
                 f"transfer of {command.amount} from the settlement account to "
                 f"{command.recipient} in {command.evidence.tx_hash} matches no submitted refund "
                 "(yet)", _describe(command))
             return
-        execute(uow, c.ConfirmRefund(
-            command_id=command.command_id, payment_id=expected.payment_id, at=command.at,
-            refund_id=expected.refund_id, amount=command.amount, evidence=command.evidence,
-        ))
+        execute(uow, _confirmation(command, expected))
 
     def rollback(self, name: str, ancestor: BlockRef, previous: Cursor) -> int:
         """Retract what the orphaned blocks above `ancestor` produced, in one transaction."""
@@ -289,7 +271,7 @@ class PaymentService:
             seen = uow.take_unmatched(command.tx_hash, recipient, token, amount)
             if seen is not None and uow.claim_command(seen["command_id"], "applied"):
                 uow.match_refund(command.tx_hash, recipient, token, amount, seen["command_id"])
-                execute(uow, _confirm_from_json(seen, expected))
+                execute(uow, _confirmation(from_json(c.RecordSettlementTransfer, seen), expected))
                 uow.forget_quarantine(seen["command_id"])
             uow.commit()
         return True

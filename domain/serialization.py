@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from domain.errors import UnknownEventType
-from domain.events import PAYMENT_EVENTS, ChainEvidence, DomainEvent, RecordedEvent
+from domain.events import PAYMENT_EVENTS, DomainEvent, RecordedEvent
 from domain.money import Currency, Money
 
 _ENVELOPE = frozenset(f.name for f in dataclasses.fields(DomainEvent))
@@ -20,6 +20,7 @@ EVENT_TYPES: dict[str, type[DomainEvent]] = {cls.__name__: cls for cls in PAYMEN
 
 
 _HINTS: dict[type, dict[str, Any]] = {}
+T = typing.TypeVar("T")
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -53,9 +54,23 @@ def _load(hint: Any, raw: Any) -> Any:
         if value.tzinfo is None:
             raise ValueError(f"naive datetime {raw!r} in an event; use UTC-aware times")
         return value
-    if hint is ChainEvidence:
-        return ChainEvidence(**{k: _load(h, raw[k]) for k, h in _hints(ChainEvidence).items()})
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        return hint(**{k: _load(h, raw[k]) for k, h in _hints(hint).items()})
     return raw
+
+
+def to_json(value: Any) -> dict[str, Any]:
+    """Any of the model's dataclasses (an event's parts, a command) as JSON-able values."""
+    dumped = _dump(value)
+    if not isinstance(dumped, dict):
+        raise TypeError(f"{type(value).__name__} is not one of the model's dataclasses")
+    return dumped
+
+
+def from_json(cls: type[T], raw: dict[str, Any]) -> T:
+    """The inverse of `to_json` for the dataclass `cls`."""
+    value: T = _load(cls, raw)
+    return value
 
 
 def event_payload(event: DomainEvent) -> dict[str, Any]:

@@ -262,3 +262,23 @@ def test_a_spend_event_survives_an_exact_json_text_round_trip() -> None:
     text = json.dumps(to_data(event), sort_keys=True)
     assert json.loads(text) == to_data(event)
     assert from_recorded(record(event)) == event
+
+
+def test_commands_round_trip_through_to_json_and_from_json() -> None:
+    """What the listener keeps for a refund transfer that matches nothing yet."""
+    import json as _json
+
+    from domain.commands import RecordSettlementTransfer
+    from domain.events import ChainEvidence
+    from domain.money import Currency, Money
+    from domain.serialization import from_json, to_json
+
+    command = RecordSettlementTransfer(
+        command_id="chain:100:0xab:3", at=datetime(2024, 9, 20, 12, tzinfo=UTC),
+        recipient="0x" + "49" * 20, token="0x" + "42" * 20,
+        amount=Money(2_350000000000000000, Currency("EURe", 18)),
+        evidence=ChainEvidence(chain_id=100, block_number=36_097_045, block_hash="0x" + "cc" * 32,
+                               tx_hash="0x" + "5f" * 32, log_index=3),
+    )
+    raw = _json.loads(_json.dumps(to_json(command)))
+    assert from_json(RecordSettlementTransfer, raw) == command
