@@ -8,10 +8,10 @@ commits. Its position lives in the consumer's database, written in the same tran
 effects, and is handed back to `start()`.
 
 Undecodable records. `poll()` returns typed `FeedMessage`s only. A record whose value is not a
-recorded event is kept as a `RejectedMessage` (and passed to the optional `on_undecodable`
-callback); `take_rejected()` hands them over. `positions()` is the position after everything polled,
-good and bad records alike, so the consumer commits its effects, the rejected records' quarantine
-rows and `positions()` in one transaction (see `projector.runner.Projector.run_once`).
+recorded event is kept as a `RejectedMessage`; `take_rejected()` hands them over. `positions()` is
+the position after everything polled, good and bad records alike, so the consumer commits its
+effects, the rejected records' quarantine rows and `positions()` in one transaction (see
+`projector.runner.Projector.run_once`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -34,8 +34,6 @@ log = logging.getLogger(__name__)
 
 _STOP_GRACE = 1.0
 
-UndecodableHandler = Callable[[str, int, bytes, str], None]
-"""Called with (source "topic:partition", offset, raw value, reason) for a record that won't decode."""
 
 
 class KafkaAdapterError(RuntimeError):
@@ -203,13 +201,11 @@ class KafkaFeed:
         bootstrap_servers: str,
         topic: str,
         *,
-        on_undecodable: UndecodableHandler | None = None,
         client_id: str = "cardpay-feed",
         start_timeout: float = 60.0,
     ) -> None:
         self._bootstrap_servers = bootstrap_servers
         self._topic = topic
-        self._on_undecodable = on_undecodable
         self._rejected: list[RejectedMessage] = []
         self._client_id = client_id
         self._start_timeout = start_timeout
@@ -254,11 +250,7 @@ class KafkaFeed:
         self._positions = dict(positions)
 
     async def poll(self, max_messages: int, timeout: float) -> list[FeedMessage]:
-        """Up to `max_messages` decoded records; undecodable ones go to `on_undecodable`.
-
-        If anything raises (the callback included), the feed is rewound to where this poll began,
-        so no record is lost between the caller and the feed.
-        """
+        """Up to `max_messages` decoded records; undecodable ones wait in `take_rejected()`."""
         consumer = self._require_started()
         try:
             batches = await consumer.getmany(
@@ -270,16 +262,7 @@ class KafkaFeed:
             ) from exc
         except KafkaError as exc:
             raise KafkaFeedError(f"reading {self._topic} failed: {exc!r}") from exc
-        before, rejected_before = dict(self._positions), len(self._rejected)
-        try:
-            return self._decode(batches)
-        except BaseException:
-            for tp, records in batches.items():
-                if records:
-                    consumer.seek(tp, records[0].offset)
-            self._positions = before
-            del self._rejected[rejected_before:]
-            raise
+        return self._decode(batches)
 
     def positions(self) -> dict[str, int]:
         """Next offset per source after everything polled so far, undecodable records included.
@@ -319,8 +302,6 @@ class KafkaFeed:
         log.warning("undecodable record at %s offset %d (%d bytes): %s", source, offset,
                     len(raw), reason)
         self._rejected.append(RejectedMessage(source, offset, raw, reason))
-        if self._on_undecodable is not None:
-            self._on_undecodable(source, offset, raw, reason)
 
     def _require_started(self) -> Any:
         if self._consumer is None:

@@ -14,11 +14,10 @@ from cardpay.adapters.kafka import KafkaFeed, KafkaPublisher, KafkaPublishError
 from cardpay.infra.kafka_broker import KafkaBroker
 from cardpay.messages import OutboxMessage, encode_event
 from domain.events import RecordedEvent
-from projector.feed import FeedMessage, Positions, advance
+from projector.feed import FeedMessage, Positions, RejectedMessage, advance
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
-Rejected = tuple[str, int, bytes, str]
 
 
 def _topic(prefix: str) -> str:
@@ -75,6 +74,14 @@ async def _read(
         return got
     finally:
         await feed.stop()
+
+
+async def _read_with_rejects(
+    feed: KafkaFeed, positions: Positions, want: int
+) -> tuple[list[FeedMessage], list[RejectedMessage]]:
+    """`_read`, plus the undecodable records the feed kept for the consumer to quarantine."""
+    got = await _read(feed, positions, want)
+    return got, feed.take_rejected()
 
 
 @pytest.fixture(scope="module")
@@ -154,65 +161,23 @@ def test_undecodable_records_are_reported_skipped_and_counted_in_positions(
             ),
         )
     )
-    rejected: list[Rejected] = []
-    feed = KafkaFeed(
-        kafka_broker.bootstrap_servers,
-        topic,
-        on_undecodable=lambda *args: rejected.append(args),
-    )
-    got = asyncio.run(_read(feed, {}, 2))
+    feed = KafkaFeed(kafka_broker.bootstrap_servers, topic)
+    got, rejected = asyncio.run(_read_with_rejects(feed, {}, 2))
 
     source = f"{topic}:0"
     assert [(m.offset, m.event) for m in got] == [(0, good[0]), (2, good[1])]
-    assert [(s, o, raw) for s, o, raw, _ in rejected] == [
+    assert [(r.source, r.offset, r.raw) for r in rejected] == [
         (source, 1, b"not json"),
         (source, 3, b'{"stream_id": "pay-000"}'),
     ]
-    assert all("not a recorded event" in reason for *_, reason in rejected)
+    assert all("not a recorded event" in r.reason for r in rejected)
     # Past the trailing bad record, which advance() over the returned batch cannot see.
     assert feed.positions() == {source: 4}
     assert advance({}, got) == {source: 3}
 
-    rejected.clear()
-    again = asyncio.run(_read(KafkaFeed(kafka_broker.bootstrap_servers, topic), {source: 4}, 0))
+    again, rejected = asyncio.run(
+        _read_with_rejects(KafkaFeed(kafka_broker.bootstrap_servers, topic), {source: 4}, 0))
     assert again == [] and rejected == []
-
-
-def test_a_failing_undecodable_handler_rewinds_the_poll(kafka_broker: KafkaBroker) -> None:
-    topic = _topic("kafka-rewind")
-    kafka_broker.create_topic(topic, 1)
-    good = _events(1, streams=1)[0]
-    asyncio.run(
-        _publish(
-            kafka_broker.bootstrap_servers,
-            _outbox(topic, [("k", encode_event(good)), ("k", b"\xff")]),
-        )
-    )
-    calls: list[int] = []
-
-    def flaky(source: str, offset: int, raw: bytes, reason: str) -> None:
-        calls.append(offset)
-        if len(calls) == 1:
-            raise RuntimeError("quarantine store down")
-
-    async def scenario() -> list[FeedMessage]:
-        feed = KafkaFeed(kafka_broker.bootstrap_servers, topic, on_undecodable=flaky)
-        await feed.start({})
-        try:
-            with pytest.raises(RuntimeError):
-                while True:
-                    await feed.poll(10, 1.0)
-            assert feed.positions() == {}
-            got: list[FeedMessage] = []
-            while len(calls) < 2:
-                got.extend(await feed.poll(10, 1.0))
-            assert feed.positions() == {f"{topic}:0": 2}
-            return got
-        finally:
-            await feed.stop()
-
-    assert [m.event for m in asyncio.run(scenario())] == [good]
-    assert calls == [1, 1]
 
 
 def test_publisher_fails_within_its_timeout_when_the_broker_dies_and_recovers_after_restart() -> (
