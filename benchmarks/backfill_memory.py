@@ -12,8 +12,6 @@ tenths are no higher than the first: memory does not grow with the number of log
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -23,10 +21,9 @@ from pathlib import Path
 import psutil
 from sqlalchemy import select
 
+from benchmarks.local_stack import local_stack
 from benchmarks.machine import describe
 from benchmarks.workload import generate
-from cardpay.db.embedded import EmbeddedPostgres
-from cardpay.db.engine import make_engine, upgrade
 from cardpay.db.schema import chain_cursor
 from cardpay.infra.anvil import AnvilNode
 
@@ -40,17 +37,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="cardpay-mem-") as tmp, AnvilNode() as node:
         work = Path(tmp)
         workload = generate(node.rpc_url, args.events, events_per_tx=args.events_per_tx)
-        (work / "local-deployment.json").write_text(json.dumps(workload.deployment.to_dict()))
         print(describe())
         logs = sum(t.count * (3 if workload.deployment.token(sym).mirror else 2)
                    for sym, t in workload.per_token.items())
         print(f"workload: {workload.events:,} card events = {logs:,} logs in "
               f"{workload.blocks:,} blocks, generated in {workload.seconds:.0f}s")
-        with EmbeddedPostgres(work / "pgdata") as pg:
-            engine = make_engine(pg.url)
-            upgrade(engine)
-            env = {**os.environ, "CARDPAY_DATABASE_URL": pg.url, "CARDPAY_CONFIRMATIONS": "0",
-                   "CARDPAY_DATA_DIR": str(work)}
+        with local_stack(workload, work) as local:
+            engine, env = local.engine, local.env
             first, last = workload.start_block, workload.head_block
             started = time.perf_counter()
             proc = subprocess.Popen(
@@ -70,7 +63,6 @@ def main() -> None:
                 samples.append((done, rss))
                 time.sleep(0.2)
             seconds = time.perf_counter() - started
-            engine.dispose()
         if proc.returncode != 0:
             raise SystemExit(f"backfill failed with exit status {proc.returncode}")
         print(f"backfill: {logs:,} logs in {seconds:.0f}s = {logs / seconds:,.0f} logs/s")

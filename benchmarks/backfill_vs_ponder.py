@@ -15,7 +15,6 @@ Prints both rates, the ratio and the machine.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess
@@ -28,11 +27,10 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
+from benchmarks.local_stack import local_stack
 from benchmarks.machine import describe
 from benchmarks.ponder_bench import run_ponder
 from benchmarks.workload import Workload, generate
-from cardpay.db.embedded import EmbeddedPostgres
-from cardpay.db.engine import make_engine, upgrade
 from cardpay.db.schema import rm_payments
 from cardpay.infra.anvil import AnvilNode
 
@@ -54,16 +52,11 @@ def _spawn(env: dict[str, str], *args: str, log: Path) -> subprocess.Popen[bytes
 
 
 def run_cardpay(workload: Workload, work_dir: Path, timeout: float = 1800) -> CardpayResult:
-    deployment = work_dir / "local-deployment.json"
-    deployment.write_text(json.dumps(workload.deployment.to_dict()))
     started = time.perf_counter()
     with ExitStack() as stack:
-        pg = stack.enter_context(EmbeddedPostgres(work_dir / "pgdata"))
-        engine = make_engine(pg.url)
-        stack.callback(engine.dispose)
-        upgrade(engine)
-        env = {**os.environ, "CARDPAY_DATABASE_URL": pg.url, "CARDPAY_CONFIRMATIONS": "0",
-               "CARDPAY_DATA_DIR": str(work_dir), "CARDPAY_MAX_BLOCK_RANGE": "2000"}
+        local = stack.enter_context(local_stack(workload, work_dir))
+        engine, deployment = local.engine, local.deployment
+        env = {**local.env, "CARDPAY_MAX_BLOCK_RANGE": "2000"}
         project = _spawn(env, "project", "--batch-size", "5000", log=work_dir / "project.log")
         stack.callback(_stop, project)
         backfill = _spawn(env, "backfill", "--preset", "local", "--deployment", str(deployment),

@@ -22,7 +22,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import re
 import shutil
 import signal
@@ -37,6 +36,7 @@ from typing import Any
 
 import requests
 
+from benchmarks.machine import facts
 from benchmarks.workload import Workload, WorkloadError, generate
 
 __all__ = [
@@ -381,33 +381,13 @@ def run_ponder(
 
 
 def machine_info() -> dict[str, Any]:
-    """CPU model, logical cores, RAM, OS, and the Node.js and Ponder versions."""
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    ram_gib: float | None = None
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/meminfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("MemTotal:"):
-                ram_gib = round(int(line.split()[1]) / 1024**2, 1)
-                break
+    """The machine (benchmarks.machine), plus the Node.js and Ponder versions."""
     node_version: str | None = None
     with contextlib.suppress(PonderBenchError, OSError, subprocess.SubprocessError):
         node_version = subprocess.run(
             [_node(), "--version"], capture_output=True, text=True, timeout=10, check=True
         ).stdout.strip()
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "ram_gib": ram_gib,
-        "os": f"{platform.system()} {platform.release()}",
-        "python": platform.python_version(),
-        "node": node_version,
-        "ponder": PONDER_VERSION,
-    }
+    return {**facts(), "node": node_version, "ponder": PONDER_VERSION}
 
 
 def _say(enabled: bool, message: str) -> None:
