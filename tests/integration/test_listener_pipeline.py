@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import Engine, select
 
 from cardpay.adapters.pg_feed import PostgresLogFeed
-from cardpay.db.schema import processed_commands, rm_payments
+from cardpay.db.schema import events, processed_commands, rm_payments
 from cardpay.services import PostgresChainSink, make_uow_factory
 from cardpay.uow import PostgresUnitOfWork
 from domain.money import Currency
@@ -113,3 +113,9 @@ def test_rereading_a_range_after_a_crash_applies_nothing_twice(pg_engine: Engine
     assert len(rows) == 4
     with pg_engine.connect() as conn:
         assert len(conn.execute(select(processed_commands)).all()) == 4
+        assert len(conn.execute(select(events)).all()) == 4  # one PaymentSpent each
+    with PostgresUnitOfWork(pg_engine) as uow:
+        reasons = [q["reason"] for q in uow.quarantined("listener:")]
+    # Recognized as already applied by their log ids — not refused later by the aggregate,
+    # which is what would happen (a different reason) if duplicate detection broke.
+    assert reasons == ["duplicate log: already applied"] * 4
