@@ -24,8 +24,8 @@ from sqlalchemy import select
 from benchmarks.local_stack import local_stack
 from benchmarks.machine import describe
 from benchmarks.workload import generate
-from cardpay.db.schema import chain_cursor
-from cardpay.infra.anvil import AnvilNode
+from cardpay.devstack.anvil import AnvilNode
+from cardpay.postgres.schema import chain_cursor
 
 
 def main() -> None:
@@ -47,7 +47,7 @@ def main() -> None:
             first, last = workload.start_block, workload.head_block
             started = time.perf_counter()
             proc = subprocess.Popen(
-                [sys.executable, "-m", "cardpay.cli", "backfill", "--preset", "local",
+                [sys.executable, "-m", "cardpay.cli.main", "backfill", "--preset", "local",
                  "--rpc-url", node.rpc_url, "--from-block", str(first), "--to-block", str(last)],
                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             process = psutil.Process(proc.pid)

@@ -31,8 +31,8 @@ from benchmarks.local_stack import local_stack
 from benchmarks.machine import describe
 from benchmarks.ponder_bench import run_ponder
 from benchmarks.workload import Workload, generate
-from cardpay.db.schema import rm_payments
-from cardpay.infra.anvil import AnvilNode
+from cardpay.devstack.anvil import AnvilNode
+from cardpay.postgres.schema import rm_payments
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class CardpayResult:
 
 
 def _spawn(env: dict[str, str], *args: str, log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "cardpay.cli", *args], env=env,
+    return subprocess.Popen([sys.executable, "-m", "cardpay.cli.main", *args], env=env,
                             stdout=log.open("wb"), stderr=subprocess.STDOUT,
                             start_new_session=True)
 

@@ -105,7 +105,7 @@ def web3_process(raw_logs: list[dict[str, Any]]) -> int:
     from web3 import Web3
     from web3.datastructures import AttributeDict
 
-    from cardpay.chain import load_artifact
+    from cardpay.devstack.artifacts import load_artifact
 
     w3 = Web3()
     token = w3.eth.contract(abi=load_artifact("CardToken").abi)

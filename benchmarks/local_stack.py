@@ -13,8 +13,8 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 from benchmarks.workload import Workload
-from cardpay.db.embedded import EmbeddedPostgres
-from cardpay.db.engine import make_engine, upgrade
+from cardpay.devstack.embedded_postgres import EmbeddedPostgres
+from cardpay.postgres.engine import make_engine, upgrade
 
 
 @dataclass(frozen=True)

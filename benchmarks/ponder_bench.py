@@ -396,8 +396,8 @@ def _say(enabled: bool, message: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from cardpay.chain.local import LocalChainError
-    from cardpay.infra.anvil import AnvilHarnessError, AnvilNode
+    from cardpay.devstack.anvil import AnvilHarnessError, AnvilNode
+    from cardpay.devstack.local_chain import LocalChainError
 
     parser = argparse.ArgumentParser(
         description="Backfill benchmark, Ponder side: Ponder 0.16 over N card events on Anvil."

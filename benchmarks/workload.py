@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cardpay.chain.local import (
+from cardpay.devstack.local_chain import (
     DEFAULT_TOKENS,
     LocalChain,
     LocalChainError,
@@ -235,7 +235,7 @@ def _say(enabled: bool, message: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from cardpay.infra.anvil import AnvilNode
+    from cardpay.devstack.anvil import AnvilNode
 
     parser = argparse.ArgumentParser(
         description="Generate the card-event workload on a fresh Anvil."

@@ -20,6 +20,6 @@ npm ci --no-audit --no-fund --loglevel=error
 
 if [ "${CARDPAY_SKIP_KAFKA:-0}" != "1" ]; then
   echo "setup: fetching the Kafka broker jars with Maven"
-  .venv/bin/python -c "from cardpay.infra.kafka_broker import ensure_kafka_jars; print(ensure_kafka_jars())"
+  .venv/bin/python -c "from cardpay.devstack.kafka_broker import ensure_kafka_jars; print(ensure_kafka_jars())"
 fi
 echo "setup: done"

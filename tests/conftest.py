@@ -8,8 +8,8 @@ from collections.abc import Callable, Iterator
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
-from cardpay.db.embedded import EmbeddedPostgres
-from cardpay.db.engine import make_engine, normalize_url, upgrade
+from cardpay.devstack.embedded_postgres import EmbeddedPostgres
+from cardpay.postgres.engine import make_engine, normalize_url, upgrade
 
 pytest_plugins = ["tests.fixtures.kafka", "tests.fixtures.anvil"]
 

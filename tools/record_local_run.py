@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cardpay.chain.local import LocalChain, LocalDeployment
-from cardpay.infra.anvil import AnvilNode
+from cardpay.devstack.anvil import AnvilNode
+from cardpay.devstack.local_chain import LocalChain, LocalDeployment
 from listener.decode import SPEND_TOPIC, TRANSFER_TOPIC
 from listener.presets import local_config
 from listener.rpc import HttpJsonRpc

@@ -12,14 +12,14 @@ pytestmark = pytest.mark.e2e
 
 
 def _cardpay(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cardpay.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "cardpay.cli.main", *args], capture_output=True,
                           text=True, timeout=120, env={**os.environ, **(env or {})})
 
 
 def test_db_upgrade_is_idempotent(make_db: object) -> None:
     from alembic.script import ScriptDirectory
 
-    from cardpay.db.engine import alembic_config
+    from cardpay.postgres.engine import alembic_config
 
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     url = make_db()  # type: ignore[operator]

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.e2e
 
 def test_demo_json_agrees_with_the_chain() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "cardpay.cli", "demo", "--json", "--payments", "30", "--seed", "3"],
+        [sys.executable, "-m", "cardpay.cli.main", "demo", "--json", "--payments", "30", "--seed", "3"],
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -33,7 +33,7 @@ def test_demo_json_agrees_with_the_chain() -> None:
 
 def test_demo_table_ends_with_the_check_line() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "cardpay.cli", "demo", "--payments", "4"],
+        [sys.executable, "-m", "cardpay.cli.main", "demo", "--payments", "4"],
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -43,7 +43,7 @@ def test_demo_table_ends_with_the_check_line() -> None:
 
 def test_demo_rejects_a_nonsense_payment_count() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "cardpay.cli", "demo", "--payments", "0"],
+        [sys.executable, "-m", "cardpay.cli.main", "demo", "--payments", "0"],
         capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 2

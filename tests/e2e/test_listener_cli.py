@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, select
 
-from cardpay.chain.local import LocalChain, LocalDeployment
-from cardpay.db.engine import make_engine
-from cardpay.db.schema import chain_activity, chain_cursor
+from cardpay.devstack.local_chain import LocalChain, LocalDeployment
+from cardpay.postgres.engine import make_engine
+from cardpay.postgres.schema import chain_activity, chain_cursor
 from listener.presets import local_config
 from tests.support.indexing import canonical_views, make_listener, project
 
@@ -35,13 +35,13 @@ def _env(pg_url: str, rpc_url: str, deployment: Path, **extra: str) -> dict[str,
 
 
 def _cardpay(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "cardpay.cli", *args], env=env, text=True,
+    return subprocess.Popen([sys.executable, "-m", "cardpay.cli.main", *args], env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def _deploy(anvil_node: Any, tmp_path: Path) -> tuple[LocalChain, Path]:
     out = tmp_path / "local-deployment.json"
-    proc = subprocess.run([sys.executable, "-m", "cardpay.cli", "deploy", "--rpc-url",
+    proc = subprocess.run([sys.executable, "-m", "cardpay.cli.main", "deploy", "--rpc-url",
                            anvil_node.rpc_url, "--cardholders", "4", "--out", str(out)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

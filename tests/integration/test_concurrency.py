@@ -9,9 +9,9 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import Engine, select
 
-from cardpay.db.schema import events, quarantine, unmatched_transfers
-from cardpay.services import PaymentService, PostgresChainSink, execute, make_uow_factory
-from cardpay.uow import PostgresUnitOfWork
+from cardpay.handlers.chain import PaymentService, PostgresChainSink, execute, make_uow_factory
+from cardpay.postgres.schema import events, quarantine, unmatched_transfers
+from cardpay.postgres.uow import PostgresUnitOfWork
 from domain import commands as c
 from domain.events import ChainEvidence
 from domain.money import Currency, Money
@@ -124,7 +124,7 @@ def test_refund_transfer_seen_before_its_submission_is_confirmed_when_it_is_reco
 
 
 def test_a_second_listener_with_the_same_name_cannot_move_the_cursor(pg_engine: Engine) -> None:
-    from cardpay.services import StaleCursor
+    from cardpay.handlers.chain import StaleCursor
 
     sink = PostgresChainSink(make_uow_factory(pg_engine, None), chain_id=31337)
     first = Cursor(10, f"0x{10:064x}")

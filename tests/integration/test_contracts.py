@@ -17,14 +17,14 @@ import pytest
 from eth_abi.abi import decode as abi_decode
 from web3 import Web3
 
-from cardpay.chain import load_artifact
-from cardpay.chain.local import (
+from cardpay.devstack.anvil import AnvilNode
+from cardpay.devstack.artifacts import load_artifact
+from cardpay.devstack.local_chain import (
     SPEND_EVENT_TOPIC0,
     TRANSFER_EVENT_TOPIC0,
     LocalChain,
     TransactionReverted,
 )
-from cardpay.infra.anvil import AnvilNode
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, func, select
 
-from cardpay.db.schema import consumer_positions, outbox, quarantine
+from cardpay.postgres.schema import consumer_positions, outbox, quarantine
 from tests.support.workload import expected_rows, payment_events, stored_rows, write
 
 pytestmark = pytest.mark.integration
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _cardpay(env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "cardpay.cli", *args], cwd=ROOT, env={**os.environ, **env},
+        [sys.executable, "-m", "cardpay.cli.main", *args], cwd=ROOT, env={**os.environ, **env},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
 

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, text
 
-from cardpay.eventstore import InMemoryEventStore, PostgresEventStore
-from cardpay.uow import PostgresUnitOfWork
+from cardpay.postgres.eventstore import InMemoryEventStore, PostgresEventStore
+from cardpay.postgres.uow import PostgresUnitOfWork
 from domain.errors import ConcurrencyConflict
 from domain.serialization import to_data
 from tests.eventsourcing_helpers import refund_requested, spent

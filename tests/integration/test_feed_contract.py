@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
-from cardpay.adapters.pg_feed import PostgresLogFeed
-from cardpay.relay import OutboxRelay
+from cardpay.kafka.relay import OutboxRelay
+from cardpay.postgres.log_feed import PostgresLogFeed
 from projector.feed import Feed, FeedMessage, Positions, advance
 from tests.support.workload import payment_events, write
 
@@ -33,7 +33,7 @@ def make_feed(request: pytest.FixtureRequest, pg_engine: Engine) -> Iterator[Bac
         yield (lambda: PostgresLogFeed(pg_engine)), write_pg
         return
 
-    from cardpay.adapters.kafka import KafkaFeed, KafkaPublisher
+    from cardpay.kafka.adapters import KafkaFeed, KafkaPublisher
 
     broker = request.getfixturevalue("kafka_broker")
     topic = f"feed-contract-{random.randrange(10**9)}"
@@ -121,10 +121,10 @@ def test_poll_with_nothing_new_returns_empty_within_the_timeout(make_feed: Any) 
 def test_kafka_records_that_are_not_events_are_quarantined_with_their_position(
     pg_engine: Engine, kafka_broker: Any
 ) -> None:
-    from cardpay.adapters.kafka import KafkaFeed, KafkaPublisher
-    from cardpay.messages import OutboxMessage
-    from cardpay.services import make_uow_factory
-    from cardpay.uow import PostgresUnitOfWork
+    from cardpay.handlers.chain import make_uow_factory
+    from cardpay.kafka.adapters import KafkaFeed, KafkaPublisher
+    from cardpay.kafka.wire import OutboxMessage
+    from cardpay.postgres.uow import PostgresUnitOfWork
     from projector.runner import Projector
     from tests.support.workload import expected_rows, stored_rows
 

@@ -10,9 +10,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from cardpay.adapters.kafka import KafkaFeed, KafkaPublisher, KafkaPublishError
-from cardpay.infra.kafka_broker import KafkaBroker
-from cardpay.messages import OutboxMessage, encode_event
+from cardpay.devstack.kafka_broker import KafkaBroker
+from cardpay.kafka.adapters import KafkaFeed, KafkaPublisher, KafkaPublishError
+from cardpay.kafka.wire import OutboxMessage, encode_event
 from domain.events import RecordedEvent
 from projector.feed import FeedMessage, Positions, RejectedMessage, advance
 

@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select
 
-from cardpay.db.schema import events
-from cardpay.demo import chain_config
-from cardpay.services import PaymentService, PostgresChainSink, make_uow_factory
-from cardpay.uow import PostgresUnitOfWork
+from cardpay.cli.demo import chain_config
+from cardpay.handlers.chain import PaymentService, PostgresChainSink, make_uow_factory
+from cardpay.postgres.schema import events
+from cardpay.postgres.uow import PostgresUnitOfWork
 from domain.commands import RecordRefundSubmission, RequestRefund
 from domain.money import Currency, Money
 from listener.poller import Listener

@@ -7,10 +7,10 @@ import asyncio
 import pytest
 from sqlalchemy import Engine, select
 
-from cardpay.adapters.pg_feed import PostgresLogFeed
-from cardpay.db.schema import events, processed_commands, rm_payments
-from cardpay.services import PostgresChainSink, make_uow_factory
-from cardpay.uow import PostgresUnitOfWork
+from cardpay.handlers.chain import PostgresChainSink, make_uow_factory
+from cardpay.postgres.log_feed import PostgresLogFeed
+from cardpay.postgres.schema import events, processed_commands, rm_payments
+from cardpay.postgres.uow import PostgresUnitOfWork
 from domain.money import Currency
 from listener.decode import SPEND_TOPIC
 from listener.poller import Listener

@@ -23,8 +23,10 @@ from eth_abi.abi import decode as abi_decode
 from sqlalchemy import Engine, select
 from web3 import Web3
 
-from cardpay.chain import load_artifact
-from cardpay.chain.local import (
+from cardpay.cli.demo import chain_config
+from cardpay.devstack.anvil import AnvilNode
+from cardpay.devstack.artifacts import load_artifact
+from cardpay.devstack.local_chain import (
     CONSUME_ALLOWANCE_EVENT_TOPIC0,
     SPEND_EVENT_TOPIC0,
     SPENDING_ALLOWANCE_KEY,
@@ -33,11 +35,9 @@ from cardpay.chain.local import (
     LocalDeployment,
     TransactionReverted,
 )
-from cardpay.db.schema import chain_activity
-from cardpay.demo import chain_config
-from cardpay.infra.anvil import AnvilNode
-from cardpay.services import PaymentService, make_uow_factory
-from cardpay.uow import PostgresUnitOfWork
+from cardpay.handlers.chain import PaymentService, make_uow_factory
+from cardpay.postgres.schema import chain_activity
+from cardpay.postgres.uow import PostgresUnitOfWork
 from domain.commands import RecordRefundSubmission, RequestRefund
 from domain.money import Currency, Money
 from listener.presets import local_config
@@ -407,7 +407,7 @@ def test_the_recorded_run_replays_to_the_expected_totals() -> None:
     assert set(expected) == {"card_spend", "refund", "top_up"}
 
     proc = subprocess.run(
-        [sys.executable, "-m", "cardpay.cli", "replay", str(RECORDING), "--preset", "local",
+        [sys.executable, "-m", "cardpay.cli.main", "replay", str(RECORDING), "--preset", "local",
          "--json"],
         capture_output=True, text=True, timeout=300, cwd=REPO, check=False,
     )  # fmt: skip

@@ -10,8 +10,8 @@ import requests
 from prometheus_client import generate_latest
 from sqlalchemy import Engine
 
-from cardpay.chain_cli import build_listener
-from cardpay.demo import chain_config
+from cardpay.cli.chain import build_listener
+from cardpay.cli.demo import chain_config
 from cardpay.metrics import ListenerMetrics
 from cardpay.settings import Settings
 

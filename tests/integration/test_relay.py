@@ -8,8 +8,8 @@ from collections.abc import Sequence
 import pytest
 from sqlalchemy import Engine
 
-from cardpay.messages import OutboxMessage
-from cardpay.relay import OutboxRelay
+from cardpay.kafka.relay import OutboxRelay
+from cardpay.kafka.wire import OutboxMessage
 from tests.support.workload import payment_events, write
 
 pytestmark = pytest.mark.integration

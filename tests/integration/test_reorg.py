@@ -7,11 +7,11 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select
 
-from cardpay.chain import load_artifact
-from cardpay.db.engine import make_engine
-from cardpay.db.schema import events, expected_refunds, rm_payments
-from cardpay.demo import chain_config
-from cardpay.services import PaymentService, make_uow_factory
+from cardpay.cli.demo import chain_config
+from cardpay.devstack.artifacts import load_artifact
+from cardpay.handlers.chain import PaymentService, make_uow_factory
+from cardpay.postgres.engine import make_engine
+from cardpay.postgres.schema import events, expected_refunds, rm_payments
 from domain.commands import RecordRefundSubmission, RequestRefund
 from domain.money import Currency, Money
 from listener.poller import RangeResult

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from eth_abi import decode as abi_decode
 
-from cardpay.replay import ReplayReport, run_replay
+from cardpay.cli.replay import ReplayReport, run_replay
 
 pytestmark = pytest.mark.integration
 
@@ -117,7 +117,7 @@ def test_all_recordings_replayed_together_through_the_cli(tmp_path: Path) -> Non
         with (combined / name).open("w") as out:
             for fixture in sorted(FIXTURES.iterdir()):
                 shutil.copyfileobj((fixture / name).open(), out)
-    proc = subprocess.run([sys.executable, "-m", "cardpay.cli", "replay", str(combined), "--json"],
+    proc = subprocess.run([sys.executable, "-m", "cardpay.cli.main", "replay", str(combined), "--json"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(proc.stdout)
@@ -134,7 +134,7 @@ def test_all_recordings_replayed_together_through_the_cli(tmp_path: Path) -> Non
 
 def test_replay_of_a_missing_directory_is_a_clear_error(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "cardpay.cli", "replay", str(tmp_path / "nope")],
+        [sys.executable, "-m", "cardpay.cli.main", "replay", str(tmp_path / "nope")],
         capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "blocks.jsonl is missing" in proc.stderr

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
-from cardpay.demo import chain_config
-from cardpay.services import PostgresChainSink, make_uow_factory
+from cardpay.cli.demo import chain_config
+from cardpay.handlers.chain import PostgresChainSink, make_uow_factory
 from listener.poller import Listener
 from listener.rpc import HttpJsonRpc
 from tests.support.faulty_proxy import Faults, FaultyProxy
@@ -47,7 +47,7 @@ def _index_through(proxy: FaultyProxy, chain: Any, engine: Engine) -> Listener:
 
 
 def _fresh(make_db: Any, chain: Any) -> Any:
-    from cardpay.db.engine import make_engine
+    from cardpay.postgres.engine import make_engine
 
     engine = make_engine(make_db())
     try:

@@ -7,7 +7,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine
 
-from cardpay.db.schema import metadata
+from cardpay.postgres.schema import metadata
 
 pytestmark = pytest.mark.integration
 

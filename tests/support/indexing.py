@@ -7,9 +7,9 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
-from cardpay.adapters.pg_feed import PostgresLogFeed
-from cardpay.db.schema import chain_activity, rm_payments
-from cardpay.services import PostgresChainSink, make_uow_factory
+from cardpay.handlers.chain import PostgresChainSink, make_uow_factory
+from cardpay.postgres.log_feed import PostgresLogFeed
+from cardpay.postgres.schema import chain_activity, rm_payments
 from listener.poller import Listener, RangeResult
 from listener.presets import ChainConfig
 from listener.rpc import HttpJsonRpc

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Engine, select
 
-from cardpay.db.schema import rm_payments
-from cardpay.uow import PostgresUnitOfWork
+from cardpay.postgres.schema import rm_payments
+from cardpay.postgres.uow import PostgresUnitOfWork
 from domain import commands as c
 from domain.events import ChainEvidence, DomainEvent
 from domain.money import Currency, Money

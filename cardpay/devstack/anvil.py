@@ -31,7 +31,7 @@ from typing import Any, Self
 
 import requests
 
-from cardpay.infra.service import ManagedService
+from cardpay.devstack.service import ManagedService
 
 DEFAULT_CHAIN_ID = 31337
 DEFAULT_STARTUP_TIMEOUT = 30.0

@@ -9,7 +9,7 @@ one is given. Nothing happens at import time.
         broker.create_topic("payments", partitions=3)
         ...  # use broker.bootstrap_servers
 
-For people: `python -m cardpay.infra.kafka_broker` starts one and runs until Ctrl-C.
+For people: `python -m cardpay.devstack.kafka_broker` starts one and runs until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from typing import IO, Any, TypeVar
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
-from cardpay.infra.service import ManagedService
+from cardpay.devstack.service import ManagedService
 
 KAFKA_VERSION = "4.1.1"
 POM_PATH = Path(__file__).resolve().parents[2] / "tools" / "kafka" / "pom.xml"
@@ -638,7 +638,7 @@ def _run_sync(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m cardpay.infra.kafka_broker",
+        prog="python -m cardpay.devstack.kafka_broker",
         description=f"Run a local single-node Apache Kafka {KAFKA_VERSION} broker until Ctrl-C.",
     )
     parser.add_argument("--cache-dir", type=Path, help="where the Kafka jars are cached")

@@ -11,7 +11,7 @@ import time
 
 from sqlalchemy import Engine
 
-from cardpay.eventstore import PostgresEventStore
+from cardpay.postgres.eventstore import PostgresEventStore
 from projector.feed import FeedMessage, Positions, RejectedMessage
 
 SOURCE = "events"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import sys
@@ -15,9 +16,9 @@ from typing import Any, TextIO
 from sqlalchemy import Engine, select
 
 from cardpay.bootstrap import database
-from cardpay.db.schema import chain_activity, events, quarantine
-from cardpay.progress import Progress
-from cardpay.services import PostgresChainSink, make_uow_factory
+from cardpay.cli.progress import Progress
+from cardpay.handlers.chain import PostgresChainSink, make_uow_factory
+from cardpay.postgres.schema import chain_activity, events, quarantine
 from cardpay.settings import Settings
 from domain.money import Currency, Money
 from listener.presets import ChainConfig, load_preset
@@ -116,3 +117,33 @@ def main(directory: Path, preset: str, as_json: bool) -> int:
     else:
         print_report(report, sys.stdout)
     return 0
+
+
+def register(sub: Any) -> None:
+    replay_parser = sub.add_parser(
+        "replay",
+        help="index a recorded chain (logs.jsonl + blocks.jsonl) into a fresh embedded database",
+        description="Replay DIR/logs.jsonl (eth_getLogs results, one per line) and DIR/blocks.jsonl "
+        "(eth_getBlockByNumber results) through the real listener code into a fresh embedded "
+        "PostgreSQL, then print counts and totals per class and token. The local preset reads "
+        "DIR/deployment.json.",
+    )
+    replay_parser.add_argument("directory", type=Path, metavar="DIR")
+    replay_parser.add_argument("--preset", choices=["gnosis", "local"], default="gnosis",
+                               help="which addresses mean what (default gnosis: mainnet Gnosis Pay)")
+    replay_parser.add_argument("--json", action="store_true",
+                               help='one JSON object: "activity" (every classified transfer) and '
+                               '"totals"')
+    replay_parser.set_defaults(run=_run)
+
+
+def _run(settings: Settings, args: argparse.Namespace) -> int:
+    from cardpay.runtime import tune_gc
+    from listener.errors import ListenerError
+
+    tune_gc()
+    try:
+        return main(args.directory, args.preset, args.json)
+    except (ListenerError, FileNotFoundError) as exc:
+        print(f"cardpay replay: {exc}", file=sys.stderr)
+        return 2

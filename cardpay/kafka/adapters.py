@@ -27,7 +27,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 
-from cardpay.messages import OutboxMessage, UndecodableMessage, decode_event
+from cardpay.kafka.wire import OutboxMessage, UndecodableMessage, decode_event
 from projector.feed import FeedMessage, Positions, RejectedMessage
 
 log = logging.getLogger(__name__)

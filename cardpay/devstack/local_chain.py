@@ -36,7 +36,7 @@ from web3 import HTTPProvider, Web3
 from web3.contract import Contract
 from web3.types import RPCEndpoint
 
-from cardpay.chain import ContractArtifact, load_artifact
+from cardpay.devstack.artifacts import ContractArtifact, load_artifact
 
 __all__ = [
     "CONSUME_ALLOWANCE_EVENT_TOPIC0",

@@ -1,4 +1,4 @@
-"""Alembic environment: runs migrations on the connection or URL handed in by cardpay.db.engine."""
+"""Alembic environment: runs migrations on the connection or URL handed in by cardpay.postgres.engine."""
 
 from __future__ import annotations
 

@@ -14,8 +14,8 @@ from typing import Protocol
 
 from sqlalchemy import Engine, func, select, text, update
 
-from cardpay.db.schema import outbox
-from cardpay.messages import OutboxMessage
+from cardpay.kafka.wire import OutboxMessage
+from cardpay.postgres.schema import outbox
 
 log = logging.getLogger(__name__)
 RELAY_LOCK = 0x63617264  # "card"

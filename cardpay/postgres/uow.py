@@ -13,8 +13,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine, delete, func, literal, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from cardpay.db import schema as s
-from cardpay.eventstore import PostgresEventStore
+from cardpay.postgres import schema as s
+from cardpay.postgres.eventstore import PostgresEventStore
 from domain.events import ChainEvidence
 from listener.classify import Activity
 from listener.ports import BlockRef, Cursor

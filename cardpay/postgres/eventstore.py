@@ -16,9 +16,9 @@ from typing import Any
 from sqlalchemy import Connection, insert, select, text
 from sqlalchemy.exc import IntegrityError
 
-from cardpay.db.schema import events as events_table
-from cardpay.db.schema import outbox as outbox_table
-from cardpay.messages import encode_event
+from cardpay.kafka.wire import encode_event
+from cardpay.postgres.schema import events as events_table
+from cardpay.postgres.schema import outbox as outbox_table
 from domain.errors import ConcurrencyConflict
 from domain.events import DomainEvent, RecordedEvent
 from domain.serialization import from_recorded, to_data

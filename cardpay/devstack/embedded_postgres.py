@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from cardpay.infra.service import ManagedService
+from cardpay.devstack.service import ManagedService
 
 log = logging.getLogger(__name__)
 

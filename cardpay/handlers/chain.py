@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from cardpay.uow import ChainEffect, ExpectedRefund, PostgresUnitOfWork
+from cardpay.postgres.uow import ChainEffect, ExpectedRefund, PostgresUnitOfWork
 from domain import commands as c
 from domain.errors import ConcurrencyConflict, DomainError
 from domain.payment import Payment, handle

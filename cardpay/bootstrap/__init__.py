@@ -7,10 +7,10 @@ from collections.abc import Iterator
 
 from sqlalchemy import Engine
 
-from cardpay.adapters.pg_feed import PostgresLogFeed
-from cardpay.db.embedded import EmbeddedPostgres
-from cardpay.db.engine import make_engine, upgrade
-from cardpay.services import make_uow_factory
+from cardpay.devstack.embedded_postgres import EmbeddedPostgres
+from cardpay.handlers.chain import make_uow_factory
+from cardpay.postgres.engine import make_engine, upgrade
+from cardpay.postgres.log_feed import PostgresLogFeed
 from cardpay.settings import Settings
 from projector.feed import Feed
 from projector.runner import Projector
@@ -32,7 +32,7 @@ def database(settings: Settings, *, migrate: bool = True) -> Iterator[Engine]:
 
 def feed(settings: Settings, engine: Engine) -> Feed:
     if settings.kafka_bootstrap:
-        from cardpay.adapters.kafka import KafkaFeed
+        from cardpay.kafka.adapters import KafkaFeed
 
         return KafkaFeed(settings.kafka_bootstrap, settings.kafka_topic)
     return PostgresLogFeed(engine)

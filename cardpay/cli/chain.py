@@ -7,20 +7,23 @@ backfill's last one, whatever happened in between.
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine
 
 from cardpay.bootstrap import database
+from cardpay.cli.progress import Progress
+from cardpay.handlers.chain import PostgresChainSink, make_uow_factory
 from cardpay.metrics import ListenerMetrics
-from cardpay.progress import Progress
-from cardpay.services import PostgresChainSink, make_uow_factory
 from cardpay.settings import Settings
 from listener.poller import Listener, RangeResult
 from listener.presets import ChainConfig, load_preset
@@ -29,6 +32,65 @@ from listener.rpc import HttpJsonRpc
 
 class ChainCommandError(RuntimeError):
     """A chain command cannot start as asked (missing RPC URL, a gap it would leave...)."""
+
+
+def register(sub: Any) -> None:
+    chain_args = argparse.ArgumentParser(add_help=False)
+    chain_args.add_argument("--preset", choices=["gnosis", "local"], default="local",
+                            help="addresses: gnosis (mainnet Gnosis Pay) or local (default; "
+                            "read from --deployment)")
+    chain_args.add_argument("--deployment", type=Path, default=None,
+                            help="local preset file written by `cardpay deploy` "
+                            "(default $CARDPAY_DATA_DIR/local-deployment.json)")
+    chain_args.add_argument("--rpc-url", default=None, help="node URL (default CARDPAY_RPC_URL)")
+    backfill = sub.add_parser(
+        "backfill", parents=[chain_args],
+        help="index a block range with a progress bar (blocks, logs/s, ETA), then stop",
+        description="Index from --from-block (or the listener's cursor) to --to-block (default: "
+        "the confirmed head at start). Shares the cursor with `cardpay listen`, so live "
+        "indexing continues exactly where a backfill ended.",
+    )
+    backfill.add_argument("--from-block", type=int, default=None)
+    backfill.add_argument("--to-block", type=int, default=None)
+    backfill.set_defaults(run=_run)
+    listen = sub.add_parser("listen", parents=[chain_args],
+                            help="index the chain as it grows (Ctrl-C to stop)")
+    listen.add_argument("--from-block", type=int, default=None,
+                        help="first block when the listener has no cursor yet")
+    listen.add_argument("--metrics-port", type=int, default=None,
+                        help="serve Prometheus /metrics on 127.0.0.1:PORT")
+    listen.add_argument("--poll-interval", type=float, default=2.0, help="seconds (default 2)")
+    listen.set_defaults(run=_run)
+    deploy = sub.add_parser("deploy", help="deploy the local contract replicas on a node and "
+                            "write the local preset file")
+    deploy.add_argument("--rpc-url", default=None, help="node URL (default CARDPAY_RPC_URL)")
+    deploy.add_argument("--cardholders", type=int, default=5)
+    deploy.add_argument("--out", type=Path, default=None,
+                        help="preset file (default $CARDPAY_DATA_DIR/local-deployment.json)")
+    deploy.set_defaults(run=_run)
+
+
+def _run(settings: Settings, args: argparse.Namespace) -> int:
+    from cardpay.runtime import tune_gc
+
+    if args.command != "deploy":
+        tune_gc()
+    try:
+        if args.command == "backfill":
+            return backfill(
+                settings, preset=args.preset, deployment=args.deployment,
+                rpc_url=args.rpc_url, from_block=args.from_block, to_block=args.to_block,
+                show_progress=sys.stderr.isatty() or bool(os.environ.get("CARDPAY_PROGRESS")))
+        if args.command == "listen":
+            return listen(
+                settings, preset=args.preset, deployment=args.deployment,
+                rpc_url=args.rpc_url, from_block=args.from_block,
+                metrics_port=args.metrics_port, poll_interval=args.poll_interval)
+        return deploy(settings, rpc_url=args.rpc_url, cardholders=args.cardholders,
+                      out=args.out)
+    except (ChainCommandError, FileNotFoundError) as exc:
+        print(f"cardpay {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 def deployment_file(settings: Settings, given: Path | None) -> Path:
@@ -135,7 +197,7 @@ def listen(settings: Settings, *, preset: str, deployment: Path | None, rpc_url:
 
 def deploy(settings: Settings, *, rpc_url: str | None, cardholders: int, out: Path | None) -> int:
     """Deploy the local replicas on a node and write the `local` preset file."""
-    from cardpay.chain.local import LocalChain
+    from cardpay.devstack.local_chain import LocalChain
 
     url = _rpc_url(settings, rpc_url)
     deployment = LocalChain(url).deploy(cardholders)

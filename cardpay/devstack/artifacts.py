@@ -1,6 +1,6 @@
 """Local replicas of the Gnosis Pay contracts: compiled artifacts and (in `.local`) a web3 helper.
 
-This module only reads JSON (standard library); `cardpay.chain.local` pulls in web3.
+This module only reads JSON (standard library); `cardpay.devstack.local_chain` pulls in web3.
 
 Artifacts are read from ``<repo>/contracts/artifacts`` (found relative to this package, which
 works for a source checkout and an editable install), or from ``$CARDPAY_CONTRACTS_DIR/artifacts``

@@ -1,0 +1,1 @@
+"""The `cardpay` command line: one module per command group, assembled by `main`."""

@@ -1,1 +1,0 @@
-"""PostgreSQL: schema, engine, migrations, and the embedded server for local runs and tests."""

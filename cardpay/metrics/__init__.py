@@ -1,0 +1,5 @@
+"""Prometheus metrics (prefix `cardpay_`), one module per component."""
+
+from cardpay.metrics.listener import ListenerMetrics
+
+__all__ = ["ListenerMetrics"]
