@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from cardpay.cli import chain, db, demo, replay, services
+from cardpay.cli.errors import CliError
 from cardpay.settings import Settings, SettingsError
 
 EPILOG = """\
@@ -39,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error (default: one line)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in COMMAND_GROUPS:
         group.register(sub)
@@ -56,7 +59,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"cardpay: {exc}", file=sys.stderr)
         return 2
-    status: int = args.run(settings, args)
+    try:
+        status: int = args.run(settings, args)
+    except CliError as exc:
+        if args.debug:
+            raise
+        print(f"cardpay {args.command}: {exc}", file=sys.stderr)
+        return exc.status
     return status
 
 
