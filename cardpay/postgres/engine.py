@@ -6,9 +6,10 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, func, select
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+MIGRATION_LOCK = 0x63617264706179  # "cardpay": one advisory-lock key for every migrating process
 
 
 def normalize_url(url: str) -> str:
@@ -30,11 +31,26 @@ def alembic_config() -> Config:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Bring the schema to `revision`; safe to run again (a no-op when already there)."""
+    """Bring the schema to `revision`; safe to run again (a no-op when already there).
+
+    Any number of processes may start at once on a fresh database: each takes a session-level
+    advisory lock around the Alembic run, so one migrates and the others then find the schema at
+    `revision` (without it two of them race on CREATE TABLE alembic_version and one fails). The
+    lock is session-level, not transaction-level, because Alembic commits once per migration.
+    """
     config = alembic_config()
-    with engine.begin() as conn:
-        config.attributes["connection"] = conn
-        command.upgrade(config, revision)
+    with engine.connect() as conn:
+        conn.execute(select(func.pg_advisory_lock(MIGRATION_LOCK)))
+        conn.commit()
+        try:
+            with conn.begin():
+                config.attributes["connection"] = conn
+                command.upgrade(config, revision)
+        finally:
+            if conn.in_transaction():
+                conn.rollback()
+            conn.execute(select(func.pg_advisory_unlock(MIGRATION_LOCK)))
+            conn.commit()
 
 
 def current_revision(engine: Engine) -> str | None:
