@@ -24,5 +24,7 @@ test:
 test-unit:
 	$(PY) -m pytest -m unit
 
+mutants: ; $(PY) tools/mutation_survey.py $(ARGS)  # not in check; ARGS="--only NAME", --list
+
 demo: setup
 	.venv/bin/cardpay demo
