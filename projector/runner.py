@@ -1,14 +1,17 @@
 """The projector loop: feed batch → read-model rows + feed positions, one transaction per batch.
 
 Exactly-once effects over an at-least-once feed: positions are stored with the rows they produced,
-and rows remember the last version applied, so a redelivered event changes nothing. If the
-transaction fails, the exception ends the loop: the process restarts from the stored positions.
+and rows remember the last version applied, so a redelivered event changes nothing.
+
+These are the pure parts: `start` (load the stored positions, start the feed there), `run_once`
+(one batch, one transaction) and `stop`. The long-running loop lives in the shell
+(`cardpay.bootstrap.project`, on `cardpay.runtime.supervise`): when `run_once` fails the feed has
+already moved past the batch in memory, so the loop stops the feed and starts it again from the
+positions stored with the last committed batch: no batch is skipped.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -51,6 +54,14 @@ class Projector:
         self._batch_size = batch_size
         self.applied = 0
 
+    @property
+    def uow_factory(self) -> Callable[[], ProjectionUnitOfWork]:
+        return self._uow
+
+    @property
+    def feed(self) -> Feed:
+        return self._feed
+
     async def start(self) -> None:
         with self._uow() as uow:
             positions = uow.load_positions(self.name)
@@ -79,29 +90,6 @@ class Projector:
         idle = 0
         while idle < idle_polls:
             idle = idle + 1 if await self.run_once(timeout) == 0 else 0
-
-    async def run_forever(self, stop: asyncio.Event, *, max_backoff: float = 30.0) -> None:
-        """Project until `stop`. A failed batch (database away, broker away) is never skipped:
-        the feed has already moved past it in memory, so the loop restarts the feed from the
-        positions stored with the last committed batch, after a backoff."""
-        failures = 0
-        while not stop.is_set():
-            try:
-                if await self.run_once() == 0:
-                    await asyncio.sleep(0)  # let others run even if the feed answers at once
-                failures = 0
-            except Exception as exc:
-                failures += 1
-                delay = min(max_backoff, 0.1 * 2 ** min(failures, 10))
-                log.error("projector %s: batch failed (%s: %s); resuming from the stored "
-                          "positions in %.1fs", self.name, type(exc).__name__, exc, delay)
-                with contextlib.suppress(Exception):
-                    await self._feed.stop()
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
-                if not stop.is_set():
-                    with contextlib.suppress(Exception):
-                        await self.start()  # a failure here is retried on the next turn
 
     def _apply(self, uow: ProjectionUnitOfWork, batch: list[FeedMessage]) -> None:
         typed: list[tuple[FeedMessage, DomainEvent]] = []

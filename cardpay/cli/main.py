@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from cardpay.cli import chain, db, demo, replay, services
+from cardpay.cli import chain, db, demo, projections, replay, services
 from cardpay.cli.errors import CliError
 from cardpay.settings import Settings, SettingsError
 
@@ -28,7 +28,7 @@ environment:
   CARDPAY_LISTENER_NAME    the cursor's name, shared by backfill and listen (default main)
 """
 
-COMMAND_GROUPS = (demo, db, services, replay, chain)
+COMMAND_GROUPS = (demo, db, services, projections, replay, chain)
 """Modules with a `register(sub)`; their order is the order of `cardpay --help`."""
 
 

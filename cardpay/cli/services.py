@@ -1,81 +1,187 @@
-"""`cardpay relay` and `cardpay project`: the long-running feed processes."""
+"""`cardpay relay` and `cardpay project`: the long-running feed processes.
+
+Both run under `cardpay.runtime.supervise`: an unreachable Kafka or database is retried with
+backoff, one log line per retry. With `--until-idle` they give up after `--idle-timeout` seconds
+of failures in a row (exit status 1, one line). SIGINT/SIGTERM stop them between batches (exit
+status 0); a batch still waiting on a dead service after a grace period is cancelled, and it
+committed nothing.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import math
 import signal
-import sys
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
+from cardpay.cli.errors import CommandFailed, UsageError
 from cardpay.runtime import tune_gc
+from cardpay.runtime.supervise import GaveUp, describe
 from cardpay.settings import Settings
+
+T = TypeVar("T")
+
+STOP_GRACE = 5.0
+"""Seconds a stopping process waits for the step in progress before cancelling it."""
+
+KAFKA_HINT = "check CARDPAY_KAFKA_BOOTSTRAP"
 
 
 def register(sub: Any) -> None:
-    relay = sub.add_parser("relay", help="publish the outbox to Kafka (needs CARDPAY_KAFKA_BOOTSTRAP)")
-    relay.add_argument("--until-idle", action="store_true", help="exit when the outbox is empty")
-    relay.add_argument("--batch-size", type=int, default=500, help="rows per publish (500)")
+    relay = sub.add_parser(
+        "relay", help="publish the outbox to Kafka (needs CARDPAY_KAFKA_BOOTSTRAP)",
+        description="Publish unpublished outbox rows to Kafka in id order, then mark them. "
+        "Retries an unreachable broker or database with backoff.")
+    _common_options(relay, "rows per publish")
     relay.set_defaults(run=relay_command)
 
-    project = sub.add_parser("project", help="run the payments projector on the event feed")
-    project.add_argument("--until-idle", action="store_true",
-                         help="exit when the feed has nothing new")
-    project.add_argument("--batch-size", type=int, default=500,
-                         help="feed messages per transaction (500)")
+    project = sub.add_parser(
+        "project", help="run the payments projector on the event feed",
+        description="Apply the event feed (Kafka with CARDPAY_KAFKA_BOOTSTRAP, else the "
+        "PostgreSQL event log) to the payments read model. Stops with exit status 1 if the "
+        "Kafka topic was recreated or no longer holds the stored offsets; then see "
+        "`cardpay projections reset --help`.")
+    _common_options(project, "feed messages per transaction")
     project.set_defaults(run=project_command)
 
 
-async def _until_signal(run: asyncio.Future[None] | asyncio.Task[None], stop: asyncio.Event) -> None:
+def _common_options(parser: argparse.ArgumentParser, batch: str) -> None:
+    parser.add_argument("--until-idle", action="store_true",
+                        help="exit when there is nothing left to do")
+    parser.add_argument("--idle-timeout", type=float, default=30.0, metavar="SECONDS",
+                        help="with --until-idle: give up (exit status 1) after failing for this "
+                        "long, e.g. Kafka unreachable (default 30)")
+    parser.add_argument("--batch-size", type=int, default=500, help=f"{batch} (500)")
+    parser.add_argument("--metrics-port", type=int, metavar="PORT",
+                        help="serve Prometheus /metrics on 127.0.0.1:PORT")
+
+
+def _validate(args: argparse.Namespace) -> None:
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if not math.isfinite(args.idle_timeout) or args.idle_timeout <= 0:
+        raise UsageError(f"--idle-timeout must be a number of seconds above 0, got "
+                         f"{args.idle_timeout}")
+    if args.metrics_port is not None and not 1 <= args.metrics_port <= 65535:
+        raise UsageError(f"--metrics-port must be a TCP port (1-65535), got {args.metrics_port}")
+
+
+def _quiet_kafka_client() -> None:
+    """aiokafka logs every failed connection attempt at ERROR, some with a traceback; the
+    supervision loop already says once per retry what failed."""
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+
+
+async def _until_signal(work: Coroutine[Any, Any, T], stop: asyncio.Event) -> T | None:
+    """Run `work`; SIGINT/SIGTERM set `stop` (the loop ends after its current step). If the
+    step does not end within `STOP_GRACE` seconds it is cancelled; returns None then."""
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await run
+    task = asyncio.ensure_future(work)
+    try:
+        waiter = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        if not task.done():
+            done, _ = await asyncio.wait({task}, timeout=STOP_GRACE)
+            if not done:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    return None
+        return task.result()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def _gave_up(exc: GaveUp) -> CommandFailed:
+    from cardpay.kafka.adapters import KafkaUnreachable
+
+    if isinstance(exc.last, KafkaUnreachable):
+        return CommandFailed(f"{exc.last} for {exc.seconds:.0f}s; {KAFKA_HINT}")
+    return CommandFailed(f"gave up after failing for {exc.seconds:.0f}s: {describe(exc.last)}")
 
 
 def relay_command(settings: Settings, args: argparse.Namespace) -> int:
+    _validate(args)
     if not settings.kafka_bootstrap:
-        print("cardpay relay: set CARDPAY_KAFKA_BOOTSTRAP (host:port)", file=sys.stderr)
-        return 2
+        raise UsageError("set CARDPAY_KAFKA_BOOTSTRAP (host:port) to publish the outbox")
     from cardpay.bootstrap import database
-    from cardpay.kafka.adapters import KafkaPublisher
-    from cardpay.kafka.relay import OutboxRelay
+    from cardpay.bootstrap.relay import build_relay
+    from cardpay.kafka.relay import RelayAlreadyRunning
+    from cardpay.metrics.relay import RelayMetrics
+
+    bootstrap = settings.kafka_bootstrap
+    _quiet_kafka_client()
+    metrics = RelayMetrics()
+    if args.metrics_port is not None:
+        metrics.serve(args.metrics_port)
 
     async def main() -> None:
-        assert settings.kafka_bootstrap is not None
         with database(settings) as engine:
-            publisher = KafkaPublisher(settings.kafka_bootstrap)
-            await publisher.start()
+            relay, publisher = build_relay(bootstrap, engine, batch_size=args.batch_size)
             try:
                 stop = asyncio.Event()
-                relay = OutboxRelay(engine, publisher, batch_size=args.batch_size)
-                await _until_signal(
-                    asyncio.create_task(relay.run(stop, until_idle=args.until_idle)), stop)
+                await _until_signal(relay.run(
+                    stop, until_idle=args.until_idle, start_publisher=True, metrics=metrics,
+                    give_up_after=args.idle_timeout if args.until_idle else None), stop)
                 print(f"published {relay.published} messages")
             finally:
                 await publisher.stop()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except GaveUp as exc:
+        raise _gave_up(exc) from exc
+    except RelayAlreadyRunning as exc:
+        raise CommandFailed(f"{exc}; is another `cardpay relay` running?") from exc
+    except KeyboardInterrupt:
+        return 130  # Ctrl-C before the signal handlers were installed
     return 0
 
 
 def project_command(settings: Settings, args: argparse.Namespace) -> int:
-    from cardpay.bootstrap import database, payments_projector
+    _validate(args)
+    from cardpay.bootstrap import database
+    from cardpay.bootstrap.project import (
+        PAYMENTS,
+        build_projector,
+        run_projector,
+        running_projector,
+    )
+    from cardpay.metrics.projector import ProjectorMetrics
+    from projector.feed import FeedChanged
 
     tune_gc()
+    _quiet_kafka_client()
+    metrics = ProjectorMetrics(projector=PAYMENTS)
+    if args.metrics_port is not None:
+        metrics.serve(args.metrics_port)
 
     async def main() -> None:
-        with database(settings) as engine:
-            projector = payments_projector(settings, engine, batch_size=args.batch_size)
-            await projector.start()
-            try:
-                stop = asyncio.Event()
-                task = (projector.run_until_idle() if args.until_idle
-                        else projector.run_forever(stop))
-                await _until_signal(asyncio.ensure_future(task), stop)
-                print(f"applied {projector.applied} events")
-            finally:
-                await projector.stop()
+        with database(settings) as engine, running_projector(engine, PAYMENTS):
+            projector, lag = build_projector(settings, engine, batch_size=args.batch_size)
+            stop = asyncio.Event()
+            await _until_signal(run_projector(
+                projector, stop, until_idle=args.until_idle, metrics=metrics, lag=lag,
+                give_up_after=args.idle_timeout if args.until_idle else None), stop)
+            print(f"applied {projector.applied} events")
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except GaveUp as exc:
+        raise _gave_up(exc) from exc
+    except FeedChanged as exc:
+        raise CommandFailed(
+            f"{exc}; the stored positions of projector {PAYMENTS} cannot be used: run "
+            f"`cardpay projections reset {PAYMENTS} --republish`, then `cardpay relay` and "
+            f"`cardpay project` to rebuild the read model") from exc
+    except KeyboardInterrupt:
+        return 130
     return 0

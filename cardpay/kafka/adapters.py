@@ -24,11 +24,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 
+from cardpay.kafka.identity import FeedIdentity, FeedIdentityStore
+from cardpay.kafka.metadata import TopicDescription, TopicMetadata
 from cardpay.kafka.wire import OutboxMessage, UndecodableMessage, decode_event
-from projector.feed import FeedMessage, Positions, RejectedMessage
+from projector.feed import FeedChanged, FeedMessage, Positions, RejectedMessage
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,16 @@ class KafkaPublishError(KafkaAdapterError):
     """Some messages were not acknowledged: they may or may not be on the topic; send them again."""
 
 
+class KafkaUnreachable(KafkaAdapterError):
+    """No broker at the bootstrap address answered (transient: retried by the caller's loop)."""
+
+
 class KafkaFeedError(KafkaAdapterError):
-    """The feed cannot start or go on (topic missing, stored position out of range, not started)."""
+    """The feed cannot start or go on for now (topic missing, not started, a failed fetch)."""
+
+
+class KafkaFeedChanged(KafkaFeedError, FeedChanged):
+    """The topic is not the one the stored offsets belong to, or does not hold them any more."""
 
 
 def source_name(topic: str, partition: int) -> str:
@@ -60,7 +69,8 @@ class KafkaPublisher:
     """Publishes outbox messages (key = payment id, so a payment's events stay on one partition).
 
     `publish()` raises `KafkaPublishError` if any message is not acknowledged within
-    `delivery_timeout` seconds; the caller keeps the rows unpublished and tries again later.
+    `delivery_timeout` seconds, `KafkaUnreachable` if no broker answers; the caller keeps the rows
+    unpublished and tries again later.
     Messages may then be on the topic twice; consumers deduplicate by stream id and version.
     """
 
@@ -90,11 +100,17 @@ class KafkaPublisher:
         try:
             await producer.start()
         except KafkaError as exc:
-            await producer.stop()
-            raise KafkaPublishError(
-                f"cannot connect to Kafka at {self._bootstrap_servers}: {exc!r}"
+            with contextlib.suppress(Exception):
+                await producer.stop()
+            raise KafkaUnreachable(
+                f"cannot reach Kafka at {self._bootstrap_servers} ({describe_error(exc)})"
             ) from exc
         self._producer = producer
+
+    @property
+    def started(self) -> bool:
+        """False before `start` and after `stop` or a `reset` whose start failed."""
+        return self._producer is not None
 
     async def stop(self) -> None:
         """Close the producer. Does not wait for deliveries a failed `publish()` gave up on."""
@@ -194,6 +210,16 @@ class KafkaFeed:
 
     Order is kept per partition (per payment, since the key is the payment id); a batch lists the
     records of one partition in offset order, partitions one after the other.
+
+    The topic's identity is checked so that stored offsets are never applied to another topic:
+    - at `start`: the topic id against the one stored for `consumer` (if an `identity_store` is
+      given; recorded there while the consumer has no positions yet), every stored partition must
+      exist, and every stored offset must lie within [earliest, latest] of its partition;
+    - after every poll that returned records: the topic id again (one metadata request per
+      batch), so records fetched from a topic recreated while the feed ran are never returned.
+    A failed check raises `KafkaFeedChanged` (a `FeedChanged`): not retried, the read model must
+    be rebuilt. An unreachable broker raises `KafkaUnreachable`, a missing topic `KafkaFeedError`:
+    both transient, for the caller's supervision loop to retry.
     """
 
     def __init__(
@@ -203,50 +229,82 @@ class KafkaFeed:
         *,
         client_id: str = "cardpay-feed",
         start_timeout: float = 60.0,
+        identity_store: FeedIdentityStore | None = None,
+        consumer: str = "",
     ) -> None:
         self._bootstrap_servers = bootstrap_servers
         self._topic = topic
         self._rejected: list[RejectedMessage] = []
         self._client_id = client_id
         self._start_timeout = start_timeout
+        self._identity_store = identity_store
+        self._consumer_name = consumer
         self._consumer: Any = None
+        self._metadata: TopicMetadata | None = None
+        self._topic_id: str | None = None
         self._positions: dict[str, int] = {}
 
     @property
     def topic(self) -> str:
         return self._topic
 
+    @property
+    def topic_id(self) -> str | None:
+        """The id of the topic the feed was started on (None before `start`)."""
+        return self._topic_id
+
     async def start(self, positions: Positions) -> None:
-        """Assign every partition of the topic and seek to the stored positions (else the start).
+        """Check the topic against the stored identity and positions, assign every partition and
+        seek to the stored positions (else the start).
 
         Waits up to `start_timeout` for the topic to exist; creating it is not the feed's job.
         """
         if self._consumer is not None:
             raise KafkaFeedError("the feed is already started")
-        partitions = await self._discover_partitions()
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._bootstrap_servers,
-            client_id=self._client_id,
-            group_id=None,
-            enable_auto_commit=False,
-            # A stored position the broker no longer has (retention, a recreated topic) is an
-            # error to look at, not a silent jump to either end.
-            auto_offset_reset="none",
-        )
+        metadata = TopicMetadata(self._bootstrap_servers, client_id=self._client_id)
+        consumer: Any = None
         try:
+            description = await self._describe_when_present(metadata)
+            ours = self._stored_offsets(positions)
+            record_identity = self._check_identity(description, bool(ours))
+            missing = sorted(set(ours) - set(description.partitions))
+            if missing:
+                raise KafkaFeedChanged(
+                    f"topic {self._topic!r} has no partition {missing[0]} but positions are "
+                    f"stored for it (the topic was recreated with fewer partitions)")
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=self._bootstrap_servers,
+                client_id=self._client_id,
+                group_id=None,
+                enable_auto_commit=False,
+                # A stored position the broker no longer has (retention, a recreated topic) is
+                # an error to look at, not a silent jump to either end.
+                auto_offset_reset="none",
+            )
             await consumer.start()
-            assigned = [TopicPartition(self._topic, p) for p in partitions]
+            assigned = [TopicPartition(self._topic, p) for p in description.partitions]
             consumer.assign(assigned)
+            await self._check_offsets(consumer, ours)
             for tp in assigned:
-                stored = positions.get(source_name(tp.topic, tp.partition))
+                stored = ours.get(tp.partition)
                 if stored is None:
                     await consumer.seek_to_beginning(tp)
                 else:
                     consumer.seek(tp, stored)
+            if record_identity:
+                assert self._identity_store is not None
+                # Before the first batch commits: a restart finds it, whatever happens next.
+                self._identity_store.save(self._consumer_name,
+                                          FeedIdentity(self._topic, description.topic_id))
+        except KafkaError as exc:
+            await _close_quietly(consumer, metadata)
+            raise KafkaUnreachable(self._unreachable(exc)) from exc
         except BaseException:
-            await consumer.stop()
+            await _close_quietly(consumer, metadata)
             raise
         self._consumer = consumer
+        self._metadata = metadata
+        self._topic_id = description.topic_id
         self._positions = dict(positions)
 
     async def poll(self, max_messages: int, timeout: float) -> list[FeedMessage]:
@@ -257,11 +315,14 @@ class KafkaFeed:
                 timeout_ms=max(0, int(timeout * 1000)), max_records=max_messages
             )
         except OffsetOutOfRangeError as exc:
-            raise KafkaFeedError(
-                f"a stored position is outside what the broker holds for {self._topic}: {exc}"
+            raise KafkaFeedChanged(
+                f"a stored offset is outside what the broker holds for topic {self._topic!r} "
+                f"({exc}): the topic was truncated or recreated"
             ) from exc
         except KafkaError as exc:
             raise KafkaFeedError(f"reading {self._topic} failed: {exc!r}") from exc
+        if any(batches.values()):
+            await self._recheck_topic_id()
         return self._decode(batches)
 
     def positions(self) -> dict[str, int]:
@@ -271,14 +332,29 @@ class KafkaFeed:
         """
         return dict(self._positions)
 
+    def lag(self) -> int | None:
+        """Records on the topic beyond `positions()`, from the last fetch's high watermarks (None
+        before the first fetch of every partition)."""
+        consumer = self._consumer
+        if consumer is None:
+            return None
+        total = 0
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
+            if highwater is None:
+                return None
+            position = self._positions.get(source_name(tp.topic, tp.partition), 0)
+            total += max(0, highwater - position)
+        return total
+
     def take_rejected(self) -> list[RejectedMessage]:
         rejected, self._rejected = self._rejected, []
         return rejected
 
     async def stop(self) -> None:
         consumer, self._consumer = self._consumer, None
-        if consumer is not None:
-            await consumer.stop()
+        metadata, self._metadata = self._metadata, None
+        await _close_quietly(consumer, metadata)
 
     def _decode(self, batches: dict[Any, list[Any]]) -> list[FeedMessage]:
         messages: list[FeedMessage] = []
@@ -308,35 +384,93 @@ class KafkaFeed:
             raise KafkaFeedError("the feed is not started")
         return self._consumer
 
-    async def _discover_partitions(self) -> list[int]:
+    def _unreachable(self, exc: BaseException) -> str:
+        return f"cannot reach Kafka at {self._bootstrap_servers} ({describe_error(exc)})"
+
+    def _stored_offsets(self, positions: Positions) -> dict[int, int]:
+        """Stored offsets of this topic's partitions (other sources, e.g. "events", ignored)."""
+        prefix = f"{self._topic}:"
+        return {int(source[len(prefix):]): offset for source, offset in positions.items()
+                if source.startswith(prefix) and source[len(prefix):].isdigit()}
+
+    def _check_identity(self, description: TopicDescription, consumed: bool) -> bool:
+        """Raise if the stored positions belong to another topic; True if the topic's identity
+        should be recorded (nothing stored yet, or nothing consumed under it)."""
+        if self._identity_store is None:
+            return False
+        stored = self._identity_store.load(self._consumer_name)
+        if stored is None or not consumed:
+            return stored != FeedIdentity(self._topic, description.topic_id)
+        if stored.topic != self._topic:
+            raise KafkaFeedChanged(
+                f"the stored positions of {self._consumer_name!r} belong to topic "
+                f"{stored.topic!r}, not {self._topic!r} (CARDPAY_KAFKA_TOPIC changed)")
+        if stored.topic_id != description.topic_id:
+            raise KafkaFeedChanged(
+                f"topic {self._topic!r} was recreated (topic id {description.topic_id}, the "
+                f"stored offsets belong to {stored.topic_id})")
+        return False
+
+    async def _check_offsets(self, consumer: Any, ours: dict[int, int]) -> None:
+        if not ours:
+            return
+        tps = [TopicPartition(self._topic, p) for p in sorted(ours)]
+        earliest = await consumer.beginning_offsets(tps)
+        latest = await consumer.end_offsets(tps)
+        for tp in tps:
+            stored, low, high = ours[tp.partition], earliest[tp], latest[tp]
+            if not low <= stored <= high:
+                where = "behind the start" if stored < low else "past the end"
+                raise KafkaFeedChanged(
+                    f"stored offset {stored} of {source_name(tp.topic, tp.partition)} is {where} "
+                    f"of the topic (it holds offsets {low} to {high}): the topic was truncated or "
+                    f"recreated")
+
+    async def _recheck_topic_id(self) -> None:
+        metadata = self._metadata
+        assert metadata is not None
+        try:
+            description = await metadata.describe(self._topic)
+        except KafkaError as exc:
+            raise KafkaUnreachable(self._unreachable(exc)) from exc
+        if description is None:
+            raise KafkaFeedError(f"topic {self._topic!r} disappeared while it was read")
+        if description.topic_id != self._topic_id:
+            raise KafkaFeedChanged(
+                f"topic {self._topic!r} was recreated while it was read (topic id "
+                f"{description.topic_id}, started on {self._topic_id})")
+
+    async def _describe_when_present(self, metadata: TopicMetadata) -> TopicDescription:
         deadline = time.monotonic() + self._start_timeout
-        problem = "it does not exist"
         while True:
-            try:
-                partitions = await self._partitions_of_topic()
-                if partitions:
-                    return partitions
-            except KafkaError as exc:
-                problem = f"Kafka is unreachable: {exc!r}"
+            description = await metadata.describe(self._topic)
+            if description is not None:
+                return description
             if time.monotonic() > deadline:
                 raise KafkaFeedError(
-                    f"topic {self._topic!r} at {self._bootstrap_servers} not available after "
-                    f"{self._start_timeout:.0f}s ({problem}); the feed does not create topics"
+                    f"topic {self._topic!r} does not exist at {self._bootstrap_servers} after "
+                    f"{self._start_timeout:.0f}s; the feed does not create topics"
                 )
             await asyncio.sleep(0.5)
 
-    async def _partitions_of_topic(self) -> list[int]:
-        admin = AIOKafkaAdminClient(
-            bootstrap_servers=self._bootstrap_servers,
-            client_id=self._client_id,
-            request_timeout_ms=10_000,
-        )
-        try:
-            await admin.start()
-            # Every topic (None): naming ours would auto-create it on a permissive broker.
-            for topic in await admin.describe_topics(None):
-                if topic["topic"] == self._topic and topic["error_code"] == 0:
-                    return sorted(int(p["partition"]) for p in topic["partitions"])
-            return []
-        finally:
-            await admin.close()
+
+async def _close_quietly(consumer: Any, metadata: TopicMetadata | None) -> None:
+    if consumer is not None:
+        with contextlib.suppress(Exception):
+            await consumer.stop()
+    if metadata is not None:
+        with contextlib.suppress(Exception):
+            await metadata.close()
+
+
+def describe_error(exc: BaseException) -> str:
+    """One short line for a Kafka error: its class and the first line of its message (aiokafka
+    repeats the class name in the message and lists resolved addresses, which say nothing new)."""
+    name = type(exc).__name__
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else ""
+    while text.startswith(f"{name}: "):
+        text = text[len(name) + 2:]
+    if text.startswith("Unable to bootstrap"):
+        text = "no broker answered"
+    return f"{name}: {text}" if text and text != name else name

@@ -7,15 +7,17 @@ drop the redelivered events by (stream, version). A Postgres advisory lock keeps
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import time
 from collections.abc import Sequence
 from typing import Protocol
 
 from sqlalchemy import Engine, func, select, text, update
 
 from cardpay.kafka.wire import OutboxMessage
+from cardpay.metrics.relay import RelayMetrics
 from cardpay.postgres.schema import outbox
+from cardpay.runtime.supervise import DEFAULT_BACKOFF, Backoff, Outcome, supervise
 
 log = logging.getLogger(__name__)
 RELAY_LOCK = 0x63617264  # "card"
@@ -25,7 +27,8 @@ class Publisher(Protocol):
     async def publish(self, messages: Sequence[OutboxMessage]) -> None: ...
 
     async def reset(self) -> None:
-        """Recover after a failed publish (e.g. reconnect); may raise, then it is retried."""
+        """Recover after a failed publish (e.g. reconnect), or start a publisher not started yet;
+        may raise, then it is retried."""
         ...
 
 
@@ -39,6 +42,7 @@ class OutboxRelay:
         self._publisher = publisher
         self._batch_size = batch_size
         self.published = 0
+        self._observed_at = float("-inf")
 
     def _pending(self) -> list[OutboxMessage]:
         with self._engine.connect() as conn:
@@ -63,36 +67,72 @@ class OutboxRelay:
         self.published += len(batch)
         return len(batch)
 
-    async def run(self, stop: asyncio.Event | None = None, *, until_idle: bool = False,
-                  idle_sleep: float = 0.1, max_backoff: float = 30.0) -> None:
-        """Publish until `stop` (or until the outbox is empty with `until_idle`). A failed publish
-        leaves its rows unmarked; they are sent again after a backoff and a publisher reset."""
+    async def run(
+        self,
+        stop: asyncio.Event | None = None,
+        *,
+        until_idle: bool = False,
+        idle_sleep: float = 0.1,
+        backoff: Backoff = DEFAULT_BACKOFF,
+        give_up_after: float | None = None,
+        start_publisher: bool = False,
+        metrics: RelayMetrics | None = None,
+    ) -> Outcome:
+        """Publish until `stop` (or until the outbox is empty with `until_idle`), under the
+        supervision loop: a failed publish leaves its rows unmarked; they are sent again after a
+        backoff and a publisher reset. `start_publisher`: reset (= start) the publisher before
+        the first batch, so an unreachable broker at start-up is retried like any failure.
+        `give_up_after`: raise `GaveUp` after that many seconds of failures in a row."""
         # A session lock on an autocommit connection: not an idle-in-transaction session that a
         # server timeout could end (which would silently let a second relay start).
         with self._engine.connect().execution_options(isolation_level="AUTOCOMMIT") as guard:
             if not guard.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": RELAY_LOCK}).scalar():
                 raise RelayAlreadyRunning("another outbox relay holds the relay lock")
             try:
-                failures = 0
-                while stop is None or not stop.is_set():
-                    try:
-                        published = await self.run_once()
-                        failures = 0
-                    except Exception as exc:  # broker or database away: nothing was marked
-                        failures += 1
-                        delay = min(max_backoff, 0.2 * 2 ** min(failures, 8))
-                        log.error("relay: publish failed (%s: %s); retrying in %.1fs",
-                                  type(exc).__name__, exc, delay)
-                        await asyncio.sleep(delay)
-                        with contextlib.suppress(Exception):
-                            await self._publisher.reset()
-                        continue
-                    if published == 0:
-                        if until_idle:
-                            return
-                        await asyncio.sleep(idle_sleep)
+                return await self._supervised(stop or asyncio.Event(), until_idle, idle_sleep,
+                                              backoff, give_up_after, start_publisher, metrics)
             finally:
                 guard.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": RELAY_LOCK})
+
+    async def _supervised(self, stop: asyncio.Event, until_idle: bool, idle_sleep: float,
+                          backoff: Backoff, give_up_after: float | None, start_publisher: bool,
+                          metrics: RelayMetrics | None) -> Outcome:
+        needs_start = start_publisher
+
+        async def step() -> int:
+            nonlocal needs_start
+            if needs_start:
+                await self._publisher.reset()
+                needs_start = False
+            published = await self.run_once()
+            if metrics is not None:
+                metrics.published.inc(published)
+                await asyncio.to_thread(self.observe_backlog, metrics, published == 0)
+            return published
+
+        async def recover(exc: Exception) -> None:
+            await self._publisher.reset()
+
+        return await supervise(step, component="relay", stop=stop, backoff=backoff,
+                               recover=recover, until_idle=until_idle, idle_sleep=idle_sleep,
+                               give_up_after=give_up_after,
+                               errors=metrics.errors if metrics is not None else None)
+
+    def observe_backlog(self, metrics: RelayMetrics, force: bool = False) -> None:
+        """Refresh the backlog gauges (at most once a second unless `force`: a count per batch
+        would cost more than the batch on a large backlog)."""
+        now = time.monotonic()
+        if not force and now - self._observed_at < 1.0:
+            return
+        self._observed_at = now
+        with self._engine.connect() as conn:
+            count, age = conn.execute(
+                select(func.count(),
+                       func.extract("epoch", func.now() - func.min(outbox.c.created_at)))
+                .select_from(outbox).where(outbox.c.published_at.is_(None))
+            ).one()
+        metrics.backlog.set(int(count))
+        metrics.oldest_unpublished_age.set(max(0.0, float(age)) if age is not None else 0.0)
 
     def backlog(self) -> int:
         with self._engine.connect() as conn:

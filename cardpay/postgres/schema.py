@@ -59,6 +59,15 @@ consumer_positions = Table(
     PrimaryKeyConstraint("consumer", "source"),
 )
 
+feed_identity = Table(
+    "feed_identity",
+    metadata,
+    Column("consumer", Text, primary_key=True),
+    Column("topic", Text, nullable=False),
+    Column("topic_id", Text, nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
 processed_commands = Table(
     "processed_commands",
     metadata,

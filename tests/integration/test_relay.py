@@ -10,6 +10,7 @@ from sqlalchemy import Engine
 
 from cardpay.kafka.relay import OutboxRelay
 from cardpay.kafka.wire import OutboxMessage
+from cardpay.runtime.supervise import Backoff
 from tests.support.workload import payment_events, write
 
 pytestmark = pytest.mark.integration
@@ -39,7 +40,7 @@ def test_failed_publishes_are_retried_and_every_row_is_published_in_order(
     write(pg_engine, payment_events(30, seed=3), outbox_topic="t")
     publisher = FlakyPublisher(failures=3)
     relay = OutboxRelay(pg_engine, publisher, batch_size=7)
-    asyncio.run(relay.run(until_idle=True, max_backoff=0.01))
+    asyncio.run(relay.run(until_idle=True, backoff=Backoff(0.001, 0.01, 0.0)))
     assert relay.backlog() == 0
     assert publisher.resets == 3
     assert publisher.delivered == sorted(publisher.delivered)  # id order, nothing skipped

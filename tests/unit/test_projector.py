@@ -6,14 +6,18 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from prometheus_client import CollectorRegistry
 
+from cardpay.bootstrap.project import run_projector
+from cardpay.metrics.projector import ProjectorMetrics
+from cardpay.runtime.supervise import Backoff
 from domain import commands as c
 from domain import events as e
 from domain.events import ChainEvidence, RecordedEvent
 from domain.money import Currency, Money
 from domain.payment import Payment, handle
 from domain.serialization import to_data
-from projector.feed import FeedMessage, RejectedMessage
+from projector.feed import FeedChanged, FeedMessage, Positions, RejectedMessage
 from projector.payments import OutOfOrder, PaymentRow, evolve, is_duplicate
 from projector.runner import Projector
 from tests.unit.fakes import CommitFailed, FakeFeed, FakeProjectionStore
@@ -389,25 +393,57 @@ def test_the_projector_resumes_after_its_stored_positions() -> None:
     assert store.rows["a"].refunded == 1
 
 
-def test_run_forever_resumes_from_stored_positions_after_a_failed_commit() -> None:
+def test_the_supervised_loop_resumes_from_stored_positions_after_a_failed_commit() -> None:
     """The feed has moved past a batch whose commit failed; the loop must not skip that batch."""
     feed = FakeFeed(messages([spent("p1"), spent("p2"), spent("p3")]))
     store = FakeProjectionStore(fail_commits=True)
     projector = Projector("payments", feed, store.uow, batch_size=1)
+    registry = CollectorRegistry()
+    metrics = ProjectorMetrics(registry)
 
-    async def go() -> None:
+    async def go() -> str:
         stop = asyncio.Event()
-        await projector.start()
-        task = asyncio.create_task(projector.run_forever(stop, max_backoff=0.01))
-        await asyncio.sleep(0.05)
+        task = asyncio.create_task(run_projector(
+            projector, stop, backoff=Backoff(0.001, 0.01, 0.0), metrics=metrics, poll_timeout=0))
+        for _ in range(500):
+            if registry.get_sample_value("cardpay_supervised_errors_total",
+                                         {"component": "projector", "error": "CommitFailed"}):
+                break
+            await asyncio.sleep(0.001)
         assert store.rows == {}  # every commit so far failed
         store.fail_commits = False
-        for _ in range(200):
+        for _ in range(500):
             if len(store.rows) == 3:
                 break
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.005)
         stop.set()
-        await task
+        return await task
 
-    asyncio.run(go())
+    assert asyncio.run(go()) == "stopped"
     assert sorted(store.rows) == ["p1", "p2", "p3"]
+    assert store.positions == {"payments": {"events": 3}}
+    assert feed.stopped
+    assert registry.get_sample_value("cardpay_projector_applied_total",
+                                     {"projector": "payments"}) == 3
+
+
+def test_a_changed_feed_ends_the_supervised_loop_without_retrying() -> None:
+    class Recreated(FakeFeed):
+        async def start(self, positions: Positions) -> None:
+            self.starts = getattr(self, "starts", 0) + 1
+            raise FeedChanged("topic recreated")
+
+    feed = Recreated([])
+    projector = Projector("payments", feed, FakeProjectionStore().uow)
+    with pytest.raises(FeedChanged):
+        asyncio.run(run_projector(projector, asyncio.Event(), backoff=Backoff(0.001, 0.01, 0.0)))
+    assert feed.starts == 1
+
+
+def test_until_idle_projects_everything_then_returns() -> None:
+    feed = FakeFeed(messages([spent("p1"), spent("p2")]))
+    store = FakeProjectionStore()
+    projector = Projector("payments", feed, store.uow, batch_size=1)
+    assert asyncio.run(run_projector(projector, asyncio.Event(), until_idle=True,
+                                     poll_timeout=0)) == "idle"
+    assert sorted(store.rows) == ["p1", "p2"] and feed.stopped
