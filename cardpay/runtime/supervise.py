@@ -77,6 +77,9 @@ class Backoff:
         return float(wait(state))
 
 
+DEFAULT_BACKOFF = Backoff()
+
+
 def supervised_errors(registry: CollectorRegistry) -> Counter:
     """The error counter a process passes to `supervise` (one per registry)."""
     return Counter("cardpay_supervised_errors_total",
@@ -101,7 +104,7 @@ async def supervise(
     *,
     component: str,
     stop: asyncio.Event,
-    backoff: Backoff = Backoff(),
+    backoff: Backoff = DEFAULT_BACKOFF,
     recover: Recover | None = None,
     fatal: tuple[type[BaseException], ...] = (),
     until_idle: bool = False,
