@@ -27,10 +27,6 @@ class RefundExceedsCapture(InvalidTransition):
     """A refund larger than what is left of the captured amount."""
 
 
-class ConcurrencyConflict(DomainError):
-    """Another writer appended to the stream first (optimistic concurrency)."""
-
-
 class UnknownEventType(DomainError):
     """A stored or received event whose type this version of the model does not know."""
 

@@ -8,6 +8,13 @@ from typing import Protocol
 from domain.events import DomainEvent, RecordedEvent
 
 
+class ConcurrencyConflict(Exception):
+    """Another writer appended to the stream first (optimistic concurrency).
+
+    Not a `DomainError`: nothing is wrong with the command; it is decided again on fresh state.
+    """
+
+
 class EventStore(Protocol):
     """Append-only streams with optimistic concurrency and one global order for readers."""
 

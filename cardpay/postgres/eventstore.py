@@ -1,4 +1,4 @@
-"""Event stores: `PostgresEventStore` (the real one) and `InMemoryEventStore` (for fast tests).
+"""The PostgreSQL event store (its in-memory twin for fast tests is in tests/fakes).
 
 Ordering guarantee (docs/adr/0002-event-store-ordering.md): a writer takes
 `LOCK TABLE events IN EXCLUSIVE MODE` before inserting and keeps it until commit, so global positions
@@ -10,7 +10,6 @@ blocks other writers only (EXCLUSIVE does not conflict with the ACCESS SHARE tha
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, insert, select, text
@@ -19,12 +18,15 @@ from sqlalchemy.exc import IntegrityError
 from cardpay.kafka.wire import encode_event
 from cardpay.postgres.schema import events as events_table
 from cardpay.postgres.schema import outbox as outbox_table
-from domain.errors import ConcurrencyConflict
-from domain.events import DomainEvent, RecordedEvent
+from domain.events import DomainEvent, PaymentRefunded, PaymentSpent, RecordedEvent
+from domain.ports import ConcurrencyConflict
 from domain.serialization import from_recorded, to_data
 
+LOAD_MANY_CHUNK = 10_000
+"""Stream ids per `load_many` query: well under PostgreSQL's 65,535 bind parameters."""
 
-def _check_sequence(current: int, new: Sequence[DomainEvent]) -> None:
+
+def check_sequence(current: int, new: Sequence[DomainEvent]) -> None:
     expected = current + 1
     for event in new:
         if event.version != expected:
@@ -48,18 +50,20 @@ class PostgresEventStore:
         return [from_recorded(r) for r in self.load_recorded(stream_id)]
 
     def load_many(self, stream_ids: Sequence[str]) -> dict[str, list[DomainEvent]]:
-        """Several streams in one query (empty list for a stream that does not exist)."""
+        """Several streams, in as few queries as PostgreSQL allows (empty list for a stream that
+        does not exist). Each id is one bind parameter and a statement takes at most 65,535, so
+        the ids go in chunks of `LOAD_MANY_CHUNK`."""
         out: dict[str, list[DomainEvent]] = {sid: [] for sid in stream_ids}
-        if not stream_ids:
-            return out
-        rows = self._conn.execute(
-            select(events_table)
-            .where(events_table.c.stream_id.in_(list(stream_ids)))
-            .order_by(events_table.c.stream_id, events_table.c.version)
-        )
-        for row in rows:
-            recorded = _recorded(row._mapping)
-            out[recorded.stream_id].append(from_recorded(recorded))
+        ids = list(out)
+        for start in range(0, len(ids), LOAD_MANY_CHUNK):
+            rows = self._conn.execute(
+                select(events_table)
+                .where(events_table.c.stream_id.in_(ids[start:start + LOAD_MANY_CHUNK]))
+                .order_by(events_table.c.stream_id, events_table.c.version)
+            )
+            for row in rows:
+                recorded = _recorded(row._mapping)
+                out[recorded.stream_id].append(from_recorded(recorded))
         return out
 
     def load_recorded(self, stream_id: str) -> list[RecordedEvent]:
@@ -85,7 +89,7 @@ class PostgresEventStore:
             ).all()
         )
         for stream_id, stream_events in by_stream.items():
-            _check_sequence(int(current.get(stream_id, 0)), stream_events)
+            check_sequence(int(current.get(stream_id, 0)), stream_events)
         rows: list[dict[str, Any]] = [
             {
                 "stream_id": e.stream_id,
@@ -136,6 +140,32 @@ class PostgresEventStore:
         )
         return [_recorded(row._mapping) for row in rows]
 
+    def chain_effects(self, block_hashes: Sequence[str]) -> list[PaymentSpent | PaymentRefunded]:
+        """Spends and refunds whose chain evidence lies in these blocks, newest first."""
+        found: list[tuple[int, PaymentSpent | PaymentRefunded]] = []
+        evidence_block = events_table.c.data[("payload", "evidence", "block_hash")].astext
+        hashes = list(block_hashes)
+        for start in range(0, len(hashes), LOAD_MANY_CHUNK):
+            rows = self._conn.execute(
+                select(events_table)
+                .where(events_table.c.type.in_([PaymentSpent.__name__, PaymentRefunded.__name__]),
+                       evidence_block.in_(hashes[start:start + LOAD_MANY_CHUNK]))
+            )
+            for row in rows:
+                event = from_recorded(_recorded(row._mapping))
+                assert isinstance(event, PaymentSpent | PaymentRefunded)
+                found.append((int(row._mapping["position"]), event))
+        return [event for _, event in sorted(found, key=lambda pair: -pair[0])]
+
+    def events_of_type(self, *types: type[DomainEvent]) -> list[DomainEvent]:
+        """Every event of these types, in the global order."""
+        rows = self._conn.execute(
+            select(events_table)
+            .where(events_table.c.type.in_([cls.__name__ for cls in types]))
+            .order_by(events_table.c.position)
+        )
+        return [from_recorded(_recorded(row._mapping)) for row in rows]
+
 
 def _recorded(row: Any) -> RecordedEvent:
     return RecordedEvent(
@@ -146,39 +176,3 @@ def _recorded(row: Any) -> RecordedEvent:
         data=row["data"],
         recorded_at=row["recorded_at"],
     )
-
-
-class InMemoryEventStore:
-    """The same contract in memory; append is atomic per call."""
-
-    def __init__(self) -> None:
-        self._log: list[RecordedEvent] = []
-        self._streams: dict[str, list[RecordedEvent]] = {}
-
-    def load(self, stream_id: str) -> list[DomainEvent]:
-        return [from_recorded(r) for r in self._streams.get(stream_id, [])]
-
-    def append(self, new: Sequence[DomainEvent]) -> list[RecordedEvent]:
-        by_stream: dict[str, list[DomainEvent]] = {}
-        for event in new:
-            by_stream.setdefault(event.stream_id, []).append(event)
-        for stream_id, stream_events in by_stream.items():
-            _check_sequence(len(self._streams.get(stream_id, [])), stream_events)
-        recorded = []
-        now = datetime.now(UTC)
-        for event in new:
-            r = RecordedEvent(
-                stream_id=event.stream_id,
-                version=event.version,
-                position=len(self._log) + 1,
-                type=type(event).__name__,
-                data=to_data(event),
-                recorded_at=now,
-            )
-            self._log.append(r)
-            self._streams.setdefault(event.stream_id, []).append(r)
-            recorded.append(r)
-        return recorded
-
-    def read_after(self, position: int, limit: int) -> list[RecordedEvent]:
-        return self._log[position : position + limit]

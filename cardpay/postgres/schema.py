@@ -1,4 +1,4 @@
-"""Table definitions for SQLAlchemy Core queries. The migrations in cardpay/migrations create them.
+"""Table definitions for SQLAlchemy Core queries. The migrations in cardpay/postgres/migrations create them.
 
 Token amounts are NUMERIC(78, 0): a uint256 in base units, exact.
 """
@@ -74,6 +74,8 @@ processed_commands = Table(
     Column("command_id", Text, primary_key=True),
     Column("outcome", Text, nullable=False),
     Column("processed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("block_hash", Text),
+    # ^ the block of the chain log behind the command (NULL for commands from elsewhere)
 )
 
 chain_cursor = Table(
@@ -94,6 +96,10 @@ quarantine = Table(
     Column("reason", Text, nullable=False),
     Column("payload", JSONB, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("block_hash", Text),
+    Column("resolved_at", DateTime(timezone=True)),
+    Column("resolution", Text),
+    Column("attempts", Integer, nullable=False, server_default="0"),
     UniqueConstraint("source", "key"),
 )
 
@@ -107,6 +113,7 @@ expected_refunds = Table(
     Column("payment_id", Text, nullable=False),
     Column("refund_id", Text, nullable=False),
     Column("matched_by", Text),
+    Column("matched_block", Text),
     PrimaryKeyConstraint("payment_id", "refund_id", "tx_hash"),
 )
 
@@ -169,4 +176,14 @@ chain_blocks = Table(
     Column("block_hash", Text, nullable=False),
     Column("parent_hash", Text, nullable=False),
     PrimaryKeyConstraint("listener", "block_number"),
+)
+
+chain_identity = Table(
+    "chain_identity",
+    metadata,
+    Column("listener", Text, primary_key=True),
+    Column("chain_id", BigInteger, nullable=False),
+    Column("genesis_hash", Text, nullable=False),
+    Column("first_block", BigInteger, nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )

@@ -9,9 +9,10 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import Engine, select
 
-from cardpay.handlers.chain import PaymentService, PostgresChainSink, execute, make_uow_factory
+from cardpay.handlers.chain import ChainSinkHandler
+from cardpay.handlers.payments import PaymentService, execute
 from cardpay.postgres.schema import events, quarantine, unmatched_transfers
-from cardpay.postgres.uow import PostgresUnitOfWork
+from cardpay.postgres.uow import PostgresUnitOfWork, unit_of_work_factory
 from domain import commands as c
 from domain.events import ChainEvidence
 from domain.money import Currency, Money
@@ -31,7 +32,7 @@ def _evidence(block: int, index: int) -> ChainEvidence:
 
 
 def _spent_payment(engine: Engine, pid: str = "p1") -> PaymentService:
-    service = PaymentService(make_uow_factory(engine, None))
+    service = PaymentService(unit_of_work_factory(engine, None))
     service.submit(c.ConfirmSpend(command_id="spend", payment_id=pid, at=NOW, account=SAFE,
                                   amount=Money(10 * 10**18, EURE), evidence=_evidence(1, 0)))
     return service
@@ -66,7 +67,7 @@ def test_listener_decides_again_when_an_api_write_lands_first(pg_engine: Engine)
                                  tx_hash=tx), recipient=SAFE, token=TOKEN, amount=refund.units)
     writer = _slow_write(pg_engine, c.RequestRefund(command_id="rq2", payment_id="p1", at=NOW,
                                                     refund_id="r2", amount=refund, reason="t"), 1.0)
-    sink = PostgresChainSink(make_uow_factory(pg_engine, None), chain_id=31337)
+    sink = ChainSinkHandler(unit_of_work_factory(pg_engine, None), chain_id=31337)
     ev = ChainEvidence(chain_id=31337, block_number=5, block_hash=f"0x{5:064x}", tx_hash=tx,
                        log_index=3)
     sink.apply("l", ChainBatch(cursor=Cursor(5, ev.block_hash), commands=[
@@ -106,7 +107,7 @@ def test_refund_transfer_seen_before_its_submission_is_confirmed_when_it_is_reco
     tx = f"0x{9:064x}"
     ev = ChainEvidence(chain_id=31337, block_number=6, block_hash=f"0x{6:064x}", tx_hash=tx,
                        log_index=0)
-    sink = PostgresChainSink(make_uow_factory(pg_engine, None), chain_id=31337)
+    sink = ChainSinkHandler(unit_of_work_factory(pg_engine, None), chain_id=31337)
     sink.apply("l", ChainBatch(cursor=Cursor(6, ev.block_hash), commands=[
         c.RecordSettlementTransfer(command_id="chain:31337:y:0", at=NOW, recipient=SAFE,
                                    token=TOKEN, amount=refund, evidence=ev)]))
@@ -126,7 +127,7 @@ def test_refund_transfer_seen_before_its_submission_is_confirmed_when_it_is_reco
 def test_a_second_listener_with_the_same_name_cannot_move_the_cursor(pg_engine: Engine) -> None:
     from cardpay.handlers.chain import StaleCursor
 
-    sink = PostgresChainSink(make_uow_factory(pg_engine, None), chain_id=31337)
+    sink = ChainSinkHandler(unit_of_work_factory(pg_engine, None), chain_id=31337)
     first = Cursor(10, f"0x{10:064x}")
     sink.apply("l", ChainBatch(cursor=first, previous=None))
     with pytest.raises(StaleCursor, match="another listener with this name"):
@@ -145,7 +146,7 @@ def test_bulk_spends_fall_back_one_by_one_when_a_writer_races_them(pg_engine: En
                              account=SAFE, amount=Money(10**18, EURE), evidence=_evidence(3, i))
               for i in range(1, 4)]
     writer = _slow_write(pg_engine, authorize, 1.0)
-    sink = PostgresChainSink(make_uow_factory(pg_engine, None), chain_id=31337)
+    sink = ChainSinkHandler(unit_of_work_factory(pg_engine, None), chain_id=31337)
     sink.apply("l", ChainBatch(cursor=Cursor(3, f"0x{3:064x}"), commands=spends))
     writer.join()
     with pg_engine.connect() as conn:

@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, text
 
-from cardpay.postgres.eventstore import InMemoryEventStore, PostgresEventStore
+from cardpay.postgres.eventstore import PostgresEventStore
 from cardpay.postgres.uow import PostgresUnitOfWork
-from domain.errors import ConcurrencyConflict
+from domain.ports import ConcurrencyConflict
 from domain.serialization import to_data
 from tests.eventsourcing_helpers import refund_requested, spent
+from tests.fakes.storage import InMemoryEventStore
 
 Session = Callable[[], AbstractContextManager[Any]]
 

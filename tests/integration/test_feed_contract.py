@@ -121,10 +121,13 @@ def test_poll_with_nothing_new_returns_empty_within_the_timeout(make_feed: Any) 
 def test_kafka_records_that_are_not_events_are_quarantined_with_their_position(
     pg_engine: Engine, kafka_broker: Any
 ) -> None:
-    from cardpay.handlers.chain import make_uow_factory
     from cardpay.kafka.adapters import KafkaFeed, KafkaPublisher
     from cardpay.kafka.wire import OutboxMessage
-    from cardpay.postgres.uow import PostgresUnitOfWork
+    from cardpay.postgres.uow import (
+        PostgresProjectionUnitOfWork,
+        PostgresUnitOfWork,
+        projection_uow_factory,
+    )
     from projector.runner import Projector
     from tests.support.workload import expected_rows, stored_rows
 
@@ -142,7 +145,7 @@ def test_kafka_records_that_are_not_events_are_quarantined_with_their_position(
         finally:
             await publisher.stop()
         projector = Projector("payments", KafkaFeed(kafka_broker.bootstrap_servers, topic),
-                              make_uow_factory(pg_engine, None))
+                              projection_uow_factory(pg_engine))
         await projector.start()
         await projector.run_until_idle()
         await projector.stop()
@@ -150,10 +153,11 @@ def test_kafka_records_that_are_not_events_are_quarantined_with_their_position(
     asyncio.run(go())
     assert stored_rows(pg_engine) == expected_rows(payments)
     with PostgresUnitOfWork(pg_engine) as uow:
-        quarantined = uow.quarantined("projector:")
-        positions = uow.load_positions("payments")
+        quarantined = uow.quarantine.list("projector:")
+    with PostgresProjectionUnitOfWork(pg_engine) as projection:
+        positions = projection.load_positions("payments")
     assert len(quarantined) == 1
-    assert quarantined[0]["reason"].startswith("not a recorded event")
-    assert quarantined[0]["payload"] == {"raw": "{not json"}
+    assert quarantined[0].reason.startswith("not a recorded event")
+    assert quarantined[0].payload == {"raw": "{not json"}
     total = sum(len(events) for events in payments)
     assert positions == {f"{topic}:0": total + 1}  # past the junk record, which came last

@@ -8,9 +8,10 @@ import pytest
 from sqlalchemy import Engine, select
 
 from cardpay.cli.demo import chain_config
-from cardpay.handlers.chain import PaymentService, PostgresChainSink, make_uow_factory
+from cardpay.handlers.chain import ChainSinkHandler
+from cardpay.handlers.payments import PaymentService
 from cardpay.postgres.schema import events
-from cardpay.postgres.uow import PostgresUnitOfWork
+from cardpay.postgres.uow import PostgresUnitOfWork, unit_of_work_factory
 from domain.commands import RecordRefundSubmission, RequestRefund
 from domain.money import Currency, Money
 from listener.poller import Listener
@@ -29,9 +30,9 @@ def test_spends_and_a_refund_on_anvil(local_chain: Any, pg_engine: Engine) -> No
     from datetime import UTC, datetime
 
     deployment = local_chain.deployment
-    uows = make_uow_factory(pg_engine, None)
+    uows = unit_of_work_factory(pg_engine, None)
     rpc = HttpJsonRpc(local_chain.rpc_url)
-    sink = PostgresChainSink(uows, chain_id=deployment.chain_id)
+    sink = ChainSinkHandler(uows, chain_id=deployment.chain_id)
     listener = Listener("anvil", rpc, sink, chain_config(deployment),
                         start_block=deployment.deployed_at_block, confirmations=2, max_range=7)
     tx = local_chain.spend("EURe", 0, 12 * 10**18)
@@ -62,8 +63,8 @@ def test_spends_and_a_refund_on_anvil(local_chain: Any, pg_engine: Engine) -> No
     listener.run_until_caught_up()
     assert _types(pg_engine)[-3:] == ["RefundRequested", "RefundSubmitted", "PaymentRefunded"]
     with PostgresUnitOfWork(pg_engine) as uow:
-        assert uow.quarantined() == []
-        cursor = uow.load_cursor("anvil")
+        assert uow.quarantine.list() == []
+        cursor = uow.chain.load_cursor("anvil")
     head = int(rpc.call("eth_blockNumber", []), 16)
     assert cursor is not None and cursor.block_number == head - 2
     block = rpc.call("eth_getBlockByNumber", [hex(cursor.block_number), False])

@@ -7,10 +7,10 @@ import asyncio
 import pytest
 from sqlalchemy import Engine, select
 
-from cardpay.handlers.chain import PostgresChainSink, make_uow_factory
+from cardpay.handlers.chain import ChainSinkHandler
 from cardpay.postgres.log_feed import PostgresLogFeed
 from cardpay.postgres.schema import events, processed_commands, rm_payments
-from cardpay.postgres.uow import PostgresUnitOfWork
+from cardpay.postgres.uow import PostgresUnitOfWork, projection_uow_factory, unit_of_work_factory
 from domain.money import Currency
 from listener.decode import SPEND_TOPIC
 from listener.poller import Listener
@@ -27,8 +27,8 @@ CONFIG = ChainConfig(
 
 
 def _listener(engine: Engine, node: RecordedNode, *, max_range: int = 3,
-              confirmations: int = 0) -> tuple[Listener, PostgresChainSink]:
-    sink = PostgresChainSink(make_uow_factory(engine, None), chain_id=CONFIG.chain_id)
+              confirmations: int = 0) -> tuple[Listener, ChainSinkHandler]:
+    sink = ChainSinkHandler(unit_of_work_factory(engine, None), chain_id=CONFIG.chain_id)
     return Listener("test", node, sink, CONFIG, start_block=1, confirmations=confirmations,
                     max_range=max_range), sink
 
@@ -36,7 +36,7 @@ def _listener(engine: Engine, node: RecordedNode, *, max_range: int = 3,
 def _project(engine: Engine) -> dict[str, dict[str, object]]:
     async def go() -> None:
         projector = Projector("payments", PostgresLogFeed(engine),
-                              make_uow_factory(engine, None))
+                              projection_uow_factory(engine))
         await projector.start()
         await projector.run_until_idle()
         await projector.stop()
@@ -65,7 +65,7 @@ def test_confirmation_depth_holds_back_the_newest_blocks(pg_engine: Engine) -> N
     listener, _ = _listener(pg_engine, node, max_range=100, confirmations=2)
     listener.run_until_caught_up()
     with PostgresUnitOfWork(pg_engine) as uow:
-        cursor = uow.load_cursor("test")
+        cursor = uow.chain.load_cursor("test")
     assert cursor is not None and cursor.block_number == 3
     assert len(_project(pg_engine)) == 3
 
@@ -85,8 +85,8 @@ def test_undecodable_duplicate_and_malformed_logs_are_quarantined_and_indexing_g
     listener.run_until_caught_up()
 
     with PostgresUnitOfWork(pg_engine) as uow:
-        reasons = sorted(q["reason"] for q in uow.quarantined("listener:"))
-        cursor = uow.load_cursor("test")
+        reasons = sorted(q.reason for q in uow.quarantine.list("listener:"))
+        cursor = uow.chain.load_cursor("test")
     assert cursor is not None and cursor.block_number == 4
     assert len(reasons) == 5, reasons
     assert reasons[0].startswith("Spend: expected 128 data bytes")
@@ -115,7 +115,7 @@ def test_rereading_a_range_after_a_crash_applies_nothing_twice(pg_engine: Engine
         assert len(conn.execute(select(processed_commands)).all()) == 4
         assert len(conn.execute(select(events)).all()) == 4  # one PaymentSpent each
     with PostgresUnitOfWork(pg_engine) as uow:
-        reasons = [q["reason"] for q in uow.quarantined("listener:")]
+        reasons = [q.reason for q in uow.quarantine.list("listener:")]
     # Recognized as already applied by their log ids — not refused later by the aggregate,
     # which is what would happen (a different reason) if duplicate detection broke.
     assert reasons == ["duplicate log: already applied"] * 4

@@ -35,9 +35,9 @@ from cardpay.devstack.local_chain import (
     LocalDeployment,
     TransactionReverted,
 )
-from cardpay.handlers.chain import PaymentService, make_uow_factory
+from cardpay.handlers.payments import PaymentService
 from cardpay.postgres.schema import chain_activity
-from cardpay.postgres.uow import PostgresUnitOfWork
+from cardpay.postgres.uow import PostgresUnitOfWork, unit_of_work_factory
 from domain.commands import RecordRefundSubmission, RequestRefund
 from domain.money import Currency, Money
 from listener.presets import local_config
@@ -295,7 +295,7 @@ def test_the_listener_counts_each_spend_and_refund_once_and_resolves_the_safe(
     assert sorted(by_tx) == sorted(hashes)
 
     # Refund half of six payments: three single refunds, then one batch of three legs.
-    uows = make_uow_factory(pg_engine, None)
+    uows = unit_of_work_factory(pg_engine, None)
     service = PaymentService(uows)
     now = datetime.now(UTC)
     refunds: dict[str, int] = {}
@@ -356,7 +356,7 @@ def test_the_listener_counts_each_spend_and_refund_once_and_resolves_the_safe(
     assert all(r.cardholder in cardholders for r in rows if r.kind in ("card_spend", "refund"))
     assert reverted_tx not in {r.tx_hash for r in rows} | set(by_tx)
     with PostgresUnitOfWork(pg_engine) as uow:
-        assert uow.quarantined() == []
+        assert uow.quarantine.list() == []
 
 
 # -- a recorded run, replayed ---------------------------------------------------------------

@@ -9,9 +9,10 @@ from sqlalchemy import Engine, select
 
 from cardpay.cli.demo import chain_config
 from cardpay.devstack.artifacts import load_artifact
-from cardpay.handlers.chain import PaymentService, make_uow_factory
+from cardpay.handlers.payments import PaymentService
 from cardpay.postgres.engine import make_engine
 from cardpay.postgres.schema import events, expected_refunds, rm_payments
+from cardpay.postgres.uow import unit_of_work_factory
 from domain.commands import RecordRefundSubmission, RequestRefund
 from domain.money import Currency, Money
 from listener.poller import RangeResult
@@ -102,7 +103,7 @@ def test_refund_reorged_out_is_in_flight_again_then_confirmed_when_remined(
     listener = make_listener(pg_engine, local_chain.rpc_url, config, d.deployed_at_block)
     listener.run_until_caught_up()
     payment_id = payment_id_for_spend(d.chain_id, spend_tx.lower())
-    service = PaymentService(make_uow_factory(pg_engine, None))
+    service = PaymentService(unit_of_work_factory(pg_engine, None))
     now, amount = datetime.now(UTC), Money(2 * 10**18, Currency("EURe", 18))
     service.submit(RequestRefund(command_id="rq", payment_id=payment_id, at=now, refund_id="r",
                                  amount=amount, reason="test"))

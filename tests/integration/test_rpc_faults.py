@@ -10,7 +10,8 @@ import pytest
 from sqlalchemy import Engine
 
 from cardpay.cli.demo import chain_config
-from cardpay.handlers.chain import PostgresChainSink, make_uow_factory
+from cardpay.handlers.chain import ChainSinkHandler
+from cardpay.postgres.uow import unit_of_work_factory
 from listener.poller import Listener
 from listener.rpc import HttpJsonRpc
 from tests.support.faulty_proxy import Faults, FaultyProxy
@@ -30,7 +31,7 @@ def _traffic(chain: Any, blocks: int, seed: int) -> None:
 def _index_through(proxy: FaultyProxy, chain: Any, engine: Engine) -> Listener:
     config = chain_config(chain.deployment)
     rpc = HttpJsonRpc(proxy.url, timeout=0.3, retries=6, backoff=0.01, max_backoff=0.05)
-    listener = Listener("faulty", rpc, PostgresChainSink(make_uow_factory(engine, None),
+    listener = Listener("faulty", rpc, ChainSinkHandler(unit_of_work_factory(engine, None),
                                                          chain_id=config.chain_id),
                         config, start_block=chain.deployment.deployed_at_block, confirmations=0,
                         max_range=64, initial_range=16)

@@ -7,9 +7,10 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
-from cardpay.handlers.chain import PostgresChainSink, make_uow_factory
+from cardpay.handlers.chain import ChainSinkHandler
 from cardpay.postgres.log_feed import PostgresLogFeed
 from cardpay.postgres.schema import chain_activity, rm_payments
+from cardpay.postgres.uow import projection_uow_factory, unit_of_work_factory
 from listener.poller import Listener, RangeResult
 from listener.presets import ChainConfig
 from listener.rpc import HttpJsonRpc
@@ -19,7 +20,7 @@ from projector.runner import Projector
 def make_listener(engine: Engine, rpc_url: str, config: ChainConfig, start_block: int, *,
                   confirmations: int = 0, name: str = "test",
                   seen: list[RangeResult] | None = None, **kwargs: Any) -> Listener:
-    sink = PostgresChainSink(make_uow_factory(engine, None), chain_id=config.chain_id)
+    sink = ChainSinkHandler(unit_of_work_factory(engine, None), chain_id=config.chain_id)
     return Listener(name, HttpJsonRpc(rpc_url, retries=0), sink, config,
                     start_block=start_block, confirmations=confirmations,
                     on_range=seen.append if seen is not None else None, **kwargs)
@@ -27,7 +28,7 @@ def make_listener(engine: Engine, rpc_url: str, config: ChainConfig, start_block
 
 def project(engine: Engine) -> None:
     async def go() -> None:
-        projector = Projector("payments", PostgresLogFeed(engine), make_uow_factory(engine, None))
+        projector = Projector("payments", PostgresLogFeed(engine), projection_uow_factory(engine))
         await projector.start()
         await projector.run_until_idle()
         await projector.stop()

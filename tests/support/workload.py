@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from sqlalchemy import Engine, select
 
 from cardpay.postgres.schema import rm_payments
-from cardpay.postgres.uow import PostgresUnitOfWork
+from cardpay.postgres.uow import PostgresProjectionUnitOfWork, PostgresUnitOfWork
 from domain import commands as c
 from domain.events import ChainEvidence, DomainEvent
 from domain.money import Currency, Money
@@ -71,6 +71,6 @@ def expected_rows(payments: list[list[DomainEvent]]) -> dict[str, PaymentRow]:
 
 
 def stored_rows(engine: Engine) -> dict[str, PaymentRow]:
-    with PostgresUnitOfWork(engine) as uow:
+    with PostgresProjectionUnitOfWork(engine) as uow:
         ids = [r[0] for r in uow.conn.execute(select(rm_payments.c.payment_id))]
         return uow.get_payments(ids)

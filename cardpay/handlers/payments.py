@@ -1,0 +1,91 @@
+"""Payment commands: load the aggregate, decide, append — inside the caller's unit of work.
+
+`PaymentService` is the entry for commands from outside the chain (the network, sagas, operators):
+one unit of work per command, idempotent by the command id.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from cardpay.handlers.ports import ExpectedRefund, UnitOfWork
+from domain import commands as c
+from domain.payment import Payment, handle
+from domain.ports import ConcurrencyConflict
+from domain.serialization import from_json
+
+log = logging.getLogger(__name__)
+
+CONFLICT_RETRIES = 3
+UowFactory = Callable[[], UnitOfWork]
+
+
+def execute(uow: UnitOfWork, command: c.Command) -> Payment:
+    """Decide one payment command inside the caller's transaction (no commit here).
+
+    Runs in a savepoint and decides again on fresh state when another writer appended first.
+    """
+    for attempt in range(1, CONFLICT_RETRIES + 1):
+        try:
+            with uow.savepoint():
+                payment = Payment.rehydrate(command.payment_id,
+                                            uow.events.load(command.payment_id))
+                handle(payment, command)
+                uow.events.append(payment.pending_events)
+                return payment
+        except ConcurrencyConflict:
+            if attempt == CONFLICT_RETRIES:
+                raise
+            log.info("concurrent write to %s; deciding %s again", command.payment_id,
+                     command.command_id)
+    raise AssertionError("unreachable")
+
+
+def confirmation(seen: c.RecordSettlementTransfer, expected: ExpectedRefund) -> c.ConfirmRefund:
+    """The refund confirmation a settlement transfer amounts to, once matched to its refund."""
+    return c.ConfirmRefund(
+        command_id=seen.command_id, payment_id=expected.payment_id, at=seen.at,
+        refund_id=expected.refund_id, amount=seen.amount, evidence=seen.evidence,
+    )
+
+
+class PaymentService:
+    """Application service for commands from outside the chain (network, sagas, operators)."""
+
+    def __init__(self, uow_factory: UowFactory) -> None:
+        self._uow = uow_factory
+
+    def submit(self, command: c.Command) -> bool:
+        """Apply a command once; False if this command id was already processed (a retry)."""
+        with self._uow() as uow:
+            if not uow.claims.claim(command.command_id):
+                return False
+            execute(uow, command)
+            uow.commit()
+        return True
+
+    def record_refund_submission(
+        self, command: c.RecordRefundSubmission, *, recipient: str, token: str, amount: int
+    ) -> bool:
+        """The refund tx was (or is about to be) sent: record it and what transfer confirms it.
+
+        If the listener already saw that transfer, the refund is confirmed right here.
+        """
+        with self._uow() as uow:
+            if not uow.claims.claim(command.command_id):
+                return False
+            execute(uow, command)
+            expected = ExpectedRefund(command.payment_id, command.refund_id, command.tx_hash,
+                                      recipient, token, amount)
+            uow.refunds.expect(expected)
+            seen = uow.refunds.take_unmatched(command.tx_hash, recipient, token, amount)
+            if seen is not None and uow.claims.claim(seen.command_id,
+                                                     block_hash=seen.block_hash):
+                uow.refunds.match(command.tx_hash, recipient, token, amount,
+                                  log_key=seen.command_id, block_hash=seen.block_hash)
+                execute(uow, confirmation(from_json(c.RecordSettlementTransfer, seen.command),
+                                          expected))
+                uow.quarantine.forget(seen.command_id)
+            uow.commit()
+        return True

@@ -1,0 +1,221 @@
+"""What the service layer needs from storage, as Protocols: one repository per concern.
+
+A handler opens one `UnitOfWork` per message (or per block range) and reaches every table it
+touches through the repositories on it; everything commits together or not at all. The Postgres
+implementations live in `cardpay.postgres`, the in-memory fakes in `tests/fakes`; one contract
+suite (tests/integration/test_repository_contract.py) runs against both.
+
+A new concern (a ledger, saga state, timers) is a new repository here, a Postgres class beside the
+others and a fake that passes the same contract.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from domain.events import DomainEvent, PaymentRefunded, PaymentSpent, RecordedEvent
+from listener.classify import Activity
+from listener.ports import BlockRef, Cursor
+
+
+@dataclass(frozen=True, slots=True)
+class ExpectedRefund:
+    """A refund the system sent, waiting for the settlement-account transfer that confirms it."""
+
+    payment_id: str
+    refund_id: str
+    tx_hash: str
+    to_address: str
+    token: str
+    amount: int
+
+
+@dataclass(frozen=True, slots=True)
+class UnmatchedTransfer:
+    """A settlement-account transfer seen before the refund submission that explains it."""
+
+    command_id: str
+    tx_hash: str
+    recipient: str
+    token: str
+    amount: int
+    block_hash: str
+    command: dict[str, Any]
+    """The listener's command, serialized with `domain.serialization.to_json`."""
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineItem:
+    """Something that could not be used, with why; kept for a person to look at and retry."""
+
+    source: str
+    key: str
+    reason: str
+    payload: Mapping[str, Any]
+    block_hash: str | None = None
+    """The block of the chain log behind it: a reorg that drops the block drops the item."""
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantinedRow:
+    id: int
+    source: str
+    key: str
+    reason: str
+    payload: dict[str, Any]
+    block_hash: str | None
+    created_at: datetime | None
+    resolved_at: datetime | None = None
+    resolution: str | None = None
+    attempts: int = 0
+
+
+class EventStore(Protocol):
+    """The event store as the handlers use it (see `domain.ports.EventStore` for the rules)."""
+
+    def load(self, stream_id: str) -> list[DomainEvent]: ...
+
+    def load_many(self, stream_ids: Sequence[str]) -> dict[str, list[DomainEvent]]:
+        """Several streams at once (an empty list for a stream that does not exist)."""
+        ...
+
+    def append(self, new: Sequence[DomainEvent]) -> list[RecordedEvent]: ...
+
+    def chain_effects(
+        self, block_hashes: Sequence[str]
+    ) -> list[PaymentSpent | PaymentRefunded]:
+        """Spends and refunds whose chain evidence lies in these blocks, newest first."""
+        ...
+
+
+class CommandClaims(Protocol):
+    """Idempotency: a command's natural key is claimed once; a second claim is a duplicate."""
+
+    def claim(self, command_id: str, *, block_hash: str | None = None,
+              outcome: str = "applied") -> bool:
+        """True if the command is new; False if it was already claimed."""
+        ...
+
+    def claim_many(self, claims: Mapping[str, str | None]) -> set[str]:
+        """Claim command id → block hash pairs at once; returns the ids that were new."""
+        ...
+
+    def set_outcome(self, command_id: str, outcome: str) -> None: ...
+
+    def outcome(self, command_id: str) -> str | None: ...
+
+    def release(self, command_ids: Sequence[str]) -> None:
+        """Un-claim: these commands may be processed again (they found nothing to act on yet)."""
+        ...
+
+    def forget_blocks(self, block_hashes: Sequence[str]) -> None:
+        """Un-claim every chain log of these (orphaned) blocks."""
+        ...
+
+
+class Quarantine(Protocol):
+    def add(self, item: QuarantineItem) -> None:
+        """Keep the item (once per source and key)."""
+        ...
+
+    def forget(self, key: str) -> None:
+        """The item resolved itself (e.g. a refund transfer matched later): not one any more."""
+        ...
+
+    def forget_blocks(self, block_hashes: Sequence[str]) -> None:
+        """Drop items about logs of these (orphaned) blocks: the logs no longer exist."""
+        ...
+
+    def list(self, source_prefix: str = "", *, include_resolved: bool = True
+             ) -> list[QuarantinedRow]: ...
+
+    def get(self, item_id: int) -> QuarantinedRow | None: ...
+
+    def resolve(self, item_id: int, resolution: str) -> None: ...
+
+    def attempted(self, item_id: int, reason: str) -> None:
+        """A retry failed again: count it and keep the newest reason."""
+        ...
+
+
+class ChainState(Protocol):
+    """The listener's cursor, the unfinalized window of block hashes, and classified activity."""
+
+    def load_cursor(self, name: str) -> Cursor | None: ...
+
+    def save_cursor(self, name: str, cursor: Cursor) -> None: ...
+
+    def keep_blocks(self, name: str, blocks: Sequence[BlockRef], *, below: int) -> None:
+        """Remember these block hashes; forget those older than `below` (final by then)."""
+        ...
+
+    def blocks_above(self, name: str, number: int) -> list[BlockRef]:
+        """Kept blocks above `number`, newest first (number -1: all of them)."""
+        ...
+
+    def add_activity(self, chain_id: int, activity: Sequence[Activity]) -> None: ...
+
+    def forget_above(self, name: str, chain_id: int, ancestor: int) -> None:
+        """Drop the activity and kept blocks above `ancestor` (a reorg rolled them back)."""
+        ...
+
+
+class RefundMatching(Protocol):
+    """Refund submissions waiting for their on-chain transfer, and transfers seen first."""
+
+    def expect(self, refund: ExpectedRefund) -> None: ...
+
+    def match(self, tx_hash: str, to_address: str, token: str, amount: int, *, log_key: str,
+              block_hash: str) -> ExpectedRefund | None:
+        """Claim the one unmatched expected refund this transfer confirms (None if none)."""
+        ...
+
+    def keep_unmatched(self, transfer: UnmatchedTransfer) -> None: ...
+
+    def take_unmatched(self, tx_hash: str, recipient: str, token: str,
+                       amount: int) -> UnmatchedTransfer | None:
+        """Resolve the oldest unresolved transfer with exactly these facts."""
+        ...
+
+    def forget_blocks(self, block_hashes: Sequence[str]) -> None:
+        """Orphaned blocks: their transfers match nothing any more and are no longer waiting."""
+        ...
+
+
+class UnitOfWork(Protocol):
+    """One transaction: every repository's writes commit together, or none do."""
+
+    @property
+    def events(self) -> EventStore: ...
+
+    @property
+    def claims(self) -> CommandClaims: ...
+
+    @property
+    def quarantine(self) -> Quarantine: ...
+
+    @property
+    def chain(self) -> ChainState: ...
+
+    @property
+    def refunds(self) -> RefundMatching: ...
+
+    def __enter__(self) -> UnitOfWork: ...
+
+    def __exit__(self, *exc: object) -> None:
+        """Leaving without `commit` rolls everything back."""
+        ...
+
+    def commit(self) -> None: ...
+
+    def savepoint(self) -> AbstractContextManager[None]:
+        """A nested transaction: an exception inside undoes only what happened inside."""
+        ...
+
+    def lock(self, key: str) -> None:
+        """Serialize writers of `key` until the end of the transaction."""
+        ...

@@ -1,0 +1,320 @@
+"""An in-memory database for the service layer: the event store and every repository of
+`cardpay.handlers.ports`, behind a unit of work that commits all or nothing.
+
+`FakeDatabase` holds the committed state. A `FakeUnitOfWork` works on a private copy and publishes
+it on `commit`; leaving without a commit drops it; a savepoint restores the copy as it was when an
+exception leaves it. Locks are no-ops (tests using these are single-threaded).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+
+from cardpay.handlers.ports import (
+    ExpectedRefund,
+    QuarantinedRow,
+    QuarantineItem,
+    UnmatchedTransfer,
+)
+from cardpay.postgres.eventstore import check_sequence
+from domain.events import DomainEvent, PaymentRefunded, PaymentSpent, RecordedEvent
+from domain.serialization import from_recorded, to_data
+from listener.classify import Activity
+from listener.ports import BlockRef, Cursor
+
+
+@dataclass
+class _Expected:
+    refund: ExpectedRefund
+    matched_by: str | None = None
+    matched_block: str | None = None
+
+
+@dataclass
+class _Unmatched:
+    transfer: UnmatchedTransfer
+    seq: int
+    resolved: bool = False
+
+
+@dataclass
+class State:
+    log: list[RecordedEvent] = field(default_factory=list)
+    claims: dict[str, tuple[str, str | None]] = field(default_factory=dict)
+    quarantine: dict[int, QuarantinedRow] = field(default_factory=dict)
+    cursors: dict[str, Cursor] = field(default_factory=dict)
+    blocks: dict[tuple[str, int], BlockRef] = field(default_factory=dict)
+    activity: dict[tuple[int, str, int], Activity] = field(default_factory=dict)
+    expected: list[_Expected] = field(default_factory=list)
+    unmatched: dict[str, _Unmatched] = field(default_factory=dict)
+    sequence: int = 0
+
+    def next(self) -> int:
+        self.sequence += 1
+        return self.sequence
+
+
+class InMemoryEventStore:
+    """The event store contract in memory."""
+
+    def __init__(self, state: State | None = None) -> None:
+        self._state = state or State()
+
+    def _stream(self, stream_id: str) -> list[RecordedEvent]:
+        return [r for r in self._state.log if r.stream_id == stream_id]
+
+    def load(self, stream_id: str) -> list[DomainEvent]:
+        return [from_recorded(r) for r in self._stream(stream_id)]
+
+    def load_many(self, stream_ids: Sequence[str]) -> dict[str, list[DomainEvent]]:
+        return {sid: self.load(sid) for sid in stream_ids}
+
+    def append(self, new: Sequence[DomainEvent]) -> list[RecordedEvent]:
+        by_stream: dict[str, list[DomainEvent]] = {}
+        for event in new:
+            by_stream.setdefault(event.stream_id, []).append(event)
+        for stream_id, stream_events in by_stream.items():
+            check_sequence(len(self._stream(stream_id)), stream_events)
+        now = datetime.now(UTC)
+        recorded = []
+        for event in new:
+            r = RecordedEvent(stream_id=event.stream_id, version=event.version,
+                              position=len(self._state.log) + 1, type=type(event).__name__,
+                              data=to_data(event), recorded_at=now)
+            self._state.log.append(r)
+            recorded.append(r)
+        return recorded
+
+    def read_after(self, position: int, limit: int) -> list[RecordedEvent]:
+        return self._state.log[position:position + limit]
+
+    def chain_effects(self, block_hashes: Sequence[str]) -> list[PaymentSpent | PaymentRefunded]:
+        wanted = set(block_hashes)
+        found = []
+        for r in reversed(self._state.log):
+            event = from_recorded(r)
+            if isinstance(event, PaymentSpent | PaymentRefunded) \
+                    and event.evidence.block_hash in wanted:
+                found.append(event)
+        return found
+
+    def events_of_type(self, *types: type[DomainEvent]) -> list[DomainEvent]:
+        names = {cls.__name__ for cls in types}
+        return [from_recorded(r) for r in self._state.log if r.type in names]
+
+
+class FakeCommandClaims:
+    def __init__(self, state: State) -> None:
+        self._s = state
+
+    def claim(self, command_id: str, *, block_hash: str | None = None,
+              outcome: str = "applied") -> bool:
+        if command_id in self._s.claims:
+            return False
+        self._s.claims[command_id] = (outcome, block_hash)
+        return True
+
+    def claim_many(self, claims: Mapping[str, str | None]) -> set[str]:
+        return {cid for cid, block in claims.items() if self.claim(cid, block_hash=block)}
+
+    def set_outcome(self, command_id: str, outcome: str) -> None:
+        if command_id in self._s.claims:
+            self._s.claims[command_id] = (outcome, self._s.claims[command_id][1])
+
+    def outcome(self, command_id: str) -> str | None:
+        claim = self._s.claims.get(command_id)
+        return None if claim is None else claim[0]
+
+    def release(self, command_ids: Sequence[str]) -> None:
+        for cid in command_ids:
+            self._s.claims.pop(cid, None)
+
+    def forget_blocks(self, block_hashes: Sequence[str]) -> None:
+        gone = set(block_hashes)
+        for cid in [c for c, (_, block) in self._s.claims.items() if block in gone]:
+            del self._s.claims[cid]
+
+
+class FakeQuarantine:
+    def __init__(self, state: State) -> None:
+        self._s = state
+
+    def add(self, item: QuarantineItem) -> None:
+        if any(r.source == item.source and r.key == item.key for r in self._s.quarantine.values()):
+            return
+        row_id = self._s.next()
+        self._s.quarantine[row_id] = QuarantinedRow(
+            id=row_id, source=item.source, key=item.key, reason=item.reason,
+            payload=copy.deepcopy(dict(item.payload)), block_hash=item.block_hash,
+            created_at=datetime.now(UTC))
+
+    def forget(self, key: str) -> None:
+        for row_id in [i for i, r in self._s.quarantine.items() if r.key == key]:
+            del self._s.quarantine[row_id]
+
+    def forget_blocks(self, block_hashes: Sequence[str]) -> None:
+        gone = set(block_hashes)
+        for row_id in [i for i, r in self._s.quarantine.items() if r.block_hash in gone]:
+            del self._s.quarantine[row_id]
+
+    def list(self, source_prefix: str = "", *, include_resolved: bool = True
+             ) -> list[QuarantinedRow]:
+        return [r for _, r in sorted(self._s.quarantine.items())
+                if r.source.startswith(source_prefix)
+                and (include_resolved or r.resolved_at is None)]
+
+    def get(self, item_id: int) -> QuarantinedRow | None:
+        return self._s.quarantine.get(item_id)
+
+    def resolve(self, item_id: int, resolution: str) -> None:
+        row = self._s.quarantine.get(item_id)
+        if row is not None:
+            self._s.quarantine[item_id] = replace(row, resolved_at=datetime.now(UTC),
+                                                  resolution=resolution,
+                                                  attempts=row.attempts + 1)
+
+    def attempted(self, item_id: int, reason: str) -> None:
+        row = self._s.quarantine.get(item_id)
+        if row is not None:
+            self._s.quarantine[item_id] = replace(row, reason=reason, attempts=row.attempts + 1)
+
+
+class FakeChainState:
+    def __init__(self, state: State) -> None:
+        self._s = state
+
+    def load_cursor(self, name: str) -> Cursor | None:
+        return self._s.cursors.get(name)
+
+    def save_cursor(self, name: str, cursor: Cursor) -> None:
+        self._s.cursors[name] = cursor
+
+    def keep_blocks(self, name: str, blocks: Sequence[BlockRef], *, below: int) -> None:
+        for b in blocks:
+            self._s.blocks[(name, b.number)] = BlockRef(b.number, b.hash, b.parent_hash)
+        for key in [k for k in self._s.blocks if k[0] == name and k[1] < below]:
+            del self._s.blocks[key]
+
+    def blocks_above(self, name: str, number: int) -> list[BlockRef]:
+        return sorted((b for (n, num), b in self._s.blocks.items() if n == name and num > number),
+                      key=lambda b: -b.number)
+
+    def add_activity(self, chain_id: int, activity: Sequence[Activity]) -> None:
+        for a in activity:
+            self._s.activity.setdefault((chain_id, a.log.block_hash, a.log.log_index), a)
+
+    def forget_above(self, name: str, chain_id: int, ancestor: int) -> None:
+        for key in [k for k, a in self._s.activity.items()
+                    if k[0] == chain_id and a.log.block_number > ancestor]:
+            del self._s.activity[key]
+        for key in [k for k in self._s.blocks if k[0] == name and k[1] > ancestor]:
+            del self._s.blocks[key]
+
+
+class FakeRefundMatching:
+    def __init__(self, state: State) -> None:
+        self._s = state
+
+    def expect(self, refund: ExpectedRefund) -> None:
+        key = (refund.payment_id, refund.refund_id, refund.tx_hash.lower())
+        if any((e.refund.payment_id, e.refund.refund_id, e.refund.tx_hash) == key
+               for e in self._s.expected):
+            raise ValueError(f"expected refund {key} exists")  # the primary key, as in Postgres
+        self._s.expected.append(_Expected(replace(
+            refund, tx_hash=refund.tx_hash.lower(), to_address=refund.to_address.lower(),
+            token=refund.token.lower())))
+
+    def match(self, tx_hash: str, to_address: str, token: str, amount: int, *, log_key: str,
+              block_hash: str) -> ExpectedRefund | None:
+        facts = (tx_hash.lower(), to_address.lower(), token.lower(), amount)
+        for e in self._s.expected:
+            r = e.refund
+            if e.matched_by is None and (r.tx_hash, r.to_address, r.token, r.amount) == facts:
+                e.matched_by, e.matched_block = log_key, block_hash
+                return ExpectedRefund(r.payment_id, r.refund_id, tx_hash, to_address, token,
+                                      amount)
+        return None
+
+    def keep_unmatched(self, transfer: UnmatchedTransfer) -> None:
+        if transfer.command_id not in self._s.unmatched:
+            self._s.unmatched[transfer.command_id] = _Unmatched(
+                replace(transfer, tx_hash=transfer.tx_hash.lower(),
+                        recipient=transfer.recipient.lower(), token=transfer.token.lower()),
+                self._s.next())
+
+    def take_unmatched(self, tx_hash: str, recipient: str, token: str,
+                       amount: int) -> UnmatchedTransfer | None:
+        facts = (tx_hash.lower(), recipient.lower(), token.lower(), amount)
+        for u in sorted(self._s.unmatched.values(), key=lambda u: u.seq):
+            t = u.transfer
+            if not u.resolved and (t.tx_hash, t.recipient, t.token, t.amount) == facts:
+                u.resolved = True
+                return t
+        return None
+
+    def forget_blocks(self, block_hashes: Sequence[str]) -> None:
+        gone = set(block_hashes)
+        for e in self._s.expected:
+            if e.matched_block in gone:
+                e.matched_by = e.matched_block = None
+        for cid in [c for c, u in self._s.unmatched.items() if u.transfer.block_hash in gone]:
+            del self._s.unmatched[cid]
+
+
+class FakeDatabase:
+    """The committed state; `uow()` opens a unit of work on it."""
+
+    def __init__(self) -> None:
+        self.state = State()
+        self.commits = 0
+
+    def uow(self) -> FakeUnitOfWork:
+        return FakeUnitOfWork(self)
+
+    def read(self) -> FakeUnitOfWork:
+        """A unit of work for looking at the committed state (never committed)."""
+        return FakeUnitOfWork(self).__enter__()
+
+
+class FakeUnitOfWork:
+    def __init__(self, db: FakeDatabase) -> None:
+        self._db = db
+        self._state: State | None = None
+
+    def __enter__(self) -> FakeUnitOfWork:
+        self._state = copy.deepcopy(self._db.state)
+        self.events = InMemoryEventStore(self._state)
+        self.claims = FakeCommandClaims(self._state)
+        self.quarantine = FakeQuarantine(self._state)
+        self.chain = FakeChainState(self._state)
+        self.refunds = FakeRefundMatching(self._state)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._state = None
+
+    def _staged(self) -> State:
+        if self._state is None:
+            raise RuntimeError("unit of work used outside its `with` block")
+        return self._state
+
+    def commit(self) -> None:
+        self._db.state = copy.deepcopy(self._staged())
+        self._db.commits += 1
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        staged = self._staged()
+        before = copy.deepcopy(staged)
+        try:
+            yield
+        except BaseException:
+            staged.__dict__.update(before.__dict__)  # in place: the repositories keep `staged`
+            raise
+
+    def lock(self, key: str) -> None:
+        self._staged()

@@ -1,0 +1,219 @@
+"""One contract for the service layer's unit of work and repositories, run against the in-memory
+fakes (tests/fakes/storage.py) and the PostgreSQL implementations (cardpay/postgres/).
+
+What a handler relies on is written here once; a fake that passes it can stand in for PostgreSQL
+in the handler unit tests, and a PostgreSQL change that breaks it is caught on the real server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import Engine
+
+from cardpay.handlers.ports import ExpectedRefund, QuarantineItem, UnitOfWork, UnmatchedTransfer
+from domain.events import PaymentRefunded, PaymentSpent
+from domain.ports import ConcurrencyConflict
+from listener.classify import Activity, Kind
+from listener.logs import Log
+from listener.ports import BlockRef, Cursor
+from tests.eventsourcing_helpers import refund_requested, spent
+from tests.fakes.storage import FakeDatabase
+
+Factory = Callable[[], UnitOfWork]
+
+
+@pytest.fixture(params=[pytest.param("memory", marks=pytest.mark.unit),
+                        pytest.param("postgres", marks=pytest.mark.integration)])
+def uow(request: pytest.FixtureRequest) -> Factory:
+    if request.param == "memory":
+        return FakeDatabase().uow
+    from cardpay.postgres.uow import unit_of_work_factory
+
+    engine: Engine = request.getfixturevalue("pg_engine")
+    return unit_of_work_factory(engine, None)
+
+
+H1, H2, H3 = ("0x" + c * 64 for c in "123")
+
+
+# -- the unit of work -----------------------------------------------------------------------------
+def test_nothing_is_kept_without_commit(uow: Factory) -> None:
+    with uow() as w:
+        w.claims.claim("c1")
+        w.events.append([spent("p1")])
+        w.chain.save_cursor("main", Cursor(1, H1))
+    with uow() as w:
+        assert w.claims.claim("c1")
+        assert w.events.load("p1") == []
+        assert w.chain.load_cursor("main") is None
+
+
+def test_everything_is_kept_with_commit(uow: Factory) -> None:
+    with uow() as w:
+        w.claims.claim("c1")
+        w.events.append([spent("p1")])
+        w.quarantine.add(QuarantineItem("listener:main", "k", "bad", {"a": 1}))
+        w.commit()
+    with uow() as w:
+        assert not w.claims.claim("c1")
+        assert w.events.load("p1") == [spent("p1")]
+        assert [r.key for r in w.quarantine.list()] == ["k"]
+
+
+def test_a_savepoint_undoes_only_what_happened_inside(uow: Factory) -> None:
+    with uow() as w:
+        w.claims.claim("outside")
+        with pytest.raises(RuntimeError), w.savepoint():
+            w.claims.claim("inside")
+            w.events.append([spent("p1")])
+            raise RuntimeError("refused")
+        with w.savepoint():
+            w.claims.claim("kept")
+        w.commit()
+    with uow() as w:
+        assert not w.claims.claim("outside") and not w.claims.claim("kept")
+        assert w.claims.claim("inside")
+        assert w.events.load("p1") == []
+
+
+def test_append_refuses_a_version_another_writer_took(uow: Factory) -> None:
+    with uow() as w:
+        w.events.append([spent("p1")])
+        w.commit()
+    with uow() as w, pytest.raises(ConcurrencyConflict):
+        w.events.append([spent("p1", version=1)])
+
+
+# -- the event store's queries for the handlers ----------------------------------------------------
+def test_chain_effects_finds_spends_and_refunds_by_block_newest_first(uow: Factory) -> None:
+    def refunded(stream: str, version: int, block_hash: str) -> PaymentRefunded:
+        s = spent(stream)
+        assert isinstance(s, PaymentSpent)
+        return PaymentRefunded(stream_id=stream, version=version, occurred_at=s.occurred_at,
+                               correlation_id="c", causation_id="x", refund_id=f"r{version}",
+                               amount=s.amount,
+                               evidence=type(s.evidence)(chain_id=1, block_number=9,
+                                                         block_hash=block_hash, tx_hash=H3,
+                                                         log_index=0))
+    with uow() as w:
+        w.events.append([spent("p1"), refund_requested("p1", 2), refunded("p1", 3, H2)])
+        w.events.append([spent("p2")])
+        w.commit()
+    with uow() as w:
+        found = w.events.chain_effects([H2, "0x" + "ab" * 32])
+        assert [(type(e).__name__, e.stream_id) for e in found] == [
+            ("PaymentSpent", "p2"), ("PaymentRefunded", "p1"), ("PaymentSpent", "p1")]
+        assert w.events.chain_effects([H1]) == []
+        assert [e.stream_id for e in w.events.load_many(["p2", "none"])["p2"]] == ["p2"]
+        assert w.events.load_many(["none"]) == {"none": []}
+
+
+# -- command claims --------------------------------------------------------------------------------
+def test_claims_are_once_per_id_and_forgotten_with_their_block(uow: Factory) -> None:
+    with uow() as w:
+        assert w.claims.claim("a", block_hash=H1)
+        assert not w.claims.claim("a", block_hash=H1)
+        assert w.claims.claim_many({"a": H1, "b": H1, "c": H2, "d": None}) == {"b", "c", "d"}
+        w.claims.set_outcome("b", "quarantined")
+        assert w.claims.outcome("b") == "quarantined" and w.claims.outcome("zz") is None
+        w.claims.forget_blocks([H1])
+        assert w.claims.outcome("a") is None and w.claims.outcome("b") is None
+        assert w.claims.outcome("c") == "applied" and w.claims.outcome("d") == "applied"
+        w.claims.release(["c"])
+        assert w.claims.claim("c")
+
+
+# -- quarantine ------------------------------------------------------------------------------------
+def test_quarantine_keeps_an_item_once_and_forgets_by_key_or_block(uow: Factory) -> None:
+    with uow() as w:
+        w.quarantine.add(QuarantineItem("listener:main", "k1", "first", {"n": 1}, H1))
+        w.quarantine.add(QuarantineItem("listener:main", "k1", "again", {"n": 2}, H1))
+        w.quarantine.add(QuarantineItem("projector:payments", "k2", "gap", {}, None))
+        w.quarantine.add(QuarantineItem("listener:main", "k3", "bad", {"raw": [1, "x"]}, H2))
+        rows = w.quarantine.list()
+        assert [(r.key, r.reason) for r in rows] == [("k1", "first"), ("k2", "gap"), ("k3", "bad")]
+        assert [r.key for r in w.quarantine.list("listener:")] == ["k1", "k3"]
+        assert w.quarantine.get(rows[2].id) == rows[2] and rows[2].payload == {"raw": [1, "x"]}
+        w.quarantine.forget_blocks([H1])
+        w.quarantine.forget("k2")
+        assert [r.key for r in w.quarantine.list()] == ["k3"]
+
+
+def test_quarantine_resolution_and_attempts_are_kept(uow: Factory) -> None:
+    with uow() as w:
+        w.quarantine.add(QuarantineItem("listener:main", "k1", "first", {}))
+        w.quarantine.add(QuarantineItem("listener:main", "k2", "second", {}))
+        one, two = w.quarantine.list()
+        w.quarantine.attempted(one.id, "still refused")
+        w.quarantine.resolve(two.id, "applied on retry")
+        w.commit()
+    with uow() as w:
+        one, two = w.quarantine.list()
+        assert (one.reason, one.attempts, one.resolved_at) == ("still refused", 1, None)
+        assert (two.resolution, two.attempts) == ("applied on retry", 1)
+        assert two.resolved_at is not None
+        assert [r.key for r in w.quarantine.list(include_resolved=False)] == ["k1"]
+        assert w.quarantine.get(10**9) is None
+
+
+# -- chain state -----------------------------------------------------------------------------------
+def _activity(block: int, block_hash: str, index: int) -> Activity:
+    log = Log("0x" + "ee" * 20, (), "0x", block, block_hash, H3, 0, index)
+    return Activity(log, Kind.CARD_SPEND, "0x" + "ee" * 20, "EURe", "0x" + "01" * 20,
+                    "0x" + "02" * 20, 5, "0x" + "01" * 20, datetime(2026, 1, 1, tzinfo=UTC))
+
+
+def test_cursor_blocks_and_activity(uow: Factory) -> None:
+    with uow() as w:
+        assert w.chain.load_cursor("main") is None
+        w.chain.save_cursor("main", Cursor(5, H1))
+        w.chain.save_cursor("main", Cursor(6, H2))
+        w.chain.keep_blocks("main", [BlockRef(n, f"0x{n:064x}", f"0x{n - 1:064x}")
+                                     for n in range(1, 7)], below=3)
+        w.chain.keep_blocks("other", [BlockRef(9, H3, H2)], below=0)
+        w.chain.add_activity(1, [_activity(5, f"0x{5:064x}", 0), _activity(6, H2, 1)])
+        w.chain.add_activity(1, [_activity(6, H2, 1)])  # again: kept once
+        w.commit()
+    with uow() as w:
+        assert w.chain.load_cursor("main") == Cursor(6, H2)
+        assert [b.number for b in w.chain.blocks_above("main", -1)] == [6, 5, 4, 3]
+        assert w.chain.blocks_above("main", 4)[0] == BlockRef(6, f"0x{6:064x}", f"0x{5:064x}")
+        w.chain.forget_above("main", 1, 4)
+        assert [b.number for b in w.chain.blocks_above("main", -1)] == [4, 3]
+        assert [b.number for b in w.chain.blocks_above("other", -1)] == [9]
+
+
+# -- refund matching -------------------------------------------------------------------------------
+def test_an_expected_refund_is_matched_once_by_its_facts(uow: Factory) -> None:
+    token, to = "0x" + "AB" * 20, "0x" + "CD" * 20
+    with uow() as w:
+        w.refunds.expect(ExpectedRefund("p1", "r1", H3.upper().replace("0X", "0x"), to, token, 7))
+        assert w.refunds.match(H3, to.lower(), token, 8, log_key="l0", block_hash=H1) is None
+        hit = w.refunds.match(H3, to, token.lower(), 7, log_key="l1", block_hash=H1)
+        assert hit is not None and (hit.payment_id, hit.refund_id) == ("p1", "r1")
+        assert w.refunds.match(H3, to, token, 7, log_key="l2", block_hash=H2) is None
+        w.refunds.forget_blocks([H1])  # the matching transfer was reorged out
+        again = w.refunds.match(H3, to, token, 7, log_key="l3", block_hash=H2)
+        assert again is not None and again.refund_id == "r1"
+
+
+def test_unmatched_transfers_are_taken_oldest_first_once(uow: Factory) -> None:
+    def seen(cid: str, block: str) -> UnmatchedTransfer:
+        return UnmatchedTransfer(cid, H3, "0x" + "CD" * 20, "0x" + "ab" * 20, 7, block,
+                                 {"command_id": cid})
+    with uow() as w:
+        w.refunds.keep_unmatched(seen("t1", H1))
+        w.refunds.keep_unmatched(seen("t1", H1))
+        w.refunds.keep_unmatched(seen("t2", H2))
+        w.commit()
+    with uow() as w:
+        first = w.refunds.take_unmatched(H3, "0x" + "cd" * 20, "0x" + "AB" * 20, 7)
+        assert first is not None and first.command_id == "t1" and first.command == {
+            "command_id": "t1"}
+        assert w.refunds.take_unmatched(H3, "0x" + "cd" * 20, "0x" + "ab" * 20, 8) is None
+        w.refunds.forget_blocks([H2])  # t2's block was orphaned: it is not waiting any more
+        assert w.refunds.take_unmatched(H3, "0x" + "cd" * 20, "0x" + "ab" * 20, 7) is None
+
