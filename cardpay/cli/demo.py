@@ -14,19 +14,24 @@ import random
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TextIO
 
 from eth_abi.abi import decode as abi_decode
 from sqlalchemy import Engine, func, select
 
 from cardpay.bootstrap import database, payments_projector
+from cardpay.cli.errors import UsageError
+from cardpay.cli.options import positive_int
 from cardpay.devstack.anvil import AnvilNode
 from cardpay.devstack.local_chain import LocalChain, LocalDeployment
-from cardpay.handlers.chain import PaymentService, PostgresChainSink, make_uow_factory
+from cardpay.handlers.chain import ChainSinkHandler
+from cardpay.handlers.payments import PaymentService
 from cardpay.postgres.schema import quarantine, rm_payments
+from cardpay.postgres.uow import unit_of_work_factory
 from cardpay.settings import Settings
 from domain.commands import RecordRefundSubmission, RequestRefund
 from domain.money import Currency, Money
@@ -132,33 +137,52 @@ def _mine(chain: LocalChain, blocks: int) -> None:
     chain.w3.provider.make_request("anvil_mine", [hex(blocks)])  # type: ignore[arg-type]
 
 
+def funding_shortfalls(spends: Sequence[tuple[str, int, int]],
+                       available: Callable[[str, int], int]) -> dict[tuple[str, int], int]:
+    """What each (token, cardholder) must still receive to afford its planned spends, given what
+    it has (`available(symbol, cardholder)`); pairs that can already afford theirs are left out."""
+    needed: dict[tuple[str, int], int] = {}
+    for symbol, holder, units in spends:
+        needed[symbol, holder] = needed.get((symbol, holder), 0) + units
+    short = {}
+    for (symbol, holder), total in sorted(needed.items()):
+        missing = total - available(symbol, holder)
+        if missing > 0:
+            short[symbol, holder] = missing
+    return short
+
+
 class Demo:
-    def __init__(self, payments: int, seed: int, progress: Callable[[str], None]) -> None:
+    def __init__(self, payments: int, seed: int, progress: Callable[[str], None],
+                 keep: Path | None = None) -> None:
         self.n = payments
         self.rng = random.Random(seed)
         self.say = progress
+        self.keep = keep
 
     def run(self) -> DemoResult:
         started = time.monotonic()
         with contextlib.ExitStack() as stack:
             self.say("starting embedded PostgreSQL and Anvil")
-            settings = Settings(data_dir=stack.enter_context(_temp_dir()))
+            data_dir = self.keep if self.keep is not None else stack.enter_context(_temp_dir())
+            settings = Settings(data_dir=data_dir)
             engine = stack.enter_context(database(settings))
             node = stack.enter_context(AnvilNode())
             chain = LocalChain(node.rpc_url)
             deployment = chain.deploy(n_cardholders=max(1, min(8, self.n)))
             self.say(f"deployed contracts at block {deployment.deployed_at_block}")
-            uows = make_uow_factory(engine, settings.outbox_topic)
+            uows = unit_of_work_factory(engine, settings.outbox_topic)
             rpc = HttpJsonRpc(node.rpc_url)
             stack.callback(rpc.close)
             listener = Listener(
-                "demo", rpc, PostgresChainSink(uows, chain_id=deployment.chain_id),
+                "demo", rpc, ChainSinkHandler(uows, chain_id=deployment.chain_id),
                 chain_config(deployment),
                 start_block=deployment.deployed_at_block, confirmations=CONFIRMATIONS,
                 max_range=500,
             )
 
             spends = self._spends(deployment)
+            self._fund(chain, deployment, spends)
             chain.spend_many(spends)
             self.say(f"sent {len(spends)} card spends")
             self._index(chain, listener, engine, settings)
@@ -197,6 +221,21 @@ class Demo:
                 Currency(symbol, deployment.tokens[symbol].decimals)).units
             spends.append((symbol, self.rng.randrange(len(deployment.cardholders)), units))
         return spends
+
+    def _fund(self, chain: LocalChain, deployment: LocalDeployment,
+              spends: Sequence[tuple[str, int, int]]) -> None:
+        """Top up balances (a mint, like a Monerium top-up) and raise daily allowances wherever
+        the planned spends would exceed them, so every spend of any --payments count succeeds."""
+        topups = funding_shortfalls(spends, lambda sym, i: chain.balance_of(sym, i))
+        for (symbol, holder), missing in topups.items():
+            chain.mint(symbol, deployment.cardholders[holder], missing)
+        limits = funding_shortfalls(spends, lambda sym, i: chain.allowance_left(i, sym))
+        for (symbol, holder), missing in limits.items():
+            chain.set_daily_allowance(holder, symbol, chain.allowance_left(holder, symbol)
+                                      + missing)
+        if topups or limits:
+            self.say(f"topped up {len(topups)} balances and raised {len(limits)} daily limits "
+                     f"for {len(spends)} spends")
 
     def _index(self, chain: LocalChain, listener: Listener, engine: Engine,
                settings: Settings) -> None:
@@ -253,7 +292,6 @@ class Demo:
 @contextlib.contextmanager
 def _temp_dir() -> Iterator[Any]:
     import tempfile
-    from pathlib import Path
 
     with tempfile.TemporaryDirectory(prefix="cardpay-demo-") as d:
         yield Path(d)
@@ -287,18 +325,23 @@ def print_table(result: DemoResult, out: TextIO) -> None:
     print(f"check: {'ok' if result.ok else 'mismatch'}", file=out)
 
 
-def run(payments: int, seed: int, *, as_json: bool) -> int:
+def run(payments: int, seed: int, *, as_json: bool, keep: Path | None = None) -> int:
     import json
 
     def say(message: str) -> None:
         if not as_json:
             print(f"· {message}", file=sys.stderr, flush=True)
 
-    result = Demo(payments, seed, say).run()
+    result = Demo(payments, seed, say, keep=keep).run()
     if as_json:
         print(json.dumps(result.as_json(), indent=2))
     else:
         print_table(result, sys.stdout)
+    if keep is not None:
+        print(f"kept the demo database in {keep / 'pgdata'}; look at it with "
+              f"`CARDPAY_DATA_DIR={keep} cardpay status` (or `payments`, `quarantine list`), "
+              f"or open psql with `CARDPAY_DATA_DIR={keep} cardpay db shell`",
+              file=sys.stderr)
     return 0 if result.ok else 1
 
 
@@ -310,14 +353,22 @@ def register(sub: Any) -> None:
         "and refunds, index and project them, and compare the read model's totals per currency "
         "with totals computed independently from the chain's logs. Exits 1 on a mismatch.",
     )
-    demo.add_argument("--payments", type=int, default=20, help="card spends to make (default 20)")
+    demo.add_argument("--payments", type=positive_int, default=20,
+                      help="card spends to make, at least 1 (default 20); balances and daily "
+                      "limits are topped up to cover them")
     demo.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
     demo.add_argument("--json", action="store_true", help="print one JSON object")
+    demo.add_argument("--keep", type=Path, default=None, metavar="DIR",
+                      help="keep the demo's database (embedded PostgreSQL) in DIR, a new or empty "
+                      "directory, and print how to open it (default: deleted at the end)")
     demo.set_defaults(run=_run)
 
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:
-    if args.payments < 1:
-        print("cardpay demo: --payments must be at least 1", file=sys.stderr)
-        return 2
-    return run(args.payments, args.seed, as_json=args.json)
+    keep: Path | None = args.keep
+    if keep is not None:
+        keep = keep.expanduser().resolve()
+        if keep.exists() and (not keep.is_dir() or any(keep.iterdir())):
+            raise UsageError(f"--keep {keep}: give a new or empty directory (it is "
+                             f"{'not a directory' if not keep.is_dir() else 'not empty'})")
+    return run(args.payments, args.seed, as_json=args.json, keep=keep)

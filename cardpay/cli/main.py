@@ -8,12 +8,27 @@ assembles the parser, reads the settings once and dispatches.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import logging
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
-from cardpay.cli import chain, db, demo, projections, replay, services
-from cardpay.cli.errors import CliError
+import sqlalchemy.exc
+
+from cardpay.cli import (
+    chain,
+    db,
+    demo,
+    listener_admin,
+    payments,
+    projections,
+    quarantine,
+    replay,
+    services,
+    status,
+)
+from cardpay.cli.errors import CliError, CommandFailed, UsageError
 from cardpay.settings import Settings, SettingsError
 
 EPILOG = """\
@@ -28,17 +43,38 @@ environment:
   CARDPAY_LISTENER_NAME    the cursor's name, shared by backfill and listen (default main)
 """
 
-COMMAND_GROUPS = (demo, db, services, projections, replay, chain)
+INTERRUPTED = 130
+"""Exit status after Ctrl-C (128 + SIGINT), as shells report it."""
+
+COMMAND_GROUPS = (demo, status, payments, quarantine, db, services, projections, replay, chain,
+                  listener_admin)
 """Modules with a `register(sub)`; their order is the order of `cardpay --help`."""
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the CLI's one-line errors: what is wrong and where the help is, exit 2
+    (argparse's default prints the whole usage block first). Subparsers inherit the class."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
+def package_version() -> str:
+    try:
+        return importlib.metadata.version("cardpay")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="cardpay",
         description="On-chain card-payment indexer and saga engine (modelled on Gnosis Pay).",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"cardpay {package_version()}",
+                        help="print the version of cardpay and exit")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     parser.add_argument("--debug", action="store_true",
                         help="show the full traceback of an error (default: one line)")
@@ -48,24 +84,53 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def translate(exc: BaseException) -> CliError | None:
+    """The user-facing errors of the layers below, as CLI errors (None: not one of them)."""
+    from cardpay.bootstrap import DatabaseUnavailable
+
+    if isinstance(exc, CliError):
+        return exc
+    if isinstance(exc, SettingsError):
+        return UsageError(str(exc))
+    if isinstance(exc, DatabaseUnavailable):
+        return CommandFailed(str(exc))
+    if isinstance(exc, sqlalchemy.exc.OperationalError):
+        from cardpay.bootstrap import short_reason
+
+        return CommandFailed(f"lost the connection to PostgreSQL: {short_reason(exc)}; check "
+                             "that the server is up and run the command again")
+    return None
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    where = f"cardpay {args.command}"
     try:
         settings = Settings.from_env()
-    except SettingsError as exc:
-        print(f"cardpay: {exc}", file=sys.stderr)
-        return 2
-    try:
         status: int = args.run(settings, args)
-    except CliError as exc:
+    except KeyboardInterrupt:
         if args.debug:
             raise
-        print(f"cardpay {args.command}: {exc}", file=sys.stderr)
-        return exc.status
+        print(f"{where}: interrupted", file=sys.stderr)
+        return INTERRUPTED
+    except Exception as exc:
+        if args.debug:
+            raise
+        error = translate(exc)
+        if error is None:
+            print(f"{where}: unexpected error: {type(exc).__name__}: {one_line(str(exc))} "
+                  "(run with --debug for the traceback)", file=sys.stderr)
+            return 1
+        print(f"{where}: {one_line(str(error))}", file=sys.stderr)
+        return error.status
     return status
 
 

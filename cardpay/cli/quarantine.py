@@ -1,0 +1,118 @@
+"""`cardpay quarantine list|show|retry`: what the listener and projectors set aside, and why.
+
+`retry` hands one row back to the service layer (`cardpay.handlers.quarantine.retry`), which
+decides whether it now applies; the CLI only reports the outcome.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+from typing import Any
+
+from cardpay.cli.errors import CommandFailed
+from cardpay.cli.options import positive_int
+from cardpay.cli.output import Column, add_format_options, emit
+from cardpay.settings import Settings
+
+COLUMNS = [
+    Column("id", "id", "right"),
+    Column("source", "source"),
+    Column("key", "key"),
+    Column("reason", "reason"),
+    Column("created_at", "quarantined at",
+           render=lambda r: f"{r['created_at']:%Y-%m-%d %H:%M:%S}"),
+]
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser(
+        "quarantine", help="list, show and retry quarantined rows",
+        description="Rows the listener or a projector could not apply (undecodable logs, "
+        "duplicates, refunds matching nothing, out-of-order feed messages), kept with their "
+        "reason and payload.",
+    )
+    actions = parser.add_subparsers(dest="quarantine_command", required=True, metavar="ACTION")
+
+    listing = actions.add_parser("list", help="list quarantined rows (oldest first)",
+                                 description="List quarantined rows, oldest first.")
+    listing.add_argument("--source", default=None,
+                         help="only rows from this source (e.g. listener:main, projector:payments)")
+    listing.add_argument("--limit", type=positive_int, default=None,
+                         help="at most N rows (default: all)")
+    add_format_options(listing)
+    listing.set_defaults(run=list_command)
+
+    show = actions.add_parser("show", help="show one row in full, payload as pretty JSON",
+                              description="Print one quarantined row with its full payload.")
+    show.add_argument("id", type=positive_int, metavar="ID", help="the row's id (from `list`)")
+    show.set_defaults(run=show_command)
+
+    retry = actions.add_parser(
+        "retry", help="apply one row again now (after a fix or a missing event arrived)",
+        description="Hand one quarantined row back to the service layer; it is applied if it now "
+        "can be, and removed from the quarantine when it was.",
+    )
+    retry.add_argument("id", type=positive_int, metavar="ID", help="the row's id (from `list`)")
+    retry.set_defaults(run=retry_command)
+
+
+def list_command(settings: Settings, args: argparse.Namespace) -> int:
+    from cardpay.cli.db import reading
+    from cardpay.postgres.queries import quarantine_entries
+
+    with reading(settings) as (_, conn):
+        rows = quarantine_entries(conn, source=args.source, limit=args.limit)
+    records = [{"id": r.id, "source": r.source, "key": r.key, "reason": r.reason,
+                "created_at": r.created_at} for r in rows]
+    empty = f"(nothing quarantined from {args.source})" if args.source else "(nothing quarantined)"
+    emit(args.format, COLUMNS, records, empty=empty)
+    return 0
+
+
+def _not_found(entry_id: int) -> CommandFailed:
+    return CommandFailed(f"no quarantined row with id {entry_id}: `cardpay quarantine list` "
+                         "shows the ids")
+
+
+def show_command(settings: Settings, args: argparse.Namespace) -> int:
+    from cardpay.cli.db import reading
+    from cardpay.postgres.queries import quarantine_entry
+
+    with reading(settings) as (_, conn):
+        entry = quarantine_entry(conn, args.id)
+    if entry is None:
+        raise _not_found(args.id)
+    print(f"id:             {entry.id}")
+    print(f"source:         {entry.source}")
+    print(f"key:            {entry.key}")
+    print(f"reason:         {entry.reason}")
+    print(f"quarantined at: {entry.created_at.isoformat()}")
+    print("payload:")
+    print(json.dumps(entry.payload, indent=2, sort_keys=True, default=str))
+    return 0
+
+
+def retry_command(settings: Settings, args: argparse.Namespace) -> int:
+    from cardpay.bootstrap import database
+
+    try:  # the service layer decides; the CLI only reports what it decided
+        retry: Any = importlib.import_module("cardpay.handlers.quarantine").retry
+    except (ImportError, AttributeError):
+        raise CommandFailed("retry is not available in this version (the service layer has no "
+                            "quarantine retry yet)") from None
+    from cardpay.postgres.queries import quarantine_entry
+    from cardpay.postgres.uow import unit_of_work_factory
+
+    with database(settings, migrate=False) as engine:
+        with engine.connect() as conn:
+            if quarantine_entry(conn, args.id) is None:
+                raise _not_found(args.id)
+        result = retry(unit_of_work_factory(engine, settings.outbox_topic), args.id)
+    print(f"{result.outcome}: {result.message}")
+    return 0 if result.outcome in RETRY_SUCCESS else 1
+
+
+RETRY_SUCCESS = frozenset({"applied", "resolved", "ok", "duplicate"})
+"""Outcomes of `retry` that leave nothing to do (anything else exits 1 with its message)."""

@@ -1,0 +1,221 @@
+"""Read-only queries behind `cardpay status`, `cardpay quarantine` and `cardpay payments`.
+
+Plain rows out (frozen dataclasses of Python values); nothing here writes. Amounts stay integers
+of base units with their decimals, as the read model stores them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, Connection, column, func, inspect, null, select, table
+
+from cardpay.postgres.log_feed import SOURCE as EVENT_LOG_SOURCE
+from cardpay.postgres.schema import (
+    chain_cursor,
+    consumer_positions,
+    events,
+    outbox,
+    quarantine,
+    rm_payments,
+)
+
+PAYMENT_STATUSES = ("new", "authorized", "held", "cleared", "reversed", "settled", "retracted")
+"""Every status the payments read model writes (projector/payments.py)."""
+
+
+@dataclass(frozen=True)
+class ListenerPosition:
+    name: str
+    block_number: int
+    block_hash: str
+    updated_at: datetime
+    chain_id: int | None
+    """None until the schema stores a listener's chain identity."""
+
+
+@dataclass(frozen=True)
+class ConsumerPosition:
+    consumer: str
+    source: str
+    position: int
+    """The next offset the consumer will read from `source`."""
+    updated_at: datetime
+    lag: int | None
+    """Messages of the source not yet applied; known for the Postgres event log only."""
+
+
+@dataclass(frozen=True)
+class OutboxBacklog:
+    unpublished: int
+    oldest_created_at: datetime | None
+
+
+@dataclass(frozen=True)
+class QuarantineCount:
+    source: str
+    reason: str
+    count: int
+
+
+@dataclass(frozen=True)
+class QuarantineEntry:
+    id: int
+    source: str
+    key: str
+    reason: str
+    created_at: datetime
+    payload: dict[str, Any] | None = None
+    """Only when one entry is read in full (`quarantine_entry`)."""
+
+
+@dataclass(frozen=True)
+class PaymentView:
+    payment_id: str
+    status: str
+    account: str | None
+    currency: str | None
+    decimals: int | None
+    spent: int
+    refunded: int
+    cleared: int | None
+    spend_tx: str | None
+    updated_at: datetime
+
+
+def has_schema(conn: Connection) -> bool:
+    """Whether the cardpay tables exist (a fresh database has none until `cardpay db upgrade`)."""
+    return inspect(conn).has_table(chain_cursor.name)
+
+
+# Tables and columns added by later migrations are looked up in the database, not assumed, so
+# these reads work on every schema revision the commands may meet.
+
+def _has_column(conn: Connection, table_name: str, column_name: str) -> bool:
+    return any(c["name"] == column_name for c in inspect(conn).get_columns(table_name))
+
+
+def _unresolved(conn: Connection) -> ColumnElement[bool] | None:
+    """The filter for rows still in quarantine (None: this schema never resolves rows)."""
+    if _has_column(conn, quarantine.name, "resolved_at"):
+        return column("resolved_at").is_(None)
+    return None
+
+
+def listeners(conn: Connection) -> list[ListenerPosition]:
+    t = chain_cursor
+    query = select(t.c.name, t.c.block_number, t.c.block_hash, t.c.updated_at)
+    if inspect(conn).has_table("chain_identity"):
+        identity = table("chain_identity", column("listener"), column("chain_id"))
+        query = select(*query.selected_columns, identity.c.chain_id).select_from(
+            t.outerjoin(identity, identity.c.listener == t.c.name))
+    else:
+        query = select(*query.selected_columns, null())
+    out = []
+    for row in conn.execute(query.order_by(t.c.name)):
+        chain_id: int | None = row[4]
+        out.append(ListenerPosition(str(row[0]), int(row[1]), str(row[2]), row[3],
+                                    None if chain_id is None else int(chain_id)))
+    return out
+
+
+def consumers(conn: Connection) -> list[ConsumerPosition]:
+    t = consumer_positions
+    out = []
+    for consumer, source, position, updated_at in conn.execute(
+        select(t.c.consumer, t.c.source, t.c.position, t.c.updated_at)
+        .order_by(t.c.consumer, t.c.source)
+    ):
+        lag = None
+        if source == EVENT_LOG_SOURCE:
+            # positions are the next offset to read; the log can have gaps (rolled-back inserts)
+            lag = int(conn.execute(select(func.count()).select_from(events)
+                                   .where(events.c.position >= position)).scalar_one())
+        out.append(ConsumerPosition(consumer, source, int(position), updated_at, lag))
+    return out
+
+
+def event_log_size(conn: Connection) -> tuple[int, int | None]:
+    """(events stored, highest global position or None)."""
+    count, last = conn.execute(select(func.count(), func.max(events.c.position))).one()
+    return int(count), None if last is None else int(last)
+
+
+def outbox_backlog(conn: Connection) -> OutboxBacklog:
+    count, oldest = conn.execute(
+        select(func.count(), func.min(outbox.c.created_at))
+        .where(outbox.c.published_at.is_(None))
+    ).one()
+    return OutboxBacklog(int(count), oldest)
+
+
+def database_now(conn: Connection) -> datetime:
+    """The server's clock: ages are measured against it, not against this machine's."""
+    now: datetime = conn.execute(select(func.now())).scalar_one()
+    return now
+
+
+def quarantine_counts(conn: Connection) -> list[QuarantineCount]:
+    q = quarantine
+    unresolved = _unresolved(conn)
+    rows = conn.execute(
+        select(q.c.source, q.c.reason, func.count())
+        .where(*([] if unresolved is None else [unresolved]))
+        .group_by(q.c.source, q.c.reason)
+        .order_by(q.c.source, func.count().desc(), q.c.reason)
+    )
+    return [QuarantineCount(source, reason, int(count)) for source, reason, count in rows]
+
+
+def quarantine_entries(conn: Connection, *, source: str | None = None, limit: int | None = None,
+                       include_resolved: bool = False) -> list[QuarantineEntry]:
+    """Rows still in quarantine (with `include_resolved`, also those a retry resolved)."""
+    q = quarantine
+    query = select(q.c.id, q.c.source, q.c.key, q.c.reason, q.c.created_at).order_by(q.c.id)
+    unresolved = _unresolved(conn)
+    if unresolved is not None and not include_resolved:
+        query = query.where(unresolved)
+    if source is not None:
+        query = query.where(q.c.source == source)
+    if limit is not None:
+        query = query.limit(limit)
+    return [QuarantineEntry(int(r.id), r.source, r.key, r.reason, r.created_at)
+            for r in conn.execute(query)]
+
+
+def quarantine_entry(conn: Connection, entry_id: int) -> QuarantineEntry | None:
+    q = quarantine
+    row = conn.execute(select(q.c.id, q.c.source, q.c.key, q.c.reason, q.c.created_at,
+                              q.c.payload).where(q.c.id == entry_id)).first()
+    if row is None:
+        return None
+    return QuarantineEntry(int(row.id), row.source, row.key, row.reason, row.created_at,
+                           dict(row.payload) if isinstance(row.payload, dict)
+                           else {"value": row.payload})
+
+
+def quarantine_sources(conn: Connection) -> list[str]:
+    return [s for (s,) in conn.execute(select(quarantine.c.source).distinct()
+                                       .order_by(quarantine.c.source))]
+
+
+def payments(conn: Connection, *, status: str | None = None,
+             limit: int | None = None) -> list[PaymentView]:
+    """Most recently updated first."""
+    p = rm_payments
+    query = select(p).order_by(p.c.updated_at.desc(), p.c.payment_id)
+    if status is not None:
+        query = query.where(p.c.status == status)
+    if limit is not None:
+        query = query.limit(limit)
+    return [
+        PaymentView(
+            payment_id=r.payment_id, status=r.status, account=r.account, currency=r.currency,
+            decimals=r.decimals, spent=int(r.spent), refunded=int(r.refunded),
+            cleared=None if r.cleared is None else int(r.cleared), spend_tx=r.spend_tx,
+            updated_at=r.updated_at,
+        )
+        for r in conn.execute(query)
+    ]
