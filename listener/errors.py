@@ -29,3 +29,18 @@ class RpcTransportError(ListenerError):
 
 class ReorgDetected(ListenerError):
     """The block under the cursor is no longer on the node's canonical chain."""
+
+
+class ReorgTooDeep(ReorgDetected):
+    """No kept block hash is still canonical: the reorg is deeper than the window."""
+
+    def __init__(self, message: str, *, block: int, oldest_kept: int | None) -> None:
+        super().__init__(message)
+        self.block = block
+        """The cursor's block, reorged out."""
+        self.oldest_kept = oldest_kept
+        """The oldest kept block (also reorged out); None when none was kept."""
+
+
+class ChainMismatch(ListenerError):
+    """The data does not come from the chain the preset names (a recording, a node)."""

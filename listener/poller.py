@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from listener.decode import SPEND_TOPIC, TRANSFER_TOPIC
-from listener.errors import MalformedLog, ReorgDetected, RpcError, RpcTransportError
+from listener.errors import MalformedLog, ReorgTooDeep, RpcError, RpcTransportError
 from listener.logs import Log, parse_log
 from listener.ports import BlockRef, ChainBatch, ChainSink, Cursor, Rejected, RpcClient
 from listener.presets import ChainConfig
@@ -32,9 +32,7 @@ from listener.translate import raw_log, translate
 
 log = logging.getLogger(__name__)
 
-
-class ReorgTooDeep(ReorgDetected):
-    """No kept block hash is still canonical: the reorg is deeper than the window."""
+__all__ = ["Listener", "RangeResult", "ReorgTooDeep", "build_batch", "parse_logs"]
 
 
 @dataclass(frozen=True)
@@ -74,6 +72,20 @@ def parse_logs(raw_logs: Any) -> tuple[list[Log], list[Rejected]]:
             rejected.append(Rejected(f"malformed:{digest.hexdigest()}", str(exc),
                                      raw if isinstance(raw, dict) else {"raw": raw}))
     return logs, rejected
+
+
+def _up_to(last: int, logs: Sequence[Log],
+           rejected: Sequence[Rejected]) -> tuple[list[Log], list[Rejected]]:
+    """The part of a response in blocks up to `last` (the rest is read again with its range)."""
+    def block_of(item: Rejected) -> int:
+        number = item.raw.get("blockNumber")
+        try:
+            return int(number, 16) if isinstance(number, str) else int(number or 0)
+        except (TypeError, ValueError):
+            return 0  # no usable block number: quarantined with this part
+
+    return ([item for item in logs if item.block_number <= last],
+            [item for item in rejected if block_of(item) <= last])
 
 
 def build_batch(
@@ -121,6 +133,7 @@ class Listener:
         confirmations: int,
         max_range: int = 2000,
         initial_range: int | None = None,
+        max_logs: int = 10_000,
         on_range: Observer | None = None,
     ) -> None:
         if confirmations < 0 or max_range < 1:
@@ -132,7 +145,8 @@ class Listener:
         self._start_block = start_block
         self._confirmations = confirmations
         self.planner = RangePlanner(size=min(max_range, initial_range or max_range),
-                                    maximum=max_range)
+                                    maximum=max_range, max_logs=max_logs,
+                                    target_logs=min(5_000, max(1, max_logs // 2)))
         self._on_range = on_range
 
     def cursor(self) -> Cursor | None:
@@ -164,6 +178,14 @@ class Listener:
         last = self.planner.plan(first, safe)
         raw_logs, last = self._get_logs(first, last)
         logs, rejected = parse_logs(raw_logs)
+        self.planner.succeeded(last - first + 1, len(logs))
+        cut = self.planner.cut(first, last, [item.block_number for item in logs])
+        if cut < last:
+            self.planner.over_full(last - first + 1, len(logs))
+            log.info("eth_getLogs %d..%d returned %d logs; applying %d..%d first", first, last,
+                     len(logs), first, cut)
+            logs, rejected = _up_to(cut, logs, rejected)
+            last = cut
         headers = self._headers_for(logs, last)
         if headers is None:
             return None  # the node changed its mind mid-range; the next poll sees the reorg
@@ -175,7 +197,6 @@ class Listener:
         batch = build_batch(self._config, logs, rejected, timestamps,
                             Cursor(last, end.hash), headers.values(), previous=cursor)
         self._sink.apply(self.name, batch)
-        self.planner.succeeded(last - first + 1, len(logs))
         by_class: dict[str, int] = {}
         for act in batch.activity:
             by_class[act.kind.value] = by_class.get(act.kind.value, 0) + 1
@@ -270,7 +291,8 @@ class Listener:
 
     def _recover(self, cursor: Cursor) -> RangeResult:
         """Find the newest kept block the node still has; retract everything above it."""
-        for kept in self._sink.recent_blocks(self.name):
+        kept_blocks = self._sink.recent_blocks(self.name)
+        for kept in kept_blocks:
             node = self._header(kept.number)
             if node is not None and node.hash == kept.hash:
                 retracted = self._sink.rollback(self.name, kept, cursor)
@@ -279,9 +301,12 @@ class Listener:
                             depth, kept.number, kept.hash, retracted)
                 return self._report(RangeResult(kept.number + 1, cursor.block_number, 0, 0, 0,
                                                 reorg_depth=depth, retracted=retracted))
+        oldest = kept_blocks[-1].number if kept_blocks else None
         raise ReorgTooDeep(
             f"block {cursor.block_number} ({cursor.block_hash}) was reorged out and none of the "
-            "kept block hashes is canonical any more; re-index from an older block"
+            f"{len(kept_blocks)} kept block hashes is canonical any more (a reorg deeper than the "
+            "kept window); re-index from an older block",
+            block=cursor.block_number, oldest_kept=oldest,
         )
 
     def _report(self, result: RangeResult) -> RangeResult:

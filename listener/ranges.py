@@ -8,6 +8,8 @@ When the error suggests a range ("try with this block range [0x..., 0x...]"), th
 from __future__ import annotations
 
 import re
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from listener.errors import RpcError
@@ -44,6 +46,9 @@ class RangePlanner:
     maximum: int = 10_000
     target_logs: int = 5_000
     """Grow while a range returns fewer logs than this; shrink when it returns more than twice."""
+    max_logs: int = 10_000
+    """The most logs one range may apply: a response with more is cut (`cut`) and the next
+    ranges are sized so that they hold about `target_logs`."""
 
     def plan(self, first: int, safe: int) -> int:
         """The last block of the next range starting at `first` (never beyond `safe`)."""
@@ -54,6 +59,27 @@ class RangePlanner:
             self.size = max(self.minimum, self.size // 2)
         elif logs < self.target_logs and blocks >= self.size:
             self.size = min(self.maximum, self.size * 2)
+
+    def over_full(self, blocks: int, logs: int) -> None:
+        """A response held more than `max_logs`: size the next ranges to the density it showed
+        (about `target_logs` each) instead of halving step by step through more over-full ones."""
+        fitting = blocks * self.target_logs // max(1, logs)
+        self.size = max(self.minimum, min(self.size // 2, fitting))
+
+    def cut(self, first: int, last: int, block_numbers: Sequence[int]) -> int:
+        """The last block to apply out of a response for `first..last` whose logs are in
+        `block_numbers`: all of it when it holds at most `max_logs` logs, else the longest prefix
+        of whole blocks that does (at least the block `first`: one block cannot be split)."""
+        if len(block_numbers) <= self.max_logs or first == last:
+            return last
+        counts = Counter(block_numbers)
+        end, taken = first, counts.get(first, 0)
+        for number in range(first + 1, last + 1):
+            taken += counts.get(number, 0)
+            if taken > self.max_logs:
+                break
+            end = number
+        return end
 
     def refused(self, first: int, error: RpcError | None) -> None:
         """The provider refused the range starting at `first`: take its hint or halve."""

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from listener.errors import ListenerError
+from listener.errors import ChainMismatch, ListenerError
 from listener.logs import Log
 from listener.poller import build_batch, parse_logs
 from listener.ports import BlockRef, ChainSink, Cursor, Rejected
@@ -96,6 +96,11 @@ def replay(
         if not config.subscribes(item.address, item.topics[0] if item.topics else None):
             continue  # the live filter (emitter + topic0) would not have returned it
         by_block.setdefault(item.block_number, []).append(item)
+    if recording.logs and not by_block:
+        raise ChainMismatch(
+            f"none of the {len(recording.logs)} recorded logs comes from the {config.name} "
+            f"preset's contracts (chain {config.chain_id}): a recording of another chain? "
+            "(--preset)")
     pending_rejects = list(recording.rejected)
     previous: Cursor | None = sink.load_cursor(name)
     totals = [0, 0, 0, 0]
