@@ -58,6 +58,8 @@ class ChainSinkHandler:
         self._window = window
         self.applied = 0
         self.quarantined = 0
+        self.last_refusal: str | None = None
+        """Why the model refused the last command it refused (for a retry's report)."""
 
     def load_cursor(self, name: str) -> Cursor | None:
         with self._uow() as uow:
@@ -197,6 +199,7 @@ class ChainSinkHandler:
 
     def _refused(self, uow: UnitOfWork, name: str, command: ChainCommand,
                  exc: DomainError) -> None:
+        self.last_refusal = str(exc)
         uow.claims.set_outcome(command.command_id, "quarantined")
         self._quarantine(uow, name, command.command_id, str(exc), command_payload(command),
                          command.evidence.block_hash)
