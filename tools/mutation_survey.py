@@ -158,7 +158,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "                if True:",
         "a provider's 'range too large' refusal shrinks the eth_getLogs range instead of failing",
         ("tests/integration/test_rpc_faults.py::test_faults_end_with_the_complete_exact_index"
-         "[too-many-results]",),
+         "[too-many-results-faults4]",),
     ),
     Mutant(
         "relay-marks-before-sending", "cardpay/kafka/relay.py",
@@ -442,8 +442,12 @@ def survey(mutants: Sequence[Mutant], *, rev: str | None, timeout: float, baseli
         if problems:
             raise SystemExit("stale mutants (fix their snippets):\n  " + "\n  ".join(problems))
         probe(pristine)
+        tests = list(dict.fromkeys(t for m in mutants for t in m.tests))
+        rc, output, _ = run_pytest(pristine, ["--collect-only", *tests], timeout=300,
+                                   stop_first=False)
+        if rc != 0:
+            raise SystemExit(f"the named tests do not all collect (exit {rc}):\n{output[-4000:]}")
         if baseline:
-            tests = list(dict.fromkeys(t for m in mutants for t in m.tests))
             print(f"baseline: {len(tests)} test selections on the unmutated copy ...", flush=True)
             rc, output, seconds = run_pytest(pristine, tests, timeout=timeout * len(mutants),
                                              stop_first=False)
