@@ -50,6 +50,7 @@ REORG_TESTS = (
     "tests/integration/test_reorg.py::test_snapshot_revert_reorg_with_a_transaction_in_a_different_block",
 )
 FORK_SWITCH = "tests/integration/test_poller_fork_switch.py"
+HANDLER_UNIT = "tests/unit/test_chain_sink_handler.py"
 
 
 @dataclass(frozen=True)
@@ -122,14 +123,15 @@ MUTANTS: tuple[Mutant, ...] = (
         "                if not _still_rests_on(uow, effect):\n                    continue",
         "                if True or not _still_rests_on(uow, effect):\n                    continue",
         "a spend or refund from an orphaned block is retracted",
-        (FORK_SWITCH, *REORG_TESTS),
+        (HANDLER_UNIT, FORK_SWITCH, *REORG_TESTS),
     ),
     Mutant(
         "command-claim-ignored", "cardpay/handlers/chain.py",
         "        todo = [cmd for cmd in spends if cmd.command_id in fresh]",
         "        todo = list(spends)",
         "a chain command already applied (same log) is a duplicate, never applied again",
-        ("tests/integration/test_listener_pipeline.py", "tests/integration/test_concurrency.py"),
+        (HANDLER_UNIT, "tests/integration/test_listener_pipeline.py",
+         "tests/integration/test_concurrency.py"),
     ),
     Mutant(
         "money-currency-check-removed", "domain/money.py",
@@ -245,32 +247,32 @@ MUTANTS: tuple[Mutant, ...] = (
         "        if current != previous:",
         "        if False:",
         "a second listener with the same name cannot move the cursor under the first",
-        ("tests/integration/test_concurrency.py",),
+        (HANDLER_UNIT, "tests/integration/test_concurrency.py"),
     ),
     Mutant(
         "single-command-claim-ignored", "cardpay/handlers/chain.py",
-        '        if not uow.claim_command(command.command_id, "applied"):\n'
-        "            self._quarantine(uow, name, f\"duplicate:{command.command_id}\",",
-        '        if not (uow.claim_command(command.command_id, "applied") or True):\n'
-        "            self._quarantine(uow, name, f\"duplicate:{command.command_id}\",",
+        "        if not uow.claims.claim(command.command_id, "
+        "block_hash=command.evidence.block_hash):",
+        "        if not (uow.claims.claim(command.command_id, "
+        "block_hash=command.evidence.block_hash) or True):",
         "a chain command on the one-by-one path is applied once, however often it is delivered",
-        ("tests/integration/test_concurrency.py", "tests/integration/test_listener_pipeline.py",
+        (HANDLER_UNIT, "tests/integration/test_concurrency.py", "tests/integration/test_listener_pipeline.py",
          "tests/integration/test_reorg.py::test_refund_reorged_out_is_in_flight_again_then_"
          "confirmed_when_remined"),
     ),
     Mutant(
         "bulk-claims-kept-on-conflict", "cardpay/handlers/chain.py",
-        "            uow.release_commands([cmd.command_id for cmd in decided])",
+        "            uow.claims.release([cmd.command_id for cmd in decided])",
         "            pass  # mutant: claims kept",
         "spends whose bulk append conflicted are decided again, not left claimed and unapplied",
-        ("tests/integration/test_concurrency.py",),
+        (HANDLER_UNIT, "tests/integration/test_concurrency.py"),
     ),
     Mutant(
         "unmatched-refund-transfer-kept-claimed", "cardpay/handlers/chain.py",
-        "            uow.release_command(command.command_id)",
+        "            uow.claims.release([command.command_id])",
         "            pass  # mutant: claim kept",
         "a refund transfer seen before its submission confirms the refund once it is recorded",
-        ("tests/integration/test_concurrency.py",),
+        (HANDLER_UNIT, "tests/integration/test_concurrency.py"),
     ),
     Mutant(
         "retraction-of-what-no-longer-rests", "cardpay/handlers/chain.py",
@@ -278,7 +280,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "        return True",
         "a reorg retracts only what still rests on the orphaned log (a moved spend is not "
         "retracted twice)",
-        (FORK_SWITCH, *REORG_TESTS),
+        (HANDLER_UNIT, FORK_SWITCH, *REORG_TESTS),
     ),
 )
 
