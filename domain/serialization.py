@@ -2,6 +2,11 @@
 
 Money becomes {"units": "<int as string>", "currency": code, "decimals": n}: amounts stay exact in JSON
 (18-decimal token amounts overflow a double). Datetimes are ISO 8601 with their UTC offset.
+
+Stored events carry a schema version (`meta.schema`). Reading an older one runs it through the
+upcasters, one version step at a time, before it becomes a typed event; so a change to an event's
+shape is an upcaster here, never a rewrite of stored rows or a second reader elsewhere. Events
+stored before versioning have no `meta.schema` and count as version 0.
 """
 
 from __future__ import annotations
@@ -14,6 +19,40 @@ from typing import Any
 from domain.errors import UnknownEventType
 from domain.events import PAYMENT_EVENTS, DomainEvent, RecordedEvent
 from domain.money import Currency, Money
+
+SCHEMA_VERSION = 1
+"""The shape `to_data` writes. Raise it with an upcaster from the previous version."""
+
+Upcaster = typing.Callable[[str, dict[str, Any]], dict[str, Any]]
+"""(event type, data at version n) -> data at version n + 1."""
+
+
+def _stamp_schema(event_type: str, data: dict[str, Any]) -> dict[str, Any]:
+    """0 -> 1: the version appears in the metadata; payloads are unchanged."""
+    return {**data, "meta": {**data["meta"], "schema": 1}}
+
+
+UPCASTERS: dict[int, Upcaster] = {0: _stamp_schema}
+"""From-version -> upcaster to the next version."""
+
+
+def schema_of(data: dict[str, Any]) -> int:
+    return int(data.get("meta", {}).get("schema", 0))
+
+
+def upcast(event_type: str, data: dict[str, Any]) -> dict[str, Any]:
+    """Bring stored event data to `SCHEMA_VERSION`; newer data than this code knows is refused."""
+    version = schema_of(data)
+    if version > SCHEMA_VERSION:
+        raise UnknownEventType(f"{event_type} has schema {version}; this version of cardpay reads "
+                               f"up to {SCHEMA_VERSION}")
+    while version < SCHEMA_VERSION:
+        data = UPCASTERS[version](event_type, data)
+        version += 1
+        if schema_of(data) != version:
+            raise AssertionError(f"upcaster from {version - 1} did not produce schema {version}")
+    return data
+
 
 _ENVELOPE = frozenset(f.name for f in dataclasses.fields(DomainEvent))
 EVENT_TYPES: dict[str, type[DomainEvent]] = {cls.__name__: cls for cls in PAYMENT_EVENTS}
@@ -87,6 +126,7 @@ def event_metadata(event: DomainEvent) -> dict[str, Any]:
         "occurred_at": _dump(event.occurred_at),
         "correlation_id": event.correlation_id,
         "causation_id": event.causation_id,
+        "schema": SCHEMA_VERSION,
     }
 
 
@@ -101,8 +141,9 @@ def from_recorded(recorded: RecordedEvent) -> DomainEvent:
     if cls is None:
         raise UnknownEventType(f"unknown event type {recorded.type!r}")
     hints = _hints(cls)
-    payload = recorded.data["payload"]
-    meta = recorded.data["meta"]
+    data = upcast(recorded.type, recorded.data)
+    payload = data["payload"]
+    meta = data["meta"]
     fields = {name: _load(hints[name], payload[name]) for name in payload}
     return cls(
         stream_id=recorded.stream_id,

@@ -180,3 +180,25 @@ def test_many_concurrent_writers_and_a_tailing_reader_see_every_event_once(
         stored = sorted(conn.execute(text("SELECT position FROM events")).scalars())
     assert len(stored) == writers * per_writer
     assert seen == stored
+
+
+@pytest.mark.integration
+def test_an_event_stored_before_schema_versions_loads_through_the_upcaster(
+        pg_engine: Engine) -> None:
+    """A row as earlier releases wrote it (no meta.schema) loads, is fed, and decodes as today."""
+    import json
+
+    from domain.serialization import SCHEMA_VERSION, from_recorded, schema_of
+
+    event = spent("old")
+    data = to_data(event)
+    del data["meta"]["schema"]
+    with pg_engine.begin() as conn:
+        conn.execute(text("INSERT INTO events (stream_id, version, type, data) "
+                          "VALUES ('old', 1, 'PaymentSpent', CAST(:d AS jsonb))"),
+                     {"d": json.dumps(data)})
+    with PostgresUnitOfWork(pg_engine) as uow:
+        assert uow.events.load("old") == [event]
+        (recorded,) = uow.events.read_after(0, 10)
+    assert schema_of(recorded.data) == 0  # the row itself is not rewritten
+    assert from_recorded(recorded) == event and SCHEMA_VERSION >= 1

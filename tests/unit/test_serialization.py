@@ -25,10 +25,13 @@ from domain.events import (
 from domain.money import EUR, Currency, Money
 from domain.serialization import (
     EVENT_TYPES,
+    SCHEMA_VERSION,
     event_metadata,
     event_payload,
     from_recorded,
+    schema_of,
     to_data,
+    upcast,
 )
 
 pytestmark = pytest.mark.unit
@@ -153,7 +156,8 @@ def test_the_json_form_has_no_floats_and_no_envelope_in_the_payload(event: Domai
     assert data["payload"] == event_payload(event)
     assert data["meta"] == event_metadata(event)
     assert set(data["payload"]) == {f.name for f in dataclasses.fields(event)} - ENVELOPE
-    assert set(data["meta"]) == {"occurred_at", "correlation_id", "causation_id"}
+    assert set(data["meta"]) == {"occurred_at", "correlation_id", "causation_id", "schema"}
+    assert data["meta"]["schema"] == SCHEMA_VERSION
 
 
 def test_an_18_decimal_amount_stays_exact() -> None:
@@ -282,3 +286,41 @@ def test_commands_round_trip_through_to_json_and_from_json() -> None:
     )
     raw = _json.loads(_json.dumps(to_json(command)))
     assert from_json(RecordSettlementTransfer, raw) == command
+
+
+# -- schema versions and upcasting ------------------------------------------------------------------
+def _pre_versioning(event: DomainEvent) -> RecordedEvent:
+    """How releases before schema versions stored an event: no `meta.schema`."""
+    data = to_data(event)
+    del data["meta"]["schema"]
+    return RecordedEvent(stream_id=event.stream_id, version=event.version, position=1,
+                         type=type(event).__name__, data=data, recorded_at=T0)
+
+
+def test_an_event_stored_before_schema_versions_reads_as_today() -> None:
+    event = authorized(amount=Money(10**30 + 1, EURE))
+    old = _pre_versioning(event)
+    assert schema_of(old.data) == 0
+    assert from_recorded(old) == event
+    assert upcast(old.type, old.data)["meta"]["schema"] == SCHEMA_VERSION
+
+
+def test_upcasters_run_in_order_up_to_the_current_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A future shape change: v2 renames PaymentAuthorized.mcc to merchant_category, and this
+    model (reading v2) gets its v1 data through the chain 0 -> 1 -> 2; a v3 row is refused."""
+    import domain.serialization as ser
+
+    def rename(event_type: str, data: dict[str, Any]) -> dict[str, Any]:
+        payload = dict(data["payload"])
+        if event_type == "PaymentAuthorized":
+            payload["merchant_category"] = payload.pop("mcc")
+        return {"payload": payload, "meta": {**data["meta"], "schema": 2}}
+
+    monkeypatch.setattr(ser, "SCHEMA_VERSION", 2)
+    monkeypatch.setitem(ser.UPCASTERS, 1, rename)
+    old = _pre_versioning(authorized())
+    data = ser.upcast(old.type, old.data)
+    assert data["meta"]["schema"] == 2
+    assert "mcc" not in data["payload"] and data["payload"]["merchant_category"] == "5462"
+    with pytest.raises(UnknownEventType, match="schema 3"):
+        ser.upcast(old.type, {**old.data, "meta": {**old.data["meta"], "schema": 3}})
