@@ -2,7 +2,8 @@
 
 Backfill and live indexing share one cursor (per listener name), so a backfill followed by
 `listen` hands over with no gap and no duplicate: live indexing starts at the block after the
-backfill's last one, whatever happened in between.
+backfill's last one, whatever happened in between. Both refuse a node on another chain than the
+preset's or than the one the listener indexed before (see `cardpay.bootstrap.listen`).
 """
 
 from __future__ import annotations
@@ -14,24 +15,32 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
 
 from cardpay.bootstrap import database
+from cardpay.bootstrap.listen import (
+    NodeUnreachable,
+    WrongChain,
+    build_listener,
+    check_chain,
+    fork_floor,
+)
+from cardpay.cli.errors import CommandFailed, UsageError
 from cardpay.cli.progress import Progress
-from cardpay.handlers.chain import PostgresChainSink, make_uow_factory
 from cardpay.metrics import ListenerMetrics
+from cardpay.postgres.chain_identity import PostgresChainIdentities
 from cardpay.settings import Settings
+from listener.errors import ReorgTooDeep
 from listener.poller import Listener, RangeResult
 from listener.presets import ChainConfig, load_preset
 from listener.rpc import HttpJsonRpc
 
-
-class ChainCommandError(RuntimeError):
-    """A chain command cannot start as asked (missing RPC URL, a gap it would leave...)."""
+__all__ = ["backfill", "build_listener", "deploy", "listen", "register"]
 
 
 def register(sub: Any) -> None:
@@ -43,108 +52,139 @@ def register(sub: Any) -> None:
                             help="local preset file written by `cardpay deploy` "
                             "(default $CARDPAY_DATA_DIR/local-deployment.json)")
     chain_args.add_argument("--rpc-url", default=None, help="node URL (default CARDPAY_RPC_URL)")
-    backfill = sub.add_parser(
+    backfill_parser = sub.add_parser(
         "backfill", parents=[chain_args],
         help="index a block range with a progress bar (blocks, logs/s, ETA), then stop",
         description="Index from --from-block (or the listener's cursor) to --to-block (default: "
         "the confirmed head at start). Shares the cursor with `cardpay listen`, so live "
         "indexing continues exactly where a backfill ended.",
     )
-    backfill.add_argument("--from-block", type=int, default=None)
-    backfill.add_argument("--to-block", type=int, default=None)
-    backfill.set_defaults(run=_run)
-    listen = sub.add_parser("listen", parents=[chain_args],
-                            help="index the chain as it grows (Ctrl-C to stop)")
-    listen.add_argument("--from-block", type=int, default=None,
-                        help="first block when the listener has no cursor yet")
-    listen.add_argument("--metrics-port", type=int, default=None,
-                        help="serve Prometheus /metrics on 127.0.0.1:PORT")
-    listen.add_argument("--poll-interval", type=float, default=2.0, help="seconds (default 2)")
-    listen.set_defaults(run=_run)
-    deploy = sub.add_parser("deploy", help="deploy the local contract replicas on a node and "
-                            "write the local preset file")
-    deploy.add_argument("--rpc-url", default=None, help="node URL (default CARDPAY_RPC_URL)")
-    deploy.add_argument("--cardholders", type=int, default=5)
-    deploy.add_argument("--out", type=Path, default=None,
-                        help="preset file (default $CARDPAY_DATA_DIR/local-deployment.json)")
-    deploy.set_defaults(run=_run)
+    backfill_parser.add_argument("--from-block", type=int, default=None,
+                                 help="first block (required when the listener has no cursor)")
+    backfill_parser.add_argument("--to-block", type=int, default=None,
+                                 help="last block (default: the confirmed head at start; a block "
+                                 "past it stops at the head)")
+    backfill_parser.set_defaults(run=_run)
+    listen_parser = sub.add_parser("listen", parents=[chain_args],
+                                   help="index the chain as it grows (Ctrl-C to stop)")
+    listen_parser.add_argument("--from-block", type=int, default=None,
+                               help="first block when the listener has no cursor yet")
+    listen_parser.add_argument("--metrics-port", type=int, default=None,
+                               help="serve Prometheus /metrics on 127.0.0.1:PORT")
+    listen_parser.add_argument("--poll-interval", type=float, default=2.0,
+                               help="seconds (default 2)")
+    listen_parser.set_defaults(run=_run)
+    deploy_parser = sub.add_parser("deploy", help="deploy the local contract replicas on a node "
+                                   "and write the local preset file")
+    deploy_parser.add_argument("--rpc-url", default=None, help="node URL (default CARDPAY_RPC_URL)")
+    deploy_parser.add_argument("--cardholders", type=int, default=5,
+                               help="funded cardholder accounts to create (default 5)")
+    deploy_parser.add_argument("--out", type=Path, default=None,
+                               help="preset file (default $CARDPAY_DATA_DIR/local-deployment.json)")
+    deploy_parser.set_defaults(run=_run)
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Option values no command can use, refused before anything starts."""
+    for option in ("from_block", "to_block", "cardholders"):
+        value = getattr(args, option, None)
+        if value is not None and value < 0:
+            raise UsageError(f"--{option.replace('_', '-')} must be >= 0, got {value}")
+    if getattr(args, "cardholders", None) == 0:
+        raise UsageError("--cardholders must be >= 1, got 0")
+    first, last = getattr(args, "from_block", None), getattr(args, "to_block", None)
+    if first is not None and last is not None and first > last:
+        raise UsageError(f"--from-block {first} is after --to-block {last}")
+    interval = getattr(args, "poll_interval", None)
+    if interval is not None and not interval > 0:
+        raise UsageError(f"--poll-interval must be > 0 seconds, got {interval}")
+    port = getattr(args, "metrics_port", None)
+    if port is not None and not 1 <= port <= 65535:
+        raise UsageError(f"--metrics-port must be a TCP port (1-65535), got {port}")
 
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:
     from cardpay.runtime import tune_gc
 
+    validate(args)
     if args.command != "deploy":
         tune_gc()
-    try:
-        if args.command == "backfill":
-            return backfill(
-                settings, preset=args.preset, deployment=args.deployment,
-                rpc_url=args.rpc_url, from_block=args.from_block, to_block=args.to_block,
-                show_progress=sys.stderr.isatty() or bool(os.environ.get("CARDPAY_PROGRESS")))
-        if args.command == "listen":
-            return listen(
-                settings, preset=args.preset, deployment=args.deployment,
-                rpc_url=args.rpc_url, from_block=args.from_block,
-                metrics_port=args.metrics_port, poll_interval=args.poll_interval)
-        return deploy(settings, rpc_url=args.rpc_url, cardholders=args.cardholders,
-                      out=args.out)
-    except (ChainCommandError, FileNotFoundError) as exc:
-        print(f"cardpay {args.command}: {exc}", file=sys.stderr)
-        return 2
+    if args.command == "backfill":
+        return backfill(
+            settings, preset=args.preset, deployment=args.deployment,
+            rpc_url=args.rpc_url, from_block=args.from_block, to_block=args.to_block,
+            show_progress=sys.stderr.isatty() or bool(os.environ.get("CARDPAY_PROGRESS")))
+    if args.command == "listen":
+        return listen(
+            settings, preset=args.preset, deployment=args.deployment,
+            rpc_url=args.rpc_url, from_block=args.from_block,
+            metrics_port=args.metrics_port, poll_interval=args.poll_interval)
+    return deploy(settings, rpc_url=args.rpc_url, cardholders=args.cardholders, out=args.out)
 
 
 def deployment_file(settings: Settings, given: Path | None) -> Path:
     return given or settings.data_dir / "local-deployment.json"
 
 
-def build_listener(
-    settings: Settings,
-    engine: Engine,
-    config: ChainConfig,
-    *,
-    rpc_url: str,
-    start_block: int,
-    metrics: ListenerMetrics,
-    observers: Sequence[Callable[[RangeResult], None]] = (),
-) -> Listener:
-    rpc = HttpJsonRpc(rpc_url, observer=metrics)
-    sink = PostgresChainSink(make_uow_factory(engine, settings.outbox_topic),
-                             chain_id=config.chain_id, on_quarantine=metrics.log_quarantined)
-
-    def observe(result: RangeResult) -> None:
-        metrics.observe_range(result)
-        for observer in observers:
-            observer(result)
-
-    return Listener(settings.listener_name, rpc, sink, config, start_block=start_block,
-                    confirmations=settings.confirmations, max_range=settings.max_block_range,
-                    initial_range=min(50, settings.max_block_range), on_range=observe)
-
-
-def _check_start(listener: Listener, from_block: int | None, name: str) -> int:
-    cursor = listener.cursor()
-    if cursor is None:
-        if from_block is None:
-            raise ChainCommandError(
-                f"listener {name!r} has no cursor yet: give --from-block (the first block to index)")
-        return from_block
-    if from_block is not None and from_block > cursor.block_number + 1:
-        raise ChainCommandError(
-            f"listener {name!r} is at block {cursor.block_number}; starting at {from_block} would "
-            f"skip blocks {cursor.block_number + 1}..{from_block - 1}")
-    return cursor.block_number + 1
+def _preset(settings: Settings, name: str, deployment: Path | None) -> ChainConfig:
+    try:
+        return load_preset(name, deployment_file(settings, deployment))
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _rpc_url(settings: Settings, given: str | None) -> str:
     url = given or settings.rpc_url
     if not url:
-        raise ChainCommandError("no node to read from: set CARDPAY_RPC_URL or pass --rpc-url")
+        raise UsageError("no node to read from: set CARDPAY_RPC_URL or pass --rpc-url")
     return url
+
+
+def _start_block(listener: Listener, from_block: int | None, name: str) -> int:
+    cursor = listener.cursor()
+    if cursor is None:
+        if from_block is None:
+            raise UsageError(
+                f"listener {name!r} has no cursor yet: give --from-block (the first block to index)")
+        return from_block
+    if from_block is not None and from_block > cursor.block_number + 1:
+        raise UsageError(
+            f"listener {name!r} is at block {cursor.block_number}; starting at {from_block} would "
+            f"skip blocks {cursor.block_number + 1}..{from_block - 1}")
+    return cursor.block_number + 1
+
+
+@contextmanager
+def _indexing(settings: Settings, engine: Engine, listener: Listener, config: ChainConfig,
+              url: str, from_block: int | None) -> Iterator[None]:
+    """Check the node is on the listener's chain; turn what stops indexing into one line."""
+    cursor = listener.cursor()
+    first = from_block if from_block is not None else \
+        (cursor.block_number + 1 if cursor is not None else 0)
+    probe = HttpJsonRpc(url, retries=1, timeout=5.0)
+    try:
+        check_chain(probe, url, config, PostgresChainIdentities(engine), settings.listener_name,
+                    first_block=first)
+        yield
+    except NodeUnreachable as exc:
+        raise CommandFailed(str(exc)) from None
+    except WrongChain as exc:
+        raise CommandFailed(str(exc)) from None
+    except ReorgTooDeep as exc:
+        below = exc.oldest_kept if exc.oldest_kept is not None else exc.block
+        start = fork_floor(engine, probe, config.chain_id, settings.listener_name, below)
+        name = settings.listener_name
+        raise CommandFailed(
+            f"block {exc.block} was reorged out deeper than the kept window; run "
+            f"`cardpay listener reset {name} --from-block {start}` then "
+            f"`cardpay backfill --from-block {start}`") from None
+    finally:
+        probe.close()
 
 
 def backfill(settings: Settings, *, preset: str, deployment: Path | None, rpc_url: str | None,
              from_block: int | None, to_block: int | None, show_progress: bool) -> int:
-    config = load_preset(preset, deployment_file(settings, deployment))
+    config = _preset(settings, preset, deployment)
     url = _rpc_url(settings, rpc_url)
     metrics = ListenerMetrics(listener=settings.listener_name)
     bar = Progress("backfill", unit="blocks", enabled=show_progress)
@@ -163,44 +203,77 @@ def backfill(settings: Settings, *, preset: str, deployment: Path | None, rpc_ur
         listener = build_listener(settings, engine, config, rpc_url=url,
                                   start_block=from_block or 0, metrics=metrics,
                                   observers=[progress])
-        first = _check_start(listener, from_block, settings.listener_name)
-        last = to_block if to_block is not None else listener.head() - settings.confirmations
-        if last < first:
-            print(f"nothing to do: already at block {first - 1}", file=sys.stderr)
-            return 0
-        span[:] = [first, last]
-        ranges = listener.run_until_caught_up(until_block=last)
+        with _indexing(settings, engine, listener, config, url, from_block):
+            first = _start_block(listener, from_block, settings.listener_name)
+            head = listener.head() - settings.confirmations
+            last = head if to_block is None else min(to_block, head)
+            if last < first:
+                asked = "" if to_block is None else f" (asked up to {to_block})"
+                print(f"nothing to do: listener {settings.listener_name!r} is at block "
+                      f"{first - 1}{asked}; the confirmed head is {head}", file=sys.stderr)
+                return 0
+            span[:] = [first, last]
+            ranges = listener.run_until_caught_up(until_block=last)
         bar.close()
-        print(f"backfilled blocks {first}..{last} in {ranges} ranges: {logs} logs in "
+        done = listener.cursor()
+        end = done.block_number if done is not None else last
+        note = "" if to_block is None or to_block <= end else \
+            f" (asked up to {to_block}; the confirmed head is {head})"
+        print(f"backfilled blocks {first}..{end}{note} in {ranges} ranges: {logs} logs in "
               f"{time.monotonic() - started:.1f}s")
     return 0
 
 
 def listen(settings: Settings, *, preset: str, deployment: Path | None, rpc_url: str | None,
            from_block: int | None, metrics_port: int | None, poll_interval: float) -> int:
-    config = load_preset(preset, deployment_file(settings, deployment))
+    config = _preset(settings, preset, deployment)
     url = _rpc_url(settings, rpc_url)
     metrics = ListenerMetrics(listener=settings.listener_name)
     if metrics_port is not None:
-        metrics.serve(metrics_port)
+        try:
+            metrics.serve(metrics_port)
+        except OSError as exc:
+            raise CommandFailed(f"cannot serve metrics on 127.0.0.1:{metrics_port}: "
+                                f"{exc.strerror or exc}") from None
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     with database(settings) as engine:
         listener = build_listener(settings, engine, config, rpc_url=url,
                                   start_block=from_block or 0, metrics=metrics)
-        _check_start(listener, from_block, settings.listener_name)
-        listener.run_forever(stop.is_set, poll_interval=poll_interval,
-                             on_error=metrics.range_failed, sleep=stop.wait)
+        with _indexing(settings, engine, listener, config, url, from_block):
+            _start_block(listener, from_block, settings.listener_name)
+            metrics.starting(listener.cursor(), _head_or_none(listener.head))
+            listener.run_forever(stop.is_set, poll_interval=poll_interval,
+                                 on_error=metrics.range_failed, sleep=stop.wait)
     return 0
+
+
+def _head_or_none(head: Callable[[], int]) -> int | None:
+    try:
+        return head()
+    except Exception:  # the first range will retry; the gauges just start without a head
+        return None
 
 
 def deploy(settings: Settings, *, rpc_url: str | None, cardholders: int, out: Path | None) -> int:
     """Deploy the local replicas on a node and write the `local` preset file."""
-    from cardpay.devstack.local_chain import LocalChain
+    from cardpay.devstack.local_chain import LocalChain, LocalChainError
 
     url = _rpc_url(settings, rpc_url)
-    deployment = LocalChain(url).deploy(cardholders)
+    probe = HttpJsonRpc(url, retries=1, timeout=5.0)
+    try:
+        from cardpay.bootstrap.listen import node_identity
+
+        node_identity(probe, url)
+    except NodeUnreachable as exc:
+        raise CommandFailed(str(exc)) from None
+    finally:
+        probe.close()
+    try:
+        deployment = LocalChain(url).deploy(cardholders)
+    except LocalChainError as exc:
+        raise CommandFailed(f"deploying on {url} failed: {exc}") from None
     path = deployment_file(settings, out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(deployment.to_dict(), indent=2) + "\n")

@@ -16,11 +16,15 @@ from typing import Any, TextIO
 from sqlalchemy import Engine, select
 
 from cardpay.bootstrap import database
+from cardpay.cli.errors import CommandFailed, UsageError
 from cardpay.cli.progress import Progress
-from cardpay.handlers.chain import PostgresChainSink, make_uow_factory
-from cardpay.postgres.schema import chain_activity, events, quarantine
+from cardpay.handlers.chain import ChainSinkHandler
+from cardpay.postgres.schema import chain_activity, quarantine
+from cardpay.postgres.uow import PostgresUnitOfWork, unit_of_work_factory
 from cardpay.settings import Settings
+from domain.events import PaymentSpent
 from domain.money import Currency, Money
+from listener.errors import ChainMismatch
 from listener.presets import ChainConfig, load_preset
 from listener.replay import ReplayResult, load_recording, replay
 
@@ -42,8 +46,16 @@ class ReplayReport:
 
 def preset_for(directory: Path, name: str) -> ChainConfig:
     """Observer mode: a recording has no refund submissions to match transfers against."""
-    return dataclasses.replace(load_preset(name, directory / "deployment.json"),
-                               match_refunds=False)
+    config = dataclasses.replace(load_preset(name, directory / "deployment.json"),
+                                 match_refunds=False)
+    recorded = directory / "deployment.json"
+    if name != "local" and recorded.is_file():
+        chain_id = json.loads(recorded.read_text()).get("chain_id")
+        if chain_id is not None and int(chain_id) != config.chain_id:
+            raise ChainMismatch(f"{directory} is a recording of chain {chain_id} (its "
+                                f"deployment.json), but the {name} preset indexes chain "
+                                f"{config.chain_id}; use --preset local")
+    return config
 
 
 def read_report(engine: Engine, result: ReplayResult, config: ChainConfig) -> ReplayReport:
@@ -52,9 +64,9 @@ def read_report(engine: Engine, result: ReplayResult, config: ChainConfig) -> Re
         rows = conn.execute(select(t).order_by(t.c.block_number, t.c.log_index)).all()
         bad = conn.execute(select(quarantine.c.key, quarantine.c.reason)
                            .order_by(quarantine.c.id)).all()
-        spent = conn.execute(select(events.c.stream_id, events.c.data)
-                             .where(events.c.type == "PaymentSpent")
-                             .order_by(events.c.position)).all()
+    with PostgresUnitOfWork(engine) as uow:
+        spent = [e for e in uow.events.events_of_type(PaymentSpent)
+                 if isinstance(e, PaymentSpent)]
     activity = [
         {"tx_hash": r.tx_hash, "log_index": r.log_index, "block_number": r.block_number,
          "class": r.kind, "token": r.symbol, "from": r.sender, "to": r.recipient,
@@ -62,11 +74,9 @@ def read_report(engine: Engine, result: ReplayResult, config: ChainConfig) -> Re
         for r in rows
     ]
     payments = [
-        {"payment_id": stream_id, "cardholder": data["payload"]["account"],
-         "token": data["payload"]["amount"]["currency"],
-         "amount": data["payload"]["amount"]["units"],
-         "tx_hash": data["payload"]["evidence"]["tx_hash"]}
-        for stream_id, data in spent
+        {"payment_id": e.stream_id, "cardholder": e.account, "token": e.amount.currency.code,
+         "amount": str(e.amount.units), "tx_hash": e.evidence.tx_hash}
+        for e in spent
     ]
     totals: dict[str, dict[str, dict[str, Any]]] = {}
     for row in activity:
@@ -90,7 +100,7 @@ def run_replay(directory: Path, preset: str, *, show_progress: bool) -> ReplayRe
     config = preset_for(directory, preset)
     recording = load_recording(directory)
     with _fresh_database() as engine:
-        sink = PostgresChainSink(make_uow_factory(engine, None), chain_id=config.chain_id)
+        sink = ChainSinkHandler(unit_of_work_factory(engine, None), chain_id=config.chain_id)
         bar = Progress("replay", unit="blocks", enabled=show_progress)
         result = replay(recording, config, sink, progress=bar.update)
         bar.close()
@@ -110,12 +120,14 @@ def print_report(report: ReplayReport, out: TextIO) -> None:
         print(f"  quarantined {q['key']}: {q['reason']}", file=out)
 
 
-def main(directory: Path, preset: str, as_json: bool) -> int:
+def main(directory: Path, preset: str, as_json: bool, *, strict: bool = False) -> int:
     report = run_replay(directory, preset, show_progress=not as_json and sys.stderr.isatty())
     if as_json:
         print(json.dumps(report.as_json(), indent=2))
     else:
         print_report(report, sys.stdout)
+    if strict and report.quarantined:
+        raise CommandFailed(f"{len(report.quarantined)} logs quarantined (--strict)")
     return 0
 
 
@@ -128,12 +140,15 @@ def register(sub: Any) -> None:
         "PostgreSQL, then print counts and totals per class and token. The local preset reads "
         "DIR/deployment.json.",
     )
-    replay_parser.add_argument("directory", type=Path, metavar="DIR")
+    replay_parser.add_argument("directory", type=Path, metavar="DIR",
+                               help="the recording: logs.jsonl, blocks.jsonl (deployment.json)")
     replay_parser.add_argument("--preset", choices=["gnosis", "local"], default="gnosis",
                                help="which addresses mean what (default gnosis: mainnet Gnosis Pay)")
     replay_parser.add_argument("--json", action="store_true",
                                help='one JSON object: "activity" (every classified transfer) and '
                                '"totals"')
+    replay_parser.add_argument("--strict", action="store_true",
+                               help="exit with status 1 when any log was quarantined")
     replay_parser.set_defaults(run=_run)
 
 
@@ -141,9 +156,11 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
     from cardpay.runtime import tune_gc
     from listener.errors import ListenerError
 
+    if not args.directory.is_dir():
+        raise UsageError(f"the recording directory {args.directory} does not exist"
+                         if not args.directory.exists() else f"{args.directory} is not a directory")
     tune_gc()
     try:
-        return main(args.directory, args.preset, args.json)
+        return main(args.directory, args.preset, args.json, strict=args.strict)
     except (ListenerError, FileNotFoundError) as exc:
-        print(f"cardpay replay: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(str(exc)) from None

@@ -7,6 +7,8 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from listener.poller import RangeResult
+from listener.ports import Cursor
+from listener.quarantine import REASON_CLASSES, reason_class
 
 
 class ListenerMetrics:
@@ -30,9 +32,12 @@ class ListenerMetrics:
                             registry=r).labels(**labels)
         self._by_class = Counter("cardpay_listener_transfers_total",
                                  "Classified transfers by class", ["listener", "class"], registry=r)
-        self.quarantined = Counter("cardpay_listener_quarantined_total",
-                                   "Logs quarantined (undecodable, malformed, refused, duplicate, "
-                                   "unmatched)", ["listener"], registry=r).labels(**labels)
+        self._quarantined = Counter("cardpay_listener_quarantined_total",
+                                    "Logs quarantined, by reason class: "
+                                    + ", ".join(REASON_CLASSES), ["listener", "reason"],
+                                    registry=r)
+        for reason in REASON_CLASSES:  # every class exported from the first scrape, at 0
+            self._quarantined.labels(listener=listener, reason=reason)
         self.reorgs = Counter("cardpay_listener_reorgs_total", "Reorgs detected", ["listener"],
                               registry=r).labels(**labels)
         self.reorg_depth = Histogram("cardpay_listener_reorg_depth_blocks", "Depth of reorgs",
@@ -63,9 +68,19 @@ class ListenerMetrics:
         for kind, count in result.by_class.items():
             self._by_class.labels(listener=self._listener, **{"class": kind}).inc(count)
 
+    def starting(self, cursor: Cursor | None, head: int | None) -> None:
+        """Gauges from the stored cursor before the first range, so that a listener that starts
+        caught up (no range to index) does not report block 0."""
+        if cursor is not None:
+            self.processed_block.set(cursor.block_number)
+        if head is not None:
+            self.head_block.set(head)
+            if cursor is not None:
+                self.lag_blocks.set(max(0, head - cursor.block_number))
+
     def log_quarantined(self, reason: str) -> None:
-        """Counted when the row is written (in the sink's transaction), whatever the reason."""
-        self.quarantined.inc()
+        """Counted when the row is written (in the sink's transaction), by reason class."""
+        self._quarantined.labels(listener=self._listener, reason=reason_class(reason)).inc()
 
     def range_failed(self, error: Exception) -> None:
         self.range_errors.labels(listener=self._listener, error=type(error).__name__).inc()

@@ -10,10 +10,11 @@ import requests
 from prometheus_client import generate_latest
 from sqlalchemy import Engine
 
-from cardpay.cli.chain import build_listener
+from cardpay.bootstrap.listen import build_listener
 from cardpay.cli.demo import chain_config
 from cardpay.metrics import ListenerMetrics
 from cardpay.settings import Settings
+from listener.quarantine import REASON_CLASSES
 
 pytestmark = pytest.mark.integration
 
@@ -52,7 +53,13 @@ def test_listener_metrics_follow_the_index(local_chain: Any, anvil_node: Any,
     assert _value(text, "cardpay_listener_reorgs_total", listener="m") == 1
     assert _value(text, "cardpay_listener_reorg_depth_blocks_sum", listener="m") == 2
     assert _value(text, "cardpay_rpc_latency_seconds_count", method="eth_getLogs") >= 1
-    assert _value(text, "cardpay_listener_quarantined_total", listener="m") == 1  # the refund
+    assert _value(text, "cardpay_listener_quarantined_total", listener="m",
+                  reason="unmatched_refund") == 1  # the refund
+    quarantined = [line for line in text.splitlines()
+                   if line.startswith("cardpay_listener_quarantined_total{")]
+    assert {line.split('reason="')[1].split('"')[0] for line in quarantined} == \
+        set(REASON_CLASSES)  # a bounded label, every class exported from the first scrape
+    assert sum(float(line.rsplit(" ", 1)[1]) for line in quarantined) == 1
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
