@@ -11,14 +11,15 @@ the tests that should catch it. The shared checkout is never touched: the tree i
 temporary directory (`git archive`, or the tracked and untracked-not-ignored files with
 `--worktree`), every snippet is checked to occur exactly once there before anything runs (the
 code moves; a stale snippet fails the survey loudly instead of testing nothing), the named tests
-must pass on the unmutated copy (the baseline), and then each mutant gets its own copy and one
-pytest run with a timeout. The copy is first on the path (PYTHONPATH and pytest's rootdir), which a
-probe checks before the survey starts.
+run on the unmutated copy (the baseline: a named test that fails there, or whose file does not
+import, can tell nothing, so it is left out of every mutant's run and reported), and then each
+mutant gets its own copy and one pytest run with a timeout. The copy is first on the path
+(PYTHONPATH and pytest's rootdir), which a probe checks before the survey starts.
 
 Results: killed (a test failed), survived (every test passed: the invariant is unguarded), timed
 out (nothing failed within the timeout: the bug was caught at best by a deadline), error (pytest
-could not run, e.g. collection failed). Exit status 0 if every mutant was killed, 1 otherwise,
-2 if the survey itself could not run.
+could not run, e.g. collection failed), not run (every named test was left out). Exit status 0
+if every mutant was killed, 1 otherwise; the survey stops with a message if it cannot run.
 """
 
 from __future__ import annotations
@@ -294,6 +295,8 @@ class Outcome:
     caught_by: list[str]
     invariant: str
     tests: list[str]
+    left_out: list[str]
+    """Named tests not run: their file does not import, or they fail unmutated."""
 
 
 # -- the copy -------------------------------------------------------------------------------------
@@ -432,9 +435,87 @@ def classify(rc: int | None, output: str) -> tuple[str, list[str]]:
 
 
 # -- the survey -----------------------------------------------------------------------------------
+COLLECT_ERROR = re.compile(r"^ERROR (\S+\.py)(?:\s|$)", re.MULTILINE)
+
+
+@dataclass
+class Broken:
+    """Named tests that cannot tell anything on this tree: files that do not even import, and
+    tests that fail unmutated. They are left out of every mutant's run (and reported)."""
+
+    files: set[str]
+    tests: set[str]
+
+    def selection(self, tests: Sequence[str]) -> tuple[list[str], list[str]]:
+        """(pytest arguments for what is left, the named tests left out)."""
+        kept, dropped = [], []
+        for test in tests:
+            if test.split("::")[0] in self.files or test in self.tests:
+                dropped.append(test)
+            else:
+                kept.append(test)
+        deselect = sorted(b for b in self.tests
+                          if any(b.startswith(f"{k}::") or b.startswith(f"{k}[") for k in kept))
+        args = [*kept, *(f"--deselect={b}" for b in deselect)] if kept else []
+        return args, [*dropped, *deselect]
+
+
+def collect(root: Path, tests: Sequence[str]) -> set[str]:
+    """The named test files that do not import (left out); stops the survey on anything else."""
+    broken: set[str] = set()
+    for _ in range(2):
+        selected = [t for t in tests if t.split("::")[0] not in broken]
+        rc, output, _ = run_pytest(root, ["--collect-only", *selected], timeout=300,
+                                   stop_first=False)
+        if rc == 0:
+            return broken
+        new = set(COLLECT_ERROR.findall(output)) - broken
+        if not new:
+            break
+        broken |= new
+    raise SystemExit(f"the named tests do not collect (exit {rc}):\n{output[-4000:]}")
+
+
+def run_baseline(root: Path, tests: Sequence[str], timeout: float) -> set[str]:
+    """The named tests that fail on the unmutated copy."""
+    print(f"baseline: {len(tests)} test selections on the unmutated copy ...", flush=True)
+    rc, output, seconds = run_pytest(root, tests, timeout=timeout, stop_first=False)
+    if rc == 0:
+        print(f"baseline passed in {seconds:.0f}s", flush=True)
+        return set()
+    failing = set(FAILED.findall(output))
+    if rc != 1 or not failing:
+        raise SystemExit(f"baseline could not run (exit {rc}) after {seconds:.0f}s:\n"
+                         f"{output[-4000:]}")
+    print(f"baseline: {len(failing)} named tests FAIL unmutated and are left out:\n  "
+          + "\n  ".join(sorted(failing)), flush=True)
+    return failing
+
+
+def run_mutant(work: Path, pristine: Path, mutant: Mutant, broken: Broken, *, timeout: float,
+               every_failure: bool, log_dir: Path | None) -> Outcome:
+    args, left_out = broken.selection(mutant.tests)
+    if not args:
+        return Outcome(mutant.name, mutant.path, "not run", 0.0, [], mutant.invariant,
+                       list(mutant.tests), left_out)
+    copy = work / mutant.name
+    shutil.copytree(pristine, copy, symlinks=True)
+    try:
+        apply(copy, mutant)
+        rc, output, seconds = run_pytest(copy, args, timeout=timeout,
+                                         stop_first=not every_failure)
+    finally:
+        shutil.rmtree(copy, ignore_errors=True)
+    result, caught_by = classify(rc, output)
+    if log_dir is not None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        (log_dir / f"{mutant.name}.log").write_text(output)
+    return Outcome(mutant.name, mutant.path, result, round(seconds, 1), caught_by,
+                   mutant.invariant, list(mutant.tests), left_out)
+
+
 def survey(mutants: Sequence[Mutant], *, rev: str | None, timeout: float, baseline: bool,
-           keep: bool, log_dir: Path | None,
-           every_failure: bool = False) -> tuple[str, list[Outcome]]:
+           log_dir: Path | None, every_failure: bool = False) -> tuple[str, list[Outcome]]:
     work = Path(tempfile.mkdtemp(prefix="cardpay-mutants-"))
     try:
         pristine = work / "pristine"
@@ -445,42 +526,23 @@ def survey(mutants: Sequence[Mutant], *, rev: str | None, timeout: float, baseli
             raise SystemExit("stale mutants (fix their snippets):\n  " + "\n  ".join(problems))
         probe(pristine)
         tests = list(dict.fromkeys(t for m in mutants for t in m.tests))
-        rc, output, _ = run_pytest(pristine, ["--collect-only", *tests], timeout=300,
-                                   stop_first=False)
-        if rc != 0:
-            raise SystemExit(f"the named tests do not all collect (exit {rc}):\n{output[-4000:]}")
+        broken = Broken(collect(pristine, tests), set())
+        if broken.files:
+            print("named test files that do not import, left out: "
+                  + ", ".join(sorted(broken.files)), flush=True)
         if baseline:
-            print(f"baseline: {len(tests)} test selections on the unmutated copy ...", flush=True)
-            rc, output, seconds = run_pytest(pristine, tests, timeout=timeout * len(mutants),
-                                             stop_first=False)
-            if rc != 0:
-                raise SystemExit(f"baseline failed (exit {rc}) after {seconds:.0f}s; the survey "
-                                 f"would mean nothing:\n{output[-4000:]}")
-            print(f"baseline passed in {seconds:.0f}s", flush=True)
+            kept = [t for t in tests if t.split("::")[0] not in broken.files]
+            broken.tests = run_baseline(pristine, kept, timeout * len(mutants))
         outcomes = []
         for mutant in mutants:
-            copy = work / mutant.name
-            shutil.copytree(pristine, copy, symlinks=True)
-            apply(copy, mutant)
-            rc, output, seconds = run_pytest(copy, mutant.tests, timeout=timeout,
-                                             stop_first=not every_failure)
-            result, caught_by = classify(rc, output)
-            if log_dir is not None:
-                log_dir.mkdir(parents=True, exist_ok=True)
-                (log_dir / f"{mutant.name}.log").write_text(output)
-            outcome = Outcome(mutant.name, mutant.path, result, round(seconds, 1), caught_by,
-                              mutant.invariant, list(mutant.tests))
+            outcome = run_mutant(work, pristine, mutant, broken, timeout=timeout,
+                                 every_failure=every_failure, log_dir=log_dir)
             outcomes.append(outcome)
-            print(f"{mutant.name:42} {result:10} {seconds:6.0f}s  {', '.join(caught_by)}",
-                  flush=True)
-            if not keep:
-                shutil.rmtree(copy)
+            print(f"{mutant.name:42} {outcome.result:10} {outcome.seconds:6.0f}s  "
+                  f"{', '.join(outcome.caught_by)}", flush=True)
         return described, outcomes
     finally:
-        if keep:
-            print(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def table(outcomes: Sequence[Outcome]) -> str:
@@ -489,10 +551,14 @@ def table(outcomes: Sequence[Outcome]) -> str:
         lines.append(f"{o.name:42} {o.result:10} {o.seconds:7.0f}  {', '.join(o.caught_by)}")
     killed = sum(o.result == "killed" for o in outcomes)
     counts = {r: sum(o.result == r for o in outcomes)
-              for r in ("killed", "survived", "timed out", "error")}
+              for r in ("killed", "survived", "timed out", "error", "not run")}
     lines.append("")
-    lines.append(f"score: {killed}/{len(outcomes)} killed "
+    ran = sum(o.result != "not run" for o in outcomes)
+    lines.append(f"score: {killed}/{ran} killed "
                  f"({', '.join(f'{n} {r}' for r, n in counts.items())})")
+    for o in outcomes:
+        if o.left_out:
+            lines.append(f"{o.name}: left out (broken unmutated): {', '.join(o.left_out)}")
     return "\n".join(lines)
 
 
@@ -524,7 +590,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--every-failure", action="store_true",
                         help="run all the named tests of a mutant, not stop at the first failure "
                         "(slower; shows every test that catches it)")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary copies")
     parser.add_argument("--logs", type=Path, help="write each mutant's pytest output here")
     parser.add_argument("--json", type=Path, help="write the results here as JSON")
     args = parser.parse_args(argv)
@@ -543,7 +608,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = datetime.now(UTC)
     described, outcomes = survey(selected, rev=None if args.worktree else args.rev,
                                  timeout=args.timeout, baseline=not args.no_baseline,
-                                 keep=args.keep, log_dir=args.logs,
+                                 log_dir=args.logs,
                                  every_failure=args.every_failure)
     print()
     print(table(outcomes))
