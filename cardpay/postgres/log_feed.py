@@ -1,7 +1,7 @@
 """`PostgresLogFeed`: the embedded-mode feed that tails the event store's global order.
 
 Source name "events"; offset = global position. Safe to tail because positions become visible in
-commit order (see cardpay/eventstore.py).
+commit order (see cardpay/postgres/eventstore.py).
 """
 
 from __future__ import annotations
