@@ -160,8 +160,10 @@ MUTANTS: tuple[Mutant, ...] = (
         "                if not is_range_too_large(exc) or (self.planner.at_minimum and first == last):",
         "                if True:",
         "a provider's 'range too large' refusal shrinks the eth_getLogs range instead of failing",
-        ("tests/integration/test_rpc_faults.py::test_faults_end_with_the_complete_exact_index"
-         "[too-many-results-faults4]",),
+        ("tests/integration/test_rpc_retry.py::test_a_range_refusal_is_not_retried_by_the_client_"
+         "and_the_listener_reads_smaller_ranges",
+         "tests/integration/test_rpc_faults.py::test_faults_end_with_the_complete_exact_index"
+         "[too-many-results-faults4]"),
     ),
     Mutant(
         "relay-marks-before-sending", "cardpay/kafka/relay.py",
