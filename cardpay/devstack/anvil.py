@@ -64,7 +64,7 @@ class AnvilRpcError(AnvilHarnessError):
 
 
 def repo_root() -> Path:
-    """The source checkout this module lives in (cardpay/infra/anvil.py -> repo)."""
+    """The source checkout this module lives in (cardpay/devstack/anvil.py -> repo)."""
     return Path(__file__).resolve().parents[2]
 
 
