@@ -8,13 +8,6 @@ from typing import Protocol
 from domain.events import DomainEvent, RecordedEvent
 
 
-class ConcurrencyConflict(Exception):
-    """Another writer appended to the stream first (optimistic concurrency).
-
-    Not a `DomainError`: nothing is wrong with the command; it is decided again on fresh state.
-    """
-
-
 class EventStore(Protocol):
     """Append-only streams with optimistic concurrency and one global order for readers."""
 
@@ -23,8 +16,9 @@ class EventStore(Protocol):
         ...
 
     def append(self, events: Sequence[DomainEvent]) -> list[RecordedEvent]:
-        """Append events whose versions follow the stream's last one; raise ConcurrencyConflict if
-        another writer got there first. Returns them with their global positions."""
+        """Append events whose versions follow the stream's last one; raise a concurrency conflict
+        (the store's error, not a DomainError) if another writer got there first. Returns them with
+        their global positions."""
         ...
 
     def read_after(self, position: int, limit: int) -> list[RecordedEvent]:

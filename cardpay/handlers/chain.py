@@ -15,13 +15,13 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from cardpay.errors import ConcurrencyConflict
 from cardpay.handlers.payments import UowFactory, confirmation, execute
 from cardpay.handlers.ports import QuarantineItem, UnitOfWork, UnmatchedTransfer
 from domain import commands as c
 from domain.errors import DomainError
 from domain.events import PaymentRefunded, PaymentSpent
 from domain.payment import Payment, handle
-from domain.ports import ConcurrencyConflict
 from domain.serialization import to_json
 from listener.ports import BlockRef, ChainBatch, ChainCommand, Cursor
 

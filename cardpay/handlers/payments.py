@@ -9,10 +9,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from cardpay.errors import ConcurrencyConflict
 from cardpay.handlers.ports import ExpectedRefund, UnitOfWork
 from domain import commands as c
 from domain.payment import Payment, handle
-from domain.ports import ConcurrencyConflict
 from domain.serialization import from_json
 
 log = logging.getLogger(__name__)

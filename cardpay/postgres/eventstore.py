@@ -15,11 +15,11 @@ from typing import Any
 from sqlalchemy import Connection, insert, select, text
 from sqlalchemy.exc import IntegrityError
 
+from cardpay.errors import ConcurrencyConflict
 from cardpay.kafka.wire import encode_event
 from cardpay.postgres.schema import events as events_table
 from cardpay.postgres.schema import outbox as outbox_table
 from domain.events import DomainEvent, PaymentRefunded, PaymentSpent, RecordedEvent
-from domain.ports import ConcurrencyConflict
 from domain.serialization import from_recorded, to_data
 
 LOAD_MANY_CHUNK = 10_000

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, text
 
+from cardpay.errors import ConcurrencyConflict
 from cardpay.postgres.eventstore import PostgresEventStore
 from cardpay.postgres.uow import PostgresUnitOfWork
-from domain.ports import ConcurrencyConflict
 from domain.serialization import to_data
 from tests.eventsourcing_helpers import refund_requested, spent
 from tests.fakes.storage import InMemoryEventStore

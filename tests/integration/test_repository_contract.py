@@ -13,9 +13,9 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import Engine
 
+from cardpay.errors import ConcurrencyConflict
 from cardpay.handlers.ports import ExpectedRefund, QuarantineItem, UnitOfWork, UnmatchedTransfer
 from domain.events import PaymentRefunded, PaymentSpent
-from domain.ports import ConcurrencyConflict
 from listener.classify import Activity, Kind
 from listener.logs import Log
 from listener.ports import BlockRef, Cursor
