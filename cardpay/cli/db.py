@@ -40,6 +40,8 @@ def register(sub: Any) -> None:
     shell.add_argument("--print-url", action="store_true",
                        help="print the connection URL instead of running psql (the embedded "
                        "server stops when the command ends)")
+    shell.add_argument("psql_args", nargs=argparse.REMAINDER, metavar="-- PSQL_ARGS",
+                       help="passed on to psql, e.g. `-- -c 'select count(*) from rm_payments'`")
     shell.set_defaults(run=shell_command)
 
 
@@ -89,20 +91,39 @@ def shell_command(settings: Settings, args: argparse.Namespace) -> int:
                                 f"{url} with another client")
         password = engine.url.password
         env = {**os.environ, **({"PGPASSWORD": str(password)} if password else {})}
-        return subprocess.call([psql, url], env=env)
+        extra = list(args.psql_args)
+        if extra[:1] == ["--"]:
+            extra = extra[1:]
+        return subprocess.call([psql, url, *extra], env=env)
 
 
 @contextlib.contextmanager
 def reading(settings: Settings) -> Iterator[tuple[Engine, Connection]]:
     """A connection for a read-only command: the schema is not migrated (a status query must
     not change a production database), and a database without it is one clear line."""
+    from alembic.runtime.migration import MigrationContext
+
     from cardpay.bootstrap import database, describe_url
     from cardpay.postgres.queries import has_schema
 
     with database(settings, migrate=False) as engine, engine.connect() as conn:
+        where = (describe_url(settings.database_url) if settings.database_url
+                 else f"the embedded server in {settings.data_dir}")
         if not has_schema(conn):
-            where = (describe_url(settings.database_url) if settings.database_url
-                     else f"the embedded server in {settings.data_dir}")
             raise CommandFailed(f"the database at {where} has no cardpay tables yet: run "
                                 "`cardpay db upgrade` first")
+        current, head = MigrationContext.configure(conn).get_current_revision(), schema_head()
+        if current != head:
+            raise CommandFailed(f"the database at {where} has schema revision {current}, this "
+                                f"cardpay reads revision {head}: run `cardpay db upgrade` (after "
+                                "upgrading cardpay itself, if the database is newer)")
+        conn.rollback()  # end the inspection's transaction; the reads that follow begin anew
         yield engine, conn
+
+
+def schema_head() -> str | None:
+    from alembic.script import ScriptDirectory
+
+    from cardpay.postgres.engine import alembic_config
+
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()

@@ -41,6 +41,9 @@ environment:
   CARDPAY_CONFIRMATIONS    blocks behind the head the listener stays (default 2; 0 allowed)
   CARDPAY_MAX_BLOCK_RANGE  largest eth_getLogs range in blocks (default 2000; it adapts below)
   CARDPAY_LISTENER_NAME    the cursor's name, shared by backfill and listen (default main)
+  CARDPAY_PROGRESS         draw progress bars even when stderr is not a terminal (set to 1)
+
+README.md lists the variables of the dev and test harnesses too.
 """
 
 INTERRUPTED = 130
@@ -102,6 +105,13 @@ def translate(exc: BaseException) -> CliError | None:
     return None
 
 
+def command_name(args: argparse.Namespace) -> str:
+    """`cardpay db upgrade`: the command and its action (groups name theirs `<group>_command`)."""
+    actions = [value for key, value in sorted(vars(args).items())
+               if key.endswith("_command") and isinstance(value, str)]
+    return " ".join(["cardpay", args.command, *actions])
+
+
 def one_line(text: str) -> str:
     return " ".join(text.split())
 
@@ -112,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    where = f"cardpay {args.command}"
+    where = command_name(args)
     try:
         settings = Settings.from_env()
         status: int = args.run(settings, args)

@@ -7,7 +7,6 @@ decides whether it now applies; the CLI only reports the outcome.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 from typing import Any
 
@@ -21,8 +20,13 @@ COLUMNS = [
     Column("source", "source"),
     Column("key", "key"),
     Column("reason", "reason"),
+    Column("attempts", "retries", "right"),
     Column("created_at", "quarantined at",
            render=lambda r: f"{r['created_at']:%Y-%m-%d %H:%M:%S}"),
+    Column("resolved_at", "resolved at",
+           render=lambda r: "-" if r["resolved_at"] is None
+           else f"{r['resolved_at']:%Y-%m-%d %H:%M:%S}"),
+    Column("resolution", "resolution"),
 ]
 
 
@@ -41,6 +45,8 @@ def register(sub: Any) -> None:
                          help="only rows from this source (e.g. listener:main, projector:payments)")
     listing.add_argument("--limit", type=positive_int, default=None,
                          help="at most N rows (default: all)")
+    listing.add_argument("--all", action="store_true",
+                         help="also rows a retry resolved (kept with their resolution)")
     add_format_options(listing)
     listing.set_defaults(run=list_command)
 
@@ -51,8 +57,9 @@ def register(sub: Any) -> None:
 
     retry = actions.add_parser(
         "retry", help="apply one row again now (after a fix or a missing event arrived)",
-        description="Hand one quarantined row back to the service layer; it is applied if it now "
-        "can be, and removed from the quarantine when it was.",
+        description="Hand one quarantined row back to the service layer, through the same path "
+        "as a live one: applied if it now can be (the row is then resolved, and kept with its "
+        "resolution), else its retries are counted and the newest reason kept (exit 1).",
     )
     retry.add_argument("id", type=positive_int, metavar="ID", help="the row's id (from `list`)")
     retry.set_defaults(run=retry_command)
@@ -63,9 +70,11 @@ def list_command(settings: Settings, args: argparse.Namespace) -> int:
     from cardpay.postgres.queries import quarantine_entries
 
     with reading(settings) as (_, conn):
-        rows = quarantine_entries(conn, source=args.source, limit=args.limit)
+        rows = quarantine_entries(conn, source=args.source, limit=args.limit,
+                                  include_resolved=args.all)
     records = [{"id": r.id, "source": r.source, "key": r.key, "reason": r.reason,
-                "created_at": r.created_at} for r in rows]
+                "attempts": r.attempts, "created_at": r.created_at,
+                "resolved_at": r.resolved_at, "resolution": r.resolution} for r in rows]
     empty = f"(nothing quarantined from {args.source})" if args.source else "(nothing quarantined)"
     emit(args.format, COLUMNS, records, empty=empty)
     return 0
@@ -89,30 +98,29 @@ def show_command(settings: Settings, args: argparse.Namespace) -> int:
     print(f"key:            {entry.key}")
     print(f"reason:         {entry.reason}")
     print(f"quarantined at: {entry.created_at.isoformat()}")
+    print(f"block hash:     {entry.block_hash or '-'}")
+    print(f"retries:        {entry.attempts}")
+    if entry.resolved_at is not None:
+        print(f"resolved at:    {entry.resolved_at.isoformat()} ({entry.resolution})")
     print("payload:")
     print(json.dumps(entry.payload, indent=2, sort_keys=True, default=str))
     return 0
 
 
+RETRY_DONE = frozenset({"applied", "duplicate", "resolved"})
+"""Outcomes of a retry that leave nothing to do (exit 0); the others exit 1 with their reason."""
+
+
 def retry_command(settings: Settings, args: argparse.Namespace) -> int:
     from cardpay.bootstrap import database
-
-    try:  # the service layer decides; the CLI only reports what it decided
-        retry: Any = importlib.import_module("cardpay.handlers.quarantine").retry
-    except (ImportError, AttributeError):
-        raise CommandFailed("retry is not available in this version (the service layer has no "
-                            "quarantine retry yet)") from None
-    from cardpay.postgres.queries import quarantine_entry
+    from cardpay.handlers.quarantine import retry
     from cardpay.postgres.uow import unit_of_work_factory
 
     with database(settings, migrate=False) as engine:
-        with engine.connect() as conn:
-            if quarantine_entry(conn, args.id) is None:
-                raise _not_found(args.id)
         result = retry(unit_of_work_factory(engine, settings.outbox_topic), args.id)
-    print(f"{result.outcome}: {result.message}")
-    return 0 if result.outcome in RETRY_SUCCESS else 1
-
-
-RETRY_SUCCESS = frozenset({"applied", "resolved", "ok", "duplicate"})
-"""Outcomes of `retry` that leave nothing to do (anything else exits 1 with its message)."""
+    if result.outcome == "not_found":
+        raise _not_found(args.id)
+    if result.outcome not in RETRY_DONE:
+        raise CommandFailed(f"row {args.id} {result.outcome.replace('_', ' ')}: {result.message}")
+    print(f"row {args.id} {result.outcome}: {result.message}")
+    return 0

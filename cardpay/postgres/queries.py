@@ -10,11 +10,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, column, func, inspect, null, select, table
+from sqlalchemy import Connection, func, inspect, select
 
 from cardpay.postgres.log_feed import SOURCE as EVENT_LOG_SOURCE
 from cardpay.postgres.schema import (
     chain_cursor,
+    chain_identity,
     consumer_positions,
     events,
     outbox,
@@ -33,7 +34,7 @@ class ListenerPosition:
     block_hash: str
     updated_at: datetime
     chain_id: int | None
-    """None until the schema stores a listener's chain identity."""
+    """None until the listener has checked its node (`listen`/`backfill` store it)."""
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,13 @@ class QuarantineEntry:
     key: str
     reason: str
     created_at: datetime
-    payload: dict[str, Any] | None = None
+    attempts: int
+    """Retries that were refused again."""
+    resolved_at: datetime | None
+    resolution: str | None
+    """How a retry resolved it (resolved rows stay, for the trace)."""
+    block_hash: str | None = None
+    payload: Any = None
     """Only when one entry is read in full (`quarantine_entry`)."""
 
 
@@ -90,31 +97,15 @@ def has_schema(conn: Connection) -> bool:
     return inspect(conn).has_table(chain_cursor.name)
 
 
-# Tables and columns added by later migrations are looked up in the database, not assumed, so
-# these reads work on every schema revision the commands may meet.
-
-def _has_column(conn: Connection, table_name: str, column_name: str) -> bool:
-    return any(c["name"] == column_name for c in inspect(conn).get_columns(table_name))
-
-
-def _unresolved(conn: Connection) -> ColumnElement[bool] | None:
-    """The filter for rows still in quarantine (None: this schema never resolves rows)."""
-    if _has_column(conn, quarantine.name, "resolved_at"):
-        return column("resolved_at").is_(None)
-    return None
-
-
 def listeners(conn: Connection) -> list[ListenerPosition]:
-    t = chain_cursor
-    query = select(t.c.name, t.c.block_number, t.c.block_hash, t.c.updated_at)
-    if inspect(conn).has_table("chain_identity"):
-        identity = table("chain_identity", column("listener"), column("chain_id"))
-        query = select(*query.selected_columns, identity.c.chain_id).select_from(
-            t.outerjoin(identity, identity.c.listener == t.c.name))
-    else:
-        query = select(*query.selected_columns, null())
+    t, identity = chain_cursor, chain_identity
+    rows = conn.execute(
+        select(t.c.name, t.c.block_number, t.c.block_hash, t.c.updated_at, identity.c.chain_id)
+        .select_from(t.outerjoin(identity, identity.c.listener == t.c.name))
+        .order_by(t.c.name)
+    )
     out = []
-    for row in conn.execute(query.order_by(t.c.name)):
+    for row in rows:
         chain_id: int | None = row[4]
         out.append(ListenerPosition(str(row[0]), int(row[1]), str(row[2]), row[3],
                                     None if chain_id is None else int(chain_id)))
@@ -159,10 +150,9 @@ def database_now(conn: Connection) -> datetime:
 
 def quarantine_counts(conn: Connection) -> list[QuarantineCount]:
     q = quarantine
-    unresolved = _unresolved(conn)
     rows = conn.execute(
         select(q.c.source, q.c.reason, func.count())
-        .where(*([] if unresolved is None else [unresolved]))
+        .where(q.c.resolved_at.is_(None))
         .group_by(q.c.source, q.c.reason)
         .order_by(q.c.source, func.count().desc(), q.c.reason)
     )
@@ -173,27 +163,27 @@ def quarantine_entries(conn: Connection, *, source: str | None = None, limit: in
                        include_resolved: bool = False) -> list[QuarantineEntry]:
     """Rows still in quarantine (with `include_resolved`, also those a retry resolved)."""
     q = quarantine
-    query = select(q.c.id, q.c.source, q.c.key, q.c.reason, q.c.created_at).order_by(q.c.id)
-    unresolved = _unresolved(conn)
-    if unresolved is not None and not include_resolved:
-        query = query.where(unresolved)
+    query = select(q.c.id, q.c.source, q.c.key, q.c.reason, q.c.created_at, q.c.attempts,
+                   q.c.resolved_at, q.c.resolution).order_by(q.c.id)
+    if not include_resolved:
+        query = query.where(q.c.resolved_at.is_(None))
     if source is not None:
         query = query.where(q.c.source == source)
     if limit is not None:
         query = query.limit(limit)
-    return [QuarantineEntry(int(r.id), r.source, r.key, r.reason, r.created_at)
+    return [QuarantineEntry(int(r.id), r.source, r.key, r.reason, r.created_at, int(r.attempts),
+                            r.resolved_at, r.resolution)
             for r in conn.execute(query)]
 
 
 def quarantine_entry(conn: Connection, entry_id: int) -> QuarantineEntry | None:
     q = quarantine
-    row = conn.execute(select(q.c.id, q.c.source, q.c.key, q.c.reason, q.c.created_at,
-                              q.c.payload).where(q.c.id == entry_id)).first()
+    row = conn.execute(select(q).where(q.c.id == entry_id)).first()
     if row is None:
         return None
     return QuarantineEntry(int(row.id), row.source, row.key, row.reason, row.created_at,
-                           dict(row.payload) if isinstance(row.payload, dict)
-                           else {"value": row.payload})
+                           int(row.attempts), row.resolved_at, row.resolution, row.block_hash,
+                           row.payload)
 
 
 def quarantine_sources(conn: Connection) -> list[str]:

@@ -159,7 +159,7 @@ def test_quarantine_show_prints_the_full_payload(pg_url: str, populated: dict[st
 
     missing = _cardpay(pg_url, "quarantine", "show", "999999")
     assert missing.returncode == 1
-    assert missing.stderr.strip() == ("cardpay quarantine: no quarantined row with id 999999: "
+    assert missing.stderr.strip() == ("cardpay quarantine show: no quarantined row with id 999999: "
                                       "`cardpay quarantine list` shows the ids")
 
 
@@ -218,3 +218,46 @@ def test_read_commands_refuse_a_database_without_the_schema(make_db: Any, pg_ser
         with admin.connect() as conn:
             conn.execute(text('DROP DATABASE "cardpay_noschema" WITH (FORCE)'))
         admin.dispose()
+
+
+def test_resolved_rows_are_kept_but_only_listed_with_all(pg_url: str, pg_engine: Engine,
+                                                        populated: dict[str, Any]) -> None:
+    from sqlalchemy import func, update
+
+    with pg_engine.begin() as conn:
+        conn.execute(update(quarantine).where(quarantine.c.key == "0xdead:2")
+                     .values(resolved_at=func.now(), resolution="applied on retry"))
+    open_rows = json.loads(_ok(_cardpay(pg_url, "quarantine", "list", "--json")))
+    assert [r["key"] for r in open_rows] == ["0xdead:1", "events@7"]
+    every = json.loads(_ok(_cardpay(pg_url, "quarantine", "list", "--all", "--json")))
+    assert [(r["key"], r["resolution"]) for r in every] == [
+        ("0xdead:1", None), ("0xdead:2", "applied on retry"), ("events@7", None)]
+    report = json.loads(_ok(_cardpay(pg_url, "status", "--json")))
+    assert sorted((q["source"], q["count"]) for q in report["quarantine"]) == [
+        ("listener:main", 1), ("projector:payments", 1)]
+
+
+def test_retry_reports_what_the_service_layer_decided(pg_url: str,
+                                                      populated: dict[str, Any]) -> None:
+    rows = json.loads(_ok(_cardpay(pg_url, "quarantine", "list", "--json")))
+    undecodable = rows[0]
+    proc = _cardpay(pg_url, "quarantine", "retry", str(undecodable["id"]))
+    assert proc.returncode == 1
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith(f"cardpay quarantine retry: row {undecodable['id']} not retryable: ")
+    after = json.loads(_ok(_cardpay(pg_url, "quarantine", "list", "--json")))
+    assert undecodable["id"] in [r["id"] for r in after]  # still there
+
+    missing = _cardpay(pg_url, "quarantine", "retry", "999999")
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == ("cardpay quarantine retry: no quarantined row with id "
+                                      "999999: `cardpay quarantine list` shows the ids")
+
+
+def test_read_commands_refuse_an_older_schema(pg_url: str, pg_engine: Engine) -> None:
+    with pg_engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE alembic_version SET version_num = '0001'")
+    proc = _cardpay(pg_url, "payments")
+    assert proc.returncode == 1
+    assert "has schema revision 0001, this cardpay reads revision" in proc.stderr
+    assert "run `cardpay db upgrade`" in proc.stderr
