@@ -44,7 +44,7 @@ def add_format_options(parser: argparse.ArgumentParser, *, with_csv: bool = True
     """`--json` and (with CSV) `--format table|json|csv`; `--json` is `--format json`."""
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--json", dest="format", action="store_const", const="json",
-                       help="print JSON (amounts as strings of base units)")
+                       help="print JSON instead of a table (amounts as strings of base units)")
     if with_csv:
         group.add_argument("--format", dest="format", choices=FORMATS,
                            help="table (default, for people), json, or csv (for spreadsheets)")

@@ -55,7 +55,7 @@ def register(sub: Any) -> None:
     )
     parser.add_argument("--status", choices=PAYMENT_STATUSES, default=None,
                         help="only payments in this status")
-    parser.add_argument("--limit", type=positive_int, default=50,
+    parser.add_argument("--limit", type=positive_int, default=50, metavar="N",
                         help="at most N payments (default 50)")
     add_format_options(parser)
     parser.set_defaults(run=payments_command)

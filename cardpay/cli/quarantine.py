@@ -41,9 +41,9 @@ def register(sub: Any) -> None:
 
     listing = actions.add_parser("list", help="list quarantined rows (oldest first)",
                                  description="List quarantined rows, oldest first.")
-    listing.add_argument("--source", default=None,
+    listing.add_argument("--source", default=None, metavar="SOURCE",
                          help="only rows from this source (e.g. listener:main, projector:payments)")
-    listing.add_argument("--limit", type=positive_int, default=None,
+    listing.add_argument("--limit", type=positive_int, default=None, metavar="N",
                          help="at most N rows (default: all)")
     listing.add_argument("--all", action="store_true",
                          help="also rows a retry resolved (kept with their resolution)")

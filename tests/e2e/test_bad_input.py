@@ -84,6 +84,16 @@ CASES = [
     Case("no command", (), 2, ("the following arguments are required: COMMAND",)),
     Case("missing RPC URL", ("deploy",), 2, ("CARDPAY_RPC_URL",),
          env={"CARDPAY_RPC_URL": ""}),
+    # options of the service and chain commands (their owners validate them before starting)
+    Case("zero relay batch size", ("relay", "--batch-size", "0"), 2,
+         ("cardpay relay: --batch-size must be at least 1, got 0",),
+         env={"CARDPAY_KAFKA_BOOTSTRAP": "127.0.0.1:1"}),
+    Case("negative projector batch size", ("project", "--batch-size", "-5"), 2,
+         ("cardpay project: --batch-size must be at least 1, got -5",)),
+    Case("zero poll interval", ("listen", "--poll-interval", "0"), 2,
+         ("--poll-interval must be > 0",), env={"CARDPAY_RPC_URL": "http://127.0.0.1:1"}),
+    Case("negative first block", ("backfill", "--from-block", "-1"), 2,
+         ("--from-block must be >= 0, got -1",), env={"CARDPAY_RPC_URL": "http://127.0.0.1:1"}),
 ]
 
 

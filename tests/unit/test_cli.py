@@ -149,3 +149,35 @@ def test_funding_covers_every_planned_spend() -> None:
     assert funding_shortfalls(spends, lambda s, i: have[s, i]) == {
         ("EURe", 0): 10, ("USDCe", 1): 5}
     assert funding_shortfalls(spends, lambda s, i: 10**6) == {}
+
+
+def test_progress_draws_done_total_and_the_extra_text() -> None:
+    import io
+
+    from cardpay.cli.progress import Progress
+
+    out = io.StringIO()
+    bar = Progress("backfill", unit="blocks", enabled=True, out=out)
+    for done in (10, 50, 100):
+        bar.update(done, 100, extra=f"{done * 3} logs")
+    bar.close()
+    text = out.getvalue()
+    assert "backfill" in text and "100/100" in text and "blocks" in text and "300 logs" in text
+
+    quiet = io.StringIO()
+    off = Progress("replay", enabled=False, out=quiet)
+    off.update(1, 2, extra="x")
+    off.close()
+    assert quiet.getvalue() == ""
+
+
+@pytest.mark.parametrize(("value", "wanted"), [("1", True), ("yes", True), ("0", False),
+                                                ("", False)])
+def test_progress_off_in_a_pipe_unless_asked(monkeypatch: pytest.MonkeyPatch, value: str,
+                                             wanted: bool) -> None:
+    import io
+
+    from cardpay.cli.progress import progress_wanted
+
+    monkeypatch.setenv("CARDPAY_PROGRESS", value)
+    assert progress_wanted(io.StringIO()) is wanted
