@@ -101,6 +101,8 @@ class OutboxRelay:
 
         async def step() -> int:
             nonlocal needs_start
+            if metrics is not None:  # first, so the gauges move while the broker is away too
+                await asyncio.to_thread(self.observe_backlog, metrics)
             if needs_start:
                 await self._publisher.reset()
                 needs_start = False
