@@ -24,7 +24,7 @@ from eth_abi.abi import decode as abi_decode
 from sqlalchemy import Engine, func, select
 
 from cardpay.bootstrap import database, payments_projector
-from cardpay.cli.errors import UsageError
+from cardpay.cli.errors import CommandFailed, UsageError
 from cardpay.cli.options import positive_int
 from cardpay.devstack.anvil import AnvilNode
 from cardpay.devstack.local_chain import LocalChain, LocalDeployment
@@ -371,4 +371,10 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
         if keep.exists() and (not keep.is_dir() or any(keep.iterdir())):
             raise UsageError(f"--keep {keep}: give a new or empty directory (it is "
                              f"{'not a directory' if not keep.is_dir() else 'not empty'})")
-    return run(args.payments, args.seed, as_json=args.json, keep=keep)
+    from cardpay.devstack.anvil import AnvilHarnessError
+    from cardpay.devstack.artifacts import ArtifactError
+
+    try:
+        return run(args.payments, args.seed, as_json=args.json, keep=keep)
+    except (AnvilHarnessError, ArtifactError) as exc:  # their messages say what to install
+        raise CommandFailed(f"the local chain could not start: {exc}") from exc

@@ -15,6 +15,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -84,6 +85,9 @@ CASES = [
     Case("no command", (), 2, ("the following arguments are required: COMMAND",)),
     Case("missing RPC URL", ("deploy",), 2, ("CARDPAY_RPC_URL",),
          env={"CARDPAY_RPC_URL": ""}),
+    Case("demo without an Anvil to run", ("demo", "--json", "--payments", "1"), 1,
+         ("the local chain could not start", "CARDPAY_ANVIL_BIN='/nonexistent'"),
+         env={"CARDPAY_ANVIL_BIN": "/nonexistent"}),
     # options of the service and chain commands (their owners validate them before starting)
     Case("zero relay batch size", ("relay", "--batch-size", "0"), 2,
          ("cardpay relay: --batch-size must be at least 1, got 0",),
@@ -140,6 +144,16 @@ def test_an_embedded_server_that_will_not_start(tmp_path: Path) -> None:
     [line] = _message_lines(proc.stderr)
     assert f"the embedded PostgreSQL did not start in {tmp_path}/pgdata: " in line
     assert f"see {tmp_path}/pgdata/log" in line
+
+
+def test_a_database_that_does_not_exist(pg_server: Any) -> None:
+    url = pg_server.url.replace("/postgres?", "/no_such_db?")
+    proc = _run(("status",), {"CARDPAY_DATABASE_URL": url})
+    assert proc.returncode == 1
+    [line] = _message_lines(proc.stderr)
+    assert line.startswith("cardpay status: cannot connect to PostgreSQL at ")
+    assert line.endswith('/no_such_db: database "no_such_db" does not exist; check '
+                         "CARDPAY_DATABASE_URL")
 
 
 def test_debug_shows_the_traceback() -> None:
