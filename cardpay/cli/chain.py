@@ -86,12 +86,13 @@ def register(sub: Any) -> None:
 
 def validate(args: argparse.Namespace) -> None:
     """Option values no command can use, refused before anything starts."""
-    for option in ("from_block", "to_block", "cardholders"):
+    for option in ("from_block", "to_block"):
         value = getattr(args, option, None)
         if value is not None and value < 0:
             raise UsageError(f"--{option.replace('_', '-')} must be >= 0, got {value}")
-    if getattr(args, "cardholders", None) == 0:
-        raise UsageError("--cardholders must be >= 1, got 0")
+    cardholders = getattr(args, "cardholders", None)
+    if cardholders is not None and cardholders < 1:
+        raise UsageError(f"--cardholders must be >= 1, got {cardholders}")
     first, last = getattr(args, "from_block", None), getattr(args, "to_block", None)
     if first is not None and last is not None and first > last:
         raise UsageError(f"--from-block {first} is after --to-block {last}")
@@ -229,12 +230,6 @@ def listen(settings: Settings, *, preset: str, deployment: Path | None, rpc_url:
     config = _preset(settings, preset, deployment)
     url = _rpc_url(settings, rpc_url)
     metrics = ListenerMetrics(listener=settings.listener_name)
-    if metrics_port is not None:
-        try:
-            metrics.serve(metrics_port)
-        except OSError as exc:
-            raise CommandFailed(f"cannot serve metrics on 127.0.0.1:{metrics_port}: "
-                                f"{exc.strerror or exc}") from None
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -244,9 +239,19 @@ def listen(settings: Settings, *, preset: str, deployment: Path | None, rpc_url:
         with _indexing(settings, engine, listener, config, url, from_block):
             _start_block(listener, from_block, settings.listener_name)
             metrics.starting(listener.cursor(), _head_or_none(listener.head))
+            if metrics_port is not None:  # served once the gauges hold the stored cursor
+                _serve(metrics, metrics_port)
             listener.run_forever(stop.is_set, poll_interval=poll_interval,
                                  on_error=metrics.range_failed, sleep=stop.wait)
     return 0
+
+
+def _serve(metrics: ListenerMetrics, port: int) -> None:
+    try:
+        metrics.serve(port)
+    except OSError as exc:
+        raise CommandFailed(f"cannot serve metrics on 127.0.0.1:{port}: "
+                            f"{exc.strerror or exc}") from None
 
 
 def _head_or_none(head: Callable[[], int]) -> int | None:

@@ -11,6 +11,7 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -157,3 +158,107 @@ def test_backfill_refuses_to_leave_a_gap(anvil_node: Any, pg_url: str, tmp_path:
     _, err = gap.communicate(timeout=60)
     assert gap.returncode == 2
     assert f"would skip blocks {first + 3}..{first + 9}" in err
+
+
+def _finish(proc: subprocess.Popen[str], timeout: float = 120) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def test_a_reorg_deeper_than_the_window_names_the_reset_that_recovers(
+    anvil_node: Any, pg_url: str, pg_engine: Engine, make_db: Any, tmp_path: Path
+) -> None:
+    chain, deployment = _deploy(anvil_node, tmp_path)
+    _spends(chain, 20, seed=11)  # before the fork: stays canonical
+    last_kept_spend = int(anvil_node.rpc("eth_blockNumber"), 16) - 1  # then one empty block
+    anvil_node.rpc("anvil_mine", ["0x3"])
+    fork = int(anvil_node.rpc("eth_blockNumber"), 16)
+    orphaned = chain.spend("EURe", 1, 7 * 10**17)  # gone after the reorg
+    _spends(chain, 20, seed=12)
+    anvil_node.rpc("anvil_mine", [hex(300)])  # deeper than the 256-block window
+    env = _env(pg_url, anvil_node.rpc_url, deployment)
+    first = str(chain.deployment.deployed_at_block)
+    status, _, err = _finish(_cardpay(env, "backfill", "--from-block", first))
+    assert status == 0, err
+
+    depth = int(anvil_node.rpc("eth_blockNumber"), 16) - fork
+    raw = anvil_node.rpc("eth_getRawTransactionByHash", [orphaned])
+    anvil_node.rpc("anvil_reorg", [depth, [[raw, 5]]])  # the spend lands in another block
+    anvil_node.rpc("anvil_mine", ["0x1"])
+    expected = f"cardpay listener reset main --from-block {last_kept_spend + 1}"
+    for args in (("listen", "--poll-interval", "0.05"), ("backfill",)):
+        status, _, err = _finish(_cardpay(env, *args))
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert status == 1, err
+        assert "Traceback" not in err
+        assert lines[-1].startswith(f"cardpay {args[0]}: block ") and expected in lines[-1], lines
+        assert "deeper than the kept window" in lines[-1]
+
+    status, out, err = _finish(_cardpay(env, "listener", "reset", "main", "--from-block",
+                                        str(last_kept_spend + 1)))
+    assert status == 0, err
+    assert "retracted" in out
+    status, _, err = _finish(_cardpay(env, "backfill", "--from-block", str(last_kept_spend + 1)))
+    assert status == 0, err
+    project(pg_engine)
+    assert canonical_views(pg_engine) == _fresh(make_db, chain)
+
+
+def test_a_restarted_node_is_refused_until_the_listener_is_reset(
+    anvil_node: Any, pg_url: str, pg_engine: Engine, make_db: Any, tmp_path: Path
+) -> None:
+    from cardpay.devstack.anvil import AnvilNode
+
+    _, deployment = _deploy(anvil_node, tmp_path)
+    env = _env(pg_url, anvil_node.rpc_url, deployment)
+    status, _, err = _finish(_cardpay(env, "backfill", "--from-block", "0"))
+    assert status == 0, err
+    with AnvilNode(extra_args=["--timestamp", str(int(time.time()) + 10_000)]) as node:
+        chain, deployment = _deploy(node, tmp_path)  # same chain id, another genesis
+        _spends(chain, 20, seed=13)
+        env = _env(pg_url, node.rpc_url, deployment)
+        for args in (("backfill",), ("listen",)):
+            status, _, err = _finish(_cardpay(env, *args))
+            lines = [line for line in err.splitlines() if line.strip()]
+            assert status == 1 and "Traceback" not in err, err
+            assert "(a new chain); run `cardpay listener reset main`" in lines[-1]
+        status, _, err = _finish(_cardpay(env, "listener", "reset"))
+        assert status == 0, err
+        status, _, err = _finish(_cardpay(env, "backfill", "--from-block", "0"))
+        assert status == 0, err
+        project(pg_engine)
+        assert canonical_views(pg_engine) == _fresh(make_db, chain)
+
+
+def test_listen_metrics_hold_the_stored_cursor_from_the_first_scrape(
+    anvil_node: Any, pg_url: str, tmp_path: Path
+) -> None:
+    import requests
+
+    chain, deployment = _deploy(anvil_node, tmp_path)
+    _spends(chain, 10, seed=14)
+    env = _env(pg_url, anvil_node.rpc_url, deployment)
+    status, _, err = _finish(_cardpay(env, "backfill", "--from-block", "0"))
+    assert status == 0, err
+    head = int(anvil_node.rpc("eth_blockNumber"), 16)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    live = _cardpay(env, "listen", "--poll-interval", "60", "--metrics-port", str(port))
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # the first answer the port gives
+            assert live.poll() is None and time.monotonic() < deadline
+            try:
+                text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+                break
+            except requests.ConnectionError:
+                time.sleep(0.05)
+    finally:
+        live.send_signal(signal.SIGTERM)
+        live.wait(timeout=30)
+    values = {line.split("{")[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line.startswith(("cardpay_listener_processed_block{",
+                                  "cardpay_chain_head_block{", "cardpay_listener_lag_blocks{"))}
+    assert values == {"cardpay_listener_processed_block": head,
+                      "cardpay_chain_head_block": head, "cardpay_listener_lag_blocks": 0}
