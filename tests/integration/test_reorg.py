@@ -168,3 +168,52 @@ def test_snapshot_revert_reorg_with_a_transaction_in_a_different_block(
     with pg_engine.connect() as conn:
         statuses = dict(conn.execute(select(rm_payments.c.spend_tx, rm_payments.c.status)).all())
     assert statuses[moved.lower()] == "held"
+
+
+def test_a_reorg_deeper_than_a_small_window_is_repaired_by_a_reset_from_the_named_block(
+    local_chain: Any, anvil_node: Any, pg_url: str, pg_engine: Engine, make_db: Any
+) -> None:
+    """Window 4: a reorg of 9 blocks leaves no kept hash canonical. The listener stops with
+    ReorgTooDeep; `fork_floor` names the block to reset from (one above the newest indexed block
+    the node still has), and reset + index again equals a fresh index of the new chain."""
+    from cardpay.bootstrap.listen import build_listener, check_chain, fork_floor, reset_listener
+    from cardpay.metrics import ListenerMetrics
+    from cardpay.postgres.chain_identity import PostgresChainIdentities
+    from cardpay.settings import Settings
+    from listener.errors import ReorgTooDeep
+    from listener.rpc import HttpJsonRpc
+
+    config = chain_config(local_chain.deployment)
+    settings = Settings(database_url=pg_url, confirmations=0, listener_name="small")
+    rpc = HttpJsonRpc(local_chain.rpc_url, retries=0)
+    start = local_chain.deployment.deployed_at_block
+    check_chain(rpc, local_chain.rpc_url, config, PostgresChainIdentities(pg_engine), "small",
+                first_block=start)
+
+    def listener(first: int) -> Any:
+        return build_listener(settings, pg_engine, config, rpc_url=local_chain.rpc_url,
+                              start_block=first, metrics=ListenerMetrics(), window=4)
+
+    local_chain.spend("EURe", 0, 10**18)
+    kept_spend = int(anvil_node.rpc("eth_blockNumber"), 16)
+    anvil_node.rpc("anvil_mine", ["0x2"])
+    moved = [local_chain.spend("EURe", i, (i + 2) * 10**17) for i in range(3)]
+    anvil_node.rpc("anvil_mine", ["0x4"])
+    listener(start).run_until_caught_up()
+
+    depth = int(anvil_node.rpc("eth_blockNumber"), 16) - kept_spend - 2
+    raw = anvil_node.rpc("eth_getRawTransactionByHash", [moved[0]])
+    anvil_node.rpc("anvil_reorg", [depth, [[raw, 3]]])
+    anvil_node.rpc("anvil_mine", ["0x1"])
+    with pytest.raises(ReorgTooDeep) as stopped:
+        listener(start).run_until_caught_up()
+    below = stopped.value.oldest_kept
+    assert below is not None
+    floor = fork_floor(pg_engine, rpc, config.chain_id, "small", below)
+    assert floor == kept_spend + 1
+
+    report = reset_listener(settings, pg_engine, "small", from_block=floor)
+    assert report.retracted == len(moved)
+    listener(floor).run_until_caught_up()
+    project(pg_engine)
+    assert canonical_views(pg_engine) == _fresh_index(make_db, local_chain)
