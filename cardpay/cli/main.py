@@ -8,8 +8,10 @@ assembles the parser, reads the settings once and dispatches.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -48,6 +50,8 @@ README.md lists the variables of the dev and test harnesses too.
 
 INTERRUPTED = 130
 """Exit status after Ctrl-C (128 + SIGINT), as shells report it."""
+BROKEN_PIPE = 141
+"""Exit status when the reader of stdout went away (128 + SIGPIPE)."""
 
 COMMAND_GROUPS = (demo, status, payments, quarantine, db, services, projections, replay, chain,
                   listener_admin)
@@ -100,8 +104,8 @@ def translate(exc: BaseException) -> CliError | None:
     if isinstance(exc, sqlalchemy.exc.OperationalError):
         from cardpay.bootstrap import short_reason
 
-        return CommandFailed(f"lost the connection to PostgreSQL: {short_reason(exc)}; check "
-                             "that the server is up and run the command again")
+        return CommandFailed(f"PostgreSQL failed: {short_reason(exc)}; check the server "
+                             "(CARDPAY_DATABASE_URL) and run the command again")
     return None
 
 
@@ -114,6 +118,10 @@ def command_name(args: argparse.Namespace) -> str:
 
 def one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+def shorten(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -131,13 +139,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"{where}: interrupted", file=sys.stderr)
         return INTERRUPTED
+    except BrokenPipeError:
+        # the reader went away (`cardpay payments --format csv | head`): stop quietly, as Unix
+        # tools do; stdout points at /dev/null so the interpreter's final flush cannot fail
+        with contextlib.suppress(OSError, ValueError):  # stdout may have no descriptor
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return BROKEN_PIPE
     except Exception as exc:
         if args.debug:
             raise
         error = translate(exc)
         if error is None:
-            print(f"{where}: unexpected error: {type(exc).__name__}: {one_line(str(exc))} "
-                  "(run with --debug for the traceback)", file=sys.stderr)
+            print(f"{where}: unexpected error: {type(exc).__name__}: "
+                  f"{shorten(one_line(str(exc)))} (run with --debug for the traceback)",
+                  file=sys.stderr)
             return 1
         print(f"{where}: {one_line(str(error))}", file=sys.stderr)
         return error.status

@@ -115,15 +115,19 @@ def failing(monkeypatch: pytest.MonkeyPatch) -> dict[str, BaseException]:
     (UsageError("give --from-block"), 2, "cardpay boom: give --from-block"),
     (CommandFailed("node unreachable"), 1, "cardpay boom: node unreachable"),
     (KeyboardInterrupt(), 130, "cardpay boom: interrupted"),
+    (BrokenPipeError(), 141, None),
     (ValueError("bad\n  value"), 1,
      "cardpay boom: unexpected error: ValueError: bad value (run with --debug for the traceback)"),
+    (RuntimeError("x" * 1000), 1,
+     f"cardpay boom: unexpected error: RuntimeError: {'x' * 299}… (run with --debug for the "
+     "traceback)"),
 ])
 def test_failures_end_as_one_line(failing: dict[str, BaseException], exc: BaseException,
-                                  status: int, line: str,
+                                  status: int, line: str | None,
                                   capsys: pytest.CaptureFixture[str]) -> None:
     failing["exc"] = exc
     assert cli.main(["boom"]) == status
-    assert capsys.readouterr().err == line + "\n"
+    assert capsys.readouterr().err == ("" if line is None else line + "\n")
 
 
 def test_settings_errors_are_usage_errors(failing: dict[str, BaseException],
