@@ -43,7 +43,8 @@ def build_projector(settings: Settings, engine: Engine, *, batch_size: int = 500
     from cardpay.kafka.adapters import KafkaFeed
     from cardpay.kafka.identity import PostgresFeedIdentityStore
 
-    feed = KafkaFeed(settings.kafka_bootstrap, settings.kafka_topic,
+    # A short wait for a missing topic: the supervision loop retries (and logs) after it.
+    feed = KafkaFeed(settings.kafka_bootstrap, settings.kafka_topic, start_timeout=5.0,
                      identity_store=PostgresFeedIdentityStore(engine), consumer=PAYMENTS)
     return Projector(PAYMENTS, feed, base.uow_factory, batch_size=batch_size), feed.lag
 

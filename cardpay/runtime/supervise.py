@@ -123,6 +123,7 @@ async def supervise(
     idle = 0
     needs_recovery: Exception | None = None
     while not stop.is_set():
+        attempt_started = now()
         try:
             if needs_recovery is not None and recover is not None:
                 await recover(needs_recovery)
@@ -132,8 +133,8 @@ async def supervise(
             raise
         except Exception as exc:
             failures += 1
-            if failing_since is None:
-                failing_since = now()
+            if failing_since is None:  # the streak began when its first failing step did
+                failing_since = attempt_started
             if errors is not None:
                 errors.labels(component=component, error=type(exc).__name__).inc()
             needs_recovery = exc

@@ -213,3 +213,18 @@ def test_until_idle_waits_for_several_idle_steps_in_a_row() -> None:
     assert asyncio.run(supervise(step, component="p", stop=asyncio.Event(), until_idle=True,
                                  idle_steps=2)) == "idle"
     assert step.calls == 4
+
+
+def test_the_give_up_clock_starts_when_the_first_failing_step_started() -> None:
+    """A step that takes long to fail (a connect timeout) counts its own duration."""
+    fake = FakeTime()
+
+    async def slow_failure() -> int:
+        fake.now += 8.0
+        raise TimeoutError("connect timed out")
+
+    with pytest.raises(GaveUp):
+        asyncio.run(supervise(slow_failure, component="p", stop=asyncio.Event(),
+                              backoff=Backoff(1.0, 1.0, 0.0), give_up_after=10.0,
+                              sleep=fake.sleep, clock=fake.clock))
+    assert fake.sleeps == [1.0]  # 8 s + 1 s, then the second failure ends at 17 s > 10 s
