@@ -159,9 +159,9 @@ def _start_block(listener: Listener, from_block: int | None, name: str) -> int:
 def _indexing(settings: Settings, engine: Engine, listener: Listener, config: ChainConfig,
               url: str, from_block: int | None) -> Iterator[None]:
     """Check the node is on the listener's chain; turn what stops indexing into one line."""
-    cursor = listener.cursor()
-    first = from_block if from_block is not None else \
-        (cursor.block_number + 1 if cursor is not None else 0)
+    # The first block a reset goes back to. A cursor without a stored identity predates identities
+    # (migration 0005): what it indexed may start anywhere, so a reset must start at 0.
+    first = (from_block or 0) if listener.cursor() is None else 0
     probe = HttpJsonRpc(url, retries=1, timeout=5.0)
     try:
         check_chain(probe, url, config, PostgresChainIdentities(engine), settings.listener_name,

@@ -137,4 +137,4 @@ def test_replay_of_a_missing_directory_is_a_clear_error(tmp_path: Path) -> None:
         [sys.executable, "-m", "cardpay.cli.main", "replay", str(tmp_path / "nope")],
         capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
-    assert "blocks.jsonl is missing" in proc.stderr
+    assert "nope does not exist" in proc.stderr
