@@ -24,7 +24,7 @@ from cardpay.postgres.uow import unit_of_work_factory
 from cardpay.settings import Settings
 from listener.errors import ListenerError, RpcError, RpcTransportError
 from listener.poller import Listener, RangeResult
-from listener.ports import BlockRef, Cursor, RpcClient
+from listener.ports import BlockRef, RpcClient
 from listener.presets import ChainConfig
 from listener.rpc import HttpJsonRpc
 
@@ -42,6 +42,10 @@ class NodeUnreachable(Exception):
 
 class WrongChain(Exception):
     """The node is on another chain than the preset or the listener's stored identity."""
+
+
+class ResetRefused(Exception):
+    """A reset that would leave blocks unindexed."""
 
 
 @dataclass(frozen=True)
@@ -179,7 +183,11 @@ def reset_listener(settings: Settings, engine: Engine, name: str, *,
     start = from_block if from_block is not None else \
         (identity.first_block if identity is not None else 0)
     retracted, blocks = 0, []
-    if identities.cursor_block(name) is not None:
+    at = identities.cursor_block(name)
+    if at is not None and start > at + 1:
+        raise ResetRefused(f"listener {name!r} is at block {at}; a reset from block {start} would "
+                           f"leave blocks {at + 1}..{start - 1} unindexed")
+    if at is not None:
         chain_id = identity.chain_id if identity is not None else _only_chain(identities, name)
         sink = make_sink(settings, engine, chain_id)
         blocks = identities.indexed_blocks(chain_id, start)
@@ -216,5 +224,5 @@ def _only_chain(identities: PostgresChainIdentities, name: str) -> int:
     return chains[0]
 
 
-__all__ = ["Cursor", "NodeUnreachable", "ResetReport", "WrongChain", "build_listener",
+__all__ = ["NodeUnreachable", "ResetRefused", "ResetReport", "WrongChain", "build_listener",
            "check_chain", "fork_floor", "reset_listener"]

@@ -35,7 +35,7 @@ def register(sub: Any) -> None:
 
 def reset_command(settings: Settings, args: argparse.Namespace) -> int:
     from cardpay.bootstrap import database
-    from cardpay.bootstrap.listen import WrongChain, reset_listener
+    from cardpay.bootstrap.listen import ResetRefused, WrongChain, reset_listener
 
     if args.from_block is not None and args.from_block < 0:
         raise UsageError(f"--from-block must be >= 0, got {args.from_block}")
@@ -45,6 +45,8 @@ def reset_command(settings: Settings, args: argparse.Namespace) -> int:
             report = reset_listener(settings, engine, name, from_block=args.from_block)
         except WrongChain as exc:
             raise CommandFailed(str(exc)) from None
+        except ResetRefused as exc:
+            raise UsageError(str(exc)) from None
     print(f"listener {name!r} reset: retracted {report.retracted} payment effects in "
           f"{report.blocks} blocks from block {report.from_block}; cursor and chain identity "
           f"deleted. Index again with `cardpay backfill --from-block {report.from_block}`")

@@ -104,3 +104,21 @@ def test_a_node_of_another_chain_id_than_the_preset_is_refused(
         check_chain(rpc, local_chain.rpc_url, GNOSIS, PostgresChainIdentities(pg_engine), NAME,
                     first_block=0)
     assert PostgresChainIdentities(pg_engine).load(NAME) is None  # nothing recorded
+
+
+def test_a_reset_that_would_leave_a_gap_is_refused(
+    local_chain: LocalChain, pg_url: str, pg_engine: Engine
+) -> None:
+    from cardpay.bootstrap.listen import ResetRefused
+
+    settings = Settings(database_url=pg_url, confirmations=0, listener_name=NAME)
+    local_chain.spend("EURe", 0, 10**18)
+    _index(pg_engine, local_chain, settings)
+    at = PostgresChainIdentities(pg_engine).cursor_block(NAME)
+    assert at is not None
+    with pytest.raises(ResetRefused, match=f"would leave blocks {at + 1}..{at + 9} unindexed"):
+        reset_listener(settings, pg_engine, NAME, from_block=at + 10)
+    assert PostgresChainIdentities(pg_engine).cursor_block(NAME) == at  # nothing forgotten
+    report = reset_listener(settings, pg_engine, NAME, from_block=at + 1)  # nothing to retract
+    assert report.retracted == 0
+    assert PostgresChainIdentities(pg_engine).cursor_block(NAME) is None
