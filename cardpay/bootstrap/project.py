@@ -125,8 +125,10 @@ def running_projector(engine: Engine, name: str) -> Iterator[None]:
         try:
             yield
         finally:
-            guard.execute(text("SELECT pg_advisory_unlock_shared(hashtext(:k))"),
-                          {"k": _session_key(name)})
+            # A dead connection (database restarted) has released the lock already.
+            with contextlib.suppress(Exception):
+                guard.execute(text("SELECT pg_advisory_unlock_shared(hashtext(:k))"),
+                              {"k": _session_key(name)})
 
 
 def _lock_for_reset(conn: Connection, name: str) -> None:

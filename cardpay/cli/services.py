@@ -15,7 +15,7 @@ import logging
 import math
 import signal
 from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from cardpay.cli.errors import CommandFailed, UsageError
 from cardpay.runtime import tune_gc
@@ -69,6 +69,20 @@ def _validate(args: argparse.Namespace) -> None:
         raise UsageError(f"--metrics-port must be a TCP port (1-65535), got {args.metrics_port}")
 
 
+class _Served(Protocol):
+    def serve(self, port: int, host: str = "127.0.0.1") -> None: ...
+
+
+def _serve(metrics: _Served, port: int | None) -> None:
+    if port is None:
+        return
+    try:
+        metrics.serve(port)
+    except OSError as exc:
+        raise CommandFailed(f"cannot serve metrics on 127.0.0.1:{port} "
+                            f"({exc.strerror or exc}); choose another --metrics-port") from exc
+
+
 def _quiet_kafka_client() -> None:
     """aiokafka logs every failed connection attempt at ERROR, some with a traceback; the
     supervision loop already says once per retry what failed."""
@@ -120,8 +134,7 @@ def relay_command(settings: Settings, args: argparse.Namespace) -> int:
     bootstrap = settings.kafka_bootstrap
     _quiet_kafka_client()
     metrics = RelayMetrics()
-    if args.metrics_port is not None:
-        metrics.serve(args.metrics_port)
+    _serve(metrics, args.metrics_port)
 
     async def main() -> None:
         with database(settings) as engine:
@@ -161,8 +174,7 @@ def project_command(settings: Settings, args: argparse.Namespace) -> int:
     tune_gc()
     _quiet_kafka_client()
     metrics = ProjectorMetrics(projector=PAYMENTS)
-    if args.metrics_port is not None:
-        metrics.serve(args.metrics_port)
+    _serve(metrics, args.metrics_port)
 
     async def main() -> None:
         with database(settings) as engine, running_projector(engine, PAYMENTS):

@@ -7,6 +7,7 @@ drop the redelivered events by (stream, version). A Postgres advisory lock keeps
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -92,7 +93,9 @@ class OutboxRelay:
                 return await self._supervised(stop or asyncio.Event(), until_idle, idle_sleep,
                                               backoff, give_up_after, start_publisher, metrics)
             finally:
-                guard.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": RELAY_LOCK})
+                # A dead connection (database restarted) has released the lock already.
+                with contextlib.suppress(Exception):
+                    guard.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": RELAY_LOCK})
 
     async def _supervised(self, stop: asyncio.Event, until_idle: bool, idle_sleep: float,
                           backoff: Backoff, give_up_after: float | None, start_publisher: bool,

@@ -162,3 +162,20 @@ def _scrape_until(port: int, done: object, timeout: float = 60) -> str:
             return text
         time.sleep(0.2)
     raise AssertionError(f"metrics did not move within {timeout}s:\n{text[-2000:]}")
+
+
+def test_a_metrics_port_in_use_is_one_line_and_exit_status_1(pg_url: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "CARDPAY_DATABASE_URL": pg_url,
+               "CARDPAY_KAFKA_BOOTSTRAP": "127.0.0.1:1"}
+        for command in ("relay", "project"):
+            proc = subprocess.run(
+                [sys.executable, "-m", "cardpay.cli.main", command, "--metrics-port", str(port)],
+                cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+            assert proc.returncode == 1
+            assert proc.stderr.strip().splitlines() == [
+                f"cardpay {command}: cannot serve metrics on 127.0.0.1:{port} (Address already "
+                "in use); choose another --metrics-port"]
