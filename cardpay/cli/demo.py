@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import random
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,24 +22,16 @@ from typing import Any, TextIO
 from eth_abi.abi import decode as abi_decode
 from sqlalchemy import Engine, func, select
 
-from cardpay.bootstrap import database, payments_projector
+from cardpay.bootstrap.demo import CONFIRMATIONS, DemoStack, demo_stack
 from cardpay.cli.errors import CommandFailed, UsageError
 from cardpay.cli.options import positive_int
-from cardpay.devstack.anvil import AnvilNode
 from cardpay.devstack.local_chain import LocalChain, LocalDeployment
-from cardpay.handlers.chain import ChainSinkHandler
 from cardpay.handlers.payments import PaymentService
 from cardpay.postgres.schema import quarantine, rm_payments
-from cardpay.postgres.uow import unit_of_work_factory
 from cardpay.settings import Settings
 from domain.commands import RecordRefundSubmission, RequestRefund
 from domain.money import Currency, Money
 from listener.decode import SPEND_TOPIC, TRANSFER_TOPIC
-from listener.poller import Listener
-from listener.presets import ChainConfig, local_config
-from listener.rpc import HttpJsonRpc
-
-CONFIRMATIONS = 2
 
 
 @dataclass
@@ -90,10 +81,6 @@ class DemoResult:
             "blocks": {"from": self.blocks[0], "to": self.blocks[1]},
             "seconds": round(self.seconds, 2),
         }
-
-
-def chain_config(deployment: LocalDeployment) -> ChainConfig:
-    return local_config(deployment.to_dict())
 
 
 def chain_totals(chain: LocalChain, deployment: LocalDeployment, to_block: int) -> dict[str, Totals]:
@@ -162,39 +149,24 @@ class Demo:
 
     def run(self) -> DemoResult:
         started = time.monotonic()
-        with contextlib.ExitStack() as stack:
-            self.say("starting embedded PostgreSQL and Anvil")
-            data_dir = self.keep if self.keep is not None else stack.enter_context(_temp_dir())
-            settings = Settings(data_dir=data_dir)
-            engine = stack.enter_context(database(settings))
-            node = stack.enter_context(AnvilNode())
-            chain = LocalChain(node.rpc_url)
-            deployment = chain.deploy(n_cardholders=max(1, min(8, self.n)))
+        self.say("starting embedded PostgreSQL and Anvil")
+        with demo_stack(max(1, min(8, self.n)), keep=self.keep) as s:
+            deployment = s.deployment
             self.say(f"deployed contracts at block {deployment.deployed_at_block}")
-            uows = unit_of_work_factory(engine, settings.outbox_topic)
-            rpc = HttpJsonRpc(node.rpc_url)
-            stack.callback(rpc.close)
-            listener = Listener(
-                "demo", rpc, ChainSinkHandler(uows, chain_id=deployment.chain_id),
-                chain_config(deployment),
-                start_block=deployment.deployed_at_block, confirmations=CONFIRMATIONS,
-                max_range=500,
-            )
-
             spends = self._spends(deployment)
-            self._fund(chain, deployment, spends)
-            chain.spend_many(spends)
+            self._fund(s.chain, deployment, spends)
+            s.chain.spend_many(spends)
             self.say(f"sent {len(spends)} card spends")
-            self._index(chain, listener, engine, settings)
+            self._index(s)
 
-            refunds = self._refund_some(engine, chain, deployment, PaymentService(uows))
+            refunds = self._refund_some(s.engine, s.chain, deployment, s.payments)
             self.say(f"sent {refunds} refunds")
-            self._index(chain, listener, engine, settings)
+            self._index(s)
 
-            head = listener.head() - CONFIRMATIONS
-            chain_side = chain_totals(chain, deployment, head)
-            model_side = read_model_totals(engine)
-            with engine.connect() as conn:
+            head = s.listener.head() - CONFIRMATIONS
+            chain_side = chain_totals(s.chain, deployment, head)
+            model_side = read_model_totals(s.engine)
+            with s.engine.connect() as conn:
                 quarantined = int(conn.execute(select(func.count()).select_from(quarantine))
                                   .scalar_one())
         result = DemoResult(
@@ -237,11 +209,10 @@ class Demo:
             self.say(f"topped up {len(topups)} balances and raised {len(limits)} daily limits "
                      f"for {len(spends)} spends")
 
-    def _index(self, chain: LocalChain, listener: Listener, engine: Engine,
-               settings: Settings) -> None:
-        _mine(chain, CONFIRMATIONS)
-        ranges = listener.run_until_caught_up()
-        projector = payments_projector(settings, engine)
+    def _index(self, s: DemoStack) -> None:
+        _mine(s.chain, CONFIRMATIONS)
+        ranges = s.listener.run_until_caught_up()
+        projector = s.projector()
 
         async def project() -> None:
             await projector.start()
@@ -287,14 +258,6 @@ class Demo:
                     recipient=account, token=token, amount=amount,
                 )
         return len(chosen)
-
-
-@contextlib.contextmanager
-def _temp_dir() -> Iterator[Any]:
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="cardpay-demo-") as d:
-        yield Path(d)
 
 
 def _fmt(units: int, decimals: int) -> str:

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select
 
+from cardpay.bootstrap.demo import chain_config
 from cardpay.bootstrap.listen import WrongChain, build_listener, check_chain, reset_listener
-from cardpay.cli.demo import chain_config
 from cardpay.devstack.anvil import AnvilNode
 from cardpay.devstack.local_chain import LocalChain
 from cardpay.metrics import ListenerMetrics

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select
 
-from cardpay.cli.demo import chain_config
+from cardpay.bootstrap.demo import chain_config
 from cardpay.handlers.chain import ChainSinkHandler
 from cardpay.handlers.payments import PaymentService
 from cardpay.postgres.schema import events

@@ -23,7 +23,7 @@ from eth_abi.abi import decode as abi_decode
 from sqlalchemy import Engine, select
 from web3 import Web3
 
-from cardpay.cli.demo import chain_config
+from cardpay.bootstrap.demo import chain_config
 from cardpay.devstack.anvil import AnvilNode
 from cardpay.devstack.artifacts import load_artifact
 from cardpay.devstack.local_chain import (

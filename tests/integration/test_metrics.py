@@ -10,8 +10,8 @@ import requests
 from prometheus_client import generate_latest
 from sqlalchemy import Engine
 
+from cardpay.bootstrap.demo import chain_config
 from cardpay.bootstrap.listen import build_listener
-from cardpay.cli.demo import chain_config
 from cardpay.metrics import ListenerMetrics
 from cardpay.settings import Settings
 from listener.quarantine import REASON_CLASSES

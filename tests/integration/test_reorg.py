@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select
 
-from cardpay.cli.demo import chain_config
+from cardpay.bootstrap.demo import chain_config
 from cardpay.devstack.artifacts import load_artifact
 from cardpay.handlers.payments import PaymentService
 from cardpay.postgres.engine import make_engine

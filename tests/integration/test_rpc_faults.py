@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
-from cardpay.cli.demo import chain_config
+from cardpay.bootstrap.demo import chain_config
 from cardpay.handlers.chain import ChainSinkHandler
 from cardpay.postgres.uow import unit_of_work_factory
 from listener.poller import Listener
