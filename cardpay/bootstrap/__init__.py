@@ -13,9 +13,10 @@ import sqlalchemy.exc
 from sqlalchemy import Engine
 
 from cardpay.devstack.embedded_postgres import EmbeddedPostgres
+from cardpay.handlers.payments import UowFactory
 from cardpay.postgres.engine import make_engine, upgrade
 from cardpay.postgres.log_feed import PostgresLogFeed
-from cardpay.postgres.uow import projection_uow_factory
+from cardpay.postgres.uow import projection_uow_factory, unit_of_work_factory
 from cardpay.settings import Settings
 from projector.feed import Feed
 from projector.runner import Projector
@@ -130,6 +131,11 @@ def _last_log_line(log_file: Path) -> str:
 def _first_line(text: str) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return lines[0] if lines else ""
+
+
+def unit_of_work(settings: Settings, engine: Engine) -> UowFactory:
+    """The service layer's unit of work on this database (events also get their outbox rows)."""
+    return unit_of_work_factory(engine, settings.outbox_topic)
 
 
 def feed(settings: Settings, engine: Engine) -> Feed:

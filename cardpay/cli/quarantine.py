@@ -112,12 +112,11 @@ RETRY_DONE = frozenset({"applied", "duplicate", "resolved"})
 
 
 def retry_command(settings: Settings, args: argparse.Namespace) -> int:
-    from cardpay.bootstrap import database
+    from cardpay.bootstrap import database, unit_of_work
     from cardpay.handlers.quarantine import retry
-    from cardpay.postgres.uow import unit_of_work_factory
 
     with database(settings, migrate=False) as engine:
-        result = retry(unit_of_work_factory(engine, settings.outbox_topic), args.id)
+        result = retry(unit_of_work(settings, engine), args.id)
     if result.outcome == "not_found":
         raise _not_found(args.id)
     if result.outcome not in RETRY_DONE:
