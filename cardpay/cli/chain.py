@@ -172,6 +172,11 @@ def _indexing(settings: Settings, engine: Engine, listener: Listener, config: Ch
     except WrongChain as exc:
         raise CommandFailed(str(exc)) from None
     except ReorgTooDeep as exc:
+        try:  # the node restarted as another chain while listening: say that, not "reorg"
+            check_chain(probe, url, config, PostgresChainIdentities(engine),
+                        settings.listener_name, first_block=0)
+        except (NodeUnreachable, WrongChain) as changed:
+            raise CommandFailed(str(changed)) from None
         below = exc.oldest_kept if exc.oldest_kept is not None else exc.block
         start = fork_floor(engine, probe, config.chain_id, settings.listener_name, below)
         name = settings.listener_name

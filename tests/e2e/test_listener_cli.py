@@ -262,3 +262,29 @@ def test_listen_metrics_hold_the_stored_cursor_from_the_first_scrape(
                                   "cardpay_chain_head_block{", "cardpay_listener_lag_blocks{"))}
     assert values == {"cardpay_listener_processed_block": head,
                       "cardpay_chain_head_block": head, "cardpay_listener_lag_blocks": 0}
+
+
+def test_a_node_restarted_under_a_running_listener_stops_it_naming_the_reset(
+    anvil_node: Any, pg_url: str, tmp_path: Path
+) -> None:
+    """The same URL now serves a new chain (a proxy switched to another Anvil): the cursor's
+    block is gone, no kept hash is canonical, and `listen` says the chain changed."""
+    from cardpay.devstack.anvil import AnvilNode
+    from tests.support.faulty_proxy import Faults, FaultyProxy
+
+    chain, deployment = _deploy(anvil_node, tmp_path)
+    _spends(chain, 10, seed=15)
+    with FaultyProxy(anvil_node.rpc_url, Faults()) as proxy, \
+            AnvilNode(extra_args=["--timestamp", str(int(time.time()) + 10_000)]) as restarted:
+        env = _env(pg_url, proxy.url, deployment)
+        status, _, err = _finish(_cardpay(env, "backfill", "--from-block", "0"))
+        assert status == 0, err
+        live = _cardpay(env, "listen", "--poll-interval", "0.05")
+        LocalChain(restarted.rpc_url).deploy(4)
+        restarted.rpc("anvil_mine", [hex(100)])  # past the old cursor: not merely behind
+        proxy.upstream = restarted.rpc_url
+        status, _, err = _finish(live, timeout=120)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert status == 1 and "Traceback" not in err, err
+    assert lines[-1].startswith("cardpay listen: listener 'main' indexed chain 31337")
+    assert "(a new chain); run `cardpay listener reset main`" in lines[-1]
