@@ -122,3 +122,46 @@ def test_a_batch_size_below_one_is_a_usage_error(pg_url: str) -> None:
         assert proc.returncode == 2
         assert proc.stderr.strip().splitlines() == [
             f"cardpay {command}: --batch-size must be at least 1, got 0"]
+
+
+def test_sigint_stops_a_healthy_projector_and_its_embedded_database(tmp_path: Path) -> None:
+    """No CARDPAY_DATABASE_URL: `project` starts the embedded PostgreSQL as a child; Ctrl-C
+    stops both, with no traceback and no process left behind."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("CARDPAY_DATABASE_URL", "CARDPAY_KAFKA_BOOTSTRAP")}
+    env["CARDPAY_DATA_DIR"] = str(tmp_path / "data")
+    proc = _start(env, "project")
+    try:
+        deadline = time.monotonic() + 120
+        children: list[psutil.Process] = []
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+            children = psutil.Process(proc.pid).children(recursive=True)
+            if _runs_postgres(children):
+                break
+            time.sleep(0.2)
+        assert _runs_postgres(children), "the embedded server never started"
+        time.sleep(3)  # past migrations, into the projector loop
+        children = psutil.Process(proc.pid).children(recursive=True)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # 0 from the loop; 130 if a slow machine was still migrating when the signal came
+    assert proc.returncode in (0, 130), (proc.returncode, out, err)
+    assert proc.returncode == 130 or "applied 0 events" in out, (out, err)
+    assert "Traceback" not in err, err
+    assert children
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, [(p.pid, p.name()) for p in alive]
+
+
+def _runs_postgres(processes: list[psutil.Process]) -> bool:
+    for process in processes:
+        try:
+            if "postgres" in process.name():
+                return True
+        except psutil.NoSuchProcess:  # a short-lived helper (initdb's) already gone
+            continue
+    return False
