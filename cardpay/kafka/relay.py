@@ -100,15 +100,15 @@ class OutboxRelay:
     async def _supervised(self, stop: asyncio.Event, until_idle: bool, idle_sleep: float,
                           backoff: Backoff, give_up_after: float | None, start_publisher: bool,
                           metrics: RelayMetrics | None) -> Outcome:
-        needs_start = start_publisher
+        needs_reset = start_publisher  # reset() starts a publisher that is not started yet
 
         async def step() -> int:
-            nonlocal needs_start
+            nonlocal needs_reset
             if metrics is not None:  # first, so the gauges move while the broker is away too
                 await asyncio.to_thread(self.observe_backlog, metrics)
-            if needs_start:
+            if needs_reset:
                 await self._publisher.reset()
-                needs_start = False
+                needs_reset = False
             published = await self.run_once()
             if metrics is not None:
                 metrics.published.inc(published)
@@ -116,7 +116,10 @@ class OutboxRelay:
             return published
 
         async def recover(exc: Exception) -> None:
-            await self._publisher.reset()
+            # The reset runs at the start of the next step: if it fails, that step failed, and
+            # it is tried again after the next backoff (never a publish on a broken producer).
+            nonlocal needs_reset
+            needs_reset = True
 
         return await supervise(step, component="relay", stop=stop, backoff=backoff,
                                recover=recover, until_idle=until_idle, idle_sleep=idle_sleep,
