@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -213,37 +212,6 @@ class Listener:
             if result is None:
                 return ranges
             ranges += 1
-
-    def run_forever(
-        self,
-        stop: Callable[[], bool],
-        *,
-        poll_interval: float = 2.0,
-        max_backoff: float = 30.0,
-        on_error: Callable[[Exception], None] | None = None,
-        sleep: Callable[[float], object] = time.sleep,
-    ) -> None:
-        """Index as the chain grows until `stop()`. A failed range (RPC down, database away, a
-        stale cursor) is logged and retried with backoff; it never skips blocks. Only a reorg
-        deeper than the kept window stops the loop: that needs a person."""
-        failures = 0
-        while not stop():
-            try:
-                result = self.run_once()
-                failures = 0
-            except ReorgTooDeep:
-                raise
-            except Exception as exc:
-                failures += 1
-                delay = min(max_backoff, poll_interval * 2 ** min(failures - 1, 10))
-                log.error("listener %s: range failed (%s: %s); retrying in %.1fs", self.name,
-                          type(exc).__name__, exc, delay)
-                if on_error is not None:
-                    on_error(exc)
-                sleep(delay)
-                continue
-            if result is None:
-                sleep(poll_interval)
 
     # -- pieces ---------------------------------------------------------------------------------
     def _get_logs(self, first: int, last: int) -> tuple[Any, int]:

@@ -10,6 +10,7 @@ and the identity so the next backfill starts over.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Callable, Sequence
@@ -21,8 +22,9 @@ from cardpay.handlers.chain import ChainSinkHandler
 from cardpay.metrics import ListenerMetrics
 from cardpay.postgres.chain_identity import ChainIdentity, PostgresChainIdentities
 from cardpay.postgres.uow import unit_of_work_factory
+from cardpay.runtime.supervise import Backoff, supervise
 from cardpay.settings import Settings
-from listener.errors import ListenerError, RpcError, RpcTransportError
+from listener.errors import ListenerError, ReorgTooDeep, RpcError, RpcTransportError
 from listener.poller import Listener, RangeResult
 from listener.ports import BlockRef, RpcClient
 from listener.presets import ChainConfig
@@ -34,6 +36,23 @@ RESET_WINDOW = 256
 """The sink's kept window (blocks); the listener's reorg depth limit."""
 RESET_CHUNK = 5_000
 """Blocks handed to one rollback by a reset (each is a bind parameter of the sink's queries)."""
+
+
+async def run_listener(listener: Listener, *, stop: asyncio.Event, poll_interval: float,
+                       metrics: ListenerMetrics | None = None,
+                       backoff: Backoff | None = None) -> None:
+    """Index as the chain grows until `stop`, on the one supervision loop: a failed range (node
+    down, database away, a stale cursor) is retried with backoff and never skipped; a reorg
+    deeper than the kept window ends the loop (it needs a person: `cardpay listener reset`)."""
+
+    async def step() -> int:
+        return 0 if await asyncio.to_thread(listener.run_once) is None else 1
+
+    await supervise(step, component=f"listener:{listener.name}", stop=stop,
+                    backoff=backoff or Backoff(initial=poll_interval, maximum=30.0,
+                                               jitter=poll_interval),
+                    fatal=(ReorgTooDeep,), idle_sleep=poll_interval,
+                    errors=metrics.errors if metrics is not None else None)
 
 
 class NodeUnreachable(Exception):

@@ -9,11 +9,11 @@ preset's or than the one the listener indexed before (see `cardpay.bootstrap.lis
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,6 +29,7 @@ from cardpay.bootstrap.listen import (
     build_listener,
     check_chain,
     fork_floor,
+    run_listener,
 )
 from cardpay.cli.errors import CommandFailed, UsageError
 from cardpay.cli.progress import Progress
@@ -235,9 +236,6 @@ def listen(settings: Settings, *, preset: str, deployment: Path | None, rpc_url:
     config = _preset(settings, preset, deployment)
     url = _rpc_url(settings, rpc_url)
     metrics = ListenerMetrics(listener=settings.listener_name)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     with database(settings) as engine:
         listener = build_listener(settings, engine, config, rpc_url=url,
                                   start_block=from_block or 0, metrics=metrics)
@@ -246,9 +244,17 @@ def listen(settings: Settings, *, preset: str, deployment: Path | None, rpc_url:
             metrics.starting(listener.cursor(), _head_or_none(listener.head))
             if metrics_port is not None:  # served once the gauges hold the stored cursor
                 _serve(metrics, metrics_port)
-            listener.run_forever(stop.is_set, poll_interval=poll_interval,
-                                 on_error=metrics.range_failed, sleep=stop.wait)
+            asyncio.run(_until_signal(listener, metrics, poll_interval))
     return 0
+
+
+async def _until_signal(listener: Listener, metrics: ListenerMetrics,
+                        poll_interval: float) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await run_listener(listener, stop=stop, poll_interval=poll_interval, metrics=metrics)
 
 
 def _serve(metrics: ListenerMetrics, port: int) -> None:

@@ -6,6 +6,7 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from cardpay.runtime.supervise import supervised_errors
 from listener.poller import RangeResult
 from listener.ports import Cursor
 from listener.quarantine import REASON_CLASSES, reason_class
@@ -43,9 +44,8 @@ class ListenerMetrics:
         self.reorg_depth = Histogram("cardpay_listener_reorg_depth_blocks", "Depth of reorgs",
                                      ["listener"], buckets=(1, 2, 3, 5, 8, 13, 21, 34, 64, 128),
                                      registry=r).labels(**labels)
-        self.range_errors = Counter("cardpay_listener_range_errors_total",
-                                    "Ranges that failed and will be retried", ["listener", "error"],
-                                    registry=r)
+        self.errors = supervised_errors(r)
+        """Failed ranges, retried by the supervision loop (component `listener:<name>`)."""
         self._rpc_seconds = Histogram("cardpay_rpc_latency_seconds", "JSON-RPC attempt latency",
                                       ["method"], registry=r)
         self._rpc_errors = Counter("cardpay_rpc_errors_total", "Failed JSON-RPC attempts",
@@ -81,9 +81,6 @@ class ListenerMetrics:
     def log_quarantined(self, reason: str) -> None:
         """Counted when the row is written (in the sink's transaction), by reason class."""
         self._quarantined.labels(listener=self._listener, reason=reason_class(reason)).inc()
-
-    def range_failed(self, error: Exception) -> None:
-        self.range_errors.labels(listener=self._listener, error=type(error).__name__).inc()
 
     def rpc_attempt(self, method: str, seconds: float, error: str | None) -> None:
         self._rpc_seconds.labels(method=method).observe(seconds)

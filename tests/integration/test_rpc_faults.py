@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from typing import Any
@@ -10,8 +11,10 @@ import pytest
 from sqlalchemy import Engine
 
 from cardpay.bootstrap.demo import chain_config
+from cardpay.bootstrap.listen import run_listener
 from cardpay.handlers.chain import ChainSinkHandler
 from cardpay.postgres.uow import unit_of_work_factory
+from cardpay.runtime.supervise import Backoff
 from listener.poller import Listener
 from listener.rpc import HttpJsonRpc
 from tests.support.faulty_proxy import Faults, FaultyProxy
@@ -36,14 +39,26 @@ def _index_through(proxy: FaultyProxy, chain: Any, engine: Engine) -> Listener:
                         config, start_block=chain.deployment.deployed_at_block, confirmations=0,
                         max_range=64, initial_range=16)
     head = int(chain.w3.eth.block_number)
-    deadline = time.monotonic() + 120
 
-    def done() -> bool:
-        assert time.monotonic() < deadline, "the listener did not catch up within 120 s"
-        cursor = listener.cursor()
-        return cursor is not None and cursor.block_number >= head
+    async def until_caught_up() -> None:
+        """The production loop (`run_listener`), stopped once the cursor reaches the head."""
+        stop = asyncio.Event()
 
-    listener.run_forever(done, poll_interval=0.01, max_backoff=0.05)
+        async def watch() -> None:
+            deadline = time.monotonic() + 120
+            while not stop.is_set():
+                cursor = await asyncio.to_thread(listener.cursor)
+                if cursor is not None and cursor.block_number >= head:
+                    stop.set()
+                assert time.monotonic() < deadline, "the listener did not catch up within 120 s"
+                await asyncio.sleep(0.05)
+
+        watcher = asyncio.create_task(watch())
+        await run_listener(listener, stop=stop, poll_interval=0.01,
+                           backoff=Backoff(initial=0.01, maximum=0.05, jitter=0.01))
+        await watcher
+
+    asyncio.run(until_caught_up())
     return listener
 
 

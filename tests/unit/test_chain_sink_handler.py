@@ -236,3 +236,29 @@ def test_payment_service_applies_a_command_once(db: FakeDatabase) -> None:
     assert service.submit(spend)
     assert not service.submit(spend)
     assert _spent_ids(db) == ["p9"]
+
+
+def test_a_repeated_log_alone_in_its_range_is_a_duplicate_and_keeps_its_claim(
+        db: FakeDatabase, sink: ChainSinkHandler) -> None:
+    """The one-by-one path (a range with a single command) detects repeats by the claim too."""
+    sink.apply("main", _batch(None, 2, [_spend("p1", 2, 0)]))
+    sink.apply("main", _batch(Cursor(2, _hash(2)), 3, [_spend("p1", 2, 0)]))
+    view = db.read()
+    assert _spent_ids(db) == ["p1"]
+    (row,) = view.quarantine.list()
+    assert row.key == f"duplicate:chain:{CHAIN}:{_hash(2)}:0"
+    assert view.claims.outcome(f"chain:{CHAIN}:{_hash(2)}:0") == "applied"
+
+
+def test_a_repeated_refund_transfer_alone_keeps_the_original_claim(
+        db: FakeDatabase, sink: ChainSinkHandler) -> None:
+    service = _refund_requested(db, 5)
+    tx = "0x" + "7b" * 32
+    service.record_refund_submission(_submission(tx), recipient=SAFE, token=TOKEN, amount=5)
+    transfer = _transfer(2, 0, tx, 5)
+    sink.apply("main", _batch(None, 2, [transfer]))
+    sink.apply("main", _batch(Cursor(2, _hash(2)), 3, [transfer]))
+    view = db.read()
+    assert len(view.events.events_of_type(PaymentRefunded)) == 1
+    assert view.claims.outcome(transfer.command_id) == "applied"
+    assert [r.key for r in view.quarantine.list()] == [f"duplicate:{transfer.command_id}"]
