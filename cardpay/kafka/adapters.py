@@ -284,7 +284,7 @@ class KafkaFeed:
             await consumer.start()
             assigned = [TopicPartition(self._topic, p) for p in description.partitions]
             consumer.assign(assigned)
-            await self._check_offsets(consumer, ours)
+            await self._check_offsets(consumer, assigned, ours)
             for tp in assigned:
                 stored = ours.get(tp.partition)
                 if stored is None:
@@ -411,14 +411,25 @@ class KafkaFeed:
                 f"stored offsets belong to {stored.topic_id})")
         return False
 
-    async def _check_offsets(self, consumer: Any, ours: dict[int, int]) -> None:
-        if not ours:
-            return
-        tps = [TopicPartition(self._topic, p) for p in sorted(ours)]
-        earliest = await consumer.beginning_offsets(tps)
-        latest = await consumer.end_offsets(tps)
-        for tp in tps:
-            stored, low, high = ours[tp.partition], earliest[tp], latest[tp]
+    async def _check_offsets(self, consumer: Any, assigned: list[TopicPartition],
+                             ours: dict[int, int]) -> None:
+        """Stored offsets must lie within [earliest, latest]. Partitions read from the start
+        whose earliest offset is above 0 lost records to retention or deletion before this
+        consumer read them: that is only known, not refused (after `projections reset
+        --republish` the history is there again, past the deleted records), so it is logged."""
+        earliest = await consumer.beginning_offsets(assigned)
+        latest = await consumer.end_offsets(assigned)
+        for tp in assigned:
+            low, high = earliest[tp], latest[tp]
+            stored = ours.get(tp.partition)
+            if stored is None:
+                if low > 0:
+                    log.warning(
+                        "%s starts at offset %d: earlier records were deleted before this "
+                        "consumer read them; if they were never projected, rebuild with "
+                        "`cardpay projections reset NAME --republish`",
+                        source_name(tp.topic, tp.partition), low)
+                continue
             if not low <= stored <= high:
                 where = "behind the start" if stored < low else "past the end"
                 raise KafkaFeedChanged(
