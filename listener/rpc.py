@@ -1,18 +1,25 @@
 """A small JSON-RPC client over HTTP with retries for transient faults.
 
 Retries (429, 5xx, timeouts, connection errors, malformed JSON) live here, in one layer around the
-transport, with exponential backoff and jitter; JSON-RPC error objects from the node are not retried
-here (the caller knows whether e.g. "range too large" means shrink the range).
+transport, with exponential backoff and jitter (tenacity); JSON-RPC error objects from the node are
+not retried here (the caller knows whether e.g. "range too large" means shrink the range).
 """
 
 from __future__ import annotations
 
 import itertools
-import random
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import requests
+from tenacity import (
+    RetryError,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
 
 from listener.errors import RpcError, RpcTransportError
 
@@ -35,6 +42,7 @@ class HttpJsonRpc:
         backoff: float = 0.2,
         max_backoff: float = 5.0,
         observer: RpcObserver | None = None,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.url = url
         self._timeout = timeout
@@ -43,28 +51,36 @@ class HttpJsonRpc:
         self._max_backoff = max_backoff
         self._session = requests.Session()
         self._ids = itertools.count(1)
-        self._rng = random.Random()
         self._observer = observer
+        self._sleep = sleep
 
     def call(self, method: str, params: list[Any]) -> Any:
-        last: Exception | None = None
-        for attempt in range(self._retries + 1):
-            if attempt:
-                delay = min(self._max_backoff, self._backoff * 2 ** (attempt - 1))
-                time.sleep(delay * (0.5 + self._rng.random()))
-            started = time.monotonic()
-            try:
-                result = self._once(method, params)
-            except RpcTransportError as exc:
-                self._observe(method, started, "transport")
-                last = exc
-                continue
-            except RpcError:
-                self._observe(method, started, "rpc_error")
-                raise
-            self._observe(method, started, None)
-            return result
-        raise RpcTransportError(f"{method}: gave up after {self._retries + 1} attempts: {last}")
+        retrying = Retrying(
+            stop=stop_after_attempt(self._retries + 1),
+            wait=wait_exponential_jitter(multiplier=self._backoff, max=self._max_backoff,
+                                         jitter=self._backoff),
+            retry=retry_if_exception_type(RpcTransportError),
+            sleep=self._sleep,
+        )
+        try:
+            return retrying(self._attempt, method, params)
+        except RetryError as exc:
+            last = exc.last_attempt.exception()
+            raise RpcTransportError(
+                f"{method}: gave up after {self._retries + 1} attempts: {last}") from last
+
+    def _attempt(self, method: str, params: list[Any]) -> Any:
+        started = time.monotonic()
+        try:
+            result = self._once(method, params)
+        except RpcTransportError:
+            self._observe(method, started, "transport")
+            raise
+        except RpcError:
+            self._observe(method, started, "rpc_error")
+            raise
+        self._observe(method, started, None)
+        return result
 
     def _observe(self, method: str, started: float, error: str | None) -> None:
         if self._observer is not None:
