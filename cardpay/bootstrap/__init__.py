@@ -138,14 +138,22 @@ def unit_of_work(settings: Settings, engine: Engine) -> UowFactory:
     return unit_of_work_factory(engine, settings.outbox_topic)
 
 
-def feed(settings: Settings, engine: Engine) -> Feed:
+def feed(settings: Settings, engine: Engine, consumer: str) -> Feed:
+    """The event feed of one consumer: Kafka when configured (checking the topic's identity
+    against what the consumer's positions were stored for), else the PostgreSQL event log."""
     if settings.kafka_bootstrap:
         from cardpay.kafka.adapters import KafkaFeed
+        from cardpay.kafka.identity import PostgresFeedIdentityStore
 
-        return KafkaFeed(settings.kafka_bootstrap, settings.kafka_topic)
+        # A short wait for a missing topic: the supervision loop retries (and logs) after it.
+        return KafkaFeed(settings.kafka_bootstrap, settings.kafka_topic, start_timeout=5.0,
+                         identity_store=PostgresFeedIdentityStore(engine), consumer=consumer)
     return PostgresLogFeed(engine)
 
 
+PAYMENTS = "payments"
+
+
 def payments_projector(settings: Settings, engine: Engine, *, batch_size: int = 500) -> Projector:
-    return Projector("payments", feed(settings, engine), projection_uow_factory(engine),
+    return Projector(PAYMENTS, feed(settings, engine, PAYMENTS), projection_uow_factory(engine),
                      batch_size=batch_size)

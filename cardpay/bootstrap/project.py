@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine, delete, func, select, text, update
 
-from cardpay.bootstrap import payments_projector
+from cardpay.bootstrap import PAYMENTS, payments_projector
 from cardpay.kafka.identity import forget_identity
 from cardpay.metrics.projector import ProjectorMetrics
 from cardpay.postgres.schema import consumer_positions, events, metadata, outbox, quarantine
@@ -25,7 +25,6 @@ from cardpay.settings import Settings
 from projector.feed import Feed, FeedChanged
 from projector.runner import Projector
 
-PAYMENTS = "payments"
 READ_MODELS = {PAYMENTS: ("rm_payments",)}
 """The read-model tables each projector owns (what `cardpay projections reset` deletes)."""
 
@@ -37,16 +36,9 @@ def build_projector(settings: Settings, engine: Engine, *, batch_size: int = 500
     """The payments projector and a function telling its lag (None when unknown).
 
     With Kafka the feed checks the topic's identity against `feed_identity` (migration 0006)."""
-    base = payments_projector(settings, engine, batch_size=batch_size)
-    if not settings.kafka_bootstrap:
-        return base, _log_lag(engine, base.feed)
-    from cardpay.kafka.adapters import KafkaFeed
-    from cardpay.kafka.identity import PostgresFeedIdentityStore
-
-    # A short wait for a missing topic: the supervision loop retries (and logs) after it.
-    feed = KafkaFeed(settings.kafka_bootstrap, settings.kafka_topic, start_timeout=5.0,
-                     identity_store=PostgresFeedIdentityStore(engine), consumer=PAYMENTS)
-    return Projector(PAYMENTS, feed, base.uow_factory, batch_size=batch_size), feed.lag
+    projector = payments_projector(settings, engine, batch_size=batch_size)
+    lag = getattr(projector.feed, "lag", None)
+    return projector, lag if callable(lag) else _log_lag(engine, projector.feed)
 
 
 def _log_lag(engine: Engine, feed: Feed) -> Lag:

@@ -161,9 +161,8 @@ def relay_command(settings: Settings, args: argparse.Namespace) -> int:
 
 def project_command(settings: Settings, args: argparse.Namespace) -> int:
     _validate(args)
-    from cardpay.bootstrap import database
+    from cardpay.bootstrap import PAYMENTS, database
     from cardpay.bootstrap.project import (
-        PAYMENTS,
         build_projector,
         run_projector,
         running_projector,
