@@ -8,11 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+from cardpay.errors import CardpayError
+
 DATABASE_URL_FORM = "postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
 DATABASE_URL_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg")
 
 
-class SettingsError(ValueError):
+class SettingsError(CardpayError, ValueError):
     """A setting that is missing or malformed."""
 
 

@@ -33,15 +33,6 @@ class RejectedMessage:
     reason: str
 
 
-class FeedChanged(Exception):
-    """The stored positions no longer describe this feed: resuming would skip or misread events.
-
-    Raised by `start` or `poll` when, for example, a Kafka topic was deleted and created again, or
-    a stored offset lies outside what the topic holds. Not transient: the consumer must stop and
-    its read model be rebuilt from the start of the feed (`cardpay projections reset NAME`).
-    """
-
-
 class Feed(Protocol):
     async def start(self, positions: Positions) -> None:
         """Resume after the stored positions (next offset to read per source; absent = beginning).

@@ -10,10 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from domain import events as e
-
-
-class OutOfOrder(Exception):
-    """An event that does not follow the row's last version."""
+from projector.errors import OutOfOrder
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,8 +19,9 @@ from typing import Any, Protocol
 from domain.errors import DomainError
 from domain.events import DomainEvent
 from domain.serialization import from_recorded
+from projector.errors import OutOfOrder
 from projector.feed import Feed, FeedMessage, Positions, RejectedMessage
-from projector.payments import OutOfOrder, PaymentRow, evolve, is_duplicate
+from projector.payments import PaymentRow, evolve, is_duplicate
 
 log = logging.getLogger(__name__)
 

@@ -13,6 +13,7 @@ import sqlalchemy.exc
 from sqlalchemy import Engine
 
 from cardpay.devstack.embedded_postgres import EmbeddedPostgres
+from cardpay.errors import CardpayError
 from cardpay.handlers.payments import UowFactory
 from cardpay.postgres.engine import make_engine, upgrade
 from cardpay.postgres.log_feed import PostgresLogFeed
@@ -22,7 +23,7 @@ from projector.feed import Feed
 from projector.runner import Projector
 
 
-class DatabaseUnavailable(RuntimeError):
+class DatabaseUnavailable(CardpayError, RuntimeError):
     """PostgreSQL cannot be reached or started; the message is one line for the user."""
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
+from cardpay.errors import CardpayError
 from cardpay.handlers.chain import ChainSinkHandler
 from cardpay.metrics import ListenerMetrics
 from cardpay.postgres.chain_identity import ChainIdentity, PostgresChainIdentities
@@ -55,15 +56,15 @@ async def run_listener(listener: Listener, *, stop: asyncio.Event, poll_interval
                     errors=metrics.errors if metrics is not None else None)
 
 
-class NodeUnreachable(Exception):
+class NodeUnreachable(CardpayError):
     """The RPC URL does not answer as an EVM JSON-RPC node."""
 
 
-class WrongChain(Exception):
+class WrongChain(CardpayError):
     """The node is on another chain than the preset or the listener's stored identity."""
 
 
-class ResetRefused(Exception):
+class ResetRefused(CardpayError):
     """A reset that would leave blocks unindexed."""
 
 

@@ -17,12 +17,14 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, Engine, delete, func, select, text, update
 
 from cardpay.bootstrap import PAYMENTS, payments_projector
+from cardpay.errors import CardpayError
 from cardpay.kafka.identity import forget_identity
 from cardpay.metrics.projector import ProjectorMetrics
 from cardpay.postgres.schema import consumer_positions, events, metadata, outbox, quarantine
 from cardpay.runtime.supervise import DEFAULT_BACKOFF, Backoff, Outcome, supervise
 from cardpay.settings import Settings
-from projector.feed import Feed, FeedChanged
+from projector.errors import FeedChanged
+from projector.feed import Feed
 from projector.runner import Projector
 
 READ_MODELS = {PAYMENTS: ("rm_payments",)}
@@ -98,7 +100,7 @@ async def run_projector(
             await projector.stop()
 
 
-class ProjectorBusy(RuntimeError):
+class ProjectorBusy(CardpayError, RuntimeError):
     """A running projector holds its session lock; a reset must wait until it is stopped."""
 
 

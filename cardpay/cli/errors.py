@@ -7,8 +7,10 @@ A command raises `UsageError` (exit status 2: a wrong option or setting) or `Com
 
 from __future__ import annotations
 
+from cardpay.errors import CardpayError
 
-class CliError(Exception):
+
+class CliError(CardpayError):
     """One line for the user: what is wrong and what to do."""
 
     status = 1

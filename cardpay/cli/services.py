@@ -168,7 +168,7 @@ def project_command(settings: Settings, args: argparse.Namespace) -> int:
         running_projector,
     )
     from cardpay.metrics.projector import ProjectorMetrics
-    from projector.feed import FeedChanged
+    from projector.errors import FeedChanged
 
     tune_gc()
     _quiet_kafka_client()

@@ -32,6 +32,7 @@ from typing import Any, Self
 import requests
 
 from cardpay.devstack.service import ManagedService
+from cardpay.errors import CardpayError
 
 DEFAULT_CHAIN_ID = 31337
 DEFAULT_STARTUP_TIMEOUT = 30.0
@@ -49,7 +50,7 @@ _PLATFORM_PACKAGES: dict[tuple[str, str], str] = {
 }
 
 
-class AnvilHarnessError(RuntimeError):
+class AnvilHarnessError(CardpayError, RuntimeError):
     """Anvil could not be found, started, reached or stopped."""
 
 

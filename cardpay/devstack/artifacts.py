@@ -16,6 +16,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from cardpay.errors import CardpayError
+
 __all__ = [
     "ArtifactError",
     "ContractArtifact",
@@ -25,7 +27,7 @@ __all__ = [
 ]
 
 
-class ArtifactError(RuntimeError):
+class ArtifactError(CardpayError, RuntimeError):
     """A compiled contract artifact is missing or malformed."""
 
 

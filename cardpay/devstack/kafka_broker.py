@@ -44,6 +44,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
 from cardpay.devstack.service import ManagedService
+from cardpay.errors import CardpayError
 
 KAFKA_VERSION = "4.1.1"
 POM_PATH = Path(__file__).resolve().parents[2] / "tools" / "kafka" / "pom.xml"
@@ -65,7 +66,7 @@ _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")  # Maven 3.8 colours some lines eve
 T = TypeVar("T")
 
 
-class KafkaHarnessError(RuntimeError):
+class KafkaHarnessError(CardpayError, RuntimeError):
     """The local Kafka broker could not be fetched, formatted, started or used."""
 
 

@@ -37,6 +37,7 @@ from web3.contract import Contract
 from web3.types import RPCEndpoint
 
 from cardpay.devstack.artifacts import ContractArtifact, load_artifact
+from cardpay.errors import CardpayError
 
 __all__ = [
     "CONSUME_ALLOWANCE_EVENT_TOPIC0",
@@ -219,7 +220,7 @@ class LocalDeployment:
         )
 
 
-class LocalChainError(RuntimeError):
+class LocalChainError(CardpayError, RuntimeError):
     """A LocalChain operation failed."""
 
 

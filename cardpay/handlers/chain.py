@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from cardpay.errors import ConcurrencyConflict
+from cardpay.errors import CardpayError, ConcurrencyConflict
 from cardpay.handlers.payments import UowFactory, confirmation, execute
 from cardpay.handlers.ports import QuarantineItem, UnitOfWork, UnmatchedTransfer
 from domain import commands as c
@@ -28,7 +28,7 @@ from listener.ports import BlockRef, ChainBatch, ChainCommand, Cursor
 log = logging.getLogger(__name__)
 
 
-class StaleCursor(RuntimeError):
+class StaleCursor(CardpayError, RuntimeError):
     """Another writer moved this listener's cursor: this batch was read from an old position."""
 
 

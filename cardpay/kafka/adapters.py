@@ -26,10 +26,12 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 
+from cardpay.errors import CardpayError
 from cardpay.kafka.identity import FeedIdentity, FeedIdentityStore
 from cardpay.kafka.metadata import TopicDescription, TopicMetadata
 from cardpay.kafka.wire import OutboxMessage, UndecodableMessage, decode_event
-from projector.feed import FeedChanged, FeedMessage, Positions, RejectedMessage
+from projector.errors import FeedChanged
+from projector.feed import FeedMessage, Positions, RejectedMessage
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +39,7 @@ _STOP_GRACE = 1.0
 
 
 
-class KafkaAdapterError(RuntimeError):
+class KafkaAdapterError(CardpayError, RuntimeError):
     """Kafka could not be reached or did not do what was asked."""
 
 

@@ -15,6 +15,7 @@ from typing import Protocol
 
 from sqlalchemy import Engine, func, select, text, update
 
+from cardpay.errors import CardpayError
 from cardpay.kafka.wire import OutboxMessage
 from cardpay.metrics.relay import RelayMetrics
 from cardpay.postgres.schema import outbox
@@ -33,7 +34,7 @@ class Publisher(Protocol):
         ...
 
 
-class RelayAlreadyRunning(RuntimeError):
+class RelayAlreadyRunning(CardpayError, RuntimeError):
     pass
 
 

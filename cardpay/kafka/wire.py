@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 
+from cardpay.errors import CardpayError
 from domain.events import RecordedEvent
 
 
@@ -23,7 +24,7 @@ class OutboxMessage:
     value: bytes
 
 
-class UndecodableMessage(ValueError):
+class UndecodableMessage(CardpayError, ValueError):
     """A feed message whose bytes are not a recorded event (quarantined by the consumer)."""
 
 

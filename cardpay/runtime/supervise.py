@@ -45,6 +45,8 @@ from typing import Literal
 from prometheus_client import CollectorRegistry, Counter
 from tenacity import RetryCallState, Retrying, wait_exponential_jitter
 
+from cardpay.errors import CardpayError
+
 log = logging.getLogger(__name__)
 
 Step = Callable[[], Awaitable[int]]
@@ -53,7 +55,7 @@ Sleep = Callable[[float, asyncio.Event], Awaitable[None]]
 Outcome = Literal["stopped", "idle"]
 
 
-class GaveUp(Exception):
+class GaveUp(CardpayError):
     """Every step failed for `give_up_after` seconds; `last` is the last failure."""
 
     def __init__(self, component: str, seconds: float, last: Exception) -> None:

@@ -17,8 +17,9 @@ from domain.events import ChainEvidence, RecordedEvent
 from domain.money import Currency, Money
 from domain.payment import Payment, handle
 from domain.serialization import to_data
-from projector.feed import FeedChanged, FeedMessage, Positions, RejectedMessage
-from projector.payments import OutOfOrder, PaymentRow, evolve, is_duplicate
+from projector.errors import FeedChanged, OutOfOrder
+from projector.feed import FeedMessage, Positions, RejectedMessage
+from projector.payments import PaymentRow, evolve, is_duplicate
 from projector.runner import Projector
 from tests.unit.fakes import CommitFailed, FakeFeed, FakeProjectionStore
 
