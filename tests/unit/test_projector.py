@@ -21,7 +21,7 @@ from projector.errors import FeedChanged, OutOfOrder
 from projector.feed import FeedMessage, Positions, RejectedMessage
 from projector.payments import PaymentRow, evolve, is_duplicate
 from projector.runner import Projector
-from tests.unit.fakes import CommitFailed, FakeFeed, FakeProjectionStore
+from tests.fakes.projection import CommitFailed, FakeFeed, FakeProjectionStore
 
 pytestmark = pytest.mark.unit
 

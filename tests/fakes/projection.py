@@ -126,10 +126,19 @@ class FakeProjectionUnitOfWork:
     def commit(self) -> None:
         if self.store.fail_commits:
             raise CommitFailed("commit refused")
-        self.store.rows.update(self._rows)
+        for pid, row in self._rows.items():
+            stored = self.store.rows.get(pid)
+            if stored is None or stored.last_version < row.last_version:
+                self.store.rows[pid] = row  # a row only moves to a newer version
         for consumer, positions in self._positions.items():
-            self.store.positions[consumer] = dict(positions)
-        self.store.quarantined.extend(self._quarantined)
+            kept = self.store.positions.setdefault(consumer, {})
+            for source, position in positions.items():
+                kept[source] = max(position, kept.get(source, position))  # only forward
+        seen = {(q.source, q.key) for q in self.store.quarantined}
+        for q in self._quarantined:
+            if (q.source, q.key) not in seen:  # once per source and key
+                seen.add((q.source, q.key))
+                self.store.quarantined.append(q)
         self.store.commits.append(Commit(list(self._rows.values()),
                                          copy.deepcopy(self._positions),
                                          list(self._quarantined)))
@@ -137,10 +146,10 @@ class FakeProjectionUnitOfWork:
         self.committed = True
 
     def load_positions(self, consumer: str) -> dict[str, int]:
-        return dict(self.store.positions.get(consumer, {}))
+        return {**self.store.positions.get(consumer, {}), **self._positions.get(consumer, {})}
 
     def save_positions(self, consumer: str, positions: Positions) -> None:
-        self._positions[consumer] = dict(positions)
+        self._positions.setdefault(consumer, {}).update(positions)
 
     def get_payments(self, payment_ids: list[str]) -> dict[str, PaymentRow]:
         rows = {**self.store.rows, **self._rows}

@@ -1,0 +1,95 @@
+"""One contract for a projector's unit of work, run against the fake (tests/fakes/projection.py)
+and `PostgresProjectionUnitOfWork`: what `projector.runner.Projector` relies on."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine
+
+from projector.payments import PaymentRow
+from projector.runner import ProjectionUnitOfWork
+from tests.fakes.projection import FakeProjectionStore
+
+Factory = Callable[[], ProjectionUnitOfWork]
+
+
+@pytest.fixture(params=[pytest.param("memory", marks=pytest.mark.unit),
+                        pytest.param("postgres", marks=pytest.mark.integration)])
+def uow(request: pytest.FixtureRequest) -> Factory:
+    if request.param == "memory":
+        return FakeProjectionStore().uow
+    from cardpay.postgres.uow import projection_uow_factory
+
+    engine: Engine = request.getfixturevalue("pg_engine")
+    return projection_uow_factory(engine)
+
+
+def _row(pid: str, version: int, status: str = "held", **more: Any) -> PaymentRow:
+    return PaymentRow(payment_id=pid, status=status, last_version=version, account="0xa",
+                      currency="EURe", decimals=18, spent=10**18, **more)
+
+
+def test_rows_and_positions_commit_together_or_not_at_all(uow: Factory) -> None:
+    with uow() as w:
+        w.put_payments([_row("p1", 1)])
+        w.save_positions("payments", {"events": 5})
+    with uow() as w:
+        assert w.get_payments(["p1"]) == {} and w.load_positions("payments") == {}
+        w.put_payments([_row("p1", 1)])
+        w.save_positions("payments", {"events": 5})
+        w.commit()
+    with uow() as w:
+        assert w.get_payments(["p1", "p2"]) == {"p1": _row("p1", 1)}
+        assert w.load_positions("payments") == {"events": 5}
+
+
+def test_positions_only_move_forward_per_source(uow: Factory) -> None:
+    with uow() as w:
+        w.save_positions("payments", {"t:0": 10, "t:1": 4})
+        w.save_positions("other", {"t:0": 99})
+        w.commit()
+    with uow() as w:  # a stale consumer: one source behind, one ahead, one new
+        w.save_positions("payments", {"t:0": 7, "t:1": 6, "t:2": 1})
+        w.commit()
+    with uow() as w:
+        assert w.load_positions("payments") == {"t:0": 10, "t:1": 6, "t:2": 1}
+        assert w.load_positions("other") == {"t:0": 99}
+
+
+def test_a_row_only_moves_to_a_newer_version(uow: Factory) -> None:
+    with uow() as w:
+        w.put_payments([_row("p1", 3, refunded=5)])
+        w.commit()
+    with uow() as w:  # a stale projector writes an older version: ignored
+        w.put_payments([_row("p1", 2, status="authorized"), _row("p2", 1)])
+        w.commit()
+    with uow() as w:
+        rows = w.get_payments(["p1", "p2"])
+    assert rows["p1"] == _row("p1", 3, refunded=5) and rows["p2"] == _row("p2", 1)
+
+
+def test_quarantine_keeps_one_row_per_source_and_key(uow: Factory) -> None:
+    with uow() as w:
+        w.quarantine("projector:payments", "events@7", "gap", {"v": 1})
+        w.quarantine("projector:payments", "events@7", "gap again", {"v": 2})
+        w.quarantine("projector:payments", "events@8", "gap", {"v": 3})
+        w.commit()
+    with uow() as w:
+        w.quarantine("projector:payments", "events@7", "redelivered", {"v": 4})
+        w.commit()
+    assert _quarantined(uow) == [("events@7", "gap"), ("events@8", "gap")]
+
+
+def _quarantined(uow: Factory) -> list[tuple[str, str]]:
+    probe = uow()
+    store = getattr(probe, "store", None)
+    if store is not None:  # the fake: its committed store
+        return [(q.key, q.reason) for q in store.quarantined]
+    from cardpay.postgres.uow import PostgresProjectionUnitOfWork, PostgresUnitOfWork
+
+    assert isinstance(probe, PostgresProjectionUnitOfWork)
+    with PostgresUnitOfWork(probe._engine) as w:
+        return [(r.key, r.reason) for r in w.quarantine.list("projector:")]
