@@ -22,10 +22,8 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from cardpay.devstack.local_chain import LocalChain, LocalDeployment
-from cardpay.postgres.engine import make_engine
 from cardpay.postgres.schema import chain_activity, chain_cursor
-from listener.presets import local_config
-from tests.support.indexing import canonical_views, make_listener, project
+from tests.support.indexing import canonical_views, fresh_index, project
 
 pytestmark = pytest.mark.e2e
 
@@ -64,16 +62,6 @@ def _spends(chain: LocalChain, n: int, seed: int) -> None:
         chain.w3.provider.make_request("anvil_mine", ["0x1"])  # type: ignore[arg-type]
 
 
-def _fresh(make_db: Any, chain: LocalChain) -> tuple[list[Any], list[Any]]:
-    engine = make_engine(make_db())
-    try:
-        config = local_config(chain.deployment.to_dict())
-        make_listener(engine, chain.rpc_url, config, chain.deployment.deployed_at_block) \
-            .run_until_caught_up()
-        project(engine)
-        return canonical_views(engine)
-    finally:
-        engine.dispose()
 
 
 def _kill_when(proc: subprocess.Popen[str], ready: Any, timeout: float = 60) -> None:
@@ -124,7 +112,7 @@ def test_kill_9_during_backfill_and_live_then_restart_equals_an_uninterrupted_ru
     _listen_to_the_head(env, anvil_node, pg_engine)
 
     project(pg_engine)
-    assert canonical_views(pg_engine) == _fresh(make_db, chain)
+    assert canonical_views(pg_engine) == fresh_index(make_db, chain)
     with pg_engine.connect() as conn:
         kinds = dict(conn.execute(select(chain_activity.c.kind, func.count())
                                   .group_by(chain_activity.c.kind)).all())
@@ -144,7 +132,7 @@ def test_backfill_then_listen_hands_over_with_no_gap_or_duplicate(
     _spends(chain, 40, seed=2)  # blocks that land between the backfill and live indexing
     _listen_to_the_head(env, anvil_node, pg_engine)
     project(pg_engine)
-    assert canonical_views(pg_engine) == _fresh(make_db, chain)
+    assert canonical_views(pg_engine) == fresh_index(make_db, chain)
 
 
 def test_backfill_refuses_to_leave_a_gap(anvil_node: Any, pg_url: str, tmp_path: Path) -> None:
@@ -201,7 +189,7 @@ def test_a_reorg_deeper_than_the_window_names_the_reset_that_recovers(
     status, _, err = _finish(_cardpay(env, "backfill", "--from-block", str(last_kept_spend + 1)))
     assert status == 0, err
     project(pg_engine)
-    assert canonical_views(pg_engine) == _fresh(make_db, chain)
+    assert canonical_views(pg_engine) == fresh_index(make_db, chain)
 
 
 def test_a_restarted_node_is_refused_until_the_listener_is_reset(
@@ -227,7 +215,7 @@ def test_a_restarted_node_is_refused_until_the_listener_is_reset(
         status, _, err = _finish(_cardpay(env, "backfill", "--from-block", "0"))
         assert status == 0, err
         project(pg_engine)
-        assert canonical_views(pg_engine) == _fresh(make_db, chain)
+        assert canonical_views(pg_engine) == fresh_index(make_db, chain)
 
 
 def test_listen_metrics_hold_the_stored_cursor_from_the_first_scrape(

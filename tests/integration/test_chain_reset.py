@@ -17,12 +17,11 @@ from cardpay.devstack.anvil import AnvilNode
 from cardpay.devstack.local_chain import LocalChain
 from cardpay.metrics import ListenerMetrics
 from cardpay.postgres.chain_identity import PostgresChainIdentities
-from cardpay.postgres.engine import make_engine
 from cardpay.postgres.schema import chain_activity, chain_cursor, chain_identity, rm_payments
 from cardpay.settings import Settings
 from listener.rpc import HttpJsonRpc
 from listener.translate import payment_id_for_spend
-from tests.support.indexing import canonical_views, make_listener, project
+from tests.support.indexing import canonical_views, fresh_index, project
 
 pytestmark = pytest.mark.integration
 
@@ -42,15 +41,6 @@ def _index(engine: Engine, chain: LocalChain, settings: Settings) -> None:
     project(engine)
 
 
-def _fresh_index(make_db: Any, chain: LocalChain) -> tuple[list[Any], list[Any]]:
-    engine = make_engine(make_db())
-    try:
-        make_listener(engine, chain.rpc_url, chain_config(chain.deployment),
-                      chain.deployment.deployed_at_block).run_until_caught_up()
-        project(engine)
-        return canonical_views(engine)
-    finally:
-        engine.dispose()
 
 
 def test_a_restarted_chain_is_refused_then_reset_retracts_the_dead_chain(
@@ -82,7 +72,7 @@ def test_a_restarted_chain_is_refused_then_reset_retracts_the_dead_chain(
             assert conn.execute(select(chain_activity)).all() == []
 
         _index(pg_engine, live, settings)
-        assert canonical_views(pg_engine) == _fresh_index(make_db, live)
+        assert canonical_views(pg_engine) == fresh_index(make_db, live)
         with pg_engine.connect() as conn:
             statuses = dict(conn.execute(select(rm_payments.c.payment_id,
                                                 rm_payments.c.status)).all())

@@ -10,14 +10,13 @@ from sqlalchemy import Engine, select
 from cardpay.bootstrap.demo import chain_config
 from cardpay.devstack.artifacts import load_artifact
 from cardpay.handlers.payments import PaymentService
-from cardpay.postgres.engine import make_engine
 from cardpay.postgres.schema import events, expected_refunds, rm_payments
 from cardpay.postgres.uow import unit_of_work_factory
 from domain.commands import RecordRefundSubmission, RequestRefund
 from domain.money import Currency, Money
 from listener.poller import RangeResult
 from listener.translate import payment_id_for_spend
-from tests.support.indexing import canonical_views, make_listener, project
+from tests.support.indexing import canonical_views, fresh_index, make_listener, project
 
 pytestmark = pytest.mark.integration
 
@@ -35,16 +34,6 @@ def _add_relayer(chain: Any, relayer: str) -> None:
     chain.w3.provider.make_request("eth_sendTransaction", [tx])
 
 
-def _fresh_index(make_db: Any, chain: Any) -> tuple[list[Any], list[Any]]:
-    engine = make_engine(make_db())
-    try:
-        config = chain_config(chain.deployment)
-        make_listener(engine, chain.rpc_url, config, chain.deployment.deployed_at_block) \
-            .run_until_caught_up()
-        project(engine)
-        return canonical_views(engine)
-    finally:
-        engine.dispose()
 
 
 @pytest.mark.parametrize("depth", range(1, 31))
@@ -77,7 +66,7 @@ def test_reorg_at_depth_matches_a_fresh_index(
     reorgs = [r for r in seen if r.reorg_depth]
     assert [r.reorg_depth for r in reorgs] == [depth]
     assert reorgs[0].retracted == depth
-    assert canonical_views(pg_engine) == _fresh_index(make_db, local_chain)
+    assert canonical_views(pg_engine) == fresh_index(make_db, local_chain)
     with pg_engine.connect() as conn:
         statuses = dict(conn.execute(select(rm_payments.c.spend_tx, rm_payments.c.status)).all())
     for tx in back:  # moved into another block: the same payment, confirmed again
@@ -164,7 +153,7 @@ def test_snapshot_revert_reorg_with_a_transaction_in_a_different_block(
     listener.run_until_caught_up()
     project(pg_engine)
     assert any(r.reorg_depth for r in seen)
-    assert canonical_views(pg_engine) == _fresh_index(make_db, local_chain)
+    assert canonical_views(pg_engine) == fresh_index(make_db, local_chain)
     with pg_engine.connect() as conn:
         statuses = dict(conn.execute(select(rm_payments.c.spend_tx, rm_payments.c.status)).all())
     assert statuses[moved.lower()] == "held"
@@ -216,4 +205,4 @@ def test_a_reorg_deeper_than_a_small_window_is_repaired_by_a_reset_from_the_name
     assert report.retracted == len(moved)
     listener(floor).run_until_caught_up()
     project(pg_engine)
-    assert canonical_views(pg_engine) == _fresh_index(make_db, local_chain)
+    assert canonical_views(pg_engine) == fresh_index(make_db, local_chain)

@@ -18,7 +18,7 @@ from cardpay.runtime.supervise import Backoff
 from listener.poller import Listener
 from listener.rpc import HttpJsonRpc
 from tests.support.faulty_proxy import Faults, FaultyProxy
-from tests.support.indexing import canonical_views, make_listener, project
+from tests.support.indexing import canonical_views, fresh_index, project
 
 pytestmark = pytest.mark.integration
 
@@ -62,17 +62,6 @@ def _index_through(proxy: FaultyProxy, chain: Any, engine: Engine) -> Listener:
     return listener
 
 
-def _fresh(make_db: Any, chain: Any) -> Any:
-    from cardpay.postgres.engine import make_engine
-
-    engine = make_engine(make_db())
-    try:
-        make_listener(engine, chain.rpc_url, chain_config(chain.deployment),
-                      chain.deployment.deployed_at_block).run_until_caught_up()
-        project(engine)
-        return canonical_views(engine)
-    finally:
-        engine.dispose()
 
 
 @pytest.mark.parametrize(
@@ -96,5 +85,5 @@ def test_faults_end_with_the_complete_exact_index(
     assert sum(faults.injected.values()) > 0, "no fault was injected: the test proved nothing"
     project(pg_engine)
     ours = canonical_views(pg_engine)
-    assert ours == _fresh(make_db, local_chain)
+    assert ours == fresh_index(make_db, local_chain)
     assert len(ours[0]) > 40

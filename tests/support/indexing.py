@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Engine, select
 
+from cardpay.devstack.local_chain import LocalChain
 from cardpay.handlers.chain import ChainSinkHandler
+from cardpay.postgres.engine import make_engine
 from cardpay.postgres.log_feed import PostgresLogFeed
 from cardpay.postgres.schema import chain_activity, rm_payments
 from cardpay.postgres.uow import projection_uow_factory, unit_of_work_factory
 from listener.poller import Listener, RangeResult
-from listener.presets import ChainConfig
+from listener.presets import ChainConfig, local_config
 from listener.rpc import HttpJsonRpc
 from projector.runner import Projector
 
@@ -50,3 +53,16 @@ def canonical_views(engine: Engine) -> tuple[list[tuple[Any, ...]], list[tuple[A
                                             chain_activity.c.log_index)
         ).all()
     return [tuple(r) for r in payments], [tuple(r) for r in activity]
+
+
+def fresh_index(make_db: Callable[[], str], chain: LocalChain) -> tuple[list[Any], list[Any]]:
+    """The canonical views of the chain as it is now, indexed from scratch into a new database:
+    what an index that lived through reorgs, faults or resets must equal."""
+    engine = make_engine(make_db())
+    try:
+        make_listener(engine, chain.rpc_url, local_config(chain.deployment.to_dict()),
+                      chain.deployment.deployed_at_block).run_until_caught_up()
+        project(engine)
+        return canonical_views(engine)
+    finally:
+        engine.dispose()
