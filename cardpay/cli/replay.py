@@ -6,21 +6,16 @@ import argparse
 import dataclasses
 import json
 import sys
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from sqlalchemy import Engine, select
+from sqlalchemy import select
 
-from cardpay.bootstrap import database
+from cardpay.bootstrap.replay import ReplayStack, replay_stack
 from cardpay.cli.errors import CommandFailed, UsageError
 from cardpay.cli.progress import Progress
-from cardpay.handlers.chain import ChainSinkHandler
 from cardpay.postgres.schema import chain_activity, quarantine
-from cardpay.postgres.uow import PostgresUnitOfWork, unit_of_work_factory
 from cardpay.settings import Settings
 from domain.events import PaymentSpent
 from domain.money import Currency, Money
@@ -58,13 +53,13 @@ def preset_for(directory: Path, name: str) -> ChainConfig:
     return config
 
 
-def read_report(engine: Engine, result: ReplayResult, config: ChainConfig) -> ReplayReport:
+def read_report(stack: ReplayStack, result: ReplayResult, config: ChainConfig) -> ReplayReport:
     t = chain_activity
-    with engine.connect() as conn:
+    with stack.engine.connect() as conn:
         rows = conn.execute(select(t).order_by(t.c.block_number, t.c.log_index)).all()
         bad = conn.execute(select(quarantine.c.key, quarantine.c.reason)
                            .order_by(quarantine.c.id)).all()
-    with PostgresUnitOfWork(engine) as uow:
+    with stack.uow() as uow:
         spent = [e for e in uow.events.events_of_type(PaymentSpent)
                  if isinstance(e, PaymentSpent)]
     activity = [
@@ -89,22 +84,14 @@ def read_report(engine: Engine, result: ReplayResult, config: ChainConfig) -> Re
                         [{"key": k, "reason": r} for k, r in bad])
 
 
-@contextmanager
-def _fresh_database() -> Iterator[Engine]:
-    with tempfile.TemporaryDirectory(prefix="cardpay-replay-") as d, \
-            database(Settings(data_dir=Path(d))) as engine:
-        yield engine
-
-
 def run_replay(directory: Path, preset: str, *, show_progress: bool) -> ReplayReport:
     config = preset_for(directory, preset)
     recording = load_recording(directory)
-    with _fresh_database() as engine:
-        sink = ChainSinkHandler(unit_of_work_factory(engine, None), chain_id=config.chain_id)
+    with replay_stack(config.chain_id) as stack:
         bar = Progress("replay", unit="blocks", enabled=show_progress)
-        result = replay(recording, config, sink, progress=bar.update)
+        result = replay(recording, config, stack.sink, progress=bar.update)
         bar.close()
-        return read_report(engine, result, config)
+        return read_report(stack, result, config)
 
 
 def print_report(report: ReplayReport, out: TextIO) -> None:
