@@ -58,7 +58,12 @@ class RangePlanner:
         if logs > 2 * self.target_logs:
             self.size = max(self.minimum, self.size // 2)
         elif logs < self.target_logs and blocks >= self.size:
-            self.size = min(self.maximum, self.size * 2)
+            grown = self.size * 2
+            if logs:
+                # Not past what the density seen predicts to stay under `max_logs` (with 10 %
+                # headroom): an over-full response is cut and its tail fetched again.
+                grown = min(grown, max(self.size, blocks * self.max_logs * 9 // (10 * logs)))
+            self.size = min(self.maximum, grown)
 
     def over_full(self, blocks: int, logs: int) -> None:
         """A response held more than `max_logs`: size the next ranges to the density it showed

@@ -241,3 +241,17 @@ def test_quicknode_range_limit_is_a_range_error() -> None:
 
     assert is_range_too_large(
         RpcError("eth_getLogs", -32602, "eth_getLogs is limited to a 10,000 range"))
+
+
+def test_growth_stays_under_the_log_cap_at_the_density_seen() -> None:
+    """130 logs per block: doubling 37 blocks (4,810 logs) would reach 74 blocks, about 9,620
+    logs, and with uneven blocks often past the 10,000-log cap (a cut and a fetch of the tail
+    again). The planner grows only to what the density predicts with headroom: 69 blocks."""
+    planner = RangePlanner(size=37, maximum=2000, target_logs=5_000, max_logs=10_000)
+    planner.succeeded(37, 37 * 130)
+    assert planner.size == 37 * 10_000 * 9 // (10 * 37 * 130) == 69
+    planner.succeeded(69, 69 * 130)  # 8,970 logs: over the target, under twice it: kept
+    assert planner.size == 69
+    sparse = RangePlanner(size=50, maximum=2000)
+    sparse.succeeded(50, 100)  # 2 logs per block: doubling is far from the cap
+    assert sparse.size == 100
