@@ -7,7 +7,6 @@ Each case runs `python -m cardpay.cli.main ...` as a process, as a user would.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -19,10 +18,11 @@ from typing import Any
 
 import pytest
 
+from tests.support.cli import message_lines, run_cardpay
+
 pytestmark = pytest.mark.e2e
 
 UNREACHABLE = "postgresql://cardpay:hunter2@127.0.0.1:1/cardpay"
-LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [A-Z]+ ")
 
 
 @dataclass(frozen=True)
@@ -101,23 +101,12 @@ CASES = [
 ]
 
 
-def _run(args: tuple[str, ...], env: dict[str, str],
-         timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("CARDPAY_")}
-    return subprocess.run([sys.executable, "-m", "cardpay.cli.main", *args], capture_output=True,
-                          text=True, timeout=timeout, env={**base, **env})
-
-
-def _message_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.strip() and not LOG_LINE.match(line)]
-
-
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_mistakes_are_one_clear_line(case: Case) -> None:
-    proc = _run(case.args, case.env)
+    proc = run_cardpay(case.args, case.env)
     assert proc.returncode == case.status, proc.stderr
     assert "Traceback" not in proc.stderr
-    lines = _message_lines(proc.stderr)
+    lines = message_lines(proc.stderr)
     assert len(lines) == 1, proc.stderr
     for fragment in case.says:
         assert fragment in lines[0]
@@ -128,9 +117,9 @@ def test_mistakes_are_one_clear_line(case: Case) -> None:
 def test_a_data_dir_that_cannot_be_created(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    proc = _run(("payments",), {"CARDPAY_DATA_DIR": str(blocker / "cardpay")})
+    proc = run_cardpay(("payments",), {"CARDPAY_DATA_DIR": str(blocker / "cardpay")})
     assert proc.returncode == 1
-    [line] = _message_lines(proc.stderr)
+    [line] = message_lines(proc.stderr)
     assert line.startswith(f"cardpay payments: cannot create the data directory {blocker}/cardpay")
     assert line.endswith("set CARDPAY_DATA_DIR to a writable directory (or "
                          "CARDPAY_DATABASE_URL to a server)")
@@ -139,25 +128,25 @@ def test_a_data_dir_that_cannot_be_created(tmp_path: Path) -> None:
 def test_an_embedded_server_that_will_not_start(tmp_path: Path) -> None:
     (tmp_path / "pgdata").mkdir()
     (tmp_path / "pgdata" / "PG_VERSION").write_text("not a data directory\n")
-    proc = _run(("status",), {"CARDPAY_DATA_DIR": str(tmp_path)})
+    proc = run_cardpay(("status",), {"CARDPAY_DATA_DIR": str(tmp_path)})
     assert proc.returncode == 1
-    [line] = _message_lines(proc.stderr)
+    [line] = message_lines(proc.stderr)
     assert f"the embedded PostgreSQL did not start in {tmp_path}/pgdata: " in line
     assert f"see {tmp_path}/pgdata/log" in line
 
 
 def test_a_database_that_does_not_exist(pg_server: Any) -> None:
     url = pg_server.url.replace("/postgres?", "/no_such_db?")
-    proc = _run(("status",), {"CARDPAY_DATABASE_URL": url})
+    proc = run_cardpay(("status",), {"CARDPAY_DATABASE_URL": url})
     assert proc.returncode == 1
-    [line] = _message_lines(proc.stderr)
+    [line] = message_lines(proc.stderr)
     assert line.startswith("cardpay status: cannot connect to PostgreSQL at ")
     assert line.endswith('/no_such_db: database "no_such_db" does not exist; check '
                          "CARDPAY_DATABASE_URL")
 
 
 def test_debug_shows_the_traceback() -> None:
-    proc = _run(("--debug", "db", "upgrade"), {"CARDPAY_DATABASE_URL": UNREACHABLE})
+    proc = run_cardpay(("--debug", "db", "upgrade"), {"CARDPAY_DATABASE_URL": UNREACHABLE})
     assert proc.returncode == 1
     assert "Traceback (most recent call last)" in proc.stderr
     assert "DatabaseUnavailable" in proc.stderr
@@ -180,12 +169,12 @@ def test_ctrl_c_exits_130_without_a_traceback() -> None:
             _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 130
     assert "Traceback" not in stderr
-    assert _message_lines(stderr) == ["cardpay status: interrupted"]
+    assert message_lines(stderr) == ["cardpay status: interrupted"]
 
 
 def test_version_prints_the_package_version() -> None:
     from importlib.metadata import version
 
-    proc = _run(("--version",), {})
+    proc = run_cardpay(("--version",), {})
     assert proc.returncode == 0
     assert proc.stdout.strip() == f"cardpay {version('cardpay')}"

@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import http.server
 import json
-import os
-import re
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,11 +22,12 @@ from typing import Any
 
 import pytest
 
+from tests.support.cli import message_lines, run_cardpay
+
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCAL_RECORDING = ROOT / "anvil-fixtures" / "local" / "basic"
-LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [A-Z]+ ")
 GNOSIS_RECORDING = ROOT / "anvil-fixtures" / "gnosis" / "gp_cashback_batch_2024-09-12"
 
 
@@ -109,20 +107,10 @@ def web_server() -> Iterator[str]:
     server.shutdown()
 
 
-def _run(args: tuple[str, ...], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cardpay.cli.main", *args], capture_output=True,
-                          text=True, timeout=120, env={**os.environ, **env})
-
-
-def _message_lines(text: str) -> list[str]:
-    """What the command says, without the WARNING log lines of the components it ran."""
-    return [line for line in text.splitlines() if line.strip() and not LOG_LINE.match(line)]
-
-
 def _check(case: Case, proc: subprocess.CompletedProcess[str], fill: dict[str, str]) -> None:
     assert "Traceback" not in proc.stderr + proc.stdout
     assert proc.returncode == case.status, proc.stderr
-    lines = _message_lines(proc.stderr if case.status else proc.stdout)
+    lines = message_lines(proc.stderr if case.status else proc.stdout)
     assert len(lines) == 1, lines
     for fragment in case.says:
         assert fragment.format(**fill) in lines[0]
@@ -131,14 +119,14 @@ def _check(case: Case, proc: subprocess.CompletedProcess[str], fill: dict[str, s
 @pytest.mark.parametrize("case", [c for c in CASES if not c.node], ids=lambda c: c.name)
 def test_chain_command_mistakes_are_one_line(case: Case, tmp_path: Path) -> None:
     env = {"CARDPAY_DATA_DIR": str(tmp_path), "CARDPAY_RPC_URL": "http://127.0.0.1:9"}
-    _check(case, _run(case.args, env), {})
+    _check(case, run_cardpay(case.args, env), {})
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.node], ids=lambda c: c.name)
 def test_chain_commands_against_a_node(case: Case, anvil_node: Any, pg_url: str, tmp_path: Path,
                                        web_server: str) -> None:
     deployment = tmp_path / "local-deployment.json"
-    deploy = _run(("deploy", "--rpc-url", anvil_node.rpc_url, "--cardholders", "1", "--out",
+    deploy = run_cardpay(("deploy", "--rpc-url", anvil_node.rpc_url, "--cardholders", "1", "--out",
                    str(deployment)), {})
     assert deploy.returncode == 0, deploy.stderr
     head = int(anvil_node.rpc("eth_blockNumber"), 16)
@@ -149,20 +137,20 @@ def test_chain_commands_against_a_node(case: Case, anvil_node: Any, pg_url: str,
                 "web": web_server}
         env = {"CARDPAY_DATABASE_URL": pg_url, "CARDPAY_RPC_URL": anvil_node.rpc_url,
                "CARDPAY_CONFIRMATIONS": "0", "CARDPAY_DATA_DIR": str(tmp_path)}
-        _check(case, _run(tuple(a.format(**fill) for a in case.args), env), fill)
+        _check(case, run_cardpay(tuple(a.format(**fill) for a in case.args), env), fill)
 
 
 def test_replay_strict_fails_when_anything_was_quarantined(tmp_path: Path) -> None:
     recording = tmp_path / "recording"
     shutil.copytree(GNOSIS_RECORDING, recording)
-    clean = _run(("replay", str(recording), "--strict"), {})
+    clean = run_cardpay(("replay", str(recording), "--strict"), {})
     assert clean.returncode == 0, clean.stderr
     with (recording / "logs.jsonl").open("a") as logs:  # an object that is no log
         logs.write(json.dumps({"address": "0x12", "blockNumber": "0x1"}) + "\n")
-    lenient = _run(("replay", str(recording)), {})
+    lenient = run_cardpay(("replay", str(recording)), {})
     assert lenient.returncode == 0, lenient.stderr
     assert "1 quarantined" in lenient.stdout
-    strict = _run(("replay", str(recording), "--strict"), {})
+    strict = run_cardpay(("replay", str(recording), "--strict"), {})
     assert strict.returncode == 1
     assert "Traceback" not in strict.stderr
-    assert _message_lines(strict.stderr) == ["cardpay replay: 1 logs quarantined (--strict)"]
+    assert message_lines(strict.stderr) == ["cardpay replay: 1 logs quarantined (--strict)"]
