@@ -73,18 +73,34 @@ def parse_logs(raw_logs: Any) -> tuple[list[Log], list[Rejected]]:
     return logs, rejected
 
 
-def _up_to(last: int, logs: Sequence[Log],
-           rejected: Sequence[Rejected]) -> tuple[list[Log], list[Rejected]]:
-    """The part of a response in blocks up to `last` (the rest is read again with its range)."""
+def _split(first: int, last: int, logs: Sequence[Log], rejected: Sequence[Rejected],
+           cut: Callable[[int, int, Sequence[int]], int],
+           ) -> list[tuple[int, int, list[Log], list[Rejected]]]:
+    """A response for `first..last` as consecutive pieces of whole blocks, each within the log
+    cap (`cut` gives a piece's last block): the logs are applied piece by piece, never fetched
+    twice."""
     def block_of(item: Rejected) -> int:
         number = item.raw.get("blockNumber")
         try:
             return int(number, 16) if isinstance(number, str) else int(number or 0)
         except (TypeError, ValueError):
-            return 0  # no usable block number: quarantined with this part
+            return 0  # no usable block number: quarantined with the first piece
 
-    return ([item for item in logs if item.block_number <= last],
-            [item for item in rejected if block_of(item) <= last])
+    pieces: list[tuple[int, int, list[Log], list[Rejected]]] = []
+    numbered = [(block_of(item), item) for item in rejected]
+    logs = sorted(logs, key=lambda item: item.block_number)  # stable: a node's order within
+    start = 0
+    while True:
+        rest = logs[start:]
+        end = cut(first, last, [item.block_number for item in rest])
+        taken = rest if end == last else [item for item in rest if item.block_number <= end]
+        start += len(taken)
+        low = first if pieces else -1
+        high = end if end < last else float("inf")
+        pieces.append((first, end, taken, [item for n, item in numbered if low <= n <= high]))
+        if end == last:
+            return pieces
+        first = end + 1
 
 
 def build_batch(
@@ -178,19 +194,32 @@ class Listener:
         raw_logs, last = self._get_logs(first, last)
         logs, rejected = parse_logs(raw_logs)
         self.planner.succeeded(last - first + 1, len(logs))
-        cut = self.planner.cut(first, last, [item.block_number for item in logs])
-        if cut < last:
+        pieces = _split(first, last, logs, rejected, self.planner.cut)
+        if len(pieces) > 1:
             self.planner.over_full(last - first + 1, len(logs))
-            log.info("eth_getLogs %d..%d returned %d logs; applying %d..%d first", first, last,
-                     len(logs), first, cut)
-            logs, rejected = _up_to(cut, logs, rejected)
-            last = cut
+            log.info("eth_getLogs %d..%d returned %d logs; applying them in %d parts", first,
+                     last, len(logs), len(pieces))
+        result: RangeResult | None = None
+        for piece in pieces:
+            applied = self._apply(cursor, safe, *piece)
+            if applied is None:
+                return result  # the node changed its mind mid-range; the next poll sees it
+            result, cursor = applied
+            if cursor is None:
+                return result  # a reorg was recovered from; the next poll starts over
+        return result
+
+    def _apply(self, cursor: Cursor | None, safe: int, first: int, last: int, logs: list[Log],
+               rejected: list[Rejected]) -> tuple[RangeResult, Cursor | None] | None:
+        """Check one piece's headers against its logs and the cursor, then hand it to the sink.
+        Returns the result and the new cursor (None after a reorg recovery), or None when the
+        node's answers disagreed and nothing was applied."""
         headers = self._headers_for(logs, last)
         if headers is None:
-            return None  # the node changed its mind mid-range; the next poll sees the reorg
+            return None
         if cursor is not None and first in headers and \
                 headers[first].parent_hash != cursor.block_hash:
-            return self._recover(cursor)
+            return self._recover(cursor), None
         timestamps = self._timestamps(logs, headers)
         end = headers[last]
         batch = build_batch(self._config, logs, rejected, timestamps,
@@ -202,7 +231,8 @@ class Listener:
         return self._report(RangeResult(first, last, len(logs), len(batch.commands),
                                         len(batch.rejected), len(batch.activity),
                                         head=safe + self._confirmations,
-                                        to_block_time=end.timestamp, by_class=by_class))
+                                        to_block_time=end.timestamp,
+                                        by_class=by_class)), Cursor(last, end.hash)
 
     def run_until_caught_up(self, until_block: int | None = None) -> int:
         """Index ranges until the confirmed head (or `until_block`); returns how many ranges."""

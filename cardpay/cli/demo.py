@@ -17,21 +17,22 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from eth_abi.abi import decode as abi_decode
 from sqlalchemy import Engine, func, select
 
-from cardpay.bootstrap.demo import CONFIRMATIONS, DemoStack, demo_stack
 from cardpay.cli.errors import CommandFailed, UsageError
 from cardpay.cli.options import positive_int
-from cardpay.devstack.local_chain import LocalChain, LocalDeployment
 from cardpay.handlers.payments import PaymentService
 from cardpay.postgres.schema import quarantine, rm_payments
 from cardpay.settings import Settings
 from domain.commands import RecordRefundSubmission, RequestRefund
 from domain.money import Currency, Money
 from listener.decode import SPEND_TOPIC, TRANSFER_TOPIC
+
+if TYPE_CHECKING:  # web3 and the dev stack load only when the demo runs: `cardpay --help` stays fast
+    from cardpay.bootstrap.demo import DemoStack
+    from cardpay.devstack.local_chain import LocalChain, LocalDeployment
 
 
 @dataclass
@@ -85,6 +86,8 @@ class DemoResult:
 
 def chain_totals(chain: LocalChain, deployment: LocalDeployment, to_block: int) -> dict[str, Totals]:
     """Totals straight from the node's logs with eth-abi: independent of the listener's code."""
+    from eth_abi.abi import decode as abi_decode
+
     # a Spend names the address it was spent through (EURe: the v1 frontend, as on mainnet)
     by_address = {a.lower(): t.symbol for t in deployment.tokens.values() for a in t.addresses}
     totals = {symbol: Totals() for symbol in deployment.tokens}
@@ -148,6 +151,8 @@ class Demo:
         self.keep = keep
 
     def run(self) -> DemoResult:
+        from cardpay.bootstrap.demo import CONFIRMATIONS, demo_stack
+
         started = time.monotonic()
         self.say("starting embedded PostgreSQL and Anvil")
         with demo_stack(max(1, min(8, self.n)), keep=self.keep) as s:
@@ -210,6 +215,8 @@ class Demo:
                      f"for {len(spends)} spends")
 
     def _index(self, s: DemoStack) -> None:
+        from cardpay.bootstrap.demo import CONFIRMATIONS
+
         _mine(s.chain, CONFIRMATIONS)
         ranges = s.listener.run_until_caught_up()
         projector = s.projector()

@@ -120,3 +120,5 @@ def test_an_over_full_range_is_split_before_it_is_applied() -> None:
         assert 2 * len(batch.commands) <= 6 or len(blocks) == 1  # over the cap: one block only
     ids = [cmd.command_id for b in sink.batches for cmd in b.commands]
     assert len(ids) == len(set(ids)) == tx  # every spend once
+    # The over-full response is applied in parts, not fetched again for its tail.
+    assert node.calls.count("eth_getLogs") == 1
