@@ -59,8 +59,9 @@ def _webhook_secrets(env: Mapping[str, str]) -> tuple[str, ...]:
     for number, secret in enumerate(secrets, 1):
         if not secret.startswith("whsec_"):
             raise SettingsError(f"{name}: secret {number} must start with whsec_")
+        raw = secret.removeprefix("whsec_").rstrip("=")
         try:
-            key = base64.b64decode(secret.removeprefix("whsec_") + "==", validate=True)
+            key = base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True)
         except binascii.Error:
             key = b""
         if not key:

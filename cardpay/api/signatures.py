@@ -50,9 +50,9 @@ class _Secret:
 def secret_key(secret: str) -> bytes:
     """The HMAC key of a `whsec_<base64>` secret, decoded as the library does; ValueError if
     it is not base64 or empty."""
-    raw = secret.removeprefix("whsec_")
+    raw = secret.removeprefix("whsec_").rstrip("=")
     try:
-        key = base64.b64decode(raw + "==", validate=True)
+        key = base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True)
     except binascii.Error as exc:
         raise ValueError("a webhook secret is `whsec_` followed by base64") from exc
     if not key:
