@@ -3,7 +3,7 @@
 `create_app` takes everything it uses as arguments (no globals, nothing at import time); the
 composition root `cardpay.bootstrap.api` builds them from the settings.
 
-A network request goes: raw body → signature (401 with the reason if it is not the network's;
+A network request goes: raw body (over 256 KiB: 413, not read further) → signature (401 with the reason if it is not the network's;
 nothing stored, so an attacker without the secret cannot fill any table) → parse (a signed body
 that is not JSON, not the schema or an unknown type: 400/422 and a quarantine row with the raw
 body) → the service layer (`NetworkIngress`: dedup by webhook id, the effect and the delivery
@@ -36,7 +36,8 @@ from domain.errors import DomainError
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 256 * 1024
-"""Larger bodies are refused 413 without being stored (no network message comes near this)."""
+"""Larger bodies are refused 413 before they are read whole, and nothing is stored (no network
+message comes near this size)."""
 KEPT_HEADERS = ("webhook-id", "webhook-timestamp")
 """The headers kept with a quarantined body (not the signature: it proves nothing later)."""
 
@@ -87,6 +88,22 @@ def parse(adapter: TypeAdapter[Any], body: bytes, convert: Callable[[Any], D]) -
         raise Refusal(422, "invalid", str(exc)) from None
 
 
+async def read_body(request: Request) -> bytes | None:
+    """The raw body, or None as soon as it is known to be over `MAX_BODY_BYTES` (from its
+    Content-Length, or while reading it): a large upload is never held in memory whole."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def create_app(ingress: NetworkIngress, verifier: SignatureVerifier, metrics: ApiMetrics,
                ready: Callable[[], bool]) -> FastAPI:
     """The API on its dependencies: `ready()` says whether the database answers (for /readyz;
@@ -99,17 +116,17 @@ def create_app(ingress: NetworkIngress, verifier: SignatureVerifier, metrics: Ap
                       convert: Callable[[Any], D],
                       handle: Callable[[Received, D], Reply]) -> JSONResponse:
         received_at = datetime.now(UTC)
-        body = await request.body()
+        body = await read_body(request)
+        if body is None:
+            metrics.webhook_rejections.labels("too_large").inc()
+            return JSONResponse({"error": "too_large", "reason": f"the body is over "
+                                 f"{MAX_BODY_BYTES} bytes"}, status_code=413)
         try:
             webhook_id = verifier.verify(body, request.headers)
         except SignatureRejected as exc:
             metrics.webhook_rejections.labels(exc.reason).inc()
             return JSONResponse({"error": "unauthorized", "reason": exc.reason,
                                  "detail": exc.detail}, status_code=401)
-        if len(body) > MAX_BODY_BYTES:
-            metrics.network_rejected.labels("too_large").inc()
-            return JSONResponse({"error": "rejected", "reason": f"body over {MAX_BODY_BYTES} "
-                                 "bytes"}, status_code=413)
         received = Received(webhook_id, body,
                             {h: request.headers[h] for h in KEPT_HEADERS}, received_at)
         try:
@@ -167,7 +184,7 @@ def _responses() -> dict[int | str, dict[str, Any]]:
         (400, "the body is not JSON (quarantined)"),
         (401, "unsigned, malformed, stale, future-dated or badly signed (nothing stored)"),
         (409, "this webhook id was delivered before with another body"),
-        (413, "the body is too large"),
+        (413, "the body is too large (nothing stored)"),
         (422, "the body does not match the schema or is an unknown type (quarantined)"),
         (503, "the effect cannot run now; nothing recorded, retry"),
     )}
@@ -178,14 +195,14 @@ def _body(schema: str, *, events: bool = False) -> dict[str, Any]:
     if events:
         content["examples"] = {model.__name__.removesuffix("Body"): {
             "summary": model.__doc__.splitlines()[0] if model.__doc__ else model.__name__,
-            "value": _examples(model)[0]} for model in m.EVENT_MODELS}
+            "value": examples(model)[0]} for model in m.EVENT_MODELS}
     else:
-        content["examples"] = {"authorization": {"value": _examples(
+        content["examples"] = {"authorization": {"value": examples(
             m.AuthorizationRequestBody)[0]}}
     return {"requestBody": {"required": True, "content": {"application/json": content}}}
 
 
-def _examples(model: type[BaseModel]) -> list[dict[str, Any]]:
+def examples(model: type[BaseModel]) -> list[dict[str, Any]]:
     extra = model.model_config.get("json_schema_extra")
     assert isinstance(extra, dict)
     examples = extra["examples"]

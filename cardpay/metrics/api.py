@@ -20,9 +20,9 @@ class ApiMetrics:
             ["route", "status"], buckets=LATENCY_BUCKETS, registry=r)
         self.webhook_rejections = Counter(
             "cardpay_webhook_rejections_total",
-            "Network requests refused 401 before anything was stored, by reason "
-            "(unsigned, malformed, stale, future, bad_signature)", ["reason"], registry=r)
+            "Network requests refused before anything was stored, by reason (401: unsigned, "
+            "malformed, stale, future, bad_signature; 413: too_large)", ["reason"], registry=r)
         self.network_rejected = Counter(
             "cardpay_network_rejected_total",
             "Signed network bodies refused and quarantined, by reason "
-            "(not_json, schema, unknown_type, invalid, too_large)", ["reason"], registry=r)
+            "(not_json, schema, unknown_type, invalid)", ["reason"], registry=r)

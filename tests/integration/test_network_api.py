@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
 from starlette.testclient import TestClient
 
-from cardpay.api.app import _examples
+from cardpay.api.app import examples
 from cardpay.api.models import EVENT_MODELS, AuthorizationRequestBody, ClearingBody
 from cardpay.bootstrap.api import build_app
 from cardpay.settings import Settings
@@ -57,11 +57,11 @@ def client(pg_engine: Engine, registry: CollectorRegistry) -> Iterator[TestClien
 
 
 def auth_body(**changes: Any) -> dict[str, Any]:
-    return {**copy.deepcopy(_examples(AuthorizationRequestBody)[0]), **changes}
+    return {**copy.deepcopy(examples(AuthorizationRequestBody)[0]), **changes}
 
 
 def clearing_body(**changes: Any) -> dict[str, Any]:
-    return {**copy.deepcopy(_examples(ClearingBody)[0]), **changes}
+    return {**copy.deepcopy(examples(ClearingBody)[0]), **changes}
 
 
 def post(client: TestClient, path: str, body: bytes, webhook_id: str, **sign: Any) -> Any:
@@ -94,7 +94,7 @@ def test_an_authorization_is_answered_with_the_decision_and_recorded_once(
 def test_every_message_type_is_applied_from_its_documented_example(
         client: TestClient, pg_engine: Engine) -> None:
     for number, model in enumerate(EVENT_MODELS):
-        example = _examples(model)[0]
+        example = examples(model)[0]
         reply = post(client, EVENTS, dumps(example), f"ev{number}")
         assert reply.status_code == 200, reply.text
         assert reply.json()["type"] == example["type"]
@@ -184,6 +184,18 @@ def test_unsigned_badly_signed_stale_and_future_requests_get_401_and_change_noth
     assert counts(pg_engine) == before
 
 
+def test_a_body_over_the_limit_is_refused_413_unread_and_unstored(
+        client: TestClient, pg_engine: Engine, registry: CollectorRegistry) -> None:
+    from cardpay.api.app import MAX_BODY_BYTES
+
+    before = counts(pg_engine)
+    big = dumps(clearing_body(clearing_id="c" * 100)) + b" " * MAX_BODY_BYTES
+    reply = post(client, EVENTS, big, "w-big")
+    assert reply.status_code == 413 and reply.json()["error"] == "too_large"
+    assert metric(registry, "cardpay_webhook_rejections_total", reason="too_large") == 1
+    assert counts(pg_engine) == before
+
+
 def test_a_replay_of_a_signed_id_with_another_body_is_refused(
         client: TestClient, pg_engine: Engine) -> None:
     """An attacker who captured a delivery cannot reuse its headers on a new body (401), and a
@@ -239,7 +251,7 @@ BAD_BODIES: list[tuple[str, bytes, int, str]] = [
     ("non-UTF-8 bytes", b'{"type": "clearing", "clearing_id": "\xff\xfe"}', 400, "not_json"),
     ("raw NUL byte", b"\x00\x00", 400, "not_json"),
     ("report net not credit minus debit", dumps({
-        **_examples(EVENT_MODELS[-1])[0],
+        **examples(EVENT_MODELS[-1])[0],
         "lines": [{"business_mode": "issuer", "amount_type": "total", "count": 1,
                    "credit_amount": 0, "debit_amount": 500, "net_amount": 500}]}),
      422, "invalid"),

@@ -11,7 +11,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from cardpay.api import create_app
-from cardpay.api.app import _examples, one_line
+from cardpay.api.app import examples, one_line
 from cardpay.api.models import EVENT_MODELS, EVENTS, AuthorizationRequestBody
 from cardpay.api.signatures import SignatureRejected, SignatureVerifier, sign
 from cardpay.handlers.network import EffectUnavailable, NetworkIngress, Received
@@ -110,13 +110,13 @@ def test_a_settlement_line_nets_credits_minus_debits() -> None:
 
 # -- the wire models ----------
 def test_every_example_converts_to_its_domain_message() -> None:
-    converted = [EVENTS.validate_python(_examples(model)[0]).to_domain()
+    converted = [EVENTS.validate_python(examples(model)[0]).to_domain()
                  for model in EVENT_MODELS]
     assert {type(message) for message in converted} == set(ASYNC_MESSAGES)
     for message, model in zip(converted, EVENT_MODELS, strict=True):
         assert isinstance(message, NetworkMessage)
-        assert _examples(model)[0]["type"] == message.TYPE
-    auth = AuthorizationRequestBody.model_validate(_examples(AuthorizationRequestBody)[0])
+        assert examples(model)[0]["type"] == message.TYPE
+    auth = AuthorizationRequestBody.model_validate(examples(AuthorizationRequestBody)[0])
     assert auth.to_domain().amount == Money(850, EUR)
 
 
@@ -146,7 +146,7 @@ def test_openapi_documents_every_message_type_with_an_example() -> None:
     schemas = doc["components"]["schemas"]
     for model in (*EVENT_MODELS, AuthorizationRequestBody):
         assert schemas[model.__name__]["examples"], model.__name__
-    types = {_examples(model)[0]["type"] for model in EVENT_MODELS}
+    types = {examples(model)[0]["type"] for model in EVENT_MODELS}
     assert set(schemas["NetworkEventBody"]["discriminator"]["mapping"]) == types
     assert len(types) == 10
     body = doc["paths"]["/v1/network/events"]["post"]["requestBody"]["content"][
@@ -201,7 +201,7 @@ def test_an_effect_that_cannot_run_records_nothing_and_answers_503() -> None:
         raise EffectUnavailable("ledger down")
 
     ingress = NetworkIngress(db.uow, _approve, unavailable)
-    message = EVENTS.validate_python(_examples(EVENT_MODELS[0])[0]).to_domain()
+    message = EVENTS.validate_python(examples(EVENT_MODELS[0])[0]).to_domain()
     reply = ingress.handle(received(), message)
     assert (reply.status, reply.body["reason"]) == (503, "ledger down")
     assert db.state.deliveries == {} and db.state.claims == {}
@@ -216,7 +216,7 @@ def test_a_decision_the_model_refuses_is_quarantined_and_answered_422_once() -> 
         return AuthorizationDecision.approve(req, Money(1, EUR))  # partial not allowed
 
     ingress = NetworkIngress(db.uow, too_much, _applied)
-    body = dumps(_examples(AuthorizationRequestBody)[0])
+    body = dumps(examples(AuthorizationRequestBody)[0])
     first = ingress.authorize(received(body), request())
     assert first.status == 422 and "partial" in first.body["reason"]
     assert db.state.claims == {}  # the effect before the refusal was undone
