@@ -3,13 +3,13 @@
 `create_app` takes everything it uses as arguments (no globals, nothing at import time); the
 composition root `cardpay.bootstrap.api` builds them from the settings.
 
-A network request goes: raw body (over 256 KiB: 413, not read further) → signature (401 with the reason if it is not the network's;
-nothing stored, so an attacker without the secret cannot fill any table) → parse (a signed body
-that is not JSON, not the schema or an unknown type: 400/422 and a quarantine row with the raw
-body) → the service layer (`NetworkIngress`: dedup by webhook id, the effect and the delivery
-record in one transaction). The body is read raw, not through FastAPI's body parameters, because
-the signature covers the exact bytes and must be checked before anything is parsed; the request
-schemas are added to the OpenAPI document by hand for that reason.
+A network request goes: raw body (over 256 KiB: 413, not read further) → signature (401 with the
+reason if it is not the network's; nothing stored, so an attacker without the secret cannot fill
+any table) → parse (a signed body that is not JSON, not the schema or an unknown type: 400/422 and
+a quarantine row with the raw body) → the service layer (`NetworkIngress`: dedup by webhook id,
+the effect and the delivery record in one transaction). The body is read raw, not through
+FastAPI's body parameters, because the signature covers the exact bytes and must be checked before
+anything is parsed; the request schemas are added to the OpenAPI document by hand for that reason.
 """
 
 from __future__ import annotations
