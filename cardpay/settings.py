@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -50,6 +52,23 @@ def _database_url(env: Mapping[str, str]) -> str | None:
     return raw
 
 
+def _webhook_secrets(env: Mapping[str, str]) -> tuple[str, ...]:
+    """`whsec_<base64>` secrets, comma separated (several while the network rotates its key)."""
+    name = "CARDPAY_WEBHOOK_SECRETS"
+    secrets = tuple(part.strip() for part in (env.get(name) or "").split(",") if part.strip())
+    for number, secret in enumerate(secrets, 1):
+        if not secret.startswith("whsec_"):
+            raise SettingsError(f"{name}: secret {number} must start with whsec_")
+        raw = secret.removeprefix("whsec_").rstrip("=")
+        try:
+            key = base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True)
+        except binascii.Error:
+            key = b""
+        if not key:
+            raise SettingsError(f"{name}: secret {number} is not whsec_ followed by base64")
+    return secrets
+
+
 def default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "cardpay"
@@ -67,6 +86,10 @@ class Settings:
     confirmations: int = 2
     max_block_range: int = 2000
     listener_name: str = "main"
+    webhook_secrets: tuple[str, ...] = field(default=(), repr=False)
+    """The card network's Standard Webhooks secrets; `cardpay api` refuses to start without."""
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -81,6 +104,9 @@ class Settings:
             confirmations=_int(env, "CARDPAY_CONFIRMATIONS", 2),
             max_block_range=_int(env, "CARDPAY_MAX_BLOCK_RANGE", 2000),
             listener_name=env.get("CARDPAY_LISTENER_NAME") or "main",
+            webhook_secrets=_webhook_secrets(env),
+            api_host=(env.get("CARDPAY_API_HOST") or "").strip() or "127.0.0.1",
+            api_port=_int(env, "CARDPAY_API_PORT", 8080),
         )
         if settings.confirmations < 0:
             raise SettingsError(f"CARDPAY_CONFIRMATIONS must be 0 or more, got "
@@ -88,6 +114,9 @@ class Settings:
         if settings.max_block_range < 1:
             raise SettingsError(f"CARDPAY_MAX_BLOCK_RANGE must be at least 1, got "
                                 f"{settings.max_block_range}")
+        if not 1 <= settings.api_port <= 65535:
+            raise SettingsError(f"CARDPAY_API_PORT must be a TCP port (1-65535), got "
+                                f"{settings.api_port}")
         return settings
 
     @property

@@ -33,3 +33,8 @@ class UnknownEventType(DomainError):
 
 class NaiveTimestamp(DomainError):
     """A time without a UTC offset; the model only records UTC-aware times."""
+
+
+class InvalidNetworkMessage(DomainError):
+    """A card-network message whose facts contradict each other (a report whose net is not its
+    credits minus its debits, a partial approval the network did not allow...)."""

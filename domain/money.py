@@ -139,3 +139,37 @@ class Money:
 EUR = Currency("EUR", 2)
 GBP = Currency("GBP", 2)
 USD = Currency("USD", 2)
+
+EURE = Currency("EURe", 18)
+GBPE = Currency("GBPe", 18)
+USDCE = Currency("USDCe", 6)
+
+FIAT_TOKENS: dict[Currency, Currency] = {EUR: EURE, GBP: GBPE, USD: USDCE}
+"""The token a card in each fiat currency spends (Monerium EURe/GBPe, bridged USDC): the network
+speaks fiat minor units, the chain token base units, 1 token = 1 unit of its fiat."""
+
+FIAT_CURRENCIES: dict[str, Currency] = {c.code: c for c in FIAT_TOKENS}
+"""The ISO 4217 codes the card network may send, by code."""
+
+
+def fiat_currency(code: str) -> Currency:
+    """The fiat currency of an ISO code the network sent; an unknown code is refused."""
+    try:
+        return FIAT_CURRENCIES[code]
+    except KeyError:
+        raise InvalidAmount(f"currency {code!r} is not one of "
+                            f"{', '.join(sorted(FIAT_CURRENCIES))}") from None
+
+
+def token_for(fiat: Currency) -> Currency:
+    """The token a card in `fiat` spends; a currency with no card token is refused."""
+    try:
+        return FIAT_TOKENS[fiat]
+    except KeyError:
+        raise InvalidAmount(f"no card token for {fiat}") from None
+
+
+def to_token(amount: Money) -> Money:
+    """A network amount in fiat minor units as token base units (exact: tokens have more
+    decimals than their fiat, 8.50 EUR = 8.5 * 10**18 EURe base units)."""
+    return amount.convert(token_for(amount.currency))

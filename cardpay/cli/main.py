@@ -19,6 +19,7 @@ from typing import NoReturn
 import sqlalchemy.exc
 
 from cardpay.cli import (
+    api,
     chain,
     db,
     demo,
@@ -44,6 +45,9 @@ environment:
   CARDPAY_MAX_BLOCK_RANGE  largest eth_getLogs range in blocks (default 2000; it adapts below)
   CARDPAY_LISTENER_NAME    the cursor's name, shared by backfill and listen (default main)
   CARDPAY_PROGRESS         draw progress bars even when stderr is not a terminal (set to 1)
+  CARDPAY_WEBHOOK_SECRETS  the card network's whsec_... secrets, comma separated (for `api`)
+  CARDPAY_API_HOST         address `cardpay api` binds (default 127.0.0.1)
+  CARDPAY_API_PORT         port of `cardpay api` (default 8080)
 
 README.md lists the variables of the dev and test harnesses too.
 """
@@ -53,8 +57,8 @@ INTERRUPTED = 130
 BROKEN_PIPE = 141
 """Exit status when the reader of stdout went away (128 + SIGPIPE)."""
 
-COMMAND_GROUPS = (demo, status, payments, quarantine, db, services, projections, replay, chain,
-                  listener_admin)
+COMMAND_GROUPS = (demo, status, payments, quarantine, db, services, api, projections, replay,
+                  chain, listener_admin)
 """Modules with a `register(sub)`; their order is the order of `cardpay --help`."""
 
 

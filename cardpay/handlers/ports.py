@@ -186,6 +186,29 @@ class RefundMatching(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One webhook delivery from the card network, kept so a repeat gets the first answer."""
+
+    webhook_id: str
+    body_sha256: str
+    """Hex SHA-256 of the raw body: the same id with another body is refused, not replayed."""
+    status: int
+    response: Mapping[str, Any]
+    received_at: datetime
+
+
+class DeliveryRepository(Protocol):
+    """Deliveries by webhook id, recorded in the transaction of the message's effect."""
+
+    def get(self, webhook_id: str) -> Delivery | None: ...
+
+    def record(self, delivery: Delivery) -> None:
+        """Keep a new delivery (its id must not be recorded yet: check with `get` under
+        `UnitOfWork.lock` first)."""
+        ...
+
+
 class UnitOfWork(Protocol):
     """One transaction: every repository's writes commit together, or none do."""
 
@@ -203,6 +226,9 @@ class UnitOfWork(Protocol):
 
     @property
     def refunds(self) -> RefundMatching: ...
+
+    @property
+    def deliveries(self) -> DeliveryRepository: ...
 
     def __enter__(self) -> UnitOfWork: ...
 

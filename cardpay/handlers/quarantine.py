@@ -54,6 +54,11 @@ def retry(uow_factory: UowFactory, item_id: int) -> RetryResult:
 def _retry(uow: UnitOfWork, row: QuarantinedRow) -> RetryResult:
     if row.key.startswith("duplicate:"):
         return RetryResult("duplicate", "a repeat of a log that was applied; nothing to apply")
+    if row.source == "network":
+        return RetryResult("not_retryable", "a card-network body that could not be used: its "
+                           "delivery was answered with this refusal, which a resend under the "
+                           "same webhook id gets again; the network must send a corrected "
+                           "message under a new id")
     if row.source.startswith("projector:"):
         name = row.source.split(":", 1)[1]
         return RetryResult("not_retryable", "a projector's item: rebuild the read model with "

@@ -187,3 +187,13 @@ chain_identity = Table(
     Column("first_block", BigInteger, nullable=False),
     Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
+
+network_deliveries = Table(
+    "network_deliveries",
+    metadata,
+    Column("webhook_id", Text, primary_key=True),
+    Column("body_sha256", Text, nullable=False),
+    Column("status", Integer, nullable=False),
+    Column("response", JSONB, nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+)

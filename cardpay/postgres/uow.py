@@ -1,9 +1,9 @@
 """PostgreSQL Units of Work: one connection, one transaction, the repositories on it.
 
 `PostgresUnitOfWork` is the write side's (the service layer in `cardpay.handlers`): events with
-their outbox rows, command claims, quarantine, chain state and refund matching commit together or
-not at all. `PostgresProjectionUnitOfWork` is a projector's: read-model rows, quarantine and the
-feed positions, in one transaction per batch.
+their outbox rows, command claims, quarantine, chain state, refund matching and network
+deliveries commit together or not at all. `PostgresProjectionUnitOfWork` is a projector's:
+read-model rows, quarantine and the feed positions, in one transaction per batch.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from cardpay.handlers.ports import QuarantineItem
 from cardpay.postgres.eventstore import PostgresEventStore
 from cardpay.postgres.repositories.chain import PostgresChainState
 from cardpay.postgres.repositories.claims import PostgresCommandClaims
+from cardpay.postgres.repositories.deliveries import PostgresDeliveries
 from cardpay.postgres.repositories.payments_view import PostgresPaymentsView
 from cardpay.postgres.repositories.positions import PostgresConsumerPositions
 from cardpay.postgres.repositories.quarantine import PostgresQuarantine
@@ -64,6 +65,7 @@ class PostgresUnitOfWork(_Transaction):
     quarantine: PostgresQuarantine
     chain: PostgresChainState
     refunds: PostgresRefundMatching
+    deliveries: PostgresDeliveries
 
     def __init__(self, engine: Engine, *, outbox_topic: str | None = None) -> None:
         super().__init__(engine)
@@ -76,6 +78,7 @@ class PostgresUnitOfWork(_Transaction):
         self.quarantine = PostgresQuarantine(conn)
         self.chain = PostgresChainState(conn)
         self.refunds = PostgresRefundMatching(conn)
+        self.deliveries = PostgresDeliveries(conn)
         return self
 
     @contextmanager

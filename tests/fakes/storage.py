@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from cardpay.handlers.ports import (
+    Delivery,
     ExpectedRefund,
     QuarantinedRow,
     QuarantineItem,
@@ -51,6 +52,7 @@ class State:
     activity: dict[tuple[int, str, int], Activity] = field(default_factory=dict)
     expected: list[_Expected] = field(default_factory=list)
     unmatched: dict[str, _Unmatched] = field(default_factory=dict)
+    deliveries: dict[str, Delivery] = field(default_factory=dict)
     sequence: int = 0
 
     def next(self) -> int:
@@ -265,6 +267,21 @@ class FakeRefundMatching:
             del self._s.unmatched[cid]
 
 
+class FakeDeliveries:
+    def __init__(self, state: State) -> None:
+        self._s = state
+
+    def get(self, webhook_id: str) -> Delivery | None:
+        return self._s.deliveries.get(webhook_id)
+
+    def record(self, delivery: Delivery) -> None:
+        if delivery.webhook_id in self._s.deliveries:
+            # the primary key, as in Postgres
+            raise ValueError(f"delivery {delivery.webhook_id!r} exists")
+        self._s.deliveries[delivery.webhook_id] = replace(
+            delivery, response=copy.deepcopy(dict(delivery.response)))
+
+
 class FakeDatabase:
     """The committed state; `uow()` opens a unit of work on it."""
 
@@ -292,6 +309,7 @@ class FakeUnitOfWork:
         self.quarantine = FakeQuarantine(self._state)
         self.chain = FakeChainState(self._state)
         self.refunds = FakeRefundMatching(self._state)
+        self.deliveries = FakeDeliveries(self._state)
         return self
 
     def __exit__(self, *exc: object) -> None:

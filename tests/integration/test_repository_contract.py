@@ -14,7 +14,13 @@ import pytest
 from sqlalchemy import Engine
 
 from cardpay.errors import ConcurrencyConflict
-from cardpay.handlers.ports import ExpectedRefund, QuarantineItem, UnitOfWork, UnmatchedTransfer
+from cardpay.handlers.ports import (
+    Delivery,
+    ExpectedRefund,
+    QuarantineItem,
+    UnitOfWork,
+    UnmatchedTransfer,
+)
 from domain.events import PaymentRefunded, PaymentSpent
 from listener.classify import Activity, Kind
 from listener.logs import Log
@@ -217,3 +223,21 @@ def test_unmatched_transfers_are_taken_oldest_first_once(uow: Factory) -> None:
         w.refunds.forget_blocks([H2])  # t2's block was orphaned: it is not waiting any more
         assert w.refunds.take_unmatched(H3, "0x" + "cd" * 20, "0x" + "ab" * 20, 7) is None
 
+
+
+def test_a_delivery_is_kept_with_its_answer_once_per_webhook_id(uow: Factory) -> None:
+    at = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    first = Delivery("msg_1", "ab" * 32, 200, {"approved": True, "amount": 850}, at)
+    with uow() as w:
+        assert w.deliveries.get("msg_1") is None
+        w.deliveries.record(first)
+    with uow() as w:
+        assert w.deliveries.get("msg_1") is None  # no commit, nothing kept
+        w.deliveries.record(first)
+        w.commit()
+    with uow() as w:
+        assert w.deliveries.get("msg_1") == first
+        with pytest.raises(Exception):  # noqa: B017 - the fake's ValueError, Postgres' IntegrityError
+            w.deliveries.record(Delivery("msg_1", "cd" * 32, 409, {}, at))
+    with uow() as w:
+        assert w.deliveries.get("msg_1") == first

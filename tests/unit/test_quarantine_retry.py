@@ -76,3 +76,15 @@ def test_duplicates_resolve_and_undecodable_logs_are_not_retryable() -> None:
     assert retry(db.uow, 999).outcome == "not_found"
     assert [r.resolved_at is not None for r in db.read().quarantine.list()] == [True, False, False]
     assert len(db.read().events.events_of_type(PaymentSpent)) == 2
+
+
+def test_a_quarantined_network_body_is_not_retryable_and_says_why() -> None:
+    db = FakeDatabase()
+    with db.uow() as w:
+        w.quarantine.add(QuarantineItem("network", "webhook:w1", "body is not JSON",
+                                        {"body": "x", "body_base64": "eA==", "headers": {}}))
+        w.commit()
+    (row,) = db.read().quarantine.list()
+    result = retry(db.uow, row.id)
+    assert result.outcome == "not_retryable" and "new id" in result.message
+    assert _rows(db) == [("webhook:w1", None, 0)]

@@ -1,0 +1,28 @@
+"""Prometheus metrics of the HTTP API: latency per route, refused signatures and bodies."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
+"""Fine below 100 ms, where the authorization goal lies; 2 s is the network's deadline."""
+
+
+class ApiMetrics:
+    """One registry per process (the app serves it at /metrics). Labels are bounded: the route
+    template (never the raw path) and the status; reasons are fixed codes."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.request_seconds = Histogram(
+            "cardpay_api_request_seconds", "HTTP request latency by route template and status",
+            ["route", "status"], buckets=LATENCY_BUCKETS, registry=r)
+        self.webhook_rejections = Counter(
+            "cardpay_webhook_rejections_total",
+            "Network requests refused before anything was stored, by reason (401: unsigned, "
+            "malformed, stale, future, bad_signature; 413: too_large)", ["reason"], registry=r)
+        self.network_rejected = Counter(
+            "cardpay_network_rejected_total",
+            "Signed network bodies refused and quarantined, by reason "
+            "(not_json, schema, unknown_type, invalid)", ["reason"], registry=r)
