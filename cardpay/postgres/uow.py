@@ -16,6 +16,7 @@ from sqlalchemy import Connection, Engine, func, select
 
 from cardpay.handlers.ports import QuarantineItem
 from cardpay.postgres.eventstore import PostgresEventStore
+from cardpay.postgres.repositories.cards import PostgresCardRegistry
 from cardpay.postgres.repositories.chain import PostgresChainState
 from cardpay.postgres.repositories.claims import PostgresCommandClaims
 from cardpay.postgres.repositories.payments_view import PostgresPaymentsView
@@ -64,6 +65,7 @@ class PostgresUnitOfWork(_Transaction):
     quarantine: PostgresQuarantine
     chain: PostgresChainState
     refunds: PostgresRefundMatching
+    cards: PostgresCardRegistry
 
     def __init__(self, engine: Engine, *, outbox_topic: str | None = None) -> None:
         super().__init__(engine)
@@ -76,6 +78,7 @@ class PostgresUnitOfWork(_Transaction):
         self.quarantine = PostgresQuarantine(conn)
         self.chain = PostgresChainState(conn)
         self.refunds = PostgresRefundMatching(conn)
+        self.cards = PostgresCardRegistry(conn)
         return self
 
     @contextmanager
