@@ -19,6 +19,7 @@ from typing import NoReturn
 import sqlalchemy.exc
 
 from cardpay.cli import (
+    cards,
     chain,
     db,
     demo,
@@ -54,7 +55,7 @@ BROKEN_PIPE = 141
 """Exit status when the reader of stdout went away (128 + SIGPIPE)."""
 
 COMMAND_GROUPS = (demo, status, payments, quarantine, db, services, projections, replay, chain,
-                  listener_admin)
+                  listener_admin, cards)
 """Modules with a `register(sub)`; their order is the order of `cardpay --help`."""
 
 

@@ -322,6 +322,21 @@ class CardRegistry(Protocol):
         ...
 
 
+class ChainReader(Protocol):
+    """Reads a Safe's token balance and allowance from the node at one block (registration
+    only: an authorization never calls the node)."""
+
+    def confirmed_block(self) -> Cursor:
+        """The newest block the listener would index now (head minus the confirmations)."""
+        ...
+
+    def read(self, at: Cursor, *, safe: str, token: str, roles_module: str | None,
+             allowance_token: str | None) -> ChainReading:
+        """`token.balanceOf(safe)` at block `at`, and the Roles module's allowance for
+        `allowance_token` (the address the module scopes; EURe's v1 frontend) if both given."""
+        ...
+
+
 class UnitOfWork(Protocol):
     """One transaction: every repository's writes commit together, or none do."""
 
