@@ -39,7 +39,8 @@ def register(sub: Any) -> None:
         description="Register CARD_ID spending --token from the Safe --safe. The Safe's "
         "balance (and its Roles module's daily allowance) is read once from the node at the "
         "block the listener has reached; the listener keeps it current from then on.")
-    add.add_argument("card_id", metavar="CARD_ID")
+    add.add_argument("card_id", metavar="CARD_ID",
+                     help="the card's id, as the card network's messages name it")
     add.add_argument("--safe", required=True, help="the cardholder's Safe address")
     add.add_argument("--token", required=True,
                      help="the card's token: a symbol of the preset (EURe, USDCe) or an address")
@@ -64,7 +65,7 @@ def register(sub: Any) -> None:
     for action, status in STATUS_COMMANDS.items():
         change = actions.add_parser(action, help=f"make a card {status.value}"
                                     + (" (final)" if status is CardStatus.CLOSED else ""))
-        change.add_argument("card_id", metavar="CARD_ID")
+        change.add_argument("card_id", metavar="CARD_ID", help="the card's id")
         change.set_defaults(run=status_command)
 
 
