@@ -4,6 +4,7 @@ by a reorg — always equal to what the chain says, without asking it per author
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,6 +13,7 @@ from sqlalchemy import Engine
 
 from cardpay.bootstrap.cards import allowance_token
 from cardpay.bootstrap.demo import chain_config
+from cardpay.bootstrap.listen import with_registered_roles_modules
 from cardpay.handlers.cards import register_card
 from cardpay.handlers.ports import Card, LockedCard
 from cardpay.onchain.readings import RpcChainReader
@@ -51,6 +53,8 @@ def test_balance_is_read_once_then_follows_transfers_and_reorgs(
     assert reading.balance == local_chain.balance_of("EURe", 0) == (10_000 - 3) * 10**18
     assert reading.allowance is not None
     assert reading.block_number == int(anvil_node.rpc("eth_blockNumber"), 16)
+    bare = dataclasses.replace(config, roles_modules=frozenset())  # e.g. the gnosis preset
+    assert with_registered_roles_modules(bare, pg_engine).roles_modules == {card.roles_module}
     before = _locked(pg_engine)
     assert before.balance == reading.balance
     assert before.allowance is not None
