@@ -20,7 +20,7 @@ from typing import Any
 from benchmarks.machine import describe
 from cardpay.runtime import tune_gc
 from listener.classify import classify, drop_mirrors
-from listener.decode import SPEND_TOPIC, TRANSFER_TOPIC, Spend, Transfer, decode
+from listener.decode import SPEND_TOPIC, TRANSFER_TOPIC, Transfer, decode
 from listener.logs import Log, parse_log
 from listener.presets import EURE_V1, EURE_V2, GNO, GNOSIS
 
@@ -83,10 +83,10 @@ def decode_classify(logs: list[Log]) -> int:
     for start in range(0, len(logs), BATCH):
         transfers: list[Transfer] = []
         for item in map(decode, logs[start:start + BATCH]):
-            if isinstance(item, Spend):
-                done += 1
-            else:
+            if isinstance(item, Transfer):
                 transfers.append(item)
+            else:
+                done += 1
         done += len(classify(drop_mirrors(transfers, GNOSIS), GNOSIS))
     return done
 

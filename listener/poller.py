@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from listener.decode import SPEND_TOPIC, TRANSFER_TOPIC
 from listener.errors import MalformedLog, ReorgTooDeep, RpcError, RpcTransportError
 from listener.logs import Log, parse_log
 from listener.ports import BlockRef, ChainBatch, ChainSink, Cursor, Rejected, RpcClient
@@ -133,6 +132,7 @@ def build_batch(
         activity=translation.activity,
         rejected=[*rejected, *duplicates, *translation.rejected],
         blocks=tuple(blocks),
+        allowances=translation.allowances,
     )
 
 
@@ -251,7 +251,7 @@ class Listener:
                     "fromBlock": hex(first),
                     "toBlock": hex(last),
                     "address": self._config.log_addresses,
-                    "topics": [[SPEND_TOPIC, TRANSFER_TOPIC]],
+                    "topics": [self._config.log_topics],
                 }]), last
             except RpcError as exc:
                 if not is_range_too_large(exc) or (self.planner.at_minimum and first == last):

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from domain.authorization import Allowance
 from domain.commands import ConfirmSpend, RecordSettlementTransfer
 
 if TYPE_CHECKING:
@@ -39,6 +40,33 @@ class Rejected:
     raw: dict[str, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class AllowanceChange:
+    """A Roles module's daily allowance moved, as its logs say.
+
+    ConsumeAllowance (a card spend): `consumed` and `new_balance` are set, and `token` is the
+    canonical token of the Spend it paid for (the event itself names no token). SetAllowance:
+    `set_to` is the new allowance; the event names no token either, so `token` is None and the
+    store attributes it to the module's one tracked token (on mainnet a Gnosis Pay Safe has one
+    scoped token).
+    """
+
+    roles_module: str
+    block_number: int
+    block_hash: str
+    log_index: int
+    block_time: int
+    """Epoch seconds of the block: the module refills by block time."""
+    token: str | None = None
+    consumed: int | None = None
+    new_balance: int | None = None
+    set_to: Allowance | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.block_hash}:{self.log_index}"
+
+
 @dataclass(frozen=True)
 class ChainBatch:
     """Everything one block range produced; the sink applies it in one transaction."""
@@ -50,6 +78,7 @@ class ChainBatch:
     activity: Sequence[Activity] = ()
     rejected: Sequence[Rejected] = ()
     blocks: Sequence[BlockRef] = field(default_factory=tuple)
+    allowances: Sequence[AllowanceChange] = ()
 
 
 class RpcClient(Protocol):

@@ -34,27 +34,51 @@ class ChainConfig:
     match_refunds: bool = True
     """Match settlement transfers to submitted refunds (off in observer mode: nothing is submitted)."""
     name: str = "custom"
+    roles_modules: frozenset[str] = frozenset()
+    """Cardholders' Roles modules whose allowance events (ConsumeAllowance, SetAllowance) are
+    read, so the daily allowance left is known without asking the node."""
 
     def __post_init__(self) -> None:
         """Addresses compare as lowercase hex everywhere; checksummed input is normalized here."""
         low = str.lower
         object.__setattr__(self, "settlement", low(self.settlement))
         for name in ("spender_modules", "cashback_senders", "referral_senders",
-                     "ignored_senders", "operational_wallets"):
+                     "ignored_senders", "operational_wallets", "roles_modules"):
             object.__setattr__(self, name, frozenset(map(low, getattr(self, name))))
         object.__setattr__(self, "tokens", {low(a): c for a, c in self.tokens.items()})
         object.__setattr__(self, "mirrors", {low(a): low(b) for a, b in self.mirrors.items()})
 
     @property
     def log_addresses(self) -> list[str]:
-        return sorted(self.spender_modules | set(self.tokens))
+        return sorted(self.spender_modules | set(self.tokens) | self.roles_modules)
+
+    @property
+    def log_topics(self) -> list[str]:
+        """The topic0 alternatives of the eth_getLogs filter."""
+        from listener.decode import (
+            CONSUME_ALLOWANCE_TOPIC,
+            SET_ALLOWANCE_TOPIC,
+            SPEND_TOPIC,
+            TRANSFER_TOPIC,
+        )
+
+        if not self.roles_modules:
+            return [SPEND_TOPIC, TRANSFER_TOPIC]
+        return [SPEND_TOPIC, TRANSFER_TOPIC, CONSUME_ALLOWANCE_TOPIC, SET_ALLOWANCE_TOPIC]
 
     def subscribes(self, address: str, topic0: str | None) -> bool:
         """Whether the live listener's eth_getLogs filter would return this log."""
-        from listener.decode import SPEND_TOPIC, TRANSFER_TOPIC
+        from listener.decode import (
+            CONSUME_ALLOWANCE_TOPIC,
+            SET_ALLOWANCE_TOPIC,
+            SPEND_TOPIC,
+            TRANSFER_TOPIC,
+        )
 
         if topic0 == SPEND_TOPIC:
             return address in self.spender_modules
+        if topic0 in (CONSUME_ALLOWANCE_TOPIC, SET_ALLOWANCE_TOPIC):
+            return address in self.roles_modules
         return topic0 == TRANSFER_TOPIC and address in self.tokens
 
     def canonical(self, token: str) -> str:
@@ -118,6 +142,7 @@ def local_config(deployment: Mapping[str, Any], *, match_refunds: bool = True) -
         tokens=tokens,
         mirrors=mirrors,
         match_refunds=match_refunds,
+        roles_modules=frozenset(str(m).lower() for m in deployment.get("roles_modules", ())),
     )
 
 

@@ -12,14 +12,22 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from domain.authorization import Allowance
 from domain.commands import ConfirmSpend, RecordSettlementTransfer
 from domain.events import ChainEvidence
 from domain.money import Money
 from listener.classify import Activity, Kind, classify, drop_mirrors, spend_cardholders
-from listener.decode import Spend, Transfer, decode
+from listener.decode import (
+    SPENDING_ALLOWANCE_KEY,
+    ConsumeAllowance,
+    SetAllowance,
+    Spend,
+    Transfer,
+    decode,
+)
 from listener.errors import DecodeError
 from listener.logs import Log
-from listener.ports import ChainCommand, Rejected
+from listener.ports import AllowanceChange, ChainCommand, Rejected
 from listener.presets import ChainConfig
 
 PAYMENT_NAMESPACE = uuid.UUID("6f1d9c1e-4b7a-5e2f-9a51-2c7c0f3e8d10")
@@ -32,6 +40,7 @@ class Translation:
     commands: list[ChainCommand] = field(default_factory=list)
     activity: list[Activity] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
+    allowances: list[AllowanceChange] = field(default_factory=list)
 
 
 def payment_id_for_spend(chain_id: int, tx_hash: str, ordinal: int = 0) -> str:
@@ -79,6 +88,7 @@ def translate(
     out = Translation()
     spends: list[Spend] = []
     transfers: list[Transfer] = []
+    allowance_logs: list[ConsumeAllowance | SetAllowance] = []
     for log in logs:
         try:
             item = decode(log)
@@ -87,8 +97,11 @@ def translate(
             continue
         if isinstance(item, Spend):
             spends.append(item)
-        else:
+        elif isinstance(item, Transfer):
             transfers.append(item)
+        elif item.key == SPENDING_ALLOWANCE_KEY:  # other allowances are not the card's limit
+            allowance_logs.append(item)
+    out.allowances = allowance_changes(allowance_logs, spends, config, timestamps)
     transfers = drop_mirrors(transfers, config)
     ordinals: dict[str, int] = {}
     spends.sort(key=lambda s: (s.log.block_number, s.log.log_index))
@@ -125,4 +138,41 @@ def translate(
                     evidence=evidence(config.chain_id, act.log),
                 ))
     out.commands.sort(key=lambda c: (c.evidence.block_number, c.evidence.log_index))
+    return out
+
+
+def allowance_changes(
+    items: Iterable[ConsumeAllowance | SetAllowance], spends: Iterable[Spend],
+    config: ChainConfig, timestamps: Mapping[int, datetime],
+) -> list[AllowanceChange]:
+    """Allowance events as `AllowanceChange`s, in chain order.
+
+    ConsumeAllowance names no token: it is paired with the Spend it paid for — the nearest Spend
+    after it in the same transaction whose `account` is the emitting Roles module and whose amount
+    is the one consumed (the Roles module consumes, then the spender module emits Spend).
+    """
+    by_tx: dict[str, list[Spend]] = {}
+    for spend in spends:
+        by_tx.setdefault(spend.log.tx_hash, []).append(spend)
+    taken: set[int] = set()
+    out: list[AllowanceChange] = []
+    for item in sorted(items, key=lambda i: (i.log.block_number, i.log.log_index)):
+        log = item.log
+        stamp = int(timestamps[log.block_number].timestamp())
+        if isinstance(item, SetAllowance):
+            out.append(AllowanceChange(
+                log.address, log.block_number, log.block_hash, log.log_index, stamp,
+                set_to=Allowance(item.balance, item.max_refill, item.refill, item.period,
+                                 item.timestamp)))
+            continue
+        paid = min((s for s in by_tx.get(log.tx_hash, ())
+                    if s.log.log_index > log.log_index and s.log.log_index not in taken
+                    and s.account == log.address and s.amount == item.consumed),
+                   key=lambda s: s.log.log_index, default=None)
+        if paid is not None:
+            taken.add(paid.log.log_index)
+        out.append(AllowanceChange(
+            log.address, log.block_number, log.block_hash, log.log_index, stamp,
+            token=None if paid is None else config.canonical(paid.asset),
+            consumed=item.consumed, new_balance=item.new_balance))
     return out

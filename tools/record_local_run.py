@@ -32,7 +32,6 @@ from typing import Any
 
 from cardpay.devstack.anvil import AnvilNode
 from cardpay.devstack.local_chain import LocalChain, LocalDeployment
-from listener.decode import SPEND_TOPIC, TRANSFER_TOPIC
 from listener.presets import local_config
 from listener.rpc import HttpJsonRpc
 
@@ -95,7 +94,7 @@ def fetch(
             "fromBlock": hex(deployment.deployed_at_block),
             "toBlock": hex(head),
             "address": config.log_addresses,
-            "topics": [[SPEND_TOPIC, TRANSFER_TOPIC]],
+            "topics": [config.log_topics],
         }])  # fmt: skip
         logs = [{k: log[k] for k in LOG_FIELDS if k in log} for log in raw_logs]
         numbers = sorted({int(log["blockNumber"], 16) for log in logs})

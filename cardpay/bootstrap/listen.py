@@ -11,6 +11,7 @@ and the identity so the next backfill starts over.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 from collections.abc import Callable, Sequence
@@ -103,9 +104,20 @@ def build_listener(
         for observer in observers:
             observer(result)
 
-    return Listener(settings.listener_name, rpc, sink, config, start_block=start_block,
+    return Listener(settings.listener_name, rpc, sink, with_registered_roles_modules(config, engine),
+                    start_block=start_block,
                     confirmations=settings.confirmations, max_range=settings.max_block_range,
                     initial_range=min(50, settings.max_block_range), on_range=observe)
+
+
+def with_registered_roles_modules(config: ChainConfig, engine: Engine) -> ChainConfig:
+    """The preset plus the Roles modules of registered cards, so their allowance events are read
+    (a card added with a new Roles module is followed from the listener's next start)."""
+    with unit_of_work_factory(engine, None)() as uow:
+        modules = {card.roles_module for card in uow.cards.all() if card.roles_module}
+    if modules <= config.roles_modules:
+        return config
+    return dataclasses.replace(config, roles_modules=config.roles_modules | modules)
 
 
 def node_identity(rpc: RpcClient, url: str) -> tuple[int, str]:

@@ -82,6 +82,8 @@ def register(sub: Any) -> None:
                                help="funded cardholder accounts to create (default 5)")
     deploy_parser.add_argument("--out", type=Path, default=None,
                                help="preset file (default $CARDPAY_DATA_DIR/local-deployment.json)")
+    deploy_parser.add_argument("--no-cards", action="store_true",
+                               help="do not register the cardholders' cards (no database needed)")
     deploy_parser.set_defaults(run=_run)
 
 
@@ -121,7 +123,8 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
             settings, preset=args.preset, deployment=args.deployment,
             rpc_url=args.rpc_url, from_block=args.from_block,
             metrics_port=args.metrics_port, poll_interval=args.poll_interval)
-    return deploy(settings, rpc_url=args.rpc_url, cardholders=args.cardholders, out=args.out)
+    return deploy(settings, rpc_url=args.rpc_url, cardholders=args.cardholders, out=args.out,
+                  cards=not args.no_cards)
 
 
 def deployment_file(settings: Settings, given: Path | None) -> Path:
@@ -272,8 +275,10 @@ def _head_or_none(head: Callable[[], int]) -> int | None:
         return None
 
 
-def deploy(settings: Settings, *, rpc_url: str | None, cardholders: int, out: Path | None) -> int:
-    """Deploy the local replicas on a node and write the `local` preset file."""
+def deploy(settings: Settings, *, rpc_url: str | None, cardholders: int, out: Path | None,
+           cards: bool = True) -> int:
+    """Deploy the local replicas on a node, write the `local` preset file and register one EURe
+    card per cardholder (ids local-0000, local-0001, ...)."""
     from cardpay.devstack.local_chain import LocalChain, LocalChainError
 
     url = _rpc_url(settings, rpc_url)
@@ -294,4 +299,33 @@ def deploy(settings: Settings, *, rpc_url: str | None, cardholders: int, out: Pa
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(deployment.to_dict(), indent=2) + "\n")
     print(f"deployed at block {deployment.deployed_at_block}; local preset written to {path}")
+    if cards:
+        _register_local_cards(settings, url, deployment.to_dict())
     return 0
+
+
+def _register_local_cards(settings: Settings, url: str, deployment: dict[str, Any]) -> None:
+    """One card per cardholder Safe, in EURe (a Gnosis Pay Safe spends one token), with its
+    Roles module so the daily allowance is followed; cards already registered are kept."""
+    from cardpay.bootstrap.cards import register_cards
+    from cardpay.handlers.cards import RegistrationRaced
+    from cardpay.handlers.ports import Card
+    from cardpay.onchain.readings import ChainReadFailed
+    from listener.presets import local_config
+
+    config = local_config(deployment)
+    symbol = "EURe" if "EURe" in deployment["tokens"] else next(iter(deployment["tokens"]))
+    token = str(deployment["tokens"][symbol]["address"]).lower()
+    wanted = [Card(f"local-{i:04d}", str(safe).lower(), token, config.tokens[token],
+                   roles_module=str(module).lower())
+              for i, (safe, module) in enumerate(zip(deployment["cardholders"],
+                                                     deployment["roles_modules"], strict=True))]
+    with database(settings) as engine:
+        try:
+            done = register_cards(settings, engine, config, url, wanted, skip_existing=True)
+        except (ChainReadFailed, RegistrationRaced) as exc:
+            raise CommandFailed(f"registering the local cards failed: {exc}") from None
+    fresh = [d for d in done if d.reading is not None]
+    kept = len(done) - len(fresh)
+    print(f"registered {len(fresh)} {symbol} cards (local-0000..local-{len(done) - 1:04d})"
+          + (f"; {kept} were already registered" if kept else ""))

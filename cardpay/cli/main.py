@@ -20,6 +20,7 @@ import sqlalchemy.exc
 
 from cardpay.cli import (
     api,
+    cards,
     chain,
     db,
     demo,
@@ -57,8 +58,8 @@ INTERRUPTED = 130
 BROKEN_PIPE = 141
 """Exit status when the reader of stdout went away (128 + SIGPIPE)."""
 
-COMMAND_GROUPS = (demo, status, payments, quarantine, db, services, api, projections, replay,
-                  chain, listener_admin)
+COMMAND_GROUPS = (demo, status, payments, quarantine, cards, db, services, api, projections,
+                  replay, chain, listener_admin)
 """Modules with a `register(sub)`; their order is the order of `cardpay --help`."""
 
 

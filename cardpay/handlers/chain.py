@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cardpay.errors import CardpayError, ConcurrencyConflict
+from cardpay.handlers.cards import balance_moves
 from cardpay.handlers.payments import UowFactory, confirmation, execute
 from cardpay.handlers.ports import QuarantineItem, UnitOfWork, UnmatchedTransfer
 from domain import commands as c
@@ -87,10 +88,29 @@ class ChainSinkHandler:
             for command in self._apply_spends_in_bulk(uow, name, batch.commands):
                 self.apply_one(uow, name, command)
             uow.chain.add_activity(self._chain_id, batch.activity)
+            self._follow_cards(uow, name, batch)
             uow.chain.keep_blocks(name, batch.blocks,
                                   below=batch.cursor.block_number - self._window)
             uow.chain.save_cursor(name, batch.cursor)
             uow.commit()
+
+    def _follow_cards(self, uow: UnitOfWork, name: str, batch: ChainBatch) -> None:
+        """Registered Safes' balances and allowances move with the range's logs, in the same
+        transaction as everything else the range produced (so a crash or a reorg undoes them
+        together)."""
+        uow.cards.apply_transfers(balance_moves(batch.activity))
+        for change in uow.cards.apply_allowance_changes(batch.allowances):
+            self._quarantine(
+                uow, name, f"allowance:{change.key}",
+                f"allowance event of Roles module {change.roles_module} names no token and the "
+                "module is tracked for several: not applied",
+                {"roles_module": change.roles_module, "block_number": change.block_number,
+                 "log_index": change.log_index, "consumed": change.consumed,
+                 "new_balance": change.new_balance,
+                 "set_to": None if change.set_to is None else list(
+                     (change.set_to.balance, change.set_to.max_refill, change.set_to.refill,
+                      change.set_to.period, change.set_to.timestamp))},
+                change.block_hash)
 
     def _apply_spends_in_bulk(
         self, uow: UnitOfWork, name: str, commands: Sequence[ChainCommand]
@@ -187,6 +207,7 @@ class ChainSinkHandler:
             uow.claims.forget_blocks(orphaned)
             uow.refunds.forget_blocks(orphaned)
             uow.quarantine.forget_blocks(orphaned)
+            uow.cards.forget_blocks(orphaned)
             uow.chain.forget_above(name, self._chain_id, ancestor.number)
             uow.chain.save_cursor(name, Cursor(ancestor.number, ancestor.hash))
             uow.commit()

@@ -14,12 +14,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from cardpay.errors import CardpayError
+from domain.authorization import AccountSnapshot, Allowance, CardStatus
 from domain.events import DomainEvent, PaymentRefunded, PaymentSpent, RecordedEvent
+from domain.money import Currency, Money
 from listener.classify import Activity
-from listener.ports import BlockRef, Cursor
+from listener.ports import AllowanceChange, BlockRef, Cursor
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +212,154 @@ class DeliveryRepository(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class Card:
+    """A card in the registry: it spends `token` (canonical address) from the Safe `safe`.
+
+    `roles_module` is the Safe's Roles module, whose allowance events say how much of the daily
+    limit is left (None: not tracked). Addresses are lowercase hex.
+    """
+
+    card_id: str
+    safe: str
+    token: str
+    currency: Currency
+    status: CardStatus = CardStatus.ACTIVE
+    roles_module: str | None = None
+    blocked_mccs: frozenset[int] = frozenset()
+    velocity_limit: int | None = None
+    """At most this many authorizations per `velocity_window` (None: no limit)."""
+    velocity_window: timedelta = timedelta(hours=1)
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChainReading:
+    """A value read from the node at one block (`balanceOf`, the Roles module's allowance):
+    indexed transfers and allowance events after that block move it, none at or before it."""
+
+    block_number: int
+    block_hash: str
+    balance: int
+    allowance: Allowance | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IndexedBalance:
+    safe: str
+    token: str
+    balance: int
+    as_of_block: int
+    as_of_block_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceMove:
+    """One token Transfer's effect on one Safe: `delta` is +value in, -value out."""
+
+    safe: str
+    token: str
+    delta: int
+    block_number: int
+    block_hash: str
+    log_index: int
+
+
+@dataclass(frozen=True, slots=True)
+class LockedCard:
+    """A card read under its row lock, with what `decide` needs except the open holds (the
+    ledger's). `allowance` is the Roles module's state at its last indexed change."""
+
+    card: Card
+    balance: int
+    allowance: Allowance | None
+    recent_authorizations: int
+
+    def snapshot(self, open_holds: Money) -> AccountSnapshot:
+        currency = self.card.currency
+        return AccountSnapshot(
+            card_id=self.card.card_id, status=self.card.status,
+            balance=Money(self.balance, currency), open_holds=open_holds,
+            allowance=self.allowance, blocked_mccs=self.card.blocked_mccs,
+            velocity_limit=self.card.velocity_limit,
+            recent_authorizations=self.recent_authorizations)
+
+
+class CardExists(CardpayError):
+    """A card with this id is already registered."""
+
+
+class CardRegistry(Protocol):
+    """Cards, and what the chain says about their Safes: token balances and daily allowances.
+
+    Balances and allowances start from a `ChainReading` taken when the first card of a Safe and
+    token is registered; the listener then moves them with every indexed Transfer and allowance
+    event after that block, in its own transaction, and a reorg forgets the orphaned blocks'
+    effects by block hash. Nothing here calls the node.
+    """
+
+    def add(self, card: Card, reading: ChainReading) -> None:
+        """Register `card`; `reading` seeds the Safe's balance (and allowance) unless another
+        card of the same Safe and token already did. Raises `CardExists`."""
+        ...
+
+    def get(self, card_id: str) -> Card | None: ...
+
+    def all(self) -> list[Card]:
+        """Every card, oldest first."""
+        ...
+
+    def set_status(self, card_id: str, status: CardStatus) -> Card | None:
+        """Store the new status (the caller checks the transition); None if no such card."""
+        ...
+
+    def lock_for_authorization(self, card_id: str, now: datetime) -> LockedCard | None:
+        """Lock the card's row until the end of the transaction (SELECT ... FOR UPDATE), so two
+        authorizations of one card serialize, and read its snapshot data. None: no such card."""
+        ...
+
+    def record_authorization(self, card_id: str, at: datetime) -> None:
+        """Count an authorization for the velocity rule."""
+        ...
+
+    def balance(self, safe: str, token: str) -> IndexedBalance | None: ...
+
+    def allowance(self, safe: str, token: str) -> Allowance | None: ...
+
+    def apply_transfers(self, moves: Sequence[BalanceMove]) -> int:
+        """Move the balances of registered Safes (other moves, and moves at or before the
+        Safe's reading, are ignored; a move already applied is not applied again). Returns how
+        many moved a balance."""
+        ...
+
+    def apply_allowance_changes(self, changes: Sequence[AllowanceChange]
+                                ) -> list[AllowanceChange]:
+        """Follow the allowance of tracked Roles modules, in chain order. Returns the changes
+        of tracked modules that cannot be attributed to one token (a SetAllowance or an
+        unpaired ConsumeAllowance on a module tracked for several tokens)."""
+        ...
+
+    def forget_blocks(self, block_hashes: Sequence[str]) -> None:
+        """Undo the balance moves and allowance changes of these (orphaned) blocks."""
+        ...
+
+
+class ChainReader(Protocol):
+    """Reads a Safe's token balance and allowance from the node at one block (registration
+    only: an authorization never calls the node)."""
+
+    def confirmed_block(self) -> Cursor:
+        """The newest block the listener would index now (head minus the confirmations)."""
+        ...
+
+    def read(self, at: Cursor, *, safe: str, token: str, roles_module: str | None,
+             allowance_token: str | None) -> ChainReading:
+        """`token.balanceOf(safe)` at block `at`, and the Roles module's allowance for
+        `allowance_token` (the address the module scopes; EURe's v1 frontend) if both given."""
+        ...
+
+
 class UnitOfWork(Protocol):
     """One transaction: every repository's writes commit together, or none do."""
 
@@ -229,6 +380,9 @@ class UnitOfWork(Protocol):
 
     @property
     def deliveries(self) -> DeliveryRepository: ...
+
+    @property
+    def cards(self) -> CardRegistry: ...
 
     def __enter__(self) -> UnitOfWork: ...
 

@@ -21,7 +21,7 @@ from sqlalchemy import (
     UniqueConstraint,
     func,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 metadata = MetaData()
 Amount = Numeric(78, 0)
@@ -197,3 +197,100 @@ network_deliveries = Table(
     Column("response", JSONB, nullable=False),
     Column("received_at", DateTime(timezone=True), nullable=False),
 )
+# -- the card registry and what the chain says about its Safes (migration 0009) -----------------
+# A Safe's balance and allowance start from a reading at one block (`read_*`) and then follow the
+# indexed logs after it; each applied log is a row keyed by block hash, so a reorg forgets it.
+cards = Table(
+    "cards",
+    metadata,
+    Column("card_id", Text, primary_key=True),
+    Column("safe", Text, nullable=False),
+    Column("token", Text, nullable=False),
+    Column("currency", Text, nullable=False),
+    Column("decimals", Integer, nullable=False),
+    Column("status", Text, nullable=False, server_default="active"),
+    Column("roles_module", Text),
+    Column("blocked_mccs", ARRAY(Integer), nullable=False, server_default="{}"),
+    Column("velocity_limit", Integer),
+    Column("velocity_window_seconds", Integer, nullable=False, server_default="3600"),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+Index("cards_safe_token", cards.c.safe, cards.c.token)
+
+card_authorizations = Table(
+    "card_authorizations",
+    metadata,
+    Column("id", BigInteger, Identity(always=False), primary_key=True),
+    Column("card_id", Text, nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+)
+Index("card_authorizations_card_at", card_authorizations.c.card_id, card_authorizations.c.at)
+
+safe_balances = Table(
+    "safe_balances",
+    metadata,
+    Column("safe", Text, nullable=False),
+    Column("token", Text, nullable=False),
+    Column("balance", Amount, nullable=False),
+    Column("read_balance", Amount, nullable=False),
+    Column("read_block", BigInteger, nullable=False),
+    Column("read_block_hash", Text, nullable=False),
+    Column("as_of_block", BigInteger, nullable=False),
+    Column("as_of_block_hash", Text, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("safe", "token"),
+)
+
+safe_balance_moves = Table(
+    "safe_balance_moves",
+    metadata,
+    Column("block_hash", Text, nullable=False),
+    Column("log_index", Integer, nullable=False),
+    Column("safe", Text, nullable=False),
+    Column("token", Text, nullable=False),
+    Column("block_number", BigInteger, nullable=False),
+    Column("delta", Amount, nullable=False),
+    PrimaryKeyConstraint("block_hash", "log_index", "safe"),
+)
+Index("safe_balance_moves_latest", safe_balance_moves.c.safe, safe_balance_moves.c.token,
+      safe_balance_moves.c.block_number)
+
+_ALLOWANCE_COLUMNS = ("balance", "max_refill", "refill")
+
+safe_allowances = Table(
+    "safe_allowances",
+    metadata,
+    Column("safe", Text, nullable=False),
+    Column("token", Text, nullable=False),
+    Column("roles_module", Text, nullable=False),
+    *(Column(name, Amount, nullable=False) for name in _ALLOWANCE_COLUMNS),
+    Column("period", BigInteger, nullable=False),
+    Column("stamp", BigInteger, nullable=False),
+    *(Column(f"read_{name}", Amount, nullable=False) for name in _ALLOWANCE_COLUMNS),
+    Column("read_period", BigInteger, nullable=False),
+    Column("read_stamp", BigInteger, nullable=False),
+    Column("read_block", BigInteger, nullable=False),
+    Column("read_block_hash", Text, nullable=False),
+    Column("as_of_block", BigInteger, nullable=False),
+    Column("as_of_block_hash", Text, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("safe", "token"),
+)
+Index("safe_allowances_module", safe_allowances.c.roles_module)
+
+safe_allowance_changes = Table(
+    "safe_allowance_changes",
+    metadata,
+    Column("block_hash", Text, nullable=False),
+    Column("log_index", Integer, nullable=False),
+    Column("safe", Text, nullable=False),
+    Column("token", Text, nullable=False),
+    Column("block_number", BigInteger, nullable=False),
+    *(Column(name, Amount, nullable=False) for name in _ALLOWANCE_COLUMNS),
+    Column("period", BigInteger, nullable=False),
+    Column("stamp", BigInteger, nullable=False),
+    PrimaryKeyConstraint("block_hash", "log_index", "safe", "token"),
+)
+Index("safe_allowance_changes_latest", safe_allowance_changes.c.safe,
+      safe_allowance_changes.c.token, safe_allowance_changes.c.block_number)

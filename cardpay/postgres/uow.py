@@ -16,6 +16,7 @@ from sqlalchemy import Connection, Engine, func, select
 
 from cardpay.handlers.ports import QuarantineItem
 from cardpay.postgres.eventstore import PostgresEventStore
+from cardpay.postgres.repositories.cards import PostgresCardRegistry
 from cardpay.postgres.repositories.chain import PostgresChainState
 from cardpay.postgres.repositories.claims import PostgresCommandClaims
 from cardpay.postgres.repositories.deliveries import PostgresDeliveries
@@ -66,6 +67,7 @@ class PostgresUnitOfWork(_Transaction):
     chain: PostgresChainState
     refunds: PostgresRefundMatching
     deliveries: PostgresDeliveries
+    cards: PostgresCardRegistry
 
     def __init__(self, engine: Engine, *, outbox_topic: str | None = None) -> None:
         super().__init__(engine)
@@ -79,6 +81,7 @@ class PostgresUnitOfWork(_Transaction):
         self.chain = PostgresChainState(conn)
         self.refunds = PostgresRefundMatching(conn)
         self.deliveries = PostgresDeliveries(conn)
+        self.cards = PostgresCardRegistry(conn)
         return self
 
     @contextmanager

@@ -41,7 +41,7 @@ def _cardpay(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
 def _deploy(anvil_node: Any, tmp_path: Path) -> tuple[LocalChain, Path]:
     out = tmp_path / "local-deployment.json"
     proc = subprocess.run([sys.executable, "-m", "cardpay.cli.main", "deploy", "--rpc-url",
-                           anvil_node.rpc_url, "--cardholders", "4", "--out", str(out)],
+                           anvil_node.rpc_url, "--cardholders", "4", "--out", str(out), "--no-cards"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     deployment = LocalDeployment.from_dict(json.loads(out.read_text()))

@@ -14,18 +14,26 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
+from cardpay.handlers.cards import AllowanceStep, TrackedAllowance, follow_allowances
 from cardpay.handlers.ports import (
+    BalanceMove,
+    Card,
+    CardExists,
+    ChainReading,
     Delivery,
     ExpectedRefund,
+    IndexedBalance,
+    LockedCard,
     QuarantinedRow,
     QuarantineItem,
     UnmatchedTransfer,
 )
 from cardpay.postgres.eventstore import check_sequence
+from domain.authorization import Allowance, CardStatus
 from domain.events import DomainEvent, PaymentRefunded, PaymentSpent, RecordedEvent
 from domain.serialization import from_recorded, to_data
 from listener.classify import Activity
-from listener.ports import BlockRef, Cursor
+from listener.ports import AllowanceChange, BlockRef, Cursor
 
 
 @dataclass
@@ -43,6 +51,17 @@ class _Unmatched:
 
 
 @dataclass
+class _Tracked:
+    """A Safe's balance or allowance for one token: the reading it started from."""
+
+    read_block: int
+    read_block_hash: str
+    read_balance: int = 0
+    read_allowance: Allowance | None = None
+    roles_module: str = ""
+
+
+@dataclass
 class State:
     log: list[RecordedEvent] = field(default_factory=list)
     claims: dict[str, tuple[str, str | None]] = field(default_factory=dict)
@@ -53,6 +72,12 @@ class State:
     expected: list[_Expected] = field(default_factory=list)
     unmatched: dict[str, _Unmatched] = field(default_factory=dict)
     deliveries: dict[str, Delivery] = field(default_factory=dict)
+    cards: dict[str, Card] = field(default_factory=dict)
+    authorizations: list[tuple[str, datetime]] = field(default_factory=list)
+    balances: dict[tuple[str, str], _Tracked] = field(default_factory=dict)
+    balance_moves: dict[tuple[str, int, str], BalanceMove] = field(default_factory=dict)
+    allowances: dict[tuple[str, str], _Tracked] = field(default_factory=dict)
+    allowance_steps: dict[tuple[str, int, str, str], AllowanceStep] = field(default_factory=dict)
     sequence: int = 0
 
     def next(self) -> int:
@@ -282,6 +307,116 @@ class FakeDeliveries:
             delivery, response=copy.deepcopy(dict(delivery.response)))
 
 
+class FakeCardRegistry:
+    """The card registry in memory; balances and allowances are derived from the reading and
+    the kept moves each time, which is what the Postgres cache columns must agree with."""
+
+    def __init__(self, state: State) -> None:
+        self._s = state
+
+    def add(self, card: Card, reading: ChainReading) -> None:
+        if card.card_id in self._s.cards:
+            raise CardExists(f"card {card.card_id} is already registered")
+        now = datetime.now(UTC)
+        card = replace(card, safe=card.safe.lower(), token=card.token.lower(),
+                       roles_module=card.roles_module.lower() if card.roles_module else None,
+                       created_at=now, updated_at=now)
+        self._s.cards[card.card_id] = card
+        key = (card.safe, card.token)
+        self._s.balances.setdefault(key, _Tracked(reading.block_number, reading.block_hash,
+                                                  reading.balance))
+        if card.roles_module is not None and reading.allowance is not None:
+            self._s.allowances.setdefault(key, _Tracked(
+                reading.block_number, reading.block_hash, read_allowance=reading.allowance,
+                roles_module=card.roles_module))
+
+    def get(self, card_id: str) -> Card | None:
+        return self._s.cards.get(card_id)
+
+    def all(self) -> list[Card]:
+        return sorted(self._s.cards.values(),
+                      key=lambda c: (c.created_at or datetime.min.replace(tzinfo=UTC),
+                                     c.card_id))
+
+    def set_status(self, card_id: str, status: CardStatus) -> Card | None:
+        card = self._s.cards.get(card_id)
+        if card is None:
+            return None
+        card = self._s.cards[card_id] = replace(card, status=status,
+                                                updated_at=datetime.now(UTC))
+        return card
+
+    def lock_for_authorization(self, card_id: str, now: datetime) -> LockedCard | None:
+        card = self._s.cards.get(card_id)
+        if card is None:
+            return None
+        balance = self.balance(card.safe, card.token)
+        tracked = self._s.allowances.get((card.safe, card.token))
+        allowance = None if tracked is None or tracked.roles_module != card.roles_module \
+            else self.allowance(card.safe, card.token)
+        since = now - card.velocity_window
+        recent = 0 if card.velocity_limit is None else sum(
+            1 for cid, at in self._s.authorizations if cid == card_id and since < at <= now)
+        return LockedCard(card, 0 if balance is None else balance.balance, allowance, recent)
+
+    def record_authorization(self, card_id: str, at: datetime) -> None:
+        self._s.authorizations.append((card_id, at))
+
+    def balance(self, safe: str, token: str) -> IndexedBalance | None:
+        key = (safe.lower(), token.lower())
+        tracked = self._s.balances.get(key)
+        if tracked is None:
+            return None
+        moves = [m for m in self._s.balance_moves.values() if (m.safe, m.token) == key]
+        newest = max(moves, key=lambda m: (m.block_number, m.log_index), default=None)
+        return IndexedBalance(
+            *key, tracked.read_balance + sum(m.delta for m in moves),
+            tracked.read_block if newest is None else newest.block_number,
+            tracked.read_block_hash if newest is None else newest.block_hash)
+
+    def allowance(self, safe: str, token: str) -> Allowance | None:
+        key = (safe.lower(), token.lower())
+        tracked = self._s.allowances.get(key)
+        if tracked is None:
+            return None
+        steps = [st for st in self._s.allowance_steps.values() if (st.safe, st.token) == key]
+        newest = max(steps, key=lambda st: (st.block_number, st.log_index), default=None)
+        return tracked.read_allowance if newest is None else newest.state
+
+    def apply_transfers(self, moves: Sequence[BalanceMove]) -> int:
+        applied = 0
+        for m in moves:
+            m = replace(m, safe=m.safe.lower(), token=m.token.lower())
+            tracked = self._s.balances.get((m.safe, m.token))
+            key = (m.block_hash, m.log_index, m.safe)
+            if tracked is None or m.block_number <= tracked.read_block \
+                    or key in self._s.balance_moves:
+                continue
+            self._s.balance_moves[key] = m
+            applied += 1
+        return applied
+
+    def apply_allowance_changes(self, changes: Sequence[AllowanceChange]
+                                ) -> list[AllowanceChange]:
+        tracked = []
+        for (safe, token), t in sorted(self._s.allowances.items()):
+            state = self.allowance(safe, token)
+            assert state is not None
+            tracked.append(TrackedAllowance(safe, token, t.roles_module, state, t.read_block))
+        steps, unattributed = follow_allowances(tracked, changes)
+        for st in steps:
+            self._s.allowance_steps.setdefault(
+                (st.block_hash, st.log_index, st.safe, st.token), st)
+        return unattributed
+
+    def forget_blocks(self, block_hashes: Sequence[str]) -> None:
+        gone = set(block_hashes)
+        for key in [k for k in self._s.balance_moves if k[0] in gone]:
+            del self._s.balance_moves[key]
+        for skey in [k for k in self._s.allowance_steps if k[0] in gone]:
+            del self._s.allowance_steps[skey]
+
+
 class FakeDatabase:
     """The committed state; `uow()` opens a unit of work on it."""
 
@@ -310,6 +445,7 @@ class FakeUnitOfWork:
         self.chain = FakeChainState(self._state)
         self.refunds = FakeRefundMatching(self._state)
         self.deliveries = FakeDeliveries(self._state)
+        self.cards = FakeCardRegistry(self._state)
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -454,6 +454,7 @@ def test_the_recorder_writes_a_replayable_directory(tmp_path: Path) -> None:
     assert all(set(b) == {"number", "hash", "parentHash", "timestamp"} for b in blocks)
     hashes = {b["number"]: b["hash"] for b in blocks}
     assert all(hashes[log["blockNumber"]] == log["blockHash"] for log in logs)
-    # 8 spends (6 EURe: v2, v1, Spend; 2 USDCe: Transfer, Spend), 4 mints (v2 and USDCe only),
-    # 3 single refunds (two in EURe), a 4-leg EURe batch.
-    assert len(logs) == 6 * 3 + 2 * 2 + 4 + (2 * 2 + 1) + 4 * 2
+    # 8 spends (6 EURe: v2, v1, ConsumeAllowance, Spend; 2 USDCe: Transfer, ConsumeAllowance,
+    # Spend), 4 mints (v2 and USDCe only), 4 SetAllowance (2 cardholders x 2 tokens), 3 single
+    # refunds (two in EURe), a 4-leg EURe batch.
+    assert len(logs) == 6 * 4 + 2 * 3 + 4 + 4 + (2 * 2 + 1) + 4 * 2

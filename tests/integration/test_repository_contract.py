@@ -8,23 +8,31 @@ in the handler unit tests, and a PostgreSQL change that breaks it is caught on t
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine
 
 from cardpay.errors import ConcurrencyConflict
 from cardpay.handlers.ports import (
+    BalanceMove,
+    Card,
+    CardExists,
+    ChainReading,
     Delivery,
     ExpectedRefund,
+    IndexedBalance,
     QuarantineItem,
     UnitOfWork,
     UnmatchedTransfer,
 )
+from domain.authorization import Allowance, CardStatus
 from domain.events import PaymentRefunded, PaymentSpent
+from domain.money import Currency, Money
 from listener.classify import Activity, Kind
 from listener.logs import Log
-from listener.ports import BlockRef, Cursor
+from listener.ports import AllowanceChange, BlockRef, Cursor
 from tests.eventsourcing_helpers import refund_requested, spent
 from tests.fakes.storage import FakeDatabase
 
@@ -241,3 +249,137 @@ def test_a_delivery_is_kept_with_its_answer_once_per_webhook_id(uow: Factory) ->
             w.deliveries.record(Delivery("msg_1", "cd" * 32, 409, {}, at))
     with uow() as w:
         assert w.deliveries.get("msg_1") == first
+
+
+# -- the card registry -----------------------------------------------------------------------------
+SAFE_A, SAFE_B, ROLES_A = "0x" + "5a" * 20, "0x" + "5b" * 20, "0x" + "7a" * 20
+EURE_T, USDC_T = "0x" + "e0" * 20, "0x" + "dc" * 20
+EURE_C = Currency("EURe", 18)
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+DAILY = Allowance(100, 100, 100, 86_400, int(NOW.timestamp()) - 3_600)
+
+
+def _card(card_id: str, safe: str = SAFE_A, **kw: Any) -> Card:
+    return Card(card_id, safe.upper().replace("0X", "0x"), EURE_T, EURE_C, **kw)
+
+
+def _block(n: int, fork: str = "0") -> str:
+    return f"0x{n:062x}{fork * 2}"
+
+
+def _move(safe: str, delta: int, n: int, index: int = 0, fork: str = "0") -> BalanceMove:
+    return BalanceMove(safe, EURE_T, delta, n, _block(n, fork), index)
+
+
+def test_cards_are_registered_once_listed_and_change_status(uow: Factory) -> None:
+    with uow() as w:
+        w.cards.add(_card("c1", roles_module=ROLES_A.upper().replace("0X", "0x"),
+                          blocked_mccs=frozenset({7995, 5933}), velocity_limit=3,
+                          velocity_window=timedelta(minutes=10)),
+                    ChainReading(10, _block(10), 500, DAILY))
+        w.cards.add(_card("c2", SAFE_B), ChainReading(10, _block(10), 7))
+        with pytest.raises(CardExists):
+            w.cards.add(_card("c1", SAFE_B), ChainReading(11, _block(11), 1))
+        w.commit()
+    with uow() as w:
+        c1 = w.cards.get("c1")
+        assert c1 is not None and c1.created_at is not None
+        assert (c1.safe, c1.token, c1.roles_module, c1.currency) == (SAFE_A, EURE_T, ROLES_A,
+                                                                     EURE_C)
+        assert (c1.blocked_mccs, c1.velocity_limit, c1.velocity_window) == (
+            frozenset({7995, 5933}), 3, timedelta(minutes=10))
+        assert [c.card_id for c in w.cards.all()] == ["c1", "c2"]
+        frozen = w.cards.set_status("c2", CardStatus.FROZEN)
+        assert frozen is not None and frozen.status is CardStatus.FROZEN
+        assert w.cards.set_status("nope", CardStatus.CLOSED) is None and w.cards.get("x") is None
+        w.commit()
+    with uow() as w:
+        c2 = w.cards.get("c2")
+        assert c2 is not None and c2.status is CardStatus.FROZEN
+
+
+def test_lock_for_authorization_reads_the_snapshot_data(uow: Factory) -> None:
+    with uow() as w:
+        w.cards.add(_card("c1", roles_module=ROLES_A, velocity_limit=2,
+                          velocity_window=timedelta(minutes=10)),
+                    ChainReading(10, _block(10), 500, DAILY))
+        w.cards.add(_card("c2"), ChainReading(99, _block(99), 1))  # same Safe: reading kept
+        for minutes in (11, 9, 1, -1):  # two inside the window; one too old, one in the future
+            w.cards.record_authorization("c1", NOW - timedelta(minutes=minutes))
+        w.commit()
+    with uow() as w:
+        locked = w.cards.lock_for_authorization("c1", NOW)
+        assert locked is not None
+        assert (locked.card.card_id, locked.balance, locked.allowance,
+                locked.recent_authorizations) == ("c1", 500, DAILY, 2)
+        snap = locked.snapshot(Money(120, EURE_C))
+        assert snap.funds() == Money(380, EURE_C) and snap.available(NOW) == Money(100, EURE_C)
+        other = w.cards.lock_for_authorization("c2", NOW)
+        assert other is not None and (other.balance, other.allowance) == (500, None)
+        assert other.recent_authorizations == 0  # no velocity rule: not counted
+        assert w.cards.lock_for_authorization("nope", NOW) is None
+
+
+def test_transfers_move_registered_balances_once_after_the_reading(uow: Factory) -> None:
+    with uow() as w:
+        w.cards.add(_card("c1"), ChainReading(10, _block(10), 500))
+        applied = w.cards.apply_transfers([
+            _move(SAFE_A, +40, 10),  # at the reading's block: already in the balance
+            _move(SAFE_A, +30, 11), _move(SAFE_A, -5, 12, 1),
+            _move(SAFE_B, +99, 12),  # not registered
+            BalanceMove(SAFE_A, USDC_T, 7, 12, _block(12), 2),  # another token
+        ])
+        assert applied == 2
+        assert w.cards.apply_transfers([_move(SAFE_A, +30, 11)]) == 0  # the same log again
+        w.commit()
+    with uow() as w:
+        assert w.cards.balance(SAFE_A.upper().replace("0X", "0x"), EURE_T) == IndexedBalance(
+            SAFE_A, EURE_T, 525, 12, _block(12))
+        assert w.cards.balance(SAFE_B, EURE_T) is None
+        locked = w.cards.lock_for_authorization("c1", NOW)
+        assert locked is not None and locked.balance == 525
+
+
+def test_a_reorg_forgets_balance_moves_and_allowance_changes_by_block_hash(uow: Factory) -> None:
+    stamp = int(NOW.timestamp())
+    with uow() as w:
+        w.cards.add(_card("c1", roles_module=ROLES_A), ChainReading(10, _block(10), 500, DAILY))
+        w.cards.apply_transfers([_move(SAFE_A, +30, 11), _move(SAFE_A, -20, 12)])
+        left = w.cards.apply_allowance_changes([
+            AllowanceChange(ROLES_A, 11, _block(11), 3, stamp, token=EURE_T, consumed=20,
+                            new_balance=80),
+            AllowanceChange(ROLES_A, 12, _block(12), 4, stamp + 5, token=USDC_T, consumed=1,
+                            new_balance=1),  # a token not tracked for this module
+            AllowanceChange("0x" + "99" * 20, 12, _block(12), 5, stamp, token=EURE_T,
+                            consumed=1, new_balance=1),  # a module not tracked
+            AllowanceChange(ROLES_A, 12, _block(12), 6, stamp + 5,
+                            set_to=Allowance(300, 300, 300, 86_400, stamp + 5)),
+        ])
+        assert left == []
+        w.commit()
+    with uow() as w:
+        assert w.cards.allowance(SAFE_A, EURE_T) == Allowance(300, 300, 300, 86_400, stamp + 5)
+        w.cards.forget_blocks([_block(12)])
+        balance = w.cards.balance(SAFE_A, EURE_T)
+        assert balance == IndexedBalance(SAFE_A, EURE_T, 530, 11, _block(11))
+        consumed = w.cards.allowance(SAFE_A, EURE_T)
+        assert consumed == Allowance(80, 100, 100, 86_400, DAILY.timestamp)
+        w.cards.forget_blocks([_block(11)])
+        assert w.cards.balance(SAFE_A, EURE_T) == IndexedBalance(SAFE_A, EURE_T, 500, 10,
+                                                                 _block(10))
+        assert w.cards.allowance(SAFE_A, EURE_T) == DAILY
+        locked = w.cards.lock_for_authorization("c1", NOW)
+        assert locked is not None and (locked.balance, locked.allowance) == (500, DAILY)
+
+
+def test_a_set_allowance_with_no_token_is_not_guessed_between_tokens(uow: Factory) -> None:
+    stamp = int(NOW.timestamp())
+    with uow() as w:
+        w.cards.add(_card("c1", roles_module=ROLES_A), ChainReading(10, _block(10), 5, DAILY))
+        w.cards.add(Card("c2", SAFE_A, USDC_T, Currency("USDCe", 6), roles_module=ROLES_A),
+                    ChainReading(10, _block(10), 5, DAILY))
+        ambiguous = AllowanceChange(ROLES_A, 11, _block(11), 0, stamp,
+                                    set_to=Allowance(1, 1, 1, 1, stamp))
+        assert w.cards.apply_allowance_changes([ambiguous]) == [ambiguous]
+        assert w.cards.allowance(SAFE_A, EURE_T) == DAILY
+        assert w.cards.allowance(SAFE_A, USDC_T) == DAILY

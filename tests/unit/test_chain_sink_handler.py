@@ -7,16 +7,21 @@ rolled back completely, and refund transfers matched whichever side is seen firs
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 
 import pytest
 
 from cardpay.handlers.chain import ChainSinkHandler, StaleCursor
 from cardpay.handlers.payments import PaymentService
+from cardpay.handlers.ports import Card, ChainReading
 from domain import commands as c
+from domain.authorization import Allowance
 from domain.events import ChainEvidence, PaymentRefunded, PaymentSpent, SpendRetracted
 from domain.money import Currency, Money
-from listener.ports import BlockRef, ChainBatch, Cursor, Rejected
+from listener.classify import Activity, Kind
+from listener.logs import Log
+from listener.ports import AllowanceChange, BlockRef, ChainBatch, Cursor, Rejected
 from tests.fakes.storage import FakeDatabase
 
 pytestmark = pytest.mark.unit
@@ -262,3 +267,54 @@ def test_a_repeated_refund_transfer_alone_keeps_the_original_claim(
     assert len(view.events.events_of_type(PaymentRefunded)) == 1
     assert view.claims.outcome(transfer.command_id) == "applied"
     assert [r.key for r in view.quarantine.list()] == [f"duplicate:{transfer.command_id}"]
+
+
+# -- registered Safes' balances and allowances follow the range --------------------------------------
+OTHER = "0x" + "77" * 20
+ROLES = "0x" + "70" * 20
+
+
+def _activity(block: int, index: int, sender: str, recipient: str, units: int,
+              branch: str = "a") -> Activity:
+    log = Log(TOKEN, (), "0x", block, _hash(block, branch), f"0x{block * 100 + index:064x}", 0,
+              index)
+    return Activity(log, Kind.OTHER, TOKEN, "EURe", sender, recipient, units, None, NOW)
+
+
+def _register(db: FakeDatabase, *, with_allowance: bool = False) -> None:
+    with db.uow() as uow:
+        uow.cards.add(Card("c1", SAFE, TOKEN, EURE, roles_module=ROLES if with_allowance
+                           else None),
+                      ChainReading(1, _hash(1), 1_000, Allowance(50, 50, 50, 86_400, 0)))
+        uow.commit()
+
+
+def test_transfers_in_and_out_of_a_registered_safe_move_its_balance_and_a_reorg_undoes_it(
+        db: FakeDatabase, sink: ChainSinkHandler) -> None:
+    _register(db)
+    sink.apply("main", dataclasses.replace(_batch(None, 3, [], first=1), activity=[
+        _activity(1, 0, OTHER, SAFE, 999),  # at the reading's block: already counted
+        _activity(2, 0, OTHER, SAFE, 300), _activity(3, 1, SAFE, OTHER, 100),
+        _activity(3, 2, OTHER, "0x" + "66" * 20, 5)]))
+    balance = db.read().cards.balance(SAFE, TOKEN)
+    assert balance is not None and (balance.balance, balance.as_of_block) == (1_200, 3)
+    sink.rollback("main", BlockRef(2, _hash(2), _hash(1)), Cursor(3, _hash(3)))
+    balance = db.read().cards.balance(SAFE, TOKEN)
+    assert balance is not None and (balance.balance, balance.as_of_block) == (1_300, 2)
+
+
+def test_allowance_changes_follow_and_an_unattributable_one_is_quarantined(
+        db: FakeDatabase, sink: ChainSinkHandler) -> None:
+    _register(db, with_allowance=True)
+    with db.uow() as uow:  # a second token on the same Roles module: SetAllowance is ambiguous
+        uow.cards.add(Card("c2", SAFE, OTHER, EURE, roles_module=ROLES),
+                      ChainReading(1, _hash(1), 0, Allowance(9, 9, 9, 86_400, 0)))
+        uow.commit()
+    stamp = int(NOW.timestamp())
+    sink.apply("main", dataclasses.replace(_batch(None, 2, [], first=1), allowances=[
+        AllowanceChange(ROLES, 2, _hash(2), 0, stamp, token=TOKEN, consumed=20, new_balance=30),
+        AllowanceChange(ROLES, 2, _hash(2), 1, stamp, set_to=Allowance(1, 1, 1, 1, stamp))]))
+    left = db.read().cards.allowance(SAFE, TOKEN)
+    assert left is not None and left.balance == 30
+    [item] = db.read().quarantine.list()
+    assert item.key == f"allowance:{_hash(2)}:1" and item.block_hash == _hash(2)

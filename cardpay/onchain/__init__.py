@@ -1,0 +1,1 @@
+"""Adapters that read from or write to the chain for the service layer's ports."""
