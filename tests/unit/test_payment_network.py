@@ -221,6 +221,18 @@ def test_an_advice_resizes_the_open_hold_fuel_pump() -> None:
     assert_conserved(payment)
 
 
+def test_an_advice_resizes_only_what_is_still_held() -> None:
+    """Advised 120 after 30 was cleared from a 100 hold: 90 stays held. Advised 20 (less than
+    was already cleared): nothing stays held, and what was cleared stands."""
+    payment = run(approve("100"), clearing("30", final=False))
+    [event] = new_events(payment, advice("120"))
+    assert isinstance(event, e.AuthorizationAdvised) and event.held == eure("90")
+    assert figures(payment)["authorized"] == "120"
+    handle(payment, advice("20"))
+    assert figures(payment)["held"] == "0" and figures(payment)["authorized"] == "30"
+    assert_conserved(payment)
+
+
 def test_an_advice_after_the_hold_ended_is_refused() -> None:
     payment = run(approve(), clearing())
     with pytest.raises(AuthorizationClosed):
@@ -547,6 +559,13 @@ def test_returns_never_exceed_what_was_cleared_net_of_earlier_returns() -> None:
     with pytest.raises(ReturnExceedsClearing):
         handle(payment, return_("0.000000000000000001"))
     assert figures(payment)["returned"] == "80"
+
+
+def test_a_return_above_what_was_cleared_is_refused() -> None:
+    payment = run(approve("100"), clearing("80"))
+    with pytest.raises(ReturnExceedsClearing):
+        handle(payment, return_("80.000000000000000001"))
+    assert figures(payment)["returned"] == "0"
 
 
 def test_a_return_before_any_clearing_is_refused() -> None:
