@@ -20,7 +20,7 @@ from domain.errors import (
     ReturnExceedsClearing,
 )
 from domain.money import Currency, Money
-from domain.payment import Network, Payment, Status, handle
+from domain.payment import Network, Payment, Status, authorization_expires_at, handle
 
 pytestmark = pytest.mark.unit
 
@@ -237,6 +237,13 @@ def test_an_advice_after_the_hold_ended_is_refused() -> None:
     payment = run(approve(), clearing())
     with pytest.raises(AuthorizationClosed):
         handle(payment, advice())
+
+
+@pytest.mark.parametrize(("mcc", "days"), [
+    ("5411", 7), ("3500", 7), ("3501", 30), ("3999", 30), ("4000", 7), ("7011", 30),
+    ("7512", 30), ("7513", 7), ("", 7)])
+def test_the_validity_of_an_authorization_depends_on_its_mcc(mcc: str, days: int) -> None:
+    assert authorization_expires_at(T0, mcc) == T0 + timedelta(days=days)
 
 
 # -- incremental authorization ---------------------------------------------------------------------
