@@ -17,6 +17,7 @@ from domain.errors import (
     AuthorizationNotFound,
     DomainError,
     InvalidTransition,
+    NaiveTimestamp,
     ReturnExceedsClearing,
 )
 from domain.money import Currency, Money
@@ -676,6 +677,16 @@ def test_every_refusal_is_a_domain_error_that_changes_nothing() -> None:
     payment = run(force_post("40"))
     handle(payment, clearing("1"))
     assert figures(payment)["cleared"] == "41"
+
+
+def test_naive_times_are_refused_before_they_are_compared() -> None:
+    payment = run(approve())
+    naive = datetime(2024, 6, 1, 12, 0)
+    with pytest.raises(NaiveTimestamp):
+        handle(payment, expire(at=naive))
+    with pytest.raises(NaiveTimestamp):
+        handle(payment, increase("1", expires_at=naive))
+    assert payment.version == 1
 
 
 @pytest.mark.parametrize("zero", [
