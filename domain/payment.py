@@ -279,7 +279,7 @@ class Payment:
         was_new = self.network.status is Network.NONE
         self._record(e.AuthorizationDeclined, cmd, account=cmd.account, amount=cmd.amount,
                      merchant=cmd.merchant, mcc=cmd.mcc, reason=cmd.reason,
-                     held=self._held_or_zero(cmd.amount.currency))
+                     held=self._held_in(cmd.amount.currency))
         if was_new:
             self._apply_parked(cmd)
 
@@ -459,7 +459,7 @@ class Payment:
             raise InvalidTransition(
                 f"payment {self.id}: {amount.currency} on a payment in {known}")
 
-    def _held_or_zero(self, currency: Currency) -> Money:
+    def _held_in(self, currency: Currency) -> Money:
         return Money(self.network.held_units, currency)
 
     def _record_clearing(self, cmd: c.Command, clearing_id: str, amount: Money,
