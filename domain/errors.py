@@ -38,3 +38,25 @@ class NaiveTimestamp(DomainError):
 class InvalidNetworkMessage(DomainError):
     """A card-network message whose facts contradict each other (a report whose net is not its
     credits minus its debits, a partial approval the network did not allow...)."""
+
+
+class AuthorizationNotFound(InvalidTransition):
+    """A network message that needs its authorization (a reversal, an increment, an expiry) came
+    for a payment whose authorization has not arrived. The handler retries it later or quarantines
+    it (the network's ORIGINAL_NOT_FOUND); clearings are parked instead, since they cannot be
+    refused."""
+
+
+class AuthorizationClosed(InvalidTransition):
+    """A message that needs an open hold (an increment, an advice) came after the hold was
+    resolved (cleared, reversed, expired or declined)."""
+
+
+class AuthorizationNotExpired(InvalidTransition):
+    """An expiry before the authorization's `expires_at`: a timer fired early or read another
+    payment's deadline."""
+
+
+class ReturnExceedsClearing(InvalidTransition):
+    """A merchant return larger than what was cleared net of earlier returns (or a return reversal
+    larger than what was returned)."""

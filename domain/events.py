@@ -120,7 +120,139 @@ class RefundRetracted(DomainEvent):
     reason: str
 
 
-PAYMENT_EVENTS: tuple[type[DomainEvent], ...] = (
+# -- the card network's side ------------------------------------------------------------------------
+# One Payment stream per network authorization id. `PaymentAuthorized` (above) is our approval;
+# the events below are the network's other messages. The causation id of each is the network's
+# message id. Every event that can move the hold carries `held`, the hold left open after it, so
+# the ledger can resize its pending transfer without replaying the stream; amounts released or
+# posted are named so each maps to one ledger operation.
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuthorizationDeclined(DomainEvent):
+    """We declined an authorization (or an increment of an open one, which leaves its hold as it
+    was). Kept so that a later advice or clearing finds the payment."""
+
+    account: str
+    amount: Money
+    merchant: str
+    mcc: str
+    reason: str
+    held: Money
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuthorizationAdvised(DomainEvent):
+    """The network decided for us (stand-in) and told us afterwards. Approved: the hold is opened,
+    or an open hold resized to `amount`; declined: an open hold is released (`released`)."""
+
+    account: str
+    amount: Money
+    merchant: str
+    mcc: str
+    expires_at: datetime
+    approved: bool
+    reason: str
+    released: Money
+    held: Money
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuthorizationIncreased(DomainEvent):
+    """An incremental authorization was approved: the hold grows by `amount` to `held`;
+    `authorized` is the new total and `expires_at` the (possibly extended) deadline."""
+
+    amount: Money
+    authorized: Money
+    expires_at: datetime
+    held: Money
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuthorizationReversed(DomainEvent):
+    """The merchant reversed `amount` of the authorization (all of it when `full`); `released` is
+    what left the hold (nothing once the hold was already resolved). A full reversal ends the hold."""
+
+    amount: Money
+    full: bool
+    released: Money
+    held: Money
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuthorizationExpired(DomainEvent):
+    """No final clearing before `expires_at`: what was still held is released and the hold ends.
+    A clearing may still come and is accepted."""
+
+    released: Money
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClearingParked(DomainEvent):
+    """A clearing arrived before its authorization. Nothing moves; it is applied (as a
+    `ClearingRecorded` naming it) when the authorization arrives."""
+
+    amount: Money
+    final: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClearingRecorded(DomainEvent):
+    """The network presented a clearing (`clearing_id` is its message id; it differs from the
+    causation id when a parked clearing is applied by its authorization's arrival).
+
+    `from_hold` is posted out of the open hold, `beyond_hold` has no hold behind it (an
+    over-clearing, or a clearing after the hold was reversed, expired or declined: `basis` says
+    which), `released` is the hold's remainder released by a final clearing, `held` what stays.
+    """
+
+    clearing_id: str
+    amount: Money
+    final: bool
+    basis: str
+    from_hold: Money
+    beyond_hold: Money
+    released: Money
+    held: Money
+
+
+@dataclass(frozen=True, kw_only=True)
+class PaymentForcePosted(DomainEvent):
+    """A clearing with no authorization at all: the payment exists only as cleared."""
+
+    account: str
+    amount: Money
+    merchant: str
+    mcc: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class FinancialAuthorizationRecorded(DomainEvent):
+    """A single-message (SMS) authorization: approved and cleared at once, no hold in between."""
+
+    account: str
+    amount: Money
+    merchant: str
+    mcc: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReturnRecorded(DomainEvent):
+    """The merchant refunded `amount` through the network; `returned` is the total now."""
+
+    amount: Money
+    returned: Money
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReturnReversed(DomainEvent):
+    """A return was undone for `amount`; `returned` is the total left."""
+
+    amount: Money
+    returned: Money
+
+
+CHAIN_EVENTS: tuple[type[DomainEvent], ...] = (
     PaymentAuthorized,
     PaymentSpent,
     PaymentCleared,
@@ -132,6 +264,24 @@ PAYMENT_EVENTS: tuple[type[DomainEvent], ...] = (
     SpendRetracted,
     RefundRetracted,
 )
+"""The chain-side lifecycle (and our approval, `PaymentAuthorized`, which both sides share)."""
+
+NETWORK_EVENTS: tuple[type[DomainEvent], ...] = (
+    AuthorizationDeclined,
+    AuthorizationAdvised,
+    AuthorizationIncreased,
+    AuthorizationReversed,
+    AuthorizationExpired,
+    ClearingParked,
+    ClearingRecorded,
+    PaymentForcePosted,
+    FinancialAuthorizationRecorded,
+    ReturnRecorded,
+    ReturnReversed,
+)
+"""The card network's messages other than our approval."""
+
+PAYMENT_EVENTS: tuple[type[DomainEvent], ...] = (*CHAIN_EVENTS, *NETWORK_EVENTS)
 
 
 @dataclass(frozen=True, slots=True)

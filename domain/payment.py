@@ -1,13 +1,33 @@
 """The Payment aggregate: one card payment from authorization to settlement.
 
+Two sides share the stream. The chain side (`status`, `hold`, `spent`, `cleared`, refunds) follows
+the spend on chain and the refunds paid back. The network side (`network`, a `NetworkState`)
+follows the card network's messages for one authorization id: approval or decline, advice,
+increments, reversals, expiry, clearings, force posts, returns. `PaymentAuthorized` (our approval)
+belongs to both; every other event to one side only.
+
 Command methods check the invariants and record past-tense events; state changes only in `_apply`.
-Invariants:
+Invariants, chain side:
 - refunds (requested and confirmed together) never exceed what was spent on chain, and after
   clearing never exceed what was cleared (the difference is refunded automatically);
 - the hold resolves at most once (posted by clearing, or voided by a reversal); a reorg that takes
   the spend away removes the hold before it resolved;
 - a reversed payment takes no new lifecycle command; only refunds already in flight (including the
   reversal's own refund of what was spent) go on being submitted, confirmed or retracted.
+Invariants, network side (amounts in the card's token, one currency per payment):
+- a network message id is recorded at most once: a repeat changes nothing and records nothing;
+- the network hold opens at most once (approval or approved advice) and resolves at most once (a
+  final clearing, a full reversal, an expiry, or a declining advice); while open it is
+  `authorized - posted from the hold - reversed - released`, never negative, and afterwards zero;
+- a clearing is never refused (the network cannot be): before its authorization it is parked and
+  applied when the authorization arrives; after the hold resolved, or beyond it, it is recorded
+  as cleared without a hold (`beyond_hold`) for the handler to re-hold or force post;
+- returns never exceed what was cleared net of earlier returns; a return reversal never exceeds
+  what was returned;
+- messages that need an authorization (increment, reversal, expiry) are refused with
+  `AuthorizationNotFound` before it arrives; increments and advices with `AuthorizationClosed`
+  once the hold resolved; a reversal or an expiry after the hold resolved releases nothing (the
+  reversal is recorded, the expiry is a no-op).
 """
 
 from __future__ import annotations
@@ -19,8 +39,22 @@ from typing import Any
 
 from domain import commands as c
 from domain import events as e
-from domain.errors import InvalidTransition, NaiveTimestamp, RefundExceedsCapture
-from domain.money import Money
+from domain.card_network import (
+    Network,
+    NetworkState,
+    ParkedClearing,
+    authorization_expires_at,
+)
+from domain.errors import (
+    AuthorizationClosed,
+    AuthorizationNotExpired,
+    AuthorizationNotFound,
+    InvalidTransition,
+    NaiveTimestamp,
+    RefundExceedsCapture,
+    ReturnExceedsClearing,
+)
+from domain.money import Currency, Money
 
 
 class Status(enum.StrEnum):
@@ -59,6 +93,7 @@ class Payment:
         self.cleared: Money | None = None
         self.spend_evidence: e.ChainEvidence | None = None
         self.refunds: dict[str, _Refund] = {}
+        self.network = NetworkState()
         self.pending_events: list[e.DomainEvent] = []
 
     # -- reconstitution -------------------------------------------------------------------------
@@ -94,10 +129,26 @@ class Payment:
             return None
         return self.spent - self.committed_refunds
 
+    def parked_since(self) -> datetime | None:
+        """When the oldest clearing still waiting for its authorization arrived (None if none
+        waits): a timer raises an exception for a payment parked too long."""
+        return min((p.at for p in self.network.parked), default=None)
+
     # -- commands -------------------------------------------------------------------------------
     def authorize(self, cmd: c.AuthorizePayment) -> None:
+        """We approved (perhaps partially): the hold opens, and clearings parked before it apply."""
+        if self._seen(cmd):
+            return
         self._require(Status.NEW)
+        self._require_network(Network.NONE)
         self._positive(cmd.amount)
+        if cmd.requested is not None and (
+            cmd.requested.currency != cmd.amount.currency or cmd.amount > cmd.requested
+        ):
+            raise InvalidTransition(
+                f"payment {self.id}: approved {cmd.amount} exceeds requested {cmd.requested}"
+            )
+        self._same_currency(cmd.amount)
         self._record(
             e.PaymentAuthorized,
             cmd,
@@ -107,6 +158,7 @@ class Payment:
             mcc=cmd.mcc,
             expires_at=cmd.expires_at,
         )
+        self._apply_parked(cmd)
 
     def confirm_spend(self, cmd: c.ConfirmSpend) -> None:
         """The spend log was seen. A payment seen first on chain (observer mode) starts here."""
@@ -216,6 +268,221 @@ class Payment:
         self._require(Status.CLEARED)
         self._record(e.PaymentSettled, cmd, batch_id=cmd.batch_id)
 
+    # -- network commands -----------------------------------------------------------------------
+    def decline(self, cmd: c.DeclineAuthorization) -> None:
+        """We declined. On an open authorization it was a declined increment: the hold stays."""
+        if self._seen(cmd):
+            return
+        self._positive(cmd.amount)
+        self._require_network(Network.NONE, Network.AUTHORIZED)
+        self._same_currency(cmd.amount)
+        was_new = self.network.status is Network.NONE
+        self._record(e.AuthorizationDeclined, cmd, account=cmd.account, amount=cmd.amount,
+                     merchant=cmd.merchant, mcc=cmd.mcc, reason=cmd.reason,
+                     held=self._held_in(cmd.amount.currency))
+        if was_new:
+            self._apply_parked(cmd)
+
+    def advise(self, cmd: c.AdviseAuthorization) -> None:
+        """The network stood in. Recorded whatever we would have decided; an approval opens the
+        hold (or resizes an open one to the advised amount), a decline releases an open hold."""
+        if self._seen(cmd):
+            return
+        self._positive(cmd.amount)
+        self._same_currency(cmd.amount)
+        n = self.network
+        if n.status not in (Network.NONE, Network.DECLINED, Network.AUTHORIZED) or (
+            n.status is Network.DECLINED and n.hold_opened
+        ):
+            raise AuthorizationClosed(
+                f"payment {self.id}: advice after the hold ended ({n.status.value})")
+        units = cmd.amount.units
+        consumed = n.authorized_units - n.held_units
+        held, released = n.held_units, 0
+        if cmd.approved:
+            held = max(units - consumed, 0) if n.status is Network.AUTHORIZED else units
+        else:
+            held, released = 0, n.held_units
+        was_new = n.status is Network.NONE
+        currency = cmd.amount.currency
+        self._record(e.AuthorizationAdvised, cmd, account=cmd.account, amount=cmd.amount,
+                     merchant=cmd.merchant, mcc=cmd.mcc, expires_at=cmd.expires_at,
+                     approved=cmd.approved, reason=cmd.reason,
+                     released=Money(released, currency), held=Money(held, currency))
+        if was_new:
+            self._apply_parked(cmd)
+
+    def increase(self, cmd: c.IncreaseAuthorization) -> None:
+        if self._seen(cmd):
+            return
+        self._positive(cmd.amount)
+        self._require_open_hold("increment")
+        self._same_currency(cmd.amount)
+        n = self.network
+        assert n.expires_at is not None
+        expires_at = n.expires_at
+        self._aware(cmd, "expires_at", cmd.expires_at)
+        if cmd.expires_at is not None and cmd.expires_at > expires_at:
+            expires_at = cmd.expires_at
+        self._record(e.AuthorizationIncreased, cmd, amount=cmd.amount,
+                     authorized=Money(n.authorized_units + cmd.amount.units, cmd.amount.currency),
+                     expires_at=expires_at,
+                     held=Money(n.held_units + cmd.amount.units, cmd.amount.currency))
+
+    def reverse_authorization(self, cmd: c.ReverseAuthorization) -> None:
+        """Partial (an amount) or full (None). A reversal that leaves nothing held ends the hold;
+        one after the hold ended is recorded and releases nothing."""
+        if self._seen(cmd):
+            return
+        n = self.network
+        if n.status is Network.NONE:
+            raise AuthorizationNotFound(f"payment {self.id}: reversal before its authorization")
+        assert n.currency is not None
+        if cmd.amount is not None:
+            self._positive(cmd.amount)
+            self._same_currency(cmd.amount)
+        asked = n.held_units if cmd.amount is None else cmd.amount.units
+        released = min(asked, n.held_units) if n.status is Network.AUTHORIZED else 0
+        self._record(e.AuthorizationReversed, cmd, amount=Money(asked, n.currency),
+                     full=cmd.amount is None or released == n.held_units,
+                     released=Money(released, n.currency),
+                     held=Money(n.held_units - released, n.currency))
+
+    def expire(self, cmd: c.ExpireAuthorization) -> None:
+        """Release what is still held. After the hold ended (or a decline) there is nothing to
+        release and nothing is recorded."""
+        if self._seen(cmd):
+            return
+        n = self.network
+        if n.status is Network.NONE:
+            raise AuthorizationNotFound(f"payment {self.id}: expiry before its authorization")
+        if n.status is not Network.AUTHORIZED:
+            return
+        assert n.expires_at is not None and n.currency is not None
+        self._aware(cmd, "at", cmd.at)
+        if cmd.at < n.expires_at:
+            raise AuthorizationNotExpired(
+                f"payment {self.id}: expiry at {cmd.at.isoformat()}, "
+                f"authorization valid until {n.expires_at.isoformat()}"
+            )
+        self._record(e.AuthorizationExpired, cmd, released=Money(n.held_units, n.currency))
+
+    def record_clearing(self, cmd: c.RecordClearing) -> None:
+        """Never refused for its state: parked before the authorization, else recorded."""
+        if self._seen(cmd):
+            return
+        self._positive(cmd.amount)
+        self._same_currency(cmd.amount)
+        if self.network.status is Network.NONE:
+            self._record(e.ClearingParked, cmd, amount=cmd.amount, final=cmd.final)
+            return
+        self._record_clearing(cmd, cmd.command_id, cmd.amount, cmd.final)
+
+    def force_post(self, cmd: c.ForcePost) -> None:
+        if self._seen(cmd):
+            return
+        self._require_unknown_to_network("force post", cmd.amount)
+        self._record(e.PaymentForcePosted, cmd, account=cmd.account, amount=cmd.amount,
+                     merchant=cmd.merchant, mcc=cmd.mcc)
+
+    def record_financial_authorization(self, cmd: c.RecordFinancialAuthorization) -> None:
+        if self._seen(cmd):
+            return
+        self._require_unknown_to_network("financial authorization", cmd.amount)
+        self._record(e.FinancialAuthorizationRecorded, cmd, account=cmd.account,
+                     amount=cmd.amount, merchant=cmd.merchant, mcc=cmd.mcc)
+
+    def record_return(self, cmd: c.RecordReturn) -> None:
+        if self._seen(cmd):
+            return
+        self._positive(cmd.amount)
+        self._same_currency(cmd.amount)
+        returnable = self.network.returnable
+        if returnable is None or cmd.amount > returnable:
+            raise ReturnExceedsClearing(
+                f"payment {self.id}: return {cmd.amount} exceeds what is cleared and not yet "
+                f"returned ({returnable})"
+            )
+        self._record(e.ReturnRecorded, cmd, amount=cmd.amount,
+                     returned=Money(self.network.returned_units + cmd.amount.units,
+                                    cmd.amount.currency))
+
+    def reverse_return(self, cmd: c.ReverseReturn) -> None:
+        if self._seen(cmd):
+            return
+        self._positive(cmd.amount)
+        self._same_currency(cmd.amount)
+        returned = self.network.returned
+        if returned is None or cmd.amount > returned:
+            raise ReturnExceedsClearing(
+                f"payment {self.id}: return reversal {cmd.amount} exceeds returned {returned}")
+        self._record(e.ReturnReversed, cmd, amount=cmd.amount, returned=returned - cmd.amount)
+
+    # -- network helpers --------------------------------------------------------------------------
+    def _seen(self, cmd: c.Command) -> bool:
+        """A network message already recorded: the retry is a no-op."""
+        return cmd.command_id in self.network.messages
+
+    def _require_network(self, *allowed: Network) -> None:
+        if self.network.status not in allowed:
+            raise InvalidTransition(
+                f"payment {self.id}: network side is {self.network.status.value}; "
+                f"needs {' or '.join(s.value for s in allowed)}"
+            )
+
+    def _require_open_hold(self, what: str) -> None:
+        status = self.network.status
+        if status is Network.NONE:
+            raise AuthorizationNotFound(f"payment {self.id}: {what} before its authorization")
+        if status is not Network.AUTHORIZED:
+            raise AuthorizationClosed(f"payment {self.id}: {what} after the hold ended "
+                                      f"({status.value})")
+
+    def _require_unknown_to_network(self, what: str, amount: Money) -> None:
+        """Force posts and financial authorizations start their own payment."""
+        self._positive(amount)
+        if self.network.status is not Network.NONE or self.network.parked or (
+            self.status is not Status.NEW
+        ):
+            raise InvalidTransition(f"payment {self.id}: {what} on a payment that exists")
+
+    @staticmethod
+    def _aware(cmd: c.Command, name: str, value: datetime | None) -> None:
+        """Checked before a time is compared (`_record` checks again before anything is kept)."""
+        if value is not None and value.tzinfo is None:
+            raise NaiveTimestamp(f"{type(cmd).__name__}.{name} has no UTC offset")
+
+    def _same_currency(self, amount: Money) -> None:
+        n = self.network
+        known = n.currency or (n.parked[0].amount.currency if n.parked else None)
+        if known is not None and amount.currency != known:
+            raise InvalidTransition(
+                f"payment {self.id}: {amount.currency} on a payment in {known}")
+
+    def _held_in(self, currency: Currency) -> Money:
+        return Money(self.network.held_units, currency)
+
+    def _record_clearing(self, cmd: c.Command, clearing_id: str, amount: Money,
+                         final: bool) -> None:
+        n = self.network
+        if n.status is Network.AUTHORIZED:
+            basis = "hold"
+            from_hold = min(amount.units, n.held_units)
+            released = n.held_units - from_hold if final else 0
+        else:
+            basis, from_hold, released = n.status.value, 0, 0
+        held = n.held_units - from_hold - released
+        currency = amount.currency
+        self._record(e.ClearingRecorded, cmd, clearing_id=clearing_id, amount=amount,
+                     final=final, basis=basis, from_hold=Money(from_hold, currency),
+                     beyond_hold=Money(amount.units - from_hold, currency),
+                     released=Money(released, currency), held=Money(held, currency))
+
+    def _apply_parked(self, cmd: c.Command) -> None:
+        """The authorization (or its decline) arrived: apply the clearings that waited for it."""
+        for parked in list(self.network.parked):
+            self._record_clearing(cmd, parked.message_id, parked.amount, parked.final)
+
     # -- helpers --------------------------------------------------------------------------------
     def _automatic_refund_id(self, cmd: c.Command, purpose: str) -> str:
         refund_id = f"{cmd.command_id}:{purpose}"
@@ -264,6 +531,9 @@ class Payment:
             case e.PaymentAuthorized():
                 self.status, self.account, self.authorized = (
                     Status.AUTHORIZED, event.account, event.amount)
+                self._network_opened(event, event.amount, event.expires_at)
+                self._network_known(event.amount.currency, event.account, event.merchant,
+                                    event.mcc)
             case e.PaymentSpent():
                 self.status, self.hold = Status.HELD, Hold.PENDING
                 self.account, self.spent = event.account, event.amount
@@ -291,8 +561,83 @@ class Payment:
             case e.PaymentSettled():
                 self.status = Status.SETTLED
             case _:
-                raise InvalidTransition(f"payment cannot apply {type(event).__name__}")
+                self._apply_network(event)
         self.version = event.version
+
+    def _apply_network(self, event: e.DomainEvent) -> None:
+        n = self.network
+        match event:
+            case e.AuthorizationDeclined():
+                self._network_known(event.amount.currency, event.account, event.merchant,
+                                    event.mcc)
+                if n.status is Network.NONE:
+                    n.status = Network.DECLINED
+            case e.AuthorizationAdvised() if event.approved:
+                self._network_opened(event, event.held, event.expires_at)
+                n.authorized_units += event.held.units - n.held_units
+                n.held_units = event.held.units
+                self._network_known(event.amount.currency, event.account, event.merchant,
+                                    event.mcc)
+            case e.AuthorizationAdvised():
+                self._network_known(event.amount.currency, event.account, event.merchant,
+                                    event.mcc)
+                n.status, n.held_units = Network.DECLINED, 0
+                n.released_units += event.released.units
+            case e.AuthorizationIncreased():
+                n.authorized_units = event.authorized.units
+                n.held_units, n.expires_at = event.held.units, event.expires_at
+            case e.AuthorizationReversed():
+                if n.status is Network.AUTHORIZED:
+                    n.held_units = event.held.units
+                    n.reversed_units += event.released.units
+                    if event.full:
+                        n.status = Network.REVERSED
+            case e.AuthorizationExpired():
+                n.status, n.held_units = Network.EXPIRED, 0
+                n.released_units += event.released.units
+            case e.ClearingParked():
+                n.parked.append(ParkedClearing(event.causation_id, event.amount, event.final,
+                                               event.occurred_at))
+            case e.ClearingRecorded():
+                n.parked = [p for p in n.parked if p.message_id != event.clearing_id]
+                n.messages.add(event.clearing_id)
+                n.cleared_units += event.amount.units
+                n.posted_units += event.from_hold.units
+                n.released_units += event.released.units
+                if event.basis == "hold":
+                    n.over_cleared_units += event.beyond_hold.units
+                n.held_units = event.held.units
+                if event.final:
+                    n.status = Network.CLEARED
+            case e.PaymentForcePosted() | e.FinancialAuthorizationRecorded():
+                self._network_known(event.amount.currency, event.account, event.merchant,
+                                    event.mcc)
+                n.status = Network.CLEARED
+                n.cleared_units += event.amount.units
+            case e.ReturnRecorded() | e.ReturnReversed():
+                n.returned_units = event.returned.units
+            case _:
+                raise InvalidTransition(f"payment cannot apply {type(event).__name__}")
+        n.messages.add(event.causation_id)
+
+    def _network_opened(self, event: e.DomainEvent, held: Money, expires_at: datetime) -> None:
+        """Our approval or an approving advice: the hold opens (or is resized while open)."""
+        n = self.network
+        if n.status is not Network.AUTHORIZED:
+            n.authorized_units, n.held_units = held.units, held.units
+        n.status, n.hold_opened, n.expires_at = Network.AUTHORIZED, True, expires_at
+        n.currency = held.currency
+        n.messages.add(event.causation_id)
+
+    def _network_known(self, currency: Currency, account: str, merchant: str, mcc: str) -> None:
+        n = self.network
+        n.currency = currency
+        n.account = n.account or account
+        n.merchant, n.mcc = n.merchant or merchant, n.mcc or mcc
+
+
+__all__ = ["Hold", "Network", "NetworkState", "ParkedClearing", "Payment", "Status",
+           "authorization_expires_at", "handle"]
 
 
 def handle(payment: Payment, cmd: c.Command) -> None:
@@ -318,5 +663,25 @@ def handle(payment: Payment, cmd: c.Command) -> None:
             payment.retract_spend(cmd)
         case c.RetractRefund():
             payment.retract_refund(cmd)
+        case c.DeclineAuthorization():
+            payment.decline(cmd)
+        case c.AdviseAuthorization():
+            payment.advise(cmd)
+        case c.IncreaseAuthorization():
+            payment.increase(cmd)
+        case c.ReverseAuthorization():
+            payment.reverse_authorization(cmd)
+        case c.ExpireAuthorization():
+            payment.expire(cmd)
+        case c.RecordClearing():
+            payment.record_clearing(cmd)
+        case c.ForcePost():
+            payment.force_post(cmd)
+        case c.RecordFinancialAuthorization():
+            payment.record_financial_authorization(cmd)
+        case c.RecordReturn():
+            payment.record_return(cmd)
+        case c.ReverseReturn():
+            payment.reverse_return(cmd)
         case _:
             raise InvalidTransition(f"unknown command {type(cmd).__name__}")

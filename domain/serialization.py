@@ -7,6 +7,10 @@ Stored events carry a schema version (`meta.schema`). Reading an older one runs 
 upcasters, one version step at a time, before it becomes a typed event; so a change to an event's
 shape is an upcaster here, never a rewrite of stored rows or a second reader elsewhere. Events
 stored before versioning have no `meta.schema` and count as version 0.
+
+A new event type (the card network's, in `events.NETWORK_EVENTS`) is not a shape change: it is
+registered by name in `EVENT_TYPES` and written at the current version, and no stored row changes
+meaning, so the version stays. Booleans and strings pass through as JSON values.
 """
 
 from __future__ import annotations

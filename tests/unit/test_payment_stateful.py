@@ -6,12 +6,21 @@ records; then it checks the aggregate agreed. Accepted commands record exactly t
 (a clearing below what is left, or a reversal of a spend, records a refund too); rejected ones raise
 a DomainError and change neither state nor version. After every step the model and the aggregate
 agree, and the aggregate rehydrated from its events equals the live one.
+
+The card network's messages run in the same walk against a second model (`NetModel`): approvals,
+declines, advices, increments, reversals, expiries, clearings (parked before their authorization),
+force posts, financial authorizations, returns and their reversals, and replays of any message
+already recorded. The machine predicts each one's events and the authorized, held, cleared,
+reversed, released and returned totals; the hold opens and resolves at most once, everything held
+is accounted for, returns never exceed what was cleared, and a replay records nothing.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -23,7 +32,7 @@ from domain import events as e
 from domain.errors import DomainError
 from domain.events import ChainEvidence
 from domain.money import EUR, Currency, Money
-from domain.payment import Hold, Payment, Status, handle
+from domain.payment import Hold, Network, Payment, Status, handle
 
 pytestmark = pytest.mark.unit
 
@@ -57,6 +66,9 @@ EVIDENCE_PICKS = st.sampled_from(["current", "current", "current", "stale", "fre
 # another refund was submitted in (a batch transaction refunding several).
 HASH_PICKS = st.sampled_from(["fresh", "fresh", "same", "other"])
 
+# Full reversals and final clearings end the hold; drawn less often, so walks stay open longer.
+MOSTLY_FALSE = st.sampled_from([False, False, True])
+
 # Valid steps the machine may take before the random walk starts, and the events they record.
 PREFIXES = {
     "new": 0,
@@ -68,6 +80,11 @@ PREFIXES = {
     "cleared": 3,
     "reversed": 4,
     "retracted": 3,
+    "parked": 1,
+    "declined": 1,
+    "force-posted": 1,
+    "net-cleared": 2,
+    "net-partly-cleared": 2,
 }
 
 # Every change of the hold: it is placed by a spend, resolved once (posted or voided), and removed
@@ -120,6 +137,94 @@ def state_of(payment: Payment) -> tuple[object, ...]:
             for k, r in payment.refunds.items()
         },
     )
+
+
+# An expected event: its type and the payload fields to compare (refund ids, amounts).
+Expected = tuple[type[e.DomainEvent], dict[str, object]]
+
+
+def network_of(payment: Payment) -> tuple[object, ...]:
+    """The network side in comparable form."""
+    n = payment.network
+    return (n.status, n.currency, n.account, n.merchant, n.mcc, n.expires_at, n.hold_opened,
+            n.authorized_units, n.held_units, n.posted_units, n.reversed_units,
+            n.released_units, n.cleared_units, n.over_cleared_units, n.returned_units,
+            frozenset(n.messages), tuple(n.parked))
+
+
+@dataclass
+class NetModel:
+    """What the test expects of the network side, in integer units."""
+
+    status: Network = Network.NONE
+    currency: Currency | None = None
+    expires_at: datetime | None = None
+    hold_opened: bool = False
+    authorized: int = 0
+    held: int = 0
+    posted: int = 0
+    reversed: int = 0
+    released: int = 0
+    cleared: int = 0
+    over_cleared: int = 0
+    returned: int = 0
+    messages: set[str] = field(default_factory=set)
+    parked: list[tuple[str, Money, bool, datetime]] = field(default_factory=list)
+
+    def known_currency(self) -> Currency | None:
+        if self.currency is not None:
+            return self.currency
+        return self.parked[0][1].currency if self.parked else None
+
+    def fits(self, amount: Money) -> bool:
+        """Positive and in the payment's currency (any, while none is known)."""
+        known = self.known_currency()
+        return amount.units > 0 and (known is None or amount.currency == known)
+
+    def state(self) -> tuple[object, ...]:
+        return (self.status, self.currency, self.expires_at, self.hold_opened, self.authorized,
+                self.held, self.posted, self.reversed, self.released, self.cleared,
+                self.over_cleared, self.returned, frozenset(self.messages),
+                tuple(self.parked))
+
+    def clearing(self, clearing_id: str, amount: Money, final: bool) -> Expected:
+        """The ClearingRecorded a clearing of `amount` records now."""
+        if self.status is Network.AUTHORIZED:
+            basis, from_hold = "hold", min(amount.units, self.held)
+            released = self.held - from_hold if final else 0
+        else:
+            basis, from_hold, released = self.status.value, 0, 0
+        cur = amount.currency
+        return (e.ClearingRecorded, {
+            "clearing_id": clearing_id, "amount": amount, "final": final, "basis": basis,
+            "from_hold": Money(from_hold, cur), "beyond_hold": Money(amount.units - from_hold, cur),
+            "released": Money(released, cur), "held": Money(self.held - from_hold - released, cur)})
+
+    def apply_clearing(self, fields: dict[str, object]) -> None:
+        amount, from_hold, released, held = (
+            fields["amount"], fields["from_hold"], fields["released"], fields["held"])
+        assert isinstance(amount, Money) and isinstance(from_hold, Money)
+        assert isinstance(released, Money) and isinstance(held, Money)
+        self.cleared += amount.units
+        self.posted += from_hold.units
+        self.released += released.units
+        if fields["basis"] == "hold":
+            self.over_cleared += amount.units - from_hold.units
+        self.held = held.units
+        self.messages.add(str(fields["clearing_id"]))
+        self.parked = [p for p in self.parked if p[0] != fields["clearing_id"]]
+        if fields["final"]:
+            self.status = Network.CLEARED
+
+    def parked_clearings(self) -> list[Expected]:
+        """What the clearings waiting for the authorization record once it arrived; applies them
+        to the model one by one, as the aggregate does."""
+        expected = []
+        for clearing_id, amount, final, _ in list(self.parked):
+            event = self.clearing(clearing_id, amount, final)
+            self.apply_clearing(event[1])
+            expected.append(event)
+        return expected
 
 
 @dataclass
@@ -181,10 +286,6 @@ def same_currency(amount: Money, other: Money | None) -> bool:
     return other is not None and amount.currency == other.currency
 
 
-# An expected event: its type and the payload fields to compare (refund ids, amounts).
-Expected = tuple[type[e.DomainEvent], dict[str, object]]
-
-
 @settings(
     max_examples=150,
     stateful_step_count=40,
@@ -207,6 +308,19 @@ class PaymentMachine(RuleBasedStateMachine):
         self.submitted_hashes: list[str] = []
         self.reversed_state: tuple[object, ...] | None = None
         self.committed_at_clearing: int | None = None
+        self.net = NetModel()
+        self.sent: list[c.Command] = []  # network messages that recorded events, for replays
+        self.hold_opens = self.hold_resolutions = 0
+        if prefix == "parked":
+            self.record_clearing(units, EURE, nudge=None, final=True, correlated=False)
+        if prefix == "declined":
+            self.decline(units, EURE, correlated=False)
+        if prefix == "force-posted":
+            self.force_post(units, EURE, financial=units % 2 == 0, correlated=False)
+        if prefix in ("net-cleared", "net-partly-cleared"):
+            self.authorize(units, EURE, correlated=False)
+            self.record_clearing(units, EURE, nudge="half" if units >= 2 else None,
+                                 final=prefix == "net-cleared", correlated=False)
         with_refund = ("held-with-refund", "refund-confirmed")
         if prefix in ("authorized", "held", *with_refund, "cleared", "reversed", "retracted"):
             self.authorize(units, EURE, correlated=False)
@@ -263,6 +377,9 @@ class PaymentMachine(RuleBasedStateMachine):
         """Handle `cmd`; `expected` is None for a command that must be refused, else the events it
         must record. Returns whether it was accepted (the caller then updates the model)."""
         before = state_of(self.payment)
+        network_before = network_of(self.payment)
+        net_status_before = self.payment.network.status
+        opened_before = self.payment.network.hold_opened
         hold_before = self.payment.hold
         pending_before = len(self.payment.pending_events)
         try:
@@ -270,6 +387,7 @@ class PaymentMachine(RuleBasedStateMachine):
         except DomainError:
             assert expected is None, f"{type(cmd).__name__} wrongly rejected"
             assert state_of(self.payment) == before
+            assert network_of(self.payment) == network_before
             assert len(self.payment.pending_events) == pending_before
             return False
         assert expected is not None, f"{type(cmd).__name__} wrongly accepted"
@@ -285,6 +403,13 @@ class PaymentMachine(RuleBasedStateMachine):
             assert event.correlation_id == (cmd.correlation_id or cmd.command_id)
             for name, value in fields.items():
                 assert getattr(event, name) == value, name
+        if not new:
+            assert network_of(self.payment) == network_before, "a no-op changed the payment"
+        net_status_after = self.payment.network.status
+        if net_status_before is Network.AUTHORIZED and net_status_after is not Network.AUTHORIZED:
+            self.hold_resolutions += 1
+        if self.payment.network.hold_opened and not opened_before:
+            self.hold_opens += 1
         hold_after = self.payment.hold
         if hold_after is not hold_before:
             move = HOLD_MOVES.get((hold_before, hold_after))
@@ -304,11 +429,22 @@ class PaymentMachine(RuleBasedStateMachine):
             mcc="5462",
             expires_at=T0 + timedelta(days=7),
         )
-        ok = self.model.status is Status.NEW and units > 0
-        if self.run(cmd, [(e.PaymentAuthorized, {"amount": amount})] if ok else None):
+        net = copy.deepcopy(self.net)
+        ok = (self.model.status is Status.NEW and net.status is Network.NONE
+              and net.fits(amount))
+        expected: list[Expected] | None = None
+        if ok:
+            net.status, net.currency, net.hold_opened = Network.AUTHORIZED, currency, True
+            net.authorized = net.held = units
+            net.expires_at = cmd.expires_at
+            net.messages.add(cmd.command_id)
+            expected = [(e.PaymentAuthorized, {"amount": amount}), *net.parked_clearings()]
+        if self.run(cmd, expected):
             m = self.model
             m.status, m.account, m.authorized = Status.AUTHORIZED, "0xsafe", amount
-            m.version += 1
+            m.version += len(expected or ())
+            self.net = net
+            self.sent.append(cmd)
 
     @rule(units=RAW_UNITS, currency=CURRENCIES, nudge=NUDGES, correlated=st.booleans())
     def confirm_spend(
@@ -539,12 +675,254 @@ class PaymentMachine(RuleBasedStateMachine):
             m.status = Status.SETTLED
             m.version += 1
 
+    # -- network rules ----------------------------------------------------------------------------
+    def accepted(self, cmd: c.Command, expected: list[Expected] | None, net: NetModel) -> bool:
+        """Run a network command; on acceptance take `net` (the model after it) as the model."""
+        if not self.run(cmd, expected):
+            return False
+        assert expected is not None
+        self.model.version += len(expected)
+        if expected:
+            net.messages.add(cmd.command_id)
+            self.sent.append(cmd)
+        self.net = net
+        return True
+
+    def net_amount(self, units: int, currency: Currency, nudge: int | str | None,
+                   anchor: int) -> Money:
+        known = self.net.known_currency()
+        return self.amount(units, currency, nudge,
+                           Money(anchor, known) if known is not None and anchor > 0 else None)
+
+    @rule(units=RAW_UNITS, currency=CURRENCIES, correlated=st.booleans())
+    def decline(self, units: int, currency: Currency, correlated: bool) -> None:
+        amount = Money(units, currency)
+        cmd = c.DeclineAuthorization(**self.base(correlated), account="0xsafe",  # type: ignore[arg-type]
+                                     amount=amount, merchant="Bakery", mcc="5462",
+                                     reason="insufficient_funds")
+        net = copy.deepcopy(self.net)
+        expected: list[Expected] | None = None
+        if net.fits(amount) and net.status in (Network.NONE, Network.AUTHORIZED):
+            expected = [(e.AuthorizationDeclined, {
+                "amount": amount, "held": Money(net.held, currency)})]
+            net.messages.add(cmd.command_id)
+            if net.status is Network.NONE:
+                net.status, net.currency = Network.DECLINED, currency
+                expected += net.parked_clearings()
+        self.accepted(cmd, expected, net)
+
+    @rule(units=RAW_UNITS, currency=CURRENCIES, nudge=SHARES, approved=st.booleans(),
+          correlated=st.booleans())
+    def advise(self, units: int, currency: Currency, nudge: int | str | None, approved: bool,
+               correlated: bool) -> None:
+        net = copy.deepcopy(self.net)
+        amount = self.net_amount(units, currency, nudge, net.authorized)
+        cmd = c.AdviseAuthorization(**self.base(correlated), account="0xsafe",  # type: ignore[arg-type]
+                                    amount=amount, merchant="Fuel", mcc="5542",
+                                    expires_at=T0 + timedelta(days=7), approved=approved)
+        open_ = net.status in (Network.NONE, Network.AUTHORIZED) or (
+            net.status is Network.DECLINED and not net.hold_opened)
+        expected: list[Expected] | None = None
+        if net.fits(amount) and open_:
+            cur = amount.currency
+            was_new = net.status is Network.NONE
+            released = 0
+            if approved:
+                consumed = net.authorized - net.held
+                held = (max(amount.units - consumed, 0) if net.status is Network.AUTHORIZED
+                        else amount.units)
+                if net.status is not Network.AUTHORIZED:
+                    net.authorized = 0
+                    consumed = 0
+                net.authorized = consumed + held
+                net.status, net.hold_opened, net.expires_at = (
+                    Network.AUTHORIZED, True, cmd.expires_at)
+            else:
+                held, released = 0, net.held
+                net.status = Network.DECLINED
+                net.released += released
+            net.held, net.currency = held, cur
+            net.messages.add(cmd.command_id)
+            expected = [(e.AuthorizationAdvised, {
+                "amount": amount, "approved": approved, "held": Money(held, cur),
+                "released": Money(released, cur)})]
+            if was_new:
+                expected += net.parked_clearings()
+        self.accepted(cmd, expected, net)
+
+    @rule(units=RAW_UNITS, currency=CURRENCIES, extend=st.sampled_from([None, 1, -1]),
+          correlated=st.booleans())
+    def increase(self, units: int, currency: Currency, extend: int | None,
+                 correlated: bool) -> None:
+        net = copy.deepcopy(self.net)
+        amount = Money(units, currency)
+        base_expiry = net.expires_at or T0
+        new_expiry = None if extend is None else base_expiry + timedelta(days=extend)
+        cmd = c.IncreaseAuthorization(**self.base(correlated), amount=amount,  # type: ignore[arg-type]
+                                      expires_at=new_expiry)
+        expected: list[Expected] | None = None
+        if net.status is Network.AUTHORIZED and net.fits(amount):
+            net.authorized += units
+            net.held += units
+            if new_expiry is not None and net.expires_at is not None:
+                net.expires_at = max(net.expires_at, new_expiry)
+            expected = [(e.AuthorizationIncreased, {
+                "amount": amount, "authorized": Money(net.authorized, currency),
+                "held": Money(net.held, currency), "expires_at": net.expires_at})]
+        self.accepted(cmd, expected, net)
+
+    @rule(units=RAW_UNITS, currency=CURRENCIES, nudge=SHARES, full=MOSTLY_FALSE,
+          correlated=st.booleans())
+    def reverse_authorization(self, units: int, currency: Currency, nudge: int | str | None,
+                              full: bool, correlated: bool) -> None:
+        net = copy.deepcopy(self.net)
+        amount = None if full else self.net_amount(units, currency, nudge, net.held)
+        cmd = c.ReverseAuthorization(**self.base(correlated), amount=amount)  # type: ignore[arg-type]
+        expected: list[Expected] | None = None
+        if net.status is not Network.NONE and (amount is None or net.fits(amount)):
+            assert net.currency is not None
+            asked = net.held if amount is None else amount.units
+            released = min(asked, net.held) if net.status is Network.AUTHORIZED else 0
+            is_full = amount is None or released == net.held
+            expected = [(e.AuthorizationReversed, {
+                "amount": Money(asked, net.currency), "full": is_full,
+                "released": Money(released, net.currency),
+                "held": Money(net.held - released, net.currency)})]
+            if net.status is Network.AUTHORIZED:
+                net.held -= released
+                net.reversed += released
+                if is_full:
+                    net.status = Network.REVERSED
+        self.accepted(cmd, expected, net)
+
+    @rule(when=st.sampled_from(["early", "on time", "late"]), correlated=st.booleans())
+    def expire(self, when: str, correlated: bool) -> None:
+        net = copy.deepcopy(self.net)
+        base = self.base(correlated)
+        deadline = net.expires_at or T0
+        base["at"] = deadline + {"early": -timedelta(seconds=1), "on time": timedelta(0),
+                                 "late": timedelta(days=3)}[when]
+        cmd = c.ExpireAuthorization(**base)  # type: ignore[arg-type]
+        expected: list[Expected] | None = None
+        if net.status is Network.AUTHORIZED and when != "early":
+            assert net.currency is not None
+            expected = [(e.AuthorizationExpired, {"released": Money(net.held, net.currency)})]
+            net.released += net.held
+            net.status, net.held = Network.EXPIRED, 0
+        elif net.status not in (Network.NONE, Network.AUTHORIZED):
+            expected = []  # the hold already ended: nothing to release, nothing recorded
+        self.accepted(cmd, expected, net)
+
+    @rule(units=RAW_UNITS, currency=CURRENCIES, nudge=SHARES, final=MOSTLY_FALSE,
+          correlated=st.booleans())
+    def record_clearing(self, units: int, currency: Currency, nudge: int | str | None,
+                        final: bool, correlated: bool) -> None:
+        net = copy.deepcopy(self.net)
+        amount = self.net_amount(units, currency, nudge, net.held or net.authorized)
+        cmd = c.RecordClearing(**self.base(correlated), amount=amount,  # type: ignore[arg-type]
+                               final=final)
+        expected: list[Expected] | None = None
+        if net.fits(amount):
+            if net.status is Network.NONE:
+                expected = [(e.ClearingParked, {"amount": amount, "final": final})]
+                assert isinstance(cmd.at, datetime)
+                net.parked.append((cmd.command_id, amount, final, cmd.at))
+            else:
+                event = net.clearing(cmd.command_id, amount, final)
+                net.apply_clearing(event[1])
+                expected = [event]
+        self.accepted(cmd, expected, net)
+
+    @rule(units=RAW_UNITS, currency=CURRENCIES, financial=st.booleans(),
+          correlated=st.booleans())
+    def force_post(self, units: int, currency: Currency, financial: bool,
+                   correlated: bool) -> None:
+        net = copy.deepcopy(self.net)
+        amount = Money(units, currency)
+        kind = c.RecordFinancialAuthorization if financial else c.ForcePost
+        event_type = e.FinancialAuthorizationRecorded if financial else e.PaymentForcePosted
+        cmd = kind(**self.base(correlated), account="0xsafe",  # type: ignore[arg-type]
+                   amount=amount, merchant="Airline", mcc="3000")
+        expected: list[Expected] | None = None
+        if (units > 0 and net.status is Network.NONE and not net.parked
+                and self.model.status is Status.NEW):
+            expected = [(event_type, {"amount": amount})]
+            net.status, net.currency, net.cleared = Network.CLEARED, currency, units
+        self.accepted(cmd, expected, net)
+
+    @rule(units=RAW_UNITS, currency=CURRENCIES, nudge=SHARES, correlated=st.booleans())
+    def record_return(self, units: int, currency: Currency, nudge: int | str | None,
+                      correlated: bool) -> None:
+        net = copy.deepcopy(self.net)
+        amount = self.net_amount(units, currency, nudge, net.cleared - net.returned)
+        cmd = c.RecordReturn(**self.base(correlated), amount=amount)  # type: ignore[arg-type]
+        expected: list[Expected] | None = None
+        if (net.currency is not None and net.fits(amount)
+                and amount.units <= net.cleared - net.returned):
+            net.returned += amount.units
+            expected = [(e.ReturnRecorded, {
+                "amount": amount, "returned": Money(net.returned, net.currency)})]
+        self.accepted(cmd, expected, net)
+
+    @rule(units=RAW_UNITS, currency=CURRENCIES, nudge=SHARES, correlated=st.booleans())
+    def reverse_return(self, units: int, currency: Currency, nudge: int | str | None,
+                       correlated: bool) -> None:
+        net = copy.deepcopy(self.net)
+        amount = self.net_amount(units, currency, nudge, net.returned)
+        cmd = c.ReverseReturn(**self.base(correlated), amount=amount)  # type: ignore[arg-type]
+        expected: list[Expected] | None = None
+        if net.currency is not None and net.fits(amount) and amount.units <= net.returned:
+            net.returned -= amount.units
+            expected = [(e.ReturnReversed, {
+                "amount": amount, "returned": Money(net.returned, net.currency)})]
+        self.accepted(cmd, expected, net)
+
+    @rule(pick=st.integers(min_value=0, max_value=50))
+    def replay(self, pick: int) -> None:
+        """The network (or our API after a crash) sends a recorded message again."""
+        if not self.sent:
+            return
+        cmd = self.sent[pick % len(self.sent)]
+        assert cmd.command_id in self.net.messages
+        self.run(cmd, [])
+
     # -- invariants -------------------------------------------------------------------------------
     def lifecycle_state(self) -> tuple[object, ...]:
         """What a reversal freezes: everything but the progress of refunds already in flight."""
         p = self.payment
         return (p.status, p.hold, p.account, p.authorized, p.spent, p.cleared, p.spend_evidence,
                 {k: r.amount for k, r in p.refunds.items()})
+
+    @invariant()
+    def the_network_model_agrees(self) -> None:
+        n, net = self.payment.network, self.net
+        assert (n.status, n.currency, n.expires_at, n.hold_opened, n.authorized_units,
+                n.held_units, n.posted_units, n.reversed_units, n.released_units,
+                n.cleared_units, n.over_cleared_units, n.returned_units, frozenset(n.messages),
+                tuple((p.message_id, p.amount, p.final, p.at) for p in n.parked)) == net.state()
+        assert self.payment.parked_since() == min((p[3] for p in net.parked), default=None)
+
+    @invariant()
+    def everything_held_is_accounted_for(self) -> None:
+        n = self.payment.network
+        assert n.held_units >= 0
+        assert n.authorized_units == (n.held_units + n.posted_units + n.reversed_units
+                                      + n.released_units)
+        assert n.posted_units <= n.cleared_units
+        if n.status is not Network.AUTHORIZED:
+            assert n.held_units == 0
+        if n.parked:
+            assert n.status is Network.NONE
+
+    @invariant()
+    def the_hold_opens_and_resolves_at_most_once(self) -> None:
+        assert self.hold_opens == int(self.payment.network.hold_opened) <= 1
+        assert self.hold_resolutions <= 1
+
+    @invariant()
+    def returns_never_exceed_net_cleared(self) -> None:
+        n = self.payment.network
+        assert 0 <= n.returned_units <= n.cleared_units
 
     @invariant()
     def the_model_agrees(self) -> None:
@@ -609,6 +987,7 @@ class PaymentMachine(RuleBasedStateMachine):
     def rehydrating_gives_the_live_state(self) -> None:
         again = Payment.rehydrate(PAYMENT_ID, list(self.recorded))
         assert state_of(again) == state_of(self.payment)
+        assert network_of(again) == network_of(self.payment)
         assert again.pending_events == []
         assert (again.refunded, again.committed_refunds, again.refundable) == (
             self.payment.refunded,
@@ -618,3 +997,47 @@ class PaymentMachine(RuleBasedStateMachine):
 
 
 TestPaymentStateful = PaymentMachine.TestCase
+
+
+class NetworkMachine(PaymentMachine):
+    """The same payment and models, walked by the card network's messages only (our approval
+    included), so that increments, advices on an open hold and returns come up often."""
+
+    @initialize(
+        prefix=st.sampled_from(["authorized", "new", "net-partly-cleared", "authorized", "parked",
+                                "declined", "authorized", "net-cleared", "force-posted"]),
+        units=st.integers(min_value=1, max_value=100 * ONE),
+    )
+    def start(self, prefix: str, units: int) -> None:
+        super().start(prefix, units)
+
+    # The chain's commands stay callable (the prefixes use them) but are not rules here.
+    def confirm_spend(self, *args: Any, **kwargs: Any) -> None:
+        super().confirm_spend(*args, **kwargs)
+
+    def clear(self, *args: Any, **kwargs: Any) -> None:
+        super().clear(*args, **kwargs)
+
+    def reverse(self, *args: Any, **kwargs: Any) -> None:
+        super().reverse(*args, **kwargs)
+
+    def request_refund(self, *args: Any, **kwargs: Any) -> None:
+        super().request_refund(*args, **kwargs)
+
+    def record_refund_submission(self, *args: Any, **kwargs: Any) -> None:
+        super().record_refund_submission(*args, **kwargs)
+
+    def confirm_refund(self, *args: Any, **kwargs: Any) -> None:
+        super().confirm_refund(*args, **kwargs)
+
+    def retract_spend(self, *args: Any, **kwargs: Any) -> None:
+        super().retract_spend(*args, **kwargs)
+
+    def retract_refund(self, *args: Any, **kwargs: Any) -> None:
+        super().retract_refund(*args, **kwargs)
+
+    def settle(self, *args: Any, **kwargs: Any) -> None:
+        super().settle(*args, **kwargs)
+
+
+TestNetworkStateful = NetworkMachine.TestCase

@@ -174,7 +174,7 @@ def test_every_payment_event_type_is_evolved() -> None:
     ]:
         handle(payment, cmd)
     events = payment.pending_events
-    assert {type(ev) for ev in events} == set(e.PAYMENT_EVENTS) - {e.PaymentReversed}
+    assert {type(ev) for ev in events} == set(e.CHAIN_EVENTS) - {e.PaymentReversed}
     current: PaymentRow | None = None
     for event in events:
         assert not is_duplicate(current, event)

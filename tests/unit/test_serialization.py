@@ -74,6 +74,7 @@ evidence = st.builds(
 )
 BY_TYPE: dict[Any, st.SearchStrategy[Any]] = {
     str: st.text(max_size=40),
+    bool: st.booleans(),
     int: st.integers(min_value=0, max_value=2**64),
     datetime: aware_times,
     Money: money,
@@ -324,3 +325,31 @@ def test_upcasters_run_in_order_up_to_the_current_version(monkeypatch: pytest.Mo
     assert "mcc" not in data["payload"] and data["payload"]["merchant_category"] == "5462"
     with pytest.raises(UnknownEventType, match="schema 3"):
         ser.upcast(old.type, {**old.data, "meta": {**old.data["meta"], "schema": 3}})
+
+
+# -- the card network's events ----------------------------------------------------------------------
+def test_network_events_are_new_types_so_stored_events_keep_schema_1() -> None:
+    """The network side added event types and changed none: nothing stored needs an upcaster,
+    and our approval is still written exactly as before."""
+    assert SCHEMA_VERSION == 1
+    assert set(to_data(authorized())["payload"]) == {
+        "account", "amount", "merchant", "mcc", "expires_at"}
+
+
+def test_a_clearing_is_stored_with_exact_amounts_and_its_flags() -> None:
+    from domain.events import ClearingRecorded
+
+    def eure(units: int) -> Money:
+        return Money(units, EURE)
+
+    event = ClearingRecorded(
+        stream_id="auth-9", version=3, occurred_at=T0, correlation_id="clr-1",
+        causation_id="auth-msg-1", clearing_id="clr-1", amount=eure(12 * 10**18 + 1),
+        final=True, basis="hold", from_hold=eure(10 * 10**18), beyond_hold=eure(2 * 10**18 + 1),
+        released=eure(0), held=eure(0),
+    )
+    data = to_data(event)
+    assert data["payload"]["final"] is True
+    assert data["payload"]["beyond_hold"] == {
+        "units": "2000000000000000001", "currency": "EURe", "decimals": 18}
+    assert from_recorded(record(event)) == event

@@ -1,0 +1,110 @@
+"""The card network's side of a payment: where its authorization stands and the amounts it moved.
+
+Kept apart from the aggregate (`domain.payment`), which changes it only by applying events. The
+figures are integer units of one currency, fixed by the first message that names an amount.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from domain.money import Currency, Money
+
+AUTHORIZATION_VALIDITY = timedelta(days=7)
+LONG_AUTHORIZATION_VALIDITY = timedelta(days=30)
+"""Hotels (7011), car rental (7512) and airlines (3501-3999, airline-specific MCCs) hold longer."""
+
+
+def authorization_expires_at(authorized_at: datetime, mcc: str) -> datetime:
+    """When an authorization's hold lapses: 7 days, 30 for lodging, car rental and airline MCCs.
+    The handler passes the result as `expires_at`; the aggregate never computes it itself, so a
+    network that sends its own deadline is followed."""
+    code = int(mcc) if mcc.isdigit() else -1
+    long = code in (7011, 7512) or 3501 <= code <= 3999
+    return authorized_at + (LONG_AUTHORIZATION_VALIDITY if long else AUTHORIZATION_VALIDITY)
+
+
+class Network(enum.StrEnum):
+    """Where the network's authorization stands; the last four say how the hold ended."""
+
+    NONE = "none"  # nothing from the network yet (parked clearings aside)
+    AUTHORIZED = "authorized"  # the hold is open
+    DECLINED = "declined"  # by us, or by the network's advice
+    CLEARED = "cleared"  # a final clearing (or a force post / financial authorization)
+    REVERSED = "reversed"  # a full reversal
+    EXPIRED = "expired"  # expires_at passed without a final clearing
+
+
+@dataclass(frozen=True, slots=True)
+class ParkedClearing:
+    message_id: str
+    amount: Money
+    final: bool
+    at: datetime
+
+
+@dataclass(slots=True)
+class NetworkState:
+    """The network side of a payment. Amounts are integer units of `currency`; the properties
+    give them as Money once the currency is known."""
+
+    status: Network = Network.NONE
+    currency: Currency | None = None
+    account: str | None = None
+    merchant: str | None = None
+    mcc: str | None = None
+    expires_at: datetime | None = None
+    hold_opened: bool = False
+    authorized_units: int = 0  # the hold was opened or grown for this much in all
+    held_units: int = 0  # still held
+    posted_units: int = 0  # posted out of the hold by clearings
+    reversed_units: int = 0  # released by reversals
+    released_units: int = 0  # released by expiry, a final clearing or a declining advice
+    cleared_units: int = 0  # every clearing, force post and financial authorization
+    over_cleared_units: int = 0  # cleared beyond an open hold
+    returned_units: int = 0  # returns net of return reversals
+    messages: set[str] = dataclasses.field(default_factory=set)
+    parked: list[ParkedClearing] = dataclasses.field(default_factory=list)
+
+    def money(self, units: int) -> Money | None:
+        return None if self.currency is None else Money(units, self.currency)
+
+    @property
+    def authorized(self) -> Money | None:
+        return self.money(self.authorized_units)
+
+    @property
+    def held(self) -> Money | None:
+        return self.money(self.held_units)
+
+    @property
+    def cleared(self) -> Money | None:
+        return self.money(self.cleared_units)
+
+    @property
+    def reversed(self) -> Money | None:
+        return self.money(self.reversed_units)
+
+    @property
+    def released(self) -> Money | None:
+        return self.money(self.released_units)
+
+    @property
+    def over_cleared(self) -> Money | None:
+        return self.money(self.over_cleared_units)
+
+    @property
+    def cleared_without_hold(self) -> Money | None:
+        """Cleared with no hold behind it: over-clearings, late clearings, force posts."""
+        return self.money(self.cleared_units - self.posted_units)
+
+    @property
+    def returned(self) -> Money | None:
+        return self.money(self.returned_units)
+
+    @property
+    def returnable(self) -> Money | None:
+        return self.money(self.cleared_units - self.returned_units)
