@@ -9,22 +9,17 @@ from __future__ import annotations
 import dataclasses
 import enum
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
+from domain.authorization import hold_validity
 from domain.money import Currency, Money
-
-AUTHORIZATION_VALIDITY = timedelta(days=7)
-LONG_AUTHORIZATION_VALIDITY = timedelta(days=30)
-"""Hotels (7011), car rental (7512) and airlines (3501-3999, airline-specific MCCs) hold longer."""
 
 
 def authorization_expires_at(authorized_at: datetime, mcc: str) -> datetime:
-    """When an authorization's hold lapses: 7 days, 30 for lodging, car rental and airline MCCs.
-    The handler passes the result as `expires_at`; the aggregate never computes it itself, so a
-    network that sends its own deadline is followed."""
-    code = int(mcc) if mcc.isdigit() else -1
-    long = code in (7011, 7512) or 3501 <= code <= 3999
-    return authorized_at + (LONG_AUTHORIZATION_VALIDITY if long else AUTHORIZATION_VALIDITY)
+    """When an authorization's hold lapses (`domain.authorization.hold_validity`: 7 days, 30 for
+    lodging, car rental and airline MCCs). The handler passes the result as `expires_at`; the
+    aggregate never computes it itself, so a network that sends its own deadline is followed."""
+    return authorized_at + hold_validity(int(mcc) if mcc.isdigit() else -1)
 
 
 class Network(enum.StrEnum):
