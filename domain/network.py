@@ -23,6 +23,7 @@ from datetime import date, datetime
 from enum import StrEnum
 from typing import ClassVar
 
+from domain.authorization import DeclineClass, DeclineReason
 from domain.errors import InvalidNetworkMessage, NaiveTimestamp
 from domain.money import FIAT_TOKENS, Currency, Money
 
@@ -69,40 +70,6 @@ class AuthorizationRequest:
     def __post_init__(self) -> None:
         _fiat(self.amount, "authorization amount")
         _utc(self.network_time, "network_time")
-
-
-class DeclineClass(StrEnum):
-    SOFT = "soft"
-    """The cardholder can fix it (top up, wait for tomorrow's allowance)."""
-    HARD = "hard"
-    """The card cannot be used this way (frozen, closed, unknown, blocked merchant category)."""
-    FRAUD = "fraud"
-    """A risk rule refused it."""
-
-
-class DeclineReason(StrEnum):
-    INSUFFICIENT_FUNDS = "insufficient_funds"
-    OVER_DAILY_LIMIT = "over_daily_limit"
-    CARD_FROZEN = "card_frozen"
-    CARD_CLOSED = "card_closed"
-    BLOCKED_MCC = "blocked_mcc"
-    UNKNOWN_CARD = "unknown_card"
-    VELOCITY = "velocity"
-
-    @property
-    def decline_class(self) -> DeclineClass:
-        return _CLASSES[self]
-
-
-_CLASSES = {
-    DeclineReason.INSUFFICIENT_FUNDS: DeclineClass.SOFT,
-    DeclineReason.OVER_DAILY_LIMIT: DeclineClass.SOFT,
-    DeclineReason.CARD_FROZEN: DeclineClass.HARD,
-    DeclineReason.CARD_CLOSED: DeclineClass.HARD,
-    DeclineReason.BLOCKED_MCC: DeclineClass.HARD,
-    DeclineReason.UNKNOWN_CARD: DeclineClass.HARD,
-    DeclineReason.VELOCITY: DeclineClass.FRAUD,
-}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
