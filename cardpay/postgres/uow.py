@@ -18,6 +18,7 @@ from cardpay.handlers.ports import QuarantineItem
 from cardpay.postgres.eventstore import PostgresEventStore
 from cardpay.postgres.repositories.chain import PostgresChainState
 from cardpay.postgres.repositories.claims import PostgresCommandClaims
+from cardpay.postgres.repositories.ledger import PostgresLedger
 from cardpay.postgres.repositories.payments_view import PostgresPaymentsView
 from cardpay.postgres.repositories.positions import PostgresConsumerPositions
 from cardpay.postgres.repositories.quarantine import PostgresQuarantine
@@ -64,6 +65,7 @@ class PostgresUnitOfWork(_Transaction):
     quarantine: PostgresQuarantine
     chain: PostgresChainState
     refunds: PostgresRefundMatching
+    ledger: PostgresLedger
 
     def __init__(self, engine: Engine, *, outbox_topic: str | None = None) -> None:
         super().__init__(engine)
@@ -76,6 +78,7 @@ class PostgresUnitOfWork(_Transaction):
         self.quarantine = PostgresQuarantine(conn)
         self.chain = PostgresChainState(conn)
         self.refunds = PostgresRefundMatching(conn)
+        self.ledger = PostgresLedger(conn)
         return self
 
     @contextmanager
