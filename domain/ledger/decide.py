@@ -14,7 +14,7 @@ every member succeeds (TigerBeetle: any result other than OK, EXISTS included, f
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from domain.errors import NaiveTimestamp
@@ -34,7 +34,12 @@ from domain.ledger.model import (
 R = CreateTransferResult
 F = TransferFlags
 TIMEOUT_MAX = 2**32 - 1
-_PHASES = F.PENDING | F.POST_PENDING | F.VOID_PENDING
+# Plain ints: IntFlag arithmetic costs microseconds per operation, and a batch has thousands.
+_LINKED, _PENDING, _POST, _VOID = int(F.LINKED), int(F.PENDING), int(F.POST_PENDING), int(
+    F.VOID_PENDING)
+_PHASES = _PENDING | _POST | _VOID
+_DEBITS_LIMITED = int(AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS)
+_CREDITS_LIMITED = int(AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +55,29 @@ class Decision:
     entries: list[Entry]
 
 
+class _Balance:
+    """An account's balances while a batch is decided: mutable, copied into the layer that
+    changes it, frozen into an `Account` once per account at the end (not twice per transfer)."""
+
+    __slots__ = ("account", "cp", "cpo", "dp", "dpo", "flags")
+
+    def __init__(self, account: Account, dp: int, dpo: int, cp: int, cpo: int) -> None:
+        self.account = account
+        self.flags = int(account.flags)
+        self.dp, self.dpo, self.cp, self.cpo = dp, dpo, cp, cpo
+
+    @classmethod
+    def of(cls, a: Account) -> _Balance:
+        return cls(a, a.debits_pending, a.debits_posted, a.credits_pending, a.credits_posted)
+
+    def copy(self) -> _Balance:
+        return _Balance(self.account, self.dp, self.dpo, self.cp, self.cpo)
+
+    def freeze(self) -> Account:
+        a = self.account
+        return Account(a.id, a.ledger, a.code, a.flags, self.dp, self.dpo, self.cp, self.cpo)
+
+
 @dataclass
 class _Layer:
     """Changes on top of a parent layer (or the loaded state); merged upward when they hold."""
@@ -57,18 +85,30 @@ class _Layer:
     accounts_below: Mapping[str, Account]
     transfers_below: Mapping[str, TransferRecord]
     parent: _Layer | None = None
-    accounts: dict[str, Account] = field(default_factory=dict)
+    balances: dict[str, _Balance] = field(default_factory=dict)
     created: dict[str, TransferRecord] = field(default_factory=dict)
     resolved: dict[str, PendingStatus] = field(default_factory=dict)
     entries: list[Entry] = field(default_factory=list)
 
-    def account(self, account_id: str) -> Account | None:
-        found = self.accounts.get(account_id)
+    def balance(self, account_id: str) -> _Balance | None:
+        """For reading only; `writable` before changing it."""
+        found = self.balances.get(account_id)
         if found is not None:
             return found
         if self.parent is not None:
-            return self.parent.account(account_id)
-        return self.accounts_below.get(account_id)
+            return self.parent.balance(account_id)
+        account = self.accounts_below.get(account_id)
+        if account is None:
+            return None
+        # The root keeps what it read: unchanged it freezes back to the same account.
+        found = self.balances[account_id] = _Balance.of(account)
+        return found
+
+    def writable(self, b: _Balance) -> _Balance:
+        own = self.balances.get(b.account.id)
+        if own is None:
+            own = self.balances[b.account.id] = b.copy()
+        return own
 
     def transfer(self, transfer_id: str) -> TransferRecord | None:
         found = self.created.get(transfer_id)
@@ -91,10 +131,14 @@ class _Layer:
 
     def merge_into_parent(self) -> None:
         assert self.parent is not None
-        self.parent.accounts.update(self.accounts)
+        self.parent.balances.update(self.balances)
         self.parent.created.update(self.created)
         self.parent.resolved.update(self.resolved)
         self.parent.entries.extend(self.entries)
+
+    def decision(self, results: list[CreateTransferResult]) -> Decision:
+        return Decision(results, {k: b.freeze() for k, b in self.balances.items()},
+                        list(self.created.values()), self.resolved, self.entries)
 
 
 def _require_utc(now: datetime) -> None:
@@ -113,16 +157,16 @@ def decide(batch: Sequence[Transfer], now: datetime, accounts: Mapping[str, Acco
     i, n = 0, len(batch)
     while i < n:
         end = i
-        while end < n - 1 and batch[end].flags & F.LINKED:
+        while end < n - 1 and int(batch[end].flags) & _LINKED:
             end += 1
-        if end == i and not batch[i].flags & F.LINKED:
+        if end == i and not int(batch[i].flags) & _LINKED:
             results.append(_apply(batch[i], now, top))  # alone: checked fully before it writes
             i += 1
             continue
         results.extend(_apply_chain(batch[i:end + 1], now, top, chain_open=end == n - 1
-                                    and bool(batch[end].flags & F.LINKED)))
+                                    and bool(int(batch[end].flags) & _LINKED)))
         i = end + 1
-    return Decision(results, top.accounts, list(top.created.values()), top.resolved, top.entries)
+    return top.decision(results)
 
 
 def _apply_chain(chain: Sequence[Transfer], now: datetime, top: _Layer, *,
@@ -142,15 +186,16 @@ def _apply_chain(chain: Sequence[Transfer], now: datetime, top: _Layer, *,
 def _apply(t: Transfer, now: datetime, s: _Layer) -> CreateTransferResult:
     if not t.id:
         return R.ID_MUST_NOT_BE_ZERO
-    phase = t.flags & _PHASES
+    flags = int(t.flags)
+    phase = flags & _PHASES
     if phase and phase & (phase - 1):
         return R.FLAGS_ARE_MUTUALLY_EXCLUSIVE
     if t.amount < 0:
         return R.AMOUNT_MUST_NOT_BE_NEGATIVE
     if not 0 <= t.timeout <= TIMEOUT_MAX:
         return R.OVERFLOWS_TIMEOUT
-    if t.flags & (F.POST_PENDING | F.VOID_PENDING):
-        return _resolve(t, now, s)
+    if flags & (_POST | _VOID):
+        return _resolve(t, flags, now, s)
     if not t.debit_account_id:
         return R.DEBIT_ACCOUNT_ID_MUST_NOT_BE_ZERO
     if not t.credit_account_id:
@@ -159,47 +204,47 @@ def _apply(t: Transfer, now: datetime, s: _Layer) -> CreateTransferResult:
         return R.ACCOUNTS_MUST_BE_DIFFERENT
     if t.pending_id:
         return R.PENDING_ID_MUST_BE_ZERO
-    if not t.flags & F.PENDING and t.timeout:
+    if not flags & _PENDING and t.timeout:
         return R.TIMEOUT_RESERVED_FOR_PENDING_TRANSFER
     if not t.ledger:
         return R.LEDGER_MUST_NOT_BE_ZERO
     if not t.code:
         return R.CODE_MUST_NOT_BE_ZERO
-    dr = s.account(t.debit_account_id)
+    dr = s.balance(t.debit_account_id)
     if dr is None:
         return R.DEBIT_ACCOUNT_NOT_FOUND
-    cr = s.account(t.credit_account_id)
+    cr = s.balance(t.credit_account_id)
     if cr is None:
         return R.CREDIT_ACCOUNT_NOT_FOUND
-    if dr.ledger != cr.ledger:
+    ledger = dr.account.ledger
+    if ledger != cr.account.ledger:
         return R.ACCOUNTS_MUST_HAVE_THE_SAME_LEDGER
-    if t.ledger != dr.ledger:
+    if t.ledger != ledger:
         return R.TRANSFER_MUST_HAVE_THE_SAME_LEDGER_AS_ACCOUNTS
     existing = s.transfer(t.id)
     if existing is not None:  # after validation and before the limits, as TigerBeetle does
         return _exists(t, existing.transfer)
     amount = t.amount
-    if dr.debits_pending + dr.debits_posted + amount > AMOUNT_MAX:
+    if dr.dp + dr.dpo + amount > AMOUNT_MAX:
         return R.OVERFLOWS_DEBITS
-    if cr.credits_pending + cr.credits_posted + amount > AMOUNT_MAX:
+    if cr.cp + cr.cpo + amount > AMOUNT_MAX:
         return R.OVERFLOWS_CREDITS
-    if (dr.flags & AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS
-            and dr.debits_pending + dr.debits_posted + amount > dr.credits_posted):
+    if dr.flags & _DEBITS_LIMITED and dr.dp + dr.dpo + amount > dr.cpo:
         return R.EXCEEDS_CREDITS
-    if (cr.flags & AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS
-            and cr.credits_pending + cr.credits_posted + amount > cr.debits_posted):
+    if cr.flags & _CREDITS_LIMITED and cr.cp + cr.cpo + amount > cr.dpo:
         return R.EXCEEDS_DEBITS
-    pending = bool(t.flags & F.PENDING)
+    dr, cr = s.writable(dr), s.writable(cr)
+    pending = bool(flags & _PENDING)
     if pending:
-        s.accounts[dr.id] = replace(dr, debits_pending=dr.debits_pending + amount)
-        s.accounts[cr.id] = replace(cr, credits_pending=cr.credits_pending + amount)
-        s.entries += [Entry(t.id, dr.id, dr.ledger, debits_pending=amount),
-                      Entry(t.id, cr.id, cr.ledger, credits_pending=amount)]
+        dr.dp += amount
+        cr.cp += amount
+        s.entries += [Entry(t.id, dr.account.id, ledger, amount, 0, 0, 0),
+                      Entry(t.id, cr.account.id, ledger, 0, 0, amount, 0)]
     else:
-        s.accounts[dr.id] = replace(dr, debits_posted=dr.debits_posted + amount)
-        s.accounts[cr.id] = replace(cr, credits_posted=cr.credits_posted + amount)
-        s.entries += [Entry(t.id, dr.id, dr.ledger, debits_posted=amount),
-                      Entry(t.id, cr.id, cr.ledger, credits_posted=amount)]
+        dr.dpo += amount
+        cr.cpo += amount
+        s.entries += [Entry(t.id, dr.account.id, ledger, 0, amount, 0, 0),
+                      Entry(t.id, cr.account.id, ledger, 0, 0, 0, amount)]
     expires = now + timedelta(seconds=t.timeout) if pending and t.timeout else None
     s.created[t.id] = TransferRecord(t, now, expires,
                                      PendingStatus.PENDING if pending else None)
@@ -228,7 +273,7 @@ def _exists(t: Transfer, e: Transfer) -> CreateTransferResult:
     return R.EXISTS
 
 
-def _resolve(t: Transfer, now: datetime, s: _Layer) -> CreateTransferResult:
+def _resolve(t: Transfer, flags: int, now: datetime, s: _Layer) -> CreateTransferResult:
     """POST_PENDING or VOID_PENDING: resolve the pending transfer `t.pending_id` once."""
     if not t.pending_id:
         return R.PENDING_ID_MUST_NOT_BE_ZERO
@@ -240,7 +285,7 @@ def _resolve(t: Transfer, now: datetime, s: _Layer) -> CreateTransferResult:
     if record is None:
         return R.PENDING_TRANSFER_NOT_FOUND
     p = record.transfer
-    if not p.flags & F.PENDING:
+    if not int(p.flags) & _PENDING:
         return R.PENDING_TRANSFER_NOT_PENDING
     if t.debit_account_id and t.debit_account_id != p.debit_account_id:
         return R.PENDING_TRANSFER_HAS_DIFFERENT_DEBIT_ACCOUNT_ID
@@ -253,7 +298,7 @@ def _resolve(t: Transfer, now: datetime, s: _Layer) -> CreateTransferResult:
     amount = t.amount or p.amount
     if amount > p.amount:
         return R.EXCEEDS_PENDING_TRANSFER_AMOUNT
-    if t.flags & F.VOID_PENDING and amount < p.amount:
+    if flags & _VOID and amount < p.amount:
         return R.PENDING_TRANSFER_HAS_DIFFERENT_AMOUNT
     existing = s.transfer(t.id)
     if existing is not None:
@@ -266,22 +311,20 @@ def _resolve(t: Transfer, now: datetime, s: _Layer) -> CreateTransferResult:
     if status is PendingStatus.EXPIRED or (record.expires_at is not None
                                            and now >= record.expires_at):
         return R.PENDING_TRANSFER_EXPIRED
-    dr = s.account(p.debit_account_id)
-    cr = s.account(p.credit_account_id)
-    assert dr is not None and cr is not None, "a stored pending transfer names its accounts"
-    posted = amount if t.flags & F.POST_PENDING else 0
-    s.accounts[dr.id] = replace(dr, debits_pending=dr.debits_pending - p.amount,
-                                debits_posted=dr.debits_posted + posted)
-    s.accounts[cr.id] = replace(cr, credits_pending=cr.credits_pending - p.amount,
-                                credits_posted=cr.credits_posted + posted)
-    s.entries += [Entry(t.id, dr.id, dr.ledger, debits_pending=-p.amount, debits_posted=posted),
-                  Entry(t.id, cr.id, cr.ledger, credits_pending=-p.amount,
-                        credits_posted=posted)]
+    found_dr, found_cr = s.balance(p.debit_account_id), s.balance(p.credit_account_id)
+    assert found_dr is not None and found_cr is not None, "a pending transfer names its accounts"
+    dr, cr = s.writable(found_dr), s.writable(found_cr)
+    posted = amount if flags & _POST else 0
+    dr.dp -= p.amount
+    dr.dpo += posted
+    cr.cp -= p.amount
+    cr.cpo += posted
+    s.entries += [Entry(t.id, dr.account.id, p.ledger, -p.amount, posted, 0, 0),
+                  Entry(t.id, cr.account.id, p.ledger, 0, 0, -p.amount, posted)]
     stored = Transfer(t.id, p.debit_account_id, p.credit_account_id, amount, p.ledger, p.code,
                       t.flags, t.pending_id, 0, t.user_data)
     s.created[t.id] = TransferRecord(stored, now)
-    s.resolved[p.id] = (PendingStatus.POSTED if t.flags & F.POST_PENDING
-                        else PendingStatus.VOIDED)
+    s.resolved[p.id] = PendingStatus.POSTED if flags & _POST else PendingStatus.VOIDED
     return R.OK
 
 
@@ -318,12 +361,13 @@ def decide_expiry(due: Sequence[TransferRecord], now: datetime,
         if (record.status is not PendingStatus.PENDING or record.expires_at is None
                 or record.expires_at > now or p.id in top.resolved):
             continue
-        dr, cr = top.account(p.debit_account_id), top.account(p.credit_account_id)
-        assert dr is not None and cr is not None, "a stored pending transfer names its accounts"
+        found_dr, found_cr = top.balance(p.debit_account_id), top.balance(p.credit_account_id)
+        assert found_dr is not None and found_cr is not None, "a pending names its accounts"
+        dr, cr = top.writable(found_dr), top.writable(found_cr)
         journal = expiry_journal(p.id)
-        top.accounts[dr.id] = replace(dr, debits_pending=dr.debits_pending - p.amount)
-        top.accounts[cr.id] = replace(cr, credits_pending=cr.credits_pending - p.amount)
-        top.entries += [Entry(journal, dr.id, dr.ledger, debits_pending=-p.amount),
-                        Entry(journal, cr.id, cr.ledger, credits_pending=-p.amount)]
+        dr.dp -= p.amount
+        cr.cp -= p.amount
+        top.entries += [Entry(journal, dr.account.id, p.ledger, -p.amount, 0, 0, 0),
+                        Entry(journal, cr.account.id, p.ledger, 0, 0, -p.amount, 0)]
         top.resolved[p.id] = PendingStatus.EXPIRED
-    return Decision([], top.accounts, [], top.resolved, top.entries)
+    return top.decision([])

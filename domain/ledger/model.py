@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from enum import IntFlag, StrEnum
+from typing import NamedTuple
 
 AMOUNT_MAX = 2**128 - 1
 """Balances and amounts are u128, as in TigerBeetle (NUMERIC(39, 0) in PostgreSQL)."""
@@ -176,13 +177,13 @@ class TransferRecord:
     """Only PENDING transfers have one."""
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
     """One account's share of a journal: signed changes of its four balances.
 
     Every transfer is one journal of two entries (debit side, credit side); an expiry is one
     journal ("expire:" + the pending id). Per journal and ledger, the debit changes equal the
     credit changes, pending and posted separately: that is what "balanced" means here.
+    (A NamedTuple: a batch makes two per transfer, and a frozen dataclass costs 3 µs each.)
     """
 
     journal_id: str

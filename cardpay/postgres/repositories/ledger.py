@@ -3,9 +3,9 @@
 For a batch, `create_transfers` locks every account it touches (in id order, so two writers
 never wait for each other in a circle), reads the transfers it names, lets `decide` compute the
 results exactly as the in-memory ledger would, and writes the new transfers and the journal
-entries in one statement each (`unnest` of arrays: one bind parameter per column whatever the batch
-size, so PostgreSQL's 65,535-parameter limit never applies; slices of `SLICE` journals bound the
-statement's size). The balances are not written here: a trigger on the entries keeps them, and the
+entries in one statement each (one JSON array per column: one bind parameter per column whatever
+the batch size, so PostgreSQL's 65,535-parameter limit never applies; slices of `SLICE` journals
+bound the statement's size). The balances are not written here: a trigger on the entries keeps them, and the
 database refuses an unbalanced journal, an account outside its flags, or a pending transfer
 resolved twice (migration 0007), so a bug here cannot break the books either.
 
@@ -16,6 +16,7 @@ change, so locking them serializes everything that can resolve it (post, void, e
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -60,20 +61,23 @@ _INSERT_ACCOUNTS = text(
     "SELECT * FROM unnest(CAST(:ids AS text[]), CAST(:ledgers AS text[]), "
     "CAST(:codes AS text[]), CAST(:flags AS integer[])) "
     "ON CONFLICT (id) DO NOTHING RETURNING id")
+# The rows go in as one JSON array per column, zipped by ROWS FROM: json.dumps is C and exact for
+# big ints, where psycopg's per-element array dumping took longer than the INSERT itself.
 _INSERT_TRANSFERS = text(
     f"INSERT INTO ledger_transfers ({_TRANSFER_COLUMNS}) "
-    "SELECT * FROM unnest(CAST(:ids AS text[]), CAST(:debits AS text[]), "
-    "CAST(:credits AS text[]), CAST(:amounts AS numeric[]), CAST(:ledgers AS text[]), "
-    "CAST(:codes AS text[]), CAST(:flags AS integer[]), CAST(:pending_ids AS text[]), "
-    "CAST(:timeouts AS bigint[]), CAST(:user_data AS text[]), "
-    "CAST(:created AS timestamptz[]), CAST(:expires AS timestamptz[]), "
-    "CAST(:statuses AS text[]))")
+    "SELECT i, d, c, a::numeric, l, k, f::integer, p, t::bigint, u, cr::timestamptz, "
+    "ex::timestamptz, st FROM ROWS FROM ("
+    + ", ".join(f"json_array_elements_text(CAST(:{c} AS json))" for c in (
+        "ids", "debits", "credits", "amounts", "ledgers", "codes", "flags", "pending_ids",
+        "timeouts", "user_data", "created", "expires", "statuses"))
+    + ") AS x(i, d, c, a, l, k, f, p, t, u, cr, ex, st)")
 _INSERT_ENTRIES = text(
     "INSERT INTO ledger_entries (journal_id, account_id, ledger, debits_pending, debits_posted, "
     "credits_pending, credits_posted) "
-    "SELECT * FROM unnest(CAST(:journals AS text[]), CAST(:accounts AS text[]), "
-    "CAST(:ledgers AS text[]), CAST(:dp AS numeric[]), CAST(:dpo AS numeric[]), "
-    "CAST(:cp AS numeric[]), CAST(:cpo AS numeric[]))")
+    "SELECT j, a, l, dp::numeric, dpo::numeric, cp::numeric, cpo::numeric FROM ROWS FROM ("
+    + ", ".join(f"json_array_elements_text(CAST(:{c} AS json))" for c in (
+        "journals", "accounts", "ledgers", "dp", "dpo", "cp", "cpo"))
+    + ") AS x(j, a, l, dp, dpo, cp, cpo)")
 _DUE = text("SELECT id, debit_account_id, credit_account_id FROM ledger_transfers "
             "WHERE pending_status = 'pending' AND expires_at <= :now")
 _EXPIRE = text("UPDATE ledger_transfers SET pending_status = 'expired' "
@@ -90,6 +94,10 @@ def _record(row: Any) -> TransferRecord:
                         row[7] or "", int(row[8]), row[9])
     return TransferRecord(transfer, row[10], row[11],
                           PendingStatus(row[12]) if row[12] is not None else None)
+
+
+def _json_columns(columns: dict[str, list[Any]]) -> dict[str, str]:
+    return {name: json.dumps(values) for name, values in columns.items()}
 
 
 def _slices(items: Sequence[Any]) -> Iterable[Sequence[Any]]:
@@ -178,23 +186,24 @@ class PostgresLedger:
 
     def _insert_transfers(self, records: Sequence[TransferRecord]) -> None:
         ts = [r.transfer for r in records]
-        self._conn.execute(_INSERT_TRANSFERS, {
+        self._conn.execute(_INSERT_TRANSFERS, _json_columns({
             "ids": [t.id for t in ts], "debits": [t.debit_account_id for t in ts],
             "credits": [t.credit_account_id for t in ts], "amounts": [t.amount for t in ts],
             "ledgers": [t.ledger for t in ts], "codes": [t.code for t in ts],
             "flags": [int(t.flags) for t in ts], "pending_ids": [t.pending_id or None for t in ts],
             "timeouts": [t.timeout for t in ts], "user_data": [t.user_data for t in ts],
-            "created": [r.timestamp for r in records], "expires": [r.expires_at for r in records],
+            "created": [r.timestamp.isoformat() for r in records],
+            "expires": [r.expires_at.isoformat() if r.expires_at else None for r in records],
             "statuses": [r.status.value if r.status else None for r in records],
-        })
+        }))
 
     def _insert_entries(self, entries: Sequence[Entry]) -> None:
-        self._conn.execute(_INSERT_ENTRIES, {
+        self._conn.execute(_INSERT_ENTRIES, _json_columns({
             "journals": [e.journal_id for e in entries],
             "accounts": [e.account_id for e in entries], "ledgers": [e.ledger for e in entries],
             "dp": [e.debits_pending for e in entries], "dpo": [e.debits_posted for e in entries],
             "cp": [e.credits_pending for e in entries], "cpo": [e.credits_posted for e in entries],
-        })
+        }))
 
     def lookup_transfers(self, ids: Sequence[str]) -> list[TransferRecord]:
         """The transfers that exist, in the order asked, with a pending one's status."""
