@@ -251,24 +251,31 @@ def _apply(t: Transfer, now: datetime, s: _Layer) -> CreateTransferResult:
     return R.OK
 
 
-def _exists(t: Transfer, e: Transfer) -> CreateTransferResult:
+def _exists(t: Transfer, e: Transfer, p: Transfer | None = None) -> CreateTransferResult:
+    """Compare a repeated id with the stored transfer, field by field in TigerBeetle's order.
+    For a post or void (`p`: its pending transfer) empty fields mean the pending's, amount 0 all."""
+
+    def differs(mine: str, stored: str) -> bool:
+        return mine != stored and (p is None or mine != "")
+
+    amount = t.amount if p is None else t.amount or p.amount
     if t.flags != e.flags:
         return R.EXISTS_WITH_DIFFERENT_FLAGS
     if t.pending_id != e.pending_id:
         return R.EXISTS_WITH_DIFFERENT_PENDING_ID
     if t.timeout != e.timeout:
         return R.EXISTS_WITH_DIFFERENT_TIMEOUT
-    if t.debit_account_id != e.debit_account_id:
+    if differs(t.debit_account_id, e.debit_account_id):
         return R.EXISTS_WITH_DIFFERENT_DEBIT_ACCOUNT_ID
-    if t.credit_account_id != e.credit_account_id:
+    if differs(t.credit_account_id, e.credit_account_id):
         return R.EXISTS_WITH_DIFFERENT_CREDIT_ACCOUNT_ID
-    if t.amount != e.amount:
+    if amount != e.amount:
         return R.EXISTS_WITH_DIFFERENT_AMOUNT
     if t.user_data != e.user_data:
         return R.EXISTS_WITH_DIFFERENT_USER_DATA
-    if t.ledger != e.ledger:
+    if differs(t.ledger, e.ledger):
         return R.EXISTS_WITH_DIFFERENT_LEDGER
-    if t.code != e.code:
+    if differs(t.code, e.code):
         return R.EXISTS_WITH_DIFFERENT_CODE
     return R.EXISTS
 
@@ -302,7 +309,7 @@ def _resolve(t: Transfer, flags: int, now: datetime, s: _Layer) -> CreateTransfe
         return R.PENDING_TRANSFER_HAS_DIFFERENT_AMOUNT
     existing = s.transfer(t.id)
     if existing is not None:
-        return _exists_resolving(t, existing.transfer, p)
+        return _exists(t, existing.transfer, p)
     status = s.status(record)
     if status is PendingStatus.POSTED:
         return R.PENDING_TRANSFER_ALREADY_POSTED
@@ -326,28 +333,6 @@ def _resolve(t: Transfer, flags: int, now: datetime, s: _Layer) -> CreateTransfe
     s.created[t.id] = TransferRecord(stored, now)
     s.resolved[p.id] = PendingStatus.POSTED if flags & _POST else PendingStatus.VOIDED
     return R.OK
-
-
-def _exists_resolving(t: Transfer, e: Transfer, p: Transfer) -> CreateTransferResult:
-    if t.flags != e.flags:
-        return R.EXISTS_WITH_DIFFERENT_FLAGS
-    if t.pending_id != e.pending_id:
-        return R.EXISTS_WITH_DIFFERENT_PENDING_ID
-    if t.timeout != e.timeout:
-        return R.EXISTS_WITH_DIFFERENT_TIMEOUT
-    if t.debit_account_id and t.debit_account_id != e.debit_account_id:
-        return R.EXISTS_WITH_DIFFERENT_DEBIT_ACCOUNT_ID
-    if t.credit_account_id and t.credit_account_id != e.credit_account_id:
-        return R.EXISTS_WITH_DIFFERENT_CREDIT_ACCOUNT_ID
-    if (t.amount or p.amount) != e.amount:
-        return R.EXISTS_WITH_DIFFERENT_AMOUNT
-    if t.user_data != e.user_data:
-        return R.EXISTS_WITH_DIFFERENT_USER_DATA
-    if t.ledger and t.ledger != e.ledger:
-        return R.EXISTS_WITH_DIFFERENT_LEDGER
-    if t.code and t.code != e.code:
-        return R.EXISTS_WITH_DIFFERENT_CODE
-    return R.EXISTS
 
 
 def decide_expiry(due: Sequence[TransferRecord], now: datetime,
