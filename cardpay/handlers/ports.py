@@ -20,6 +20,13 @@ from typing import Any, Protocol
 from cardpay.errors import CardpayError
 from domain.authorization import AccountSnapshot, Allowance, CardStatus
 from domain.events import DomainEvent, PaymentRefunded, PaymentSpent, RecordedEvent
+from domain.ledger.model import (
+    Account,
+    CreateAccountResult,
+    CreateTransferResult,
+    Transfer,
+    TransferRecord,
+)
 from domain.money import Currency, Money
 from listener.classify import Activity
 from listener.ports import AllowanceChange, BlockRef, Cursor
@@ -384,6 +391,9 @@ class UnitOfWork(Protocol):
     @property
     def cards(self) -> CardRegistry: ...
 
+    @property
+    def ledger(self) -> LedgerRepository: ...
+
     def __enter__(self) -> UnitOfWork: ...
 
     def __exit__(self, *exc: object) -> None:
@@ -398,4 +408,33 @@ class UnitOfWork(Protocol):
 
     def lock(self, key: str) -> None:
         """Serialize writers of `key` until the end of the transaction."""
+        ...
+
+
+class LedgerRepository(Protocol):
+    """The double-entry ledger (domain.ledger; ADR 0009), TigerBeetle's semantics.
+
+    Results come one per item, in order. Writes are part of the unit of work: they commit with it.
+    """
+
+    def create_accounts(self, accounts: Sequence[Account]) -> list[CreateAccountResult]:
+        """OK, or EXISTS for the same account again (harmless), or why it was refused."""
+        ...
+
+    def create_transfers(self, batch: Sequence[Transfer],
+                         now: datetime) -> list[CreateTransferResult]:
+        """Apply transfers in order at `now` (UTC): plain, PENDING (a hold with `timeout`
+        seconds), POST_PENDING / VOID_PENDING of a pending id, LINKED chains all-or-nothing."""
+        ...
+
+    def lookup_accounts(self, ids: Sequence[str]) -> list[Account]:
+        """Those that exist, with their balances, in the order asked."""
+        ...
+
+    def lookup_transfers(self, ids: Sequence[str]) -> list[TransferRecord]:
+        """Those that exist, in the order asked; a pending one with its status."""
+        ...
+
+    def expire_pending(self, now: datetime) -> list[str]:
+        """Release every pending transfer whose timeout has passed; their ids, sorted."""
         ...

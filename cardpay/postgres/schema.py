@@ -294,3 +294,56 @@ safe_allowance_changes = Table(
 )
 Index("safe_allowance_changes_latest", safe_allowance_changes.c.safe,
       safe_allowance_changes.c.token, safe_allowance_changes.c.block_number)
+
+
+# The ledger (migration 0007; ADR 0009). Balances and amounts are u128 in token base units; the
+# CHECKs, triggers and the partial unique index that guard them live in the migration.
+LedgerAmount = Numeric(39, 0)
+EntryDelta = Numeric(40, 0)
+"""A signed change of a balance: -u128 .. u128."""
+
+ledger_accounts = Table(
+    "ledger_accounts",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("ledger", Text, nullable=False),
+    Column("code", Text, nullable=False),
+    Column("flags", Integer, nullable=False),
+    Column("debits_pending", LedgerAmount, nullable=False, server_default="0"),
+    Column("debits_posted", LedgerAmount, nullable=False, server_default="0"),
+    Column("credits_pending", LedgerAmount, nullable=False, server_default="0"),
+    Column("credits_posted", LedgerAmount, nullable=False, server_default="0"),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+ledger_transfers = Table(
+    "ledger_transfers",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("debit_account_id", Text, nullable=False),
+    Column("credit_account_id", Text, nullable=False),
+    Column("amount", LedgerAmount, nullable=False),
+    Column("ledger", Text, nullable=False),
+    Column("code", Text, nullable=False),
+    Column("flags", Integer, nullable=False),
+    Column("pending_id", Text),
+    Column("timeout", BigInteger, nullable=False, server_default="0"),
+    Column("user_data", Text, nullable=False, server_default=""),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True)),
+    Column("pending_status", Text),
+)
+
+ledger_entries = Table(
+    "ledger_entries",
+    metadata,
+    Column("journal_id", Text, nullable=False),
+    Column("account_id", Text, nullable=False),
+    Column("ledger", Text, nullable=False),
+    Column("debits_pending", EntryDelta, nullable=False, server_default="0"),
+    Column("debits_posted", EntryDelta, nullable=False, server_default="0"),
+    Column("credits_pending", EntryDelta, nullable=False, server_default="0"),
+    Column("credits_posted", EntryDelta, nullable=False, server_default="0"),
+    Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("journal_id", "account_id"),
+)

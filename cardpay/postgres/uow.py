@@ -20,6 +20,7 @@ from cardpay.postgres.repositories.cards import PostgresCardRegistry
 from cardpay.postgres.repositories.chain import PostgresChainState
 from cardpay.postgres.repositories.claims import PostgresCommandClaims
 from cardpay.postgres.repositories.deliveries import PostgresDeliveries
+from cardpay.postgres.repositories.ledger import PostgresLedger
 from cardpay.postgres.repositories.payments_view import PostgresPaymentsView
 from cardpay.postgres.repositories.positions import PostgresConsumerPositions
 from cardpay.postgres.repositories.quarantine import PostgresQuarantine
@@ -68,6 +69,7 @@ class PostgresUnitOfWork(_Transaction):
     refunds: PostgresRefundMatching
     deliveries: PostgresDeliveries
     cards: PostgresCardRegistry
+    ledger: PostgresLedger
 
     def __init__(self, engine: Engine, *, outbox_topic: str | None = None) -> None:
         super().__init__(engine)
@@ -82,6 +84,7 @@ class PostgresUnitOfWork(_Transaction):
         self.refunds = PostgresRefundMatching(conn)
         self.deliveries = PostgresDeliveries(conn)
         self.cards = PostgresCardRegistry(conn)
+        self.ledger = PostgresLedger(conn)
         return self
 
     @contextmanager

@@ -31,6 +31,14 @@ from cardpay.handlers.ports import (
 from cardpay.postgres.eventstore import check_sequence
 from domain.authorization import Allowance, CardStatus
 from domain.events import DomainEvent, PaymentRefunded, PaymentSpent, RecordedEvent
+from domain.ledger.memory import Ledger
+from domain.ledger.model import (
+    Account,
+    CreateAccountResult,
+    CreateTransferResult,
+    Transfer,
+    TransferRecord,
+)
 from domain.serialization import from_recorded, to_data
 from listener.classify import Activity
 from listener.ports import AllowanceChange, BlockRef, Cursor
@@ -79,6 +87,7 @@ class State:
     allowances: dict[tuple[str, str], _Tracked] = field(default_factory=dict)
     allowance_steps: dict[tuple[str, int, str, str], AllowanceStep] = field(default_factory=dict)
     sequence: int = 0
+    ledger: Ledger = field(default_factory=Ledger)
 
     def next(self) -> int:
         self.sequence += 1
@@ -417,6 +426,29 @@ class FakeCardRegistry:
             del self._s.allowance_steps[skey]
 
 
+class FakeLedger:
+    """The reference `domain.ledger.Ledger` on the unit of work's staged state."""
+
+    def __init__(self, state: State) -> None:
+        self._s = state  # the savepoint swaps `state.ledger`: read it each time
+
+    def create_accounts(self, accounts: Sequence[Account]) -> list[CreateAccountResult]:
+        return self._s.ledger.create_accounts(accounts)
+
+    def create_transfers(self, batch: Sequence[Transfer],
+                         now: datetime) -> list[CreateTransferResult]:
+        return self._s.ledger.create_transfers(batch, now)
+
+    def lookup_accounts(self, ids: Sequence[str]) -> list[Account]:
+        return self._s.ledger.lookup_accounts(ids)
+
+    def lookup_transfers(self, ids: Sequence[str]) -> list[TransferRecord]:
+        return self._s.ledger.lookup_transfers(ids)
+
+    def expire_pending(self, now: datetime) -> list[str]:
+        return self._s.ledger.expire_pending(now)
+
+
 class FakeDatabase:
     """The committed state; `uow()` opens a unit of work on it."""
 
@@ -446,6 +478,9 @@ class FakeUnitOfWork:
         self.refunds = FakeRefundMatching(self._state)
         self.deliveries = FakeDeliveries(self._state)
         self.cards = FakeCardRegistry(self._state)
+
+
+        self.ledger = FakeLedger(self._state)
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -26,10 +26,10 @@ def _imports(path: Path) -> set[str]:
 
 
 def test_domain_imports_only_the_standard_library() -> None:
-    files = sorted(DOMAIN.glob("*.py"))
+    files = sorted(DOMAIN.rglob("*.py"))  # subpackages too (domain/ledger)
     assert files, "domain package not found"
     offenders = {
-        f"{path.name}: {name}"
+        f"{path.relative_to(DOMAIN)}: {name}"
         for path in files
         for name in _imports(path)
         if name != "domain" and name not in sys.stdlib_module_names and name != "__future__"
