@@ -90,6 +90,9 @@ class Settings:
     """The card network's Standard Webhooks secrets; `cardpay api` refuses to start without."""
     api_host: str = "127.0.0.1"
     api_port: int = 8080
+    authorization_deadline_ms: int = 2000
+    """The network stands in for an authorization not answered within this; a later approval
+    is recorded as late and holds nothing."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -107,6 +110,7 @@ class Settings:
             webhook_secrets=_webhook_secrets(env),
             api_host=(env.get("CARDPAY_API_HOST") or "").strip() or "127.0.0.1",
             api_port=_int(env, "CARDPAY_API_PORT", 8080),
+            authorization_deadline_ms=_int(env, "CARDPAY_AUTHORIZATION_DEADLINE_MS", 2000),
         )
         if settings.confirmations < 0:
             raise SettingsError(f"CARDPAY_CONFIRMATIONS must be 0 or more, got "
@@ -114,6 +118,9 @@ class Settings:
         if settings.max_block_range < 1:
             raise SettingsError(f"CARDPAY_MAX_BLOCK_RANGE must be at least 1, got "
                                 f"{settings.max_block_range}")
+        if settings.authorization_deadline_ms < 1:
+            raise SettingsError(f"CARDPAY_AUTHORIZATION_DEADLINE_MS must be at least 1, got "
+                                f"{settings.authorization_deadline_ms}")
         if not 1 <= settings.api_port <= 65535:
             raise SettingsError(f"CARDPAY_API_PORT must be a TCP port (1-65535), got "
                                 f"{settings.api_port}")

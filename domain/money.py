@@ -166,7 +166,7 @@ def token_for(fiat: Currency) -> Currency:
     try:
         return FIAT_TOKENS[fiat]
     except KeyError:
-        raise InvalidAmount(f"no card token for {fiat}") from None
+        raise CurrencyMismatch(f"no card token for {fiat}") from None
 
 
 def to_token(amount: Money) -> Money:

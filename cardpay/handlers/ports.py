@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any, Protocol
 
 from cardpay.errors import CardpayError
@@ -394,6 +394,12 @@ class UnitOfWork(Protocol):
     @property
     def ledger(self) -> LedgerRepository: ...
 
+    @property
+    def references(self) -> PaymentReferences: ...
+
+    @property
+    def settlement_reports(self) -> SettlementReports: ...
+
     def __enter__(self) -> UnitOfWork: ...
 
     def __exit__(self, *exc: object) -> None:
@@ -409,6 +415,27 @@ class UnitOfWork(Protocol):
     def lock(self, key: str) -> None:
         """Serialize writers of `key` until the end of the transaction."""
         ...
+
+
+class PaymentReferences(Protocol):
+    """What a later network message may name a payment by (`clearing:<id>`, `return:<id>`)."""
+
+    def put(self, ref: str, payment_id: str) -> None:
+        """Remember `ref` for the payment (again: nothing changes; the first payment stays)."""
+        ...
+
+    def get(self, ref: str) -> str | None: ...
+
+
+class SettlementReports(Protocol):
+    """The network's daily settlement reports, once per report id, as sent."""
+
+    def add(self, report_id: str, settlement_date: date, currency: str,
+            report: Mapping[str, Any]) -> bool:
+        """Keep a report; False when this report id was kept before (nothing changes)."""
+        ...
+
+    def get(self, report_id: str) -> dict[str, Any] | None: ...
 
 
 class LedgerRepository(Protocol):

@@ -8,6 +8,7 @@ from __future__ import annotations
 from sqlalchemy import (
     BigInteger,
     Column,
+    Date,
     DateTime,
     Identity,
     Index,
@@ -347,3 +348,23 @@ ledger_entries = Table(
     Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     PrimaryKeyConstraint("journal_id", "account_id"),
 )
+
+
+# -- what later network messages refer to, and the settlement reports (migration 0010) ---------
+payment_references = Table(
+    "payment_references",
+    metadata,
+    Column("ref", Text, primary_key=True),
+    Column("payment_id", Text, nullable=False),
+)
+
+settlement_reports = Table(
+    "settlement_reports",
+    metadata,
+    Column("report_id", Text, primary_key=True),
+    Column("settlement_date", Date, nullable=False),
+    Column("currency", Text, nullable=False),
+    Column("report", JSONB, nullable=False),
+)
+Index("settlement_reports_by_day", settlement_reports.c.settlement_date,
+      settlement_reports.c.currency)

@@ -24,6 +24,10 @@ from cardpay.postgres.repositories.ledger import PostgresLedger
 from cardpay.postgres.repositories.payments_view import PostgresPaymentsView
 from cardpay.postgres.repositories.positions import PostgresConsumerPositions
 from cardpay.postgres.repositories.quarantine import PostgresQuarantine
+from cardpay.postgres.repositories.references import (
+    PostgresPaymentReferences,
+    PostgresSettlementReports,
+)
 from cardpay.postgres.repositories.refunds import PostgresRefundMatching
 from projector.payments import PaymentRow
 
@@ -70,6 +74,8 @@ class PostgresUnitOfWork(_Transaction):
     deliveries: PostgresDeliveries
     cards: PostgresCardRegistry
     ledger: PostgresLedger
+    references: PostgresPaymentReferences
+    settlement_reports: PostgresSettlementReports
 
     def __init__(self, engine: Engine, *, outbox_topic: str | None = None) -> None:
         super().__init__(engine)
@@ -85,6 +91,8 @@ class PostgresUnitOfWork(_Transaction):
         self.deliveries = PostgresDeliveries(conn)
         self.cards = PostgresCardRegistry(conn)
         self.ledger = PostgresLedger(conn)
+        self.references = PostgresPaymentReferences(conn)
+        self.settlement_reports = PostgresSettlementReports(conn)
         return self
 
     @contextmanager

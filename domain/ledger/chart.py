@@ -59,9 +59,11 @@ class ChartOfAccounts:
             if not owner:
                 raise ValueError("cardholder funds are per Safe: give its address")
             return f"{self.ledger}:{kind.value}:{owner.lower()}"
-        if owner:
+        if owner and kind is not AccountKind.SAFE_BALANCES:
             raise ValueError(f"{kind.value} is one account per ledger")
-        return f"{self.ledger}:{kind.value}"
+        # SAFE_BALANCES may also be kept per Safe: the mirror of that Safe's indexed balance
+        return f"{self.ledger}:{kind.value}:{owner.lower()}" if owner else \
+            f"{self.ledger}:{kind.value}"
 
     def account(self, kind: AccountKind, owner: str = "") -> Account:
         """The account to pass to `create_accounts` (creating it again is a harmless EXISTS)."""
@@ -73,3 +75,8 @@ class ChartOfAccounts:
 
     def cardholder(self, safe: str) -> Account:
         return self.account(AccountKind.CARDHOLDER_FUNDS, safe)
+
+    def safe_mirror(self, safe: str) -> Account:
+        """The Safe's mirror: debited by tokens the chain shows coming into the Safe, credited
+        by tokens leaving it, against the cardholder's funds."""
+        return self.account(AccountKind.SAFE_BALANCES, safe)

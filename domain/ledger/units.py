@@ -10,28 +10,21 @@ of the ledger, so nothing is rounded away unseen.
 from __future__ import annotations
 
 from domain.errors import CurrencyMismatch
-from domain.money import EUR, GBP, USD, Currency, Money
+from domain.money import EURE, FIAT_TOKENS, GBPE, USDCE, Currency, Money, to_token, token_for
 
-EURE = Currency("EURe", 18)
-GBPE = Currency("GBPe", 18)
-USDCE = Currency("USDCe", 6)
-
-TOKEN_FOR_FIAT: dict[Currency, Currency] = {EUR: EURE, GBP: GBPE, USD: USDCE}
+TOKEN_FOR_FIAT = FIAT_TOKENS
 FIAT_FOR_TOKEN: dict[Currency, Currency] = {v: k for k, v in TOKEN_FOR_FIAT.items()}
 LEDGERS: dict[str, Currency] = {t.code: t for t in TOKEN_FOR_FIAT.values()}
 """Ledger name (the token code) -> the token."""
 
+ledger_for = token_for
+"""The token ledger of a fiat currency (`domain.money.token_for`)."""
 
-def ledger_for(fiat: Currency) -> Currency:
-    try:
-        return TOKEN_FOR_FIAT[fiat]
-    except KeyError:
-        raise CurrencyMismatch(f"no token ledger for {fiat}") from None
+to_ledger_units = to_token
+"""A network amount in fiat minor units as base units of its token (always exact)."""
 
-
-def to_ledger_units(amount: Money) -> Money:
-    """A network amount in fiat minor units as base units of its token (always exact)."""
-    return amount.convert(ledger_for(amount.currency))
+__all__ = ["EURE", "FIAT_FOR_TOKEN", "GBPE", "LEDGERS", "TOKEN_FOR_FIAT", "USDCE", "ledger_for",
+           "split_to_fiat", "to_fiat", "to_ledger_units"]
 
 
 def to_fiat(amount: Money) -> Money:

@@ -12,7 +12,8 @@ import copy
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from typing import Any
 
 from cardpay.handlers.cards import AllowanceStep, TrackedAllowance, follow_allowances
 from cardpay.handlers.ports import (
@@ -80,6 +81,8 @@ class State:
     expected: list[_Expected] = field(default_factory=list)
     unmatched: dict[str, _Unmatched] = field(default_factory=dict)
     deliveries: dict[str, Delivery] = field(default_factory=dict)
+    references: dict[str, str] = field(default_factory=dict)
+    settlement_reports: dict[str, dict[str, Any]] = field(default_factory=dict)
     cards: dict[str, Card] = field(default_factory=dict)
     authorizations: list[tuple[str, datetime]] = field(default_factory=list)
     balances: dict[tuple[str, str], _Tracked] = field(default_factory=dict)
@@ -316,6 +319,33 @@ class FakeDeliveries:
             delivery, response=copy.deepcopy(dict(delivery.response)))
 
 
+class FakePaymentReferences:
+    def __init__(self, state: State) -> None:
+        self._s = state
+
+    def put(self, ref: str, payment_id: str) -> None:
+        self._s.references.setdefault(ref, payment_id)
+
+    def get(self, ref: str) -> str | None:
+        return self._s.references.get(ref)
+
+
+class FakeSettlementReports:
+    def __init__(self, state: State) -> None:
+        self._s = state
+
+    def add(self, report_id: str, settlement_date: date, currency: str,
+            report: Mapping[str, Any]) -> bool:
+        if report_id in self._s.settlement_reports:
+            return False
+        self._s.settlement_reports[report_id] = copy.deepcopy(dict(report))
+        return True
+
+    def get(self, report_id: str) -> dict[str, Any] | None:
+        found = self._s.settlement_reports.get(report_id)
+        return None if found is None else copy.deepcopy(found)
+
+
 class FakeCardRegistry:
     """The card registry in memory; balances and allowances are derived from the reading and
     the kept moves each time, which is what the Postgres cache columns must agree with."""
@@ -481,6 +511,8 @@ class FakeUnitOfWork:
 
 
         self.ledger = FakeLedger(self._state)
+        self.references = FakePaymentReferences(self._state)
+        self.settlement_reports = FakeSettlementReports(self._state)
         return self
 
     def __exit__(self, *exc: object) -> None:

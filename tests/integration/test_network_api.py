@@ -12,6 +12,7 @@ import copy
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -22,7 +23,10 @@ from starlette.testclient import TestClient
 from cardpay.api.app import examples
 from cardpay.api.models import EVENT_MODELS, AuthorizationRequestBody, ClearingBody
 from cardpay.bootstrap.api import build_app
+from cardpay.handlers.network import EffectUnavailable
+from cardpay.handlers.ports import QuarantineItem, UnitOfWork
 from cardpay.settings import Settings
+from domain.network import AuthorizationDecision, AuthorizationRequest
 from tests.support.network import (
     OLD_SECRET,
     SECRET,
@@ -318,11 +322,17 @@ def test_readyz_is_503_when_the_database_does_not_answer(registry: CollectorRegi
     dead.dispose()
 
 
-def test_without_wired_effects_a_signed_message_gets_503_and_nothing_is_recorded(
+def test_when_an_effect_is_unavailable_a_signed_message_gets_503_and_nothing_is_recorded(
         pg_engine: Engine, registry: CollectorRegistry) -> None:
+    def unavailable(uow: UnitOfWork, request: AuthorizationRequest,
+                    received_at: datetime) -> AuthorizationDecision:
+        uow.quarantine.add(QuarantineItem("test", "k", "written, then rolled back", {}))
+        raise EffectUnavailable("the ledger is down")
+
     settings = Settings(database_url="unused", webhook_secrets=(SECRET,))
-    with TestClient(build_app(settings, pg_engine, registry=registry)) as c:
+    with TestClient(build_app(settings, pg_engine, decide=unavailable,
+                              registry=registry)) as c:
         before = counts(pg_engine)
         reply = post(c, AUTH, dumps(auth_body()), "w1")
-        assert reply.status_code == 503 and "not wired" in reply.json()["reason"]
+        assert reply.status_code == 503 and "ledger is down" in reply.json()["reason"]
         assert counts(pg_engine) == before

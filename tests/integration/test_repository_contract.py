@@ -8,7 +8,7 @@ in the handler unit tests, and a PostgreSQL change that breaks it is caught on t
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -383,3 +383,29 @@ def test_a_set_allowance_with_no_token_is_not_guessed_between_tokens(uow: Factor
         assert w.cards.apply_allowance_changes([ambiguous]) == [ambiguous]
         assert w.cards.allowance(SAFE_A, EURE_T) == DAILY
         assert w.cards.allowance(SAFE_A, USDC_T) == DAILY
+
+
+# -- network references and settlement reports -----------------------------------------------------
+def test_a_reference_keeps_its_first_payment_and_commits_with_the_unit(uow: Factory) -> None:
+    with uow() as w:
+        w.references.put("return:r1", "auth_1")
+    with uow() as w:
+        assert w.references.get("return:r1") is None  # no commit, nothing kept
+        w.references.put("return:r1", "auth_1")
+        w.references.put("return:r1", "auth_2")  # again: the first payment stays
+        w.commit()
+    with uow() as w:
+        assert w.references.get("return:r1") == "auth_1"
+        assert w.references.get("return:r2") is None
+
+
+def test_a_settlement_report_is_kept_once_per_id(uow: Factory) -> None:
+    report = {"lines": [{"business_mode": "issuer", "count": 2, "net": -850}], "currency": "EUR"}
+    day = date(2026, 12, 1)
+    with uow() as w:
+        assert w.settlement_reports.add("vss_1", day, "EUR", report)
+        w.commit()
+    with uow() as w:
+        assert not w.settlement_reports.add("vss_1", day, "EUR", {"lines": []})
+        assert w.settlement_reports.get("vss_1") == report
+        assert w.settlement_reports.get("vss_2") is None

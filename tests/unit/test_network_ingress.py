@@ -18,7 +18,7 @@ from cardpay.handlers.network import EffectUnavailable, NetworkIngress, Received
 from cardpay.handlers.ports import UnitOfWork
 from cardpay.metrics.api import ApiMetrics
 from cardpay.settings import Settings, SettingsError
-from domain.errors import InvalidAmount, InvalidNetworkMessage, NaiveTimestamp
+from domain.errors import CurrencyMismatch, InvalidNetworkMessage, NaiveTimestamp
 from domain.money import EUR, EURE, GBP, GBPE, USD, USDCE, Currency, Money, to_token
 from domain.network import (
     ASYNC_MESSAGES,
@@ -53,7 +53,7 @@ def test_network_amounts_convert_exactly_to_their_card_token() -> None:
     assert to_token(Money(850, EUR)) == Money(85 * 10**17, EURE)
     assert to_token(Money(850, GBP)) == Money(85 * 10**17, GBPE)
     assert to_token(Money(850, USD)) == Money(8_500_000, USDCE)
-    with pytest.raises(InvalidAmount):
+    with pytest.raises(CurrencyMismatch):
         to_token(Money(1, Currency("JPY", 0)))
 
 

@@ -4,7 +4,7 @@ A delivery is recorded in the transaction of the message's effect: a repeat of t
 and gets the same answer; the same id with another body (other SHA-256) is refused.
 
 Revision ID: 0008
-Revises: 0006 (to be re-pointed at the ledger's 0007 when both land)
+Revises: 0007
 """
 
 import sqlalchemy as sa

@@ -7,7 +7,7 @@ keyed by block hash (`safe_balance_moves`, `safe_allowance_changes`), so a reorg
 the orphaned blocks' effects. `card_authorizations` counts authorizations for the velocity rule.
 
 Revision ID: 0009
-Revises: 0006 (integrator: re-point to the last of 0007/0008 when those land)
+Revises: 0008
 """
 
 import sqlalchemy as sa

@@ -1,0 +1,352 @@
+"""The card network's effects: the authorization decision and every asynchronous message.
+
+`CardNetworkEffects.decide` and `.apply` are the `Decide` and `Apply` ports of
+`cardpay.handlers.network.NetworkIngress`: they run inside the delivery's unit of work, so the
+decision or effect, its events, its ledger transfers and the delivery record commit together.
+
+The ledger mirrors each cardholder Safe's indexed token balance (ADR 0009): before a decision the
+difference between the chain's balance and the Safe's mirror account is moved into (or out of)
+the cardholder's funds, so the funds account holds what the chain says minus what cards have
+committed (holds, clearings, returns). The decision uses exactly that, under the card's row lock,
+and the database refuses a hold the funds do not cover: two authorizations of one card can never
+together approve more than the Safe holds.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from cardpay.handlers.network import EffectUnavailable
+from cardpay.handlers.ports import Card, LockedCard, QuarantineItem, UnitOfWork
+from domain import commands as c
+from domain import events as e
+from domain.authorization import AuthorizationRequest as DecisionInput
+from domain.authorization import decide as decide_authorization
+from domain.card_network import authorization_expires_at
+from domain.errors import CurrencyMismatch, DomainError
+from domain.ledger.chart import AccountKind, ChartOfAccounts
+from domain.ledger.model import CreateTransferResult, Transfer
+from domain.ledger.payments import Code, PaymentPostings, current_hold, to_suspense
+from domain.ledger.units import to_ledger_units
+from domain.money import Currency, Money
+from domain.network import (
+    AuthorizationAdvice,
+    AuthorizationDecision,
+    AuthorizationExpiry,
+    AuthorizationRequest,
+    AuthorizationReversal,
+    Clearing,
+    FinancialAuthorization,
+    ForcePost,
+    IncrementalAuthorization,
+    NetworkMessage,
+    Return,
+    ReturnReversal,
+    SettlementReport,
+)
+from domain.payment import Payment, handle
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DEADLINE = timedelta(seconds=2)
+"""The network stands in after this (Stripe Issuing, Airwallex: 2 s; Marqeta, Lithic: 3 s)."""
+LATE = "late_approval"
+UNMATCHED_RETURN = "unmatched_return"
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UnknownCard(DomainError):
+    """A message that needs the card (a force post, a single-message purchase) names a card
+    that is not registered: refused (422) and quarantined for a person."""
+
+
+class ReturnNotFound(DomainError):
+    """A return reversal for a return that was never recorded."""
+
+
+class UnknownMessage(DomainError):
+    """A message type with no effect defined (a new type the API accepted)."""
+
+
+class LedgerOutOfStep(EffectUnavailable):
+    """The ledger refused a transfer the payment's events call for: nothing is written, the
+    network retries, and the log says which transfer and why."""
+
+
+class CardNetworkEffects:
+    def __init__(self, *, deadline: timedelta = DEFAULT_DEADLINE,
+                 clock: Callable[[], datetime] = _utcnow) -> None:
+        self._deadline = deadline
+        self._clock = clock
+
+    # -- the synchronous decision ----------------------------------------------------------------
+    def decide(self, uow: UnitOfWork, request: AuthorizationRequest,
+               received_at: datetime) -> AuthorizationDecision:
+        now = self._clock()
+        amount = to_ledger_units(request.amount)
+        locked = uow.cards.lock_for_authorization(request.card_id, now)
+        wanted = DecisionInput(card_id=request.card_id, amount=amount,
+                               mcc=int(request.merchant.mcc),
+                               allow_partial=request.partial_approval_supported,
+                               partial_unit=amount.units // request.amount.units)
+        if locked is None:
+            decision = decide_authorization(wanted, None, now)
+            self._run(uow, c.DeclineAuthorization(
+                command_id=request.authorization_id, payment_id=request.authorization_id,
+                at=now, account="", amount=amount, merchant=request.merchant.name,
+                mcc=request.merchant.mcc, reason=str(decision.reason)))
+            assert decision.reason is not None
+            return AuthorizationDecision.decline(request, decision.reason)
+        card = locked.card
+        if card.currency != amount.currency:
+            raise CurrencyMismatch(f"card {card.card_id} spends {card.currency}, the network "
+                                   f"asked in {request.amount.currency}")
+        chart = ChartOfAccounts(card.currency.code)
+        committed = self._mirror(uow, chart, locked, request.authorization_id, now)
+        decision = decide_authorization(wanted, locked.snapshot(Money(committed, amount.currency)),
+                                        now)
+        uow.cards.record_authorization(card.card_id, now)
+        late = self._clock() - received_at > self._deadline
+        if decision.approved and not late:
+            self._run(uow, c.AuthorizePayment(
+                command_id=request.authorization_id, payment_id=request.authorization_id,
+                at=now, account=card.safe, amount=decision.approved_amount,
+                merchant=request.merchant.name, mcc=request.merchant.mcc,
+                expires_at=authorization_expires_at(now, request.merchant.mcc),
+                requested=amount))
+            fiat = decision.approved_amount.convert(request.amount.currency)
+            return AuthorizationDecision.approve(request, fiat)
+        reason = LATE if decision.approved else str(decision.reason)
+        if late and decision.approved:
+            log.warning("authorization %s approved after the %.1f s deadline: recorded as late, "
+                        "nothing held (the network stood in)", request.authorization_id,
+                        self._deadline.total_seconds())
+        self._run(uow, c.DeclineAuthorization(
+            command_id=request.authorization_id, payment_id=request.authorization_id, at=now,
+            account=card.safe, amount=amount, merchant=request.merchant.name,
+            mcc=request.merchant.mcc, reason=reason))
+        if decision.approved:  # late: answered as decided, but nothing is held
+            fiat = decision.approved_amount.convert(request.amount.currency)
+            return AuthorizationDecision.approve(request, fiat)
+        assert decision.reason is not None
+        return AuthorizationDecision.decline(request, decision.reason)
+
+    def _mirror(self, uow: UnitOfWork, chart: ChartOfAccounts, locked: LockedCard, key: str,
+                now: datetime) -> int:
+        """Bring the Safe's mirror to the indexed balance; returns what cards have committed of
+        the funds (holds + clearings - returns), which the mirror never changes."""
+        safe = locked.card.safe
+        funds_id, mirror_id = chart.cardholder(safe).id, chart.safe_mirror(safe).id
+        found = {a.id: a for a in uow.ledger.lookup_accounts([funds_id, mirror_id])}
+        if len(found) < 2:
+            self._ensure_accounts(uow, chart, safe)
+            found = {a.id: a for a in uow.ledger.lookup_accounts([funds_id, mirror_id])}
+        funds, mirror = found[funds_id], found[mirror_id]
+        mirrored = mirror.debits_posted - mirror.credits_posted
+        available = funds.credits_posted - funds.debits_posted - funds.debits_pending
+        committed = mirrored - available
+        delta = locked.balance - mirrored
+        if delta:
+            debit, credit = (mirror_id, funds_id) if delta > 0 else (funds_id, mirror_id)
+            result, = uow.ledger.create_transfers([Transfer(
+                f"mirror:{key}", debit, credit, abs(delta), chart.ledger, "chain_balance",
+                user_data=safe)], now)
+            if not result.applied:
+                # the Safe holds less than cards committed: nothing is available, and the
+                # mirror catches up when money comes back
+                log.warning("Safe %s holds %d, less than the %d its cards committed (%s)",
+                            safe, locked.balance, committed, result.value)
+        return committed
+
+    # -- asynchronous messages -------------------------------------------------------------------
+    def apply(self, uow: UnitOfWork, message: NetworkMessage) -> dict[str, Any]:
+        now = self._clock()
+        match message:
+            case AuthorizationAdvice():
+                card = uow.cards.get(message.card_id)
+                approved = self._tokens(message.approved_amount)
+                return self._run(uow, c.AdviseAuthorization(
+                    command_id=f"advice:{message.authorization_id}",
+                    payment_id=message.authorization_id, at=now,
+                    account=card.safe if card else "",
+                    amount=approved if not approved.is_zero else self._tokens(message.amount),
+                    merchant=message.merchant.name, mcc=message.merchant.mcc,
+                    expires_at=authorization_expires_at(now, message.merchant.mcc),
+                    approved=not approved.is_zero, reason=message.reason))
+            case IncrementalAuthorization():
+                return self._run(uow, c.IncreaseAuthorization(
+                    command_id=message.increment_id, payment_id=message.authorization_id,
+                    at=now, amount=self._tokens(message.amount)))
+            case AuthorizationReversal():
+                return self._run(uow, c.ReverseAuthorization(
+                    command_id=message.reversal_id, payment_id=message.authorization_id, at=now,
+                    amount=None if message.full else self._tokens(message.amount),
+                    reason="network reversal"))
+            case AuthorizationExpiry():
+                return self._run(uow, c.ExpireAuthorization(
+                    command_id=f"expiry:{message.authorization_id}",
+                    payment_id=message.authorization_id, at=now))
+            case Clearing():
+                uow.references.put(f"clearing:{message.clearing_id}", message.authorization_id)
+                return self._run(uow, c.RecordClearing(
+                    command_id=message.clearing_id, payment_id=message.authorization_id, at=now,
+                    amount=self._tokens(message.amount), final=message.final),
+                    card_id=message.card_id)
+            case FinancialAuthorization():
+                card = self._known(uow, message.card_id)
+                return self._run(uow, c.RecordFinancialAuthorization(
+                    command_id=message.authorization_id, payment_id=message.authorization_id,
+                    at=now, account=card.safe, amount=self._tokens(message.amount),
+                    merchant=message.merchant.name, mcc=message.merchant.mcc))
+            case ForcePost():
+                card = self._known(uow, message.card_id)
+                uow.references.put(f"clearing:{message.clearing_id}", message.clearing_id)
+                return self._run(uow, c.ForcePost(
+                    command_id=message.clearing_id, payment_id=message.clearing_id, at=now,
+                    account=card.safe, amount=self._tokens(message.amount),
+                    merchant=message.merchant.name, mcc=message.merchant.mcc))
+            case Return():
+                return self._return(uow, message, now)
+            case ReturnReversal():
+                payment_id = uow.references.get(f"return:{message.return_id}")
+                if payment_id is None:
+                    raise ReturnNotFound(f"return reversal {message.return_reversal_id}: no "
+                                         f"return {message.return_id} was recorded")
+                return self._run(uow, c.ReverseReturn(
+                    command_id=message.return_reversal_id, payment_id=payment_id, at=now,
+                    amount=self._tokens(message.amount)))
+            case SettlementReport():
+                added = uow.settlement_reports.add(
+                    message.report_id, message.settlement_date, message.currency.code,
+                    _report_body(message))
+                return {"status": "recorded" if added else "already_recorded",
+                        "report_id": message.report_id}
+        raise UnknownMessage(f"no effect is defined for {type(message).__name__}")
+
+    def _return(self, uow: UnitOfWork, message: Return, now: datetime) -> dict[str, Any]:
+        amount = self._tokens(message.amount)
+        payment_id: str | None = None
+        if message.authorization_id and uow.events.load(message.authorization_id):
+            payment_id = message.authorization_id
+        if payment_id is None and message.clearing_id:
+            payment_id = uow.references.get(f"clearing:{message.clearing_id}")
+        if payment_id is None:
+            # money the network gave back that no payment explains: suspense, and an exception
+            chart = ChartOfAccounts(amount.currency.code)
+            self._ensure_accounts(uow, chart)
+            result, = uow.ledger.create_transfers([Transfer(
+                f"return:{message.return_id}:suspense",
+                chart.account_id(AccountKind.NETWORK_PAYABLE),
+                chart.account_id(AccountKind.SUSPENSE), amount.units, chart.ledger,
+                Code.UNMATCHED_RETURN, user_data=message.return_id)], now)
+            if not result.applied:
+                raise LedgerOutOfStep(f"unmatched return {message.return_id}: {result.value}")
+            uow.quarantine.add(QuarantineItem(
+                source="network", key=f"return:{message.return_id}", reason=UNMATCHED_RETURN,
+                payload={"return_id": message.return_id, "card_id": message.card_id,
+                         "amount": amount.units, "currency": amount.currency.code,
+                         "authorization_id": message.authorization_id,
+                         "clearing_id": message.clearing_id}))
+            return {"status": "suspense", "return_id": message.return_id}
+        uow.references.put(f"return:{message.return_id}", payment_id)
+        return self._run(uow, c.RecordReturn(
+            command_id=message.return_id, payment_id=payment_id, at=now, amount=amount))
+
+    # -- pieces ----------------------------------------------------------------------------------
+    @staticmethod
+    def _tokens(amount: Money) -> Money:
+        return to_ledger_units(amount)
+
+    @staticmethod
+    def _known(uow: UnitOfWork, card_id: str) -> Card:
+        card = uow.cards.get(card_id)
+        if card is None:
+            raise UnknownCard(f"card {card_id} is not registered")
+        return card
+
+    @staticmethod
+    def _ensure_accounts(uow: UnitOfWork, chart: ChartOfAccounts, safe: str | None = None) -> None:
+        """The ledger's house accounts, and the Safe's funds and mirror (created on first use;
+        creating again is a harmless EXISTS)."""
+        wanted = [*chart.house_accounts()]
+        if safe:
+            wanted += [chart.cardholder(safe), chart.safe_mirror(safe)]
+        if len(uow.ledger.lookup_accounts([a.id for a in wanted])) < len(wanted):
+            uow.ledger.create_accounts(wanted)
+
+    def _run(self, uow: UnitOfWork, command: c.Command,
+             card_id: str | None = None) -> dict[str, Any]:
+        """Decide the command on the payment (serialized per payment) and post what its new
+        events move in the ledger."""
+        uow.lock(f"payment:{command.payment_id}")
+        history = uow.events.load(command.payment_id)
+        payment = Payment.rehydrate(command.payment_id, history)
+        handle(payment, command)
+        new = list(payment.pending_events)
+        if new:
+            uow.events.append(new)
+        safe = payment.network.account
+        if not safe and card_id:  # a clearing parked before its authorization: the card's Safe
+            card = uow.cards.get(card_id)
+            safe = card.safe if card else None
+        currency = _currency(new or history)
+        if safe and currency is not None:
+            chart = ChartOfAccounts(currency.code)
+            self._ensure_accounts(uow, chart, safe)
+            postings = PaymentPostings(chart, safe)
+            hold = current_hold(postings, history)
+            for event in new:
+                step = postings.apply(event, hold)
+                self._post(uow, chart, step.linked, step.direct, command.at)
+                hold = step.hold
+        status = "duplicate" if not new else payment.network.status.value
+        return {"status": status, "payment_id": command.payment_id,
+                "events": [type(event).__name__ for event in new]}
+
+    def _post(self, uow: UnitOfWork, chart: ChartOfAccounts, linked: tuple[Transfer, ...],
+              direct: tuple[Transfer, ...], now: datetime) -> None:
+        if linked:
+            results = uow.ledger.create_transfers(list(linked), now)
+            failed = [(t.id, r) for t, r in zip(linked, results, strict=True) if not r.applied]
+            if failed:
+                raise LedgerOutOfStep(f"the ledger refused {failed[0][0]}: {failed[0][1].value}")
+        for transfer in direct:
+            result, = uow.ledger.create_transfers([transfer], now)
+            if result is CreateTransferResult.EXCEEDS_CREDITS:
+                # the cardholder's funds do not cover money the network took anyway
+                result, = uow.ledger.create_transfers([to_suspense(transfer, chart)], now)
+                uow.quarantine.add(QuarantineItem(
+                    source="network", key=f"ledger:{transfer.id}", reason="funds_short",
+                    payload={"transfer_id": transfer.id, "amount": transfer.amount,
+                             "ledger": transfer.ledger, "payment_id": transfer.user_data}))
+            if not result.applied:
+                raise LedgerOutOfStep(f"the ledger refused {transfer.id}: {result.value}")
+
+
+def _currency(events: list[e.DomainEvent]) -> Currency | None:
+    for event in events:
+        amount = getattr(event, "amount", None)
+        if isinstance(amount, Money):
+            return amount.currency
+    return None
+
+
+def _report_body(report: SettlementReport) -> dict[str, Any]:
+    """The report as kept: amounts in the currency's minor units."""
+    return {
+        "report_id": report.report_id, "currency": report.currency.code,
+        "settlement_date": report.settlement_date.isoformat(),
+        "funds_transfer_date": report.funds_transfer_date.isoformat(),
+        "network_time": report.network_time.isoformat(),
+        "lines": [{"business_mode": line.business_mode.value,
+                   "amount_type": line.amount_type.value, "count": line.count,
+                   "credit_amount": line.credit_amount.units,
+                   "debit_amount": line.debit_amount.units,
+                   "net_amount": line.net_amount.units} for line in report.lines],
+    }

@@ -1,0 +1,46 @@
+"""What later card-network messages refer to (`PaymentReferences`) and the daily settlement
+reports as the network sent them (`SettlementReports`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import date
+from typing import Any
+
+from sqlalchemy import Connection, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from cardpay.postgres import schema as s
+
+
+class PostgresPaymentReferences:
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def put(self, ref: str, payment_id: str) -> None:
+        self._conn.execute(pg_insert(s.payment_references).values(ref=ref, payment_id=payment_id)
+                           .on_conflict_do_nothing())
+
+    def get(self, ref: str) -> str | None:
+        t = s.payment_references
+        found: str | None = self._conn.execute(
+            select(t.c.payment_id).where(t.c.ref == ref)).scalar()
+        return found
+
+
+class PostgresSettlementReports:
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def add(self, report_id: str, settlement_date: date, currency: str,
+            report: Mapping[str, Any]) -> bool:
+        t = s.settlement_reports
+        kept = self._conn.execute(pg_insert(t).values(
+            report_id=report_id, settlement_date=settlement_date, currency=currency,
+            report=dict(report)).on_conflict_do_nothing().returning(t.c.report_id)).scalar()
+        return kept is not None
+
+    def get(self, report_id: str) -> dict[str, Any] | None:
+        t = s.settlement_reports
+        found = self._conn.execute(select(t.c.report).where(t.c.report_id == report_id)).scalar()
+        return None if found is None else dict(found)

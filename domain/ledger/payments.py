@@ -1,0 +1,175 @@
+"""What a payment's events do to the ledger: a pure mapping, one event at a time.
+
+Every payment has at most one pending transfer at a time (its hold) from the cardholder's funds
+to network payable, always for what the aggregate says is `held`. An event that changes the hold
+voids the old pending transfer and opens a new one for the new amount (linked: both or neither);
+a clearing posts the pending transfer for what came out of it (the post releases the rest) and,
+when more clearings may follow, opens a new one for what is still held. Money with no hold behind
+it (an over-clearing, a force post, a single-message purchase, a return reversal) moves directly.
+
+Transfer ids are derived from the payment id and the event's version, so applying an event twice
+writes nothing new (the ledger answers EXISTS) and every writer names the same transfers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from domain import events as e
+from domain.ledger.chart import AccountKind, ChartOfAccounts
+from domain.ledger.model import Transfer, TransferFlags
+
+
+class Code:
+    """Transfer codes (what a transfer is for), as stored in the ledger."""
+
+    HOLD = "authorization_hold"
+    RELEASE = "hold_release"
+    CLEARING = "clearing"
+    UNHELD_CLEARING = "clearing_without_hold"
+    RETURN = "merchant_return"
+    RETURN_REVERSAL = "return_reversal"
+    UNMATCHED_RETURN = "unmatched_return"
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """The payment's open pending transfer."""
+
+    transfer_id: str
+    amount: int
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Postings:
+    """The transfers of one event: `linked` go as one all-or-nothing chain; each of `direct`
+    goes alone and debits the cardholder's funds — when those do not cover it, the caller books
+    it to suspense instead (`to_suspense`), as an exception for a person."""
+
+    linked: tuple[Transfer, ...] = ()
+    direct: tuple[Transfer, ...] = ()
+    hold: Hold | None = None
+    """The payment's hold after the event."""
+
+
+def to_suspense(transfer: Transfer, chart: ChartOfAccounts) -> Transfer:
+    """The same movement with suspense in place of the cardholder's funds as the debit side."""
+    return replace(transfer, id=transfer.id + ":suspense",
+                   debit_account_id=chart.account_id(AccountKind.SUSPENSE))
+
+
+def _seconds(start: datetime, end: datetime) -> int:
+    return max(1, int((end - start).total_seconds()))
+
+
+class PaymentPostings:
+    """The postings of one payment's events; `hold` carries the open pending transfer between
+    events (replay the history through `apply` to find it)."""
+
+    def __init__(self, chart: ChartOfAccounts, safe: str) -> None:
+        self._chart = chart
+        self._funds = chart.account_id(AccountKind.CARDHOLDER_FUNDS, safe)
+        self._payable = chart.account_id(AccountKind.NETWORK_PAYABLE)
+
+    def _id(self, event: e.DomainEvent, what: str) -> str:
+        return f"{event.stream_id}:{event.version}:{what}"
+
+    def _open(self, event: e.DomainEvent, amount: int, expires_at: datetime) -> tuple[Transfer, Hold]:
+        tid = self._id(event, "hold")
+        transfer = Transfer(tid, self._funds, self._payable, amount, self._chart.ledger, Code.HOLD,
+                            TransferFlags.PENDING,
+                            timeout=_seconds(event.occurred_at, expires_at),
+                            user_data=event.stream_id)
+        return transfer, Hold(tid, amount, expires_at)
+
+    def _void(self, event: e.DomainEvent, hold: Hold) -> Transfer:
+        return Transfer(self._id(event, "void"), code=Code.RELEASE,
+                        flags=TransferFlags.VOID_PENDING, pending_id=hold.transfer_id,
+                        user_data=event.stream_id)
+
+    def _direct(self, event: e.DomainEvent, what: str, amount: int, code: str, *,
+                to_cardholder: bool = False) -> Transfer:
+        debit, credit = (self._payable, self._funds) if to_cardholder else \
+            (self._funds, self._payable)
+        return Transfer(self._id(event, what), debit, credit, amount, self._chart.ledger, code,
+                        user_data=event.stream_id)
+
+    def _resize(self, event: e.DomainEvent, hold: Hold | None, held: int,
+                expires_at: datetime | None) -> Postings:
+        """Make the hold `held` (and `expires_at`, if given): void and re-open when it changes."""
+        deadline = expires_at or (hold.expires_at if hold else None)
+        if hold is not None and hold.amount == held and deadline == hold.expires_at:
+            return Postings(hold=hold)
+        chain: list[Transfer] = []
+        if hold is not None:
+            chain.append(self._void(event, hold))
+        new: Hold | None = None
+        if held > 0 and deadline is not None:
+            opened, new = self._open(event, held, deadline)
+            chain.append(opened)
+        return Postings(linked=_link(chain), hold=new)
+
+    def apply(self, event: e.DomainEvent, hold: Hold | None) -> Postings:
+        match event:
+            case e.PaymentAuthorized():
+                opened, new = self._open(event, event.amount.units, event.expires_at)
+                return Postings(linked=(opened,), hold=new)
+            case e.AuthorizationAdvised():
+                return self._resize(event, hold, event.held.units, event.expires_at)
+            case e.AuthorizationIncreased():
+                return self._resize(event, hold, event.held.units, event.expires_at)
+            case e.AuthorizationReversed():
+                return self._resize(event, hold, event.held.units, None)
+            case e.AuthorizationExpired():
+                return self._resize(event, hold, 0, None)
+            case e.ClearingRecorded():
+                return self._clearing(event, hold)
+            case e.PaymentForcePosted() | e.FinancialAuthorizationRecorded():
+                return Postings(direct=(self._direct(event, "clearing", event.amount.units,
+                                                     Code.UNHELD_CLEARING),), hold=hold)
+            case e.ReturnRecorded():
+                return Postings(linked=(self._direct(event, "return", event.amount.units,
+                                                     Code.RETURN, to_cardholder=True),),
+                                hold=hold)
+            case e.ReturnReversed():
+                return Postings(direct=(self._direct(event, "return_reversal",
+                                                     event.amount.units,
+                                                     Code.RETURN_REVERSAL),), hold=hold)
+        return Postings(hold=hold)
+
+    def _clearing(self, event: e.ClearingRecorded, hold: Hold | None) -> Postings:
+        chain: list[Transfer] = []
+        new: Hold | None = None
+        held = event.held.units
+        if hold is not None and event.from_hold.units > 0:
+            chain.append(Transfer(self._id(event, "post"), amount=event.from_hold.units,
+                                  code=Code.CLEARING, flags=TransferFlags.POST_PENDING,
+                                  pending_id=hold.transfer_id, user_data=event.stream_id))
+            if held > 0:
+                opened, new = self._open(event, held, hold.expires_at)
+                chain.append(opened)
+        else:
+            resized = self._resize(event, hold, held, None)
+            chain.extend(resized.linked)
+            new = resized.hold
+        direct: tuple[Transfer, ...] = ()
+        if event.beyond_hold.units > 0:
+            direct = (self._direct(event, "beyond_hold", event.beyond_hold.units,
+                                   Code.UNHELD_CLEARING),)
+        return Postings(linked=_link(chain), direct=direct, hold=new)
+
+
+def _link(chain: list[Transfer]) -> tuple[Transfer, ...]:
+    """All but the last flagged LINKED: the chain commits all-or-nothing."""
+    return tuple(replace(t, flags=t.flags | TransferFlags.LINKED) if i < len(chain) - 1 else t
+                 for i, t in enumerate(chain))
+
+
+def current_hold(postings: PaymentPostings, history: list[e.DomainEvent]) -> Hold | None:
+    """The payment's open hold after `history` (what `apply` left)."""
+    hold: Hold | None = None
+    for event in history:
+        hold = postings.apply(event, hold).hold
+    return hold
