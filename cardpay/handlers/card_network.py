@@ -178,11 +178,12 @@ class CardNetworkEffects:
                     amount=approved if not approved.is_zero else self._tokens(message.amount),
                     merchant=message.merchant.name, mcc=message.merchant.mcc,
                     expires_at=authorization_expires_at(now, message.merchant.mcc),
-                    approved=not approved.is_zero, reason=message.reason))
+                    approved=not approved.is_zero, reason=message.reason),
+                    card_id=message.card_id)
             case IncrementalAuthorization():
                 return self._run(uow, c.IncreaseAuthorization(
                     command_id=message.increment_id, payment_id=message.authorization_id,
-                    at=now, amount=self._tokens(message.amount)))
+                    at=now, amount=self._tokens(message.amount)), card_id=message.card_id)
             case AuthorizationReversal():
                 return self._run(uow, c.ReverseAuthorization(
                     command_id=message.reversal_id, payment_id=message.authorization_id, at=now,
@@ -203,14 +204,16 @@ class CardNetworkEffects:
                 return self._run(uow, c.RecordFinancialAuthorization(
                     command_id=message.authorization_id, payment_id=message.authorization_id,
                     at=now, account=card.safe, amount=self._tokens(message.amount),
-                    merchant=message.merchant.name, mcc=message.merchant.mcc))
+                    merchant=message.merchant.name, mcc=message.merchant.mcc),
+                    card_id=message.card_id)
             case ForcePost():
                 card = self._known(uow, message.card_id)
                 uow.references.put(f"clearing:{message.clearing_id}", message.clearing_id)
                 return self._run(uow, c.ForcePost(
                     command_id=message.clearing_id, payment_id=message.clearing_id, at=now,
                     account=card.safe, amount=self._tokens(message.amount),
-                    merchant=message.merchant.name, mcc=message.merchant.mcc))
+                    merchant=message.merchant.name, mcc=message.merchant.mcc),
+                    card_id=message.card_id)
             case Return():
                 return self._return(uow, message, now)
             case ReturnReversal():
@@ -220,7 +223,7 @@ class CardNetworkEffects:
                                          f"return {message.return_id} was recorded")
                 return self._run(uow, c.ReverseReturn(
                     command_id=message.return_reversal_id, payment_id=payment_id, at=now,
-                    amount=self._tokens(message.amount)))
+                    amount=self._tokens(message.amount)), card_id=message.card_id)
             case SettlementReport():
                 added = uow.settlement_reports.add(
                     message.report_id, message.settlement_date, message.currency.code,
@@ -256,7 +259,8 @@ class CardNetworkEffects:
             return {"status": "suspense", "return_id": message.return_id}
         uow.references.put(f"return:{message.return_id}", payment_id)
         return self._run(uow, c.RecordReturn(
-            command_id=message.return_id, payment_id=payment_id, at=now, amount=amount))
+            command_id=message.return_id, payment_id=payment_id, at=now, amount=amount),
+            card_id=message.card_id)
 
     # -- pieces ----------------------------------------------------------------------------------
     @staticmethod
@@ -282,8 +286,12 @@ class CardNetworkEffects:
 
     def _run(self, uow: UnitOfWork, command: c.Command,
              card_id: str | None = None) -> dict[str, Any]:
-        """Decide the command on the payment (serialized per payment) and post what its new
-        events move in the ledger."""
+        """Decide the command on the payment and post what its new events move in the ledger.
+
+        Locks in one order everywhere, the card's row first (when the message names the card),
+        then the payment: a message and an authorization of one card serialize, so the Safe's
+        mirror is brought up to date by one writer at a time."""
+        locked = uow.cards.lock_for_authorization(card_id, command.at) if card_id else None
         uow.lock(f"payment:{command.payment_id}")
         history = uow.events.load(command.payment_id)
         payment = Payment.rehydrate(command.payment_id, history)
@@ -291,16 +299,21 @@ class CardNetworkEffects:
         new = list(payment.pending_events)
         if new:
             uow.events.append(new)
-        safe = payment.network.account
-        if not safe and card_id:  # a clearing parked before its authorization: the card's Safe
-            card = uow.cards.get(card_id)
-            safe = card.safe if card else None
-        currency = _currency(new or history)
-        if safe and currency is not None:
+        # a clearing parked before its authorization has no account yet: the card's Safe
+        safe = payment.network.account or (locked.card.safe if locked else None)
+        currency = _currency([*history, *new])
+        if new and safe and currency is not None:
             chart = ChartOfAccounts(currency.code)
             self._ensure_accounts(uow, chart, safe)
+            if locked is not None and locked.card.safe == safe:
+                self._mirror(uow, chart, locked,
+                             f"{command.payment_id}:{command.command_id}", command.at)
             postings = PaymentPostings(chart, safe)
             hold = current_hold(postings, history)
+            if hold is not None and hold.expires_at <= command.at:
+                # the ledger lapses a hold at its timeout; release it now rather than void it
+                uow.ledger.expire_pending(command.at)
+                hold = None
             for event in new:
                 step = postings.apply(event, hold)
                 self._post(uow, chart, step.linked, step.direct, command.at)
@@ -330,10 +343,12 @@ class CardNetworkEffects:
 
 
 def _currency(events: list[e.DomainEvent]) -> Currency | None:
+    """The payment's token: every event with money is in it (the aggregate checks)."""
     for event in events:
-        amount = getattr(event, "amount", None)
-        if isinstance(amount, Money):
-            return amount.currency
+        for name in ("amount", "released", "held"):
+            money = getattr(event, name, None)
+            if isinstance(money, Money):
+                return money.currency
     return None
 
 

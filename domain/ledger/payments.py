@@ -25,8 +25,8 @@ class Code:
     """Transfer codes (what a transfer is for), as stored in the ledger."""
 
     HOLD = "authorization_hold"
-    RELEASE = "hold_release"
-    CLEARING = "clearing"
+    """Also the code of the hold's post (a clearing) and void (a release): TigerBeetle keeps the
+    pending transfer's code on both."""
     UNHELD_CLEARING = "clearing_without_hold"
     RETURN = "merchant_return"
     RETURN_REVERSAL = "return_reversal"
@@ -85,7 +85,8 @@ class PaymentPostings:
         return transfer, Hold(tid, amount, expires_at)
 
     def _void(self, event: e.DomainEvent, hold: Hold) -> Transfer:
-        return Transfer(self._id(event, "void"), code=Code.RELEASE,
+        # post and void carry the pending transfer's accounts, ledger and code (empty = its own)
+        return Transfer(self._id(event, "void"),
                         flags=TransferFlags.VOID_PENDING, pending_id=hold.transfer_id,
                         user_data=event.stream_id)
 
@@ -145,7 +146,7 @@ class PaymentPostings:
         held = event.held.units
         if hold is not None and event.from_hold.units > 0:
             chain.append(Transfer(self._id(event, "post"), amount=event.from_hold.units,
-                                  code=Code.CLEARING, flags=TransferFlags.POST_PENDING,
+                                  flags=TransferFlags.POST_PENDING,
                                   pending_id=hold.transfer_id, user_data=event.stream_id))
             if held > 0:
                 opened, new = self._open(event, held, hold.expires_at)
@@ -155,9 +156,10 @@ class PaymentPostings:
             chain.extend(resized.linked)
             new = resized.hold
         direct: tuple[Transfer, ...] = ()
-        if event.beyond_hold.units > 0:
-            direct = (self._direct(event, "beyond_hold", event.beyond_hold.units,
-                                   Code.UNHELD_CLEARING),)
+        # with no hold left in the ledger (it lapsed by its timeout) all of it moves directly
+        unheld = event.beyond_hold.units + (event.from_hold.units if hold is None else 0)
+        if unheld > 0:
+            direct = (self._direct(event, "beyond_hold", unheld, Code.UNHELD_CLEARING),)
         return Postings(linked=_link(chain), direct=direct, hold=new)
 
 
