@@ -9,9 +9,9 @@ that is exact for the decision because every hold is a whole number of cents.
 Decision rules, first failing rule wins:
 unknown card → closed → frozen → blocked MCC → velocity (the card's approvals so far reached its
 limit; the whole run is taken to fall inside one velocity window) → funds: available =
-min(balance − open holds, remaining allowance). An amount within it is approved; above it, a request
+min(balance - open holds, remaining allowance). An amount within it is approved; above it, a request
 that allows partial approval gets `available` when that is at least one cent; otherwise declined
-`insufficient_funds` when balance − holds is the binding limit (ties included) and
+`insufficient_funds` when balance - holds is the binding limit (ties included) and
 `over_daily_limit` when the allowance is. Open holds and the allowance are per Safe and token
 (`SimCard.pool`): two cards on one Safe share them. Holds grow by the approvals cardpay actually
 gave (not by the oracle's), so one wrong answer does not turn every later one wrong; only the

@@ -73,7 +73,7 @@ _FIAT = {fiat.code.lower(): fiat for fiat in FIAT_TOKENS}
 def _minor_units(base_units: int, decimals: int, fiat: Currency) -> int:
     """Token base units as whole fiat minor units, rounded down (a hold is whole cents)."""
     shift = decimals - fiat.decimals
-    return base_units // 10**shift if shift >= 0 else base_units * 10**-shift
+    return base_units // 10**shift if shift >= 0 else base_units * int(10 ** -shift)
 
 
 def card_from_record(record: Any, number: int) -> SimCard:
@@ -387,14 +387,16 @@ def expectations(run: Run, cards: Sequence[SimCard], decisions: dict[str, Expect
     """expected.json: per currency, per card and per payment, what cardpay must show."""
     currencies: dict[str, Any] = {}
     codes = sorted({c.currency.code for c in cards} | {d.currency for d in decisions.values()})
+    def currency(m: Message) -> str:  # an expiry names no currency: its payment's
+        return str(m.payload.get("currency") or ledger.payments[m.payment_id].currency)
+
     for code in codes:
         totals = currency_totals(code, [d for d in decisions.values() if d.currency == code],
-                                 [m.payload for m in messages
-                                  if m.payload.get("currency") == code], ledger)
+                                 [m.payload for m in messages if currency(m) == code], ledger)
         report = next((r.payload for r in reports if r.payload["currency"] == code), None)
         currencies[code] = {**totals, "settlement_report": report}
     return {
-        "format": 1, "seed": run.seed, "payments": run.payments, "day": run.day.isoformat(),
+        "format": 1, "seed": run.seed, "payment_count": run.payments, "day": run.day.isoformat(),
         "duplicates": run.duplicates, "reorder": run.reorder,
         "bodies_sha256": hashlib.sha256(b"\n".join(
             s.message.body for s in run.sent if not s.duplicate)).hexdigest(),

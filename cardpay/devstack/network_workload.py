@@ -440,7 +440,7 @@ class Workload:
 # -- reordering and duplicates ----------------------------------------------------------------------
 def reorder(messages: Sequence[Message], fraction: float, rng: random.Random
             ) -> tuple[list[Message], set[str]]:
-    """Move round(fraction × len) messages, each to a random place its `after` constraints (and
+    """Move round(fraction x len) messages, each to a random place its `after` constraints (and
     those of the messages that follow it) allow. Returns the order and the webhook ids moved."""
     order = list(messages)
     followers: dict[str, list[str]] = {}
@@ -466,13 +466,13 @@ def reorder(messages: Sequence[Message], fraction: float, rng: random.Random
 
 
 def duplicate_picks(count: int, fraction: float, rng: random.Random) -> set[int]:
-    """Which of `count` messages are sent twice: round(fraction × count) of them."""
+    """Which of `count` messages are sent twice: round(fraction x count) of them."""
     return set(rng.sample(range(count), round(fraction * count))) if count else set()
 
 
 def with_duplicates(order: Sequence[Message], fraction: float, rng: random.Random
                     ) -> list[tuple[Message, bool]]:
-    """`order` with round(fraction × len) messages sent again (same webhook id, same body) at a
+    """`order` with round(fraction x len) messages sent again (same webhook id, same body) at a
     random later place; the bool marks the repeat."""
     out: list[tuple[Message, bool]] = [(m, False) for m in order]
     for index in sorted(duplicate_picks(len(order), fraction, rng), reverse=True):
