@@ -137,7 +137,8 @@ def plan(cards: Sequence[SimCard], payments: int, rng: random.Random) -> list[Sc
         else:
             kind = rng.choices(kinds, [WEIGHTS[k] for k in kinds])[0]
             lifecycle = None
-        if kind in ("approve", "partial", "advice") and lifecycle is None:
+        if lifecycle is None and (kind in SYNC_KINDS or kind == "advice"):
+            # a request the oracle expects declined still has one, used if cardpay approves
             lifecycle = rng.choices(LIFECYCLES, [LIFECYCLE_WEIGHTS[c] for c in LIFECYCLES])[0]
         out.append(Scenario(index, kind, lifecycle))
     return out
@@ -221,6 +222,8 @@ class Workload:
             card = self._pick(rng, oracle, want=lambda c: bool(c.blocked_mccs))
         elif kind == "unknown":
             card = None
+        elif kind == "approve":  # a card with money left, while there is one
+            card = self._pick(rng, oracle, want=lambda c: oracle.available(c) >= 100)
         else:
             card = self._pick(rng, oracle)
         if card is None and kind != "unknown":  # no card fits any more: any active one will do
