@@ -126,3 +126,28 @@ def test_the_cli_runs_against_a_served_api_and_writes_what_it_sent(
     assert expected["seed"] == 9 and set(expected["currencies"]) == {"EUR"}
     report = expected["currencies"]["EUR"]["settlement_report"]
     assert report["type"] == "settlement_report" and report["settlement_date"] == "2026-12-02"
+
+
+def test_without_a_cards_file_the_cli_uses_the_card_registry(
+        served: str, pg_engine: Engine, pg_url: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from cardpay.handlers.ports import Card, ChainReading
+    from cardpay.postgres.uow import PostgresUnitOfWork
+    from domain.money import EURE
+
+    with PostgresUnitOfWork(pg_engine) as uow:
+        uow.cards.add(Card("reg_card", "0x" + "5a" * 20, "0x" + "e0" * 20, EURE),
+                      ChainReading(1, "0x" + "11" * 32, 5_000 * 10**16 + 7))
+        uow.commit()
+    monkeypatch.setenv("CARDPAY_WEBHOOK_SECRETS", SECRET)
+    monkeypatch.setenv("CARDPAY_DATABASE_URL", pg_url)
+    out = tmp_path / "out"
+    status = cli.main(["network", "simulate", "--api", served, "--payments", "12", "--seed", "3",
+                       "--day", "2026-12-01", "--out", str(out)])
+    said = capsys.readouterr().out
+    assert status in (0, 1) and "requests" in said and "EUR" in said
+    expected = json.loads((out / "expected.json").read_text())
+    assert set(expected["cards"]) == {"reg_card"}
+    cards_used = {json.loads(line)["body"] for line in (out / "sent.jsonl").read_text()
+                  .splitlines()}
+    assert any('"card_id":"reg_card"' in body for body in cards_used)
