@@ -26,7 +26,7 @@ import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from cardpay.devstack.network_oracle import Oracle, SimCard, SimulationBug
@@ -170,8 +170,6 @@ class Workload:
     _start: datetime = field(init=False)
 
     def __post_init__(self) -> None:
-        from datetime import UTC
-
         self.prefix = self.prefix or f"sim{self.seed}"
         self._start = datetime.combine(self.day, time(0), UTC)
 
