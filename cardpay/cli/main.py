@@ -25,6 +25,7 @@ from cardpay.cli import (
     db,
     demo,
     listener_admin,
+    network,
     payments,
     projections,
     quarantine,
@@ -59,7 +60,7 @@ BROKEN_PIPE = 141
 """Exit status when the reader of stdout went away (128 + SIGPIPE)."""
 
 COMMAND_GROUPS = (demo, status, payments, quarantine, cards, db, services, api, projections,
-                  replay, chain, listener_admin)
+                  replay, chain, listener_admin, network)
 """Modules with a `register(sub)`; their order is the order of `cardpay --help`."""
 
 
