@@ -50,6 +50,7 @@ environment:
   CARDPAY_WEBHOOK_SECRETS  the card network's whsec_... secrets, comma separated (for `api`)
   CARDPAY_API_HOST         address `cardpay api` binds (default 127.0.0.1)
   CARDPAY_API_PORT         port of `cardpay api` (default 8080)
+  CARDPAY_AUTHORIZATION_DEADLINE_MS  answer deadline of an authorization (default 2000)
 
 README.md lists the variables of the dev and test harnesses too.
 """

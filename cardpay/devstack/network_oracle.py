@@ -24,8 +24,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from domain.authorization import DeclineReason
 from domain.money import Currency
-from domain.network import DeclineReason
 
 
 class SimulationBug(AssertionError):

@@ -111,9 +111,9 @@ class CardNetworkEffects:
         committed = self._mirror(uow, chart, locked, request.authorization_id, now)
         decision = decide_authorization(wanted, locked.snapshot(Money(committed, amount.currency)),
                                         now)
-        uow.cards.record_authorization(card.card_id, now)
         late = self._clock() - received_at > self._deadline
         if decision.approved and not late:
+            uow.cards.record_authorization(card.card_id, now)  # velocity counts approvals
             self._run(uow, c.AuthorizePayment(
                 command_id=request.authorization_id, payment_id=request.authorization_id,
                 at=now, account=card.safe, amount=decision.approved_amount,
@@ -190,9 +190,10 @@ class CardNetworkEffects:
                     amount=None if message.full else self._tokens(message.amount),
                     reason="network reversal"))
             case AuthorizationExpiry():
+                # the network says when it expired (our own timer would use its clock)
                 return self._run(uow, c.ExpireAuthorization(
                     command_id=f"expiry:{message.authorization_id}",
-                    payment_id=message.authorization_id, at=now))
+                    payment_id=message.authorization_id, at=max(now, message.network_time)))
             case Clearing():
                 uow.references.put(f"clearing:{message.clearing_id}", message.authorization_id)
                 return self._run(uow, c.RecordClearing(
