@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -327,6 +328,13 @@ class CardNetworkEffects:
               direct: tuple[Transfer, ...], now: datetime) -> None:
         if linked:
             results = uow.ledger.create_transfers(list(linked), now)
+            if CreateTransferResult.EXCEEDS_CREDITS in results:
+                # a hold the network imposed (stand-in advice, increment) beyond the funds: it
+                # is honoured, and what the funds do not cover is held against suspense
+                linked = tuple(self._exposed(uow, chart, t) if r is
+                               CreateTransferResult.EXCEEDS_CREDITS else t
+                               for t, r in zip(linked, results, strict=True))
+                results = uow.ledger.create_transfers(list(linked), now)
             failed = [(t.id, r) for t, r in zip(linked, results, strict=True) if not r.applied]
             if failed:
                 raise LedgerOutOfStep(f"the ledger refused {failed[0][0]}: {failed[0][1].value}")
@@ -335,12 +343,23 @@ class CardNetworkEffects:
             if result is CreateTransferResult.EXCEEDS_CREDITS:
                 # the cardholder's funds do not cover money the network took anyway
                 result, = uow.ledger.create_transfers([to_suspense(transfer, chart)], now)
-                uow.quarantine.add(QuarantineItem(
-                    source="network", key=f"ledger:{transfer.id}", reason="funds_short",
-                    payload={"transfer_id": transfer.id, "amount": transfer.amount,
-                             "ledger": transfer.ledger, "payment_id": transfer.user_data}))
+                self._short(uow, transfer, "funds_short")
             if not result.applied:
                 raise LedgerOutOfStep(f"the ledger refused {transfer.id}: {result.value}")
+
+    def _exposed(self, uow: UnitOfWork, chart: ChartOfAccounts, hold: Transfer) -> Transfer:
+        """The hold against suspense instead of the funds (same id: post and void still find
+        it), with an exception row for a person."""
+        self._short(uow, hold, "stand_in_exposure")
+        return replace(hold, debit_account_id=chart.account_id(AccountKind.SUSPENSE))
+
+    @staticmethod
+    def _short(uow: UnitOfWork, transfer: Transfer, reason: str) -> None:
+        uow.quarantine.add(QuarantineItem(
+            source="network", key=f"ledger:{transfer.id}", reason=reason,
+            payload={"transfer_id": transfer.id, "amount": transfer.amount,
+                     "ledger": transfer.ledger, "payment_id": transfer.user_data,
+                     "funds_account": transfer.debit_account_id}))
 
 
 def _currency(events: list[e.DomainEvent]) -> Currency | None:

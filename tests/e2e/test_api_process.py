@@ -4,18 +4,14 @@ one-line refusals to start (no secret, a busy port)."""
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 from sqlalchemy import Engine
 
+from tests.support.api_process import running_api
 from tests.support.cli import message_lines, run_cardpay
 from tests.support.network import SECRET, counts, dumps, quarantined, signed_headers
 
@@ -26,48 +22,10 @@ AUTHORIZATION = {"authorization_id": "auth_e2e", "card_id": "card_01", "amount":
                  "merchant": {"name": "Shop", "id": "m1", "country": "DE", "mcc": "5411"}}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def env_for(pg_url: str, **extra: str) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("CARDPAY_")}
-    return {**base, "CARDPAY_DATABASE_URL": pg_url, "CARDPAY_WEBHOOK_SECRETS": SECRET, **extra}
-
-
 @pytest.fixture
 def api(pg_url: str) -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "cardpay.cli.main", "api", "--port", str(port)],
-                            env=env_for(pg_url), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.communicate()[1]
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "cardpay api did not come up"
-            time.sleep(0.2)
+    with running_api(pg_url) as base:
         yield base
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stdout:
-            proc.stdout.close()
-        if proc.stderr:
-            proc.stderr.close()
 
 
 def test_the_api_process_answers_the_network(api: str, pg_engine: Engine) -> None:

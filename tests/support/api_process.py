@@ -1,0 +1,61 @@
+"""`cardpay api` as a real process on a free port, for e2e tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+
+from tests.support.network import SECRET
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def env_for(pg_url: str, **extra: str) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CARDPAY_")}
+    return {**base, "CARDPAY_DATABASE_URL": pg_url, "CARDPAY_WEBHOOK_SECRETS": SECRET, **extra}
+
+
+@contextmanager
+def running_api(pg_url: str, **extra: str) -> Iterator[str]:
+    """Start `cardpay api`, wait for /healthz, yield its base URL; stop it with Ctrl-C after."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "cardpay.cli.main", "api", "--port", str(port)],
+                            env=env_for(pg_url, **extra), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.communicate()[1]
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "cardpay api did not come up"
+            time.sleep(0.2)
+        yield base
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
+        if proc.stderr:
+            proc.stderr.close()
