@@ -137,7 +137,12 @@ class ReverseAuthorization(Command):
 
 @dataclass(frozen=True, kw_only=True)
 class ExpireAuthorization(Command):
-    """AUTHORIZATION_EXPIRY, or our own timer at `expires_at`: release what is still held."""
+    """AUTHORIZATION_EXPIRY, or our own timer at `expires_at`: release what is still held.
+
+    `by_network`: the network's own expiry message, honoured whenever it comes (its validity
+    rules, not ours, decide); our timer's expiry is refused before `expires_at`."""
+
+    by_network: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)

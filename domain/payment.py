@@ -360,7 +360,7 @@ class Payment:
             return
         assert n.expires_at is not None and n.currency is not None
         self._aware(cmd, "at", cmd.at)
-        if cmd.at < n.expires_at:
+        if cmd.at < n.expires_at and not cmd.by_network:
             raise AuthorizationNotExpired(
                 f"payment {self.id}: expiry at {cmd.at.isoformat()}, "
                 f"authorization valid until {n.expires_at.isoformat()}"

@@ -25,6 +25,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, TypeAdapter, ValidationError
+from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 
 from cardpay.api import models as m
@@ -137,7 +138,15 @@ def create_app(ingress: NetworkIngress, verifier: SignatureVerifier, metrics: Ap
             if not reply.replayed:
                 metrics.network_rejected.labels(refusal.code).inc()
         else:
-            reply = await run_in_threadpool(handle, received, message)
+            try:
+                reply = await run_in_threadpool(handle, received, message)
+            except OperationalError as exc:
+                # the database went away, or chose this transaction as a deadlock's victim:
+                # nothing was recorded, the network retries
+                log.warning("delivery %s not processed: %s", webhook_id,
+                            str(exc.orig or exc).splitlines()[0])
+                return JSONResponse({"error": "unavailable", "reason": "the database did not "
+                                     "complete the transaction; retry"}, status_code=503)
         return JSONResponse(dict(reply.body), status_code=reply.status)
 
     @app.post("/v1/network/authorizations", response_model=m.DecisionResponse,

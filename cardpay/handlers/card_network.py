@@ -25,12 +25,13 @@ from cardpay.handlers.ports import Card, LockedCard, QuarantineItem, UnitOfWork
 from domain import commands as c
 from domain import events as e
 from domain.authorization import AuthorizationRequest as DecisionInput
+from domain.authorization import DeclineReason
 from domain.authorization import decide as decide_authorization
 from domain.card_network import authorization_expires_at
-from domain.errors import CurrencyMismatch, DomainError
+from domain.errors import AuthorizationNotFound, CurrencyMismatch, DomainError
 from domain.ledger.chart import AccountKind, ChartOfAccounts
-from domain.ledger.model import CreateTransferResult, Transfer
-from domain.ledger.payments import Code, PaymentPostings, current_hold, to_suspense
+from domain.ledger.model import CreateTransferResult, Transfer, TransferFlags
+from domain.ledger.payments import Code, PaymentPostings, current_hold
 from domain.ledger.units import to_ledger_units
 from domain.money import Currency, Money
 from domain.network import (
@@ -75,6 +76,11 @@ class UnknownMessage(DomainError):
     """A message type with no effect defined (a new type the API accepted)."""
 
 
+class NotYetKnown(EffectUnavailable):
+    """A message about an authorization or return that has not arrived yet: answered 503 with
+    nothing recorded, so the network's retry finds it."""
+
+
 class LedgerOutOfStep(EffectUnavailable):
     """The ledger refused a transfer the payment's events call for: nothing is written, the
     network retries, and the log says which transfer and why."""
@@ -108,6 +114,9 @@ class CardNetworkEffects:
         if card.currency != amount.currency:
             raise CurrencyMismatch(f"card {card.card_id} spends {card.currency}, the network "
                                    f"asked in {request.amount.currency}")
+        earlier = _earlier_answer(uow.events.load(request.authorization_id), request)
+        if earlier is not None:
+            return earlier  # the same authorization again (another delivery): decided once
         chart = ChartOfAccounts(card.currency.code)
         committed = self._mirror(uow, chart, locked, request.authorization_id, now)
         decision = decide_authorization(wanted, locked.snapshot(Money(committed, amount.currency)),
@@ -140,42 +149,59 @@ class CardNetworkEffects:
 
     def _mirror(self, uow: UnitOfWork, chart: ChartOfAccounts, locked: LockedCard, key: str,
                 now: datetime) -> int:
-        """Bring the Safe's mirror to the indexed balance; returns what cards have committed of
-        the funds (holds + clearings - returns), which the mirror never changes."""
+        """Bring the Safe's mirror to the indexed balance (under the Safe's lock: several cards
+        may spend from one Safe); returns what its cards have committed (holds + clearings -
+        returns, whether booked to the funds or to the Safe's exposure), which the mirror never
+        changes."""
         safe = locked.card.safe
-        funds_id, mirror_id = chart.cardholder(safe).id, chart.safe_mirror(safe).id
-        found = {a.id: a for a in uow.ledger.lookup_accounts([funds_id, mirror_id])}
-        if len(found) < 2:
+        uow.lock(f"safe:{chart.ledger}:{safe}")
+        ids = [chart.cardholder(safe).id, chart.safe_mirror(safe).id, chart.exposure(safe).id]
+        found = {a.id: a for a in uow.ledger.lookup_accounts(ids)}
+        if len(found) < len(ids):
             self._ensure_accounts(uow, chart, safe)
-            found = {a.id: a for a in uow.ledger.lookup_accounts([funds_id, mirror_id])}
-        funds, mirror = found[funds_id], found[mirror_id]
+            found = {a.id: a for a in uow.ledger.lookup_accounts(ids)}
+        funds, mirror, exposure = (found[i] for i in ids)
         mirrored = mirror.debits_posted - mirror.credits_posted
         available = funds.credits_posted - funds.debits_posted - funds.debits_pending
-        committed = mirrored - available
+        owed = exposure.debits_pending + exposure.debits_posted - exposure.credits_posted
+        committed = mirrored - available + owed
         delta = locked.balance - mirrored
-        if delta:
-            debit, credit = (mirror_id, funds_id) if delta > 0 else (funds_id, mirror_id)
+        # money out of the Safe leaves the funds only as far as they are not committed; the
+        # rest waits (and shows: the Safe holds less than its cards committed)
+        moved = delta if delta > 0 else -min(-delta, max(available, 0))
+        if moved:
+            debit, credit = (mirror.id, funds.id) if moved > 0 else (funds.id, mirror.id)
             result, = uow.ledger.create_transfers([Transfer(
-                f"mirror:{key}", debit, credit, abs(delta), chart.ledger, "chain_balance",
+                f"mirror:{key}", debit, credit, abs(moved), chart.ledger, "chain_balance",
                 user_data=safe)], now)
             if not result.applied:
-                # the Safe holds less than cards committed: nothing is available, and the
-                # mirror catches up when money comes back
-                log.warning("Safe %s holds %d, less than the %d its cards committed (%s)",
-                            safe, locked.balance, committed, result.value)
+                raise LedgerOutOfStep(f"mirror of Safe {safe} refused: {result.value}")
+        if moved != delta:
+            uow.quarantine.add(QuarantineItem(
+                source="network", key=f"overcommitted:{safe}:{locked.balance}",
+                reason="safe_overcommitted",
+                payload={"safe": safe, "ledger": chart.ledger, "balance": locked.balance,
+                         "committed": committed}))
         return committed
 
     # -- asynchronous messages -------------------------------------------------------------------
     def apply(self, uow: UnitOfWork, message: NetworkMessage) -> dict[str, Any]:
+        try:
+            return self._apply(uow, message)
+        except (AuthorizationNotFound, ReturnNotFound) as exc:
+            # sent before what it refers to (reordered): not recorded, so the network's retry
+            # is processed afresh once the authorization or return has arrived
+            raise NotYetKnown(str(exc)) from exc
+
+    def _apply(self, uow: UnitOfWork, message: NetworkMessage) -> dict[str, Any]:
         now = self._clock()
         match message:
             case AuthorizationAdvice():
-                card = uow.cards.get(message.card_id)
+                card = self._known(uow, message.card_id)
                 approved = self._tokens(message.approved_amount)
                 return self._run(uow, c.AdviseAuthorization(
                     command_id=f"advice:{message.authorization_id}",
-                    payment_id=message.authorization_id, at=now,
-                    account=card.safe if card else "",
+                    payment_id=message.authorization_id, at=now, account=card.safe,
                     amount=approved if not approved.is_zero else self._tokens(message.amount),
                     merchant=message.merchant.name, mcc=message.merchant.mcc,
                     expires_at=authorization_expires_at(now, message.merchant.mcc),
@@ -194,7 +220,8 @@ class CardNetworkEffects:
                 # the network says when it expired (our own timer would use its clock)
                 return self._run(uow, c.ExpireAuthorization(
                     command_id=f"expiry:{message.authorization_id}",
-                    payment_id=message.authorization_id, at=max(now, message.network_time)))
+                    payment_id=message.authorization_id, at=max(now, message.network_time),
+                    by_network=True))
             case Clearing():
                 uow.references.put(f"clearing:{message.clearing_id}", message.authorization_id)
                 return self._run(uow, c.RecordClearing(
@@ -282,7 +309,7 @@ class CardNetworkEffects:
         creating again is a harmless EXISTS)."""
         wanted = [*chart.house_accounts()]
         if safe:
-            wanted += [chart.cardholder(safe), chart.safe_mirror(safe)]
+            wanted += [chart.cardholder(safe), chart.safe_mirror(safe), chart.exposure(safe)]
         if len(uow.ledger.lookup_accounts([a.id for a in wanted])) < len(wanted):
             uow.ledger.create_accounts(wanted)
 
@@ -313,25 +340,34 @@ class CardNetworkEffects:
             postings = PaymentPostings(chart, safe)
             hold = current_hold(postings, history)
             if hold is not None and hold.expires_at <= command.at:
-                # the ledger lapses a hold at its timeout; release it now rather than void it
-                uow.ledger.expire_pending(command.at)
+                # the ledger lapses a hold at its timeout; release this one now (not a sweep of
+                # everyone's: that would lock other Safes' accounts)
+                uow.ledger.expire_pending(command.at, [hold.transfer_id])
                 hold = None
             for event in new:
                 step = postings.apply(event, hold)
-                self._post(uow, chart, step.linked, step.direct, command.at)
+                # only what the network imposed may exceed the funds; our own approval never
+                self._post(uow, chart, safe, step.linked, step.direct, command.at,
+                           imposed=not isinstance(event, e.PaymentAuthorized))
                 hold = step.hold
+        elif new and currency is not None and _moves_money(new):
+            raise UnknownCard(f"payment {command.payment_id} names no registered card; its "
+                              "money cannot be booked")
         status = "duplicate" if not new else payment.network.status.value
         return {"status": status, "payment_id": command.payment_id,
                 "events": [type(event).__name__ for event in new]}
 
-    def _post(self, uow: UnitOfWork, chart: ChartOfAccounts, linked: tuple[Transfer, ...],
-              direct: tuple[Transfer, ...], now: datetime) -> None:
+    def _post(self, uow: UnitOfWork, chart: ChartOfAccounts, safe: str,
+              linked: tuple[Transfer, ...], direct: tuple[Transfer, ...], now: datetime, *,
+              imposed: bool) -> None:
+        exposure = chart.exposure(safe).id
+        linked = tuple(t for r in linked for t in self._returned(uow, exposure, r))
         if linked:
             results = uow.ledger.create_transfers(list(linked), now)
-            if CreateTransferResult.EXCEEDS_CREDITS in results:
-                # a hold the network imposed (stand-in advice, increment) beyond the funds: it
-                # is honoured, and what the funds do not cover is held against suspense
-                linked = tuple(self._exposed(uow, chart, t) if r is
+            if imposed and CreateTransferResult.EXCEEDS_CREDITS in results:
+                # a hold the network imposed (stand-in advice, increment) beyond the funds: it is
+                # honoured, held against the Safe's exposure, and shown as an exception
+                linked = tuple(self._exposed(uow, exposure, t) if r is
                                CreateTransferResult.EXCEEDS_CREDITS else t
                                for t, r in zip(linked, results, strict=True))
                 results = uow.ledger.create_transfers(list(linked), now)
@@ -341,17 +377,46 @@ class CardNetworkEffects:
         for transfer in direct:
             result, = uow.ledger.create_transfers([transfer], now)
             if result is CreateTransferResult.EXCEEDS_CREDITS:
-                # the cardholder's funds do not cover money the network took anyway
-                result, = uow.ledger.create_transfers([to_suspense(transfer, chart)], now)
-                self._short(uow, transfer, "funds_short")
+                # money the network took anyway: what the funds cover from them, the rest from
+                # the Safe's exposure
+                result = self._split(uow, transfer, exposure, now)
             if not result.applied:
                 raise LedgerOutOfStep(f"the ledger refused {transfer.id}: {result.value}")
 
-    def _exposed(self, uow: UnitOfWork, chart: ChartOfAccounts, hold: Transfer) -> Transfer:
-        """The hold against suspense instead of the funds (same id: post and void still find
-        it), with an exception row for a person."""
+    def _split(self, uow: UnitOfWork, transfer: Transfer, exposure: str,
+               now: datetime) -> CreateTransferResult:
+        funds, = uow.ledger.lookup_accounts([transfer.debit_account_id])
+        covered = max(0, funds.credits_posted - funds.debits_posted - funds.debits_pending)
+        parts = [replace(transfer, id=transfer.id + ":exposure", debit_account_id=exposure,
+                         amount=transfer.amount - covered)]
+        if covered:
+            parts = [replace(transfer, amount=covered, flags=TransferFlags.LINKED), *parts]
+        self._short(uow, parts[-1], "funds_short")
+        results = uow.ledger.create_transfers(parts, now)
+        return next((r for r in results if not r.applied), results[-1])
+
+    @staticmethod
+    def _returned(uow: UnitOfWork, exposure: str, transfer: Transfer) -> list[Transfer]:
+        """A merchant return pays back the Safe's exposure first (what the network took beyond
+        its funds), then the funds: it never hands the cardholder money they never had."""
+        if transfer.code != Code.RETURN:
+            return [transfer]
+        found = uow.ledger.lookup_accounts([exposure])
+        owed = found[0].debits_posted - found[0].credits_posted if found else 0
+        if owed <= 0:
+            return [transfer]
+        back = min(owed, transfer.amount)
+        parts = [replace(transfer, id=transfer.id + ":exposure", credit_account_id=exposure,
+                         amount=back)]
+        if transfer.amount > back:
+            parts.append(replace(transfer, amount=transfer.amount - back))
+        return _chain(parts)
+
+    def _exposed(self, uow: UnitOfWork, exposure: str, hold: Transfer) -> Transfer:
+        """The hold against the Safe's exposure instead of its funds (same id: post and void
+        still find it), with an exception row for a person."""
         self._short(uow, hold, "stand_in_exposure")
-        return replace(hold, debit_account_id=chart.account_id(AccountKind.SUSPENSE))
+        return replace(hold, debit_account_id=exposure)
 
     @staticmethod
     def _short(uow: UnitOfWork, transfer: Transfer, reason: str) -> None:
@@ -360,6 +425,36 @@ class CardNetworkEffects:
             payload={"transfer_id": transfer.id, "amount": transfer.amount,
                      "ledger": transfer.ledger, "payment_id": transfer.user_data,
                      "funds_account": transfer.debit_account_id}))
+
+
+def _chain(parts: list[Transfer]) -> list[Transfer]:
+    return [replace(t, flags=t.flags | TransferFlags.LINKED) if i < len(parts) - 1 else t
+            for i, t in enumerate(parts)]
+
+
+MONEY_EVENTS = (e.PaymentAuthorized, e.AuthorizationAdvised, e.AuthorizationIncreased,
+                e.ClearingRecorded, e.PaymentForcePosted, e.FinancialAuthorizationRecorded,
+                e.ReturnRecorded, e.ReturnReversed)
+
+
+def _moves_money(events: list[e.DomainEvent]) -> bool:
+    return any(isinstance(event, MONEY_EVENTS) for event in events)
+
+
+def _earlier_answer(history: list[e.DomainEvent],
+                    request: AuthorizationRequest) -> AuthorizationDecision | None:
+    """The answer already given to this authorization id, from its recorded decision."""
+    fiat = request.amount.currency
+    for event in history:
+        if isinstance(event, e.PaymentAuthorized):
+            return AuthorizationDecision.approve(
+                request, min(event.amount.convert(fiat), request.amount))
+        if isinstance(event, e.AuthorizationDeclined):
+            if event.reason == LATE:
+                return AuthorizationDecision.approve(
+                    request, min(event.amount.convert(fiat), request.amount))
+            return AuthorizationDecision.decline(request, DeclineReason(event.reason))
+    return None
 
 
 def _currency(events: list[e.DomainEvent]) -> Currency | None:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from cardpay.errors import CardpayError
+from cardpay.errors import CardpayError, ConcurrencyConflict
 from cardpay.handlers.ports import Delivery, QuarantineItem, UnitOfWork
 from domain.errors import DomainError
 from domain.network import AuthorizationDecision, AuthorizationRequest, NetworkMessage
@@ -139,7 +139,8 @@ class NetworkIngress:
             try:
                 with uow.savepoint():
                     reply = effect(uow)
-            except EffectUnavailable as exc:
+            except (EffectUnavailable, ConcurrencyConflict) as exc:
+                # nothing recorded: the network's retry is decided afresh
                 return Reply(503, {"error": "unavailable", "reason": str(exc)})
             except DomainError as exc:
                 # the model refused the message's facts (e.g. a partial approval the network

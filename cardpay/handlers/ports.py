@@ -462,6 +462,8 @@ class LedgerRepository(Protocol):
         """Those that exist, in the order asked; a pending one with its status."""
         ...
 
-    def expire_pending(self, now: datetime) -> list[str]:
-        """Release every pending transfer whose timeout has passed; their ids, sorted."""
+    def expire_pending(self, now: datetime, ids: Sequence[str] | None = None) -> list[str]:
+        """Release every pending transfer whose timeout has passed (only those of `ids`, when
+        given: a handler releases its own payment's hold without sweeping others'); their ids,
+        sorted."""
         ...

@@ -59,9 +59,10 @@ class ChartOfAccounts:
             if not owner:
                 raise ValueError("cardholder funds are per Safe: give its address")
             return f"{self.ledger}:{kind.value}:{owner.lower()}"
-        if owner and kind is not AccountKind.SAFE_BALANCES:
+        if owner and kind not in (AccountKind.SAFE_BALANCES, AccountKind.SUSPENSE):
             raise ValueError(f"{kind.value} is one account per ledger")
-        # SAFE_BALANCES may also be kept per Safe: the mirror of that Safe's indexed balance
+        # SAFE_BALANCES and SUSPENSE may also be kept per Safe: the mirror of that Safe's indexed
+        # balance, and what the network took from it beyond its funds (its exposure)
         return f"{self.ledger}:{kind.value}:{owner.lower()}" if owner else \
             f"{self.ledger}:{kind.value}"
 
@@ -80,3 +81,8 @@ class ChartOfAccounts:
         """The Safe's mirror: debited by tokens the chain shows coming into the Safe, credited
         by tokens leaving it, against the cardholder's funds."""
         return self.account(AccountKind.SAFE_BALANCES, safe)
+
+    def exposure(self, safe: str) -> Account:
+        """Suspense for one Safe: holds and clearings the network imposed beyond its funds (a
+        stand-in, an over-clearing), owed by the cardholder until returns or ops settle it."""
+        return self.account(AccountKind.SUSPENSE, safe)

@@ -73,10 +73,12 @@ class Ledger:
         self._store(decision)
         return decision.results
 
-    def expire_pending(self, now: datetime) -> list[str]:
-        """Void every pending transfer whose timeout has passed; returns their ids, sorted."""
+    def expire_pending(self, now: datetime, ids: Sequence[str] | None = None) -> list[str]:
+        """Void every pending transfer whose timeout has passed (of `ids`, when given);
+        returns their ids, sorted."""
         due = [r for r in self.transfers.values() if r.status is PendingStatus.PENDING
-               and r.expires_at is not None and r.expires_at <= now]
+               and r.expires_at is not None and r.expires_at <= now
+               and (ids is None or r.transfer.id in ids)]
         decision = decide_expiry(due, now, self.accounts)
         self._store(decision)
         return sorted(decision.resolved)

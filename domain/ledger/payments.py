@@ -13,6 +13,7 @@ writes nothing new (the ledger answers EXISTS) and every writer names the same t
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -46,7 +47,7 @@ class Hold:
 class Postings:
     """The transfers of one event: `linked` go as one all-or-nothing chain; each of `direct`
     goes alone and debits the cardholder's funds — when those do not cover it, the caller books
-    it to suspense instead (`to_suspense`), as an exception for a person."""
+    the shortfall to the Safe's exposure (suspense), as an exception for a person."""
 
     linked: tuple[Transfer, ...] = ()
     direct: tuple[Transfer, ...] = ()
@@ -54,14 +55,9 @@ class Postings:
     """The payment's hold after the event."""
 
 
-def to_suspense(transfer: Transfer, chart: ChartOfAccounts) -> Transfer:
-    """The same movement with suspense in place of the cardholder's funds as the debit side."""
-    return replace(transfer, id=transfer.id + ":suspense",
-                   debit_account_id=chart.account_id(AccountKind.SUSPENSE))
-
-
 def _seconds(start: datetime, end: datetime) -> int:
-    return max(1, int((end - start).total_seconds()))
+    """The hold's timeout, rounded up: the ledger never lapses it before `expires_at`."""
+    return max(1, math.ceil((end - start).total_seconds()))
 
 
 class PaymentPostings:

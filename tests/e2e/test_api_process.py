@@ -38,11 +38,17 @@ def test_the_api_process_answers_the_network(api: str, pg_engine: Engine) -> Non
         unsigned = client.post("/v1/network/authorizations", content=body)
         assert (unsigned.status_code, unsigned.json()["reason"]) == (401, "unsigned")
 
-        # signed and valid: the decision is not wired into this build, so 503 and no record
+        # signed and valid: decided (no such card: a hard decline) and recorded once
         signed = client.post("/v1/network/authorizations", content=body,
                              headers=signed_headers(body, "e2e-1"))
-        assert signed.status_code == 503, signed.text
-        assert counts(pg_engine) == before
+        assert signed.status_code == 200, signed.text
+        assert (signed.json()["approved"], signed.json()["decline_reason"]) == (
+            False, "unknown_card")
+        again = client.post("/v1/network/authorizations", content=body,
+                            headers=signed_headers(body, "e2e-1"))
+        assert again.json() == signed.json()
+        after = counts(pg_engine)
+        assert after["network_deliveries"] == before["network_deliveries"] + 1
 
         bad = b'{"type": "clearing", "amount": 8.5}'
         refused = client.post("/v1/network/events", content=bad,

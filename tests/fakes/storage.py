@@ -475,8 +475,8 @@ class FakeLedger:
     def lookup_transfers(self, ids: Sequence[str]) -> list[TransferRecord]:
         return self._s.ledger.lookup_transfers(ids)
 
-    def expire_pending(self, now: datetime) -> list[str]:
-        return self._s.ledger.expire_pending(now)
+    def expire_pending(self, now: datetime, ids: Sequence[str] | None = None) -> list[str]:
+        return self._s.ledger.expire_pending(now, ids)
 
 
 class FakeDatabase:

@@ -14,8 +14,8 @@ from typing import Any, TypeVar
 import pytest
 from sqlalchemy import Engine
 
-from cardpay.handlers.card_network import LATE, UNMATCHED_RETURN, CardNetworkEffects
-from cardpay.handlers.ports import Card, ChainReading, UnitOfWork
+from cardpay.handlers.card_network import LATE, UNMATCHED_RETURN, CardNetworkEffects, NotYetKnown
+from cardpay.handlers.ports import BalanceMove, Card, ChainReading, UnitOfWork
 from cardpay.postgres.uow import unit_of_work_factory
 from domain.authorization import CardStatus, DeclineReason
 from domain.ledger.chart import AccountKind, ChartOfAccounts
@@ -127,6 +127,12 @@ def account(db: FakeDatabase, kind: AccountKind) -> Any:
     return found
 
 
+def exposure(db: FakeDatabase) -> Any:
+    with db.uow() as uow:
+        found, = uow.ledger.lookup_accounts([CHART.exposure(SAFE).id])
+    return found
+
+
 def events(db: FakeDatabase, payment_id: str) -> list[str]:
     with db.uow() as uow:
         return [type(e).__name__ for e in uow.events.load(payment_id)]
@@ -134,8 +140,8 @@ def events(db: FakeDatabase, payment_id: str) -> list[str]:
 
 def assert_balanced(db: FakeDatabase) -> None:
     """Across the ledger, debits equal credits, pending and posted separately."""
-    ids = [a.id for a in CHART.house_accounts()] + [CHART.cardholder(SAFE).id,
-                                                    CHART.safe_mirror(SAFE).id]
+    ids = [a.id for a in CHART.house_accounts()] + [
+        CHART.cardholder(SAFE).id, CHART.safe_mirror(SAFE).id, CHART.exposure(SAFE).id]
     with db.uow() as uow:
         accounts = uow.ledger.lookup_accounts(ids)
     assert sum(a.debits_posted for a in accounts) == sum(a.credits_posted for a in accounts)
@@ -201,18 +207,18 @@ def test_an_approval_past_the_deadline_is_recorded_late_and_holds_nothing(
 def test_money_into_the_safe_reaches_the_funds_at_the_next_decision(
         db: FakeDatabase, effects: CardNetworkEffects) -> None:
     authorize(db, effects, "a1", 9_000)
-    with db.uow() as uow:
-        uow.cards.apply_transfers([_move(+50 * 100 * CENT, 11)])
-        uow.commit()
+    top_up(db, 50 * 100 * CENT, 11)
     assert authorize(db, effects, "a2", 5_000).approved  # 10.00 left + 50.00 topped up
     assert funds(db) == (1_000, 14_000, 0)
     assert_balanced(db)
 
 
-def _move(delta: int, block: int) -> Any:
-    from cardpay.handlers.ports import BalanceMove
-
-    return BalanceMove(SAFE, TOKEN, delta, block, "0x" + f"{block:064x}", 0)
+def top_up(db: FakeDatabase, delta: int, block: int) -> None:
+    """An indexed transfer into (or, negative, out of) the Safe."""
+    with db.uow() as uow:
+        uow.cards.apply_transfers([BalanceMove(SAFE, TOKEN, delta, block,
+                                               "0x" + f"{block:064x}", 0)])
+        uow.commit()
 
 
 # -- asynchronous messages -----------------------------------------------------------------------
@@ -240,20 +246,96 @@ def test_multiple_clearings_keep_holding_what_is_not_cleared_yet(
     assert_balanced(db)
 
 
-def test_an_over_clearing_takes_the_excess_from_the_funds_or_else_suspense(
+def test_an_over_clearing_takes_the_excess_from_the_funds_and_the_rest_from_exposure(
         db: FakeDatabase, effects: CardNetworkEffects) -> None:
     authorize(db, effects, "a1", 1_000)
     apply(db, effects, Clearing(network_time=T0, clearing_id="c1", authorization_id="a1",
                                 card_id="card-1", amount=eur(1_200), final=True))
     assert funds(db) == (8_800, 0, 1_200)
-    # a force post bigger than what is left: the funds cannot go below zero, suspense takes it
+    # a force post bigger than what is left: the funds give what they have, the Safe's
+    # exposure (suspense) the rest, and a person is told
     apply(db, effects, ForcePost(network_time=T0, clearing_id="f1", card_id="card-1",
                                  amount=eur(9_000), merchant=SHOP))
-    assert funds(db) == (8_800, 0, 1_200)
-    assert account(db, AccountKind.SUSPENSE).debits_posted == 9_000 * CENT
+    assert funds(db) == (0, 0, 10_000)
+    assert exposure(db).debits_posted == 200 * CENT
     with db.uow() as uow:
         reasons = [row.reason for row in uow.quarantine.list()]
     assert "funds_short" in reasons
+    # the cardholder owes 2.00: a top-up of 5.00 leaves 3.00 to spend
+    top_up(db, 5 * 100 * CENT, 11)
+    assert not authorize(db, effects, "a2", 301).approved
+    assert authorize(db, effects, "a3", 300).approved
+    assert_balanced(db)
+
+
+def test_a_return_pays_back_the_exposure_before_the_funds(
+        db: FakeDatabase, effects: CardNetworkEffects) -> None:
+    apply(db, effects, ForcePost(network_time=T0, clearing_id="f1", card_id="card-1",
+                                 amount=eur(12_000), merchant=SHOP))  # 20.00 beyond the funds
+    assert exposure(db).debits_posted == 2_000 * CENT
+    apply(db, effects, Return(network_time=T0, return_id="ret1", card_id="card-1",
+                              amount=eur(12_000), merchant=SHOP, clearing_id="f1"))
+    assert exposure(db).credits_posted == 2_000 * CENT  # settled first
+    assert funds(db) == (10_000, 0, 10_000)  # back to what the Safe holds, not a cent more
+    assert authorize(db, effects, "a2", 10_001).reason is DeclineReason.INSUFFICIENT_FUNDS
+    assert_balanced(db)
+
+
+def test_a_stand_in_increment_beyond_the_funds_is_held_against_exposure(
+        db: FakeDatabase, effects: CardNetworkEffects) -> None:
+    authorize(db, effects, "a1", 6_000, merchant=HOTEL)
+    apply(db, effects, IncrementalAuthorization(network_time=T0, increment_id="i1",
+                                                authorization_id="a1", card_id="card-1",
+                                                amount=eur(5_000)))
+    assert exposure(db).debits_pending == 11_000 * CENT and funds(db)[1] == 0
+    # the funds look untouched, but the Safe's 100.00 is more than committed: no approval
+    assert authorize(db, effects, "a2", 100).reason is DeclineReason.INSUFFICIENT_FUNDS
+    apply(db, effects, Clearing(network_time=T0, clearing_id="c1", authorization_id="a1",
+                                card_id="card-1", amount=eur(11_000), final=True))
+    assert exposure(db).debits_pending == 0 and exposure(db).debits_posted == 11_000 * CENT
+    assert_balanced(db)
+
+
+def test_the_same_authorization_delivered_again_gets_the_first_answer(
+        db: FakeDatabase, effects: CardNetworkEffects) -> None:
+    first = authorize(db, effects, "a1", 9_000)
+    again = authorize(db, effects, "a1", 9_000)  # another webhook id, same authorization
+    assert again == first and funds(db) == (1_000, 9_000, 0)
+    declined = authorize(db, effects, "a2", 5_000)
+    top_up(db, 100 * 100 * CENT, 11)
+    assert authorize(db, effects, "a2", 5_000) == declined  # decided once, with the old funds
+    assert events(db, "a2") == ["AuthorizationDeclined"]
+
+
+def test_the_networks_expiry_is_honoured_even_before_our_own_deadline(
+        db: FakeDatabase, effects: CardNetworkEffects) -> None:
+    authorize(db, effects, "a1", 1_000)
+    apply(db, effects, AuthorizationExpiry(network_time=T0 + timedelta(days=6),
+                                           authorization_id="a1"))
+    assert funds(db) == (10_000, 0, 0)
+    assert events(db, "a1") == ["PaymentAuthorized", "AuthorizationExpired"]
+
+
+def test_a_message_before_its_authorization_is_not_recorded_so_the_retry_works(
+        db: FakeDatabase, effects: CardNetworkEffects) -> None:
+    reversal = AuthorizationReversal(network_time=T0, reversal_id="r1", authorization_id="a1",
+                                     amount=eur(400), full=False)
+    with pytest.raises(NotYetKnown):
+        apply(db, effects, reversal)
+    authorize(db, effects, "a1", 1_000)
+    apply(db, effects, reversal)
+    assert funds(db) == (9_400, 600, 0)
+
+
+def test_a_safe_that_drops_below_what_its_cards_committed_approves_nothing(
+        db: FakeDatabase, effects: CardNetworkEffects) -> None:
+    authorize(db, effects, "a1", 8_000)
+    top_up(db, -50 * 100 * CENT, 11)  # 50.00 left the Safe: it holds 50.00, 80.00 committed
+    assert not authorize(db, effects, "a2", 1).approved
+    with db.uow() as uow:
+        reasons = [row.reason for row in uow.quarantine.list()]
+    assert "safe_overcommitted" in reasons
+    assert funds(db)[0] == 0  # the funds gave what was not committed, and no more
     assert_balanced(db)
 
 

@@ -70,7 +70,10 @@ def test_the_chart_names_every_account_and_gives_it_its_flags() -> None:
     with pytest.raises(ValueError):
         chart.account_id(AccountKind.CARDHOLDER_FUNDS)
     with pytest.raises(ValueError):
-        chart.account_id(AccountKind.SUSPENSE, "0xabc")
+        chart.account_id(AccountKind.NETWORK_PAYABLE, "0xabc")
+    # the per-Safe mirror and exposure
+    assert chart.safe_mirror("0xABC").id == "USDCe:safe_balances:0xabc"
+    assert chart.exposure("0xABC").id == "USDCe:suspense:0xabc"
 
 
 # -- decide -------------------------------------------------------------------------------------

@@ -82,6 +82,9 @@ _INSERT_ENTRIES = text(
 _INSERT_BOTH = text(f"WITH t AS ({_INSERT_TRANSFERS.text}) {_INSERT_ENTRIES.text}")
 _DUE = text("SELECT id, debit_account_id, credit_account_id FROM ledger_transfers "
             "WHERE pending_status = 'pending' AND expires_at <= :now")
+_DUE_OF = text("SELECT id, debit_account_id, credit_account_id FROM ledger_transfers "
+               "WHERE pending_status = 'pending' AND expires_at <= :now "
+               "AND id = ANY(CAST(:ids AS text[]))")
 _EXPIRE = text("UPDATE ledger_transfers SET pending_status = 'expired' "
                "WHERE id = ANY(CAST(:ids AS text[])) AND pending_status = 'pending'")
 
@@ -219,9 +222,11 @@ class PostgresLedger:
         found = self._read_transfers(list(ids))
         return [found[i] for i in ids if i in found]
 
-    def expire_pending(self, now: datetime) -> list[str]:
-        """Release every pending transfer whose timeout has passed at `now`; their ids, sorted."""
-        due = self._conn.execute(_DUE, {"now": now}).all()
+    def expire_pending(self, now: datetime, ids: Sequence[str] | None = None) -> list[str]:
+        """Release every pending transfer whose timeout has passed at `now` (only those of
+        `ids`, when given); their ids, sorted."""
+        due = self._conn.execute(_DUE, {"now": now}).all() if ids is None else \
+            self._conn.execute(_DUE_OF, {"now": now, "ids": list(ids)}).all()
         if not due:
             return []
         accounts = self._lock_accounts({i for r in due for i in (r[1], r[2])})
