@@ -344,6 +344,8 @@ def api_process(env: dict[str, str],
 
 
 def _cpu_seconds(pid: int, *, with_children: bool = False) -> float:
+    """CPU time of a process; `with_children`: and of its children, live ones and the ones it has
+    reaped (PostgreSQL backends come and go with the API's overflow connections)."""
     import psutil
 
     try:
@@ -351,10 +353,12 @@ def _cpu_seconds(pid: int, *, with_children: bool = False) -> float:
         if with_children:
             procs += procs[0].children(recursive=True)
         total = 0.0
-        for p in procs:
+        for i, p in enumerate(procs):
             try:
                 t = p.cpu_times()
                 total += t.user + t.system
+                if with_children and i == 0:
+                    total += t.children_user + t.children_system
             except psutil.NoSuchProcess:
                 pass
         return total
