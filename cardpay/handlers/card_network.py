@@ -114,7 +114,9 @@ class CardNetworkEffects:
         if card.currency != amount.currency:
             raise CurrencyMismatch(f"card {card.card_id} spends {card.currency}, the network "
                                    f"asked in {request.amount.currency}")
-        earlier = _earlier_answer(uow.events.load(request.authorization_id), request)
+        uow.lock(f"payment:{request.authorization_id}")  # after the card's: one lock order
+        history = uow.events.load(request.authorization_id)
+        earlier = _earlier_answer(history, request)
         if earlier is not None:
             return earlier  # the same authorization again (another delivery): decided once
         chart = ChartOfAccounts(card.currency.code)
@@ -122,28 +124,28 @@ class CardNetworkEffects:
         decision = decide_authorization(wanted, locked.snapshot(Money(committed, amount.currency)),
                                         now)
         late = self._clock() - received_at > self._deadline
+        auth_id, merchant, mcc = request.authorization_id, request.merchant.name, \
+            request.merchant.mcc
         if decision.approved and not late:
             uow.cards.record_authorization(card.card_id, now)  # velocity counts approvals
             self._run(uow, c.AuthorizePayment(
-                command_id=request.authorization_id, payment_id=request.authorization_id,
-                at=now, account=card.safe, amount=decision.approved_amount,
-                merchant=request.merchant.name, mcc=request.merchant.mcc,
-                expires_at=authorization_expires_at(now, request.merchant.mcc),
-                requested=amount))
-            fiat = decision.approved_amount.convert(request.amount.currency)
-            return AuthorizationDecision.approve(request, fiat)
-        reason = LATE if decision.approved else str(decision.reason)
-        if late and decision.approved:
-            log.warning("authorization %s approved after the %.1f s deadline: recorded as late, "
-                        "nothing held (the network stood in)", request.authorization_id,
-                        self._deadline.total_seconds())
-        self._run(uow, c.DeclineAuthorization(
-            command_id=request.authorization_id, payment_id=request.authorization_id, at=now,
-            account=card.safe, amount=amount, merchant=request.merchant.name,
-            mcc=request.merchant.mcc, reason=reason))
-        if decision.approved:  # late: answered as decided, but nothing is held
-            fiat = decision.approved_amount.convert(request.amount.currency)
-            return AuthorizationDecision.approve(request, fiat)
+                command_id=auth_id, payment_id=auth_id, at=now, account=card.safe,
+                merchant=merchant, mcc=mcc, amount=decision.approved_amount, requested=amount,
+                expires_at=authorization_expires_at(now, mcc)),
+                history=history, accounts_ready=True)
+        else:
+            if decision.approved:  # late: answered as decided, but nothing is held
+                log.warning("authorization %s approved after the %.1f s deadline: recorded as "
+                            "late, nothing held (the network stood in)",
+                            request.authorization_id, self._deadline.total_seconds())
+            self._run(uow, c.DeclineAuthorization(
+                command_id=auth_id, payment_id=auth_id, at=now, account=card.safe,
+                merchant=merchant, mcc=mcc, amount=amount,
+                reason=LATE if decision.approved else str(decision.reason)),
+                history=history, accounts_ready=True)
+        if decision.approved:
+            return AuthorizationDecision.approve(
+                request, decision.approved_amount.convert(request.amount.currency))
         assert decision.reason is not None
         return AuthorizationDecision.decline(request, decision.reason)
 
@@ -313,16 +315,19 @@ class CardNetworkEffects:
         if len(uow.ledger.lookup_accounts([a.id for a in wanted])) < len(wanted):
             uow.ledger.create_accounts(wanted)
 
-    def _run(self, uow: UnitOfWork, command: c.Command,
-             card_id: str | None = None) -> dict[str, Any]:
+    def _run(self, uow: UnitOfWork, command: c.Command, card_id: str | None = None, *,
+             history: list[e.DomainEvent] | None = None,
+             accounts_ready: bool = False) -> dict[str, Any]:
         """Decide the command on the payment and post what its new events move in the ledger.
 
         Locks in one order everywhere, the card's row first (when the message names the card),
         then the payment: a message and an authorization of one card serialize, so the Safe's
-        mirror is brought up to date by one writer at a time."""
+        mirror is brought up to date by one writer at a time. `decide` passes the `history` it
+        loaded under those locks and says its accounts exist (`_mirror` made them)."""
         locked = uow.cards.lock_for_authorization(card_id, command.at) if card_id else None
-        uow.lock(f"payment:{command.payment_id}")
-        history = uow.events.load(command.payment_id)
+        if history is None:  # else the caller holds the payment's lock and loaded it
+            uow.lock(f"payment:{command.payment_id}")
+            history = uow.events.load(command.payment_id)
         payment = Payment.rehydrate(command.payment_id, history)
         handle(payment, command)
         new = list(payment.pending_events)
@@ -333,7 +338,8 @@ class CardNetworkEffects:
         currency = _currency([*history, *new])
         if new and safe and currency is not None:
             chart = ChartOfAccounts(currency.code)
-            self._ensure_accounts(uow, chart, safe)
+            if not accounts_ready:
+                self._ensure_accounts(uow, chart, safe)
             if locked is not None and locked.card.safe == safe:
                 self._mirror(uow, chart, locked,
                              f"{command.payment_id}:{command.command_id}", command.at)
