@@ -145,8 +145,11 @@ def create_app(ingress: NetworkIngress, verifier: SignatureVerifier, metrics: Ap
                 # nothing was recorded, the network retries
                 log.warning("delivery %s not processed: %s", webhook_id,
                             str(exc.orig or exc).splitlines()[0])
+                metrics.network_unavailable.labels("database").inc()
                 return JSONResponse({"error": "unavailable", "reason": "the database did not "
                                      "complete the transaction; retry"}, status_code=503)
+            if reply.status == 503:
+                metrics.network_unavailable.labels(str(reply.body.get("error"))).inc()
         return JSONResponse(dict(reply.body), status_code=reply.status)
 
     @app.post("/v1/network/authorizations", response_model=m.DecisionResponse,

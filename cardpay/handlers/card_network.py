@@ -81,6 +81,15 @@ class NotYetKnown(EffectUnavailable):
     nothing recorded, so the network's retry finds it."""
 
 
+class PastDeadline(EffectUnavailable):
+    """An authorization request that waited longer than the network's deadline before its turn
+    came (the API is overloaded): the network has stood in already, so it is not decided at all
+    (answered 503, nothing recorded; the network's advice opens the hold). Deciding it anyway
+    would only spend the time the requests still in their deadline need."""
+
+    code = "past_deadline"
+
+
 class LedgerOutOfStep(EffectUnavailable):
     """The ledger refused a transfer the payment's events call for: nothing is written, the
     network retries, and the log says which transfer and why."""
@@ -96,6 +105,10 @@ class CardNetworkEffects:
     def decide(self, uow: UnitOfWork, request: AuthorizationRequest,
                received_at: datetime) -> AuthorizationDecision:
         now = self._clock()
+        if now - received_at > self._deadline:
+            raise PastDeadline(f"authorization {request.authorization_id} waited "
+                               f"{(now - received_at).total_seconds():.1f} s, past the network's "
+                               f"{self._deadline.total_seconds():.1f} s deadline: not decided")
         amount = to_ledger_units(request.amount)
         locked = uow.cards.lock_for_authorization(request.card_id, now)
         wanted = DecisionInput(card_id=request.card_id, amount=amount,

@@ -57,6 +57,9 @@ class EffectUnavailable(CardpayError):
     """`decide` or `apply` cannot run now (a dependency is down, or not wired yet): nothing is
     recorded, the answer is 503 and the network retries (or stands in, for an authorization)."""
 
+    code = "unavailable"
+    """The answer's `error` (and the metric's reason)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Received:
@@ -141,7 +144,8 @@ class NetworkIngress:
                     reply = effect(uow)
             except (EffectUnavailable, ConcurrencyConflict) as exc:
                 # nothing recorded: the network's retry is decided afresh
-                return Reply(503, {"error": "unavailable", "reason": str(exc)})
+                code = exc.code if isinstance(exc, EffectUnavailable) else "unavailable"
+                return Reply(503, {"error": code, "reason": str(exc)})
             except DomainError as exc:
                 # the model refused the message's facts (e.g. a partial approval the network
                 # does not allow): kept for a person, answered 422, never a crash

@@ -22,6 +22,11 @@ class ApiMetrics:
             "cardpay_webhook_rejections_total",
             "Network requests refused before anything was stored, by reason (401: unsigned, "
             "malformed, stale, future, bad_signature; 413: too_large)", ["reason"], registry=r)
+        self.network_unavailable = Counter(
+            "cardpay_network_unavailable_total",
+            "Network requests answered 503 with nothing recorded, by reason (past_deadline: an "
+            "authorization that waited past the network's deadline under overload; unavailable: "
+            "a dependency or a concurrent writer; database)", ["reason"], registry=r)
         self.network_rejected = Counter(
             "cardpay_network_rejected_total",
             "Signed network bodies refused and quarantined, by reason "

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, func, select
+from sqlalchemy import Connection, Engine, create_engine, event, func, select
+
+from cardpay.postgres import raw
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 MIGRATION_LOCK = 0x63617264706179  # "cardpay": one advisory-lock key for every migrating process
@@ -21,7 +24,18 @@ def normalize_url(url: str) -> str:
 
 
 def make_engine(url: str, *, pool_size: int = 5) -> Engine:
-    return create_engine(normalize_url(url), pool_size=pool_size, pool_pre_ping=True)
+    engine = create_engine(normalize_url(url), pool_size=pool_size, pool_pre_ping=True)
+    # statements deferred on the driver's cursor (`raw.defer`) go before any SQLAlchemy
+    # statement or commit on the same connection, and never outlive a rollback
+    event.listen(engine, "before_cursor_execute", _flush_deferred)
+    event.listen(engine, "commit", raw.flush)
+    event.listen(engine, "rollback", raw.discard)
+    return engine
+
+
+def _flush_deferred(conn: Connection, cursor: Any, statement: str, parameters: Any,
+                    context: Any, executemany: bool) -> None:
+    raw.flush_driver(cursor.connection)
 
 
 def alembic_config() -> Config:

@@ -9,18 +9,34 @@ blocks other writers only (EXCLUSIVE does not conflict with the ACCESS SHARE tha
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, text
+from sqlalchemy import Connection, select
 from sqlalchemy.exc import IntegrityError
 
 from cardpay.errors import ConcurrencyConflict
 from cardpay.kafka.wire import encode_event
+from cardpay.postgres import raw
 from cardpay.postgres.schema import events as events_table
-from cardpay.postgres.schema import outbox as outbox_table
 from domain.events import DomainEvent, PaymentRefunded, PaymentSpent, RecordedEvent
 from domain.serialization import from_recorded, to_data
+
+_LOAD = ("SELECT stream_id, version, position, type, data, recorded_at FROM events "
+         "WHERE stream_id = %s ORDER BY version")
+_LOCK = "LOCK TABLE events IN EXCLUSIVE MODE"
+_VERSIONS = ("SELECT stream_id, max(version) FROM events WHERE stream_id = ANY(%s) "
+             "GROUP BY stream_id")
+_INSERT = """
+    INSERT INTO events (stream_id, version, type, data)
+    SELECT s, v, t, d::jsonb FROM unnest(%s::text[], %s::int[], %s::text[], %s::text[])
+        WITH ORDINALITY AS x(s, v, t, d, n)
+    ORDER BY n
+    RETURNING position, recorded_at
+"""
+_OUTBOX = ("INSERT INTO outbox (topic, key, value) "
+           "SELECT %s, k, v FROM unnest(%s::text[], %s::bytea[]) AS x(k, v)")
 
 LOAD_MANY_CHUNK = 10_000
 """Stream ids per `load_many` query: well under PostgreSQL's 65,535 bind parameters."""
@@ -67,12 +83,9 @@ class PostgresEventStore:
         return out
 
     def load_recorded(self, stream_id: str) -> list[RecordedEvent]:
-        rows = self._conn.execute(
-            select(events_table)
-            .where(events_table.c.stream_id == stream_id)
-            .order_by(events_table.c.version)
-        )
-        return [_recorded(row._mapping) for row in rows]
+        return [RecordedEvent(stream_id, int(version), int(position), type_, data, recorded_at)
+                for stream_id, version, position, type_, data, recorded_at
+                in raw.execute(self._conn, _LOAD, (stream_id,))]
 
     def append(self, new: Sequence[DomainEvent]) -> list[RecordedEvent]:
         if not new:
@@ -80,55 +93,29 @@ class PostgresEventStore:
         by_stream: dict[str, list[DomainEvent]] = {}
         for event in new:
             by_stream.setdefault(event.stream_id, []).append(event)
-        self._conn.execute(text("LOCK TABLE events IN EXCLUSIVE MODE"))
-        current: dict[str, int] = dict(
-            self._conn.execute(
-                text("SELECT stream_id, max(version) FROM events "
-                     "WHERE stream_id = ANY(:ids) GROUP BY stream_id"),
-                {"ids": list(by_stream)},
-            ).all()
-        )
+        raw.defer(self._conn, _LOCK)
+        current = dict(raw.execute(self._conn, _VERSIONS, (list(by_stream),)).fetchall())
         for stream_id, stream_events in by_stream.items():
             check_sequence(int(current.get(stream_id, 0)), stream_events)
-        rows: list[dict[str, Any]] = [
-            {
-                "stream_id": e.stream_id,
-                "version": e.version,
-                "type": type(e).__name__,
-                "data": to_data(e),
-            }
-            for e in new
-        ]
+        rows = [(e.stream_id, e.version, type(e).__name__, to_data(e)) for e in new]
         try:
-            result = self._conn.execute(
-                insert(events_table).returning(
-                    events_table.c.position,
-                    events_table.c.recorded_at,
-                    sort_by_parameter_order=True,
-                ),
-                rows,
-            )
+            # one INSERT of every row (unnest keeps it one statement whatever the count); the
+            # positions come back in the rows' order (WITH ORDINALITY)
+            inserted = raw.execute(self._conn, _INSERT, (
+                [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
+                [json.dumps(r[3]) for r in rows])).fetchall()
         except IntegrityError as exc:  # pragma: no cover - the version check above runs first
             raise ConcurrencyConflict(str(exc.orig)) from exc
         recorded = [
-            RecordedEvent(
-                stream_id=row["stream_id"],
-                version=row["version"],
-                position=int(position),
-                type=row["type"],
-                data=row["data"],
-                recorded_at=recorded_at,
-            )
-            for row, (position, recorded_at) in zip(rows, result.all(), strict=True)
+            RecordedEvent(stream_id=stream_id, version=version, position=int(position),
+                          type=type_, data=data, recorded_at=recorded_at)
+            for (stream_id, version, type_, data), (position, recorded_at)
+            in zip(rows, inserted, strict=True)
         ]
         if self._outbox_topic is not None:
-            self._conn.execute(
-                insert(outbox_table),
-                [
-                    {"topic": self._outbox_topic, "key": r.stream_id, "value": encode_event(r)}
-                    for r in recorded
-                ],
-            )
+            raw.defer(self._conn, _OUTBOX, (
+                self._outbox_topic, [r.stream_id for r in recorded],
+                [encode_event(r) for r in recorded]))
         return recorded
 
     def read_after(self, position: int, limit: int) -> list[RecordedEvent]:

@@ -12,9 +12,10 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy import Connection, Engine
 
 from cardpay.handlers.ports import QuarantineItem
+from cardpay.postgres import raw
 from cardpay.postgres.eventstore import PostgresEventStore
 from cardpay.postgres.repositories.cards import PostgresCardRegistry
 from cardpay.postgres.repositories.chain import PostgresChainState
@@ -30,6 +31,8 @@ from cardpay.postgres.repositories.references import (
 )
 from cardpay.postgres.repositories.refunds import PostgresRefundMatching
 from projector.payments import PaymentRow
+
+_LOCK = "SELECT pg_advisory_xact_lock(hashtext(%s))"
 
 
 class _Transaction:
@@ -47,6 +50,7 @@ class _Transaction:
     def __exit__(self, *exc: object) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
+            raw.discard(conn)
             if conn.in_transaction():
                 conn.rollback()
             conn.close()
@@ -58,11 +62,12 @@ class _Transaction:
         return self._conn
 
     def commit(self) -> None:
-        self.conn.commit()
+        self.conn.commit()  # what was deferred goes first (the engine's commit hook)
 
     def lock(self, key: str) -> None:
-        """A transaction-scoped advisory lock: one writer per key at a time."""
-        self.conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(key))))
+        """A transaction-scoped advisory lock: one writer per key at a time. Sent with the next
+        statement (`raw.defer`): it is held before that statement reads anything."""
+        raw.defer(self.conn, _LOCK, (key,))
 
 
 class PostgresUnitOfWork(_Transaction):
@@ -80,6 +85,7 @@ class PostgresUnitOfWork(_Transaction):
     def __init__(self, engine: Engine, *, outbox_topic: str | None = None) -> None:
         super().__init__(engine)
         self._outbox_topic = outbox_topic
+        self._savepoints = 0
 
     def __enter__(self) -> PostgresUnitOfWork:
         conn = self._open()
@@ -97,7 +103,11 @@ class PostgresUnitOfWork(_Transaction):
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
-        with self.conn.begin_nested():
+        """Inner work undone alone when it raises (the transaction goes on). Plain SQL, deferred
+        into the next round trip (`cardpay.postgres.raw`): a delivery runs in one, on the
+        authorization's hot path; SQLAlchemy's outer transaction is unaffected either way."""
+        self._savepoints += 1
+        with raw.savepoint(self.conn, f"cardpay_sp_{self._savepoints}"):
             yield
 
 

@@ -14,7 +14,13 @@ from typing import Any, TypeVar
 import pytest
 from sqlalchemy import Engine
 
-from cardpay.handlers.card_network import LATE, UNMATCHED_RETURN, CardNetworkEffects, NotYetKnown
+from cardpay.handlers.card_network import (
+    LATE,
+    UNMATCHED_RETURN,
+    CardNetworkEffects,
+    NotYetKnown,
+    PastDeadline,
+)
 from cardpay.handlers.ports import BalanceMove, Card, ChainReading, UnitOfWork
 from cardpay.postgres.uow import unit_of_work_factory
 from domain.authorization import CardStatus, DeclineReason
@@ -187,9 +193,12 @@ def test_unknown_and_frozen_cards_are_declined_and_hold_nothing(
 
 
 def test_an_approval_past_the_deadline_is_recorded_late_and_holds_nothing(
-        db: FakeDatabase, clock: Clock) -> None:
-    slow = CardNetworkEffects(deadline=timedelta(seconds=2), clock=clock)
-    clock.now = T0 + timedelta(seconds=3)  # the request arrived at T0
+        db: FakeDatabase) -> None:
+    # the request arrived at T0 and its turn came at T0 + 1 s, within the 2 s deadline; the
+    # decision took until T0 + 3 s
+    times = iter([T0 + timedelta(seconds=1)])
+    slow = CardNetworkEffects(deadline=timedelta(seconds=2),
+                              clock=lambda: next(times, T0 + timedelta(seconds=3)))
     decision = run(db, lambda uow: slow.decide(uow, request("a1", 850), T0))
     assert decision.approved  # what was decided, for the record; the network stood in
     with db.uow() as uow:
@@ -202,6 +211,21 @@ def test_an_approval_past_the_deadline_is_recorded_late_and_holds_nothing(
                                         approved_amount=eur(850), merchant=SHOP,
                                         reason="stand_in"))
     assert funds(db)[1] == 850
+
+
+def test_a_request_that_waited_past_the_deadline_is_not_decided(
+        db: FakeDatabase, effects: CardNetworkEffects, clock: Clock) -> None:
+    """Under overload a request may wait in the API's queue past the network's deadline: the
+    network has stood in, so it is answered 503 without being decided, and nothing is
+    recorded (the advice that follows opens the hold)."""
+    clock.now = T0 + timedelta(seconds=2, milliseconds=1)  # arrived at T0
+    with pytest.raises(PastDeadline, match=r"past the network's 2\.0 s deadline"):
+        authorize(db, effects, "a1", 850)
+    with db.uow() as uow:
+        assert uow.events.load("a1") == []
+    clock.now = T0 + timedelta(seconds=2)  # exactly at the deadline: still decided
+    assert authorize(db, effects, "a2", 850).approved
+    assert funds(db)[1] == 850  # a2's hold only: a1 held nothing
 
 
 def test_money_into_the_safe_reaches_the_funds_at_the_next_decision(

@@ -12,8 +12,9 @@ from starlette.testclient import TestClient
 
 from cardpay.api import create_app
 from cardpay.api.app import examples, one_line
-from cardpay.api.models import EVENT_MODELS, EVENTS, AuthorizationRequestBody
+from cardpay.api.models import AUTHORIZATION, EVENT_MODELS, EVENTS, AuthorizationRequestBody
 from cardpay.api.signatures import SignatureRejected, SignatureVerifier, sign
+from cardpay.handlers.card_network import PastDeadline
 from cardpay.handlers.network import EffectUnavailable, NetworkIngress, Received
 from cardpay.handlers.ports import UnitOfWork
 from cardpay.metrics.api import ApiMetrics
@@ -203,8 +204,23 @@ def test_an_effect_that_cannot_run_records_nothing_and_answers_503() -> None:
     ingress = NetworkIngress(db.uow, _approve, unavailable)
     message = EVENTS.validate_python(examples(EVENT_MODELS[0])[0]).to_domain()
     reply = ingress.handle(received(), message)
-    assert (reply.status, reply.body["reason"]) == (503, "ledger down")
+    assert (reply.status, reply.body["error"], reply.body["reason"]) == (
+        503, "unavailable", "ledger down")
     assert db.state.deliveries == {} and db.state.claims == {}
+
+
+def test_a_decision_past_the_deadline_answers_503_with_its_reason_and_records_nothing() -> None:
+    db = FakeDatabase()
+
+    def overloaded(uow: UnitOfWork, req: AuthorizationRequest,
+                   received_at: datetime) -> AuthorizationDecision:
+        raise PastDeadline("waited 2.5 s")
+
+    ingress = NetworkIngress(db.uow, overloaded, _applied)
+    reply = ingress.authorize(received(), AUTHORIZATION.validate_python(
+        examples(AuthorizationRequestBody)[0]).to_domain())
+    assert (reply.status, reply.body["error"]) == (503, "past_deadline")
+    assert db.state.deliveries == {}
 
 
 def test_a_decision_the_model_refuses_is_quarantined_and_answered_422_once() -> None:

@@ -37,6 +37,7 @@ from cardpay.handlers.ports import (
     IndexedBalance,
     LockedCard,
 )
+from cardpay.postgres import raw
 from cardpay.postgres import schema as s
 from cardpay.postgres.repositories import chunks
 from domain.authorization import Allowance, CardStatus
@@ -49,14 +50,38 @@ _CARD_COLUMNS = [s.cards.c[name] for name in (
 
 
 def _card(row: Any) -> Card:
-    m = row._mapping
+    return _card_of(tuple(row))
+
+
+def _card_of(row: Sequence[Any]) -> Card:
+    """A card from a row of `_CARD_COLUMNS`, in that order."""
+    (card_id, safe, token, currency, decimals, status, roles_module, blocked_mccs,
+     velocity_limit, velocity_window_seconds, created_at, updated_at) = row
     return Card(
-        card_id=m["card_id"], safe=m["safe"], token=m["token"],
-        currency=Currency(m["currency"], int(m["decimals"])), status=CardStatus(m["status"]),
-        roles_module=m["roles_module"], blocked_mccs=frozenset(m["blocked_mccs"] or ()),
-        velocity_limit=m["velocity_limit"],
-        velocity_window=timedelta(seconds=int(m["velocity_window_seconds"])),
-        created_at=m["created_at"], updated_at=m["updated_at"])
+        card_id=card_id, safe=safe, token=token, currency=Currency(currency, int(decimals)),
+        status=CardStatus(status), roles_module=roles_module,
+        blocked_mccs=frozenset(blocked_mccs or ()), velocity_limit=velocity_limit,
+        velocity_window=timedelta(seconds=int(velocity_window_seconds)),
+        created_at=created_at, updated_at=updated_at)
+
+
+_LOCK_CARD = (f"SELECT {', '.join(c.name for c in _CARD_COLUMNS)} FROM cards "
+              "WHERE card_id = %s FOR UPDATE")
+_AUTHORIZATION_STATE = """
+    SELECT
+        (SELECT balance FROM safe_balances WHERE safe = %(safe)s AND token = %(token)s),
+        CASE WHEN %(counted)s THEN
+            (SELECT count(*) FROM card_authorizations
+             WHERE card_id = %(card)s AND at > %(since)s AND at <= %(now)s)
+        ELSE 0 END,
+        a.balance, a.max_refill, a.refill, a.period, a.stamp
+    FROM (SELECT 1) one
+    LEFT JOIN safe_allowances a
+        ON a.safe = %(safe)s AND a.token = %(token)s AND a.roles_module = %(module)s
+"""
+"""The Safe's indexed balance, the card's approvals in its velocity window (when it has a
+limit) and the Safe's allowance on the card's Roles module (NULLs when none is tracked)."""
+_RECORD_AUTHORIZATION = "INSERT INTO card_authorizations (card_id, at) VALUES (%s, %s)"
 
 
 def _texts(name: str, values: Sequence[str]) -> Any:
@@ -127,33 +152,25 @@ class PostgresCardRegistry:
         # Two statements on purpose: under READ COMMITTED a statement that waited for the lock
         # re-reads the locked row but keeps its own snapshot for everything else, so a count or
         # balance read in the same statement would miss what the previous lock holder committed.
-        # The second statement takes a fresh snapshot after the lock is ours.
-        c, b, a, x = s.cards, s.safe_balances, s.safe_allowances, s.card_authorizations
-        row = self._conn.execute(select(*_CARD_COLUMNS).where(c.c.card_id == card_id)
-                                 .with_for_update()).first()
+        # The second statement takes a fresh snapshot after the lock is ours. Both run on every
+        # authorization: on the driver's cursor (`cardpay.postgres.raw`).
+        row = raw.execute(self._conn, _LOCK_CARD, (card_id,)).fetchone()
         if row is None:
             return None
-        card = _card(row)
-        if card.velocity_limit is None:
-            recent: Any = literal(0)
-        else:
-            recent = (select(func.count()).select_from(x)
-                      .where(x.c.card_id == card_id, x.c.at > now - card.velocity_window,
-                             x.c.at <= now).scalar_subquery())
-        balance = (select(b.c.balance).where(b.c.safe == card.safe, b.c.token == card.token)
-                   .scalar_subquery())
-        state = self._conn.execute(select(
-            balance.label("safe_balance"), recent.label("recent"),
-            *[select(a.c[name]).where(a.c.safe == card.safe, a.c.token == card.token,
-                                      a.c.roles_module == card.roles_module)
-              .scalar_subquery().label(f"a_{name}")
-              for name in ("balance", "max_refill", "refill", "period", "stamp")],
-        )).one()._mapping
-        allowance = None if state["a_balance"] is None else _allowance(state, "a_")
-        return LockedCard(card, int(state["safe_balance"] or 0), allowance, int(state["recent"]))
+        card = _card_of(row)
+        window_start = now - card.velocity_window
+        state = raw.execute(self._conn, _AUTHORIZATION_STATE, {
+            "safe": card.safe, "token": card.token, "module": card.roles_module,
+            "card": card_id, "counted": card.velocity_limit is not None,
+            "since": window_start, "now": now}).fetchone()
+        assert state is not None
+        balance, recent, *allowance = state
+        return LockedCard(card, int(balance or 0),
+                          None if allowance[0] is None else Allowance(*map(int, allowance)),
+                          int(recent))
 
     def record_authorization(self, card_id: str, at: datetime) -> None:
-        self._conn.execute(pg_insert(s.card_authorizations).values(card_id=card_id, at=at))
+        raw.defer(self._conn, _RECORD_AUTHORIZATION, (card_id, at))
 
     # -- what the chain says ---------------------------------------------------------------------
     def balance(self, safe: str, token: str) -> IndexedBalance | None:

@@ -1,13 +1,22 @@
-"""Card-network deliveries by webhook id (`cardpay.handlers.ports.DeliveryRepository`)."""
+"""Card-network deliveries by webhook id (`cardpay.handlers.ports.DeliveryRepository`).
+
+Both statements run on every delivery, so they go on the driver's cursor (`cardpay.postgres.raw`).
+"""
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, insert, select
+from psycopg.types.json import Jsonb
+from sqlalchemy import Connection
 
 from cardpay.handlers.ports import Delivery
-from cardpay.postgres import schema as s
+from cardpay.postgres import raw
 
-t = s.network_deliveries
+_GET = ("SELECT webhook_id, body_sha256, status, response, received_at FROM network_deliveries "
+        "WHERE webhook_id = %s")
+# a plain insert: a second writer of the same id (one that skipped the lock) fails and rolls its
+# effect back with it, rather than overwriting the first answer
+_RECORD = ("INSERT INTO network_deliveries (webhook_id, body_sha256, status, response, "
+           "received_at) VALUES (%s, %s, %s, %s, %s)")
 
 
 class PostgresDeliveries:
@@ -15,18 +24,13 @@ class PostgresDeliveries:
         self._conn = conn
 
     def get(self, webhook_id: str) -> Delivery | None:
-        row = self._conn.execute(select(t).where(t.c.webhook_id == webhook_id)).first()
+        row = raw.execute(self._conn, _GET, (webhook_id,)).fetchone()
         if row is None:
             return None
-        m = row._mapping
-        return Delivery(webhook_id=m["webhook_id"], body_sha256=m["body_sha256"],
-                        status=int(m["status"]), response=dict(m["response"]),
-                        received_at=m["received_at"])
+        return Delivery(webhook_id=row[0], body_sha256=row[1], status=int(row[2]),
+                        response=dict(row[3]), received_at=row[4])
 
     def record(self, delivery: Delivery) -> None:
-        # a plain insert: a second writer of the same id (one that skipped the lock) fails
-        # and rolls its effect back with it, rather than overwriting the first answer
-        self._conn.execute(insert(t).values(
-            webhook_id=delivery.webhook_id, body_sha256=delivery.body_sha256,
-            status=delivery.status, response=dict(delivery.response),
-            received_at=delivery.received_at))
+        raw.defer(self._conn, _RECORD, (
+            delivery.webhook_id, delivery.body_sha256, delivery.status,
+            Jsonb(dict(delivery.response)), delivery.received_at))
