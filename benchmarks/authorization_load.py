@@ -426,7 +426,7 @@ def orchestrate(args: argparse.Namespace) -> int:
         api_log = Path(tmp) / "api.log"
         with api_process(env, api_log) as (api, proc):
             print(f"cardpay api: {api}, pid {proc.pid}: one uvicorn process (what `cardpay api` "
-                  "runs: asyncio loop, h11, access log off, log level warning), sync handlers "
+                  "runs: uvloop, httptools, access log off, log level warning), sync handlers "
                   "in anyio's thread pool (40 threads), SQLAlchemy pool 5 + overflow 10, "
                   "authorization deadline 2 s")
             print(f"load: a separate process, aiohttp, open loop, up to {args.connections} "

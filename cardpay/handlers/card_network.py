@@ -344,8 +344,6 @@ class CardNetworkEffects:
         payment = Payment.rehydrate(command.payment_id, history)
         handle(payment, command)
         new = list(payment.pending_events)
-        if new:
-            uow.events.append(new)
         # a clearing parked before its authorization has no account yet: the card's Safe
         safe = payment.network.account or (locked.card.safe if locked else None)
         currency = _currency([*history, *new])
@@ -372,6 +370,9 @@ class CardNetworkEffects:
         elif new and currency is not None and _moves_money(new):
             raise UnknownCard(f"payment {command.payment_id} names no registered card; its "
                               "money cannot be booked")
+        if new:
+            # last: appending takes the event store's table lock (ADR 0002), held to the commit
+            uow.events.append(new)
         status = "duplicate" if not new else payment.network.status.value
         return {"status": status, "payment_id": command.payment_id,
                 "events": [type(event).__name__ for event in new]}

@@ -1,0 +1,1 @@
+"""The saga engine: instances, messages, actions, retries and compensations (pure)."""

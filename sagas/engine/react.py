@@ -1,0 +1,246 @@
+"""The engine: one message in, the next instance and its actions out (pure; the shell stores and
+executes them in one transaction).
+
+What every saga gets from here, so that no definition writes it again:
+- effect results are matched to the effect the saga waits for; a duplicate, a late answer to an
+  abandoned try or an answer to nothing is ignored (at-least-once delivery, reordering);
+- a failed effect is retried with backoff (a durable `retry:` timer) while its failure class and
+  the policy allow, and a `timeout:` timer turns silence into a temporary failure;
+- compensations are registered before their step and run last first, one at a time, each
+  waiting for its success; one that keeps failing leaves the saga `STUCK` with an exception open
+  (never lost, never retried for ever), and `RetryRequested` resumes it from there;
+- a finished saga ignores everything (it is never advanced twice).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from sagas.engine.model import (
+    FINISHED,
+    Action,
+    CancelTimer,
+    Effect,
+    EffectFailed,
+    EffectSucceeded,
+    EventArrived,
+    IssueCommand,
+    Json,
+    Message,
+    OpenException,
+    RequestEffect,
+    RetryRequested,
+    SagaInstance,
+    SetTimer,
+    Status,
+    TimerFired,
+    Waiting,
+)
+from sagas.engine.retry import RETRIED, FailureClass, RetryPolicy
+
+RETRY = "retry:"
+TIMEOUT = "timeout:"
+
+
+class Definition(Protocol):
+    """One kind of saga: what it does on each message addressed to it."""
+
+    kind: str
+    policy: RetryPolicy
+
+    def on_event(self, saga: Saga, event: Any) -> None: ...
+
+    def on_timer(self, saga: Saga, name: str) -> None: ...
+
+    def on_success(self, saga: Saga, effect: Effect, result: Json) -> None: ...
+
+    def on_failure(self, saga: Saga, effect: Effect, failure: FailureClass,
+                   detail: str) -> None:
+        """The effect failed for good (not retried, or out of tries)."""
+        ...
+
+
+@dataclass
+class Saga:
+    """One reaction in progress: the instance as it becomes, and the actions asked so far."""
+
+    instance: SagaInstance
+    now: datetime
+    policy: RetryPolicy
+    actions: list[Action] = field(default_factory=list)
+
+    # -- read -------------------------------------------------------------------------------
+    @property
+    def stage(self) -> str:
+        return self.instance.stage
+
+    @property
+    def data(self) -> Json:
+        return self.instance.data
+
+    @property
+    def waiting(self) -> Waiting | None:
+        return self.instance.waiting
+
+    # -- what a definition may do -------------------------------------------------------------
+    def goto(self, stage: str, **data: Any) -> None:
+        self.instance = replace(self.instance, stage=stage,
+                                data={**self.instance.data, **data})
+
+    def request(self, name: str, payload: Json | None = None, *,
+                compensation: Effect | None = None, timeout: timedelta | None = None) -> Effect:
+        """Ask for a side effect and wait for it. Its `compensation` (if any) is registered
+        first, so it runs even when the step's outcome is never known (a crash, a timeout)."""
+        if self.instance.waiting is not None:
+            raise RuntimeError(f"saga {self.instance.saga_id} already waits for "
+                               f"{self.instance.waiting.effect.name}")
+        steps = self.instance.steps + 1
+        effect = Effect(self.key(name, steps), name, dict(payload or {}))
+        compensations = self.instance.compensations
+        if compensation is not None:
+            compensations = (*compensations, compensation)
+        self.instance = replace(self.instance, steps=steps, compensations=compensations)
+        self._send(Waiting(effect, timeout=timeout))
+        return effect
+
+    def key(self, name: str, step: int | None = None) -> str:
+        """The idempotency key of step `step` (default: the next one) of this saga: derived,
+        so a replay of the same messages asks for the same keys."""
+        return f"{self.instance.saga_id}:{self.instance.steps + 1 if step is None else step}:{name}"
+
+    def undo(self, name: str, payload: Json | None = None) -> Effect:
+        """The compensation of the next step (pass it as `request(..., compensation=)`)."""
+        return Effect(self.key(f"undo:{name}"), name, dict(payload or {}))
+
+    def set_timer(self, name: str, due: datetime) -> None:
+        self.actions.append(SetTimer(name, due))
+
+    def cancel_timer(self, name: str) -> None:
+        self.actions.append(CancelTimer(name))
+
+    def issue(self, command: Any) -> None:
+        self.actions.append(IssueCommand(command))
+
+    def raise_exception(self, reason: str, detail: str, **context: Any) -> None:
+        self.actions.append(OpenException(reason, detail, {
+            "saga_id": self.instance.saga_id, "kind": self.instance.kind,
+            "stage": self.instance.stage, **context}))
+
+    def complete(self) -> None:
+        self._abandon()
+        self.instance = replace(self.instance, status=Status.COMPLETED)
+
+    def compensate(self, reason: str) -> None:
+        """Undo what was done: the registered compensations, last first (the step in flight is
+        abandoned: its compensation was registered before it)."""
+        self._abandon()
+        self.instance = replace(self.instance, status=Status.COMPENSATING, problem=reason)
+        self._next_compensation()
+
+    # -- the engine's own moves ---------------------------------------------------------------
+    def _send(self, waiting: Waiting) -> None:
+        self.instance = replace(self.instance, waiting=waiting)
+        self.actions.append(RequestEffect(waiting.effect, waiting.attempt))
+        if waiting.timeout is not None:
+            self.set_timer(TIMEOUT + waiting.effect.request_id, self.now + waiting.timeout)
+
+    def _abandon(self) -> None:
+        waiting = self.instance.waiting
+        if waiting is not None:
+            self.cancel_timer(TIMEOUT + waiting.effect.request_id)
+            self.cancel_timer(RETRY + waiting.effect.request_id)
+            self.instance = replace(self.instance, waiting=None)
+
+    def _next_compensation(self) -> None:
+        *rest, last = self.instance.compensations or (None,)
+        if last is None:
+            self.instance = replace(self.instance, status=Status.COMPENSATED)
+            return
+        self.instance = replace(self.instance, compensations=tuple(rest))
+        self._send(Waiting(last, compensating=True))
+
+
+def react(definition: Definition, instance: SagaInstance, message: Message,
+          now: datetime) -> tuple[SagaInstance, list[Action]]:
+    """The next instance and its actions. Unchanged instance and no actions: nothing to do
+    (the shell then writes nothing but its feed position)."""
+    if instance.status in FINISHED:
+        return instance, []
+    saga = Saga(instance, now, definition.policy)
+    match message:
+        case EventArrived(event=event):
+            if instance.status is Status.RUNNING:
+                definition.on_event(saga, event)
+        case EffectSucceeded(request_id=rid, result=result):
+            waiting = _matching(instance, rid)
+            if waiting is not None:
+                saga._abandon()
+                if waiting.compensating:
+                    saga._next_compensation()
+                else:
+                    definition.on_success(saga, waiting.effect, result)
+        case EffectFailed(request_id=rid, failure=failure, detail=detail):
+            waiting = _matching(instance, rid)
+            # while a retry is set, another retriable failure is a duplicate; a final one (a
+            # late answer to the try that timed out) still counts
+            if waiting is not None and not (waiting.retry_set and failure in RETRIED):
+                _failed(definition, saga, waiting, failure, detail)
+        case TimerFired(name=name):
+            _timer(definition, saga, name)
+        case RetryRequested():
+            waiting = instance.waiting
+            if instance.status is Status.STUCK and waiting is not None:
+                saga.instance = replace(instance, status=Status.COMPENSATING, problem=None)
+                saga._send(Waiting(waiting.effect, compensating=True))
+    if saga.instance == instance and not saga.actions:
+        return instance, []
+    return replace(saga.instance, version=instance.version + 1), saga.actions
+
+
+def _matching(instance: SagaInstance, request_id: str) -> Waiting | None:
+    waiting = instance.waiting
+    if waiting is None or waiting.effect.request_id != request_id \
+            or instance.status is Status.STUCK:
+        return None
+    return waiting
+
+
+def _failed(definition: Definition, saga: Saga, waiting: Waiting, failure: FailureClass,
+            detail: str) -> None:
+    rid = waiting.effect.request_id
+    saga.cancel_timer(TIMEOUT + rid)
+    if saga.policy.retries(failure, waiting.attempt):
+        delay = saga.policy.delay(waiting.attempt, f"{saga.instance.saga_id}:{rid}")
+        saga.set_timer(RETRY + rid, saga.now + delay)
+        saga.instance = replace(saga.instance, waiting=replace(waiting, retry_set=True))
+        return
+    if waiting.compensating:
+        saga.cancel_timer(RETRY + rid)
+        saga.instance = replace(saga.instance, status=Status.STUCK,
+                                problem=f"{waiting.effect.name} failed ({failure}): {detail}")
+        saga.raise_exception("compensation_failed", detail, effect=waiting.effect.name,
+                             request_id=rid, attempts=waiting.attempt, failure=str(failure))
+        return
+    saga._abandon()
+    definition.on_failure(saga, waiting.effect, failure, detail)
+
+
+def _timer(definition: Definition, saga: Saga, name: str) -> None:
+    waiting = saga.instance.waiting
+    if name.startswith((RETRY, TIMEOUT)):
+        if waiting is None or name.split(":", 1)[1] != waiting.effect.request_id \
+                or saga.instance.status is Status.STUCK:
+            return  # a timer of an effect no longer waited for
+        if name.startswith(RETRY):
+            if waiting.retry_set:
+                saga._send(replace(waiting, attempt=waiting.attempt + 1, retry_set=False))
+        elif not waiting.retry_set:  # a try that already failed cannot also time out
+            _failed(definition, saga, waiting, FailureClass.TEMPORARY, "timed out")
+        return
+    if saga.instance.status is Status.RUNNING:
+        definition.on_timer(saga, name)
+
+
+__all__ = ["Definition", "IssueCommand", "Saga", "react"]
