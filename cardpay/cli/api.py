@@ -71,7 +71,8 @@ def api_command(settings: Settings, args: argparse.Namespace) -> int:
         bound_host, bound_port = sock.getsockname()[:2]
         print(f"cardpay api: listening on http://{bound_host}:{bound_port}", file=sys.stderr,
               flush=True)
+        # the lifespan runs the network sweep beside the server (CARDPAY_SWEEP_INTERVAL_S)
         config = uvicorn.Config(app, log_level=logging.WARNING, access_log=False,
-                                lifespan="off")
+                                lifespan="on")
         uvicorn.Server(config).run(sockets=[sock])
     return 0
