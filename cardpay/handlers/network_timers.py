@@ -49,10 +49,9 @@ PARKED_REASON = "parked_clearing_unmatched"
 EXPIRY_REFUSED = "hold_expiry_refused"
 SWEEP_LOCK = "network-sweep"
 DEFAULT_PARKED_TIMEOUT = timedelta(hours=72)
-"""Clearings normally follow their authorization within a day or two (card-present: same or
-next day; the network's clearing window is a few business days). 72 h covers a weekend, so a
-clearing parked on Friday evening is not an exception before Monday's authorization-side
-catch-up, yet a truly orphaned clearing reaches a person within the settlement week."""
+"""An authorization overtaken by its clearing is a delayed delivery; processors retry a webhook
+for up to 3 days (Stripe), so after 72 h no retry will bring it and a person must look
+(docs/card-network-payment.md, "Timers")."""
 DEFAULT_BATCH = 100
 
 
