@@ -9,7 +9,7 @@ in the ledger, and that every ledger journal still balances.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import pytest
@@ -25,29 +25,30 @@ from cardpay.handlers.network_timers import (
 )
 from cardpay.handlers.ports import Card, ChainReading, QuarantinedRow
 from cardpay.postgres.uow import sweep_uow_factory
-from domain.ledger.chart import AccountKind, ChartOfAccounts
+from domain.ledger.chart import AccountKind
 from domain.ledger.model import PendingStatus, Transfer, TransferFlags
-from domain.money import EUR, EURE, Money
+from domain.money import EURE
 from domain.network import AuthorizationRequest, Clearing, Merchant
 from tests.fakes.timers import FakeSweepDatabase
 
-T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
-SAFE = "0x" + "5a" * 20
-TOKEN = "0x" + "e0" * 20
-CHART = ChartOfAccounts("EURe")
-SHOP = Merchant(name="Bakery", merchant_id="m1", country="DE", mcc="5411")
-HOTEL = Merchant(name="Hotel", merchant_id="m2", country="DE", mcc="7011")
-CENT = 10**16  # EURe base units in one euro cent
+# the effects suite's card, Safe, clock and ledger checks: the sweep's tests read the same books
+from tests.integration.test_card_network_effects import (
+    CENT,
+    CHART,
+    HOTEL,
+    SAFE,
+    SHOP,
+    T0,
+    TOKEN,
+    Clock,
+    assert_balanced,
+    eur,
+    events,
+    funds,
+)
+
 TIMEOUT = timedelta(hours=72)
 R = TypeVar("R")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 class PostgresDatabase:
@@ -89,10 +90,6 @@ def run(db: Any, step: Callable[[SweepUnitOfWork], R]) -> R:
     return out
 
 
-def eur(cents: int) -> Money:
-    return Money(cents, EUR)
-
-
 def authorize(db: Any, effects: CardNetworkEffects, auth: str, cents: int,
               merchant: Merchant = SHOP, *, now: datetime = T0) -> None:
     request = AuthorizationRequest(authorization_id=auth, card_id="card-1", amount=eur(cents),
@@ -108,19 +105,6 @@ def clear(db: Any, effects: CardNetworkEffects, auth: str, clearing: str,
         amount=eur(cents), final=True)))
 
 
-def funds(db: Any) -> tuple[int, int, int]:
-    """(available, pending, posted debits) of the cardholder's funds, in cents."""
-    with db.uow() as uow:
-        account, = uow.ledger.lookup_accounts([CHART.cardholder(SAFE).id])
-    available = account.credits_posted - account.debits_posted - account.debits_pending
-    return available // CENT, account.debits_pending // CENT, account.debits_posted // CENT
-
-
-def events(db: Any, payment_id: str) -> list[str]:
-    with db.uow() as uow:
-        return [type(e).__name__ for e in uow.events.load(payment_id)]
-
-
 def exceptions(db: Any, reason: str = PARKED_REASON) -> list[QuarantinedRow]:
     with db.uow() as uow:
         return [r for r in uow.quarantine.list("network") if r.reason == reason]
@@ -130,15 +114,6 @@ def hold_status(db: Any, payment_id: str) -> list[PendingStatus | None]:
     with db.uow() as uow:
         ids = [f"{payment_id}:1:hold"]
         return [r.status for r in uow.ledger.lookup_transfers(ids)]
-
-
-def assert_balanced(db: Any) -> None:
-    ids = [a.id for a in CHART.house_accounts()] + [
-        CHART.cardholder(SAFE).id, CHART.safe_mirror(SAFE).id, CHART.exposure(SAFE).id]
-    with db.uow() as uow:
-        accounts = uow.ledger.lookup_accounts(ids)
-    assert sum(a.debits_posted for a in accounts) == sum(a.credits_posted for a in accounts)
-    assert sum(a.debits_pending for a in accounts) == sum(a.credits_pending for a in accounts)
 
 
 # -- clearings parked before their authorization -----------------------------------------------
