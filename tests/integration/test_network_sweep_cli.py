@@ -45,7 +45,7 @@ def _cardpay(pg_url: str, *args: str, **env: str) -> subprocess.CompletedProcess
                           capture_output=True, text=True, timeout=120)
 
 
-def _seed(engine: Engine, at: datetime) -> None:
+def seed_hold_and_parked_clearing(engine: Engine, at: datetime) -> None:
     """Card-1 with 100.00 EURe; authorization a1 (10.00) and clearing c9 of p9 (parked) at `at`."""
     effects = CardNetworkEffects(clock=lambda: at)
     with unit_of_work_factory(engine, None)() as uow:
@@ -60,20 +60,20 @@ def _seed(engine: Engine, at: datetime) -> None:
         uow.commit()
 
 
-def _events(engine: Engine, payment_id: str) -> list[str]:
+def event_types(engine: Engine, payment_id: str) -> list[str]:
     with unit_of_work_factory(engine, None)() as uow:
         return [type(e).__name__ for e in uow.events.load(payment_id)]
 
 
 def test_sweep_once_json_expires_lapsed_holds_and_raises_parked_clearings(
         pg_url: str, pg_engine: Engine) -> None:
-    _seed(pg_engine, datetime.now(UTC) - timedelta(days=8))
+    seed_hold_and_parked_clearing(pg_engine, datetime.now(UTC) - timedelta(days=8))
     first = _cardpay(pg_url, "network", "sweep", "--once", "--json")
     assert first.returncode == 0, first.stderr
     result = json.loads(first.stdout)
     assert result["holds_expired"] == 1 and result["payments_expired"] == ["a1"]
     assert result["exceptions_raised"] == ["p9"] and result["failures"] == []
-    assert _events(pg_engine, "a1") == ["PaymentAuthorized", "AuthorizationExpired"]
+    assert event_types(pg_engine, "a1") == ["PaymentAuthorized", "AuthorizationExpired"]
     with unit_of_work_factory(pg_engine, None)() as uow:
         row, = [r for r in uow.quarantine.list("network") if r.reason == PARKED_REASON]
     assert row.payload["payment_id"] == "p9"
@@ -83,7 +83,7 @@ def test_sweep_once_json_expires_lapsed_holds_and_raises_parked_clearings(
 
 
 def test_the_parked_timeout_setting_is_followed(pg_url: str, pg_engine: Engine) -> None:
-    _seed(pg_engine, datetime.now(UTC) - timedelta(days=2))
+    seed_hold_and_parked_clearing(pg_engine, datetime.now(UTC) - timedelta(days=2))
     kept = _cardpay(pg_url, "network", "sweep", "--once", "--json")
     assert json.loads(kept.stdout)["exceptions_raised"] == []  # 72 h by default
     short = _cardpay(pg_url, "network", "sweep", "--once",
@@ -125,13 +125,13 @@ def _metric(text: str, name: str) -> float:
 
 
 def test_the_api_sweeps_in_the_background(pg_engine: Engine) -> None:
-    _seed(pg_engine, datetime.now(UTC) - timedelta(days=8))
+    seed_hold_and_parked_clearing(pg_engine, datetime.now(UTC) - timedelta(days=8))
     settings = Settings(database_url="postgresql://unused/x", webhook_secrets=(SECRET,),
                         sweep_interval_s=0.05)
     app = build_app(settings, pg_engine, registry=CollectorRegistry())
     with TestClient(app) as client:
         deadline = time.monotonic() + 20
-        while _events(pg_engine, "a1")[-1] != "AuthorizationExpired":
+        while event_types(pg_engine, "a1")[-1] != "AuthorizationExpired":
             assert time.monotonic() < deadline, "the background sweep did not run"
             time.sleep(0.05)
         metrics = client.get("/metrics").text
@@ -163,10 +163,10 @@ def test_a_failing_sweep_is_counted_and_the_loop_goes_on() -> None:
 
 
 def test_no_background_sweep_when_the_interval_is_zero(pg_engine: Engine) -> None:
-    _seed(pg_engine, datetime.now(UTC) - timedelta(days=8))
+    seed_hold_and_parked_clearing(pg_engine, datetime.now(UTC) - timedelta(days=8))
     settings = Settings(database_url="postgresql://unused/x", webhook_secrets=(SECRET,),
                         sweep_interval_s=0)
     with TestClient(build_app(settings, pg_engine, registry=CollectorRegistry())) as client:
         assert client.get("/healthz").status_code == 200
         time.sleep(0.3)
-    assert _events(pg_engine, "a1") == ["PaymentAuthorized"]
+    assert event_types(pg_engine, "a1") == ["PaymentAuthorized"]
