@@ -8,6 +8,7 @@ in the ledger, and that every ledger journal still balances.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -279,3 +280,44 @@ def test_a_payment_that_refuses_the_expiry_still_lapses_and_is_shown(
     assert row.payload["transfer_id"] == "odd-hold" and row.payload["payment_id"] == "a1"
     assert funds(db) == (9_000, 1_000, 0)
     assert sweep.run().holds_expired == 0 and len(exceptions(db, EXPIRY_REFUSED)) == 1
+
+
+@pytest.mark.integration
+def test_a_sweep_racing_the_clearings_of_its_payments_leaves_consistent_books(
+        pg_engine: Engine) -> None:
+    """On PostgreSQL, clearings for lapsed holds arrive while a sweep expires those holds: each
+    payment is cleared exactly once, whichever came first, nothing stays held, and the ledger
+    balances (the sweep locks the payments a message would lock)."""
+    clock = Clock()
+    effects = CardNetworkEffects(deadline=timedelta(seconds=2), clock=clock)
+    db = PostgresDatabase(pg_engine)
+    with db.uow() as uow:
+        uow.cards.add(Card("card-1", SAFE, TOKEN, EURE),
+                      ChainReading(10, "0x" + "10" * 32, 100 * 100 * CENT))
+        uow.commit()
+    payments = [f"a{n}" for n in range(12)]
+    for payment in payments:
+        authorize(db, effects, payment, 100)
+    clock.now = T0 + timedelta(days=7, seconds=1)
+    sweep = NetworkSweep(db.uow, effects, parked_timeout=TIMEOUT, clock=clock, batch_size=3)
+    errors: list[BaseException] = []
+    start = threading.Barrier(2)
+
+    def sweeping() -> None:
+        start.wait()
+        try:
+            sweep.run()
+        except BaseException as exc:  # reported by the assertion below
+            errors.append(exc)
+
+    thread = threading.Thread(target=sweeping)
+    thread.start()
+    start.wait()
+    answers = [clear(db, effects, p, f"c-{p}", 60)["status"] for p in reversed(payments)]
+    thread.join(60)
+    assert errors == [] and answers == ["cleared"] * len(payments)
+    sweep.run()
+    for payment in payments:
+        assert events(db, payment)[-1] == "ClearingRecorded"
+    assert funds(db) == (10_000 - 60 * len(payments), 0, 60 * len(payments))
+    assert_balanced(db)
