@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import io
 import json
+import sys
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -231,15 +232,22 @@ def sweep_command(settings: Settings, args: argparse.Namespace) -> int:
                          "or --once")
     with database(settings) as engine:
         sweep = build_sweep(settings, engine)
+        if args.once:
+            return report_sweep(sweep.run(), args.json)
         while True:
-            result = sweep.run()
-            if args.json:
-                print(json.dumps(result.as_json()), flush=True)
-            else:
-                print(describe_sweep(result), flush=True)
-            if args.once:
-                return 1 if result.failures else 0
+            try:
+                report_sweep(sweep.run(), args.json)
+            except Exception as exc:  # as the API's loop: a failed sweep waits for the next
+                print(f"cardpay network sweep: sweep failed ({type(exc).__name__}: "
+                      f"{str(exc).splitlines()[0] if str(exc) else ''}); retrying in "
+                      f"{interval:g} s", file=sys.stderr, flush=True)
             time.sleep(interval)
+
+
+def report_sweep(result: Any, as_json: bool) -> int:
+    """Print one sweep's result; 1 when holds were left for the next sweep."""
+    print(json.dumps(result.as_json()) if as_json else describe_sweep(result), flush=True)
+    return 1 if result.failures else 0
 
 
 def describe_sweep(result: Any) -> str:

@@ -170,3 +170,25 @@ def test_no_background_sweep_when_the_interval_is_zero(pg_engine: Engine) -> Non
         assert client.get("/healthz").status_code == 200
         time.sleep(0.3)
     assert event_types(pg_engine, "a1") == ["PaymentAuthorized"]
+
+
+def test_without_once_it_sweeps_every_interval_until_ctrl_c(pg_url: str,
+                                                            pg_engine: Engine) -> None:
+    import signal
+
+    seed_hold_and_parked_clearing(pg_engine, datetime.now(UTC) - timedelta(days=8))
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CARDPAY_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cardpay.cli.main", "network", "sweep", "--interval", "0.1",
+         "--json"], cwd=ROOT, env={**base, "CARDPAY_DATABASE_URL": pg_url},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        first, second, third = (json.loads(proc.stdout.readline()) for _ in range(3))
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+    assert (first["holds_expired"], first["exceptions_raised"]) == (1, ["p9"])
+    assert second["holds_expired"] == third["holds_expired"] == 0
+    assert second["exceptions_raised"] == third["exceptions_raised"] == []
+    assert proc.returncode == 130 and stderr.strip() == "cardpay network sweep: interrupted"
