@@ -241,6 +241,8 @@ class NetworkSweep:
     # -- holds -----------------------------------------------------------------------------------
     def _expire(self, uow: SweepUnitOfWork, hold: DueHold, now: datetime,
                 result: SweepResult) -> None:
+        if self._status(uow, hold) is not PendingStatus.PENDING:
+            return  # resolved by a message between the read and the payment's lock
         try:
             with uow.savepoint():
                 recorded = self._expire_payment(uow, hold, now)
@@ -261,11 +263,15 @@ class NetworkSweep:
                         hold.transfer_id, hold.payment_id, exc)
             result.failures.append(f"{hold.transfer_id}: {exc}")
             return
-        if any(r.status is PendingStatus.EXPIRED
-               for r in uow.ledger.lookup_transfers([hold.transfer_id])):
+        if self._status(uow, hold) is PendingStatus.EXPIRED:
             result.holds_expired += 1
         if recorded:
             result.payments_expired.append(hold.payment_id)
+
+    @staticmethod
+    def _status(uow: SweepUnitOfWork, hold: DueHold) -> PendingStatus | None:
+        found = uow.ledger.lookup_transfers([hold.transfer_id])
+        return found[0].status if found else None
 
     def _expire_payment(self, uow: SweepUnitOfWork, hold: DueHold, now: datetime) -> bool:
         """Record the expiry on the hold's payment (which also releases the hold); False when
