@@ -85,8 +85,11 @@ class NetworkTimers(Protocol):
     """What the sweep reads and keeps (Postgres: `PostgresNetworkTimers`; fake:
     `tests.fakes.timers.FakeNetworkTimers`; one contract suite for both)."""
 
-    def due_holds(self, now: datetime, limit: int) -> list[DueHold]:
-        """Pending ledger transfers with `expires_at <= now`, earliest first, at most `limit`."""
+    def due_holds(self, now: datetime, limit: int,
+                  after: tuple[datetime, str] | None = None) -> list[DueHold]:
+        """Pending ledger transfers with `expires_at <= now`, earliest first (then by id), at
+        most `limit`; only those after `after` = (expires_at, transfer id) when given, so a
+        sweep walks past holds it could not release instead of meeting them in every batch."""
         ...
 
     def watch_new_parked(self, limit: int) -> int:
@@ -178,22 +181,25 @@ class NetworkSweep:
 
     def run(self) -> SweepResult:
         total = SweepResult()
+        after: tuple[datetime, str] | None = None
         for _ in range(self._max_batches):
-            result, more = self.sweep_batch()
+            result, more, after = self.sweep_batch(after)
             total.add(result)
             if not more:
                 break
         return total
 
-    def sweep_batch(self) -> tuple[SweepResult, bool]:
-        """One unit of work; True when a limit was reached (another batch may find more)."""
+    def sweep_batch(self, after: tuple[datetime, str] | None = None
+                    ) -> tuple[SweepResult, bool, tuple[datetime, str] | None]:
+        """One unit of work, holds after `after` only. Returns what it did, whether a limit was
+        reached (another batch may find more), and the last hold it looked at."""
         now = self._clock()
         result = SweepResult(batches=1)
         with self._uow() as uow:
             uow.lock(SWEEP_LOCK)
             result.parked_watched = uow.timers.watch_new_parked(self._batch)
             watched = uow.timers.parked_to_check(now - self._timeout, self._batch)
-            due = uow.timers.due_holds(now, self._batch)
+            due = uow.timers.due_holds(now, self._batch, after)
             # a message for one of these payments locks it first too: no lock cycle with it
             for payment_id in sorted({h.payment_id for h in due if h.payment_id}):
                 uow.lock(f"payment:{payment_id}")
@@ -201,10 +207,10 @@ class NetworkSweep:
             for hold in due:
                 self._expire(uow, hold, now, result)
             uow.commit()
-        progressed = result.holds_expired + len(result.exceptions_raised) \
-            + result.parked_watched + len(watched)
+        last = (due[-1].expires_at, due[-1].transfer_id) if due else after
+        progressed = len(due) + result.parked_watched + len(watched)
         full = max(result.parked_watched, len(watched), len(due)) >= self._batch
-        return result, full and progressed > 0
+        return result, full and progressed > 0, last
 
     # -- parked clearings ------------------------------------------------------------------------
     def _check_parked(self, uow: SweepUnitOfWork, watched: Sequence[ParkedWatch], now: datetime,

@@ -18,13 +18,14 @@ class FakeNetworkTimers:
     def __init__(self, state: State) -> None:
         self._s = state  # a savepoint restores `state` in place: read it each time
 
-    def due_holds(self, now: datetime, limit: int) -> list[DueHold]:
-        due = sorted((r for r in self._s.ledger.transfers.values()
-                      if r.status is PendingStatus.PENDING and r.expires_at is not None
-                      and r.expires_at <= now),
-                     key=lambda r: (r.expires_at, r.transfer.id))
-        return [DueHold(r.transfer.id, r.transfer.user_data, r.expires_at)
-                for r in due[:limit] if r.expires_at is not None]
+    def due_holds(self, now: datetime, limit: int,
+                  after: tuple[datetime, str] | None = None) -> list[DueHold]:
+        due = [DueHold(r.transfer.id, r.transfer.user_data, r.expires_at)
+               for r in self._s.ledger.transfers.values()
+               if r.status is PendingStatus.PENDING and r.expires_at is not None
+               and r.expires_at <= now]
+        due.sort(key=lambda h: (h.expires_at, h.transfer_id))
+        return [h for h in due if after is None or (h.expires_at, h.transfer_id) > after][:limit]
 
     def watch_new_parked(self, limit: int) -> int:
         new = [r for r in self._s.log

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import pytest
 from sqlalchemy import Engine
 
-from cardpay.handlers.card_network import CardNetworkEffects
+from cardpay.handlers.card_network import CardNetworkEffects, LedgerOutOfStep
 from cardpay.handlers.network_timers import (
     EXPIRY_REFUSED,
     PARKED_REASON,
@@ -321,3 +321,31 @@ def test_a_sweep_racing_the_clearings_of_its_payments_leaves_consistent_books(
         assert events(db, payment)[-1] == "ClearingRecorded"
     assert funds(db) == (10_000 - 60 * len(payments), 0, 60 * len(payments))
     assert_balanced(db)
+
+
+class FlakyEffects(CardNetworkEffects):
+    """The ledger is out of step for some payments: their expiry fails every time."""
+
+    def __init__(self, clock: Clock, failing: set[str]) -> None:
+        super().__init__(deadline=timedelta(seconds=2), clock=clock)
+        self.failing = failing
+
+    def _run(self, uow: Any, command: Any, *args: Any, **kw: Any) -> dict[str, Any]:
+        if command.payment_id in self.failing and type(command).__name__ == "ExpireAuthorization":
+            raise LedgerOutOfStep(f"payment {command.payment_id}: out of step (test)")
+        return super()._run(uow, command, *args, **kw)
+
+
+def test_holds_that_cannot_be_expired_do_not_block_the_others(db: Any, clock: Clock) -> None:
+    effects = FlakyEffects(clock, failing={"a0", "a1", "a2"})
+    for payment in ("a0", "a1", "a2", "b0", "b1"):  # the failing ones come first
+        authorize(db, effects, payment, 100)
+    clock.now = T0 + timedelta(days=7)
+    sweep = NetworkSweep(db.uow, effects, parked_timeout=TIMEOUT, clock=clock, batch_size=2)
+    result = sweep.run()
+    assert sorted(result.payments_expired) == ["b0", "b1"] and result.holds_expired == 2
+    assert [f.split(":")[0] for f in result.failures] == ["a0", "a1", "a2"]
+    assert funds(db) == (9_700, 300, 0)  # the failing holds stay, for the next sweep
+    effects.failing.clear()
+    assert sorted(sweep.run().payments_expired) == ["a0", "a1", "a2"]
+    assert funds(db) == (10_000, 0, 0)

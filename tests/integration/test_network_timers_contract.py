@@ -128,3 +128,14 @@ def test_without_a_commit_nothing_is_kept(db: Any) -> None:
             raise RuntimeError("undo")
         found, = uow.timers.parked_to_check(T0, 10)
         assert found.checked_version == 0 and found.exception_at is None
+
+
+def test_due_holds_can_be_read_after_a_position(db: Any) -> None:
+    _holds(db, {"b": timedelta(hours=1), "a": timedelta(hours=1), "c": timedelta(hours=2)})
+    now = T0 + timedelta(days=1)
+    with db.uow() as uow:
+        first = uow.timers.due_holds(now, 2)
+        assert [h.transfer_id for h in first] == ["a", "b"]
+        rest = uow.timers.due_holds(now, 2, (first[-1].expires_at, first[-1].transfer_id))
+        assert [h.transfer_id for h in rest] == ["c"]
+        assert uow.timers.due_holds(now, 2, (rest[-1].expires_at, "c")) == []

@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import Connection, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -24,7 +24,9 @@ SOURCE = "parked-clearings"
 
 _DUE = text("SELECT id, user_data, expires_at FROM ledger_transfers "
             "WHERE pending_status = 'pending' AND expires_at <= :now "
+            "AND (expires_at, id) > (:after_at, :after_id) "
             "ORDER BY expires_at, id LIMIT :limit")
+_BEGINNING = (datetime(1, 1, 1, tzinfo=UTC), "")
 _POSITION = text("SELECT position FROM consumer_positions "
                  "WHERE consumer = :consumer AND source = :source")
 _PARKED_AFTER = text("SELECT position, stream_id, data->'meta'->>'occurred_at' FROM events "
@@ -47,8 +49,11 @@ class PostgresNetworkTimers:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
-    def due_holds(self, now: datetime, limit: int) -> list[DueHold]:
-        rows = self._conn.execute(_DUE, {"now": now, "limit": limit})
+    def due_holds(self, now: datetime, limit: int,
+                  after: tuple[datetime, str] | None = None) -> list[DueHold]:
+        after_at, after_id = after or _BEGINNING
+        rows = self._conn.execute(_DUE, {"now": now, "limit": limit, "after_at": after_at,
+                                         "after_id": after_id})
         return [DueHold(r[0], r[1], r[2]) for r in rows]
 
     def watch_new_parked(self, limit: int) -> int:
