@@ -7,6 +7,7 @@ import binascii
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -28,6 +29,34 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(name: str, raw: str) -> timedelta:
+    """`72h`, `3d`, `90m`, `3600s`: a positive whole number with its unit. A bare number is
+    refused rather than guessed (72 seconds or 72 hours?)."""
+    text = raw.strip().lower()
+    unit = DURATION_UNITS.get(text[-1:]) if text else None
+    number = text[:-1]
+    if unit is None or not number.isdigit() or int(number) <= 0:
+        raise SettingsError(f"{name} must be a positive duration with a unit (s, m, h or d, "
+                            f"e.g. 72h), got {raw!r}")
+    return timedelta(seconds=int(number) * unit)
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise SettingsError(f"{name} must be a number of seconds, 0 or more, got {raw!r}")
+    return value
 
 
 def _database_url(env: Mapping[str, str]) -> str | None:
@@ -93,6 +122,10 @@ class Settings:
     authorization_deadline_ms: int = 2000
     """The network stands in for an authorization not answered within this; a later approval
     is recorded as late and holds nothing."""
+    parked_clearing_timeout: timedelta = timedelta(hours=72)
+    """A clearing parked this long without its authorization becomes an exception (the sweep)."""
+    sweep_interval_s: float = 60.0
+    """How often `cardpay api` runs the network sweep in the background (0: never)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -111,6 +144,10 @@ class Settings:
             api_host=(env.get("CARDPAY_API_HOST") or "").strip() or "127.0.0.1",
             api_port=_int(env, "CARDPAY_API_PORT", 8080),
             authorization_deadline_ms=_int(env, "CARDPAY_AUTHORIZATION_DEADLINE_MS", 2000),
+            parked_clearing_timeout=parse_duration(
+                "CARDPAY_PARKED_CLEARING_TIMEOUT",
+                env.get("CARDPAY_PARKED_CLEARING_TIMEOUT") or "72h"),
+            sweep_interval_s=_seconds(env, "CARDPAY_SWEEP_INTERVAL_S", 60.0),
         )
         if settings.confirmations < 0:
             raise SettingsError(f"CARDPAY_CONFIRMATIONS must be 0 or more, got "

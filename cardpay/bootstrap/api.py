@@ -1,6 +1,9 @@
 """Composition root of `cardpay api`: the ASGI app on the database, with the network's effects
 (`CardNetworkEffects`: the authorization decision and every message's Payment and ledger effects).
 Tests may pass other `decide`/`apply` ports.
+
+The app's lifespan runs the network sweep (lapsed holds, clearings parked too long) every
+CARDPAY_SWEEP_INTERVAL_S seconds in the background (0: not at all).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from sqlalchemy import Engine, text
 
 from cardpay.api import create_app
 from cardpay.api.signatures import SignatureVerifier
+from cardpay.bootstrap.network_sweep import build_sweep, sweep_lifespan
 from cardpay.handlers.card_network import CardNetworkEffects
 from cardpay.handlers.network import Apply, Decide, NetworkIngress
 from cardpay.metrics.api import ApiMetrics
@@ -35,5 +39,10 @@ def build_app(settings: Settings, engine: Engine, *, decide: Decide | None = Non
     decide = decide or effects.decide
     apply = apply or effects.apply
     ingress = NetworkIngress(unit_of_work_factory(engine, settings.outbox_topic), decide, apply)
-    return create_app(ingress, SignatureVerifier(settings.webhook_secrets),
-                      ApiMetrics(registry), lambda: database_ready(engine))
+    metrics = ApiMetrics(registry)
+    app = create_app(ingress, SignatureVerifier(settings.webhook_secrets), metrics,
+                     lambda: database_ready(engine))
+    if settings.sweep_interval_s > 0:
+        sweep = build_sweep(settings, engine, effects=effects)
+        app.router.lifespan_context = sweep_lifespan(sweep, settings.sweep_interval_s, metrics)
+    return app

@@ -72,8 +72,9 @@ def api_command(settings: Settings, args: argparse.Namespace) -> int:
         print(f"cardpay api: listening on http://{bound_host}:{bound_port}", file=sys.stderr,
               flush=True)
         # uvloop and httptools (C) rather than asyncio and h11 (pure Python): about a third
-        # of the API's CPU per request was HTTP parsing and the event loop (docs/benchmarks.md)
+        # of the API's CPU per request was HTTP parsing and the event loop (docs/benchmarks.md);
+        # the lifespan runs the network sweep beside the server (CARDPAY_SWEEP_INTERVAL_S)
         config = uvicorn.Config(app, log_level=logging.WARNING, access_log=False,
-                                lifespan="off", loop="uvloop", http="httptools")
+                                lifespan="on", loop="uvloop", http="httptools")
         uvicorn.Server(config).run(sockets=[sock])
     return 0

@@ -1,6 +1,7 @@
 """`cardpay network simulate`: play the card network against a running cardpay API.
+`cardpay network sweep`: run the network's timers (lapsed holds, clearings parked too long).
 
-Sends a seeded workload of every network message (authorizations first, in order, then the
+`simulate` sends a seeded workload of every network message (authorizations first, in order, then the
 asynchronous messages, duplicated and reordered as asked), signed with the network's webhook
 secret, and compares every authorization answer with the simulator's own oracle. Exit status 1
 when an answer differed, a repeat got another answer, or a message was not accepted.
@@ -12,6 +13,7 @@ import argparse
 import contextlib
 import io
 import json
+import sys
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -41,8 +43,8 @@ def iso_day(text: str) -> date:
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser("network", help="play the card network (simulator)",
-                            description=__doc__)
+    parser = sub.add_parser("network", help="play the card network (simulator); run its "
+                            "timers (sweep)", description=__doc__)
     actions = parser.add_subparsers(dest="network_command", required=True, metavar="ACTION")
     sim = actions.add_parser(
         "simulate", help="send a seeded workload of every network message to a running API",
@@ -78,6 +80,24 @@ def register(sub: Any) -> None:
                      help="per request (default 10); 5xx and no answer are retried")
     sim.add_argument("--json", action="store_true", help="print the summary as JSON")
     sim.set_defaults(run=simulate_command)
+    sweep = actions.add_parser(
+        "sweep", help="release lapsed authorization holds; raise exceptions for clearings "
+        "parked too long",
+        description="Run the card network's timers, which no message triggers: every "
+        "authorization hold past its validity (7 days; 30 for MCC 3501-3999, 7011, 7512) is "
+        "released in the ledger and recorded as expired on its payment; every clearing parked "
+        "longer than CARDPAY_PARKED_CLEARING_TIMEOUT (default 72h) without its authorization "
+        "becomes one exception (`cardpay quarantine`, reason parked_clearing_unmatched), "
+        "resolved by a later sweep if the authorization arrives. `cardpay api` already runs "
+        "this every CARDPAY_SWEEP_INTERVAL_S seconds; running both is safe (sweeps take turns).")
+    sweep.add_argument("--once", action="store_true",
+                       help="sweep once and exit (default: sweep every --interval seconds "
+                       "until Ctrl-C)")
+    sweep.add_argument("--interval", type=positive_float, default=None, metavar="S",
+                       help="seconds between sweeps (default CARDPAY_SWEEP_INTERVAL_S, 60)")
+    sweep.add_argument("--json", action="store_true",
+                       help="print each sweep's result as one JSON object per line")
+    sweep.set_defaults(run=sweep_command)
 
 
 def api_url(text: str) -> str:
@@ -196,3 +216,47 @@ def print_summary(summary: dict[str, Any], out: Path | None) -> None:
         f"{summary['duplicate_differences']} repeats answered differently, "
         f"{summary['refused']} messages not accepted")
     print(verdict + ("" if out is None else f"; details in {out}"))
+
+
+def sweep_command(settings: Settings, args: argparse.Namespace) -> int:
+    import time
+
+    from cardpay.bootstrap import database
+    from cardpay.bootstrap.network_sweep import build_sweep
+
+    if args.once and args.interval is not None:
+        raise UsageError("--interval is for repeated sweeps; drop it or drop --once")
+    interval = args.interval if args.interval is not None else settings.sweep_interval_s
+    if not args.once and interval <= 0:
+        raise UsageError("CARDPAY_SWEEP_INTERVAL_S is 0 (sweeps off): give --interval S, "
+                         "or --once")
+    with database(settings) as engine:
+        sweep = build_sweep(settings, engine)
+        if args.once:
+            return report_sweep(sweep.run(), args.json)
+        while True:
+            try:
+                report_sweep(sweep.run(), args.json)
+            except Exception as exc:  # as the API's loop: a failed sweep waits for the next
+                print(f"cardpay network sweep: sweep failed ({type(exc).__name__}: "
+                      f"{str(exc).splitlines()[0] if str(exc) else ''}); retrying in "
+                      f"{interval:g} s", file=sys.stderr, flush=True)
+            time.sleep(interval)
+
+
+def report_sweep(result: Any, as_json: bool) -> int:
+    """Print one sweep's result; 1 when holds were left for the next sweep."""
+    print(json.dumps(result.as_json()) if as_json else describe_sweep(result), flush=True)
+    return 1 if result.failures else 0
+
+
+def describe_sweep(result: Any) -> str:
+    """One line per sweep: what changed, and what is left for the next one."""
+    line = (f"network sweep: {result.holds_expired} holds expired, "
+            f"{len(result.exceptions_raised)} parked clearings raised as exceptions, "
+            f"{len(result.exceptions_resolved)} resolved")
+    if result.exceptions_raised:
+        line += f" (raised: {', '.join(result.exceptions_raised)})"
+    if result.failures:
+        line += f"; {len(result.failures)} holds left for the next sweep: {result.failures[0]}"
+    return line

@@ -199,6 +199,15 @@ class CardNetworkEffects:
                          "committed": committed}))
         return committed
 
+    def expire_by_timer(self, uow: UnitOfWork, payment_id: str, at: datetime) -> dict[str, Any]:
+        """Our own timer's expiry of a payment's hold (`cardpay.handlers.network_timers`): the
+        Payment records `AuthorizationExpired` (refused before its `expires_at`) and the ledger
+        releases the hold, exactly as for the network's expiry message, through the same
+        `_run`."""
+        return self._run(uow, c.ExpireAuthorization(
+            command_id=f"timer-expiry:{payment_id}", payment_id=payment_id, at=at,
+            by_network=False))
+
     # -- asynchronous messages -------------------------------------------------------------------
     def apply(self, uow: UnitOfWork, message: NetworkMessage) -> dict[str, Any]:
         try:
@@ -500,3 +509,4 @@ def _report_body(report: SettlementReport) -> dict[str, Any]:
                    "debit_amount": line.debit_amount.units,
                    "net_amount": line.net_amount.units} for line in report.lines],
     }
+

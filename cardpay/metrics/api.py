@@ -31,3 +31,14 @@ class ApiMetrics:
             "cardpay_network_rejected_total",
             "Signed network bodies refused and quarantined, by reason "
             "(not_json, schema, unknown_type, invalid)", ["reason"], registry=r)
+        self.sweep_holds_expired = Counter(
+            "cardpay_network_sweep_holds_expired_total",
+            "Authorization holds the network sweep released at their timeout (ledger and "
+            "payment)", registry=r)
+        self.sweep_exceptions = Counter(
+            "cardpay_network_sweep_exceptions_total",
+            "Exceptions the network sweep raised: clearings parked past "
+            "CARDPAY_PARKED_CLEARING_TIMEOUT with no authorization", registry=r)
+        self.sweep_failures = Counter(
+            "cardpay_network_sweep_failures_total",
+            "Network sweeps that failed (logged; the next interval retries)", registry=r)

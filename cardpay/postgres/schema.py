@@ -368,3 +368,17 @@ settlement_reports = Table(
 )
 Index("settlement_reports_by_day", settlement_reports.c.settlement_date,
       settlement_reports.c.currency)
+
+
+# -- the network sweep's watch list (migration 0012) ---------------------------------------------
+# Payments with a clearing parked before its authorization, fed from the ClearingParked events
+# (a partial index on events, declared in the migration); the sweep raises one exception per
+# payment parked past CARDPAY_PARKED_CLEARING_TIMEOUT and forgets the row once it is applied.
+network_parked_clearings = Table(
+    "network_parked_clearings",
+    metadata,
+    Column("payment_id", Text, primary_key=True),
+    Column("parked_since", DateTime(timezone=True), nullable=False),
+    Column("checked_version", Integer, nullable=False, server_default="0"),
+    Column("exception_at", DateTime(timezone=True)),
+)

@@ -22,6 +22,7 @@ from cardpay.postgres.repositories.chain import PostgresChainState
 from cardpay.postgres.repositories.claims import PostgresCommandClaims
 from cardpay.postgres.repositories.deliveries import PostgresDeliveries
 from cardpay.postgres.repositories.ledger import PostgresLedger
+from cardpay.postgres.repositories.network_timers import PostgresNetworkTimers
 from cardpay.postgres.repositories.payments_view import PostgresPaymentsView
 from cardpay.postgres.repositories.positions import PostgresConsumerPositions
 from cardpay.postgres.repositories.quarantine import PostgresQuarantine
@@ -144,3 +145,20 @@ def unit_of_work_factory(engine: Engine,
 
 def projection_uow_factory(engine: Engine) -> Callable[[], PostgresProjectionUnitOfWork]:
     return lambda: PostgresProjectionUnitOfWork(engine)
+
+
+class PostgresSweepUnitOfWork(PostgresUnitOfWork):
+    """The write side's unit of work with the network sweep's repository
+    (`cardpay.handlers.network_timers.SweepUnitOfWork`)."""
+
+    timers: PostgresNetworkTimers
+
+    def __enter__(self) -> PostgresSweepUnitOfWork:
+        super().__enter__()
+        self.timers = PostgresNetworkTimers(self.conn)
+        return self
+
+
+def sweep_uow_factory(engine: Engine,
+                      outbox_topic: str | None) -> Callable[[], PostgresSweepUnitOfWork]:
+    return lambda: PostgresSweepUnitOfWork(engine, outbox_topic=outbox_topic)

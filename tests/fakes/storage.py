@@ -91,6 +91,9 @@ class State:
     allowance_steps: dict[tuple[str, int, str, str], AllowanceStep] = field(default_factory=dict)
     sequence: int = 0
     ledger: Ledger = field(default_factory=Ledger)
+    parked_watch: dict[str, Any] = field(default_factory=dict)
+    """The network sweep's watch list (tests.fakes.timers)."""
+    sweep_position: int = 0
 
     def next(self) -> int:
         self.sequence += 1
