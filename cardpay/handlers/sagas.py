@@ -1,0 +1,258 @@
+"""The saga service layer: messages in, instances and their actions stored in one transaction.
+
+Three kinds of message reach a saga, each through one unit of work:
+- domain events from the event feed (`handle_batch`): the feed positions are stored in the same
+  transaction as every instance they advanced, so a redelivered batch is seen as already done;
+- due timers (`fire_due_timers`): taken with SKIP LOCKED, so several workers share them and a
+  timer fires once; it is deleted in the transaction that delivered it;
+- effect answers from the adapters (`effect_done`): the effect request is finished in the same
+  transaction as the saga's reaction, so an answer is taken once.
+
+An instance is saved with optimistic concurrency (its version): two workers that advanced one
+saga from the same state cannot both commit; the loser's whole unit of work rolls back and its
+batch is decided again on fresh state. The actions run here (timers, effect requests into the
+effects outbox, domain commands, exceptions); side effects outside the database run in the
+adapters, which poll the effects outbox (`claim_effects`) and report back.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from cardpay.handlers.ports import QuarantineItem
+from domain.events import DomainEvent
+from sagas.engine.model import (
+    CancelTimer,
+    Effect,
+    EffectFailed,
+    EffectSucceeded,
+    EventArrived,
+    IssueCommand,
+    Json,
+    Message,
+    OpenException,
+    RequestEffect,
+    RetryRequested,
+    SagaInstance,
+    SetTimer,
+    Status,
+    TimerFired,
+)
+from sagas.engine.react import Definition, react
+from sagas.engine.retry import FailureClass
+
+log = logging.getLogger(__name__)
+
+
+# -- ports ------------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class DueTimer:
+    kind: str
+    saga_id: str
+    name: str
+    due: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class EffectRequest:
+    """A side effect a saga asked for, as an adapter sees it."""
+
+    request_id: str
+    kind: str
+    saga_id: str
+    name: str
+    payload: Json
+    attempt: int
+
+
+class SagaStore(Protocol):
+    def load(self, kind: str, saga_ids: Sequence[str]) -> dict[str, SagaInstance]:
+        """The stored instances among `saga_ids` (absent: never started)."""
+        ...
+
+    def save(self, instance: SagaInstance, expected_version: int) -> None:
+        """Store `instance` if the stored version is still `expected_version` (0: not stored
+        yet); otherwise `ConcurrencyConflict` (another worker advanced it first)."""
+        ...
+
+    def find(self, status: Status | None = None, kind: str | None = None,
+             limit: int = 100) -> list[SagaInstance]:
+        """Instances by status (e.g. the stuck ones), oldest change first."""
+        ...
+
+
+class SagaTimers(Protocol):
+    def set(self, timer: DueTimer) -> None:
+        """Set (or move) the saga's timer of that name."""
+        ...
+
+    def cancel(self, kind: str, saga_id: str, name: str) -> None: ...
+
+    def take_due(self, now: datetime, limit: int) -> list[DueTimer]:
+        """Timers due at `now`, earliest first, locked for this transaction and skipped by
+        other workers' (SKIP LOCKED); deleted when this transaction commits."""
+        ...
+
+
+class EffectRequests(Protocol):
+    def request(self, request: EffectRequest) -> None:
+        """Ask for the effect (again, for a retry: the same request id with a new attempt)."""
+        ...
+
+    def claim(self, names: Sequence[str], limit: int) -> list[EffectRequest]:
+        """Pending requests for these effects, oldest first, locked for this transaction and
+        skipped by other adapters' (SKIP LOCKED)."""
+        ...
+
+    def finish(self, request_id: str, *, succeeded: bool, result: Json) -> EffectRequest | None:
+        """Mark the request answered; None if it is not pending (answered already, or never
+        asked): the answer is then a duplicate."""
+        ...
+
+
+class SagaUnitOfWork(Protocol):
+    @property
+    def sagas(self) -> SagaStore: ...
+
+    @property
+    def saga_timers(self) -> SagaTimers: ...
+
+    @property
+    def effects(self) -> EffectRequests: ...
+
+    def add_exception(self, item: QuarantineItem) -> None: ...
+
+    def load_positions(self, consumer: str) -> dict[str, int]: ...
+
+    def save_positions(self, consumer: str, positions: Mapping[str, int]) -> None: ...
+
+    def lock(self, key: str) -> None: ...
+
+    def commit(self) -> None: ...
+
+    def __enter__(self) -> SagaUnitOfWork: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+Route = Callable[[DomainEvent], Sequence[tuple[str, str]]]
+"""Which sagas (kind, saga id) an event concerns; a saga starts at the first event routed to it."""
+Commands = Callable[[SagaUnitOfWork, Any], None]
+"""Handles a domain command a saga issued, in the saga's unit of work."""
+
+
+@dataclass
+class Outcome:
+    advanced: int = 0
+    ignored: int = 0
+    exceptions: list[str] = field(default_factory=list)
+
+
+class SagaRunner:
+    def __init__(self, uow_factory: Callable[[], SagaUnitOfWork],
+                 definitions: Sequence[Definition], route: Route, commands: Commands,
+                 clock: Callable[[], datetime]) -> None:
+        self._uow = uow_factory
+        self._definitions = {d.kind: d for d in definitions}
+        self._route = route
+        self._commands = commands
+        self._clock = clock
+
+    # -- the three ways in ------------------------------------------------------------------------
+    def handle_batch(self, consumer: str, events: Sequence[DomainEvent],
+                     positions: Mapping[str, int]) -> Outcome:
+        """Route a feed batch to its sagas and store everything with the positions."""
+        outcome = Outcome()
+        with self._uow() as uow:
+            uow.lock(f"saga-consumer:{consumer}")  # one writer per consumer name
+            wanted: dict[str, list[tuple[str, DomainEvent]]] = {}
+            for event in events:
+                for kind, saga_id in self._route(event):
+                    wanted.setdefault(kind, []).append((saga_id, event))
+            for kind, items in wanted.items():
+                stored = uow.sagas.load(kind, sorted({sid for sid, _ in items}))
+                for saga_id, event in items:
+                    instance = stored.get(saga_id) or SagaInstance(saga_id, kind)
+                    stored[saga_id] = self._react(uow, instance, EventArrived(event), outcome)
+            uow.save_positions(consumer, positions)
+            uow.commit()
+        return outcome
+
+    def fire_due_timers(self, limit: int = 100) -> Outcome:
+        outcome = Outcome()
+        now = self._clock()
+        with self._uow() as uow:
+            for timer in uow.saga_timers.take_due(now, limit):
+                instance = uow.sagas.load(timer.kind, [timer.saga_id]).get(timer.saga_id)
+                if instance is None:
+                    outcome.ignored += 1
+                    continue
+                self._react(uow, instance, TimerFired(timer.name), outcome)
+            uow.commit()
+        return outcome
+
+    def effect_done(self, request_id: str, *, succeeded: bool, result: Json | None = None,
+                    failure: FailureClass = FailureClass.TEMPORARY, detail: str = "") -> bool:
+        """An adapter's answer; False when it was a duplicate (nothing changed)."""
+        outcome = Outcome()
+        with self._uow() as uow:
+            request = uow.effects.finish(request_id, succeeded=succeeded, result=result or {})
+            if request is None:
+                return False
+            instance = uow.sagas.load(request.kind, [request.saga_id]).get(request.saga_id)
+            if instance is not None:
+                message: Message = EffectSucceeded(request_id, result or {}) if succeeded \
+                    else EffectFailed(request_id, failure, detail)
+                self._react(uow, instance, message, outcome)
+            uow.commit()
+        return True
+
+    def retry(self, kind: str, saga_id: str) -> SagaInstance | None:
+        """A person's retry of a stuck saga (`cardpay exceptions retry`)."""
+        with self._uow() as uow:
+            instance = uow.sagas.load(kind, [saga_id]).get(saga_id)
+            if instance is None:
+                return None
+            instance = self._react(uow, instance, RetryRequested(), Outcome())
+            uow.commit()
+        return instance
+
+    # -- one reaction -----------------------------------------------------------------------------
+    def _react(self, uow: SagaUnitOfWork, instance: SagaInstance, message: Message,
+               outcome: Outcome) -> SagaInstance:
+        definition = self._definitions[instance.kind]
+        now = self._clock()
+        after, actions = react(definition, instance, message, now)
+        if after is instance:
+            outcome.ignored += 1
+            return instance
+        uow.sagas.save(after, instance.version)
+        outcome.advanced += 1
+        for action in actions:
+            match action:
+                case RequestEffect(effect=effect, attempt=attempt):
+                    uow.effects.request(_request(after, effect, attempt))
+                case SetTimer(name=name, due=due):
+                    uow.saga_timers.set(DueTimer(after.kind, after.saga_id, name, due))
+                case CancelTimer(name=name):
+                    uow.saga_timers.cancel(after.kind, after.saga_id, name)
+                case IssueCommand(command=command):
+                    self._commands(uow, command)
+                case OpenException(reason=reason, detail=detail, context=context):
+                    key = f"{after.kind}:{after.saga_id}:{after.version}"
+                    uow.add_exception(QuarantineItem(
+                        source=f"saga:{after.kind}", key=key, reason=reason,
+                        payload={"detail": detail, **context}))
+                    outcome.exceptions.append(key)
+                    log.warning("saga %s %s: %s (%s)", after.kind, after.saga_id, reason,
+                                detail)
+        return after
+
+
+def _request(instance: SagaInstance, effect: Effect, attempt: int) -> EffectRequest:
+    return EffectRequest(effect.request_id, instance.kind, instance.saga_id, effect.name,
+                         effect.payload, attempt)
