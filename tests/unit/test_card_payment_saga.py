@@ -1,0 +1,200 @@
+"""The card-payment saga, message by message, on the pure engine (no storage)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from domain import commands as c
+from domain import events as e
+from domain.money import EURE, Money
+from sagas.card_payment import (
+    REVERSAL_ADVICE,
+    SEND_REFUND,
+    SPEND_DEADLINE,
+    SUBMIT_SPEND,
+    CardPaymentSaga,
+)
+from sagas.engine.model import (
+    Action,
+    CancelTimer,
+    EffectFailed,
+    EffectSucceeded,
+    EventArrived,
+    IssueCommand,
+    Message,
+    OpenException,
+    RequestEffect,
+    SagaInstance,
+    SetTimer,
+    Status,
+    TimerFired,
+)
+from sagas.engine.react import react
+from sagas.engine.retry import FailureClass
+
+pytestmark = pytest.mark.unit
+T0 = datetime(2026, 12, 1, 12, tzinfo=UTC)
+SAFE = "0x" + "5a" * 20
+PID = "auth-1"
+SAGA = CardPaymentSaga()
+
+
+def eure(cents: int) -> Money:
+    return Money(cents * 10**16, EURE)
+
+
+def ev(cls: type[Any], version: int, **fields: Any) -> Any:
+    return cls(stream_id=PID, version=version, occurred_at=T0, correlation_id=PID,
+               causation_id=f"m{version}", **fields)
+
+
+def authorized(cents: int = 1_000) -> e.PaymentAuthorized:
+    return ev(e.PaymentAuthorized, 1, account=SAFE, amount=eure(cents), merchant="Shop",
+              mcc="5411", expires_at=T0 + timedelta(days=7))
+
+
+def spent(cents: int = 1_000) -> e.PaymentSpent:
+    return ev(e.PaymentSpent, 2, account=SAFE, amount=eure(cents), evidence=e.ChainEvidence(
+        chain_id=100, block_number=7, block_hash="0x" + "b7" * 32, tx_hash="0x" + "77" * 32,
+        log_index=3))
+
+
+def clearing(cents: int, version: int, *, final: bool = True) -> e.ClearingRecorded:
+    return ev(e.ClearingRecorded, version, clearing_id=f"c{version}", amount=eure(cents),
+              final=final, basis="hold", from_hold=eure(cents), beyond_hold=eure(0),
+              released=eure(0), held=eure(0))
+
+
+def refund_requested(cents: int, version: int) -> e.RefundRequested:
+    return ev(e.RefundRequested, version, refund_id=f"{PID}:r{version}", amount=eure(cents),
+              reason="test")
+
+
+def feed(instance: SagaInstance, *messages: Message,
+         now: datetime = T0) -> tuple[SagaInstance, list[Action]]:
+    actions: list[Action] = []
+    for message in messages:
+        instance, more = react(SAGA, instance, message, now)
+        actions += more
+    return instance, actions
+
+
+def effects(actions: list[Action]) -> list[str]:
+    return [a.effect.name for a in actions if isinstance(a, RequestEffect)]
+
+
+def commands(actions: list[Action]) -> list[Any]:
+    return [a.command for a in actions if isinstance(a, IssueCommand)]
+
+
+def rid(instance: SagaInstance) -> str:
+    assert instance.waiting is not None
+    return instance.waiting.effect.request_id
+
+
+def approved() -> SagaInstance:
+    s, actions = feed(SagaInstance(PID, SAGA.kind), EventArrived(authorized()))
+    assert effects(actions) == [SUBMIT_SPEND]
+    spend, = [a.effect for a in actions if isinstance(a, RequestEffect)]
+    assert spend.payload == {"payment_id": PID, "safe": SAFE, "amount": 1_000 * 10**16,
+                             "currency": "EURe", "decimals": 18}
+    assert SetTimer(SPEND_DEADLINE, T0 + SAGA.spend_timeout) in actions
+    return s
+
+
+def test_an_approval_is_spent_on_chain_and_held_once_the_listener_sees_it() -> None:
+    s = approved()
+    s, _ = feed(s, EffectSucceeded(rid(s), {"tx_hash": "0xabc"}))
+    assert s.data["spend_tx"] == "0xabc" and s.stage == "spending"
+    s, actions = feed(s, EventArrived(spent()))
+    assert CancelTimer(SPEND_DEADLINE) in actions and s.stage == "held"
+    s, actions = feed(s, TimerFired(SPEND_DEADLINE))  # delivered late anyway: nothing happens
+    assert actions == [] and s.status is Status.RUNNING
+
+
+@pytest.mark.parametrize("how", ["not seen in time", "reverted"])
+def test_a_spend_that_never_lands_is_reversed_and_the_network_told(how: str) -> None:
+    s = approved()
+    if how == "not seen in time":
+        s, actions = feed(s, EffectSucceeded(rid(s), {"tx_hash": "0xabc"}),
+                          TimerFired(SPEND_DEADLINE))
+    else:
+        s, actions = feed(s, EffectFailed(rid(s), FailureClass.HARD, "execution reverted"))
+    reverse, = commands(actions)
+    assert isinstance(reverse, c.ReversePayment) and reverse.payment_id == PID
+    assert effects(actions) == [REVERSAL_ADVICE] and s.status is Status.COMPENSATING
+    s, _ = feed(s, EffectSucceeded(rid(s)))
+    assert s.status is Status.COMPENSATED
+
+
+def test_clearings_add_up_and_the_final_one_clears_the_chain_side_for_their_total() -> None:
+    s, _ = feed(approved(), EventArrived(spent()))
+    s, actions = feed(s, EventArrived(clearing(300, 3, final=False)))
+    assert commands(actions) == []
+    s, actions = feed(s, EventArrived(clearing(500, 4)))
+    clear, = commands(actions)
+    assert isinstance(clear, c.ClearPayment) and clear.amount == eure(800)
+    assert s.stage == "cleared" and s.status is Status.RUNNING  # returns may still come
+
+
+def test_each_requested_refund_is_sent_in_turn_and_its_transaction_recorded() -> None:
+    s, _ = feed(approved(), EffectSucceeded("spend-done-elsewhere"))
+    s, _ = feed(s, EffectSucceeded(rid(s), {"tx_hash": "0xspend"}), EventArrived(spent()))
+    s, actions = feed(s, EventArrived(refund_requested(200, 5)),
+                      EventArrived(refund_requested(100, 6)))
+    assert effects(actions) == [SEND_REFUND]  # one at a time: the second waits
+    first = s.waiting.effect if s.waiting else None
+    assert first is not None and first.payload["amount"] == 200 * 10**16
+    assert first.payload["to"] == SAFE
+    s, actions = feed(s, EffectSucceeded(first.request_id, {"tx_hash": "0xr1"}))
+    submitted, = commands(actions)
+    assert isinstance(submitted, c.RecordRefundSubmission)
+    assert (submitted.refund_id, submitted.tx_hash) == (f"{PID}:r5", "0xr1")
+    assert effects(actions) == [SEND_REFUND] and s.waiting is not None
+    assert s.waiting.effect.payload["refund_id"] == f"{PID}:r6"
+
+
+def test_a_refund_that_cannot_be_sent_is_an_exception_and_the_queue_goes_on() -> None:
+    s, _ = feed(approved(), EffectSucceeded("x"))
+    s, _ = feed(s, EffectSucceeded(rid(s), {"tx_hash": "0xspend"}), EventArrived(spent()),
+                EventArrived(refund_requested(200, 5)), EventArrived(refund_requested(100, 6)))
+    s, actions = feed(s, EffectFailed(rid(s), FailureClass.HARD, "settlement Safe empty"))
+    exception, = [a for a in actions if isinstance(a, OpenException)]
+    assert exception.reason == "refund_failed"
+    assert exception.context["payload"]["refund_id"] == f"{PID}:r5"
+    assert effects(actions) == [SEND_REFUND] and s.status is Status.RUNNING
+
+
+def test_over_clearing_opens_a_finance_exception_and_clears_what_was_spent() -> None:
+    s, _ = feed(approved(), EventArrived(spent(1_000)))
+    s, actions = feed(s, EventArrived(clearing(1_200, 3)))
+    exception, = [a for a in actions if isinstance(a, OpenException)]
+    assert exception.reason == "over_clearing"
+    clear, = commands(actions)
+    assert clear.amount == eure(1_000)
+
+
+def test_a_full_reversal_before_clearing_reverses_the_payment_and_a_return_asks_a_refund() -> None:
+    s, _ = feed(approved(), EventArrived(spent()))
+    s, actions = feed(s, EventArrived(ev(e.AuthorizationReversed, 3, amount=eure(1_000),
+                                         full=True, released=eure(1_000), held=eure(0))))
+    reverse, = commands(actions)
+    assert isinstance(reverse, c.ReversePayment)
+    s, _ = feed(approved(), EventArrived(spent()), EventArrived(clearing(1_000, 3)))
+    s, actions = feed(s, EventArrived(ev(e.ReturnRecorded, 4, amount=eure(250),
+                                         returned=eure(250))))
+    refund, = commands(actions)
+    assert isinstance(refund, c.RequestRefund) and refund.amount == eure(250)
+
+
+def test_a_reorged_spend_is_submitted_again() -> None:
+    s, _ = feed(approved(), EffectSucceeded("x"))
+    s, _ = feed(s, EffectSucceeded(rid(s), {"tx_hash": "0xspend"}), EventArrived(spent()))
+    s, actions = feed(s, EventArrived(ev(e.SpendRetracted, 3, evidence=spent().evidence,
+                                         reason="reorg")))
+    assert effects(actions) == [SUBMIT_SPEND] and s.stage == "spending"
+    assert SetTimer(SPEND_DEADLINE, T0 + SAGA.spend_timeout) in actions
+    assert s.waiting is not None and s.waiting.effect.request_id == f"{PID}:2:{SUBMIT_SPEND}"
