@@ -8,8 +8,9 @@ aggregate's stream) through side effects it asks of adapters and evidence it wai
   network, and the payment reversed) and wait for the listener's `PaymentSpent` at depth until
   `spend_deadline`; a spend that fails for good or is not seen in time is compensated;
 - clearings (`ClearingRecorded`, network side) are added up; the final one -> `ClearPayment` for
-  what the network cleared in total (the aggregate then asks for a refund of the difference); a clearing above what
-  was spent opens a finance exception (the policy for an incremental spend comes with the relayer);
+  what the network cleared in total (the aggregate then asks for a refund of the difference); a
+  clearing above what was spent opens a finance exception (the policy for an incremental spend
+  comes with the relayer);
 - a full reversal or an expiry before clearing -> `ReversePayment` (hold voided, what was spent
   refunded);
 - a merchant return -> `RequestRefund` of the returned amount;

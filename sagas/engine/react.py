@@ -47,8 +47,11 @@ TIMEOUT = "timeout:"
 class Definition(Protocol):
     """One kind of saga: what it does on each message addressed to it."""
 
-    kind: str
-    policy: RetryPolicy
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def policy(self) -> RetryPolicy: ...
 
     def on_event(self, saga: Saga, event: Any) -> None: ...
 

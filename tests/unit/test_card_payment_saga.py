@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -46,7 +46,10 @@ def eure(cents: int) -> Money:
     return Money(cents * 10**16, EURE)
 
 
-def ev(cls: type[Any], version: int, **fields: Any) -> Any:
+E = TypeVar("E", bound=e.DomainEvent)
+
+
+def ev(cls: type[E], version: int, **fields: Any) -> E:
     return cls(stream_id=PID, version=version, occurred_at=T0, correlation_id=PID,
                causation_id=f"m{version}", **fields)
 
