@@ -26,9 +26,9 @@ def normalize_url(url: str) -> str:
 def make_engine(url: str, *, pool_size: int = 5) -> Engine:
     engine = create_engine(normalize_url(url), pool_size=pool_size, pool_pre_ping=True)
     # statements deferred on the driver's cursor (`raw.defer`) go before any SQLAlchemy
-    # statement or commit on the same connection, and never outlive a rollback
+    # statement on the same connection, and never outlive a rollback (the units of work send
+    # the rest before they commit)
     event.listen(engine, "before_cursor_execute", _flush_deferred)
-    event.listen(engine, "commit", raw.flush)
     event.listen(engine, "rollback", raw.discard)
     return engine
 

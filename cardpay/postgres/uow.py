@@ -63,7 +63,8 @@ class _Transaction:
         return self._conn
 
     def commit(self) -> None:
-        self.conn.commit()  # what was deferred goes first (the engine's commit hook)
+        raw.flush(self.conn)  # what was deferred goes first: its errors end the transaction
+        self.conn.commit()
 
     def lock(self, key: str) -> None:
         """A transaction-scoped advisory lock: one writer per key at a time. Sent with the next
