@@ -149,6 +149,11 @@ class FakeSagaUnitOfWork(FakeUnitOfWork):
             return True
 
     # -- SagaUnitOfWork -----------------------------------------------------------------------
+    def lock(self, key: str) -> None:
+        """PostgreSQL's transaction-scoped advisory lock: held until commit or the end."""
+        self._staged()
+        self.lock_row(("advisory", key))
+
     def add_exception(self, item: QuarantineItem) -> None:
         self.quarantine.add(item)
 
