@@ -95,6 +95,27 @@ def test_a_save_over_a_moved_version_is_a_conflict_and_the_stored_one_stays(db: 
         assert uow.sagas.load("card_payment", ["p1"])["p1"].stage == "two"
 
 
+def test_a_conflict_is_seen_after_timers_and_effects_asked_in_the_same_unit_of_work(
+        db: Any) -> None:
+    """(On PostgreSQL those are sent in one round trip with the save.)"""
+    saved(db, instance())
+    with db.uow() as uow:
+        uow.saga_timers.set(timer("expiry", 1))
+        uow.effects.request(effect())
+        uow.saga_timers.cancel("card_payment", "p1", "expiry")
+        with pytest.raises(ConcurrencyConflict):
+            uow.sagas.save(instance(version=2), 5)
+    with db.uow() as uow:
+        uow.saga_timers.set(timer("expiry", 1))
+        uow.effects.request(effect())
+        uow.sagas.save(instance(version=2, stage="two"), 1)
+        uow.commit()
+    with db.uow() as uow:
+        assert uow.sagas.load("card_payment", ["p1"])["p1"].stage == "two"
+        assert uow.saga_timers.take_due(T0 + timedelta(hours=1), 10) == [timer("expiry", 1)]
+        assert uow.effects.claim(["spend"], 10) == [effect()]
+
+
 def test_find_filters_by_status_and_kind_oldest_change_first(db: Any) -> None:
     saved(db, instance("a", status=Status.STUCK))
     saved(db, instance("b", status=Status.STUCK), instance("c"))

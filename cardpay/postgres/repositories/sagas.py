@@ -1,8 +1,11 @@
 """The saga store, its durable timers and the effects outbox (`cardpay.handlers.sagas` ports).
 
-Every saga reaction loads and saves its instance, so those two statements run on the driver's
-cursor (`cardpay.postgres.raw`); the rest is as cheap either way and uses the same path for one
-style in this module. Three guards are written into the SQL:
+Every saga reaction loads and saves its instance and sets timers and asks for effects, so the
+statements run on the driver's cursor (`cardpay.postgres.raw`), and those whose result nobody
+reads (setting or cancelling a timer, asking for an effect) are deferred: they travel with the
+next statement or the commit, so a reaction costs about two round trips whatever it asks for.
+(An error of a deferred statement is raised by the call that sends it.)
+Three guards are written into the SQL:
 - an instance is saved only over the version it was read at (INSERT ... ON CONFLICT DO NOTHING
   for a new one, UPDATE ... WHERE version = expected otherwise): a concurrent writer's UPDATE
   waits for the first one's row lock, then finds the version moved and changes nothing, which
@@ -99,10 +102,10 @@ class PostgresSagaTimers:
         self._conn = conn
 
     def set(self, timer: DueTimer) -> None:
-        raw.execute(self._conn, _SET_TIMER, (timer.kind, timer.saga_id, timer.name, timer.due))
+        raw.defer(self._conn, _SET_TIMER, (timer.kind, timer.saga_id, timer.name, timer.due))
 
     def cancel(self, kind: str, saga_id: str, name: str) -> None:
-        raw.execute(self._conn, _CANCEL_TIMER, (kind, saga_id, name))
+        raw.defer(self._conn, _CANCEL_TIMER, (kind, saga_id, name))
 
     def take_due(self, now: datetime, limit: int) -> list[DueTimer]:
         rows = raw.execute(self._conn, _TAKE_DUE, {"now": now, "limit": limit}).fetchall()
@@ -116,7 +119,7 @@ class PostgresEffectRequests:
         self._conn = conn
 
     def request(self, request: EffectRequest) -> None:
-        raw.execute(self._conn, _REQUEST, {
+        raw.defer(self._conn, _REQUEST, {
             "request_id": request.request_id, "kind": request.kind,
             "saga_id": request.saga_id, "name": request.name,
             "payload": Jsonb(dict(request.payload)), "attempt": request.attempt})
