@@ -55,6 +55,8 @@ class TwoSteps:
                          timeout=timedelta(seconds=10))
             saga.set_timer("expiry", saga.now + EXPIRY)
             saga.goto("reserving")
+        elif event.what == "cancel":
+            saga.compensate("cancelled")
         elif event.what.startswith("poke:"):
             saga.issue(("poked", event.what))
             saga.goto(saga.stage, pokes=[*saga.data.get("pokes", []), event.what])
@@ -274,11 +276,49 @@ def test_a_timer_set_before_a_restart_fires_after_it(backend: Callable[[], Any])
     assert instance.problem == "expired"
     assert instance.waiting is not None
     assert instance.waiting.effect.request_id == "p1:2:undo:refund"
-    # the abandoned charge stays asked for in the outbox (the engine has no withdrawal): its
-    # compensation was registered before it, but may now run before it (see the report)
-    assert [(p.name, p.request_id) for p in pending(after)] == [
-        ("charge", "p1:2:charge"), ("refund", "p1:2:undo:refund")]
+    # the charge in flight is withdrawn: no adapter does it after its refund
+    assert [(p.name, p.request_id) for p in pending(after)] == [("refund", "p1:2:undo:refund")]
+    assert restarted.effect_done("p1:2:charge", succeeded=True) is False
     assert restarted.fire_due_timers().advanced == 0  # taken once
+
+
+def test_an_effect_the_saga_stops_waiting_for_is_withdrawn_unless_an_adapter_holds_it(
+        db: Any) -> None:
+    clock = Clock()
+    started(db, "p1", "p2")
+    r = runner(db, clock)
+    fired = 0
+    for _ in range(6):  # reserve never answered: a timeout, a retry, a timeout... 3 tries
+        clock.now += timedelta(seconds=30)
+        fired += r.fire_due_timers().advanced
+    assert fired == 2 * 5  # per saga: 3 timeouts and the 2 retries between them
+    assert [(p.saga_id, p.name) for p in pending(db)] == [("p1", "release"),
+                                                          ("p2", "release")]
+    assert r.effect_done("p1:1:reserve", succeeded=True) is False  # withdrawn: a late answer
+
+    # an adapter that holds a request when the saga gives up on it: the saga waits for it
+    clock.now = T0
+    started(db, "p3")
+    held, answered = threading.Event(), threading.Event()
+
+    def adapter() -> None:
+        with db.uow() as uow:
+            assert [q.request_id for q in uow.effects.claim(["reserve"], 10)] == ["p3:1:reserve"]
+            held.set()
+            time.sleep(0.3)  # the saga's worker now waits for this row
+            assert uow.effects.finish("p3:1:reserve", succeeded=True, result={"id": "r"})
+            uow.commit()
+        answered.set()
+
+    def give_up() -> None:
+        assert held.wait(5)
+        runner(db).handle_batch("sagas", [told("p3", "cancel", 2)], {"events": 2})
+
+    run_threads(adapter, give_up)
+    after = saga(db, "p3")
+    assert after is not None and after.status is Status.COMPENSATING
+    assert [(p.saga_id, p.name) for p in pending(db)] == [("p1", "release"), ("p2", "release"),
+                                                          ("p3", "release")]
 
 
 def test_a_due_timer_of_an_unknown_saga_is_dropped(db: Any) -> None:
