@@ -12,7 +12,9 @@ An instance is saved with optimistic concurrency (its version): two workers that
 saga from the same state cannot both commit; the loser's whole unit of work rolls back and its
 batch is decided again on fresh state. The actions run here (timers, effect requests into the
 effects outbox, domain commands, exceptions); side effects outside the database run in the
-adapters, which poll the effects outbox (`claim_effects`) and report back.
+adapters, which poll the effects outbox (`claim_effects`) and report back. An effect the saga
+stops waiting for without its answer (timed out for good, or a compensation started) is
+withdrawn from the outbox in the same transaction, so no adapter does it after its compensation.
 """
 
 from __future__ import annotations
@@ -232,6 +234,12 @@ class SagaRunner:
             return instance
         uow.sagas.save(after, instance.version)
         outcome.advanced += 1
+        abandoned = _abandoned(instance, after, message)
+        if abandoned is not None:
+            # the saga stopped waiting for it without its answer (a timeout, a compensation):
+            # unless an adapter already took it, it must never be done now, after or while its
+            # compensation runs; an adapter holding it makes this wait, then finds it answered
+            uow.effects.finish(abandoned, succeeded=False, result={"withdrawn": after.stage})
         for action in actions:
             match action:
                 case RequestEffect(effect=effect, attempt=attempt):
@@ -251,6 +259,19 @@ class SagaRunner:
                     log.warning("saga %s %s: %s (%s)", after.kind, after.saga_id, reason,
                                 detail)
         return after
+
+
+def _abandoned(before: SagaInstance, after: SagaInstance, message: Message) -> str | None:
+    """The request id of the effect `before` waited for and `after` no longer does, unless
+    `message` was its answer (then it is answered already)."""
+    if before.waiting is None:
+        return None
+    request_id = before.waiting.effect.request_id
+    if after.waiting is not None and after.waiting.effect.request_id == request_id:
+        return None
+    if isinstance(message, EffectSucceeded | EffectFailed) and message.request_id == request_id:
+        return None
+    return request_id
 
 
 def _request(instance: SagaInstance, effect: Effect, attempt: int) -> EffectRequest:

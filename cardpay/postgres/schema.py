@@ -382,3 +382,47 @@ network_parked_clearings = Table(
     Column("checked_version", Integer, nullable=False, server_default="0"),
     Column("exception_at", DateTime(timezone=True)),
 )
+
+
+# -- sagas: instances, durable timers, the effects outbox (migration 0013) ----------------------
+# The instance's state is `sagas.engine.codec.to_json`; status and stage are columns for people
+# and the stuck-saga query. The effects' partial index on pending rows is the migration's.
+saga_instances = Table(
+    "saga_instances",
+    metadata,
+    Column("kind", Text, nullable=False),
+    Column("saga_id", Text, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("stage", Text, nullable=False),
+    Column("state", JSONB, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("kind", "saga_id"),
+)
+Index("saga_instances_by_status", saga_instances.c.status, saga_instances.c.updated_at)
+
+saga_timers = Table(
+    "saga_timers",
+    metadata,
+    Column("kind", Text, nullable=False),
+    Column("saga_id", Text, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("due_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("kind", "saga_id", "name"),
+)
+Index("saga_timers_due", saga_timers.c.due_at)
+
+saga_effects = Table(
+    "saga_effects",
+    metadata,
+    Column("request_id", Text, primary_key=True),
+    Column("kind", Text, nullable=False),
+    Column("saga_id", Text, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("payload", JSONB, nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("status", Text, nullable=False, server_default="pending"),
+    Column("result", JSONB),
+    Column("requested_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("answered_at", DateTime(timezone=True)),
+)

@@ -31,6 +31,11 @@ from cardpay.postgres.repositories.references import (
     PostgresSettlementReports,
 )
 from cardpay.postgres.repositories.refunds import PostgresRefundMatching
+from cardpay.postgres.repositories.sagas import (
+    PostgresEffectRequests,
+    PostgresSagaStore,
+    PostgresSagaTimers,
+)
 from projector.payments import PaymentRow
 
 _LOCK = "SELECT pg_advisory_xact_lock(hashtext(%s))"
@@ -163,3 +168,37 @@ class PostgresSweepUnitOfWork(PostgresUnitOfWork):
 def sweep_uow_factory(engine: Engine,
                       outbox_topic: str | None) -> Callable[[], PostgresSweepUnitOfWork]:
     return lambda: PostgresSweepUnitOfWork(engine, outbox_topic=outbox_topic)
+
+
+class PostgresSagaUnitOfWork(PostgresUnitOfWork):
+    """The write side's unit of work with the sagas' repositories
+    (`cardpay.handlers.sagas.SagaUnitOfWork`): a saga's new state, its timers, its effect
+    requests, the domain commands it issued (on the write side's repositories), its exceptions
+    (the quarantine, source "saga:<kind>") and the feed positions commit together."""
+
+    sagas: PostgresSagaStore
+    saga_timers: PostgresSagaTimers
+    effects: PostgresEffectRequests
+
+    def __enter__(self) -> PostgresSagaUnitOfWork:
+        super().__enter__()
+        conn = self.conn
+        self.sagas = PostgresSagaStore(conn)
+        self.saga_timers = PostgresSagaTimers(conn)
+        self.effects = PostgresEffectRequests(conn)
+        self._positions = PostgresConsumerPositions(conn)
+        return self
+
+    def add_exception(self, item: QuarantineItem) -> None:
+        self.quarantine.add(item)
+
+    def load_positions(self, consumer: str) -> dict[str, int]:
+        return self._positions.load(consumer)
+
+    def save_positions(self, consumer: str, positions: Mapping[str, int]) -> None:
+        self._positions.save(consumer, positions)
+
+
+def saga_uow_factory(engine: Engine, outbox_topic: str | None = None
+                     ) -> Callable[[], PostgresSagaUnitOfWork]:
+    return lambda: PostgresSagaUnitOfWork(engine, outbox_topic=outbox_topic)
