@@ -169,6 +169,19 @@ class CardPaymentSaga:
             saga.request(first["name"], first["payload"])
 
 
+ROUTED = (e.PaymentAuthorized, e.AuthorizationAdvised, e.PaymentSpent, e.ClearingRecorded,
+          e.AuthorizationReversed, e.AuthorizationExpired, e.ReturnRecorded, e.RefundRequested,
+          e.PaymentRefunded, e.SpendRetracted)
+"""The payment events the saga reacts to (its `on_event`)."""
+
+
+def route(event: e.DomainEvent) -> list[tuple[str, str]]:
+    """The card-payment saga of an event's payment, for the events it reacts to. A payment seen
+    only on chain (observer mode) starts with `PaymentSpent`, never with an approval: its saga
+    stays idle."""
+    return [(KIND, event.stream_id)] if isinstance(event, ROUTED) else []
+
+
 def _currency(currency: Currency) -> dict[str, Any]:
     return {"currency": currency.code, "decimals": currency.decimals}
 

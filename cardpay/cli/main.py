@@ -24,6 +24,7 @@ from cardpay.cli import (
     chain,
     db,
     demo,
+    exceptions,
     listener_admin,
     network,
     payments,
@@ -63,7 +64,7 @@ INTERRUPTED = 130
 BROKEN_PIPE = 141
 """Exit status when the reader of stdout went away (128 + SIGPIPE)."""
 
-COMMAND_GROUPS = (demo, status, payments, quarantine, cards, db, services, api, projections,
+COMMAND_GROUPS = (demo, status, payments, quarantine, exceptions, cards, db, services, api, projections,
                   replay, chain, listener_admin, network)
 """Modules with a `register(sub)`; their order is the order of `cardpay --help`."""
 

@@ -72,12 +72,16 @@ def list_command(settings: Settings, args: argparse.Namespace) -> int:
     with reading(settings) as (_, conn):
         rows = quarantine_entries(conn, source=args.source, limit=args.limit,
                                   include_resolved=args.all)
-    records = [{"id": r.id, "source": r.source, "key": r.key, "reason": r.reason,
-                "attempts": r.attempts, "created_at": r.created_at,
-                "resolved_at": r.resolved_at, "resolution": r.resolution} for r in rows]
     empty = f"(nothing quarantined from {args.source})" if args.source else "(nothing quarantined)"
-    emit(args.format, COLUMNS, records, empty=empty)
+    emit(args.format, COLUMNS, as_records(rows), empty=empty)
     return 0
+
+
+def as_records(rows: Any) -> list[dict[str, Any]]:
+    """List rows for `emit` with `COLUMNS` (also `cardpay exceptions list`)."""
+    return [{"id": r.id, "source": r.source, "key": r.key, "reason": r.reason,
+             "attempts": r.attempts, "created_at": r.created_at,
+             "resolved_at": r.resolved_at, "resolution": r.resolution} for r in rows]
 
 
 def _not_found(entry_id: int) -> CommandFailed:
@@ -93,6 +97,12 @@ def show_command(settings: Settings, args: argparse.Namespace) -> int:
         entry = quarantine_entry(conn, args.id)
     if entry is None:
         raise _not_found(args.id)
+    print_entry(entry)
+    return 0
+
+
+def print_entry(entry: Any) -> None:
+    """One row in full (also `cardpay exceptions show`)."""
     print(f"id:             {entry.id}")
     print(f"source:         {entry.source}")
     print(f"key:            {entry.key}")
@@ -104,7 +114,6 @@ def show_command(settings: Settings, args: argparse.Namespace) -> int:
         print(f"resolved at:    {entry.resolved_at.isoformat()} ({entry.resolution})")
     print("payload:")
     print(json.dumps(entry.payload, indent=2, sort_keys=True, default=str))
-    return 0
 
 
 RETRY_DONE = frozenset({"applied", "duplicate", "resolved"})

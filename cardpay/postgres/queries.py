@@ -6,11 +6,12 @@ of base units with their decimals, as the read model stores them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, inspect, select
+from sqlalchemy import Connection, func, inspect, or_, select
 
 from cardpay.postgres.log_feed import SOURCE as EVENT_LOG_SOURCE
 from cardpay.postgres.schema import (
@@ -160,8 +161,10 @@ def quarantine_counts(conn: Connection) -> list[QuarantineCount]:
 
 
 def quarantine_entries(conn: Connection, *, source: str | None = None, limit: int | None = None,
-                       include_resolved: bool = False) -> list[QuarantineEntry]:
-    """Rows still in quarantine (with `include_resolved`, also those a retry resolved)."""
+                       include_resolved: bool = False,
+                       prefixes: Sequence[str] = ()) -> list[QuarantineEntry]:
+    """Rows still in quarantine (with `include_resolved`, also those a retry resolved); with
+    `prefixes`, only rows whose source starts with one of them."""
     q = quarantine
     query = select(q.c.id, q.c.source, q.c.key, q.c.reason, q.c.created_at, q.c.attempts,
                    q.c.resolved_at, q.c.resolution).order_by(q.c.id)
@@ -169,6 +172,8 @@ def quarantine_entries(conn: Connection, *, source: str | None = None, limit: in
         query = query.where(q.c.resolved_at.is_(None))
     if source is not None:
         query = query.where(q.c.source == source)
+    if prefixes:
+        query = query.where(or_(*(q.c.source.startswith(p, autoescape=True) for p in prefixes)))
     if limit is not None:
         query = query.limit(limit)
     return [QuarantineEntry(int(r.id), r.source, r.key, r.reason, r.created_at, int(r.attempts),
