@@ -71,6 +71,9 @@ CREATE TRIGGER ledger_account_shards_guard BEFORE INSERT OR UPDATE OR DELETE
     ON ledger_account_shards FOR EACH ROW WHEN (pg_trigger_depth() = 0)
     EXECUTE FUNCTION ledger_account_shards_guard();
 
+-- The same checks as 0007's, and its balance UPDATE now for flagged accounts only. Each query
+-- finds the accounts by `= ANY(ARRAY(...))`: the planner cannot estimate a transition table and
+-- joined it by a sequential scan of every account (1 ms per 2,000 accounts, per statement).
 CREATE OR REPLACE FUNCTION ledger_entries_post() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     bad record;
@@ -94,8 +97,12 @@ BEGIN
       FROM (SELECT account_id, ledger, sum(debits_pending) dp, sum(debits_posted) dpo,
                    sum(credits_pending) cp, sum(credits_posted) cpo
               FROM new_entries GROUP BY account_id, ledger) d
-     WHERE a.id = d.account_id AND a.ledger = d.ledger AND a.flags <> 0;
+     WHERE a.id = ANY(ARRAY(SELECT DISTINCT account_id FROM new_entries))
+       AND a.id = d.account_id AND a.ledger = d.ledger AND a.flags <> 0;
     GET DIAGNOSTICS updated = ROW_COUNT;
+    IF updated = groups THEN
+        RETURN NULL;
+    END IF;
     -- Unflagged accounts: this transaction's shard row (in account order: no lock cycles).
     INSERT INTO ledger_account_shards AS s (account_id, shard, debits_pending, debits_posted,
                                             credits_pending, credits_posted)
@@ -104,6 +111,7 @@ BEGIN
                    sum(credits_pending) cp, sum(credits_posted) cpo
               FROM new_entries GROUP BY account_id, ledger) d
       JOIN ledger_account_rows a ON a.id = d.account_id AND a.ledger = d.ledger AND a.flags = 0
+     WHERE a.id = ANY(ARRAY(SELECT DISTINCT account_id FROM new_entries))
      ORDER BY d.account_id
     ON CONFLICT (account_id, shard) DO UPDATE
        SET debits_pending = s.debits_pending + excluded.debits_pending,
@@ -115,18 +123,21 @@ BEGIN
         RAISE EXCEPTION 'ledger: an entry names an unknown account or one of another ledger'
             USING ERRCODE = 'foreign_key_violation';
     END IF;
-    IF sharded > 0 THEN
-        SELECT a.id INTO bad FROM ledger_accounts a
-         WHERE a.id IN (SELECT account_id FROM new_entries) AND a.flags = 0
-           AND NOT (a.debits_pending BETWEEN 0 AND {U128_MAX}
-                    AND a.debits_posted BETWEEN 0 AND {U128_MAX}
-                    AND a.credits_pending BETWEEN 0 AND {U128_MAX}
-                    AND a.credits_posted BETWEEN 0 AND {U128_MAX})
-         LIMIT 1;
-        IF FOUND THEN
-            RAISE EXCEPTION 'ledger: the balances of % would leave 0..u128', bad.id
-                USING ERRCODE = 'check_violation';
-        END IF;
+    -- What CHECK constraints cannot say across rows: the summed balances stay in 0..u128.
+    SELECT a.id INTO bad FROM ledger_account_rows a
+     CROSS JOIN LATERAL (
+           SELECT sum(debits_pending) dp, sum(debits_posted) dpo, sum(credits_pending) cp,
+                  sum(credits_posted) cpo
+             FROM ledger_account_shards WHERE account_id = a.id) s
+     WHERE a.id = ANY(ARRAY(SELECT DISTINCT account_id FROM new_entries)) AND a.flags = 0
+       AND NOT (a.debits_pending + s.dp BETWEEN 0 AND {U128_MAX}
+                AND a.debits_posted + s.dpo BETWEEN 0 AND {U128_MAX}
+                AND a.credits_pending + s.cp BETWEEN 0 AND {U128_MAX}
+                AND a.credits_posted + s.cpo BETWEEN 0 AND {U128_MAX})
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'ledger: the balances of % would leave 0..u128', bad.id
+            USING ERRCODE = 'check_violation';
     END IF;
     RETURN NULL;
 END $$;
