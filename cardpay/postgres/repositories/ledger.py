@@ -13,7 +13,8 @@ resolved twice (migrations 0007, 0011), so a bug here cannot break the books eit
 Accounts without limit flags (network payable, suspense, fees...) are not locked: nothing here
 depends on their balance but the u128 overflow checks, and their balances are kept in shard rows
 (ADR 0011), so every authorization of a ledger does not queue on its one `network_payable` row.
-What serializes the resolution of a pending transfer is the lock on that transfer's row.
+What serializes the resolution of a pending transfer is the lock of its flagged account, or,
+when it has none, the lock of the pending transfer's own row.
 
 Speed (ADR 0011, docs/benchmarks.md): the statements run on the driver's connection (psycopg,
 inside the Connection's transaction) and the reads are sent as one pipeline, with the BEGIN: one
@@ -236,18 +237,24 @@ class PostgresLedger:
 
     def _load(self, account_ids: list[str], pending_ids: list[str], new_ids: list[str],
               ) -> tuple[dict[str, Account], dict[str, TransferRecord]]:
-        """Lock the flagged accounts, then the pending transfers, then read the other
-        transfers and the unflagged accounts: one pipeline, in that order."""
+        """Lock the flagged accounts, then read the transfers and the unflagged accounts: one
+        pipeline, in that order. A pending transfer is resolved under its flagged account's
+        lock; one between two unflagged accounts has its own row locked (a second round trip,
+        rare: e.g. a stand-in hold from suspense)."""
         touched = {"ids": json.dumps(account_ids), "pending": json.dumps(pending_ids)}
-        statements = [(_LOCK_ACCOUNTS, touched)]
-        if pending_ids:
-            statements.append((_LOCK_TRANSFERS, {"ids": json.dumps(pending_ids)}))
-        statements += [(_READ_TRANSFERS, {"ids": json.dumps(new_ids)}),
-                       (_UNFLAGGED_ACCOUNTS, touched)]
-        results = self._pipeline(*statements)
-        accounts = {r[0]: _account(r) for r in results[0]}
-        accounts.update((r[0], _account(r)) for r in results[-1])
-        transfers = {r[0]: _record(r) for rows in results[1:-1] for r in rows}
+        locked, read, unflagged = self._pipeline(
+            (_LOCK_ACCOUNTS, touched),
+            (_READ_TRANSFERS, {"ids": json.dumps(new_ids + pending_ids)}),
+            (_UNFLAGGED_ACCOUNTS, touched))
+        accounts = {r[0]: _account(r) for r in locked}
+        transfers = {r[0]: _record(r) for r in read}
+        unguarded = sorted(i for i in pending_ids if i in transfers
+                           and transfers[i].transfer.debit_account_id not in accounts
+                           and transfers[i].transfer.credit_account_id not in accounts)
+        accounts.update((r[0], _account(r)) for r in unflagged)
+        if unguarded:
+            transfers.update((r[0], _record(r)) for r in self._rows(
+                _LOCK_TRANSFERS, {"ids": json.dumps(unguarded)}))
         return accounts, transfers
 
     def _write(self, decision: Decision) -> None:

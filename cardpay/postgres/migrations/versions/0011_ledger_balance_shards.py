@@ -141,6 +141,34 @@ BEGIN
     END IF;
     RETURN NULL;
 END $$;
+
+-- 0007's check that a post or void resolves one open pending transfer, unchanged but for finding
+-- the pending rows by `= ANY(ARRAY(...))`: joined to the transition table it was a sequential scan
+-- of every transfer ever made, per statement.
+CREATE OR REPLACE FUNCTION ledger_transfers_resolve() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    wanted bigint;
+    resolved bigint;
+BEGIN
+    SELECT count(*) INTO wanted FROM new_transfers WHERE pending_id IS NOT NULL;
+    IF wanted = 0 THEN
+        RETURN NULL;
+    END IF;
+    UPDATE ledger_transfers p
+       SET pending_status = CASE WHEN n.flags & 4 <> 0 THEN 'posted' ELSE 'voided' END
+      FROM new_transfers n
+     WHERE p.id = ANY(ARRAY(SELECT pending_id FROM new_transfers WHERE pending_id IS NOT NULL))
+       AND n.pending_id = p.id AND p.pending_status = 'pending'
+       AND n.debit_account_id = p.debit_account_id
+       AND n.credit_account_id = p.credit_account_id AND n.ledger = p.ledger
+       AND n.amount <= p.amount AND (n.flags & 8 = 0 OR n.amount = p.amount);
+    GET DIAGNOSTICS resolved = ROW_COUNT;
+    IF resolved <> wanted THEN
+        RAISE EXCEPTION 'ledger: a post or void names no open pending transfer, another one, '
+            'or more than was pending' USING ERRCODE = 'check_violation';
+    END IF;
+    RETURN NULL;
+END $$;
 """
 
 DOWNGRADE = """
@@ -160,17 +188,20 @@ ALTER TABLE ledger_account_rows RENAME TO ledger_accounts;
 """
 
 
-def _posting_function_0007() -> str:
-    """0007's posting trigger function, read from that migration (one text, not two copies)."""
+def _functions_0007(*names: str) -> str:
+    """0007's trigger functions `names`, read from that migration (one text, not two copies)."""
     spec = importlib.util.spec_from_file_location(
         "ledger_0007", Path(__file__).with_name("0007_ledger.py"))
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     text: str = module.UPGRADE
-    start = text.index("CREATE FUNCTION ledger_entries_post()")
-    end = text.index("CREATE TRIGGER ledger_entries_post")
-    return "CREATE OR REPLACE" + text[start + len("CREATE"):end]
+    out = []
+    for name in names:
+        start = text.index(f"CREATE FUNCTION {name}()")
+        end = text.index("END $$;", start) + len("END $$;")
+        out.append("CREATE OR REPLACE" + text[start + len("CREATE"):end])
+    return "\n".join(out)
 
 
 def upgrade() -> None:
@@ -178,6 +209,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    """Back to 0007's layout: the shards folded onto the rows, the posting function as it was."""
+    """Back to 0007's layout: the shards folded onto the rows, its trigger functions as they were."""
     op.execute(DOWNGRADE)
-    op.execute(_posting_function_0007())
+    op.execute(_functions_0007("ledger_entries_post", "ledger_transfers_resolve"))
