@@ -150,7 +150,7 @@ class PostgresLedger:
             yield driver
         except psycopg.Error as exc:
             dialect = self._conn.dialect
-            disconnect = dialect.is_disconnect(exc, fairy, None)
+            disconnect = dialect.is_disconnect(exc, fairy, None)  # type: ignore[arg-type]
             if disconnect:
                 self._conn.invalidate(exc)
             raise DBAPIError.instance(None, None, exc, psycopg.Error,
