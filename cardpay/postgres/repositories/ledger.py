@@ -223,19 +223,19 @@ class PostgresLedger:
                               if t.flags & _RESOLVING and t.pending_id})
         account_ids = sorted({i for t in batch for i in (t.debit_account_id, t.credit_account_id)
                               if i})
-        new_ids = [i for i in {t.id for t in batch if t.id} if i not in set(pending_ids)]
-        accounts, transfers = self._load(account_ids, pending_ids, new_ids)
+        named = sorted({t.id for t in batch if t.id}.union(pending_ids))
+        accounts, transfers = self._load(account_ids, pending_ids, named)
         missing = {i for r in transfers.values() for i in (r.transfer.debit_account_id,
                                                            r.transfer.credit_account_id)
                    if i not in accounts}
         if missing:  # a pending transfer committed after the accounts were chosen: again
-            more, transfers = self._load(sorted(missing), pending_ids, new_ids)
+            more, transfers = self._load(sorted(missing), pending_ids, named)
             accounts.update(more)
         decision = decide(batch, now, accounts, transfers)
         self._write(decision)
         return decision.results
 
-    def _load(self, account_ids: list[str], pending_ids: list[str], new_ids: list[str],
+    def _load(self, account_ids: list[str], pending_ids: list[str], named: list[str],
               ) -> tuple[dict[str, Account], dict[str, TransferRecord]]:
         """Lock the flagged accounts, then read the transfers and the unflagged accounts: one
         pipeline, in that order. A pending transfer is resolved under its flagged account's
@@ -244,7 +244,7 @@ class PostgresLedger:
         touched = {"ids": json.dumps(account_ids), "pending": json.dumps(pending_ids)}
         locked, read, unflagged = self._pipeline(
             (_LOCK_ACCOUNTS, touched),
-            (_READ_TRANSFERS, {"ids": json.dumps(new_ids + pending_ids)}),
+            (_READ_TRANSFERS, {"ids": json.dumps(named)}),
             (_UNFLAGGED_ACCOUNTS, touched))
         accounts = {r[0]: _account(r) for r in locked}
         transfers = {r[0]: _record(r) for r in read}
