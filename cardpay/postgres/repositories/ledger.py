@@ -67,14 +67,17 @@ def _any(param: str) -> str:
     return f"= ANY(ARRAY(SELECT json_array_elements_text(%({param})s::json)))"
 
 
-# The accounts a batch touches: those it names, and those of the pending transfers it resolves.
-_TOUCHED = (f"(SELECT json_array_elements_text(%(ids)s::json) UNION SELECT debit_account_id "
-            f"FROM ledger_transfers WHERE id {_any('pending')} UNION SELECT credit_account_id "
-            f"FROM ledger_transfers WHERE id {_any('pending')})")
-_LOCK_ACCOUNTS = (f"SELECT {_ACCOUNT_COLUMNS} FROM ledger_account_rows "
-                  f"WHERE id = ANY(ARRAY{_TOUCHED}) AND flags <> 0 ORDER BY id FOR UPDATE")
-_UNFLAGGED_ACCOUNTS = (f"SELECT {_ACCOUNT_COLUMNS} FROM ledger_accounts "
-                       f"WHERE id = ANY(ARRAY{_TOUCHED}) AND flags = 0")
+# The accounts a batch touches (those it names, and those of the pending transfers it resolves):
+# the flagged ones locked in id order (their latest version, after any wait), then the unflagged
+# ones with their balances summed, unlocked. One statement; the CTE runs first (Append order).
+_TOUCHED_ACCOUNTS = (
+    "WITH touched AS MATERIALIZED (SELECT json_array_elements_text(%(ids)s::json) AS id "
+    f"UNION SELECT debit_account_id FROM ledger_transfers WHERE id {_any('pending')} "
+    f"UNION SELECT credit_account_id FROM ledger_transfers WHERE id {_any('pending')}), "
+    f"locked AS (SELECT {_ACCOUNT_COLUMNS} FROM ledger_account_rows "
+    "WHERE id = ANY(ARRAY(SELECT id FROM touched)) AND flags <> 0 ORDER BY id FOR UPDATE) "
+    f"SELECT {_ACCOUNT_COLUMNS} FROM locked UNION ALL SELECT {_ACCOUNT_COLUMNS} "
+    "FROM ledger_accounts WHERE id = ANY(ARRAY(SELECT id FROM touched)) AND flags = 0")
 _READ_ACCOUNTS = f"SELECT {_ACCOUNT_COLUMNS} FROM ledger_accounts WHERE id {_any('ids')}"
 _LOCK_TRANSFERS = (f"SELECT {_TRANSFER_COLUMNS} FROM ledger_transfers "
                    f"WHERE id {_any('ids')} ORDER BY id FOR UPDATE")
@@ -123,6 +126,13 @@ def _record(row: Any) -> TransferRecord:
                         row[7] or "", row[8], row[9])
     return TransferRecord(transfer, row[10], row[11],
                           PendingStatus(row[12]) if row[12] is not None else None)
+
+
+def _guarded(pending: Transfer, locked: Mapping[str, Account]) -> bool:
+    """One of the pending transfer's accounts is flagged, so locked: that lock serializes
+    everything that can resolve it."""
+    return any(locked[i].flags for i in (pending.debit_account_id, pending.credit_account_id)
+               if i in locked)
 
 
 def _json_columns(columns: dict[str, list[Any]]) -> dict[str, str]:
@@ -237,21 +247,17 @@ class PostgresLedger:
 
     def _load(self, account_ids: list[str], pending_ids: list[str], named: list[str],
               ) -> tuple[dict[str, Account], dict[str, TransferRecord]]:
-        """Lock the flagged accounts, then read the transfers and the unflagged accounts: one
+        """Lock the flagged accounts and read the unflagged ones, then read the transfers: one
         pipeline, in that order. A pending transfer is resolved under its flagged account's
         lock; one between two unflagged accounts has its own row locked (a second round trip,
         rare: e.g. a stand-in hold from suspense)."""
         touched = {"ids": json.dumps(account_ids), "pending": json.dumps(pending_ids)}
-        locked, read, unflagged = self._pipeline(
-            (_LOCK_ACCOUNTS, touched),
-            (_READ_TRANSFERS, {"ids": json.dumps(named)}),
-            (_UNFLAGGED_ACCOUNTS, touched))
-        accounts = {r[0]: _account(r) for r in locked}
+        found, read = self._pipeline((_TOUCHED_ACCOUNTS, touched),
+                                     (_READ_TRANSFERS, {"ids": json.dumps(named)}))
+        accounts = {r[0]: _account(r) for r in found}
         transfers = {r[0]: _record(r) for r in read}
-        unguarded = sorted(i for i in pending_ids if i in transfers
-                           and transfers[i].transfer.debit_account_id not in accounts
-                           and transfers[i].transfer.credit_account_id not in accounts)
-        accounts.update((r[0], _account(r)) for r in unflagged)
+        unguarded = [i for i in pending_ids if i in transfers
+                     and not _guarded(transfers[i].transfer, accounts)]
         if unguarded:
             transfers.update((r[0], _record(r)) for r in self._rows(
                 _LOCK_TRANSFERS, {"ids": json.dumps(unguarded)}))
@@ -313,10 +319,9 @@ class PostgresLedger:
             return []
         due_ids = json.dumps(sorted(r[0] for r in due))
         touched = {"ids": "[]", "pending": due_ids}
-        locked, fresh, unflagged = self._pipeline(
-            (_LOCK_ACCOUNTS, touched), (_LOCK_DUE, {"ids": due_ids, "now": now}),
-            (_UNFLAGGED_ACCOUNTS, touched))
-        accounts = {r[0]: _account(r) for rows in (locked, unflagged) for r in rows}
+        found, fresh = self._pipeline((_TOUCHED_ACCOUNTS, touched),
+                                      (_LOCK_DUE, {"ids": due_ids, "now": now}))
+        accounts = {r[0]: _account(r) for r in found}
         decision = decide_expiry([_record(r) for r in fresh], now, accounts)
         expired = sorted(decision.resolved)
         for part in _slices(expired):
