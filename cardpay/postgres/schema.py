@@ -10,7 +10,6 @@ from sqlalchemy import (
     Column,
     Date,
     DateTime,
-    ForeignKey,
     Identity,
     Index,
     Integer,
@@ -324,7 +323,7 @@ ledger_account_rows = Table(
 ledger_account_shards = Table(
     "ledger_account_shards",
     metadata,
-    Column("account_id", Text, ForeignKey("ledger_account_rows.id"), nullable=False),
+    Column("account_id", Text, nullable=False),
     Column("shard", SmallInteger, nullable=False),
     Column("debits_pending", EntryDelta, nullable=False, server_default="0"),
     Column("debits_posted", EntryDelta, nullable=False, server_default="0"),
