@@ -110,11 +110,10 @@ _INSERT_BOTH = f"WITH t AS ({_INSERT_TRANSFERS}) {_INSERT_ENTRIES}"
 _DUE = ("SELECT id FROM ledger_transfers WHERE pending_status = 'pending' "
         "AND expires_at <= %(now)s")
 _DUE_OF = _DUE + f" AND id {_any('ids')}"
-# Locked after their accounts (the order create_transfers takes them in), then checked again.
-_LOCK_DUE = (f"SELECT {_TRANSFER_COLUMNS} FROM ledger_transfers WHERE id {_any('ids')} "
-             "AND pending_status = 'pending' AND expires_at <= %(now)s ORDER BY id FOR UPDATE")
-_EXPIRE = (f"UPDATE ledger_transfers SET pending_status = 'expired' WHERE id {_any('ids')} "
-           "AND pending_status = 'pending'")
+# The due transfers are locked after their accounts (the order create_transfers takes them in)
+# by id alone, and checked again by decide_expiry: with "pending and due" in the WHERE, the planner
+# may scan the partial index of every pending transfer and test each against the id array.
+_EXPIRE = f"UPDATE ledger_transfers SET pending_status = 'expired' WHERE id {_any('ids')}"
 
 
 def _account(row: Any) -> Account:
@@ -320,7 +319,7 @@ class PostgresLedger:
         due_ids = json.dumps(sorted(r[0] for r in due))
         touched = {"ids": "[]", "pending": due_ids}
         found, fresh = self._pipeline((_TOUCHED_ACCOUNTS, touched),
-                                      (_LOCK_DUE, {"ids": due_ids, "now": now}))
+                                      (_LOCK_TRANSFERS, {"ids": due_ids}))
         accounts = {r[0]: _account(r) for r in found}
         decision = decide_expiry([_record(r) for r in fresh], now, accounts)
         expired = sorted(decision.resolved)

@@ -145,9 +145,14 @@ BEGIN
     RETURN NULL;
 END $$;
 
--- 0007's check that a post or void resolves one open pending transfer, unchanged but for finding
--- the pending rows by `= ANY(ARRAY(...))`: joined to the transition table it was a sequential scan
--- of every transfer ever made, per statement.
+-- 0007's check that a post or void resolves one open pending transfer, with the pending rows found
+-- by primary key (`= ANY(ARRAY(...))`): joined to the transition table it was a sequential scan of
+-- every transfer ever made, per statement. The condition `p.pending_status = 'pending'` is gone
+-- from the WHERE: with it, once the table was analyzed, the planner scanned the partial index of
+-- all pending transfers and tested each against the array (4.5 s for 8,000 posts among 40,000
+-- holds). It is still enforced: a second post or void of one pending transfer breaks the unique
+-- index on pending_id, and ledger_transfers_guard refuses a status that does not move from
+-- 'pending' (an expired one).
 CREATE OR REPLACE FUNCTION ledger_transfers_resolve() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     wanted bigint;
@@ -161,7 +166,7 @@ BEGIN
        SET pending_status = CASE WHEN n.flags & 4 <> 0 THEN 'posted' ELSE 'voided' END
       FROM new_transfers n
      WHERE p.id = ANY(ARRAY(SELECT pending_id FROM new_transfers WHERE pending_id IS NOT NULL))
-       AND n.pending_id = p.id AND p.pending_status = 'pending'
+       AND n.pending_id = p.id
        AND n.debit_account_id = p.debit_account_id
        AND n.credit_account_id = p.credit_account_id AND n.ledger = p.ledger
        AND n.amount <= p.amount AND (n.flags & 8 = 0 OR n.amount = p.amount);
