@@ -72,8 +72,8 @@ def _any(param: str) -> str:
 # ones with their balances summed, unlocked. One statement; the CTE runs first (Append order).
 _TOUCHED_ACCOUNTS = (
     "WITH touched AS MATERIALIZED (SELECT json_array_elements_text(%(ids)s::json) AS id "
-    f"UNION SELECT debit_account_id FROM ledger_transfers WHERE id {_any('pending')} "
-    f"UNION SELECT credit_account_id FROM ledger_transfers WHERE id {_any('pending')}), "
+    "UNION SELECT unnest(ARRAY[debit_account_id, credit_account_id]) FROM ledger_transfers "
+    f"WHERE id {_any('pending')}), "
     f"locked AS (SELECT {_ACCOUNT_COLUMNS} FROM ledger_account_rows "
     "WHERE id = ANY(ARRAY(SELECT id FROM touched)) AND flags <> 0 ORDER BY id FOR UPDATE) "
     f"SELECT {_ACCOUNT_COLUMNS} FROM locked UNION ALL SELECT {_ACCOUNT_COLUMNS} "
