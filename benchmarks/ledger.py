@@ -1,23 +1,29 @@
 """Ledger throughput on embedded PostgreSQL: transfers/s one per transaction, in batches, and on
 one hot account.
 
-    python -m benchmarks.ledger [--accounts 10000] [--batched 80000] [--single 3000]
+    python -m benchmarks.ledger [--accounts 10000] [--batched 80000] [--single 3000] [--processes 4]
 
 Every transfer goes through `PostgresLedger.create_transfers` in a `PostgresUnitOfWork` and is
 committed: the same path the service layer takes, with the database's own checks (balanced
 journals, account flags, one resolution per pending) on. "spread" transfers move between random
 cardholder accounts (DEBITS_MUST_NOT_EXCEED_CREDITS, funded first); "hot" ones all credit the one
 network-payable account; "two-phase" is a hold then its post (two transfers) per payment.
+"N client processes" runs one transfer per transaction from N processes at once (processes, not
+threads: each has its own interpreter, as separate API workers would), each with its own engine
+made by `make_engine`; the rate is all their transfers over the wall time from a common start.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from multiprocessing.synchronize import Event
+from typing import Any
 
 from sqlalchemy import Engine, text
 
@@ -88,15 +94,18 @@ def _chunks(items: Sequence[Transfer], size: int) -> Iterator[Sequence[Transfer]
         yield items[i:i + size]
 
 
+def _report(label: str, transfers: int, elapsed: float) -> float:
+    rate = transfers / elapsed
+    print(f"{label:<44} {transfers:>7,} transfers in {elapsed:7.2f} s: {rate:>9,.0f} /s")
+    return rate
+
+
 def _timed(label: str, transfers: Sequence[Transfer], per_tx: int,
            run: Callable[[Sequence[Transfer]], None]) -> float:
     start = time.perf_counter()
     for part in _chunks(transfers, per_tx):
         run(part)
-    elapsed = time.perf_counter() - start
-    rate = len(transfers) / elapsed
-    print(f"{label:<44} {len(transfers):>7,} transfers in {elapsed:7.2f} s: {rate:>9,.0f} /s")
-    return rate
+    return _report(label, len(transfers), time.perf_counter() - start)
 
 
 def _concurrently(engine: Engine, clients: int) -> Callable[[Sequence[Transfer]], None]:
@@ -108,6 +117,48 @@ def _concurrently(engine: Engine, clients: int) -> Callable[[Sequence[Transfer]]
                 future.result()
 
     return run_all
+
+
+def _client_process(url: str, transfers: Sequence[Transfer], ready: Any, start: Event,
+                    done: Any) -> None:
+    """One client process: its own engine, one transfer per transaction, from `start` on."""
+    engine = make_engine(url, pool_size=1)
+    try:
+        with engine.connect():  # connected before the clock starts, as a running worker is
+            pass
+        ready.put(True)
+        start.wait()
+        for transfer in transfers:
+            _apply(engine, [transfer])
+        done.put(time.monotonic())
+    except BaseException as exc:
+        done.put(repr(exc))
+        raise
+    finally:
+        engine.dispose()
+
+
+def _in_processes(label: str, url: str, transfers: Sequence[Transfer], processes: int) -> float:
+    """Split the transfers over `processes` client processes; time them from a common start
+    (after every process has imported and connected) to the last one's end."""
+    spawn = multiprocessing.get_context("spawn")
+    ready, done, start = spawn.Queue(), spawn.Queue(), spawn.Event()
+    workers = [spawn.Process(target=_client_process,
+                             args=(url, transfers[i::processes], ready, start, done))
+               for i in range(processes)]
+    for w in workers:
+        w.start()
+    for _ in workers:
+        ready.get(timeout=120)
+    began = time.monotonic()
+    start.set()
+    ends = [done.get(timeout=600) for _ in workers]
+    for w in workers:
+        w.join()
+    failed = [e for e in ends if isinstance(e, str)]
+    if failed:
+        raise RuntimeError(f"client process failed: {failed[0]}")
+    return _report(label, len(transfers), max(ends) - began)
 
 
 def setup(engine: Engine, work: Workload) -> None:
@@ -129,6 +180,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="transfers per batched run")
     parser.add_argument("--single", type=int, default=3_000,
                         help="transfers per one-per-transaction run")
+    parser.add_argument("--processes", type=int, default=4,
+                        help="client processes for the multi-process runs")
     args = parser.parse_args(argv)
     print(describe())
     with EmbeddedPostgres() as pg:
@@ -150,8 +203,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             _timed("one per transaction, spread", work.spread(args.single), 1, apply)
             _timed("one per transaction, hot account", work.hot(args.single), 1, apply)
             spread = work.spread(args.single)
-            _timed(f"one per transaction, {CLIENTS} clients, spread", spread, len(spread),
-                   _concurrently(engine, CLIENTS))
+            _timed(f"one per transaction, {CLIENTS} client threads, spread", spread,
+                   len(spread), _concurrently(engine, CLIENTS))
+            n = args.processes
+            _in_processes(f"one per transaction, {n} processes, spread", pg.url,
+                          work.spread(args.single * 2), n)
+            _in_processes(f"one per transaction, {n} processes, hot account", pg.url,
+                          work.hot(args.single * 2), n)
             for size in (1_000, 8_000):
                 _timed(f"batches of {size:,}, spread", work.spread(args.batched), size, apply)
             _timed("batches of 8,000, hot account", work.hot(args.batched), 8_000, apply)

@@ -17,6 +17,7 @@ from sqlalchemy import (
     MetaData,
     Numeric,
     PrimaryKeyConstraint,
+    SmallInteger,
     Table,
     Text,
     UniqueConstraint,
@@ -303,8 +304,10 @@ LedgerAmount = Numeric(39, 0)
 EntryDelta = Numeric(40, 0)
 """A signed change of a balance: -u128 .. u128."""
 
-ledger_accounts = Table(
-    "ledger_accounts",
+# The table behind the `ledger_accounts` view (migration 0011, ADR 0011): flagged accounts keep
+# their balances here; unflagged ones add theirs in `ledger_account_shards`, and the view sums them.
+ledger_account_rows = Table(
+    "ledger_account_rows",
     metadata,
     Column("id", Text, primary_key=True),
     Column("ledger", Text, nullable=False),
@@ -315,6 +318,18 @@ ledger_accounts = Table(
     Column("credits_pending", LedgerAmount, nullable=False, server_default="0"),
     Column("credits_posted", LedgerAmount, nullable=False, server_default="0"),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+ledger_account_shards = Table(
+    "ledger_account_shards",
+    metadata,
+    Column("account_id", Text, nullable=False),
+    Column("shard", SmallInteger, nullable=False),
+    Column("debits_pending", EntryDelta, nullable=False, server_default="0"),
+    Column("debits_posted", EntryDelta, nullable=False, server_default="0"),
+    Column("credits_pending", EntryDelta, nullable=False, server_default="0"),
+    Column("credits_posted", EntryDelta, nullable=False, server_default="0"),
+    PrimaryKeyConstraint("account_id", "shard"),
 )
 
 ledger_transfers = Table(

@@ -15,7 +15,19 @@ from sqlalchemy.exc import DBAPIError
 
 from cardpay.postgres.uow import PostgresUnitOfWork
 from domain.ledger import CreateTransferResult, Transfer
-from tests.support.ledger import ACCOUNTS, ALICE, NOW, PAYABLE, SAFES, deposit, hold, post
+from tests.support.ledger import (
+    ACCOUNTS,
+    ALICE,
+    BOB,
+    NOW,
+    PAYABLE,
+    SAFES,
+    SUSPENSE,
+    F,
+    deposit,
+    hold,
+    post,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -151,3 +163,84 @@ def test_concurrent_spenders_never_overdraw_one_account(books: Engine) -> None:
     with books.connect() as c:
         assert alice(c) == (60 + sum(1 for r in results[0::2] if r.applied),
                             sum(1 for r in results[1::2] if r.applied), 0, 100)
+
+
+# -- accounts without limit flags: balances in shard rows (migration 0011, ADR 0011) -----------
+def payable(conn: Connection) -> tuple[int, ...]:
+    row = conn.execute(text("SELECT debits_pending, debits_posted, credits_pending, "
+                            "credits_posted FROM ledger_accounts WHERE id = :id"),
+                       {"id": PAYABLE}).one()
+    conn.rollback()
+    return tuple(int(v) for v in row)
+
+
+def test_shard_rows_change_only_through_journal_entries(conn: Connection) -> None:
+    assert payable(conn) == (0, 0, 60, 0)  # Alice's hold, summed from the shards
+    refused(conn, f"INSERT INTO ledger_account_shards (account_id, shard, credits_posted) "
+                  f"VALUES ('{PAYABLE}', 31, 1000)", "change only through journal entries")
+    refused(conn, "UPDATE ledger_account_shards SET credits_pending = 0",
+            "change only through journal entries")
+    refused(conn, "DELETE FROM ledger_account_shards", "change only through journal entries")
+    refused(conn, f"UPDATE ledger_accounts SET credits_pending = 0 WHERE id = '{PAYABLE}'",
+            "change only through journal entries")
+    assert payable(conn) == (0, 0, 60, 0)
+
+
+def test_an_unflagged_balance_cannot_go_below_zero(conn: Connection) -> None:
+    """No CHECK can see a sum over shard rows: the posting trigger checks it instead."""
+    refused(conn, f"INSERT INTO ledger_entries (journal_id, account_id, ledger, debits_pending, "
+                  f"credits_pending) VALUES ('j', '{SUSPENSE}', 'EURe', 61, 0), "
+                  f"('j', '{PAYABLE}', 'EURe', 0, 0)", "does not balance")
+    refused(conn, f"INSERT INTO ledger_entries (journal_id, account_id, ledger, debits_pending, "
+                  f"credits_pending) VALUES ('j', '{SUSPENSE}', 'EURe', -61, 0), "
+                  f"('j', '{PAYABLE}', 'EURe', 0, -61)", "would leave 0..u128")
+    assert payable(conn) == (0, 0, 60, 0)
+
+
+def test_holds_towards_one_payable_account_do_not_wait_for_each_other(books: Engine) -> None:
+    """Two transactions each hold money towards network_payable; the first is still open when
+    the second commits (with a lock timeout, so waiting would fail the test, not hang it)."""
+    with PostgresUnitOfWork(books) as w:
+        assert w.ledger.create_transfers([deposit("d2", BOB, 50)], NOW) == [
+            CreateTransferResult.OK]
+        w.commit()
+    with PostgresUnitOfWork(books) as first:
+        assert first.ledger.create_transfers([hold("ha", ALICE, 10)], NOW) == [
+            CreateTransferResult.OK]
+        with PostgresUnitOfWork(books) as second:
+            second.conn.execute(text("SET LOCAL lock_timeout = '2s'"))
+            assert second.ledger.create_transfers([hold("hb", BOB, 20)], NOW) == [
+                CreateTransferResult.OK]
+            second.commit()
+        first.commit()
+    with books.connect() as c:
+        assert payable(c) == (0, 0, 90, 0)
+
+
+def test_a_pending_between_unflagged_accounts_is_resolved_once_under_concurrency(
+        books: Engine) -> None:
+    """No flagged account guards a suspense -> payable hold, so its own row is locked: a
+    second post waits for the first and then finds it posted (not a unique-index error)."""
+    stand_in = Transfer("hs", SUSPENSE, PAYABLE, 30, "EURe", "authorization", F.PENDING)
+    with PostgresUnitOfWork(books) as w:
+        assert w.ledger.create_transfers([stand_in], NOW) == [CreateTransferResult.OK]
+        w.commit()
+    second: list[CreateTransferResult] = []
+
+    def post_again() -> None:
+        with PostgresUnitOfWork(books) as w:
+            second.extend(w.ledger.create_transfers([post("ps2", "hs")], NOW))
+            w.commit()
+
+    with PostgresUnitOfWork(books) as first:
+        assert first.ledger.create_transfers([post("ps1", "hs", 25)], NOW) == [
+            CreateTransferResult.OK]
+        other = threading.Thread(target=post_again)
+        other.start()
+        other.join(timeout=1.0)
+        assert other.is_alive(), "the second post must wait for the first one's commit"
+        first.commit()
+    other.join(timeout=10)
+    assert second == [CreateTransferResult.PENDING_TRANSFER_ALREADY_POSTED]
+    with books.connect() as c:
+        assert payable(c) == (0, 0, 60, 25)
