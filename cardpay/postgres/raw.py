@@ -23,7 +23,7 @@ statement is raised by the call that sent it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
 from weakref import WeakKeyDictionary
@@ -33,6 +33,7 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError, InvalidRequestError
 
 Params = Mapping[str, Any] | Sequence[Any] | None
+Configure = Callable[[psycopg.Cursor[Any]], None]
 
 _deferred: WeakKeyDictionary[psycopg.Connection[Any], list[tuple[str, Params]]] = \
     WeakKeyDictionary()
@@ -45,23 +46,56 @@ def driver(conn: Connection) -> psycopg.Connection[Any]:
     return found
 
 
-def execute(conn: Connection, sql: str, params: Params = None) -> psycopg.Cursor[Any]:
+@contextmanager
+def errors(conn: Connection) -> Iterator[psycopg.Connection[Any]]:
+    """The driver connection; its errors come out as SQLAlchemy's, as if the Connection had run
+    the statement (the API's 503 on `OperationalError`, a `ConcurrencyConflict` on an
+    `IntegrityError`), and a lost connection is invalidated so the pool does not hand it out
+    again."""
+    fairy = conn.connection
+    pg = driver(conn)
+    try:
+        yield pg
+    except psycopg.Error as exc:
+        dialect = conn.dialect
+        disconnect = dialect.is_disconnect(exc, fairy, None)  # type: ignore[arg-type]
+        if disconnect:
+            conn.invalidate(exc)
+        raise DBAPIError.instance(None, None, exc, psycopg.Error,
+                                  connection_invalidated=disconnect, dialect=dialect) from exc
+
+
+def execute(conn: Connection, sql: str, params: Params = None, *,
+            configure: Configure | None = None) -> psycopg.Cursor[Any]:
     """Run `sql` (psycopg's `%(name)s` / `%s` placeholders), after whatever was deferred on this
     connection (in the same round trip), and return the cursor to fetch from. psycopg prepares a
-    statement server-side after it has run a few times on a connection."""
-    pg = driver(conn)
-    queued = _deferred.pop(pg, None)
-    cur = pg.cursor()
-    try:
-        if not queued:
-            return cur.execute(sql, params)
+    statement server-side after it has run a few times on a connection. `configure` adapts the
+    cursor first (e.g. a loader)."""
+    cur, = pipeline(conn, (sql, params), configure=configure)
+    return cur
+
+
+def pipeline(conn: Connection, *statements: tuple[str, Params],
+             configure: Configure | None = None) -> list[psycopg.Cursor[Any]]:
+    """Run what was deferred, then `statements`, in order and in one round trip; the cursor of
+    each statement, to fetch from."""
+    with errors(conn) as pg:
+        queued = _deferred.pop(pg, None) or []
+        cursors = []
+        for _ in statements:
+            cur = pg.cursor()
+            if configure is not None:
+                configure(cur)
+            cursors.append(cur)
+        if not queued and len(statements) == 1:
+            cursors[0].execute(statements[0][0], statements[0][1])
+            return cursors
         with pg.pipeline():
-            for earlier in queued:
-                pg.cursor().execute(*earlier)
-            cur.execute(sql, params)
-        return cur
-    except psycopg.Error as exc:
-        raise DBAPIError.instance(sql, params, exc, psycopg.Error) from exc
+            for sql, params in queued:
+                pg.cursor().execute(sql, params)
+            for cur, (sql, params) in zip(cursors, statements, strict=True):
+                cur.execute(sql, params)
+        return cursors
 
 
 def defer(conn: Connection, sql: str, params: Params = None) -> None:
@@ -71,19 +105,21 @@ def defer(conn: Connection, sql: str, params: Params = None) -> None:
 
 def flush(conn: Connection) -> None:
     """Send what was deferred now (before a commit, or a statement that goes another way)."""
-    flush_driver(driver(conn))
+    with errors(conn) as pg:
+        _send(pg)
 
 
 def flush_driver(pg: psycopg.Connection[Any]) -> None:
+    """`flush` from SQLAlchemy's statement hook (its errors are SQLAlchemy's to wrap)."""
+    _send(pg)
+
+
+def _send(pg: psycopg.Connection[Any]) -> None:
     queued = _deferred.pop(pg, None)
-    if not queued:
-        return
-    try:
+    if queued:
         with pg.pipeline():
             for sql, params in queued:
                 pg.cursor().execute(sql, params)
-    except psycopg.Error as exc:
-        raise DBAPIError.instance(queued[0][0], queued[0][1], exc, psycopg.Error) from exc
 
 
 @contextmanager

@@ -45,6 +45,15 @@ def test_a_deferred_lock_is_held_once_the_next_statement_ran(probe: Engine) -> N
     assert not held_elsewhere(probe, "probe-key")  # released with the transaction
 
 
+def test_the_ledgers_statements_go_after_what_was_deferred(probe: Engine) -> None:
+    """The authorization locks the Safe, then reads its ledger accounts: the read must come
+    after the lock, although the ledger sends its statements its own way."""
+    with PostgresUnitOfWork(probe) as uow:
+        uow.lock("safe:EURe:0xabc")
+        assert uow.ledger.lookup_accounts(["EURe:network_payable"]) == []
+        assert held_elsewhere(probe, "safe:EURe:0xabc")
+
+
 def test_deferred_statements_go_before_a_sqlalchemy_statement_and_before_the_commit(
         probe: Engine) -> None:
     with PostgresUnitOfWork(probe) as uow:

@@ -26,8 +26,7 @@ and a writer that waited sees what the one before it committed.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -37,6 +36,7 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
 from cardpay.errors import ConcurrencyConflict
+from cardpay.postgres import raw
 from domain.ledger.decide import Decision, decide, decide_expiry
 from domain.ledger.memory import check_new_account
 from domain.ledger.model import (
@@ -148,45 +148,19 @@ class PostgresLedger:
         self._conn = conn
 
     # -- the driver -----------------------------------------------------------------------------
-    @contextmanager
-    def _driver(self) -> Iterator[psycopg.Connection[Any]]:
-        """The psycopg connection under the SQLAlchemy one (same transaction). Its errors come
-        out as SQLAlchemy's, as if the Connection had run the statement: callers (the API's 503
-        on OperationalError, the pool's invalidation of a dead connection) see no difference."""
-        fairy = self._conn.connection
-        driver: psycopg.Connection[Any] = fairy.driver_connection  # type: ignore[assignment]
-        try:
-            yield driver
-        except psycopg.Error as exc:
-            dialect = self._conn.dialect
-            disconnect = dialect.is_disconnect(exc, fairy, None)  # type: ignore[arg-type]
-            if disconnect:
-                self._conn.invalidate(exc)
-            raise DBAPIError.instance(None, None, exc, psycopg.Error,
-                                      connection_invalidated=disconnect,
-                                      dialect=dialect) from exc
-
     @staticmethod
-    def _cursor(driver: psycopg.Connection[Any]) -> psycopg.Cursor[Any]:
-        cursor = driver.cursor()
+    def _cursor(cursor: psycopg.Cursor[Any]) -> None:
         cursor.adapters.register_loader("numeric", IntLoader)  # whole numbers: ints, not Decimal
-        return cursor
 
     def _rows(self, sql: str, params: Mapping[str, Any]) -> list[Any]:
-        with self._driver() as driver:
-            cursor = self._cursor(driver)
-            cursor.execute(sql, params)
-            return cursor.fetchall() if cursor.description else []
+        cursor = raw.execute(self._conn, sql, params, configure=self._cursor)
+        return cursor.fetchall() if cursor.description else []
 
     def _pipeline(self, *statements: tuple[str, Mapping[str, Any]]) -> list[list[Any]]:
-        """Run the statements in order in one round trip; the rows of each."""
-        with self._driver() as driver, driver.pipeline():
-            cursors = []
-            for sql, params in statements:
-                cursor = self._cursor(driver)
-                cursor.execute(sql, params)
-                cursors.append(cursor)
-            return [c.fetchall() for c in cursors]
+        """Run the statements in order in one round trip (after what was deferred on the
+        connection, e.g. the unit of work's locks); the rows of each."""
+        return [c.fetchall() for c in raw.pipeline(self._conn, *statements,
+                                                  configure=self._cursor)]
 
     # -- accounts -----------------------------------------------------------------------------
     def create_accounts(self, accounts: Sequence[Account]) -> list[CreateAccountResult]:

@@ -8,14 +8,14 @@ timeout passed without reading the resolved ones.
 Written on 0010 while 0011 was being added in parallel: the merge re-chains it onto 0011.
 
 Revision ID: 0012
-Revises: 0010
+Revises: 0011
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0012"
-down_revision = "0010"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 
