@@ -126,6 +126,10 @@ class Settings:
     """A clearing parked this long without its authorization becomes an exception (the sweep)."""
     sweep_interval_s: float = 60.0
     """How often `cardpay api` runs the network sweep in the background (0: never)."""
+    api_max_in_flight: int = 48
+    """Network requests `cardpay api` works on at once; more are answered 503 at once
+    (admission control): a queue longer than the API can serve within the network's deadline
+    would make every answer late (docs/benchmarks.md)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -148,6 +152,7 @@ class Settings:
                 "CARDPAY_PARKED_CLEARING_TIMEOUT",
                 env.get("CARDPAY_PARKED_CLEARING_TIMEOUT") or "72h"),
             sweep_interval_s=_seconds(env, "CARDPAY_SWEEP_INTERVAL_S", 60.0),
+            api_max_in_flight=_int(env, "CARDPAY_API_MAX_IN_FLIGHT", 48),
         )
         if settings.confirmations < 0:
             raise SettingsError(f"CARDPAY_CONFIRMATIONS must be 0 or more, got "
@@ -158,6 +163,9 @@ class Settings:
         if settings.authorization_deadline_ms < 1:
             raise SettingsError(f"CARDPAY_AUTHORIZATION_DEADLINE_MS must be at least 1, got "
                                 f"{settings.authorization_deadline_ms}")
+        if settings.api_max_in_flight < 1:
+            raise SettingsError(f"CARDPAY_API_MAX_IN_FLIGHT must be at least 1, got "
+                                f"{settings.api_max_in_flight}")
         if not 1 <= settings.api_port <= 65535:
             raise SettingsError(f"CARDPAY_API_PORT must be a TCP port (1-65535), got "
                                 f"{settings.api_port}")

@@ -106,16 +106,35 @@ async def read_body(request: Request) -> bytes | None:
 
 
 def create_app(ingress: NetworkIngress, verifier: SignatureVerifier, metrics: ApiMetrics,
-               ready: Callable[[], bool]) -> FastAPI:
+               ready: Callable[[], bool], *, max_in_flight: int = 48) -> FastAPI:
     """The API on its dependencies: `ready()` says whether the database answers (for /readyz;
-    it is called in a worker thread)."""
+    it is called in a worker thread). At most `max_in_flight` network requests are worked on at
+    once; one more is answered 503 (`overloaded`) before its body is read: under overload the
+    requests admitted are still answered within the network's deadline, instead of a queue in
+    which every answer comes too late."""
     app = FastAPI(title="cardpay", version="1",
                   description="Card-network ingress (signed with Standard Webhooks), health "
                   "and metrics of cardpay.")
 
+    in_flight = 0
+
     async def network(request: Request, adapter: TypeAdapter[Any],
                       convert: Callable[[Any], D],
                       handle: Callable[[Received, D], Reply]) -> JSONResponse:
+        nonlocal in_flight
+        if in_flight >= max_in_flight:
+            metrics.network_unavailable.labels("overloaded").inc()
+            return JSONResponse({"error": "overloaded", "reason": f"{in_flight} requests in "
+                                 "progress; nothing recorded, retry"}, status_code=503)
+        in_flight += 1  # the event loop is one thread: no lock needed
+        try:
+            return await admitted(request, adapter, convert, handle)
+        finally:
+            in_flight -= 1
+
+    async def admitted(request: Request, adapter: TypeAdapter[Any],
+                       convert: Callable[[Any], D],
+                       handle: Callable[[Received, D], Reply]) -> JSONResponse:
         received_at = datetime.now(UTC)
         body = await read_body(request)
         if body is None:

@@ -41,7 +41,7 @@ def build_app(settings: Settings, engine: Engine, *, decide: Decide | None = Non
     ingress = NetworkIngress(unit_of_work_factory(engine, settings.outbox_topic), decide, apply)
     metrics = ApiMetrics(registry)
     app = create_app(ingress, SignatureVerifier(settings.webhook_secrets), metrics,
-                     lambda: database_ready(engine))
+                     lambda: database_ready(engine), max_in_flight=settings.api_max_in_flight)
     if settings.sweep_interval_s > 0:
         sweep = build_sweep(settings, engine, effects=effects)
         app.router.lifespan_context = sweep_lifespan(sweep, settings.sweep_interval_s, metrics)

@@ -52,6 +52,7 @@ environment:
   CARDPAY_API_HOST         address `cardpay api` binds (default 127.0.0.1)
   CARDPAY_API_PORT         port of `cardpay api` (default 8080)
   CARDPAY_AUTHORIZATION_DEADLINE_MS  answer deadline of an authorization (default 2000)
+  CARDPAY_API_MAX_IN_FLIGHT  network requests `api` works on at once; more get 503 (default 48)
   CARDPAY_PARKED_CLEARING_TIMEOUT    a clearing parked this long without its authorization
                            becomes an exception (default 72h; units s, m, h, d)
   CARDPAY_SWEEP_INTERVAL_S seconds between network sweeps in `cardpay api` (default 60; 0: off)

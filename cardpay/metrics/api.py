@@ -24,9 +24,10 @@ class ApiMetrics:
             "malformed, stale, future, bad_signature; 413: too_large)", ["reason"], registry=r)
         self.network_unavailable = Counter(
             "cardpay_network_unavailable_total",
-            "Network requests answered 503 with nothing recorded, by reason (past_deadline: an "
-            "authorization that waited past the network's deadline under overload; unavailable: "
-            "a dependency or a concurrent writer; database)", ["reason"], registry=r)
+            "Network requests answered 503 with nothing recorded, by reason (overloaded: more "
+            "than CARDPAY_API_MAX_IN_FLIGHT in progress; past_deadline: an authorization that "
+            "waited past the network's deadline; unavailable: a dependency or a concurrent "
+            "writer; database)", ["reason"], registry=r)
         self.network_rejected = Counter(
             "cardpay_network_rejected_total",
             "Signed network bodies refused and quarantined, by reason "

@@ -34,7 +34,7 @@ from domain.network import (
     SettlementLine,
 )
 from tests.fakes.storage import FakeDatabase
-from tests.support.network import OLD_SECRET, SECRET, dumps
+from tests.support.network import OLD_SECRET, SECRET, dumps, signed_headers
 
 pytestmark = [pytest.mark.unit, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
@@ -257,3 +257,63 @@ def test_webhook_secrets_and_the_api_address_come_from_settings() -> None:
             Settings.from_env({"CARDPAY_WEBHOOK_SECRETS": bad})
     with pytest.raises(SettingsError, match="CARDPAY_API_PORT"):
         Settings.from_env({"CARDPAY_API_PORT": "70000"})
+
+
+def test_requests_beyond_the_in_flight_limit_are_answered_503_at_once() -> None:
+    """Admission control: with one request in progress and a limit of one, the next one is
+    refused before anything is read or stored; once the first is done, requests are taken
+    again."""
+    import asyncio
+    import threading
+
+    import httpx
+
+    release = threading.Event()
+    started = threading.Event()
+
+    def slow(uow: UnitOfWork, req: AuthorizationRequest,
+             received_at: datetime) -> AuthorizationDecision:
+        started.set()
+        release.wait(10)
+        return AuthorizationDecision.approve(req)
+
+    db = FakeDatabase()
+    metrics = ApiMetrics()
+    app = create_app(NetworkIngress(db.uow, slow, _applied), SignatureVerifier([SECRET]),
+                     metrics, lambda: True, max_in_flight=1)
+    example = examples(AuthorizationRequestBody)[0]
+
+    def request(n: int) -> tuple[bytes, dict[str, str]]:
+        body = dumps({**example, "authorization_id": f"auth-{n}"})
+        return body, signed_headers(body, f"wh-{n}")
+
+    async def scenario() -> tuple[int, dict[str, Any], int, int]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            first = asyncio.create_task(client.post(
+                "/v1/network/authorizations", content=request(1)[0], headers=request(1)[1]))
+            await asyncio.to_thread(started.wait, 10)
+            body, headers = request(2)
+            refused = await client.post("/v1/network/authorizations", content=body,
+                                        headers=headers)
+            release.set()
+            done = await first
+            body, headers = request(3)
+            later = await client.post("/v1/network/authorizations", content=body,
+                                      headers=headers)
+            return refused.status_code, refused.json(), done.status_code, later.status_code
+
+    status, answer, first_status, later_status = asyncio.run(scenario())
+    assert (status, answer["error"]) == (503, "overloaded")
+    assert (first_status, later_status) == (200, 200)
+    assert set(db.state.deliveries) == {"wh-1", "wh-3"}  # the refused one left nothing
+    assert metrics.registry.get_sample_value(
+        "cardpay_network_unavailable_total", {"reason": "overloaded"}) == 1
+
+
+def test_the_in_flight_limit_setting() -> None:
+    assert Settings.from_env({}).api_max_in_flight == 48
+    assert Settings.from_env({"CARDPAY_API_MAX_IN_FLIGHT": "8"}).api_max_in_flight == 8
+    for bad in ("0", "-1", "many"):
+        with pytest.raises(SettingsError, match="CARDPAY_API_MAX_IN_FLIGHT"):
+            Settings.from_env({"CARDPAY_API_MAX_IN_FLIGHT": bad})
