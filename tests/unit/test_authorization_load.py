@@ -80,6 +80,7 @@ def test_warm_up_is_left_out_and_errors_are_counted_by_status() -> None:
     assert s.approval_share == pytest.approx(8 / 9)
     assert s.p50_ms == pytest.approx(10)
     assert s.max_ms == pytest.approx(10_000)
+    assert (s.ok_p50_ms, s.ok_p99_ms) == (pytest.approx(10), pytest.approx(12))
     assert s.achieved_rate == pytest.approx(9 / (11.9 - 1.0))
     with pytest.raises(ValueError):
         summarize(outcomes[:10], rate=10, seconds=1, warmup=1)
