@@ -26,8 +26,26 @@ def _admin(url: str) -> Engine:
     return create_engine(normalize_url(url), isolation_level="AUTOCOMMIT")
 
 
+TEMPLATE = "cardpay_test_template"
+
+
+@pytest.fixture(scope="session")
+def pg_template(pg_server: EmbeddedPostgres) -> str:
+    """A database migrated once per session, copied for each test: `CREATE DATABASE ...
+    TEMPLATE` copies files (~0.1 s) where running every migration again took ~1 s per test."""
+    admin = _admin(pg_server.url)
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{TEMPLATE}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{TEMPLATE}"'))
+    admin.dispose()
+    engine = make_engine(pg_server.url.replace("/postgres?", f"/{TEMPLATE}?"))
+    upgrade(engine)
+    engine.dispose()  # no session may stay on a template while it is copied
+    return TEMPLATE
+
+
 @pytest.fixture
-def make_db(pg_server: EmbeddedPostgres) -> Iterator[Callable[[], str]]:
+def make_db(pg_server: EmbeddedPostgres, pg_template: str) -> Iterator[Callable[[], str]]:
     """A factory of fresh, migrated databases on the session's real PostgreSQL server."""
     admin = _admin(pg_server.url)
     names: list[str] = []
@@ -35,13 +53,9 @@ def make_db(pg_server: EmbeddedPostgres) -> Iterator[Callable[[], str]]:
     def make() -> str:
         name = f"cardpay_test_{next(_db_names)}"
         with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
+            conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"'))
         names.append(name)
-        url = pg_server.url.replace("/postgres?", f"/{name}?")
-        engine = make_engine(url)
-        upgrade(engine)
-        engine.dispose()
-        return url
+        return pg_server.url.replace("/postgres?", f"/{name}?")
 
     yield make
     with admin.connect() as conn:
