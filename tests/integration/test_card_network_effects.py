@@ -83,11 +83,15 @@ class PostgresDatabase:
 @pytest.fixture(params=[pytest.param("memory", marks=pytest.mark.unit),
                         pytest.param("postgres", marks=pytest.mark.integration)])
 def db(request: pytest.FixtureRequest) -> FakeDatabase:
-    db: Any = FakeDatabase() if request.param == "memory" else \
-        PostgresDatabase(request.getfixturevalue("pg_engine"))
+    return with_card(FakeDatabase() if request.param == "memory" else
+                     PostgresDatabase(request.getfixturevalue("pg_engine")))
+
+
+def with_card(db: Any) -> Any:
+    """`card-1` on the Safe holding 100.00 EURe (also the sweep's tests)."""
     with db.uow() as uow:
         uow.cards.add(Card("card-1", SAFE, TOKEN, EURE),
-                      ChainReading(10, "0x" + "10" * 32, 100 * 100 * CENT))  # 100.00 EURe
+                      ChainReading(10, "0x" + "10" * 32, 100 * 100 * CENT))
         uow.commit()
     return db
 

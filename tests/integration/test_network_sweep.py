@@ -46,6 +46,7 @@ from tests.integration.test_card_network_effects import (
     eur,
     events,
     funds,
+    with_card,
 )
 
 TIMEOUT = timedelta(hours=72)
@@ -70,13 +71,8 @@ def effects(clock: Clock) -> CardNetworkEffects:
 @pytest.fixture(params=[pytest.param("memory", marks=pytest.mark.unit),
                         pytest.param("postgres", marks=pytest.mark.integration)])
 def db(request: pytest.FixtureRequest) -> Any:
-    db: Any = FakeSweepDatabase() if request.param == "memory" else \
-        PostgresDatabase(request.getfixturevalue("pg_engine"))
-    with db.uow() as uow:
-        uow.cards.add(Card("card-1", SAFE, TOKEN, EURE),
-                      ChainReading(10, "0x" + "10" * 32, 100 * 100 * CENT))  # 100.00 EURe
-        uow.commit()
-    return db
+    return with_card(FakeSweepDatabase() if request.param == "memory" else
+                     PostgresDatabase(request.getfixturevalue("pg_engine")))
 
 
 @pytest.fixture
