@@ -106,15 +106,12 @@ def defer(conn: Connection, sql: str, params: Params = None) -> None:
 def flush(conn: Connection) -> None:
     """Send what was deferred now (before a commit, or a statement that goes another way)."""
     with errors(conn) as pg:
-        _send(pg)
+        flush_driver(pg)
 
 
 def flush_driver(pg: psycopg.Connection[Any]) -> None:
-    """`flush` from SQLAlchemy's statement hook (its errors are SQLAlchemy's to wrap)."""
-    _send(pg)
-
-
-def _send(pg: psycopg.Connection[Any]) -> None:
+    """`flush` on the driver connection (from SQLAlchemy's statement hook, whose errors are
+    SQLAlchemy's to wrap)."""
     queued = _deferred.pop(pg, None)
     if queued:
         with pg.pipeline():
