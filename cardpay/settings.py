@@ -126,6 +126,11 @@ class Settings:
     """A clearing parked this long without its authorization becomes an exception (the sweep)."""
     sweep_interval_s: float = 60.0
     """How often `cardpay api` runs the network sweep in the background (0: never)."""
+    network_advice_url: str | None = None
+    """Where the card network takes our advices (a saga's reversal advice); None: advices
+    wait in the effects outbox, visible in `cardpay sagas effects`, until it is set."""
+    saga_poll_s: float = 0.5
+    """How long `cardpay sagas run` waits for new events before it looks at timers and effects."""
     api_max_in_flight: int = 48
     """Network requests `cardpay api` works on at once; more are answered 503 at once
     (admission control): a queue longer than the API can serve within the network's deadline
@@ -153,6 +158,8 @@ class Settings:
                 env.get("CARDPAY_PARKED_CLEARING_TIMEOUT") or "72h"),
             sweep_interval_s=_seconds(env, "CARDPAY_SWEEP_INTERVAL_S", 60.0),
             api_max_in_flight=_int(env, "CARDPAY_API_MAX_IN_FLIGHT", 48),
+            network_advice_url=(env.get("CARDPAY_NETWORK_ADVICE_URL") or "").strip() or None,
+            saga_poll_s=_seconds(env, "CARDPAY_SAGA_POLL_S", 0.5),
         )
         if settings.confirmations < 0:
             raise SettingsError(f"CARDPAY_CONFIRMATIONS must be 0 or more, got "

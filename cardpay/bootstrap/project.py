@@ -21,7 +21,7 @@ from cardpay.errors import CardpayError
 from cardpay.kafka.identity import forget_identity
 from cardpay.metrics.projector import ProjectorMetrics
 from cardpay.postgres.schema import consumer_positions, events, metadata, outbox, quarantine
-from cardpay.runtime.supervise import DEFAULT_BACKOFF, Backoff, Outcome, supervise
+from cardpay.runtime.supervise import DEFAULT_BACKOFF, Backoff, Outcome, supervise_feed
 from cardpay.settings import Settings
 from projector.errors import FeedChanged
 from projector.feed import Feed
@@ -67,13 +67,8 @@ async def run_projector(
     """Start the projector's feed, project batch after batch until `stop` (or, `until_idle`,
     until two polls in a row find nothing), and stop the feed. Raises `FeedChanged` when the
     stored positions cannot be used, `GaveUp` after `give_up_after` seconds of failures."""
-    started = False
 
-    async def step() -> int:
-        nonlocal started
-        if not started:
-            await projector.start()
-            started = True
+    async def turn() -> int:
         applied = projector.applied
         consumed = await projector.run_once(poll_timeout)
         if metrics is not None:
@@ -84,20 +79,10 @@ async def run_projector(
                 metrics.lag.set(behind)
         return consumed
 
-    async def recover(exc: Exception) -> None:
-        nonlocal started
-        started = False
-        with contextlib.suppress(Exception):
-            await projector.stop()
-
-    try:
-        return await supervise(step, component="projector", stop=stop, backoff=backoff,
-                               recover=recover, fatal=(FeedChanged,), until_idle=until_idle,
-                               idle_steps=2, give_up_after=give_up_after,
-                               errors=metrics.errors if metrics is not None else None)
-    finally:
-        with contextlib.suppress(Exception):
-            await projector.stop()
+    return await supervise_feed(projector.start, turn, projector.stop, component="projector",
+                                stop=stop, backoff=backoff, fatal=(FeedChanged,),
+                                until_idle=until_idle, idle_steps=2, give_up_after=give_up_after,
+                                errors=metrics.errors if metrics is not None else None)
 
 
 class ProjectorBusy(CardpayError, RuntimeError):

@@ -1,20 +1,46 @@
-"""Composition root of the saga side: the `SagaRunner` on the database, with the card-payment
-saga and the payment commands its actions issue."""
+"""Composition root of the saga side: the `SagaRunner` on the database with the card-payment saga
+and the payment commands its actions issue, and `cardpay sagas run`'s worker around it.
+
+The worker's turn (`SagaWorker.run_once`), under `cardpay.runtime.supervise` like the projector:
+1. a batch of the event feed goes to the sagas it concerns, stored with the feed positions in
+   one transaction (records that are not events are quarantined in it);
+2. the timers due by the clock fire;
+3. each effect worker performs the effect requests it can (the network's reversal advice; the
+   relayer's spends and refunds when they are configured).
+A failed turn stops the feed; the next turn starts it again from the stored positions, so no
+batch is skipped, and a batch decided twice changes nothing the second time (the positions were
+stored with its effects, or nothing was).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine
 
+from cardpay.bootstrap import feed as event_feed
+from cardpay.handlers.effects import EffectWorker, Perform
+from cardpay.handlers.network_advices import NetworkAdvices, reversal_advice
 from cardpay.handlers.payments import execute
+from cardpay.handlers.ports import QuarantineItem
 from cardpay.handlers.sagas import SagaRunner, SagaUnitOfWork
 from cardpay.postgres.uow import PostgresSagaUnitOfWork, saga_uow_factory
+from cardpay.runtime.supervise import DEFAULT_BACKOFF, Backoff, Outcome, supervise_feed
 from cardpay.settings import Settings
 from domain.commands import Command
-from sagas.card_payment import CardPaymentSaga, route
+from domain.errors import DomainError
+from domain.events import DomainEvent
+from domain.serialization import from_recorded
+from projector.errors import FeedChanged
+from projector.feed import Feed
+from sagas.card_payment import REVERSAL_ADVICE, CardPaymentSaga, route
+
+SAGAS = "sagas"
+"""The saga workers' consumer name (their feed positions, and their lock: one batch at a time)."""
 
 
 def _now() -> datetime:
@@ -32,3 +58,109 @@ def build_runner(settings: Settings, engine: Engine, *,
                  clock: Callable[[], datetime] = _now) -> SagaRunner:
     return SagaRunner(saga_uow_factory(engine, settings.outbox_topic), [CardPaymentSaga()],
                       route, payment_command, clock)
+
+
+@dataclass
+class Turn:
+    """What one turn of the worker did."""
+
+    events: int = 0
+    timers: int = 0
+    effects: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.events + self.timers + self.effects
+
+
+@dataclass
+class SagaWorker:
+    name: str
+    feed: Feed
+    runner: SagaRunner
+    uow_factory: Callable[[], SagaUnitOfWork]
+    effect_workers: Sequence[EffectWorker] = ()
+    batch_size: int = 500
+    totals: Turn = field(default_factory=Turn)
+
+    async def start(self) -> None:
+        with self.uow_factory() as uow:
+            positions = uow.load_positions(self.name)
+        await self.feed.start(positions)
+
+    async def stop(self) -> None:
+        await self.feed.stop()
+
+    async def run_once(self, timeout: float = 0.5) -> Turn:
+        turn = Turn()
+        batch = await self.feed.poll(self.batch_size, timeout)
+        rejected = self.feed.take_rejected()
+        if batch or rejected:
+            positions = self.feed.positions()
+            events: list[DomainEvent] = []
+            bad = [QuarantineItem(f"saga-worker:{self.name}", f"{r.source}@{r.offset}",
+                                  r.reason, {"raw": r.raw.decode("utf-8", errors="replace")})
+                   for r in rejected]
+            for message in batch:
+                try:
+                    events.append(from_recorded(message.event))
+                except (DomainError, KeyError, TypeError, ValueError) as exc:
+                    bad.append(QuarantineItem(
+                        f"saga-worker:{self.name}", f"{message.source}@{message.offset}",
+                        f"undecodable event: {exc}",
+                        {"stream_id": message.event.stream_id, "type": message.event.type,
+                         "version": message.event.version, "data": message.event.data}))
+            await asyncio.to_thread(self.runner.handle_batch, self.name, events, positions, bad)
+            turn.events = len(batch) + len(rejected)
+        fired = await asyncio.to_thread(self.runner.fire_due_timers)
+        turn.timers = fired.advanced + fired.ignored
+        for worker in self.effect_workers:
+            done = await asyncio.to_thread(worker.run_once)
+            turn.effects += done.answered + done.duplicates
+        self.totals.events += turn.events
+        self.totals.timers += turn.timers
+        self.totals.effects += turn.effects
+        return turn
+
+
+def build_worker(settings: Settings, engine: Engine, *,
+                 clock: Callable[[], datetime] = _now,
+                 advices: NetworkAdvices | None = None,
+                 performers: dict[str, Perform] | None = None,
+                 batch_size: int = 500) -> SagaWorker:
+    """The saga worker of `cardpay sagas run`: the feed, the runner, and an effect worker for
+    the effects that have a party configured (`advices`, or CARDPAY_NETWORK_ADVICE_URL for the
+    network's advices; `performers` for others). Effects with no party stay pending."""
+    runner = build_runner(settings, engine, clock=clock)
+    uows = saga_uow_factory(engine, settings.outbox_topic)
+    todo: dict[str, Perform] = dict(performers or {})
+    if advices is None and settings.network_advice_url and settings.webhook_secrets:
+        from cardpay.outbound.network import HttpNetworkAdvices
+
+        advices = HttpNetworkAdvices(settings.network_advice_url, settings.webhook_secrets[0])
+    if advices is not None:
+        todo[REVERSAL_ADVICE] = reversal_advice(advices)
+    workers = [EffectWorker(uows, runner, todo)] if todo else []
+    return SagaWorker(SAGAS, event_feed(settings, engine, SAGAS), runner, uows, workers,
+                      batch_size=batch_size)
+
+
+async def run_saga_worker(
+    worker: SagaWorker,
+    stop: asyncio.Event,
+    *,
+    until_idle: bool = False,
+    give_up_after: float | None = None,
+    backoff: Backoff = DEFAULT_BACKOFF,
+    poll_timeout: float = 0.5,
+) -> Outcome:
+    """Turn after turn until `stop` (or, `until_idle`, until two turns in a row did nothing).
+    Raises `FeedChanged` when the stored positions cannot be used, `GaveUp` after
+    `give_up_after` seconds of failures."""
+
+    async def turn() -> int:
+        return (await worker.run_once(poll_timeout)).total
+
+    return await supervise_feed(worker.start, turn, worker.stop, component="saga worker",
+                                stop=stop, backoff=backoff, fatal=(FeedChanged,),
+                                until_idle=until_idle, idle_steps=2, give_up_after=give_up_after)

@@ -31,6 +31,7 @@ from cardpay.cli import (
     projections,
     quarantine,
     replay,
+    sagas,
     services,
     status,
 )
@@ -56,6 +57,8 @@ environment:
   CARDPAY_PARKED_CLEARING_TIMEOUT    a clearing parked this long without its authorization
                            becomes an exception (default 72h; units s, m, h, d)
   CARDPAY_SWEEP_INTERVAL_S seconds between network sweeps in `cardpay api` (default 60; 0: off)
+  CARDPAY_NETWORK_ADVICE_URL  the card network's advice endpoint (for `sagas run`; default none)
+  CARDPAY_SAGA_POLL_S      seconds `sagas run` waits for events between timer checks (default 0.5)
 
 README.md lists the variables of the dev and test harnesses too.
 """
@@ -65,8 +68,8 @@ INTERRUPTED = 130
 BROKEN_PIPE = 141
 """Exit status when the reader of stdout went away (128 + SIGPIPE)."""
 
-COMMAND_GROUPS = (demo, status, payments, quarantine, exceptions, cards, db, services, api, projections,
-                  replay, chain, listener_admin, network)
+COMMAND_GROUPS = (demo, status, payments, quarantine, exceptions, sagas, cards, db, services, api,
+                  projections, replay, chain, listener_admin, network)
 """Modules with a `register(sub)`; their order is the order of `cardpay --help`."""
 
 

@@ -10,7 +10,8 @@ Three kinds of message reach a saga, each through one unit of work:
 
 An instance is saved with optimistic concurrency (its version): two workers that advanced one
 saga from the same state cannot both commit; the loser's whole unit of work rolls back and its
-batch is decided again on fresh state. The actions run here (timers, effect requests into the
+message (or batch) is decided again on fresh state, a few times (`CONFLICT_RETRIES`) before the
+conflict reaches the caller. The actions run here (timers, effect requests into the
 effects outbox, domain commands, exceptions); side effects outside the database run in the
 adapters, which poll the effects outbox (`claim_effects`) and report back. An effect the saga
 stops waiting for without its answer (timed out for good, or a compensation started) is
@@ -23,8 +24,9 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
+from cardpay.errors import ConcurrencyConflict
 from cardpay.handlers.ports import QuarantineItem
 from domain.events import DomainEvent
 from sagas.engine.model import (
@@ -48,6 +50,10 @@ from sagas.engine.react import Definition, react
 from sagas.engine.retry import FailureClass
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+CONFLICT_RETRIES = 5
+"""How many times a unit of work that lost a race on a saga instance is decided again."""
 
 
 # -- ports ------------------------------------------------------------------------------------------
@@ -166,11 +172,20 @@ class SagaRunner:
 
     # -- the three ways in ------------------------------------------------------------------------
     def handle_batch(self, consumer: str, events: Sequence[DomainEvent],
-                     positions: Mapping[str, int]) -> Outcome:
-        """Route a feed batch to its sagas and store everything with the positions."""
+                     positions: Mapping[str, int],
+                     quarantined: Sequence[QuarantineItem] = ()) -> Outcome:
+        """Route a feed batch to its sagas and store everything with the positions (and the
+        batch's records that were not events, `quarantined`)."""
+        return _retrying(lambda: self._handle_batch(consumer, events, positions, quarantined))
+
+    def _handle_batch(self, consumer: str, events: Sequence[DomainEvent],
+                      positions: Mapping[str, int],
+                      quarantined: Sequence[QuarantineItem] = ()) -> Outcome:
         outcome = Outcome()
         with self._uow() as uow:
             uow.lock(f"saga-consumer:{consumer}")  # one writer per consumer name
+            for item in quarantined:
+                uow.add_exception(item)
             wanted: dict[str, list[tuple[str, DomainEvent]]] = {}
             for event in events:
                 for kind, saga_id in self._route(event):
@@ -185,6 +200,10 @@ class SagaRunner:
         return outcome
 
     def fire_due_timers(self, limit: int = 100) -> Outcome:
+        """Deliver the timers due now (by the clock), at most `limit`, in one unit of work."""
+        return _retrying(lambda: self._fire_due_timers(limit))
+
+    def _fire_due_timers(self, limit: int) -> Outcome:
         outcome = Outcome()
         now = self._clock()
         with self._uow() as uow:
@@ -200,6 +219,11 @@ class SagaRunner:
     def effect_done(self, request_id: str, *, succeeded: bool, result: Json | None = None,
                     failure: FailureClass = FailureClass.TEMPORARY, detail: str = "") -> bool:
         """An adapter's answer; False when it was a duplicate (nothing changed)."""
+        return _retrying(lambda: self._effect_done(request_id, succeeded, result, failure,
+                                                   detail))
+
+    def _effect_done(self, request_id: str, succeeded: bool, result: Json | None,
+                     failure: FailureClass, detail: str) -> bool:
         outcome = Outcome()
         with self._uow() as uow:
             request = uow.effects.finish(request_id, succeeded=succeeded, result=result or {})
@@ -215,6 +239,9 @@ class SagaRunner:
 
     def retry(self, kind: str, saga_id: str) -> SagaInstance | None:
         """A person's retry of a stuck saga (`cardpay exceptions retry`)."""
+        return _retrying(lambda: self._retry(kind, saga_id))
+
+    def _retry(self, kind: str, saga_id: str) -> SagaInstance | None:
         with self._uow() as uow:
             instance = uow.sagas.load(kind, [saga_id]).get(saga_id)
             if instance is None:
@@ -259,6 +286,19 @@ class SagaRunner:
                     log.warning("saga %s %s: %s (%s)", after.kind, after.saga_id, reason,
                                 detail)
         return after
+
+
+def _retrying(work: Callable[[], _T]) -> _T:
+    """`work` (one unit of work) again while it loses races on an instance: each try reads
+    fresh state, and the loser's writes were all rolled back."""
+    for attempt in range(CONFLICT_RETRIES):
+        try:
+            return work()
+        except ConcurrencyConflict:
+            if attempt == CONFLICT_RETRIES - 1:
+                raise
+            log.info("saga unit of work lost a race; deciding again (try %d)", attempt + 2)
+    raise AssertionError("unreachable")
 
 
 def _abandoned(before: SagaInstance, after: SagaInstance, message: Message) -> str | None:

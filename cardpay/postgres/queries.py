@@ -1,4 +1,5 @@
-"""Read-only queries behind `cardpay status`, `cardpay quarantine` and `cardpay payments`.
+"""Read-only queries behind `cardpay status`, `cardpay quarantine`, `cardpay payments` and
+`cardpay sagas list`.
 
 Plain rows out (frozen dataclasses of Python values); nothing here writes. Amounts stay integers
 of base units with their decimals, as the read model stores them.
@@ -22,6 +23,9 @@ from cardpay.postgres.schema import (
     outbox,
     quarantine,
     rm_payments,
+    saga_effects,
+    saga_instances,
+    saga_timers,
 )
 
 PAYMENT_STATUSES = ("new", "authorized", "held", "cleared", "reversed", "settled", "retracted")
@@ -214,3 +218,41 @@ def payments(conn: Connection, *, status: str | None = None,
         )
         for r in conn.execute(query)
     ]
+
+
+@dataclass(frozen=True)
+class SagaView:
+    kind: str
+    saga_id: str
+    status: str
+    stage: str
+    version: int
+    waiting_for: str | None
+    """The effect the saga waits for (its name), if any."""
+    effect_status: str | None
+    """That effect request's status: pending (not answered yet), succeeded, failed."""
+    next_timer: datetime | None
+    updated_at: datetime
+
+
+def sagas(conn: Connection, *, status: str | None = None, kind: str | None = None,
+          limit: int | None = None) -> list[SagaView]:
+    """Most recently changed first, with what each waits for and its next timer."""
+    i, t, fx = saga_instances, saga_timers, saga_effects
+    request_id = i.c.state["waiting"]["effect"]["request_id"].astext
+    next_timer = (select(func.min(t.c.due_at))
+                  .where(t.c.kind == i.c.kind, t.c.saga_id == i.c.saga_id)
+                  .scalar_subquery())
+    query = (select(i.c.kind, i.c.saga_id, i.c.status, i.c.stage, i.c.version, i.c.updated_at,
+                    i.c.state["waiting"]["effect"]["name"].astext.label("waiting_for"),
+                    fx.c.status.label("effect_status"), next_timer.label("next_timer"))
+             .outerjoin(fx, fx.c.request_id == request_id)
+             .order_by(i.c.updated_at.desc(), i.c.kind, i.c.saga_id))
+    if status is not None:
+        query = query.where(i.c.status == status)
+    if kind is not None:
+        query = query.where(i.c.kind == kind)
+    if limit is not None:
+        query = query.limit(limit)
+    return [SagaView(r.kind, r.saga_id, r.status, r.stage, r.version, r.waiting_for,
+                     r.effect_status, r.next_timer, r.updated_at) for r in conn.execute(query)]

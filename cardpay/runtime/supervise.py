@@ -40,7 +40,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter
 from tenacity import RetryCallState, Retrying, wait_exponential_jitter
@@ -158,3 +158,38 @@ async def supervise(
         else:
             await asyncio.sleep(0)  # let signal handlers and other tasks run between steps
     return "stopped"
+
+
+async def supervise_feed(
+    start: Callable[[], Awaitable[None]],
+    turn: Callable[[], Awaitable[int]],
+    stop_feed: Callable[[], Awaitable[None]],
+    *,
+    component: str,
+    stop: asyncio.Event,
+    **options: Any,
+) -> Outcome:
+    """`supervise` for a consumer of a feed: `start` it (from its stored positions) before the
+    first turn and again after every failed one, because the feed moved past the failed batch
+    in memory; `stop_feed` after a failure and at the end. `options` go to `supervise`."""
+    started = False
+
+    async def step() -> int:
+        nonlocal started
+        if not started:
+            await start()
+            started = True
+        return await turn()
+
+    async def recover(exc: Exception) -> None:
+        nonlocal started
+        started = False
+        with contextlib.suppress(Exception):
+            await stop_feed()
+
+    try:
+        return await supervise(step, component=component, stop=stop, recover=recover,
+                               **options)
+    finally:
+        with contextlib.suppress(Exception):
+            await stop_feed()

@@ -17,7 +17,13 @@ import pytest
 from sqlalchemy import Engine
 
 from cardpay.errors import ConcurrencyConflict
-from cardpay.handlers.sagas import DueTimer, EffectRequest, SagaRunner, SagaUnitOfWork
+from cardpay.handlers.sagas import (
+    CONFLICT_RETRIES,
+    DueTimer,
+    EffectRequest,
+    SagaRunner,
+    SagaUnitOfWork,
+)
 from cardpay.postgres.engine import make_engine
 from cardpay.postgres.uow import saga_uow_factory
 from domain.events import DomainEvent
@@ -82,8 +88,10 @@ class Clock:
     def __init__(self) -> None:
         self.now = T0
         self.on_read: Callable[[], None] = lambda: None
+        self.reads = 0
 
     def __call__(self) -> datetime:
+        self.reads += 1
         self.on_read()
         return self.now
 
@@ -359,6 +367,8 @@ def test_a_failing_compensation_goes_to_the_exceptions_and_is_retried_to_the_end
 
 
 def test_two_workers_advancing_one_saga_from_one_state_only_one_commits(db: Any) -> None:
+    """B loads the saga, then A commits over the same version: B's save conflicts, its whole
+    unit of work rolls back, and it decides its batch again on A's state (never over it)."""
     started(db, "p1")
     b_loaded = threading.Event()
     clock_b = Clock()
@@ -372,25 +382,37 @@ def test_two_workers_advancing_one_saga_from_one_state_only_one_commits(db: Any)
 
     commands_a.during = hold_until_b_waits
     a, b = runner(db, commands=commands_a), runner(db, clock_b)
-    results: dict[str, str] = {}
+    results: dict[str, int] = {}
 
     def worker(name: str, r: SagaRunner) -> None:
-        try:
-            r.handle_batch(f"worker-{name}", [told("p1", f"poke:{name}", 2)], {"events": 2})
-            results[name] = "committed"
-        except ConcurrencyConflict:
-            results[name] = "conflict"
+        outcome = r.handle_batch(f"worker-{name}", [told("p1", f"poke:{name}", 2)],
+                                 {"events": 2})
+        results[name] = outcome.advanced
 
     run_threads(lambda: worker("a", a), lambda: worker("b", b))
-    assert results == {"a": "committed", "b": "conflict"}
+    assert results == {"a": 1, "b": 1}
     after = saga(db)
-    assert after is not None and (after.version, after.data["pokes"]) == (2, ["poke:a"])
-    assert positions(db, "worker-a") == {"events": 2} and positions(db, "worker-b") == {}
+    # one version per commit, and B's poke on top of A's: nothing decided on a stale state
+    assert after is not None and (after.version, after.data["pokes"]) == (3, ["poke:a", "poke:b"])
+    assert positions(db, "worker-a") == {"events": 2} and positions(db, "worker-b") == {"events": 2}
+    assert clock_b.reads >= 2  # B decided twice: once on the stale state, once on A's
 
-    # the loser decides its batch again on fresh state
-    assert b.handle_batch("worker-b", [told("p1", "poke:b", 2)], {"events": 2}).advanced == 1
-    again = saga(db)
-    assert again is not None and again.data["pokes"] == ["poke:a", "poke:b"]
+
+def test_a_conflict_that_keeps_coming_reaches_the_caller(db: Any,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    started(db, "p1")
+    r = runner(db)
+    tries: list[int] = []
+
+    def always_conflicts(consumer: str, events: Any, positions: Any, quarantined: Any) -> Any:
+        tries.append(1)
+        raise ConcurrencyConflict("another worker advanced p1")
+
+    monkeypatch.setattr(r, "_handle_batch", always_conflicts)
+    with pytest.raises(ConcurrencyConflict):
+        r.handle_batch("w", [told("p1", "poke", 2)], {"events": 2})
+    assert len(tries) == CONFLICT_RETRIES
 
 
 def test_two_workers_of_one_consumer_take_turns(db: Any) -> None:

@@ -1,0 +1,1 @@
+"""Adapters for what cardpay sends to other parties (the card network's advice endpoint)."""
