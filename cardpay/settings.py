@@ -129,6 +129,9 @@ class Settings:
     network_advice_url: str | None = None
     """Where the card network takes our advices (a saga's reversal advice); None: advices
     wait in the effects outbox, visible in `cardpay sagas effects`, until it is set."""
+    spend_timeout: timedelta = timedelta(minutes=10)
+    """How long an approved spend may take to be seen on chain at depth before the card-payment
+    saga undoes the payment (reversal advice, hold voided)."""
     saga_poll_s: float = 0.5
     """How long `cardpay sagas run` waits for new events before it looks at timers and effects."""
     api_max_in_flight: int = 48
@@ -159,6 +162,8 @@ class Settings:
             sweep_interval_s=_seconds(env, "CARDPAY_SWEEP_INTERVAL_S", 60.0),
             api_max_in_flight=_int(env, "CARDPAY_API_MAX_IN_FLIGHT", 48),
             network_advice_url=(env.get("CARDPAY_NETWORK_ADVICE_URL") or "").strip() or None,
+            spend_timeout=parse_duration("CARDPAY_SPEND_TIMEOUT",
+                                         env.get("CARDPAY_SPEND_TIMEOUT") or "10m"),
             saga_poll_s=_seconds(env, "CARDPAY_SAGA_POLL_S", 0.5),
         )
         if settings.confirmations < 0:

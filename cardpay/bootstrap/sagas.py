@@ -56,8 +56,9 @@ def payment_command(uow: SagaUnitOfWork, command: Any) -> None:
 
 def build_runner(settings: Settings, engine: Engine, *,
                  clock: Callable[[], datetime] = _now) -> SagaRunner:
-    return SagaRunner(saga_uow_factory(engine, settings.outbox_topic), [CardPaymentSaga()],
-                      route, payment_command, clock)
+    sagas = [CardPaymentSaga(spend_timeout=settings.spend_timeout)]
+    return SagaRunner(saga_uow_factory(engine, settings.outbox_topic), sagas, route,
+                      payment_command, clock)
 
 
 @dataclass

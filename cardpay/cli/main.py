@@ -58,6 +58,7 @@ environment:
                            becomes an exception (default 72h; units s, m, h, d)
   CARDPAY_SWEEP_INTERVAL_S seconds between network sweeps in `cardpay api` (default 60; 0: off)
   CARDPAY_NETWORK_ADVICE_URL  the card network's advice endpoint (for `sagas run`; default none)
+  CARDPAY_SPEND_TIMEOUT    an approved spend not seen on chain by then is undone (default 10m)
   CARDPAY_SAGA_POLL_S      seconds `sagas run` waits for events between timer checks (default 0.5)
 
 README.md lists the variables of the dev and test harnesses too.
