@@ -59,7 +59,8 @@ class CardPaymentSaga:
             case e.AuthorizationAdvised(approved=True, held=held, account=safe) \
                     if held.units > 0 and "spend" not in saga.data:
                 self._spend(saga, event, safe, held)
-            case e.PaymentSpent(amount=amount):
+            case e.PaymentSpent(amount=amount) if "spend" in saga.data:
+                # (a spend with no approval of ours before it is observer mode: no saga)
                 saga.cancel_timer(SPEND_DEADLINE)
                 saga.goto("held", spent=amount.units, spend_seen=True)
             case e.ClearingRecorded(amount=amount, final=final):

@@ -77,6 +77,9 @@ class SagaInstance:
     """Effects requested so far: numbers each step's idempotency key."""
     problem: str | None = None
     """Why the saga is stuck, or why it compensated."""
+    seen: Json = field(default_factory=dict)
+    """The last event version taken per stream: an event at or below it is a redelivery (the
+    feed is at-least-once) and changes nothing."""
 
 
 # -- what a saga is told ------------------------------------------------------------------------

@@ -174,8 +174,16 @@ def react(definition: Definition, instance: SagaInstance, message: Message,
     saga = Saga(instance, now, definition.policy)
     match message:
         case EventArrived(event=event):
+            stream, version = _position(event)
+            if stream is not None and version <= int(instance.seen.get(stream, 0)):
+                return instance, []  # delivered again: taken already
             if instance.status is Status.RUNNING:
                 definition.on_event(saga, event)
+            if instance.version == 0 and saga.instance == instance and not saga.actions:
+                return instance, []  # nothing starts a saga that does nothing with the event
+            if stream is not None:
+                saga.instance = replace(saga.instance, seen={**saga.instance.seen,
+                                                             stream: version})
         case EffectSucceeded(request_id=rid, result=result):
             waiting = _matching(instance, rid)
             if waiting is not None:
@@ -200,6 +208,14 @@ def react(definition: Definition, instance: SagaInstance, message: Message,
     if saga.instance == instance and not saga.actions:
         return instance, []
     return replace(saga.instance, version=instance.version + 1), saga.actions
+
+
+def _position(event: Any) -> tuple[str | None, int]:
+    """The event's stream and version, when it has them (domain events do)."""
+    stream, version = getattr(event, "stream_id", None), getattr(event, "version", None)
+    if isinstance(stream, str) and isinstance(version, int):
+        return stream, version
+    return None, 0
 
 
 def _matching(instance: SagaInstance, request_id: str) -> Waiting | None:

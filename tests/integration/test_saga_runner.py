@@ -385,8 +385,9 @@ def test_two_workers_advancing_one_saga_from_one_state_only_one_commits(db: Any)
     results: dict[str, int] = {}
 
     def worker(name: str, r: SagaRunner) -> None:
-        outcome = r.handle_batch(f"worker-{name}", [told("p1", f"poke:{name}", 2)],
-                                 {"events": 2})
+        version = {"a": 2, "b": 3}[name]
+        outcome = r.handle_batch(f"worker-{name}", [told("p1", f"poke:{name}", version)],
+                                 {"events": version})
         results[name] = outcome.advanced
 
     run_threads(lambda: worker("a", a), lambda: worker("b", b))
@@ -394,7 +395,7 @@ def test_two_workers_advancing_one_saga_from_one_state_only_one_commits(db: Any)
     after = saga(db)
     # one version per commit, and B's poke on top of A's: nothing decided on a stale state
     assert after is not None and (after.version, after.data["pokes"]) == (3, ["poke:a", "poke:b"])
-    assert positions(db, "worker-a") == {"events": 2} and positions(db, "worker-b") == {"events": 2}
+    assert positions(db, "worker-a") == {"events": 2} and positions(db, "worker-b") == {"events": 3}
     assert clock_b.reads >= 2  # B decided twice: once on the stale state, once on A's
 
 

@@ -178,3 +178,34 @@ def test_an_advice_the_network_cannot_take_is_retried_then_an_exception_a_retry_
     assert recorder.reversed_authorizations() == ["p1"]
     assert saga_status(pg_engine, "p1")[0] == SagaStatus.COMPENSATED
     assert payment(pg_engine, "p1").status is Status.REVERSED
+
+
+def test_payments_seen_only_on_chain_leave_the_sagas_idle(pg_engine: Engine,
+                                                           recorder: AdviceRecorder) -> None:
+    """Observer mode (real Gnosis data, no card network): the listener's spends and refunds
+    are the payments' only events; no saga starts, nothing is asked of anyone."""
+    from domain.events import ChainEvidence
+    from listener.translate import payment_id_for_spend
+
+    service = PaymentService(unit_of_work_factory(pg_engine, "t"))
+    for n in range(5):
+        tx = "0x" + f"{n + 1:02x}" * 32
+        service.submit(c.ConfirmSpend(
+            command_id=f"chain:100:{n}", payment_id=payment_id_for_spend(100, tx), at=T0,
+            account=SAFE, amount=Money((n + 1) * 10**18, EURE),
+            evidence=ChainEvidence(chain_id=100, block_number=10 + n,
+                                   block_hash="0x" + f"{n + 1:02x}" * 32, tx_hash=tx,
+                                   log_index=0)))
+    clock = Clock()
+    w = worker(pg_engine, clock, recorder)
+    until_idle(w)
+    clock.now = T0 + timedelta(days=40)
+    until_idle(w)
+    assert w.totals.events == 5  # every event was read (and its position stored)
+    with pg_engine.connect() as conn:
+        counts = [conn.execute(text(f"SELECT count(*) FROM {t}")).scalar()
+                  for t in ("saga_instances", "saga_timers", "saga_effects")]
+        stored = conn.execute(text("SELECT source, position FROM consumer_positions "
+                                   "WHERE consumer = 'sagas'")).all()
+    assert counts == [0, 0, 0] and recorder.deliveries == 0
+    assert [tuple(r) for r in stored] == [("events", 6)]  # the next position to read

@@ -201,3 +201,19 @@ def test_a_reorged_spend_is_submitted_again() -> None:
     assert effects(actions) == [SUBMIT_SPEND] and s.stage == "spending"
     assert SetTimer(SPEND_DEADLINE, T0 + SAGA.spend_timeout) in actions
     assert s.waiting is not None and s.waiting.effect.request_id == f"{PID}:2:{SUBMIT_SPEND}"
+
+
+def test_a_payment_seen_only_on_chain_starts_no_saga() -> None:
+    """Observer mode (real Gnosis data, no network): the spend is the payment's first event."""
+    observed = ev(e.PaymentSpent, 1, account=SAFE, amount=eure(500),
+                  evidence=spent().evidence)
+    fresh = SagaInstance(PID, SAGA.kind)
+    assert feed(fresh, EventArrived(observed)) == (fresh, [])
+
+
+def test_a_clearing_delivered_twice_is_counted_once() -> None:
+    s, _ = feed(approved(), EffectSucceeded("x"))
+    s, _ = feed(s, EffectSucceeded(rid(s), {"tx_hash": "0xspend"}), EventArrived(spent()))
+    partial = clearing(300, 3, final=False)
+    s, _ = feed(s, EventArrived(partial), EventArrived(partial))
+    assert s.data["cleared"] == 300 * 10**16

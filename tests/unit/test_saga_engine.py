@@ -111,6 +111,32 @@ def test_a_duplicate_or_stale_answer_changes_nothing() -> None:
     assert run(s, EffectSucceeded("nobody-asked")) == (s, [])
 
 
+@dataclass(frozen=True)
+class Told:
+    """A domain-like event: a stream and a version."""
+
+    stream_id: str
+    version: int
+    what: str
+
+
+def test_an_event_delivered_again_is_taken_once_per_stream_and_version() -> None:
+    s = start()
+    s, _ = run(s, EventArrived(Told("p1", 4, "noted")))
+    assert s.seen == {"p1": 4}
+    for again in (Told("p1", 4, "noted"), Told("p1", 3, "older")):
+        assert run(s, EventArrived(again)) == (s, [])
+    cancelled, _ = run(s, EventArrived("cancel"), EventArrived(Told("q", 1, "other")))
+    assert cancelled.status is Status.COMPENSATING and cancelled.seen == {"p1": 4, "q": 1}
+
+
+def test_an_event_the_definition_does_nothing_with_does_not_start_a_saga() -> None:
+    fresh = SagaInstance("p1", "two_steps")
+    assert run(fresh, EventArrived(Told("p1", 1, "hello"))) == (fresh, [])
+    started, _ = run(fresh, EventArrived("go"))
+    assert started.version == 1
+
+
 def test_temporary_failures_are_retried_with_growing_jittered_delays_then_compensated() -> None:
     s = start()
     rid = waiting_id(s)
