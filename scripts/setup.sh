@@ -13,7 +13,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 echo "setup: installing Python packages (constraints.txt)"
-.venv/bin/python -m pip install -q -c constraints.txt -e '.[dev]'
+.venv/bin/python -m pip install -q -c constraints.txt -e '.[dev,bench]'
 
 echo "setup: installing Anvil and solc from npm (package-lock.json)"
 npm ci --no-audit --no-fund --loglevel=error

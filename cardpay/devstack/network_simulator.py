@@ -281,9 +281,14 @@ Progress = Callable[[int, int], None]
 
 def simulate(cards: Sequence[SimCard], *, payments: int, seed: int, sender: Sender,
              duplicates: float = 0.0, reorder_fraction: float = 0.0, day: date | None = None,
-             progress: Progress | None = None) -> Run:
+             progress: Progress | None = None,
+             after_authorizations: Callable[[], None] | None = None) -> Run:
     """Send the seeded workload through `sender`, compare each synchronous answer with the
-    oracle, and return the run (its `expected` is the oracle's document, see `expectations`)."""
+    oracle, and return the run (its `expected` is the oracle's document, see `expectations`).
+
+    `after_authorizations` runs between the authorization requests and everything the network
+    sends later (advices, clearings, returns, reports): the time the chain side of the approved
+    payments takes in real life (their clearings come a day later)."""
     if not 0 <= duplicates <= 1 or not 0 <= reorder_fraction <= 1:
         raise ValueError("duplicates and reorder are fractions between 0 and 1")
     day = day or datetime.now(UTC).date()
@@ -365,6 +370,8 @@ def simulate(cards: Sequence[SimCard], *, payments: int, seed: int, sender: Send
         else:
             model.decline()
 
+    if after_authorizations is not None:
+        after_authorizations()
     natural = sorted(later, key=lambda m: m.at)  # stable: a payment's messages keep their order
     check_order(natural)
     for m in natural:
