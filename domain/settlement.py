@@ -18,14 +18,16 @@ sends day D's report around then).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
 from typing import Any
 
 from domain import events as e
 from domain.errors import DomainError
-from domain.money import FIAT_TOKENS, Currency, Money
+from domain.ledger.chart import AccountKind, ChartOfAccounts
+from domain.ledger.model import Account, Transfer, TransferFlags
+from domain.money import FIAT_TOKENS, Currency, Money, fiat_currency, to_token, token_for
 
 SETTLED_EVENTS: tuple[type[e.DomainEvent], ...] = (
     e.ClearingRecorded, e.PaymentForcePosted, e.FinancialAuthorizationRecorded,
@@ -211,3 +213,59 @@ class SettlementBatch:
 def batch_id(day: date, currency: str) -> str:
     """The batch (and its saga) of a settlement day and currency: `2026-12-02:EUR`."""
     return f"{day.isoformat()}:{currency}"
+
+
+class Code:
+    """Ledger transfer codes of a settlement payout."""
+
+    INTERCHANGE = "settlement_interchange"
+    """What the batch owed the network (or the network the issuer) leaves network payable."""
+    FEES = "settlement_fees"
+    """The issuer's reimbursement fees the network credits."""
+    REVERSAL = "settlement_reversal"
+    """A failed payout's posting undone."""
+
+
+def payout_transfers(batch: str, currency: str, window: int, owed: int,
+                     fees: int) -> list[Transfer]:
+    """The ledger postings of one payout try (token base units of the currency's ledger, one
+    all-or-nothing chain), ids `settlement:<batch>:<window>:<what>` so a retried answer finds
+    them (EXISTS) and the next window posts new ones.
+
+    `owed` (fiat minor units, the interchange debits minus credits) moves network payable ->
+    network settlement (ADR 0009's "daily settlement"; the other way when the network owes);
+    the fees move network settlement -> fees: the cash the network receives is `owed - fees`.
+    """
+    fiat = fiat_currency(currency)
+    chart = ChartOfAccounts(token_for(fiat).code)
+    payable = chart.account_id(AccountKind.NETWORK_PAYABLE)
+    settled = chart.account_id(AccountKind.NETWORK_SETTLEMENT)
+    earned = chart.account_id(AccountKind.FEES)
+
+    def units(minor: int) -> int:
+        return to_token(Money(minor, fiat)).units
+
+    prefix = f"settlement:{batch}:{window}"
+    chain: list[Transfer] = []
+    if owed:
+        debit, credit = (payable, settled) if owed > 0 else (settled, payable)
+        chain.append(Transfer(f"{prefix}:interchange", debit, credit, units(abs(owed)),
+                              chart.ledger, Code.INTERCHANGE, user_data=batch))
+    if fees > 0:
+        chain.append(Transfer(f"{prefix}:fees", settled, earned, units(fees), chart.ledger,
+                              Code.FEES, user_data=batch))
+    return [replace(t, flags=TransferFlags.LINKED) if i < len(chain) - 1 else t
+            for i, t in enumerate(chain)]
+
+
+def reversal(posted: Transfer) -> Transfer:
+    """The posting that undoes `posted` (same accounts, the other way)."""
+    return Transfer(f"{posted.id}:reversal", posted.credit_account_id, posted.debit_account_id,
+                    posted.amount, posted.ledger, Code.REVERSAL, user_data=posted.user_data)
+
+
+def settlement_accounts(currency: str) -> list[Account]:
+    """The accounts a payout posts to (created on first use; again is a harmless EXISTS)."""
+    chart = ChartOfAccounts(token_for(fiat_currency(currency)).code)
+    return [chart.account(k) for k in (AccountKind.NETWORK_PAYABLE,
+                                        AccountKind.NETWORK_SETTLEMENT, AccountKind.FEES)]

@@ -1,0 +1,220 @@
+"""The settlement saga's shell side: the commands it issues and the desk that answers its effects.
+
+- `settlement_command` runs, in the saga's unit of work, what the saga issues: a
+  `SettlementBatch` (stored for `cardpay settlements`) and `SettlePayment`. A payment that
+  cannot be settled (not cleared on the chain side: its spend not seen, a final clearing still
+  to come) must not undo the whole reaction (the batch would be paid again and again): it
+  becomes an exception (`payment_not_settled`) and the others are settled; one already settled
+  by an earlier batch (a return that came later) is left as it is.
+- `SettlementDesk` answers the saga's effects from the database: the day's report (a temporary
+  failure while none has arrived: the engine retries), the payout postings, and their reversal.
+  It claims requests (SKIP LOCKED), does them and commits, then reports each answer through
+  the `SagaRunner` (its own unit of work). A crash in between leaves the request pending: it is
+  done again, and the ledger answers EXISTS for postings made (ids derived from batch and
+  window), so nothing is posted twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any, Protocol
+
+from cardpay.handlers.payments import execute
+from cardpay.handlers.ports import (
+    EventStore,
+    LedgerRepository,
+    Quarantine,
+    QuarantineItem,
+    SettlementReports,
+)
+from cardpay.handlers.sagas import EffectRequest, EffectRequests, SagaRunner
+from domain import commands as c
+from domain import events as e
+from domain.errors import DomainError, InvalidTransition
+from domain.ledger.model import Transfer
+from domain.settlement import (
+    SettlementBatch,
+    payout_transfers,
+    report_figures,
+    reversal,
+    settlement_accounts,
+)
+from sagas.engine.model import Json
+from sagas.engine.retry import FailureClass
+from sagas.settlement import EFFECTS, FETCH_REPORT, POST_PAYOUT, REVERSE_PAYOUT
+
+log = logging.getLogger(__name__)
+
+
+class SettlementBatches(Protocol):
+    """Settlement batches as the saga leaves them (one per day and currency)."""
+
+    def put(self, batch: SettlementBatch) -> bool:
+        """Store it unless a newer revision is stored; False then (nothing changes)."""
+        ...
+
+    def get(self, day: date, currency: str) -> SettlementBatch | None: ...
+
+    def find(self, *, day: date | None = None, currency: str | None = None,
+             limit: int = 1000) -> list[SettlementBatch]:
+        """By day, then currency."""
+        ...
+
+
+class SettlementUnitOfWork(Protocol):
+    """What the settlement side needs of a unit of work (the saga's has all of it)."""
+
+    @property
+    def events(self) -> EventStore: ...
+
+    @property
+    def quarantine(self) -> Quarantine: ...
+
+    @property
+    def ledger(self) -> LedgerRepository: ...
+
+    @property
+    def settlement_reports(self) -> SettlementReports: ...
+
+    @property
+    def settlement_batches(self) -> SettlementBatches: ...
+
+    def savepoint(self) -> AbstractContextManager[None]: ...
+
+
+class DeskUnitOfWork(SettlementUnitOfWork, Protocol):
+    @property
+    def effects(self) -> EffectRequests: ...
+
+    def commit(self) -> None: ...
+
+    def __enter__(self) -> DeskUnitOfWork: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+# -- commands -------------------------------------------------------------------------------------
+def settlement_command(uow: SettlementUnitOfWork, command: Any) -> bool:
+    """Run a settlement saga's command; False when `command` is not one (someone else's)."""
+    match command:
+        case SettlementBatch():
+            uow.settlement_batches.put(command)
+        case c.SettlePayment():
+            _settle(uow, command)
+        case _:
+            return False
+    return True
+
+
+def _settle(uow: SettlementUnitOfWork, command: c.SettlePayment) -> None:
+    try:
+        execute(uow, command)  # type: ignore[arg-type]  # uses events and savepoint only
+    except InvalidTransition as refused:
+        history = uow.events.load(command.payment_id)
+        if any(isinstance(event, e.PaymentSettled) for event in history):
+            return  # settled by an earlier batch (this batch had its return or reversal)
+        log.warning("settlement %s: payment %s not settled: %s", command.batch_id,
+                    command.payment_id, refused)
+        uow.quarantine.add(QuarantineItem(
+            source="saga:settlement", key=command.command_id, reason="payment_not_settled",
+            payload={"batch_id": command.batch_id, "payment_id": command.payment_id,
+                     "detail": str(refused)}))
+
+
+# -- the desk -------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Answer:
+    request_id: str
+    succeeded: bool
+    result: Json = field(default_factory=dict)
+    failure: FailureClass = FailureClass.TEMPORARY
+    detail: str = ""
+
+
+class SettlementDesk:
+    """Answers the settlement saga's effects (`sagas.settlement.EFFECTS`)."""
+
+    def __init__(self, uow_factory: Callable[[], DeskUnitOfWork], runner: SagaRunner,
+                 clock: Callable[[], datetime]) -> None:
+        self._uow = uow_factory
+        self._runner = runner
+        self._clock = clock
+
+    def run_once(self, limit: int = 20) -> list[Answer]:
+        """Do the pending requests (up to `limit`) and report their answers."""
+        with self._uow() as uow:
+            answers = [self._answer(uow, request)
+                       for request in uow.effects.claim(EFFECTS, limit)]
+            uow.commit()
+        for answer in answers:
+            self._runner.effect_done(answer.request_id, succeeded=answer.succeeded,
+                                     result=answer.result, failure=answer.failure,
+                                     detail=answer.detail)
+        return answers
+
+    def _answer(self, uow: DeskUnitOfWork, request: EffectRequest) -> Answer:
+        p = request.payload
+        try:
+            with uow.savepoint():
+                if request.name == FETCH_REPORT:
+                    return self._report(uow, request.request_id, date.fromisoformat(p["day"]),
+                                        str(p["currency"]))
+                transfers = payout_transfers(str(p["batch_id"]), str(p["currency"]),
+                                             int(p["window"]), int(p["owed"]), int(p["fees"]))
+                uow.ledger.create_accounts(settlement_accounts(str(p["currency"])))
+                if request.name == POST_PAYOUT:
+                    return self._post(uow, request.request_id, transfers)
+                if request.name == REVERSE_PAYOUT:
+                    return self._reverse(uow, request.request_id, transfers)
+        except DomainError as error:
+            return Answer(request.request_id, False, failure=FailureClass.HARD,
+                          detail=str(error))
+        return Answer(request.request_id, False, failure=FailureClass.HARD,
+                      detail=f"the settlement desk does not do {request.name}")
+
+    @staticmethod
+    def _report(uow: DeskUnitOfWork, request_id: str, day: date, currency: str) -> Answer:
+        reports = uow.settlement_reports.for_day(day, currency)
+        if not reports:
+            return Answer(request_id, False, failure=FailureClass.TEMPORARY,
+                          detail=f"no settlement report for {day} {currency} yet")
+        # a correction is a later report for the same day: the latest the network sent counts
+        latest = max(reports, key=lambda r: (str(r.get("network_time", "")), r["report_id"]))
+        return Answer(request_id, True, report_figures(latest).to_json())
+
+    def _post(self, uow: DeskUnitOfWork, request_id: str, transfers: list[Transfer]) -> Answer:
+        if not transfers:
+            return Answer(request_id, True, {"transfers": []})
+        results = uow.ledger.create_transfers(transfers, self._clock())
+        if all(r.applied for r in results):
+            return Answer(request_id, True, {"transfers": [t.id for t in transfers]})
+        refused = {t.id: r.value for t, r in zip(transfers, results, strict=True)
+                   if not r.applied}
+        raise _Refused(f"the ledger refused the payout: {refused}")
+
+    def _reverse(self, uow: DeskUnitOfWork, request_id: str,
+                 transfers: list[Transfer]) -> Answer:
+        """Undo whichever of the try's postings exist, and only those the payout made (the
+        failure may have come after they were posted; an id taken by something else is not
+        ours to undo)."""
+        found = {r.transfer.id: r.transfer for r in
+                 uow.ledger.lookup_transfers([t.id for t in transfers])}
+        undo = [reversal(t) for t in transfers if _same(found.get(t.id), t)]
+        results = uow.ledger.create_transfers(undo, self._clock()) if undo else []
+        if not all(r.applied for r in results):
+            raise _Refused(f"the ledger refused a payout reversal: {[r.value for r in results]}")
+        return Answer(request_id, True, {"reversed": [t.id for t in undo]})
+
+
+class _Refused(DomainError):
+    """The ledger refused a settlement posting (answered as a hard failure)."""
+
+
+def _same(stored: Transfer | None, wanted: Transfer) -> bool:
+    return stored is not None and (stored.debit_account_id, stored.credit_account_id,
+                                   stored.amount, stored.code) == (
+        wanted.debit_account_id, wanted.credit_account_id, wanted.amount, wanted.code)
