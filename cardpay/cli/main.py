@@ -32,6 +32,7 @@ from cardpay.cli import (
     quarantine,
     replay,
     services,
+    settlements,
     status,
 )
 from cardpay.cli.errors import CliError, CommandFailed, UsageError
@@ -56,6 +57,8 @@ environment:
   CARDPAY_PARKED_CLEARING_TIMEOUT    a clearing parked this long without its authorization
                            becomes an exception (default 72h; units s, m, h, d)
   CARDPAY_SWEEP_INTERVAL_S seconds between network sweeps in `cardpay api` (default 60; 0: off)
+  CARDPAY_SETTLEMENT_CUTOFF  daily settlement cut-off, HH:MM UTC (default 02:00): day D's
+                           batch is matched against the network's report then on D + 1
 
 README.md lists the variables of the dev and test harnesses too.
 """
@@ -66,7 +69,7 @@ BROKEN_PIPE = 141
 """Exit status when the reader of stdout went away (128 + SIGPIPE)."""
 
 COMMAND_GROUPS = (demo, status, payments, quarantine, exceptions, cards, db, services, api, projections,
-                  replay, chain, listener_admin, network)
+                  replay, chain, listener_admin, network, settlements)
 """Modules with a `register(sub)`; their order is the order of `cardpay --help`."""
 
 
