@@ -9,7 +9,9 @@ learns of one by asking (`fetch_settlement_report`, answered by the settlement d
 table, or a temporary failure while none has arrived, retried with backoff by the engine).
 
 - open: each event adds one item (deduplicated by stream and version: the feed delivers at
-  least once); the batch's figures are the items' sum;
+  least once); the batch's figures are the items' sum, plus the day's returns that no payment
+  explains (the network counts them; cardpay booked them to suspense without an event), which
+  the desk reports with the report;
 - cut-off -> ask for the day's report (a report that came early waits in its table until now:
   before the cut-off the day's clearings may still be arriving; one that comes late is found by
   the retries, and after them at the next cut-off, with an exception meanwhile);
@@ -118,6 +120,9 @@ class SettlementSaga:
 
     def on_success(self, saga: Saga, effect: Effect, result: Json) -> None:
         if effect.name == FETCH_REPORT:
+            # the day's returns no payment explains (no event: the desk finds them in suspense)
+            saga.goto(saga.stage, unplaced=dict(result.get("unplaced", Figures().to_json())),
+                      unplaced_returns=list(result.get("unplaced_returns", [])))
             self._compare(saga, ReportFigures.from_json(result))
         elif effect.name == POST_PAYOUT:
             for payment_id in self._payment_ids(saga):
@@ -182,7 +187,8 @@ class SettlementSaga:
                     f"{report.report_id} by {difference.to_json()}",
                     day=saga.data["day"], currency=saga.data["currency"],
                     ours=ours.to_json(), report=report.to_json(),
-                    difference=difference.to_json(), payment_ids=self._payment_ids(saga))
+                    difference=difference.to_json(), payment_ids=self._payment_ids(saga),
+                    unplaced_returns=list(saga.data.get("unplaced_returns", [])))
             saga.set_timer(CUTOFF, next_cutoff(saga.now, self.cutoff))
         self._record(saga)
 
@@ -213,7 +219,8 @@ class SettlementSaga:
 
 
 def _figures(data: Json) -> Figures:
-    total = Figures()
+    """The batch's figures: its items and the unplaced returns found with the report."""
+    total = Figures.from_json(data["unplaced"]) if "unplaced" in data else Figures()
     for _payment, count, credit, debit in data.get("items", {}).values():
         total = total + Figures(int(count), int(credit), int(debit))
     return total

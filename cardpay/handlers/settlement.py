@@ -7,7 +7,9 @@
   becomes an exception (`payment_not_settled`) and the others are settled; one already settled
   by an earlier batch (a return that came later) is left as it is.
 - `SettlementDesk` answers the saga's effects from the database: the day's report (a temporary
-  failure while none has arrived: the engine retries), the payout postings, and their reversal.
+  failure while none has arrived: the engine retries) with the day's returns no payment
+  explains (`unplaced_returns`: the network counts them, the saga cannot), the payout
+  postings, and their reversal.
   It claims requests (SKIP LOCKED), does them and commits, then reports each answer through
   the `SagaRunner` (its own unit of work). A crash in between leaves the request pending: it is
   done again, and the ledger answers EXISTS for postings made (ids derived from batch and
@@ -36,12 +38,16 @@ from domain import commands as c
 from domain import events as e
 from domain.errors import DomainError, InvalidTransition
 from domain.ledger.model import Transfer
+from domain.ledger.payments import Code
+from domain.money import Money, fiat_currency, token_for
 from domain.settlement import (
+    Figures,
     SettlementBatch,
     payout_transfers,
     report_figures,
     reversal,
     settlement_accounts,
+    settlement_day,
 )
 from sagas.engine.model import Json
 from sagas.engine.retry import FailureClass
@@ -184,7 +190,10 @@ class SettlementDesk:
                           detail=f"no settlement report for {day} {currency} yet")
         # a correction is a later report for the same day: the latest the network sent counts
         latest = max(reports, key=lambda r: (str(r.get("network_time", "")), r["report_id"]))
-        return Answer(request_id, True, report_figures(latest).to_json())
+        unplaced, return_ids = unplaced_returns(uow, day, currency)
+        return Answer(request_id, True, {**report_figures(latest).to_json(),
+                                         "unplaced": unplaced.to_json(),
+                                         "unplaced_returns": return_ids})
 
     def _post(self, uow: DeskUnitOfWork, request_id: str, transfers: list[Transfer]) -> Answer:
         if not transfers:
@@ -208,6 +217,27 @@ class SettlementDesk:
         if not all(r.applied for r in results):
             raise _Refused(f"the ledger refused a payout reversal: {[r.value for r in results]}")
         return Answer(request_id, True, {"reversed": [t.id for t in undo]})
+
+
+def unplaced_returns(uow: SettlementUnitOfWork, day: date,
+                     currency: str) -> tuple[Figures, list[str]]:
+    """The returns the network counted that no payment explains: no payment event exists for
+    them (the network handler booked them to suspense with an `unmatched_return` exception),
+    so the saga cannot count them; they are part of the day all the same. Their day is their
+    suspense posting's (the handler's clock, as the events' `occurred_at`)."""
+    token = token_for(fiat_currency(currency))
+    rows = [r for r in uow.quarantine.list("network")
+            if r.reason == Code.UNMATCHED_RETURN and r.payload.get("currency") == token.code]
+    ids = {f"return:{r.payload['return_id']}:suspense": r for r in rows}
+    posted = uow.ledger.lookup_transfers(list(ids)) if ids else []
+    total, found = Figures(), []
+    for record in posted:
+        if settlement_day(record.timestamp) == day:
+            row = ids[record.transfer.id]
+            minor = Money(int(row.payload["amount"]), token).convert(fiat_currency(currency))
+            total = total + Figures(1, credit=minor.units)
+            found.append(str(row.payload["return_id"]))
+    return total, sorted(found)
 
 
 class _Refused(DomainError):

@@ -14,6 +14,7 @@ from sqlalchemy import Engine
 
 from cardpay.bootstrap.sagas import payment_command
 from cardpay.handlers.payments import PaymentService
+from cardpay.handlers.ports import QuarantineItem
 from cardpay.handlers.sagas import SagaRunner
 from cardpay.handlers.settlement import SettlementDesk
 from cardpay.postgres.uow import saga_uow_factory, unit_of_work_factory
@@ -21,6 +22,7 @@ from domain import commands as c
 from domain import events as e
 from domain.ledger.chart import AccountKind, ChartOfAccounts
 from domain.ledger.model import Transfer
+from domain.ledger.payments import Code
 from domain.money import EUR, EURE, Money, to_token
 from domain.settlement import BatchStatus, Figures
 from sagas import settlement
@@ -80,6 +82,22 @@ def report(count: int, credit: int, debit: int, fees: int) -> dict[str, Any]:
             "lines": [line("issuer", "interchange", count, credit, debit),
                       line("issuer", "reimbursement_fees", count, fees, 0),
                       line("total", "total", count, credit + fees, debit)]}
+
+
+def unmatched_return(world: World, return_id: str, cents: int, at: datetime) -> None:
+    """What the network handler does with a return no payment explains: suspense, exception."""
+    payable, suspense = (CHART.account(AccountKind.NETWORK_PAYABLE),
+                         CHART.account(AccountKind.SUSPENSE))
+    with world.uow() as uow:
+        uow.ledger.create_accounts([payable, suspense])
+        uow.ledger.create_transfers([Transfer(f"return:{return_id}:suspense", payable.id,
+                                              suspense.id, tokens(cents), "EURe",
+                                              Code.UNMATCHED_RETURN, user_data=return_id)], at)
+        uow.quarantine.add(QuarantineItem(
+            source="network", key=f"return:{return_id}", reason="unmatched_return",
+            payload={"return_id": return_id, "card_id": "card-1", "amount": tokens(cents),
+                     "currency": "EURe", "authorization_id": None, "clearing_id": None}))
+        uow.commit()
 
 
 class World:
@@ -210,3 +228,16 @@ def test_a_refused_payout_is_reversed_reopened_and_paid_in_the_next_window(
     assert world.status("p1") is e.PaymentSettled
 
 
+
+
+def test_a_return_no_payment_explains_is_part_of_its_day(world: World) -> None:
+    unmatched_return(world, "r9", 300, T0 + timedelta(hours=2))
+    unmatched_return(world, "r8", 700, T0 - timedelta(days=1))  # the day before: not this one
+    world.feed_day()
+    world.keep_report(report(4, 300, 1_850, fees=3))
+    world.at(CUT)
+    world.work()
+    batch = world.batch()
+    assert batch.status is BatchStatus.SETTLED and batch.ours == Figures(4, 300, 1_850)
+    # debited by both suspense postings, then by the day's interchange owed (debits - credits)
+    assert world.balances()["network_payable"] == (tokens(300 + 700) + tokens(1_850 - 300), 0)

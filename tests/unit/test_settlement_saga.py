@@ -275,3 +275,19 @@ def test_the_report_is_read_from_its_issuer_interchange_fees_and_total_lines() -
 def test_a_bad_cut_off_is_refused(text: str) -> None:
     with pytest.raises(ValueError, match="HH:MM"):
         parse_cutoff(text)
+
+
+def test_returns_no_payment_explains_count_with_the_day_when_the_desk_reports_them() -> None:
+    s = collected()
+    answer = {**report(count=4, credit=500), "unplaced": Figures(1, 300, 0).to_json(),
+              "unplaced_returns": ["r9"]}
+    s, actions = feed(s, EffectSucceeded(rid(s), answer), now=CUT)
+    payout, = requested(actions)
+    assert payout.effect.name == POST_PAYOUT and payout.effect.payload["owed"] == 1_000
+    assert batches(actions)[-1].ours == Figures(4, 500, 1_500)
+    # without them the same report is a mismatch by exactly that return
+    s = collected()
+    s, actions = feed(s, EffectSucceeded(rid(s), report(count=4, credit=500)), now=CUT)
+    problem, = exceptions(actions)
+    assert problem.context["difference"] == {"count": -1, "credit": -300, "debit": 0,
+                                             "net": -300}
