@@ -132,6 +132,7 @@ class SettlementSaga:
             # not `complete()`: a finished saga ignores everything, and one of the day's events
             # delivered after the payout must still raise its exception (an idle row, no timer)
             saga.goto(BatchStatus.SETTLED)
+            saga.cancel_timer(CUTOFF)  # a next window set by an earlier mismatch is not needed
             self._record(saga)
         elif effect.name == REVERSE_PAYOUT:
             saga.goto(BatchStatus.REOPENED, window=int(saga.data["window"]) + 1)
