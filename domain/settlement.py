@@ -210,6 +210,27 @@ class SettlementBatch:
         return None if self.report is None else self.ours.minus(self.report.interchange)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SettlementItem:
+    """One message the network counts, in its batch: what the saga issues for each of the day's
+    events, kept once per `key` (the event's stream and version), so an event delivered twice
+    counts once. `payment_id` is None for what no payment explains (an unmatched return)."""
+
+    day: date
+    currency: str
+    key: str
+    payment_id: str | None
+    figures: Figures
+
+
+@dataclass(frozen=True, slots=True)
+class BatchTotals:
+    """A batch's items added up, and the payments they belong to (sorted)."""
+
+    figures: Figures
+    payment_ids: tuple[str, ...]
+
+
 def batch_id(day: date, currency: str) -> str:
     """The batch (and its saga) of a settlement day and currency: `2026-12-02:EUR`."""
     return f"{day.isoformat()}:{currency}"

@@ -8,11 +8,14 @@ are not events: they are kept by the network handler in `settlement_reports`, an
 learns of one by asking (`fetch_settlement_report`, answered by the settlement desk from that
 table, or a temporary failure while none has arrived, retried with backoff by the engine).
 
-- open: each event adds one item (deduplicated by stream and version: the feed delivers at
-  least once); the batch's figures are the items' sum, plus the day's returns that no payment
-  explains (the network counts them; cardpay booked them to suspense without an event), which
-  the desk reports with the report;
-- cut-off -> ask for the day's report (a report that came early waits in its table until now:
+- open: each event is issued as a `SettlementItem`, kept once per stream and version in
+  `settlement_items` (the feed delivers at least once), and added to a running sum; the saga
+  keeps no list of items (its row stays small however busy the day: it is rewritten on every
+  event);
+- cut-off -> the desk adds up the stored items (each once) with the day's returns that no payment
+  explains (the network counts them; cardpay booked them to suspense without an event) and
+  answers them with the report; that sum replaces the running one;
+- the report is asked for at the cut-off (a report that came early waits in its table until now:
   before the cut-off the day's clearings may still be arriving; one that comes late is found by
   the retries, and after them at the next cut-off, with an exception meanwhile);
 - report equal (interchange count, credit, debit, net) -> the payout: the ledger postings as an
@@ -45,6 +48,7 @@ from domain.settlement import (
     Figures,
     ReportFigures,
     SettlementBatch,
+    SettlementItem,
     batch_id,
     cutoff_at,
     fiat_of,
@@ -92,11 +96,10 @@ class SettlementSaga:
         if saga.stage == "started":
             self._open(saga, event)
         key = f"{event.stream_id}:{event.version}"
-        items = dict(saga.data.get("items", {}))
-        late = list(saga.data.get("late", []))
-        if key in items or key in late:
-            return  # delivered again
         if saga.stage in (BatchStatus.PAYING, BatchStatus.SETTLED):
+            late = list(saga.data.get("late", []))
+            if key in late:
+                return  # delivered again
             # the payout is fixed already: this item belongs to no batch, a person places it
             saga.goto(saga.stage, late=[*late, key])
             saga.raise_exception(
@@ -104,8 +107,10 @@ class SettlementSaga:
                 f"after batch {saga.instance.saga_id} was {saga.stage}",
                 payment_id=event.stream_id, version=event.version, **figures.to_json())
             return
-        items[key] = [event.stream_id, figures.count, figures.credit, figures.debit]
-        saga.goto(saga.stage, items=items)
+        saga.issue(SettlementItem(day=date.fromisoformat(saga.data["day"]),
+                                  currency=str(saga.data["currency"]), key=key,
+                                  payment_id=event.stream_id, figures=figures))
+        saga.goto(saga.stage, ours=(_figures(saga.data) + figures).to_json())
         if saga.stage == BatchStatus.MISMATCHED and saga.waiting is None:
             self._match(saga)  # a late delivery may be what the report counted
         self._record(saga)
@@ -120,10 +125,12 @@ class SettlementSaga:
 
     def on_success(self, saga: Saga, effect: Effect, result: Json) -> None:
         if effect.name == FETCH_REPORT:
-            # the day's returns no payment explains (no event: the desk finds them in suspense)
-            saga.goto(saga.stage, unplaced=dict(result.get("unplaced", Figures().to_json())),
+            # the batch as stored (each item once) with the day's returns no payment explains
+            # (no event: the desk finds them in suspense) replaces the running sum
+            saga.goto(saga.stage, ours=dict(result["ours"]),
+                      payment_ids=list(result["payment_ids"]),
                       unplaced_returns=list(result.get("unplaced_returns", [])))
-            self._compare(saga, ReportFigures.from_json(result))
+            self._compare(saga, ReportFigures.from_json(result["report"]))
         elif effect.name == POST_PAYOUT:
             for payment_id in self._payment_ids(saga):
                 saga.issue(c.SettlePayment(command_id=f"{saga.instance.saga_id}:settle:"
@@ -164,7 +171,7 @@ class SettlementSaga:
         day = settlement_day(event.occurred_at)
         token = event.amount.currency
         saga.goto(BatchStatus.OPEN, day=day.isoformat(), currency=fiat_of(token).code,
-                  token=token.code, window=1, items={})
+                  token=token.code, window=1, ours=Figures().to_json())
         saga.set_timer(CUTOFF, cutoff_at(day, self.cutoff))
 
     @staticmethod
@@ -203,7 +210,8 @@ class SettlementSaga:
 
     @staticmethod
     def _payment_ids(saga: Saga) -> list[str]:
-        return sorted({str(item[0]) for item in saga.data.get("items", {}).values()})
+        """The batch's payments as the desk found them at the last match."""
+        return [str(p) for p in saga.data.get("payment_ids", [])]
 
     @staticmethod
     def _record(saga: Saga) -> None:
@@ -220,11 +228,9 @@ class SettlementSaga:
 
 
 def _figures(data: Json) -> Figures:
-    """The batch's figures: its items and the unplaced returns found with the report."""
-    total = Figures.from_json(data["unplaced"]) if "unplaced" in data else Figures()
-    for _payment, count, credit, debit in data.get("items", {}).values():
-        total = total + Figures(int(count), int(credit), int(debit))
-    return total
+    """The batch's figures: the running sum of its events until the cut-off, then the desk's
+    (its items as stored, each once, and the unplaced returns)."""
+    return Figures.from_json(data["ours"]) if "ours" in data else Figures()
 
 
 def route(event: e.DomainEvent) -> list[tuple[str, str]]:

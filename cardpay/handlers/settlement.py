@@ -1,15 +1,16 @@
 """The settlement saga's shell side: the commands it issues and the desk that answers its effects.
 
 - `settlement_command` runs, in the saga's unit of work, what the saga issues: a
-  `SettlementBatch` (stored for `cardpay settlements`) and `SettlePayment`. A payment that
+  `SettlementItem` (kept once per event), a `SettlementBatch` (stored for `cardpay
+  settlements`) and `SettlePayment`. A payment that
   cannot be settled (not cleared on the chain side: its spend not seen, a final clearing still
   to come) must not undo the whole reaction (the batch would be paid again and again): it
   becomes an exception (`payment_not_settled`) and the others are settled; one already settled
   by an earlier batch (a return that came later) is left as it is.
 - `SettlementDesk` answers the saga's effects from the database: the day's report (a temporary
-  failure while none has arrived: the engine retries) with the day's returns no payment
-  explains (`unplaced_returns`: the network counts them, the saga cannot), the payout
-  postings, and their reversal.
+  failure while none has arrived: the engine retries) with the batch's stored items added up
+  and the day's returns no payment explains (`unplaced_returns`: the network counts them, the
+  saga cannot), the payout postings, and their reversal.
   It claims requests (SKIP LOCKED), does them and commits, then reports each answer through
   the `SagaRunner` (its own unit of work). A crash in between leaves the request pending: it is
   done again, and the ledger answers EXISTS for postings made (ids derived from batch and
@@ -41,8 +42,10 @@ from domain.ledger.model import Transfer
 from domain.ledger.payments import Code
 from domain.money import Money, fiat_currency, token_for
 from domain.settlement import (
+    BatchTotals,
     Figures,
     SettlementBatch,
+    SettlementItem,
     payout_transfers,
     report_figures,
     reversal,
@@ -68,6 +71,14 @@ class SettlementBatches(Protocol):
     def find(self, *, day: date | None = None, currency: str | None = None,
              limit: int = 1000) -> list[SettlementBatch]:
         """By day, then currency."""
+        ...
+
+    def add_item(self, item: SettlementItem) -> bool:
+        """Keep an item once per (day, currency, key); False when kept before."""
+        ...
+
+    def totals(self, day: date, currency: str) -> BatchTotals:
+        """The day's items added up, with their payment ids."""
         ...
 
 
@@ -109,6 +120,8 @@ def settlement_command(uow: SettlementUnitOfWork, command: Any) -> bool:
     match command:
         case SettlementBatch():
             uow.settlement_batches.put(command)
+        case SettlementItem():
+            uow.settlement_batches.add_item(command)
         case c.SettlePayment():
             _settle(uow, command)
         case _:
@@ -191,9 +204,11 @@ class SettlementDesk:
         # a correction is a later report for the same day: the latest the network sent counts
         latest = max(reports, key=lambda r: (str(r.get("network_time", "")), r["report_id"]))
         unplaced, return_ids = unplaced_returns(uow, day, currency)
-        return Answer(request_id, True, {**report_figures(latest).to_json(),
-                                         "unplaced": unplaced.to_json(),
-                                         "unplaced_returns": return_ids})
+        stored = uow.settlement_batches.totals(day, currency)
+        return Answer(request_id, True, {
+            "report": report_figures(latest).to_json(),
+            "ours": (stored.figures + unplaced).to_json(),
+            "payment_ids": list(stored.payment_ids), "unplaced_returns": return_ids})
 
     def _post(self, uow: DeskUnitOfWork, request_id: str, transfers: list[Transfer]) -> Answer:
         if not transfers:

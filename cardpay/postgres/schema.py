@@ -405,6 +405,20 @@ settlement_batches = Table(
     PrimaryKeyConstraint("day", "currency"),
 )
 
+# one row per message the network counts (`domain.settlement.SettlementItem`), once per event
+settlement_items = Table(
+    "settlement_items",
+    metadata,
+    Column("day", Date, nullable=False),
+    Column("currency", Text, nullable=False),
+    Column("item_key", Text, nullable=False),
+    Column("payment_id", Text),
+    Column("count", Integer, nullable=False),
+    Column("credit", BigInteger, nullable=False),
+    Column("debit", BigInteger, nullable=False),
+    PrimaryKeyConstraint("day", "currency", "item_key"),
+)
+
 
 # -- the network sweep's watch list (migration 0012) ---------------------------------------------
 # Payments with a clearing parked before its authorization, fed from the ClearingParked events

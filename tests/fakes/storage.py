@@ -41,7 +41,7 @@ from domain.ledger.model import (
     TransferRecord,
 )
 from domain.serialization import from_recorded, to_data
-from domain.settlement import SettlementBatch
+from domain.settlement import BatchTotals, Figures, SettlementBatch, SettlementItem
 from listener.classify import Activity
 from listener.ports import AllowanceChange, BlockRef, Cursor
 
@@ -86,6 +86,7 @@ class State:
     settlement_reports: dict[str, dict[str, Any]] = field(default_factory=dict)
     settlement_report_days: dict[str, tuple[date, str]] = field(default_factory=dict)
     settlement_batches: dict[tuple[date, str], SettlementBatch] = field(default_factory=dict)
+    settlement_items: dict[tuple[date, str, str], SettlementItem] = field(default_factory=dict)
     cards: dict[str, Card] = field(default_factory=dict)
     authorizations: list[tuple[str, datetime]] = field(default_factory=list)
     balances: dict[tuple[str, str], _Tracked] = field(default_factory=dict)
@@ -379,6 +380,22 @@ class FakeSettlementBatches:
         found = [b for (d, cur), b in sorted(self._s.settlement_batches.items())
                  if (day is None or d == day) and (currency is None or cur == currency)]
         return found[:limit]
+
+    def add_item(self, item: SettlementItem) -> bool:
+        key = (item.day, item.currency, item.key)
+        if key in self._s.settlement_items:
+            return False
+        self._s.settlement_items[key] = item
+        return True
+
+    def totals(self, day: date, currency: str) -> BatchTotals:
+        mine = [i for (d, cur, _), i in self._s.settlement_items.items()
+                if (d, cur) == (day, currency)]
+        total = Figures()
+        for item in mine:
+            total = total + item.figures
+        return BatchTotals(total, tuple(sorted({i.payment_id for i in mine
+                                                if i.payment_id is not None})))
 
 
 class FakeCardRegistry:

@@ -1,6 +1,7 @@
 """The settlement repositories' contract (`SettlementBatches`, and `SettlementReports.for_day`),
 run against the in-memory fake and PostgreSQL: a batch round-trips whole, only a newer (or the
-same) revision replaces it, filters by day and currency, and nothing survives a rollback."""
+same) revision replaces it, filters by day and currency; items are kept once per key and added
+up per day and currency; nothing survives a rollback."""
 
 from __future__ import annotations
 
@@ -10,7 +11,14 @@ from typing import Any
 import pytest
 
 from cardpay.postgres.uow import unit_of_work_factory
-from domain.settlement import BatchStatus, Figures, ReportFigures, SettlementBatch
+from domain.settlement import (
+    BatchStatus,
+    BatchTotals,
+    Figures,
+    ReportFigures,
+    SettlementBatch,
+    SettlementItem,
+)
 from tests.fakes.storage import FakeDatabase
 
 T0 = datetime(2026, 12, 3, 2, tzinfo=UTC)
@@ -93,3 +101,36 @@ def test_reports_are_found_by_settlement_day_and_currency(db: Any) -> None:
         assert [r["report_id"] for r in uow.settlement_reports.for_day(DAY, "EUR")] == [
             "r-a", "r-b"]
         assert uow.settlement_reports.for_day(date(2026, 12, 1), "EUR") == []
+
+
+def item(key: str, payment_id: str | None, figures: Figures, *, day: date = DAY,
+         currency: str = "EUR") -> SettlementItem:
+    return SettlementItem(day=day, currency=currency, key=key, payment_id=payment_id,
+                          figures=figures)
+
+
+def test_items_are_kept_once_and_added_up_per_day_and_currency(db: Any) -> None:
+    with db.uow() as uow:
+        assert uow.settlement_batches.totals(DAY, "EUR") == BatchTotals(Figures(), ())
+        kept = [uow.settlement_batches.add_item(i) for i in (
+            item("p2:3", "p2", Figures(1, 0, 10**15)),
+            item("p1:4", "p1", Figures(1, 0, 550)),
+            item("p1:6", "p1", Figures(1, 200, 0)),
+            item("p1:4", "p1", Figures(1, 0, 550)),  # the same event again
+            item("u:r9", None, Figures(1, 300, 0)),
+            item("p3:1", "p3", Figures(1, 0, 7), currency="GBP"),
+            item("p4:1", "p4", Figures(1, 0, 9), day=date(2026, 12, 3)))]
+        uow.commit()
+    assert kept == [True, True, True, False, True, True, True]
+    with db.uow() as uow:
+        assert uow.settlement_batches.totals(DAY, "EUR") == BatchTotals(
+            Figures(4, 500, 10**15 + 550), ("p1", "p2"))
+        assert uow.settlement_batches.totals(DAY, "GBP") == BatchTotals(Figures(1, 0, 7),
+                                                                        ("p3",))
+
+
+def test_items_are_not_kept_without_a_commit(db: Any) -> None:
+    with db.uow() as uow:
+        uow.settlement_batches.add_item(item("p1:4", "p1", Figures(1, 0, 550)))
+    with db.uow() as uow:
+        assert uow.settlement_batches.totals(DAY, "EUR").figures == Figures()

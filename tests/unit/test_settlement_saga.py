@@ -18,6 +18,7 @@ from domain.settlement import (
     Figures,
     ReportFigures,
     SettlementBatch,
+    SettlementItem,
     next_cutoff,
     parse_cutoff,
     report_figures,
@@ -85,10 +86,27 @@ DAY_EVENTS = (clearing("p1", 1_000), force_post("p2", 500), returned("p3", 200))
 """Two purchases (15.00 owed) and a return (2.00 back): count 3, credit 200, debit 1500."""
 
 
-def report(count: int = 3, credit: int = 200, debit: int = 1_500, fees: int = 3
+ITEMS: dict[str, SettlementItem] = {}
+"""A model of `settlement_items`: what the saga issued, once per key (the shell's insert)."""
+
+
+@pytest.fixture(autouse=True)
+def _empty_items() -> None:
+    ITEMS.clear()
+
+
+def report(count: int = 3, credit: int = 200, debit: int = 1_500, fees: int = 3, *,
+           unplaced: Figures | None = None, unplaced_ids: tuple[str, ...] = ()
            ) -> dict[str, Any]:
-    return ReportFigures("vss110-2026-12-02-EUR", Figures(count, credit, debit), fees,
-                         credit - debit + fees).to_json()
+    """The desk's answer to the report request: the report, and the stored items added up."""
+    ours = unplaced or Figures()
+    for item in ITEMS.values():
+        ours = ours + item.figures
+    return {"report": ReportFigures("vss110-2026-12-02-EUR", Figures(count, credit, debit),
+                                    fees, credit - debit + fees).to_json(),
+            "ours": ours.to_json(),
+            "payment_ids": sorted({str(i.payment_id) for i in ITEMS.values()}),
+            "unplaced_returns": list(unplaced_ids)}
 
 
 def feed(instance: SagaInstance, *messages: Message,
@@ -97,6 +115,9 @@ def feed(instance: SagaInstance, *messages: Message,
     for message in messages:
         instance, more = react(SAGA, instance, message, now)
         actions += more
+    for action in actions:
+        if isinstance(action, IssueCommand) and isinstance(action.command, SettlementItem):
+            ITEMS.setdefault(action.command.key, action.command)
     return instance, actions
 
 
@@ -119,11 +140,12 @@ def rid(instance: SagaInstance) -> str:
 
 
 def collected() -> SagaInstance:
-    """The day's three events, one delivered twice, up to the cut-off's report request."""
-    s, actions = feed(SagaInstance(BATCH, SAGA.kind),
-                      *(EventArrived(x) for x in (*DAY_EVENTS, DAY_EVENTS[0])))
+    """The day's three events, up to the cut-off's report request."""
+    s, actions = feed(SagaInstance(BATCH, SAGA.kind), *(EventArrived(x) for x in DAY_EVENTS))
     assert SetTimer(CUTOFF, CUT) in actions
-    assert s.stage == BatchStatus.OPEN and len(s.data["items"]) == 3
+    assert s.stage == BatchStatus.OPEN and sorted(ITEMS) == ["p1:3", "p2:1", "p3:5"]
+    assert ITEMS["p3:5"] == SettlementItem(day=DAY, currency="EUR", key="p3:5",
+                                           payment_id="p3", figures=Figures(1, 200, 0))
     assert batches(actions)[-1].ours == Figures(3, 200, 1_500)
     s, actions = feed(s, TimerFired(CUTOFF), now=CUT)
     fetch, = requested(actions)
@@ -160,7 +182,7 @@ def test_a_matching_report_pays_out_and_settles_every_payment_of_the_batch() -> 
     s, actions = feed(s, EventArrived(clearing("p4", 700)), now=CUT)
     late, = exceptions(actions)
     assert late.reason == "late_settlement_item" and late.context["payment_id"] == "p4"
-    assert len(s.data["items"]) == 3
+    assert "p4:3" not in ITEMS and batches(actions) == []
     s, actions = feed(s, EventArrived(clearing("p4", 700)), now=CUT)
     assert actions == []
 
@@ -279,8 +301,7 @@ def test_a_bad_cut_off_is_refused(text: str) -> None:
 
 def test_returns_no_payment_explains_count_with_the_day_when_the_desk_reports_them() -> None:
     s = collected()
-    answer = {**report(count=4, credit=500), "unplaced": Figures(1, 300, 0).to_json(),
-              "unplaced_returns": ["r9"]}
+    answer = report(count=4, credit=500, unplaced=Figures(1, 300, 0), unplaced_ids=("r9",))
     s, actions = feed(s, EffectSucceeded(rid(s), answer), now=CUT)
     payout, = requested(actions)
     assert payout.effect.name == POST_PAYOUT and payout.effect.payload["owed"] == 1_000
@@ -291,3 +312,18 @@ def test_returns_no_payment_explains_count_with_the_day_when_the_desk_reports_th
     problem, = exceptions(actions)
     assert problem.context["difference"] == {"count": -1, "credit": -300, "debit": 0,
                                              "net": -300}
+
+
+def test_an_event_delivered_twice_counts_once_in_the_matched_batch() -> None:
+    s, actions = feed(SagaInstance(BATCH, SAGA.kind),
+                      *(EventArrived(x) for x in (*DAY_EVENTS, DAY_EVENTS[0])))
+    # the running sum is the saga's own (the feed's positions keep redeliveries from it) ...
+    assert batches(actions)[-1].ours == Figures(4, 200, 2_500)
+    items = [a.command for a in actions if isinstance(a, IssueCommand)
+             and isinstance(a.command, SettlementItem)]
+    assert [i.key for i in items] == ["p1:3", "p2:1", "p3:5", "p1:3"] and len(ITEMS) == 3
+    # ... the batch matched is the stored items, each once
+    s, _ = feed(s, TimerFired(CUTOFF), now=CUT)
+    s, actions = feed(s, EffectSucceeded(rid(s), report()), now=CUT)
+    assert [r.effect.name for r in requested(actions)] == [POST_PAYOUT]
+    assert batches(actions)[-1].ours == Figures(3, 200, 1_500)

@@ -1,5 +1,6 @@
 """Settlement batches as the settlement saga leaves them (`SettlementBatches`): one row per
-settlement day and currency, replaced only by a newer saga version."""
+settlement day and currency, replaced only by a newer saga version; and their items, kept once
+per event and added up in SQL at the cut-off (the saga keeps totals, not the items)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,18 @@ from collections.abc import Sequence
 from datetime import date
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from cardpay.postgres import schema as s
-from domain.settlement import BatchStatus, Figures, ReportFigures, SettlementBatch
+from domain.settlement import (
+    BatchStatus,
+    BatchTotals,
+    Figures,
+    ReportFigures,
+    SettlementBatch,
+    SettlementItem,
+)
 
 
 class PostgresSettlementBatches:
@@ -49,6 +57,24 @@ class PostgresSettlementBatches:
         if currency is not None:
             query = query.where(t.c.currency == currency)
         return [_batch(row) for row in self._conn.execute(query).mappings()]
+
+    def add_item(self, item: SettlementItem) -> bool:
+        t = s.settlement_items
+        kept = self._conn.execute(pg_insert(t).values(
+            day=item.day, currency=item.currency, item_key=item.key,
+            payment_id=item.payment_id, count=item.figures.count, credit=item.figures.credit,
+            debit=item.figures.debit).on_conflict_do_nothing().returning(t.c.item_key)).scalar()
+        return kept is not None
+
+    def totals(self, day: date, currency: str) -> BatchTotals:
+        t = s.settlement_items
+        mine = (t.c.day == day, t.c.currency == currency)
+        count, credit, debit = self._conn.execute(select(
+            func.coalesce(func.sum(t.c.count), 0), func.coalesce(func.sum(t.c.credit), 0),
+            func.coalesce(func.sum(t.c.debit), 0)).where(*mine)).one()
+        ids = self._conn.execute(select(t.c.payment_id).distinct().where(
+            *mine, t.c.payment_id.is_not(None)).order_by(t.c.payment_id)).scalars()
+        return BatchTotals(Figures(int(count), int(credit), int(debit)), tuple(ids))
 
 
 def _batch(row: Any) -> SettlementBatch:

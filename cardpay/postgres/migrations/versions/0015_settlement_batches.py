@@ -1,4 +1,5 @@
-"""Settlement batches: one row per settlement day and currency, as the settlement saga leaves it.
+"""Settlement batches: one row per settlement day and currency, as the settlement saga leaves it,
+and their items: one row per message the network counts, kept once per event (stream:version).
 
 The saga's instance (`saga_instances`) is the state that decides; this table is what finance
 reads (`cardpay settlements`): our figures, the report's, the status and the payout window.
@@ -37,7 +38,19 @@ def upgrade() -> None:
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("day", "currency"),
     )
+    op.create_table(
+        "settlement_items",
+        sa.Column("day", sa.Date, nullable=False),
+        sa.Column("currency", sa.Text, nullable=False),
+        sa.Column("item_key", sa.Text, nullable=False),
+        sa.Column("payment_id", sa.Text),
+        sa.Column("count", sa.Integer, nullable=False),
+        sa.Column("credit", sa.BigInteger, nullable=False),
+        sa.Column("debit", sa.BigInteger, nullable=False),
+        sa.PrimaryKeyConstraint("day", "currency", "item_key"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("settlement_items")
     op.drop_table("settlement_batches")
