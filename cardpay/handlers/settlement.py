@@ -11,10 +11,11 @@
   failure while none has arrived: the engine retries) with the batch's stored items added up
   and the day's returns no payment explains (`unplaced_returns`: the network counts them, the
   saga cannot), the payout postings, and their reversal.
-  It claims requests (SKIP LOCKED), does them and commits, then reports each answer through
-  the `SagaRunner` (its own unit of work). A crash in between leaves the request pending: it is
-  done again, and the ledger answers EXISTS for postings made (ids derived from batch and
-  window), so nothing is posted twice.
+  `perform` does one request in its own unit of work and returns the answer (the shape of an
+  effect worker's performer); `run_once` claims requests (SKIP LOCKED, committed at once),
+  performs them and reports each answer through the `SagaRunner`. A request stays pending until
+  answered: a crash, or two desks, do it again, and the ledger answers EXISTS for postings
+  made (ids derived from batch and window), so nothing is posted twice.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, Protocol
 
+from cardpay.errors import ConcurrencyConflict
 from cardpay.handlers.payments import execute
 from cardpay.handlers.ports import (
     EventStore,
@@ -147,15 +149,27 @@ def _settle(uow: SettlementUnitOfWork, command: c.SettlePayment) -> None:
 # -- the desk -------------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Answer:
-    request_id: str
+    """What the desk says about one effect request (the effect workers' answer: succeeded, its
+    result, or the failure's class and detail)."""
+
     succeeded: bool
     result: Json = field(default_factory=dict)
     failure: FailureClass = FailureClass.TEMPORARY
     detail: str = ""
 
+    @classmethod
+    def ok(cls, **result: Any) -> Answer:
+        return cls(True, dict(result))
+
+    @classmethod
+    def failed(cls, failure: FailureClass, detail: str) -> Answer:
+        return cls(False, {}, failure, detail)
+
 
 class SettlementDesk:
-    """Answers the settlement saga's effects (`sagas.settlement.EFFECTS`)."""
+    """Answers the settlement saga's effects (`sagas.settlement.EFFECTS`): `perform` does one
+    request in its own unit of work (what an effect worker calls per request); `run_once`
+    claims, performs and reports on its own."""
 
     def __init__(self, uow_factory: Callable[[], DeskUnitOfWork], runner: SagaRunner,
                  clock: Callable[[], datetime]) -> None:
@@ -163,65 +177,73 @@ class SettlementDesk:
         self._runner = runner
         self._clock = clock
 
-    def run_once(self, limit: int = 20) -> list[Answer]:
-        """Do the pending requests (up to `limit`) and report their answers."""
+    def run_once(self, limit: int = 20) -> int:
+        """Claim pending requests (up to `limit`), perform each and report its answer; how
+        many were claimed."""
         with self._uow() as uow:
-            answers = [self._answer(uow, request)
-                       for request in uow.effects.claim(EFFECTS, limit)]
+            requests = uow.effects.claim(EFFECTS, limit)
             uow.commit()
-        for answer in answers:
-            self._runner.effect_done(answer.request_id, succeeded=answer.succeeded,
+        for request in requests:
+            answer = self.perform(request)
+            self._runner.effect_done(request.request_id, succeeded=answer.succeeded,
                                      result=answer.result, failure=answer.failure,
                                      detail=answer.detail)
-        return answers
+        return len(requests)
+
+    def perform(self, request: EffectRequest) -> Answer:
+        """Do one request and commit what it wrote before the answer is reported (done twice,
+        by two desks or after a crash, the ledger answers EXISTS: nothing is posted twice)."""
+        try:
+            with self._uow() as uow:
+                answer = self._answer(uow, request)
+                uow.commit()
+        except ConcurrencyConflict as raced:  # another desk posted the same ids first
+            return Answer.failed(FailureClass.TEMPORARY, str(raced))
+        return answer
 
     def _answer(self, uow: DeskUnitOfWork, request: EffectRequest) -> Answer:
         p = request.payload
         try:
             with uow.savepoint():
                 if request.name == FETCH_REPORT:
-                    return self._report(uow, request.request_id, date.fromisoformat(p["day"]),
-                                        str(p["currency"]))
+                    return self._report(uow, date.fromisoformat(p["day"]), str(p["currency"]))
                 transfers = payout_transfers(str(p["batch_id"]), str(p["currency"]),
                                              int(p["window"]), int(p["owed"]), int(p["fees"]))
                 uow.ledger.create_accounts(settlement_accounts(str(p["currency"])))
                 if request.name == POST_PAYOUT:
-                    return self._post(uow, request.request_id, transfers)
+                    return self._post(uow, transfers)
                 if request.name == REVERSE_PAYOUT:
-                    return self._reverse(uow, request.request_id, transfers)
+                    return self._reverse(uow, transfers)
         except DomainError as error:
-            return Answer(request.request_id, False, failure=FailureClass.HARD,
-                          detail=str(error))
-        return Answer(request.request_id, False, failure=FailureClass.HARD,
-                      detail=f"the settlement desk does not do {request.name}")
+            return Answer.failed(FailureClass.HARD, str(error))
+        return Answer.failed(FailureClass.HARD,
+                             f"the settlement desk does not do {request.name}")
 
     @staticmethod
-    def _report(uow: DeskUnitOfWork, request_id: str, day: date, currency: str) -> Answer:
+    def _report(uow: DeskUnitOfWork, day: date, currency: str) -> Answer:
         reports = uow.settlement_reports.for_day(day, currency)
         if not reports:
-            return Answer(request_id, False, failure=FailureClass.TEMPORARY,
-                          detail=f"no settlement report for {day} {currency} yet")
+            return Answer.failed(FailureClass.TEMPORARY,
+                                 f"no settlement report for {day} {currency} yet")
         # a correction is a later report for the same day: the latest the network sent counts
         latest = max(reports, key=lambda r: (str(r.get("network_time", "")), r["report_id"]))
         unplaced, return_ids = unplaced_returns(uow, day, currency)
         stored = uow.settlement_batches.totals(day, currency)
-        return Answer(request_id, True, {
-            "report": report_figures(latest).to_json(),
-            "ours": (stored.figures + unplaced).to_json(),
-            "payment_ids": list(stored.payment_ids), "unplaced_returns": return_ids})
+        return Answer.ok(report=report_figures(latest).to_json(),
+                         ours=(stored.figures + unplaced).to_json(),
+                         payment_ids=list(stored.payment_ids), unplaced_returns=return_ids)
 
-    def _post(self, uow: DeskUnitOfWork, request_id: str, transfers: list[Transfer]) -> Answer:
+    def _post(self, uow: DeskUnitOfWork, transfers: list[Transfer]) -> Answer:
         if not transfers:
-            return Answer(request_id, True, {"transfers": []})
+            return Answer.ok(transfers=[])
         results = uow.ledger.create_transfers(transfers, self._clock())
         if all(r.applied for r in results):
-            return Answer(request_id, True, {"transfers": [t.id for t in transfers]})
+            return Answer.ok(transfers=[t.id for t in transfers])
         refused = {t.id: r.value for t, r in zip(transfers, results, strict=True)
                    if not r.applied}
         raise _Refused(f"the ledger refused the payout: {refused}")
 
-    def _reverse(self, uow: DeskUnitOfWork, request_id: str,
-                 transfers: list[Transfer]) -> Answer:
+    def _reverse(self, uow: DeskUnitOfWork, transfers: list[Transfer]) -> Answer:
         """Undo whichever of the try's postings exist, and only those the payout made (the
         failure may have come after they were posted; an id taken by something else is not
         ours to undo)."""
@@ -231,7 +253,7 @@ class SettlementDesk:
         results = uow.ledger.create_transfers(undo, self._clock()) if undo else []
         if not all(r.applied for r in results):
             raise _Refused(f"the ledger refused a payout reversal: {[r.value for r in results]}")
-        return Answer(request_id, True, {"reversed": [t.id for t in undo]})
+        return Answer.ok(reversed=[t.id for t in undo])
 
 
 def unplaced_returns(uow: SettlementUnitOfWork, day: date,
