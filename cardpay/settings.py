@@ -7,11 +7,12 @@ import binascii
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import time, timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from cardpay.errors import CardpayError
+from domain.settlement import parse_cutoff
 
 DATABASE_URL_FORM = "postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
 DATABASE_URL_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg")
@@ -98,6 +99,13 @@ def _webhook_secrets(env: Mapping[str, str]) -> tuple[str, ...]:
     return secrets
 
 
+def _cutoff(env: Mapping[str, str]) -> time:
+    try:
+        return parse_cutoff((env.get("CARDPAY_SETTLEMENT_CUTOFF") or "02:00").strip())
+    except ValueError as error:
+        raise SettingsError(f"CARDPAY_SETTLEMENT_CUTOFF: {error}") from None
+
+
 def default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "cardpay"
@@ -138,6 +146,9 @@ class Settings:
     """Network requests `cardpay api` works on at once; more are answered 503 at once
     (admission control): a queue longer than the API can serve within the network's deadline
     would make every answer late (docs/benchmarks.md)."""
+    settlement_cutoff: time = field(default_factory=lambda: parse_cutoff("02:00"))
+    """The daily settlement cut-off (UTC, `CARDPAY_SETTLEMENT_CUTOFF` "HH:MM"): day D's batch
+    is matched against the network's report at this time on D + 1 (the report is sent then)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -165,6 +176,7 @@ class Settings:
             spend_timeout=parse_duration("CARDPAY_SPEND_TIMEOUT",
                                          env.get("CARDPAY_SPEND_TIMEOUT") or "10m"),
             saga_poll_s=_seconds(env, "CARDPAY_SAGA_POLL_S", 0.5),
+            settlement_cutoff=_cutoff(env),
         )
         if settings.confirmations < 0:
             raise SettingsError(f"CARDPAY_CONFIRMATIONS must be 0 or more, got "

@@ -1,12 +1,14 @@
-"""Composition root of the saga side: the `SagaRunner` on the database with the card-payment saga
-and the payment commands its actions issue, and `cardpay sagas run`'s worker around it.
+"""Composition root of the saga side: the `SagaRunner` on the database with the card-payment and
+settlement sagas and the commands their actions issue, the settlement desk that answers the
+settlement saga's effects, and `cardpay sagas run`'s worker around them.
 
 The worker's turn (`SagaWorker.run_once`), under `cardpay.runtime.supervise` like the projector:
 1. a batch of the event feed goes to the sagas it concerns, stored with the feed positions in
    one transaction (records that are not events are quarantined in it);
 2. the timers due by the clock fire;
-3. each effect worker performs the effect requests it can (the network's reversal advice; the
-   relayer's spends and refunds when they are configured).
+3. each effect worker performs the effect requests it can (the settlement desk's report fetches
+   and payouts, the network's reversal advice; the relayer's spends and refunds when they are
+   configured).
 A failed turn stops the feed; the next turn starts it again from the stored positions, so no
 batch is skipped, and a batch decided twice changes nothing the second time (the positions were
 stored with its effects, or nothing was).
@@ -28,6 +30,7 @@ from cardpay.handlers.network_advices import NetworkAdvices, reversal_advice
 from cardpay.handlers.payments import execute
 from cardpay.handlers.ports import QuarantineItem
 from cardpay.handlers.sagas import SagaRunner, SagaUnitOfWork
+from cardpay.handlers.settlement import SettlementDesk, settlement_command
 from cardpay.postgres.uow import PostgresSagaUnitOfWork, saga_uow_factory
 from cardpay.runtime.supervise import DEFAULT_BACKOFF, Backoff, Outcome, supervise_feed
 from cardpay.settings import Settings
@@ -37,7 +40,10 @@ from domain.events import DomainEvent
 from domain.serialization import from_recorded
 from projector.errors import FeedChanged
 from projector.feed import Feed
-from sagas.card_payment import REVERSAL_ADVICE, CardPaymentSaga, route
+from sagas import card_payment, settlement
+from sagas.card_payment import REVERSAL_ADVICE, CardPaymentSaga
+from sagas.engine.react import Definition
+from sagas.settlement import SettlementSaga
 
 SAGAS = "sagas"
 """The saga workers' consumer name (their feed positions, and their lock: one batch at a time)."""
@@ -48,17 +54,33 @@ def _now() -> datetime:
 
 
 def payment_command(uow: SagaUnitOfWork, command: Any) -> None:
-    """A saga's domain command, decided on its payment in the saga's unit of work."""
-    if not isinstance(uow, PostgresSagaUnitOfWork) or not isinstance(command, Command):
+    """A saga's domain command, decided on its payment in the saga's unit of work (the
+    settlement saga's own commands first: its batch rows and tolerant `SettlePayment`)."""
+    if not isinstance(uow, PostgresSagaUnitOfWork):
+        raise TypeError(f"cannot run {type(command).__name__} on {type(uow).__name__}")
+    if settlement_command(uow, command):
+        return
+    if not isinstance(command, Command):
         raise TypeError(f"cannot run {type(command).__name__} on {type(uow).__name__}")
     execute(uow, command)
 
 
+def route(event: DomainEvent) -> list[tuple[str, str]]:
+    """Every saga an event concerns: its payment's, and its settlement day's."""
+    return [*card_payment.route(event), *settlement.route(event)]
+
+
 def build_runner(settings: Settings, engine: Engine, *,
                  clock: Callable[[], datetime] = _now) -> SagaRunner:
-    sagas = [CardPaymentSaga(spend_timeout=settings.spend_timeout)]
+    sagas: list[Definition] = [CardPaymentSaga(spend_timeout=settings.spend_timeout),
+                               SettlementSaga(cutoff=settings.settlement_cutoff)]
     return SagaRunner(saga_uow_factory(engine, settings.outbox_topic), sagas, route,
                       payment_command, clock)
+
+
+def build_settlement_desk(settings: Settings, engine: Engine, runner: SagaRunner, *,
+                          clock: Callable[[], datetime] = _now) -> SettlementDesk:
+    return SettlementDesk(saga_uow_factory(engine, settings.outbox_topic), runner, clock)
 
 
 @dataclass
@@ -130,18 +152,21 @@ def build_worker(settings: Settings, engine: Engine, *,
                  performers: dict[str, Perform] | None = None,
                  batch_size: int = 500) -> SagaWorker:
     """The saga worker of `cardpay sagas run`: the feed, the runner, and an effect worker for
-    the effects that have a party configured (`advices`, or CARDPAY_NETWORK_ADVICE_URL for the
-    network's advices; `performers` for others). Effects with no party stay pending."""
+    the effects that have a party: the settlement desk (always), the network's advices
+    (`advices`, or CARDPAY_NETWORK_ADVICE_URL), `performers` for others. Effects with no party
+    stay pending."""
     runner = build_runner(settings, engine, clock=clock)
     uows = saga_uow_factory(engine, settings.outbox_topic)
-    todo: dict[str, Perform] = dict(performers or {})
+    desk = build_settlement_desk(settings, engine, runner, clock=clock)
+    todo: dict[str, Perform] = {name: desk.perform for name in settlement.EFFECTS}
+    todo.update(performers or {})
     if advices is None and settings.network_advice_url and settings.webhook_secrets:
         from cardpay.outbound.network import HttpNetworkAdvices
 
         advices = HttpNetworkAdvices(settings.network_advice_url, settings.webhook_secrets[0])
     if advices is not None:
         todo[REVERSAL_ADVICE] = reversal_advice(advices)
-    workers = [EffectWorker(uows, runner, todo)] if todo else []
+    workers = [EffectWorker(uows, runner, todo)]
     return SagaWorker(SAGAS, event_feed(settings, engine, SAGAS), runner, uows, workers,
                       batch_size=batch_size)
 

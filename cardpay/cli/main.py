@@ -33,6 +33,7 @@ from cardpay.cli import (
     replay,
     sagas,
     services,
+    settlements,
     status,
 )
 from cardpay.cli.errors import CliError, CommandFailed, UsageError
@@ -60,6 +61,8 @@ environment:
   CARDPAY_NETWORK_ADVICE_URL  the card network's advice endpoint (for `sagas run`; default none)
   CARDPAY_SPEND_TIMEOUT    an approved spend not seen on chain by then is undone (default 10m)
   CARDPAY_SAGA_POLL_S      seconds `sagas run` waits for events between timer checks (default 0.5)
+  CARDPAY_SETTLEMENT_CUTOFF  daily settlement cut-off, HH:MM UTC (default 02:00): day D's
+                           batch is matched against the network's report then on D + 1
 
 README.md lists the variables of the dev and test harnesses too.
 """
@@ -69,8 +72,8 @@ INTERRUPTED = 130
 BROKEN_PIPE = 141
 """Exit status when the reader of stdout went away (128 + SIGPIPE)."""
 
-COMMAND_GROUPS = (demo, status, payments, quarantine, exceptions, sagas, cards, db, services, api,
-                  projections, replay, chain, listener_admin, network)
+COMMAND_GROUPS = (demo, status, payments, settlements, quarantine, exceptions, sagas, cards, db,
+                  services, api, projections, replay, chain, listener_admin, network)
 """Modules with a `register(sub)`; their order is the order of `cardpay --help`."""
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from cardpay.errors import CardpayError
-from cardpay.handlers.sagas import EffectRequest, SagaRunner, SagaUnitOfWork
+from cardpay.handlers.sagas import EffectRequest, EffectRequests, SagaRunner
 from sagas.engine.model import Json
 from sagas.engine.retry import FailureClass
 
@@ -59,6 +59,19 @@ class Perform(Protocol):
         ...
 
 
+class ClaimingUnitOfWork(Protocol):
+    """What a worker needs of a unit of work: the effects outbox and a commit."""
+
+    @property
+    def effects(self) -> EffectRequests: ...
+
+    def commit(self) -> None: ...
+
+    def __enter__(self) -> ClaimingUnitOfWork: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
 @dataclass
 class Performed:
     answered: int = 0
@@ -69,7 +82,7 @@ class Performed:
 class EffectWorker:
     """Performs the effects named in `performers`, `batch` requests per poll."""
 
-    def __init__(self, uow_factory: Callable[[], SagaUnitOfWork], runner: SagaRunner,
+    def __init__(self, uow_factory: Callable[[], ClaimingUnitOfWork], runner: SagaRunner,
                  performers: Mapping[str, Perform], *, batch: int = 50) -> None:
         self._uow = uow_factory
         self._runner = runner

@@ -437,6 +437,11 @@ class SettlementReports(Protocol):
 
     def get(self, report_id: str) -> dict[str, Any] | None: ...
 
+    def for_day(self, settlement_date: date, currency: str) -> list[dict[str, Any]]:
+        """Every report kept for that settlement day and currency (a correction is another
+        report id), by report id."""
+        ...
+
 
 class LedgerRepository(Protocol):
     """The double-entry ledger (domain.ledger; ADR 0009), TigerBeetle's semantics.

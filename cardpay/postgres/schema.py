@@ -385,6 +385,41 @@ Index("settlement_reports_by_day", settlement_reports.c.settlement_date,
       settlement_reports.c.currency)
 
 
+# -- settlement batches, as the settlement saga leaves them (migration 0015) -----------------------
+# Figures in fiat minor units; `report` is `domain.settlement.ReportFigures.to_json` (None before
+# the report was read); a row only moves to a newer saga version (`revision`).
+settlement_batches = Table(
+    "settlement_batches",
+    metadata,
+    Column("day", Date, nullable=False),
+    Column("currency", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("count", Integer, nullable=False),
+    Column("credit", BigInteger, nullable=False),
+    Column("debit", BigInteger, nullable=False),
+    Column("report", JSONB),
+    Column("window", Integer, nullable=False),
+    Column("payment_ids", JSONB, nullable=False),
+    Column("revision", Integer, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("day", "currency"),
+)
+
+# one row per message the network counts (`domain.settlement.SettlementItem`), once per event
+settlement_items = Table(
+    "settlement_items",
+    metadata,
+    Column("day", Date, nullable=False),
+    Column("currency", Text, nullable=False),
+    Column("item_key", Text, nullable=False),
+    Column("payment_id", Text),
+    Column("count", Integer, nullable=False),
+    Column("credit", BigInteger, nullable=False),
+    Column("debit", BigInteger, nullable=False),
+    PrimaryKeyConstraint("day", "currency", "item_key"),
+)
+
+
 # -- the network sweep's watch list (migration 0012) ---------------------------------------------
 # Payments with a clearing parked before its authorization, fed from the ClearingParked events
 # (a partial index on events, declared in the migration); the sweep raises one exception per

@@ -36,6 +36,7 @@ from cardpay.postgres.repositories.sagas import (
     PostgresSagaStore,
     PostgresSagaTimers,
 )
+from cardpay.postgres.repositories.settlement import PostgresSettlementBatches
 from projector.payments import PaymentRow
 
 _LOCK = "SELECT pg_advisory_xact_lock(hashtext(%s))"
@@ -88,6 +89,7 @@ class PostgresUnitOfWork(_Transaction):
     ledger: PostgresLedger
     references: PostgresPaymentReferences
     settlement_reports: PostgresSettlementReports
+    settlement_batches: PostgresSettlementBatches
 
     def __init__(self, engine: Engine, *, outbox_topic: str | None = None) -> None:
         super().__init__(engine)
@@ -106,6 +108,7 @@ class PostgresUnitOfWork(_Transaction):
         self.ledger = PostgresLedger(conn)
         self.references = PostgresPaymentReferences(conn)
         self.settlement_reports = PostgresSettlementReports(conn)
+        self.settlement_batches = PostgresSettlementBatches(conn)
         return self
 
     @contextmanager

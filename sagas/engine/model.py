@@ -78,8 +78,10 @@ class SagaInstance:
     problem: str | None = None
     """Why the saga is stuck, or why it compensated."""
     seen: Json = field(default_factory=dict)
-    """The last event version taken per stream: an event at or below it is a redelivery (the
-    feed is at-least-once) and changes nothing."""
+    """The last event version taken from the saga's own stream (the stream named like the saga,
+    e.g. its payment's): an event at or below it is a redelivery (the feed is at-least-once) and
+    changes nothing. A saga fed by many streams (a settlement day) dedupes them itself, so this
+    does not grow with them."""
 
 
 # -- what a saga is told ------------------------------------------------------------------------

@@ -175,6 +175,8 @@ def react(definition: Definition, instance: SagaInstance, message: Message,
     match message:
         case EventArrived(event=event):
             stream, version = _position(event)
+            if stream != instance.saga_id:
+                stream = None  # another stream's events (a day's batch): the definition dedupes
             if stream is not None and version <= int(instance.seen.get(stream, 0)):
                 return instance, []  # delivered again: taken already
             if instance.status is Status.RUNNING:

@@ -41,6 +41,7 @@ from domain.ledger.model import (
     TransferRecord,
 )
 from domain.serialization import from_recorded, to_data
+from domain.settlement import BatchTotals, Figures, SettlementBatch, SettlementItem
 from listener.classify import Activity
 from listener.ports import AllowanceChange, BlockRef, Cursor
 
@@ -83,6 +84,9 @@ class State:
     deliveries: dict[str, Delivery] = field(default_factory=dict)
     references: dict[str, str] = field(default_factory=dict)
     settlement_reports: dict[str, dict[str, Any]] = field(default_factory=dict)
+    settlement_report_days: dict[str, tuple[date, str]] = field(default_factory=dict)
+    settlement_batches: dict[tuple[date, str], SettlementBatch] = field(default_factory=dict)
+    settlement_items: dict[tuple[date, str, str], SettlementItem] = field(default_factory=dict)
     cards: dict[str, Card] = field(default_factory=dict)
     authorizations: list[tuple[str, datetime]] = field(default_factory=list)
     balances: dict[tuple[str, str], _Tracked] = field(default_factory=dict)
@@ -342,11 +346,56 @@ class FakeSettlementReports:
         if report_id in self._s.settlement_reports:
             return False
         self._s.settlement_reports[report_id] = copy.deepcopy(dict(report))
+        self._s.settlement_report_days[report_id] = (settlement_date, currency)
         return True
 
     def get(self, report_id: str) -> dict[str, Any] | None:
         found = self._s.settlement_reports.get(report_id)
         return None if found is None else copy.deepcopy(found)
+
+    def for_day(self, settlement_date: date, currency: str) -> list[dict[str, Any]]:
+        return [copy.deepcopy(r) for rid, r in sorted(self._s.settlement_reports.items())
+                if self._s.settlement_report_days[rid] == (settlement_date, currency)]
+
+
+class FakeSettlementBatches:
+    """`PostgresSettlementBatches` in memory: a batch replaces only an older revision."""
+
+    def __init__(self, state: State) -> None:
+        self._s = state
+
+    def put(self, batch: SettlementBatch) -> bool:
+        key = (batch.day, batch.currency)
+        stored = self._s.settlement_batches.get(key)
+        if stored is not None and stored.revision > batch.revision:
+            return False
+        self._s.settlement_batches[key] = batch
+        return True
+
+    def get(self, day: date, currency: str) -> SettlementBatch | None:
+        return self._s.settlement_batches.get((day, currency))
+
+    def find(self, *, day: date | None = None, currency: str | None = None,
+             limit: int = 1000) -> list[SettlementBatch]:
+        found = [b for (d, cur), b in sorted(self._s.settlement_batches.items())
+                 if (day is None or d == day) and (currency is None or cur == currency)]
+        return found[:limit]
+
+    def add_item(self, item: SettlementItem) -> bool:
+        key = (item.day, item.currency, item.key)
+        if key in self._s.settlement_items:
+            return False
+        self._s.settlement_items[key] = item
+        return True
+
+    def totals(self, day: date, currency: str) -> BatchTotals:
+        mine = [i for (d, cur, _), i in self._s.settlement_items.items()
+                if (d, cur) == (day, currency)]
+        total = Figures()
+        for item in mine:
+            total = total + item.figures
+        return BatchTotals(total, tuple(sorted({i.payment_id for i in mine
+                                                if i.payment_id is not None})))
 
 
 class FakeCardRegistry:
@@ -516,6 +565,7 @@ class FakeUnitOfWork:
         self.ledger = FakeLedger(self._state)
         self.references = FakePaymentReferences(self._state)
         self.settlement_reports = FakeSettlementReports(self._state)
+        self.settlement_batches = FakeSettlementBatches(self._state)
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -44,3 +44,10 @@ class PostgresSettlementReports:
         t = s.settlement_reports
         found = self._conn.execute(select(t.c.report).where(t.c.report_id == report_id)).scalar()
         return None if found is None else dict(found)
+
+    def for_day(self, settlement_date: date, currency: str) -> list[dict[str, Any]]:
+        t = s.settlement_reports
+        rows = self._conn.execute(select(t.c.report).where(
+            t.c.settlement_date == settlement_date, t.c.currency == currency)
+            .order_by(t.c.report_id)).scalars()
+        return [dict(r) for r in rows]
