@@ -166,8 +166,9 @@ class Node(Protocol):
         """Whether the node has the transaction (in its pool or mined)."""
         ...
 
-    def revert_reason(self, sender: str, call: Call, gas: int, block_number: int) -> str:
-        """Why the call reverted in that block (replayed on its parent)."""
+    def revert_reason(self, tx_hash: str, sender: str, call: Call, gas: int,
+                      block_number: int) -> str:
+        """Why the mined transaction reverted (traced, or its call replayed on the parent)."""
         ...
 
 
@@ -387,7 +388,8 @@ class TransactionSender:
             return None
         if found.succeeded:
             return Settled(slot, found.tx_hash, True)
-        reason = self._node.revert_reason(slot.sender, slot.call, slot.gas, found.block_number)
+        reason = self._node.revert_reason(found.tx_hash, slot.sender, slot.call, slot.gas,
+                                          found.block_number)
         return Settled(slot, found.tx_hash, False, reason)
 
     def _mined(self, slot: Slot) -> Receipt | None:

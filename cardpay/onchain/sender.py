@@ -96,13 +96,44 @@ class RpcNode:
     def knows(self, tx_hash: str) -> bool:
         return self._call("eth_getTransactionByHash", [tx_hash]) is not None
 
-    def revert_reason(self, sender: str, call: Call, gas: int, block_number: int) -> str:
+    def revert_reason(self, tx_hash: str, sender: str, call: Call, gas: int,
+                      block_number: int) -> str:
+        traced = self._traced_reason(tx_hash)
+        if traced:
+            return traced
         try:
             self._call("eth_call", [{"from": sender, "to": call.to, "data": "0x" + call.data,
                                      "gas": hex(gas)}, hex(max(block_number - 1, 0))])
         except (RpcError, ListenerError) as exc:
             return _reason(str(getattr(exc, "message", exc)))
         return "reverted on chain (its replay on the parent block succeeds: reason unknown)"
+
+    def _traced_reason(self, tx_hash: str) -> str | None:
+        """The reason from the node's call tracer (exact even when an earlier transaction of
+        the same block caused the revert); None where `debug_traceTransaction` is not served."""
+        try:
+            trace = self._call("debug_traceTransaction", [tx_hash, {"tracer": "callTracer"}])
+        except RpcError:
+            return None
+        if not isinstance(trace, dict):
+            return None
+        reason = trace.get("revertReason") or _decode_error(trace.get("output"))
+        return str(reason) if reason else (str(trace["error"]) if trace.get("error") else None)
+
+
+_ERROR_STRING = "08c379a0"
+"""Error(string): how Solidity's require(..., "reason") reverts."""
+
+
+def _decode_error(output: Any) -> str | None:
+    if not isinstance(output, str) or not output.startswith("0x" + _ERROR_STRING):
+        return None
+    body = output[10:]
+    try:
+        length = int(body[64:128], 16)
+        return bytes.fromhex(body[128:128 + 2 * length]).decode("utf-8", "replace")
+    except ValueError:
+        return None
 
 
 def _reason(message: str) -> str:
