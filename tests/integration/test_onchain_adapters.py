@@ -362,3 +362,18 @@ def test_the_keys_never_show_in_logs_or_reprs(stack: Stack,
     assert "signed submit_spend" in caplog.text  # the log was captured at all
 
 
+
+
+def test_an_unreachable_node_answers_nothing_and_the_next_poll_sends(stack: Stack) -> None:
+    from cardpay.devstack.anvil import free_port
+
+    stack.authorize("auth-down", 10**18)
+    down = build_spend_relayer(stack.settings, stack.engine, stack.config, stack.answers,
+                               rpc_url=f"http://127.0.0.1:{free_port()}", clock=stack.clock)
+    assert down.run_once() == 0
+    assert stack.answers.calls == [] and stack.rows(s.onchain_transactions) == []
+    with saga_uow_factory(stack.engine)() as uow:  # still pending for the next poll
+        assert [r.request_id for r in uow.effects.claim(["submit_spend"], 10)] != []
+
+    stack.relayer().run_once()
+    assert [a["succeeded"] for a in stack.answers.calls] == [True]
