@@ -8,6 +8,7 @@ the keys never show in logs or reprs."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -377,3 +378,34 @@ def test_an_unreachable_node_answers_nothing_and_the_next_poll_sends(stack: Stac
 
     stack.relayer().run_once()
     assert [a["succeeded"] for a in stack.answers.calls] == [True]
+
+
+def test_two_relayers_at_once_send_each_spend_once_with_consecutive_nonces(
+        stack: Stack) -> None:
+    from tests.integration.test_saga_store_contract import run_threads
+
+    nonce_before = stack.nonce(stack.relayer_address)
+    before = stack.chain.balance_of("EURe", 1)
+    payments = [f"auth-par-{i}" for i in range(12)]
+    for pid in payments:
+        stack.authorize(pid, 10**17, cardholder=1)
+    first, second = stack.relayer(batch=4), stack.relayer(batch=4)
+
+    def work(relayer: SpendRelayer) -> Callable[[], None]:
+        def loop() -> None:
+            for _ in range(8):
+                relayer.run_once()
+        return loop
+
+    run_threads(work(first), work(second))
+    while first.run_once():
+        pass
+
+    answered = [a for a in stack.answers.calls if a["taken"]]
+    assert sorted(a["request_id"] for a in answered) == sorted(
+        {a["request_id"] for a in answered})  # each answered once
+    assert len(answered) == len(payments) and all(a["succeeded"] for a in answered)
+    txs = stack.rows(s.onchain_transactions)
+    assert sorted(t.nonce for t in txs) == list(range(nonce_before, nonce_before + 12))
+    assert stack.nonce(stack.relayer_address) == nonce_before + 12
+    assert stack.chain.balance_of("EURe", 1) == before - 12 * 10**17
