@@ -409,3 +409,43 @@ def test_two_relayers_at_once_send_each_spend_once_with_consecutive_nonces(
     assert sorted(t.nonce for t in txs) == list(range(nonce_before, nonce_before + 12))
     assert stack.nonce(stack.relayer_address) == nonce_before + 12
     assert stack.chain.balance_of("EURe", 1) == before - 12 * 10**17
+
+
+def test_a_nonce_taken_by_a_transaction_we_did_not_record_is_retried_by_the_saga(
+        stack: Stack) -> None:
+    """Someone else used the relayer's key: our recorded spend can never be mined. Once it has
+    waited as long as a stuck one, the request fails TEMPORARY (nothing happened on chain); the
+    saga's retry is a new attempt, which is signed with a fresh nonce and mined."""
+    key = stack.settings.relayer_key
+    assert key is not None
+    before = stack.chain.balance_of("EURe", 0)
+    stack.authorize("auth-lost", 10**18)
+    mute = SpendRelayer(
+        onchain_uow_factory(stack.engine),
+        TransactionSender(_Mute(HttpJsonRpc(stack.chain.rpc_url, retries=0)), LocalSigner(key),
+                          clock=stack.clock, stuck_after=timedelta(seconds=60)),
+        stack.answers, chain_targets(stack.config))
+    mute.run_once()
+    [ours] = stack.rows(s.onchain_transactions)
+    other = Account.from_key(key.reveal()).sign_transaction({
+        "type": 2, "chainId": stack.config.chain_id, "nonce": ours.nonce,
+        "to": stack.relayer_address, "value": 0, "gas": 21_000,
+        "maxFeePerGas": 10**11, "maxPriorityFeePerGas": 10**9})
+    stack.rpc("eth_sendRawTransaction", "0x" + bytes(other.raw_transaction).hex())
+
+    relayer = stack.relayer()
+    relayer.run_once()
+    assert stack.answers.calls == []  # no receipt yet may be a lagging node: wait
+    stack.clock.now += timedelta(seconds=61)
+    relayer.run_once()
+    [lost] = stack.answers.calls
+    assert (lost["succeeded"], lost["failure"]) == (False, FailureClass.TEMPORARY)
+    assert "did not record" in lost["detail"]
+
+    stack.clock.now += timedelta(minutes=1)
+    stack.answers.runner.fire_due_timers()  # the saga's retry: attempt 2
+    relayer.run_once()
+    assert [a["succeeded"] for a in stack.answers.calls] == [False, True]
+    mined = stack.answers.calls[1]["result"]["tx_hash"]
+    assert mined != ours.tx_hash and stack.saga("auth-lost").data["spend_tx"] == mined
+    assert stack.chain.balance_of("EURe", 0) == before - 10**18
