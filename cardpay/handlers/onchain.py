@@ -207,8 +207,23 @@ class OutgoingTransactions(Protocol):
         """Slots not settled yet, lowest nonce first."""
         ...
 
+    def same_spend(self, purpose: str, payment_id: str, amount: int) -> tuple[str, int] | None:
+        """(sender, nonce) of a slot that sends this very spend (same payment, same amount)
+        and has not failed: in flight, or mined and succeeded."""
+        ...
+
+    def add_requests(self, sender: str, nonce: int, requests: Sequence[RequestRef]) -> None:
+        """The slot does these requests too (and is followed again until mined)."""
+        ...
+
+    def reopen_from(self, sender: str, nonce: int) -> list[int]:
+        """Follow again every settled slot of `sender` at or above `nonce` (a reorg took their
+        transactions back: the chain's nonce is below them). Returns their nonces."""
+        ...
+
     def settle(self, sender: str, nonce: int, *, mined_hash: str | None, outcome: str) -> None:
-        """The slot is done (mined: `mined_hash`; lost: its nonce went to another transaction)."""
+        """The slot is done: `mined` or `reverted` with `mined_hash`; `lost`: its nonce went
+        to a transaction we did not record."""
         ...
 
 
@@ -351,14 +366,21 @@ class TransactionSender:
 
         The sender's mined nonce is read once: a slot below it has a receipt to find, a slot at
         or above it is not mined (no receipt is asked for), so a poll costs one call per slot
-        waiting in the pool instead of three."""
+        waiting in the pool instead of three. A settled slot at or above it was mined on a
+        chain a reorg replaced: it is followed again (its transaction is broadcast again, or
+        replaced), so the nonce carries the same call once more and no later nonce waits
+        behind a gap."""
         sender = self._signer.address
         settled: list[Settled] = []
         to_send: list[SignedTx] = []
         with uow_factory() as uow:
             uow.lock(f"onchain-follow:{sender}")
+            mined_below = self._node.nonce(sender, pending=False)
+            reorged = uow.transactions.reopen_from(sender, mined_below)
+            if reorged:
+                log.warning("%s: nonces %s were mined and are not any more (a reorg): "
+                            "followed again", sender, reorged)
             slots = uow.transactions.in_flight(sender, purposes)
-            mined_below = self._node.nonce(sender, pending=False) if slots else 0
             for slot in slots:
                 newest = slot.txs[-1]
                 stuck = self._clock() - newest.signed_at >= self._stuck_after
@@ -378,8 +400,10 @@ class TransactionSender:
 
     def settle(self, uow_factory: Callable[[], OnchainUnitOfWork], done: Settled) -> None:
         with uow_factory() as uow:
+            outcome = "lost" if done.tx_hash is None else \
+                "mined" if done.succeeded else "reverted"
             uow.transactions.settle(done.slot.sender, done.slot.nonce, mined_hash=done.tx_hash,
-                                    outcome="lost" if done.tx_hash is None else "mined")
+                                    outcome=outcome)
             uow.commit()
 
     def _outcome(self, slot: Slot, *, stuck: bool) -> Settled | None:
@@ -524,11 +548,21 @@ class SpendRelayer(_EffectWorker):
         signed: list[SignedTx] = []
         refused: list[_Refused] = []
         for request in requests:
+            ref = RequestRef(request.request_id, request.attempt)
+            same = _same_spend(uow.transactions, request.payload)
+            if same is not None:
+                # the saga asks again for a spend that is in flight or was mined (a re-drive
+                # after a reorg took it back): its nonce is followed again, no second spend
+                log.warning("spend of %s is nonce %d already: %s follows it",
+                            request.payload.get("payment_id"), same[1], request.request_id)
+                uow.transactions.add_requests(same[0], same[1], [ref])
+                continue
             try:
                 call = self._call(request.payload, modules)
                 signed.append(self._sender.sign_and_record(
-                    uow, SUBMIT_SPEND, call, [RequestRef(request.request_id, request.attempt)],
-                    {"payment_id": str(request.payload["payment_id"])}))
+                    uow, SUBMIT_SPEND, call, [ref],
+                    {"payment_id": str(request.payload["payment_id"]),
+                     "amount": int(request.payload["amount"])}))
             except (ValueError, KeyError, TypeError) as exc:
                 refused.append(_Refused(request, f"cannot spend: {exc}"))
             except CallReverted as exc:
@@ -556,6 +590,14 @@ def link_spend(uow: OnchainUnitOfWork, slot: Slot, tx: SignedTx, *, chain_id: in
     if payment_id:
         uow.references.put(spend_link(payment_id_for_spend(chain_id, tx.tx_hash, 0)),
                            str(payment_id))
+
+
+def _same_spend(transactions: OutgoingTransactions, payload: Json) -> tuple[str, int] | None:
+    try:
+        return transactions.same_spend(SUBMIT_SPEND, str(payload["payment_id"]),
+                                       int(payload["amount"]))
+    except (KeyError, TypeError, ValueError):
+        return None  # a malformed request is refused when its call is built
 
 
 def _roles_modules(cards: CardRegistry) -> dict[tuple[str, str], str]:

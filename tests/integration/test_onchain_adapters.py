@@ -449,3 +449,47 @@ def test_a_nonce_taken_by_a_transaction_we_did_not_record_is_retried_by_the_saga
     mined = stack.answers.calls[1]["result"]["tx_hash"]
     assert mined != ours.tx_hash and stack.saga("auth-lost").data["spend_tx"] == mined
     assert stack.chain.balance_of("EURe", 0) == before - 10**18
+
+
+@pytest.mark.parametrize("reorged_first", [False, True], ids=["saga_first", "relayer_first"])
+def test_a_spend_a_reorg_took_back_is_sent_again_with_its_nonce_never_twice(
+        stack: Stack, reorged_first: bool) -> None:
+    """The spend is mined, answered and confirmed; a reorg removes its block. The listener
+    retracts it, the saga asks for the spend again (a new request): the relayer follows the
+    same nonce again instead of signing a second spend, and the payment ends spent once."""
+    d = stack.chain.deployment
+    before = stack.chain.balance_of("EURe", 0)
+    nonce_before = stack.nonce(stack.relayer_address)
+    stack.authorize("auth-reorg", 10**18)
+    relayer = stack.relayer()
+    relayer.run_once()
+    [first] = stack.answers.calls
+    listener = make_listener(stack.engine, stack.chain.rpc_url, stack.config,
+                             d.deployed_at_block)
+    listener.run_until_caught_up()
+    stack.deliver("auth-reorg")
+    assert stack.saga("auth-reorg").data["spend_seen"] is True
+
+    stack.rpc("anvil_reorg", 1, [])  # the spend's block is replaced by an empty one
+    stack.rpc("evm_mine")
+    if reorged_first:
+        # the relayer sees its nonce go back before the saga hears of it: the recorded spend
+        # is followed again and broadcast again (the same bytes)
+        assert stack.rpc("eth_getTransactionReceipt", first["result"]["tx_hash"]) is None
+        relayer.run_once()
+        assert stack.rpc("eth_getTransactionReceipt", first["result"]["tx_hash"]) is not None
+    listener.run_until_caught_up()
+    stack.deliver("auth-reorg")  # SpendRetracted: the saga asks for the spend again
+
+    for _ in range(3):
+        relayer.run_once()
+    retried = [a for a in stack.answers.calls[1:] if a["taken"]]
+    assert [a["result"] for a in retried] == [first["result"]]  # the same transaction
+    listener.run_until_caught_up()
+    stack.deliver("auth-reorg")
+    assert stack.saga("auth-reorg").data["spend_seen"] is True
+    assert stack.nonce(stack.relayer_address) == nonce_before + 1
+    assert stack.chain.balance_of("EURe", 0) == before - 10**18
+    assert len(stack.rows(s.onchain_slots)) == 1
+    assert [e.evidence.tx_hash for e in _spent_on(stack, "auth-reorg")] == \
+        [first["result"]["tx_hash"]] * 2  # confirmed, retracted, confirmed again

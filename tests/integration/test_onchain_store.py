@@ -4,6 +4,7 @@ slot; settled slots leave the in-flight list."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -98,3 +99,26 @@ def test_a_request_gets_one_transaction_and_replacements_join_its_slot(
         w.commit()
     with uow() as w:
         assert w.transactions.in_flight(SENDER, ["submit_spend"]) == []
+
+
+def test_the_same_spend_is_found_and_reorged_slots_are_followed_again(pg_engine: Engine) -> None:
+    uow = onchain_uow_factory(pg_engine)
+    spend = dataclasses.replace(_slot(3, RequestRef("req-1", 1)),
+                                meta={"payment_id": "p1", "amount": 10**18})
+    with uow() as w:
+        w.transactions.record(spend)
+        w.transactions.record(_slot(4, RequestRef("req-r", 1), purpose="send_refund"))
+        assert w.transactions.same_spend("submit_spend", "p1", 10**18) == (SENDER, 3)
+        assert w.transactions.same_spend("submit_spend", "p1", 2 * 10**18) is None
+        w.transactions.settle(SENDER, 3, mined_hash=_tx(3).tx_hash, outcome="mined")
+        w.transactions.settle(SENDER, 4, mined_hash=_tx(4).tx_hash, outcome="reverted")
+        assert w.transactions.same_spend("submit_spend", "p1", 10**18) == (SENDER, 3)
+        w.transactions.add_requests(SENDER, 3, [RequestRef("req-2", 1)])
+        [again] = w.transactions.in_flight(SENDER, ["submit_spend"])
+        assert again.requests == (RequestRef("req-1", 1), RequestRef("req-2", 1))
+        w.transactions.settle(SENDER, 3, mined_hash=_tx(3).tx_hash, outcome="mined")
+        assert w.transactions.reopen_from(SENDER, 4) == [4]
+        assert [s.nonce for s in w.transactions.in_flight(SENDER, ["send_refund"])] == [4]
+        assert w.transactions.reopen_from(SENDER, 0) == [3]
+        w.transactions.settle(SENDER, 3, mined_hash=None, outcome="lost")
+        assert w.transactions.same_spend("submit_spend", "p1", 10**18) is None

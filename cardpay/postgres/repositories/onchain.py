@@ -42,6 +42,14 @@ _TXS = text("SELECT tx_hash, nonce, raw, gas, max_fee, priority_fee, signed_at "
 _SETTLE = text("UPDATE onchain_slots SET status = :outcome, mined_hash = :mined_hash, "
                "settled_at = now() WHERE sender = :sender AND nonce = :nonce "
                "AND status = 'pending'")
+_SAME_SPEND = text("SELECT sender, nonce FROM onchain_slots WHERE purpose = :purpose "
+                   "AND meta->>'payment_id' = :payment_id AND meta->'amount' = :amount "
+                   "AND status IN ('pending', 'mined') ORDER BY nonce DESC LIMIT 1")
+_ADD_REQUESTS = text("UPDATE onchain_slots SET status = 'pending', mined_hash = NULL, "
+                     "settled_at = NULL WHERE sender = :sender AND nonce = :nonce")
+_REOPEN_FROM = text("UPDATE onchain_slots SET status = 'pending', mined_hash = NULL, "
+                    "settled_at = NULL WHERE sender = :sender AND nonce >= :nonce "
+                    "AND status IN ('mined', 'reverted') RETURNING nonce")
 
 
 class PostgresOutgoingTransactions:
@@ -93,6 +101,22 @@ class PostgresOutgoingTransactions:
                 tx_hash, bytes(raw), sender, int(nonce), int(gas),
                 Fees(int(max_fee), int(priority_fee)), signed_at))
         return [_slot(sender, row, tuple(txs.get(int(row[0]), ()))) for row in rows]
+
+    def same_spend(self, purpose: str, payment_id: str, amount: int) -> tuple[str, int] | None:
+        row = self._conn.execute(_SAME_SPEND, {"purpose": purpose, "payment_id": payment_id,
+                                               "amount": Jsonb(amount)}).first()
+        return None if row is None else (str(row[0]), int(row[1]))
+
+    def add_requests(self, sender: str, nonce: int, requests: Sequence[RequestRef]) -> None:
+        self._conn.execute(_ADD_REQUESTS, {"sender": sender, "nonce": nonce})
+        if requests:
+            self._conn.execute(_REQUEST, [
+                {"request_id": r.request_id, "attempt": r.attempt, "sender": sender,
+                 "nonce": nonce} for r in requests])
+
+    def reopen_from(self, sender: str, nonce: int) -> list[int]:
+        rows = self._conn.execute(_REOPEN_FROM, {"sender": sender, "nonce": nonce})
+        return sorted(int(n) for (n,) in rows)
 
     def settle(self, sender: str, nonce: int, *, mined_hash: str | None, outcome: str) -> None:
         self._conn.execute(_SETTLE, {"sender": sender, "nonce": nonce, "mined_hash": mined_hash,

@@ -50,10 +50,13 @@ def upgrade() -> None:
                   server_default=sa.func.now()),
         sa.Column("settled_at", sa.DateTime(timezone=True)),
         sa.PrimaryKeyConstraint("sender", "nonce"),
-        sa.CheckConstraint("status IN ('pending', 'mined', 'lost')", name="onchain_slots_status"),
+        sa.CheckConstraint("status IN ('pending', 'mined', 'reverted', 'lost')",
+                           name="onchain_slots_status"),
     )
     op.create_index("onchain_slots_pending", "onchain_slots", ["sender", "purpose", "nonce"],
                     postgresql_where=sa.text("status = 'pending'"))
+    op.execute("CREATE INDEX onchain_slots_by_payment ON onchain_slots ((meta->>'payment_id')) "
+               "WHERE purpose = 'submit_spend'")
     op.create_table(
         "onchain_transactions",
         sa.Column("tx_hash", sa.Text, primary_key=True),
@@ -86,6 +89,7 @@ def downgrade() -> None:
     op.drop_table("onchain_requests")
     op.drop_index("onchain_transactions_by_slot", table_name="onchain_transactions")
     op.drop_table("onchain_transactions")
+    op.execute("DROP INDEX onchain_slots_by_payment")
     op.drop_index("onchain_slots_pending", table_name="onchain_slots")
     op.drop_table("onchain_slots")
     op.drop_table("onchain_nonces")
