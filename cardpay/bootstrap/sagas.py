@@ -9,11 +9,11 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from cardpay.handlers.payments import execute
+from cardpay.handlers.payments import execute, submit_own_refund
 from cardpay.handlers.sagas import SagaRunner, SagaUnitOfWork
 from cardpay.postgres.uow import PostgresSagaUnitOfWork, saga_uow_factory
 from cardpay.settings import Settings
-from domain.commands import Command
+from domain.commands import Command, RecordRefundSubmission
 from sagas.card_payment import CardPaymentSaga, route
 
 
@@ -25,7 +25,11 @@ def payment_command(uow: SagaUnitOfWork, command: Any) -> None:
     """A saga's domain command, decided on its payment in the saga's unit of work."""
     if not isinstance(uow, PostgresSagaUnitOfWork) or not isinstance(command, Command):
         raise TypeError(f"cannot run {type(command).__name__} on {type(uow).__name__}")
-    execute(uow, command)
+    if isinstance(command, RecordRefundSubmission):
+        # the listener matches the refund's transfer by this expectation
+        submit_own_refund(uow, command)
+    else:
+        execute(uow, command)
 
 
 def build_runner(settings: Settings, engine: Engine, *,

@@ -98,6 +98,7 @@ class Stack:
     settings: Settings
     answers: Answers
     clock: Clock
+    delivered: dict[str, int] = field(default_factory=dict)
 
     @property
     def relayer_address(self) -> str:
@@ -120,10 +121,13 @@ class Stack:
         self.deliver(payment_id)
 
     def deliver(self, payment_id: str) -> None:
+        """The payment's events the saga has not been given yet (as the feed would)."""
         with unit_of_work_factory(self.engine, None)() as uow:
             events = uow.events.load(payment_id)
-        self.answers.runner.handle_batch(f"test:{payment_id}:{len(events)}", events,
+        done = self.delivered.get(payment_id, 0)
+        self.answers.runner.handle_batch(f"test:{payment_id}", events[done:],
                                          {"0": len(events)})
+        self.delivered[payment_id] = len(events)
 
     def saga(self, payment_id: str) -> Any:
         with saga_uow_factory(self.engine)() as uow:
@@ -493,3 +497,48 @@ def test_a_spend_a_reorg_took_back_is_sent_again_with_its_nonce_never_twice(
     assert len(stack.rows(s.onchain_slots)) == 1
     assert [e.evidence.tx_hash for e in _spent_on(stack, "auth-reorg")] == \
         [first["result"]["tx_hash"]] * 2  # confirmed, retracted, confirmed again
+
+
+@pytest.mark.parametrize("listener_first", [False, True],
+                         ids=["answered_first", "transfer_seen_first"])
+def test_a_reversed_payment_is_refunded_and_the_listener_matches_the_refund(
+        stack: Stack, listener_first: bool) -> None:
+    """The whole chain side of a reversal: spend sent and confirmed, the payment reversed, the
+    saga asks for the refund, the refund sender sends it, the saga records the submission with
+    the mined hash, and the listener books the transfer as the payment's refund — also when
+    it sees the transfer before the answer (kept unmatched, then matched by the submission)."""
+    from domain.events import PaymentRefunded
+
+    d = stack.chain.deployment
+    before = stack.chain.balance_of("EURe", 0)
+    stack.authorize("auth-rev", 2 * 10**18)
+    stack.relayer().run_once()
+    listener = make_listener(stack.engine, stack.chain.rpc_url, stack.config,
+                             d.deployed_at_block)
+    listener.run_until_caught_up()
+    stack.deliver("auth-rev")
+    with unit_of_work_factory(stack.engine, None)() as uow:
+        execute(uow, c.ReversePayment(command_id="auth-rev:reverse", payment_id="auth-rev",
+                                      at=T0, reason="test"))
+        uow.commit()
+    stack.deliver("auth-rev")  # RefundRequested: the saga asks for send_refund
+    refunds = build_refund_sender(stack.settings, stack.engine, stack.config, stack.answers,
+                                  rpc_url=stack.chain.rpc_url, clock=stack.clock)
+    if listener_first:
+        stack.rpc("evm_setAutomine", False)
+        refunds.run_once()  # sent, not mined
+        stack.rpc("evm_mine")
+        listener.run_until_caught_up()  # the transfer matches no submitted refund yet
+        with unit_of_work_factory(stack.engine, None)() as uow:
+            assert not any(isinstance(e, PaymentRefunded) for e in uow.events.load("auth-rev"))
+    refunds.run_once()
+    refund_answer = stack.answers.calls[-1]
+    assert refund_answer["succeeded"], refund_answer
+    listener.run_until_caught_up()
+
+    with unit_of_work_factory(stack.engine, None)() as uow:
+        refunded = [e for e in uow.events.load("auth-rev") if isinstance(e, PaymentRefunded)]
+    assert [(e.amount, e.evidence.tx_hash) for e in refunded] == [
+        (Money(2 * 10**18, EURE), refund_answer["result"]["tx_hash"])]
+    assert stack.chain.balance_of("EURe", 0) == before
+    assert refunds.run_once() == 0
