@@ -187,6 +187,12 @@ class Signer(Protocol):
 class OutgoingTransactions(Protocol):
     """Our signed transactions, by sender and nonce (repository)."""
 
+    def claim_unsent(self, names: Sequence[str], limit: int) -> list[EffectRequest]:
+        """`EffectRequests.claim` without the requests whose try has a recorded transaction
+        already (those are followed, not sent): requests in flight never fill the claim's
+        window and starve new ones. Oldest first, locked, skipped by other workers."""
+        ...
+
     def recorded(self, refs: Sequence[RequestRef]) -> set[RequestRef]:
         """Those of `refs` that have a recorded transaction already."""
         ...
@@ -317,6 +323,11 @@ class TransactionSender:
         self._gas_margin = gas_margin
         self._on_record = on_record
         self._chain_id: int | None = None
+        self._batch_fees: Fees | None = None
+
+    def new_batch(self) -> None:
+        """The fees are asked of the node once per batch of transactions signed together."""
+        self._batch_fees = None
 
     @property
     def address(self) -> str:
@@ -333,7 +344,9 @@ class TransactionSender:
         record, in the caller's unit of work; the caller commits, then `broadcast`s."""
         sender = self._signer.address
         gas = int(self._node.estimate_gas(sender, call) * self._gas_margin)
-        fees = self._node.fees()
+        if self._batch_fees is None:
+            self._batch_fees = self._node.fees()
+        fees = self._batch_fees
         nonce = uow.transactions.take_nonce(
             sender, lambda: self._node.nonce(sender, pending=True))
         tx = self._signer.sign(chain_id=self.chain_id(), nonce=nonce, call=call, gas=gas,
@@ -495,8 +508,9 @@ class _EffectWorker:
     def _submit(self) -> int:
         refused: list[_Refused] = []
         signed: list[SignedTx] = []
+        self._sender.new_batch()
         with self._uow() as uow:
-            claimed = uow.effects.claim(self.names, self._batch)
+            claimed = uow.transactions.claim_unsent(self.names, self._batch)
             known = uow.transactions.recorded([RequestRef(r.request_id, r.attempt)
                                                for r in claimed])
             fresh = [r for r in claimed if RequestRef(r.request_id, r.attempt) not in known]
@@ -567,6 +581,8 @@ class SpendRelayer(_EffectWorker):
                 refused.append(_Refused(request, f"cannot spend: {exc}"))
             except CallReverted as exc:
                 refused.append(_Refused(request, f"the spend would revert: {exc.reason}"))
+            except TransactionRejected as exc:  # left pending: tried again next poll
+                log.warning("spend %s not signed: %s", request.request_id, exc)
         return signed, refused
 
     def _call(self, payload: Json, modules: Mapping[tuple[str, str], str]) -> Call:
@@ -639,5 +655,7 @@ class RefundSender(_EffectWorker):
             except CallReverted as exc:
                 refused.extend(_Refused(r, f"the refund batch would revert: {exc.reason}")
                                for r, _, _ in legs)
+            except TransactionRejected as exc:  # left pending: tried again next poll
+                log.warning("refund batch of %d not signed: %s", len(legs), exc)
         return signed, refused
 

@@ -122,3 +122,31 @@ def test_the_same_spend_is_found_and_reorged_slots_are_followed_again(pg_engine:
         assert w.transactions.reopen_from(SENDER, 0) == [3]
         w.transactions.settle(SENDER, 3, mined_hash=None, outcome="lost")
         assert w.transactions.same_spend("submit_spend", "p1", 10**18) is None
+
+
+def test_requests_in_flight_are_not_claimed_again(pg_engine: Engine) -> None:
+    from cardpay.handlers.sagas import EffectRequest
+    from cardpay.postgres.uow import saga_uow_factory
+
+    with saga_uow_factory(pg_engine)() as w:
+        for n in range(3):
+            w.effects.request(EffectRequest(f"req-{n}", "card_payment", f"p{n}",
+                                            "submit_spend", {"n": n}, 1))
+        w.commit()
+    uow = onchain_uow_factory(pg_engine)
+    with uow() as w:
+        w.transactions.record(_slot(0, RequestRef("req-0", 1)))
+        w.commit()
+    with uow() as w:
+        assert [r.request_id for r in w.transactions.claim_unsent(["submit_spend"], 10)] == \
+            ["req-1", "req-2"]
+        with uow() as other:  # locked by the first: skipped
+            assert other.transactions.claim_unsent(["submit_spend"], 10) == []
+    with saga_uow_factory(pg_engine)() as w:  # a retry is a new attempt: claimed again
+        w.effects.request(EffectRequest("req-0", "card_payment", "p0", "submit_spend", {}, 2))
+        w.commit()
+    with uow() as w:
+        claimed = w.transactions.claim_unsent(["submit_spend"], 1)
+        assert [(r.request_id, r.attempt) for r in claimed] == [("req-1", 1)]
+        assert ("req-0", 2) in [(r.request_id, r.attempt)
+                                for r in w.transactions.claim_unsent(["submit_spend"], 10)]

@@ -15,6 +15,7 @@ from psycopg.types.json import Jsonb
 from sqlalchemy import Connection, text
 
 from cardpay.handlers.onchain import Call, Fees, RequestRef, SignedTx, Slot
+from cardpay.handlers.sagas import EffectRequest
 
 _LOCK = text("SELECT pg_advisory_xact_lock(hashtext(:key))")
 _NEXT = text("SELECT next_nonce FROM onchain_nonces WHERE sender = :sender FOR UPDATE")
@@ -52,9 +53,24 @@ _REOPEN_FROM = text("UPDATE onchain_slots SET status = 'pending', mined_hash = N
                     "AND status IN ('mined', 'reverted') RETURNING nonce")
 
 
+_CLAIM_UNSENT = text(
+    "SELECT e.request_id, e.kind, e.saga_id, e.name, e.payload, e.attempt FROM saga_effects e "
+    "WHERE e.status = 'pending' AND e.name = ANY(:names) AND NOT EXISTS ("
+    "  SELECT 1 FROM onchain_requests r WHERE r.request_id = e.request_id "
+    "  AND r.attempt = e.attempt) "
+    "ORDER BY e.requested_at, e.request_id LIMIT :limit FOR UPDATE OF e SKIP LOCKED")
+
+
 class PostgresOutgoingTransactions:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
+
+    def claim_unsent(self, names: Sequence[str], limit: int) -> list[EffectRequest]:
+        if not names:
+            return []
+        rows = self._conn.execute(_CLAIM_UNSENT, {"names": list(names), "limit": limit})
+        return [EffectRequest(request_id, kind, saga_id, name, payload, int(attempt))
+                for request_id, kind, saga_id, name, payload, attempt in rows]
 
     def recorded(self, refs: Sequence[RequestRef]) -> set[RequestRef]:
         if not refs:
