@@ -530,22 +530,34 @@ class _EffectWorker:
         raise NotImplementedError
 
     def _answer_mined(self) -> int:
+        """Answer every settled slot's requests, then mark it settled (a crash in between
+        answers again: a duplicate answer changes nothing). An answer the saga side cannot take
+        (its reaction fails) is logged and tried again next poll; it does not hold up the
+        others."""
         answered = 0
         for done in self._sender.follow(self._uow, self.names):
-            for ref in done.slot.requests:
-                if done.succeeded:
-                    self._answers.effect_done(ref.request_id, succeeded=True,
-                                              result={"tx_hash": done.tx_hash})
-                elif done.tx_hash is None:  # nothing happened on chain: may be tried again
-                    self._answers.effect_done(ref.request_id, succeeded=False,
-                                              failure=FailureClass.TEMPORARY, detail=done.reason)
-                else:
-                    self._answers.effect_done(
-                        ref.request_id, succeeded=False, failure=FailureClass.HARD,
-                        detail=f"transaction {done.tx_hash} reverted: {done.reason}")
+            try:
+                for ref in done.slot.requests:
+                    self._answer(ref.request_id, done)
+            except Exception:
+                log.exception("%s: answering nonce %d failed; tried again next poll",
+                              type(self).__name__, done.slot.nonce)
+                continue
             self._sender.settle(self._uow, done)
             answered += 1
         return answered
+
+    def _answer(self, request_id: str, done: Settled) -> None:
+        if done.succeeded:
+            self._answers.effect_done(request_id, succeeded=True,
+                                      result={"tx_hash": done.tx_hash})
+        elif done.tx_hash is None:  # nothing happened on chain: may be tried again
+            self._answers.effect_done(request_id, succeeded=False,
+                                      failure=FailureClass.TEMPORARY, detail=done.reason)
+        else:
+            self._answers.effect_done(
+                request_id, succeeded=False, failure=FailureClass.HARD,
+                detail=f"transaction {done.tx_hash} reverted: {done.reason}")
 
 
 class SpendRelayer(_EffectWorker):

@@ -542,3 +542,29 @@ def test_a_reversed_payment_is_refunded_and_the_listener_matches_the_refund(
         (Money(2 * 10**18, EURE), refund_answer["result"]["tx_hash"])]
     assert stack.chain.balance_of("EURe", 0) == before
     assert refunds.run_once() == 0
+
+
+def test_an_answer_the_saga_side_cannot_take_is_retried_and_holds_up_no_other(
+        stack: Stack) -> None:
+    d = stack.chain.deployment
+    stack.chain.spend("EURe", 2, 10 * 10**18)
+    stack.chain.spend("USDCe", 2, 10 * 10**6)
+    _request_refund(stack.engine, "ra", d.cardholders[0], 10**18, EURE)
+    _request_refund(stack.engine, "rb", d.cardholders[1], 10**6, USDCE)
+    failing = {"ra"}
+
+    class Flaky(Answers):
+        def effect_done(self, request_id: str, **kwargs: Any) -> bool:
+            if request_id in failing:
+                failing.discard(request_id)
+                raise RuntimeError("the saga's reaction failed")
+            return super().effect_done(request_id, **kwargs)
+
+    sender = build_refund_sender(stack.settings, stack.engine, stack.config,
+                                 Flaky(stack.answers.runner, stack.answers.calls),
+                                 rpc_url=stack.chain.rpc_url, clock=stack.clock)
+    sender.run_once()
+    assert [a["request_id"] for a in stack.answers.calls] == ["rb"]
+    sender.run_once()
+    assert sorted(a["request_id"] for a in stack.answers.calls) == ["ra", "rb"]
+    assert sender.run_once() == 0
