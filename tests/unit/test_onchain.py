@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 from eth_abi.abi import encode
-from eth_utils import keccak
+from web3 import Web3
 
 from cardpay.bootstrap.relayer import RelayerNotConfigured, chain_targets
 from cardpay.handlers.onchain import (
@@ -27,8 +27,8 @@ KEY = "0x" + "4c" * 32
 
 
 def test_the_selectors_are_the_contracts_functions() -> None:
-    assert keccak(text="spend(address,address,address,uint256)")[:4].hex() == SPEND_SELECTOR
-    assert keccak(text="refundBatch(address,address[],uint256[])")[:4].hex() == \
+    assert Web3.keccak(text="spend(address,address,address,uint256)")[:4].hex() == SPEND_SELECTOR
+    assert Web3.keccak(text="refundBatch(address,address[],uint256[])")[:4].hex() == \
         REFUND_BATCH_SELECTOR
 
 
