@@ -568,3 +568,54 @@ def test_an_answer_the_saga_side_cannot_take_is_retried_and_holds_up_no_other(
     sender.run_once()
     assert sorted(a["request_id"] for a in stack.answers.calls) == ["ra", "rb"]
     assert sender.run_once() == 0
+
+
+def test_kill_9_of_the_relayer_at_random_points_sends_every_spend_exactly_once(
+        stack: Stack, pg_url: str, tmp_path: Any) -> None:
+    import json
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    d = stack.chain.deployment
+    key = stack.settings.relayer_key
+    assert key is not None
+    deployment = tmp_path / "deployment.json"
+    deployment.write_text(json.dumps(d.to_dict()))
+    nonce_before = stack.nonce(stack.relayer_address)
+    before = stack.chain.balance_of("EURe", 1)
+    payments = [f"auth-kill-{i}" for i in range(15)]
+    for pid in payments:
+        stack.authorize(pid, 10**17, cardholder=1)
+    env = {**os.environ, "CARDPAY_DATABASE_URL": pg_url, "CARDPAY_RPC_URL": stack.chain.rpc_url,
+           "CARDPAY_RELAYER_KEY": key.reveal(), "PYTHONPATH": str(Path.cwd())}
+    rng = random.Random(8)
+    for _ in range(5):
+        child = subprocess.Popen([sys.executable, "-m", "tests.support.relayer_loop",
+                                  str(deployment)], env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE)
+        assert child.stdout is not None and child.stdout.readline() == b"ready\n"
+        time.sleep(rng.uniform(0.0, 0.1))  # somewhere in its work
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        assert child.returncode == -signal.SIGKILL, child.stderr.read() if child.stderr else ""
+
+    # the killed workers did part of the work (nothing is asserted on how much: timing)
+    done_by_killed = sum(1 for pid in payments if stack.saga(pid).data.get("spend_tx"))
+    print(f"killed workers: {len(stack.rows(s.onchain_slots))} spends recorded, "
+          f"{done_by_killed} answered")
+    relayer = stack.relayer()  # the restart, until everything is answered
+    for _ in range(20):
+        if relayer.run_once() == 0 and all(
+                stack.saga(pid).data.get("spend_tx") for pid in payments):
+            break
+    spent = {pid: stack.saga(pid).data.get("spend_tx") for pid in payments}
+    assert all(spent.values()), spent
+    assert len(set(spent.values())) == len(payments)
+    assert stack.nonce(stack.relayer_address) == nonce_before + len(payments)
+    assert stack.chain.balance_of("EURe", 1) == before - len(payments) * 10**17
+    assert len(stack.rows(s.onchain_slots)) == len(payments)
