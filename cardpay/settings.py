@@ -122,9 +122,6 @@ class Secret:
     def __hash__(self) -> int:
         return hash(("Secret", self._value))
 
-    def __reduce__(self) -> tuple[object, ...]:
-        raise TypeError("a Secret is not pickled")
-
 
 def _private_key(env: Mapping[str, str], name: str) -> Secret | None:
     """A hex private key (64 hex digits, 0x optional). The error names the variable, never the

@@ -177,9 +177,6 @@ class LocalSigner:
 
     __str__ = __repr__
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        raise TypeError("a signer is not pickled")
-
 
 def _checksum(address: str) -> str:
     return str(Web3.to_checksum_address(address))
