@@ -104,6 +104,42 @@ def _cutoff(env: Mapping[str, str]) -> time:
         return parse_cutoff((env.get("CARDPAY_SETTLEMENT_CUTOFF") or "02:00").strip())
     except ValueError as error:
         raise SettingsError(f"CARDPAY_SETTLEMENT_CUTOFF: {error}") from None
+class Secret:
+    """A secret setting (a private key): `reveal()` gives it to the one adapter that needs it;
+    its repr and str are masked, so printing the settings, logging an object that holds it or an
+    error message that formats it never shows it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(("Secret", self._value))
+
+
+def _private_key(env: Mapping[str, str], name: str) -> Secret | None:
+    """A hex private key (64 hex digits, 0x optional). The error names the variable, never the
+    value."""
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return None
+    body = raw.removeprefix("0x").removeprefix("0X")
+    if len(body) != 64 or any(ch not in "0123456789abcdefABCDEF" for ch in body):
+        raise SettingsError(f"{name} must be a private key: 64 hex digits, 0x optional "
+                            f"(got {len(raw)} characters, not shown)")
+    return Secret("0x" + body.lower())
 
 
 def default_data_dir() -> Path:
@@ -149,6 +185,13 @@ class Settings:
     settlement_cutoff: time = field(default_factory=lambda: parse_cutoff("02:00"))
     """The daily settlement cut-off (UTC, `CARDPAY_SETTLEMENT_CUTOFF` "HH:MM"): day D's batch
     is matched against the network's report at this time on D + 1 (the report is sent then)."""
+    relayer_key: Secret | None = field(default=None, repr=False)
+    """The spend relayer's private key (CARDPAY_RELAYER_KEY): signs SpenderModule.spend."""
+    settlement_key: Secret | None = field(default=None, repr=False)
+    """The settlement account owner's private key (CARDPAY_SETTLEMENT_KEY): signs refunds."""
+    tx_stuck_after: timedelta = timedelta(seconds=120)
+    """A transaction not mined this long after it was signed is replaced with the same nonce
+    and higher fees (CARDPAY_TX_STUCK_AFTER)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -177,6 +220,10 @@ class Settings:
                                          env.get("CARDPAY_SPEND_TIMEOUT") or "10m"),
             saga_poll_s=_seconds(env, "CARDPAY_SAGA_POLL_S", 0.5),
             settlement_cutoff=_cutoff(env),
+            relayer_key=_private_key(env, "CARDPAY_RELAYER_KEY"),
+            settlement_key=_private_key(env, "CARDPAY_SETTLEMENT_KEY"),
+            tx_stuck_after=parse_duration("CARDPAY_TX_STUCK_AFTER",
+                                          env.get("CARDPAY_TX_STUCK_AFTER") or "120s"),
         )
         if settings.confirmations < 0:
             raise SettingsError(f"CARDPAY_CONFIRMATIONS must be 0 or more, got "

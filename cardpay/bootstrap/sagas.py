@@ -27,17 +27,18 @@ from sqlalchemy import Engine
 from cardpay.bootstrap import feed as event_feed
 from cardpay.handlers.effects import EffectWorker, Perform
 from cardpay.handlers.network_advices import NetworkAdvices, reversal_advice
-from cardpay.handlers.payments import execute
+from cardpay.handlers.payments import execute, submit_own_refund
 from cardpay.handlers.ports import QuarantineItem
 from cardpay.handlers.sagas import SagaRunner, SagaUnitOfWork
 from cardpay.handlers.settlement import SettlementDesk, settlement_command
 from cardpay.postgres.uow import PostgresSagaUnitOfWork, saga_uow_factory
 from cardpay.runtime.supervise import DEFAULT_BACKOFF, Backoff, Outcome, supervise_feed
 from cardpay.settings import Settings
-from domain.commands import Command
+from domain.commands import Command, RecordRefundSubmission
 from domain.errors import DomainError
 from domain.events import DomainEvent
 from domain.serialization import from_recorded
+from listener.presets import ChainConfig
 from projector.errors import FeedChanged
 from projector.feed import Feed
 from sagas import card_payment, settlement
@@ -62,7 +63,11 @@ def payment_command(uow: SagaUnitOfWork, command: Any) -> None:
         return
     if not isinstance(command, Command):
         raise TypeError(f"cannot run {type(command).__name__} on {type(uow).__name__}")
-    execute(uow, command)
+    if isinstance(command, RecordRefundSubmission):
+        # the listener matches the refund's transfer by this expectation
+        submit_own_refund(uow, command)
+    else:
+        execute(uow, command)
 
 
 def route(event: DomainEvent) -> list[tuple[str, str]]:
@@ -102,7 +107,9 @@ class SagaWorker:
     feed: Feed
     runner: SagaRunner
     uow_factory: Callable[[], SagaUnitOfWork]
-    effect_workers: Sequence[EffectWorker] = ()
+    pollers: Sequence[Callable[[], int]] = ()
+    """The effect workers' polls (settlement desk and advices, relayer, refund sender): each
+    performs what it can and says how much it did (0: nothing to do)."""
     batch_size: int = 500
     totals: Turn = field(default_factory=Turn)
 
@@ -137,9 +144,8 @@ class SagaWorker:
             turn.events = len(batch) + len(rejected)
         fired = await asyncio.to_thread(self.runner.fire_due_timers)
         turn.timers = fired.advanced + fired.ignored
-        for worker in self.effect_workers:
-            done = await asyncio.to_thread(worker.run_once)
-            turn.effects += done.answered + done.duplicates
+        for poll in self.pollers:
+            turn.effects += await asyncio.to_thread(poll)
         self.totals.events += turn.events
         self.totals.timers += turn.timers
         self.totals.effects += turn.effects
@@ -150,11 +156,13 @@ def build_worker(settings: Settings, engine: Engine, *,
                  clock: Callable[[], datetime] = _now,
                  advices: NetworkAdvices | None = None,
                  performers: dict[str, Perform] | None = None,
+                 chain: ChainConfig | None = None,
                  batch_size: int = 500) -> SagaWorker:
-    """The saga worker of `cardpay sagas run`: the feed, the runner, and an effect worker for
+    """The saga worker of `cardpay sagas run`: the feed, the runner, and the effect workers of
     the effects that have a party: the settlement desk (always), the network's advices
-    (`advices`, or CARDPAY_NETWORK_ADVICE_URL), `performers` for others. Effects with no party
-    stay pending."""
+    (`advices`, or CARDPAY_NETWORK_ADVICE_URL), `performers` for others, and on `chain` the
+    spend relayer (CARDPAY_RELAYER_KEY) and the refund sender (CARDPAY_SETTLEMENT_KEY). Effects
+    with no party stay pending (`missing_parties` names them)."""
     runner = build_runner(settings, engine, clock=clock)
     uows = saga_uow_factory(engine, settings.outbox_topic)
     desk = build_settlement_desk(settings, engine, runner, clock=clock)
@@ -166,9 +174,35 @@ def build_worker(settings: Settings, engine: Engine, *,
         advices = HttpNetworkAdvices(settings.network_advice_url, settings.webhook_secrets[0])
     if advices is not None:
         todo[REVERSAL_ADVICE] = reversal_advice(advices)
-    workers = [EffectWorker(uows, runner, todo)]
-    return SagaWorker(SAGAS, event_feed(settings, engine, SAGAS), runner, uows, workers,
+    effects = EffectWorker(uows, runner, todo)
+    pollers: list[Callable[[], int]] = [lambda: effects.run_once().total]
+    if chain is not None:
+        from cardpay.bootstrap.relayer import build_refund_sender, build_spend_relayer
+
+        if settings.relayer_key is not None:
+            pollers.append(build_spend_relayer(settings, engine, chain, runner,
+                                               clock=clock).run_once)
+        if settings.settlement_key is not None:
+            pollers.append(build_refund_sender(settings, engine, chain, runner,
+                                               clock=clock).run_once)
+    return SagaWorker(SAGAS, event_feed(settings, engine, SAGAS), runner, uows, pollers,
                       batch_size=batch_size)
+
+
+def missing_parties(settings: Settings, chain: ChainConfig | None) -> list[str]:
+    """What `cardpay sagas run` cannot do with these settings (one line each, for its start)."""
+    missing = []
+    if chain is None or settings.relayer_key is None:
+        missing.append(f"no spend relayer (CARDPAY_RELAYER_KEY and a chain): approved spends "
+                       f"wait, and each is undone after CARDPAY_SPEND_TIMEOUT "
+                       f"({settings.spend_timeout})")
+    if chain is None or settings.settlement_key is None:
+        missing.append("no refund sender (CARDPAY_SETTLEMENT_KEY and a chain): refunds wait "
+                       "in the effects outbox")
+    if not (settings.network_advice_url and settings.webhook_secrets):
+        missing.append("no network advice endpoint (CARDPAY_NETWORK_ADVICE_URL): reversal "
+                       "advices wait in the effects outbox")
+    return missing
 
 
 async def run_saga_worker(

@@ -110,12 +110,12 @@ def _roles_module(settings: Settings, args: argparse.Namespace, safe: str) -> st
 def add_command(settings: Settings, args: argparse.Namespace) -> int:
     from cardpay.bootstrap import database
     from cardpay.bootstrap.cards import register_cards
-    from cardpay.cli.chain import _preset, _rpc_url
+    from cardpay.cli.chain import _rpc_url, chain_preset
     from cardpay.handlers.cards import RegistrationRaced
     from cardpay.handlers.ports import Card, CardExists
     from cardpay.onchain.readings import ChainReadFailed
 
-    config = _preset(settings, args.preset, args.deployment)
+    config = chain_preset(settings, args.preset, args.deployment)
     url = _rpc_url(settings, args.rpc_url)
     safe = _address(args.safe, "--safe")
     token = _token(config, args.token)

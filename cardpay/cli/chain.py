@@ -131,7 +131,7 @@ def deployment_file(settings: Settings, given: Path | None) -> Path:
     return given or settings.data_dir / "local-deployment.json"
 
 
-def _preset(settings: Settings, name: str, deployment: Path | None) -> ChainConfig:
+def chain_preset(settings: Settings, name: str, deployment: Path | None) -> ChainConfig:
     try:
         return load_preset(name, deployment_file(settings, deployment))
     except (FileNotFoundError, ValueError, KeyError) as exc:
@@ -194,7 +194,7 @@ def _indexing(settings: Settings, engine: Engine, listener: Listener, config: Ch
 
 def backfill(settings: Settings, *, preset: str, deployment: Path | None, rpc_url: str | None,
              from_block: int | None, to_block: int | None, show_progress: bool) -> int:
-    config = _preset(settings, preset, deployment)
+    config = chain_preset(settings, preset, deployment)
     url = _rpc_url(settings, rpc_url)
     metrics = ListenerMetrics(listener=settings.listener_name)
     bar = Progress("backfill", unit="blocks", enabled=show_progress)
@@ -236,7 +236,7 @@ def backfill(settings: Settings, *, preset: str, deployment: Path | None, rpc_ur
 
 def listen(settings: Settings, *, preset: str, deployment: Path | None, rpc_url: str | None,
            from_block: int | None, metrics_port: int | None, poll_interval: float) -> int:
-    config = _preset(settings, preset, deployment)
+    config = chain_preset(settings, preset, deployment)
     url = _rpc_url(settings, rpc_url)
     metrics = ListenerMetrics(listener=settings.listener_name)
     with database(settings) as engine:

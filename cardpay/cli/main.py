@@ -61,6 +61,10 @@ environment:
   CARDPAY_NETWORK_ADVICE_URL  the card network's advice endpoint (for `sagas run`; default none)
   CARDPAY_SPEND_TIMEOUT    an approved spend not seen on chain by then is undone (default 10m)
   CARDPAY_SAGA_POLL_S      seconds `sagas run` waits for events between timer checks (default 0.5)
+  CARDPAY_RELAYER_KEY      the spend relayer's private key (for `sagas run`; never shown)
+  CARDPAY_SETTLEMENT_KEY   the settlement account owner's private key, signs refunds (never shown)
+  CARDPAY_TX_STUCK_AFTER   a transaction of ours not mined by then is replaced with higher fees
+                           (default 120s)
   CARDPAY_SETTLEMENT_CUTOFF  daily settlement cut-off, HH:MM UTC (default 02:00): day D's
                            batch is matched against the network's report then on D + 1
 

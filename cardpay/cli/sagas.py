@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
-from cardpay.cli.errors import CommandFailed
+from cardpay.cli.errors import CommandFailed, UsageError
 from cardpay.cli.options import positive_int
 from cardpay.cli.output import Column, add_format_options, emit
 from cardpay.cli.services import _gave_up, _quiet_kafka_client, _until_signal, _validate
@@ -38,7 +41,10 @@ def register(sub: Any) -> None:
         "run", help="consume the event feed, fire due timers, perform effects",
         description="Route the event feed (Kafka with CARDPAY_KAFKA_BOOTSTRAP, else the "
         "PostgreSQL event log) to the sagas, fire their due timers and perform the effects "
-        "whose party is configured (CARDPAY_NETWORK_ADVICE_URL for the network's advices). "
+        "whose party is configured: the settlement desk, the network's advices "
+        "(CARDPAY_NETWORK_ADVICE_URL), the spend relayer (CARDPAY_RELAYER_KEY) and the refund "
+        "sender (CARDPAY_SETTLEMENT_KEY) on the chain of --preset. What is missing is said at "
+        "start. "
         "Effects with no party stay pending and are listed by `cardpay sagas list`. Several "
         "workers may run: a saga is advanced by one at a time.")
     run.add_argument("--until-idle", action="store_true",
@@ -48,6 +54,13 @@ def register(sub: Any) -> None:
                      "long (default 30)")
     run.add_argument("--batch-size", type=int, default=500,
                      help="feed messages per transaction (500)")
+    run.add_argument("--preset", choices=["gnosis", "local"], default="local",
+                     help="the chain the relayer and refund sender send to, when their keys "
+                     "are set: gnosis, or local (default; read from --deployment)")
+    run.add_argument("--deployment", type=Path, default=None,
+                     help="local preset file written by `cardpay deploy` "
+                     "(default $CARDPAY_DATA_DIR/local-deployment.json)")
+    run.add_argument("--rpc-url", default=None, help="node URL (default CARDPAY_RPC_URL)")
     run.set_defaults(run=run_command, metrics_port=None)
 
     listing = actions.add_parser(
@@ -67,14 +80,25 @@ def register(sub: Any) -> None:
 def run_command(settings: Settings, args: argparse.Namespace) -> int:
     _validate(args)
     from cardpay.bootstrap import database
-    from cardpay.bootstrap.sagas import build_worker, run_saga_worker
+    from cardpay.bootstrap.sagas import build_worker, missing_parties, run_saga_worker
+    from cardpay.cli.chain import chain_preset
     from projector.errors import FeedChanged
 
     _quiet_kafka_client()
+    if args.rpc_url:
+        settings = replace(settings, rpc_url=args.rpc_url)
+    chain = None
+    if settings.relayer_key is not None or settings.settlement_key is not None:
+        if not settings.rpc_url:
+            raise UsageError("CARDPAY_RELAYER_KEY/CARDPAY_SETTLEMENT_KEY need a node: set "
+                             "CARDPAY_RPC_URL or --rpc-url")
+        chain = chain_preset(settings, args.preset, args.deployment)
+    for line in missing_parties(settings, chain):
+        print(f"cardpay sagas run: {line}", file=sys.stderr)
 
     async def main() -> None:
         with database(settings) as engine:
-            worker = build_worker(settings, engine, batch_size=args.batch_size)
+            worker = build_worker(settings, engine, chain=chain, batch_size=args.batch_size)
             stop = asyncio.Event()
             await _until_signal(run_saga_worker(
                 worker, stop, until_idle=args.until_idle, poll_timeout=settings.saga_poll_s,

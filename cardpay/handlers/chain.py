@@ -9,6 +9,7 @@ is rolled back (the cursor does not move) and read again.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 from collections.abc import Callable, Sequence
@@ -17,6 +18,7 @@ from typing import Any
 
 from cardpay.errors import CardpayError, ConcurrencyConflict
 from cardpay.handlers.cards import balance_moves
+from cardpay.handlers.onchain import spend_link
 from cardpay.handlers.payments import UowFactory, confirmation, execute
 from cardpay.handlers.ports import QuarantineItem, UnitOfWork, UnmatchedTransfer
 from domain import commands as c
@@ -85,7 +87,7 @@ class ChainSinkHandler:
                 block = reject.raw.get("blockHash")
                 self._quarantine(uow, name, reject.key, reject.reason, reject.raw,
                                  block.lower() if isinstance(block, str) else None)
-            for command in self._apply_spends_in_bulk(uow, name, batch.commands):
+            for command in self._apply_spends_in_bulk(uow, name, linked(uow, batch.commands)):
                 self.apply_one(uow, name, command)
             uow.chain.add_activity(self._chain_id, batch.activity)
             self._follow_cards(uow, name, batch)
@@ -149,6 +151,7 @@ class ChainSinkHandler:
 
     def apply_one(self, uow: UnitOfWork, name: str, command: ChainCommand) -> Outcome:
         """Claim and apply one command in the caller's unit of work (no commit here)."""
+        command = linked(uow, [command])[0]
         if not uow.claims.claim(command.command_id, block_hash=command.evidence.block_hash):
             self._duplicate(uow, name, command)
             return Outcome.DUPLICATE
@@ -232,6 +235,25 @@ class ChainSinkHandler:
         uow.quarantine.add(QuarantineItem(f"listener:{name}", key, reason, payload, block_hash))
         if self._on_quarantine is not None:
             self._on_quarantine(reason)
+
+
+def linked(uow: UnitOfWork, commands: Sequence[ChainCommand]) -> list[ChainCommand]:
+    """Spends our relayer sent confirm the authorization's payment, not a payment of their own:
+    the relayer linked each hash's chain-derived payment id to it before broadcasting
+    (`cardpay.handlers.onchain.link_spend`). Other spends (observer mode, someone else's relayer)
+    keep their chain-derived id."""
+    spends = [cmd.payment_id for cmd in commands if isinstance(cmd, c.ConfirmSpend)]
+    if not spends:
+        return list(commands)
+    links = uow.references.get_many([spend_link(pid) for pid in spends])
+    if not links:
+        return list(commands)
+    out: list[ChainCommand] = []
+    for cmd in commands:
+        if isinstance(cmd, c.ConfirmSpend) and spend_link(cmd.payment_id) in links:
+            cmd = dataclasses.replace(cmd, payment_id=links[spend_link(cmd.payment_id)])
+        out.append(cmd)
+    return out
 
 
 def _still_rests_on(uow: UnitOfWork, effect: PaymentSpent | PaymentRefunded) -> bool:

@@ -78,6 +78,11 @@ class Performed:
     duplicates: int = 0
     unavailable: int = 0
 
+    @property
+    def total(self) -> int:
+        """Requests this poll performed (for a loop deciding whether it is idle)."""
+        return self.answered + self.duplicates + self.unavailable
+
 
 class EffectWorker:
     """Performs the effects named in `performers`, `batch` requests per poll."""

@@ -50,6 +50,41 @@ def confirmation(seen: c.RecordSettlementTransfer, expected: ExpectedRefund) -> 
     )
 
 
+def submit_refund(uow: UnitOfWork, command: c.RecordRefundSubmission, *, recipient: str,
+                  token: str, amount: int) -> None:
+    """Record the refund's transaction and the settlement transfer that will confirm it, in the
+    caller's unit of work; a transfer the listener saw before (kept unmatched) confirms it here.
+    """
+    execute(uow, command)
+    expected = ExpectedRefund(command.payment_id, command.refund_id, command.tx_hash,
+                              recipient, token, amount)
+    uow.refunds.expect(expected)
+    seen = uow.refunds.take_unmatched(command.tx_hash, recipient, token, amount)
+    if seen is not None and uow.claims.claim(seen.command_id, block_hash=seen.block_hash):
+        uow.refunds.match(command.tx_hash, recipient, token, amount,
+                          log_key=seen.command_id, block_hash=seen.block_hash)
+        execute(uow, confirmation(from_json(c.RecordSettlementTransfer, seen.command),
+                                  expected))
+        uow.quarantine.forget(seen.command_id)
+
+
+def submit_own_refund(uow: UnitOfWork, command: c.RecordRefundSubmission) -> None:
+    """`submit_refund` for a refund our refund sender sent (the saga's command names only its
+    hash): the transfer goes to the payment's Safe, in the token of its card, for the amount
+    the refund asked for. Without a card for that Safe and currency (nothing to match the
+    transfer against) the submission is recorded alone."""
+    payment = Payment.rehydrate(command.payment_id, uow.events.load(command.payment_id))
+    refund = payment.refunds.get(command.refund_id)
+    card = None if refund is None or payment.account is None else next(
+        (card for card in uow.cards.all() if card.safe == payment.account.lower()
+         and card.currency == refund.amount.currency), None)
+    if refund is None or payment.account is None or card is None:
+        execute(uow, command)  # refused with its reason when the refund is unknown
+        return
+    submit_refund(uow, command, recipient=payment.account.lower(), token=card.token,
+                  amount=refund.amount.units)
+
+
 class PaymentService:
     """Application service for commands from outside the chain (network, sagas, operators)."""
 
@@ -75,17 +110,6 @@ class PaymentService:
         with self._uow() as uow:
             if not uow.claims.claim(command.command_id):
                 return False
-            execute(uow, command)
-            expected = ExpectedRefund(command.payment_id, command.refund_id, command.tx_hash,
-                                      recipient, token, amount)
-            uow.refunds.expect(expected)
-            seen = uow.refunds.take_unmatched(command.tx_hash, recipient, token, amount)
-            if seen is not None and uow.claims.claim(seen.command_id,
-                                                     block_hash=seen.block_hash):
-                uow.refunds.match(command.tx_hash, recipient, token, amount,
-                                  log_key=seen.command_id, block_hash=seen.block_hash)
-                execute(uow, confirmation(from_json(c.RecordSettlementTransfer, seen.command),
-                                          expected))
-                uow.quarantine.forget(seen.command_id)
+            submit_refund(uow, command, recipient=recipient, token=token, amount=amount)
             uow.commit()
         return True

@@ -426,6 +426,10 @@ class PaymentReferences(Protocol):
 
     def get(self, ref: str) -> str | None: ...
 
+    def get_many(self, refs: Sequence[str]) -> dict[str, str]:
+        """The payments of those of `refs` that are known (one round trip for a range)."""
+        ...
+
 
 class SettlementReports(Protocol):
     """The network's daily settlement reports, once per report id, as sent."""

@@ -162,7 +162,7 @@ class SettlementDesk:
         many were claimed (the effect worker's poll, for callers without a saga worker)."""
         done = EffectWorker(self._uow, self._runner, {name: self.perform for name in EFFECTS},
                             batch=limit).run_once()
-        return done.answered + done.duplicates + done.unavailable
+        return done.total
 
     def perform(self, request: EffectRequest) -> Answer:
         """Do one request and commit what it wrote before the answer is reported (done twice,

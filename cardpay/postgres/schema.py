@@ -10,6 +10,7 @@ from sqlalchemy import (
     Column,
     Date,
     DateTime,
+    ForeignKeyConstraint,
     Identity,
     Index,
     Integer,
@@ -476,3 +477,57 @@ saga_effects = Table(
     Column("requested_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("answered_at", DateTime(timezone=True)),
 )
+
+# -- our own transactions (issue 8: relayer and refund sender; migration 0014) -------------------
+onchain_nonces = Table(
+    "onchain_nonces",
+    metadata,
+    Column("sender", Text, primary_key=True),
+    Column("next_nonce", BigInteger, nullable=False),
+)
+
+onchain_slots = Table(
+    "onchain_slots",
+    metadata,
+    Column("sender", Text, nullable=False),
+    Column("nonce", BigInteger, nullable=False),
+    Column("purpose", Text, nullable=False),
+    Column("to_address", Text, nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    Column("gas", BigInteger, nullable=False),
+    Column("meta", JSONB, nullable=False),
+    Column("status", Text, nullable=False, server_default="pending"),
+    Column("mined_hash", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("settled_at", DateTime(timezone=True)),
+    PrimaryKeyConstraint("sender", "nonce"),
+)
+
+onchain_transactions = Table(
+    "onchain_transactions",
+    metadata,
+    Column("tx_hash", Text, primary_key=True),
+    Column("sender", Text, nullable=False),
+    Column("nonce", BigInteger, nullable=False),
+    Column("raw", LargeBinary, nullable=False),
+    Column("gas", BigInteger, nullable=False),
+    Column("max_fee", Amount, nullable=False),
+    Column("priority_fee", Amount, nullable=False),
+    Column("signed_at", DateTime(timezone=True), nullable=False),
+    ForeignKeyConstraint(["sender", "nonce"], ["onchain_slots.sender", "onchain_slots.nonce"],
+                         name="onchain_transactions_slot"),
+)
+Index("onchain_transactions_by_slot", onchain_transactions.c.sender, onchain_transactions.c.nonce)
+
+onchain_requests = Table(
+    "onchain_requests",
+    metadata,
+    Column("request_id", Text, nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("sender", Text, nullable=False),
+    Column("nonce", BigInteger, nullable=False),
+    PrimaryKeyConstraint("request_id", "attempt"),
+    ForeignKeyConstraint(["sender", "nonce"], ["onchain_slots.sender", "onchain_slots.nonce"],
+                         name="onchain_requests_slot"),
+)
+Index("onchain_requests_by_slot", onchain_requests.c.sender, onchain_requests.c.nonce)

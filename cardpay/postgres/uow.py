@@ -23,6 +23,7 @@ from cardpay.postgres.repositories.claims import PostgresCommandClaims
 from cardpay.postgres.repositories.deliveries import PostgresDeliveries
 from cardpay.postgres.repositories.ledger import PostgresLedger
 from cardpay.postgres.repositories.network_timers import PostgresNetworkTimers
+from cardpay.postgres.repositories.onchain import PostgresOutgoingTransactions
 from cardpay.postgres.repositories.payments_view import PostgresPaymentsView
 from cardpay.postgres.repositories.positions import PostgresConsumerPositions
 from cardpay.postgres.repositories.quarantine import PostgresQuarantine
@@ -205,3 +206,21 @@ class PostgresSagaUnitOfWork(PostgresUnitOfWork):
 def saga_uow_factory(engine: Engine, outbox_topic: str | None = None
                      ) -> Callable[[], PostgresSagaUnitOfWork]:
     return lambda: PostgresSagaUnitOfWork(engine, outbox_topic=outbox_topic)
+
+
+class PostgresOnchainUnitOfWork(PostgresSagaUnitOfWork):
+    """The saga unit of work plus our signed transactions
+    (`cardpay.handlers.onchain.OnchainUnitOfWork`): the effect requests an adapter claims, the
+    transactions it signs for them, their nonces and the spends' payment links commit together,
+    before anything is broadcast."""
+
+    transactions: PostgresOutgoingTransactions
+
+    def __enter__(self) -> PostgresOnchainUnitOfWork:
+        super().__enter__()
+        self.transactions = PostgresOutgoingTransactions(self.conn)
+        return self
+
+
+def onchain_uow_factory(engine: Engine) -> Callable[[], PostgresOnchainUnitOfWork]:
+    return lambda: PostgresOnchainUnitOfWork(engine)

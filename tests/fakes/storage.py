@@ -336,6 +336,9 @@ class FakePaymentReferences:
     def get(self, ref: str) -> str | None:
         return self._s.references.get(ref)
 
+    def get_many(self, refs: Sequence[str]) -> dict[str, str]:
+        return {ref: self._s.references[ref] for ref in refs if ref in self._s.references}
+
 
 class FakeSettlementReports:
     def __init__(self, state: State) -> None:

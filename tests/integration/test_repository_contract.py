@@ -400,6 +400,10 @@ def test_a_reference_keeps_its_first_payment_and_commits_with_the_unit(uow: Fact
     with uow() as w:
         assert w.references.get("return:r1") == "auth_1"
         assert w.references.get("return:r2") is None
+        w.references.put("spend:p9", "auth_9")
+        assert w.references.get_many(["return:r1", "return:r2", "spend:p9", "return:r1"]) == {
+            "return:r1": "auth_1", "spend:p9": "auth_9"}
+        assert w.references.get_many([]) == {}
 
 
 def test_a_settlement_report_is_kept_once_per_id(uow: Factory) -> None:

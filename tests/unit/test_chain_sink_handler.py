@@ -318,3 +318,31 @@ def test_allowance_changes_follow_and_an_unattributable_one_is_quarantined(
     assert left is not None and left.balance == 30
     [item] = db.read().quarantine.list()
     assert item.key == f"allowance:{_hash(2)}:1" and item.block_hash == _hash(2)
+
+
+# -- spends our relayer sent confirm the authorization's payment -----------------------------------
+def _link(db: FakeDatabase, chain_payment_id: str, payment_id: str) -> None:
+    from cardpay.handlers.onchain import spend_link
+
+    with db.uow() as uow:
+        uow.references.put(spend_link(chain_payment_id), payment_id)
+        uow.commit()
+
+
+@pytest.mark.parametrize("spends", [1, 3], ids=["one_by_one", "in_bulk"])
+def test_a_linked_spend_is_confirmed_on_the_authorization_payment(
+        db: FakeDatabase, sink: ChainSinkHandler, spends: int) -> None:
+    commands = [_spend(f"chain-{i}", 2, i) for i in range(spends)]
+    _link(db, "chain-0", "auth-1")  # ours: linked before it was broadcast
+    sink.apply("main", _batch(None, 2, commands))
+    assert sorted(_spent_ids(db)) == sorted(["auth-1", *[f"chain-{i}" for i in range(1, spends)]])
+    assert db.read().events.load("chain-0") == []
+
+
+def test_a_linked_spend_is_retracted_from_the_authorization_payment_by_a_reorg(
+        db: FakeDatabase, sink: ChainSinkHandler) -> None:
+    _link(db, "chain-0", "auth-1")
+    sink.apply("main", _batch(None, 2, [_spend("chain-0", 2, 0)]))
+    sink.rollback("main", BlockRef(1, _hash(1), _hash(0)), Cursor(2, _hash(2)))
+    kinds = [type(e) for e in db.read().events.load("auth-1")]
+    assert kinds == [PaymentSpent, SpendRetracted]

@@ -3,7 +3,7 @@ reports as the network sent them (`SettlementReports`)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import date
 from typing import Any
 
@@ -26,6 +26,14 @@ class PostgresPaymentReferences:
         found: str | None = self._conn.execute(
             select(t.c.payment_id).where(t.c.ref == ref)).scalar()
         return found
+
+    def get_many(self, refs: Sequence[str]) -> dict[str, str]:
+        if not refs:
+            return {}
+        t = s.payment_references
+        rows = self._conn.execute(select(t.c.ref, t.c.payment_id).where(
+            t.c.ref.in_(sorted(set(refs)))))
+        return {ref: payment_id for ref, payment_id in rows}
 
 
 class PostgresSettlementReports:
