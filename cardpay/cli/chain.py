@@ -44,7 +44,8 @@ from listener.rpc import HttpJsonRpc
 __all__ = ["backfill", "build_listener", "deploy", "listen", "register"]
 
 
-def register(sub: Any) -> None:
+def chain_options() -> argparse.ArgumentParser:
+    """`--preset`, `--deployment`, `--rpc-url`: which chain and node (a parent parser)."""
     chain_args = argparse.ArgumentParser(add_help=False)
     chain_args.add_argument("--preset", choices=["gnosis", "local"], default="local",
                             help="addresses: gnosis (mainnet Gnosis Pay) or local (default; "
@@ -53,6 +54,11 @@ def register(sub: Any) -> None:
                             help="local preset file written by `cardpay deploy` "
                             "(default $CARDPAY_DATA_DIR/local-deployment.json)")
     chain_args.add_argument("--rpc-url", default=None, help="node URL (default CARDPAY_RPC_URL)")
+    return chain_args
+
+
+def register(sub: Any) -> None:
+    chain_args = chain_options()
     backfill_parser = sub.add_parser(
         "backfill", parents=[chain_args],
         help="index a block range with a progress bar (blocks, logs/s, ETA), then stop",

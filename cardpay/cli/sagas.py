@@ -10,9 +10,9 @@ import argparse
 import asyncio
 import sys
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
+from cardpay.cli.chain import chain_options
 from cardpay.cli.errors import CommandFailed, UsageError
 from cardpay.cli.options import positive_int
 from cardpay.cli.output import Column, add_format_options, emit
@@ -38,7 +38,7 @@ def register(sub: Any) -> None:
     actions = parser.add_subparsers(dest="sagas_command", required=True, metavar="ACTION")
 
     run = actions.add_parser(
-        "run", help="consume the event feed, fire due timers, perform effects",
+        "run", parents=[chain_options()], help="consume the event feed, fire due timers, perform effects",
         description="Route the event feed (Kafka with CARDPAY_KAFKA_BOOTSTRAP, else the "
         "PostgreSQL event log) to the sagas, fire their due timers and perform the effects "
         "whose party is configured: the settlement desk, the network's advices "
@@ -54,13 +54,6 @@ def register(sub: Any) -> None:
                      "long (default 30)")
     run.add_argument("--batch-size", type=int, default=500,
                      help="feed messages per transaction (500)")
-    run.add_argument("--preset", choices=["gnosis", "local"], default="local",
-                     help="the chain the relayer and refund sender send to, when their keys "
-                     "are set: gnosis, or local (default; read from --deployment)")
-    run.add_argument("--deployment", type=Path, default=None,
-                     help="local preset file written by `cardpay deploy` "
-                     "(default $CARDPAY_DATA_DIR/local-deployment.json)")
-    run.add_argument("--rpc-url", default=None, help="node URL (default CARDPAY_RPC_URL)")
     run.set_defaults(run=run_command, metrics_port=None)
 
     listing = actions.add_parser(
