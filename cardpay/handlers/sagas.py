@@ -28,7 +28,10 @@ from typing import Any, Protocol, TypeVar
 
 from cardpay.errors import ConcurrencyConflict
 from cardpay.handlers.ports import QuarantineItem
+from domain.commands import Command
+from domain.errors import DomainError
 from domain.events import DomainEvent
+from domain.serialization import to_json
 from sagas.engine.model import (
     CancelTimer,
     Effect,
@@ -276,7 +279,22 @@ class SagaRunner:
                 case CancelTimer(name=name):
                     uow.saga_timers.cancel(after.kind, after.saga_id, name)
                 case IssueCommand(command=command):
-                    self._commands(uow, command)
+                    try:
+                        self._commands(uow, command)
+                    except DomainError as refused:
+                        # the model refused what the saga decided (its writes were rolled back
+                        # with the command's savepoint): a person looks; the feed goes on
+                        key = f"{after.kind}:{after.saga_id}:{after.version}:command"
+                        uow.add_exception(QuarantineItem(
+                            source=f"saga:{after.kind}", key=key, reason="command_refused",
+                            payload={"detail": str(refused), "saga_id": after.saga_id,
+                                     "kind": after.kind, "stage": after.stage,
+                                     "command_type": type(command).__name__,
+                                     "command": to_json(command)
+                                     if isinstance(command, Command) else repr(command)}))
+                        outcome.exceptions.append(key)
+                        log.warning("saga %s %s: %s refused: %s", after.kind, after.saga_id,
+                                    type(command).__name__, refused)
                 case OpenException(reason=reason, detail=detail, context=context):
                     key = f"{after.kind}:{after.saga_id}:{after.version}"
                     uow.add_exception(QuarantineItem(

@@ -26,6 +26,7 @@ from cardpay.handlers.sagas import (
 )
 from cardpay.postgres.engine import make_engine
 from cardpay.postgres.uow import saga_uow_factory
+from domain.errors import InvalidTransition
 from domain.events import DomainEvent
 from sagas.engine.model import Effect, Json, SagaInstance, Status
 from sagas.engine.react import Saga
@@ -102,11 +103,15 @@ class Commands:
     def __init__(self) -> None:
         self.handled: list[Any] = []
         self.fail_on: Any = None
+        self.refuse: Any = None
+        """A command the domain model refuses (`InvalidTransition`)."""
         self.during: Callable[[Any], None] = lambda command: None
 
     def __call__(self, uow: SagaUnitOfWork, command: Any) -> None:
         if command == self.fail_on:
             raise RuntimeError(f"command {command} refused")
+        if command == self.refuse:
+            raise InvalidTransition(f"payment {command[1]} cannot do {command[0]}")
         self.during(command)
         self.handled.append(command)
 
@@ -231,6 +236,19 @@ def test_a_failing_command_undoes_instances_timers_effects_and_positions(db: Any
     assert r.handle_batch("sagas", [told("p1", "go"), told("p2", "go")],
                           {"events": 2}).advanced == 2
     assert positions(db) == {"events": 2} and len(pending(db)) == 2
+
+
+def test_a_command_the_model_refuses_is_an_exception_and_the_batch_goes_on(db: Any) -> None:
+    commands = Commands()
+    commands.refuse = ("hold", "p2")
+    r = runner(db, commands=commands)
+    outcome = r.handle_batch("sagas", [told("p1", "go"), told("p2", "go")], {"events": 2})
+    assert outcome.advanced == 2 and outcome.exceptions == ["two_steps:p2:1:command"]
+    assert positions(db) == {"events": 2} and len(pending(db)) == 2
+    with db.uow() as uow:
+        [item] = [q for q in uow.quarantine.list() if q.source == "saga:two_steps"]
+    assert (item.reason, item.payload["command_type"]) == ("command_refused", "tuple")
+    assert "cannot do hold" in item.payload["detail"]
 
 
 def test_an_answer_is_taken_once_and_a_duplicate_changes_nothing(db: Any) -> None:
