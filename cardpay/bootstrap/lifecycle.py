@@ -25,7 +25,7 @@ import uvicorn
 from eth_account import Account
 from sqlalchemy import Engine, text
 
-from cardpay.bootstrap import database, payments_projector
+from cardpay.bootstrap import database, payments_projector, unit_of_work
 from cardpay.bootstrap.api import build_app
 from cardpay.bootstrap.cards import register_cards
 from cardpay.bootstrap.listen import build_listener, run_listener
@@ -35,10 +35,11 @@ from cardpay.devstack.anvil import AnvilNode, free_port
 from cardpay.devstack.local_chain import LocalChain, LocalDeployment
 from cardpay.devstack.network_advices import AdviceRecorder
 from cardpay.devstack.network_oracle import SimCard
+from cardpay.devstack.network_simulator import card_from_record
 from cardpay.handlers.ports import Card
 from cardpay.metrics.listener import ListenerMetrics
 from cardpay.settings import Secret, Settings
-from domain.money import FIAT_TOKENS, Currency
+from domain.money import Currency
 from listener.poller import Listener
 from listener.presets import ChainConfig, local_config
 from projector.runner import Projector
@@ -83,9 +84,9 @@ class LifecycleStack:
 
 
 def card_currencies(i: int) -> Sequence[str]:
-    """Every Safe has an EURe card; every other one a USDCe card too (the simulator's two
-    currencies, from one Safe's two balances)."""
-    return ("EURe", "USDCe") if i % 2 == 0 else ("EURe",)
+    """One card per Safe, EURe on even Safes and USDCe on odd ones: a Gnosis Pay Safe spends
+    one token (its Roles module's allowance events do not name it)."""
+    return ("EURe",) if i % 2 == 0 else ("USDCe",)
 
 
 def _cards(deployment: LocalDeployment, config: ChainConfig) -> list[tuple[Card, int]]:
@@ -99,12 +100,22 @@ def _cards(deployment: LocalDeployment, config: ChainConfig) -> list[tuple[Card,
     return out
 
 
-def _sim_card(card: Card, balance: int, allowance: int | None) -> SimCard:
-    fiat = next(f for f, t in FIAT_TOKENS.items() if t.code == card.currency.code)
-    shift = card.currency.decimals - fiat.decimals
-    return SimCard(card.card_id, fiat, balance // 10**shift,
-                   None if allowance is None else allowance // 10**shift,
-                   pool=f"{card.safe}:{card.token}")
+def registered_cards(settings: Settings, engine: Engine) -> list[SimCard]:
+    """The registry's cards as the simulator uses them (what `cardpay cards list --json` gives
+    it): balances and allowances left as indexed now."""
+    now = datetime.now(UTC)
+    records = []
+    with unit_of_work(settings, engine)() as uow:
+        for card in uow.cards.all():
+            balance = uow.cards.balance(card.safe, card.token)
+            allowance = uow.cards.allowance(card.safe, card.token) if card.roles_module else None
+            records.append({
+                "card_id": card.card_id, "status": card.status.value,
+                "currency": card.currency.code, "decimals": card.currency.decimals,
+                "balance": "0" if balance is None else str(balance.balance),
+                "allowance_left": None if allowance is None else str(allowance.remaining(now)),
+                "safe": card.safe, "token": card.token})
+    return [card_from_record(r, n) for n, r in enumerate(records, 1)]
 
 
 @contextlib.contextmanager
@@ -144,10 +155,8 @@ def lifecycle_stack(settings: Settings, *, cardholders: int,
                            sweep_interval_s=0)
         engine = stack.enter_context(database(settings))
         wanted = _cards(deployment, config)
-        done = register_cards(settings, engine, config, node.rpc_url, [c for c, _ in wanted])
-        cards = [_sim_card(r.card, r.reading.balance if r.reading else 0,
-                           r.reading.allowance.balance
-                           if r.reading and r.reading.allowance else None) for r in done]
+        register_cards(settings, engine, config, node.rpc_url, [c for c, _ in wanted])
+        cards = registered_cards(settings, engine)
         api_url = stack.enter_context(_api_server(settings, engine))
         clock = ShiftedClock()
         worker = build_worker(settings, engine, clock=clock, chain=config)
@@ -181,13 +190,22 @@ def counts(engine: Engine) -> dict[str, int]:
         row = conn.execute(text(
             "SELECT"
             " (SELECT count(DISTINCT stream_id) FROM events WHERE type = 'PaymentAuthorized'"
-            "    OR (type = 'AuthorizationAdvised' AND (data->>'approved')::boolean)) AS approved,"
+            "    OR (type = 'AuthorizationAdvised' AND (data->'payload'->>'approved')::boolean)) AS approved,"
             " (SELECT count(DISTINCT stream_id) FROM events WHERE type = 'PaymentSpent') AS spent,"
             " (SELECT count(DISTINCT stream_id) FROM events WHERE type = 'PaymentReversed')"
             "    AS reversed,"
             " (SELECT count(*) FROM saga_effects WHERE status = 'pending') AS pending_effects,"
+            " (SELECT count(DISTINCT data->'payload'->>'refund_id') FROM events"
+            "    WHERE type = 'RefundSubmitted') AS refunds_sent,"
+            " (SELECT count(DISTINCT data->'payload'->>'refund_id') FROM events"
+            "    WHERE type = 'PaymentRefunded') AS refunds_seen,"
+            " (SELECT count(*) FROM saga_effects"
+            "    WHERE name = 'submit_spend' AND status = 'succeeded') AS spends_sent,"
+            " (SELECT count(*) FROM events WHERE type = 'PaymentSpent') AS spends_seen,"
             " (SELECT count(*) FROM saga_timers) AS timers,"
             " (SELECT coalesce(max(position), 0) FROM events) AS last_event,"
+            " (SELECT count(*) FROM settlement_batches WHERE status IN ('open', 'matching'))"
+            "    AS open_batches,"
             " (SELECT coalesce(max(position), 0) FROM consumer_positions"
             "    WHERE consumer = 'sagas') AS saga_position")).one()
     return dict(row._mapping)
@@ -212,8 +230,286 @@ def spends_settled(now: dict[str, int]) -> bool:
 
 
 def quiet(now: dict[str, int]) -> bool:
-    return now["pending_effects"] == 0 and now["saga_position"] > now["last_event"]
+    """Nothing left to send, and the listener has seen what was sent."""
+    return (now["pending_effects"] == 0 and now["saga_position"] > now["last_event"]
+            and now["refunds_seen"] >= now["refunds_sent"]
+            and now["spends_seen"] >= now["spends_sent"])
 
 
 __all__ = ["CONFIRMATIONS", "Currency", "LifecycleStack", "ShiftedClock", "counts", "dev_key",
            "lifecycle_stack", "quiet", "run_services", "spends_settled", "wait_for"]
+
+
+# -- one run, and what it is checked against ---------------------------------------------------------
+@dataclass
+class Totals:
+    payments: int = 0
+    spent: int = 0
+    refunded: int = 0
+
+    @property
+    def net(self) -> int:
+        return self.spent - self.refunded
+
+    def as_json(self) -> dict[str, Any]:
+        return {"payments": self.payments, "spent": str(self.spent),
+                "refunded": str(self.refunded), "net": str(self.net)}
+
+
+def chain_totals(chain: LocalChain, deployment: LocalDeployment,
+                 to_block: int) -> dict[str, Totals]:
+    """Per token, straight from the node's logs with eth-abi (independent of the listener's
+    code): every Spend of the spender module, every transfer out of the settlement account."""
+    from eth_abi.abi import decode as abi_decode
+
+    from listener.decode import SPEND_TOPIC, TRANSFER_TOPIC
+
+    # a Spend names the address it was spent through (EURe: the v1 frontend, as on mainnet)
+    by_address = {a.lower(): t.symbol for t in deployment.tokens.values() for a in t.addresses}
+    totals = {symbol: Totals() for symbol in deployment.tokens}
+    span = {"fromBlock": deployment.deployed_at_block, "toBlock": to_block}
+    for entry in chain.w3.eth.get_logs(
+        {**span, "address": deployment.spender_module, "topics": [SPEND_TOPIC]}  # type: ignore[typeddict-item]
+    ):
+        asset, _account, _receiver, amount = abi_decode(
+            ["address", "address", "address", "uint256"], bytes(entry["data"]))
+        t = totals[by_address[asset.lower()]]
+        t.payments += 1
+        t.spent += int(amount)
+    settlement_topic = "0x" + deployment.settlement_account.lower()[2:].rjust(64, "0")
+    for entry in chain.w3.eth.get_logs(
+        {**span, "address": list(deployment.token_addresses.values()),  # type: ignore[typeddict-item]
+         "topics": [TRANSFER_TOPIC, settlement_topic]}
+    ):
+        (value,) = abi_decode(["uint256"], bytes(entry["data"]))
+        totals[by_address[entry["address"].lower()]].refunded += int(value)
+    return totals
+
+
+def read_model_totals(engine: Engine) -> dict[str, Totals]:
+    """Per token, the payments read model (what the projector made of the event feed)."""
+    totals: dict[str, Totals] = {}
+    with engine.connect() as conn:
+        rows = conn.execute(text(
+            "SELECT currency, count(*) FILTER (WHERE spent > 0), coalesce(sum(spent), 0),"
+            " coalesce(sum(refunded), 0) FROM rm_payments WHERE currency IS NOT NULL"
+            " GROUP BY currency"))
+        for currency, count, spent, refunded in rows:
+            totals[currency] = Totals(int(count), int(spent), int(refunded))
+    return totals
+
+
+def network_totals(engine: Engine) -> dict[str, dict[str, int]]:
+    """Per token, what the network side of our own events says, in token units: approved,
+    cleared (clearings, force posts, financial authorizations) and returned, and the same for
+    the payments that have a spend on chain (what the chain must equal)."""
+    query = text("""
+        WITH p AS (
+          SELECT stream_id,
+            bool_or(type = 'PaymentSpent') AS on_chain,
+            max(data->'payload'->'amount'->>'currency') FILTER (WHERE type = 'PaymentSpent')
+              AS spent_in,
+            max(data->'payload'->'amount'->>'currency') AS currency,
+            coalesce(sum((data->'payload'->'amount'->>'units')::numeric)
+              FILTER (WHERE type = 'PaymentAuthorized'), 0)
+            + coalesce(sum((data->'payload'->'held'->>'units')::numeric)
+              FILTER (WHERE type = 'AuthorizationAdvised'
+                      AND (data->'payload'->>'approved')::boolean
+                      AND version = 1), 0) AS approved,
+            coalesce(sum((data->'payload'->'amount'->>'units')::numeric) FILTER (WHERE type IN
+              ('ClearingRecorded', 'PaymentForcePosted', 'FinancialAuthorizationRecorded')), 0)
+              AS cleared,
+            coalesce(sum((data->'payload'->'amount'->>'units')::numeric)
+              FILTER (WHERE type = 'ReturnRecorded'), 0)
+            - coalesce(sum((data->'payload'->'amount'->>'units')::numeric)
+              FILTER (WHERE type = 'ReturnReversed'), 0) AS returned
+          FROM events GROUP BY stream_id)
+        SELECT coalesce(spent_in, currency) AS currency, sum(approved), sum(cleared),
+               sum(returned),
+               sum(cleared) FILTER (WHERE on_chain), sum(returned) FILTER (WHERE on_chain)
+        FROM p WHERE coalesce(spent_in, currency) IS NOT NULL GROUP BY 1""")
+    out: dict[str, dict[str, int]] = {}
+    with engine.connect() as conn:
+        for currency, approved, cleared, returned, cleared_oc, returned_oc in conn.execute(query):
+            out[currency] = {"approved": int(approved or 0), "cleared": int(cleared or 0),
+                             "returned": int(returned or 0),
+                             "cleared_on_chain": int(cleared_oc or 0),
+                             "returned_on_chain": int(returned_oc or 0)}
+    return out
+
+
+@dataclass
+class Currencies:
+    """One run's figures per token: the chain, the read model, the network side of our events,
+    the settlement batch and the network's report, the ledger."""
+
+    chain: dict[str, Totals]
+    read_model: dict[str, Totals]
+    network: dict[str, dict[str, int]]
+    settlement: dict[str, dict[str, Any]]
+    ledger: dict[str, dict[str, int]]
+    owed: dict[str, int]
+    """What the open exceptions say the Safes still owe (over-clearings not collected)."""
+
+
+@dataclass
+class LifecycleResult:
+    payments: int
+    seed: int
+    decimals: dict[str, int]
+    figures: Currencies
+    simulator_ok: bool
+    simulator_problems: list[str]
+    exceptions: dict[str, int]
+    errors: list[str]
+    seconds: float
+    mismatches: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.mismatches
+
+
+def settlement_figures(engine: Engine, settings: Settings) -> dict[str, dict[str, Any]]:
+    """Per fiat currency: the batches' status, our figures and the report's, summed over days."""
+    from cardpay.postgres.uow import saga_uow_factory
+
+    out: dict[str, dict[str, Any]] = {}
+    with saga_uow_factory(engine, settings.outbox_topic)() as uow:
+        for batch in uow.settlement_batches.find():
+            row = out.setdefault(batch.currency, {"batches": 0, "settled": 0, "net": 0,
+                                                  "report_net": 0, "statuses": []})
+            row["batches"] += 1
+            row["statuses"].append(batch.status.value)
+            row["net"] += batch.ours.net
+            if batch.report is not None:
+                row["report_net"] += batch.report.interchange.net
+            if batch.status.value == "settled":
+                row["settled"] += batch.ours.net
+    return out
+
+
+def ledger_figures(engine: Engine, settings: Settings,
+                   tokens: Sequence[str]) -> dict[str, dict[str, int]]:
+    """Per token: network payable (owed to the network; zero once every batch is paid out) and
+    the holds still pending on it."""
+    from domain.ledger.chart import AccountKind, ChartOfAccounts
+
+    out: dict[str, dict[str, int]] = {}
+    with unit_of_work(settings, engine)() as uow:
+        for symbol in tokens:
+            chart = ChartOfAccounts(symbol)
+            found = uow.ledger.lookup_accounts([chart.account_id(AccountKind.NETWORK_PAYABLE)])
+            if not found:
+                continue
+            payable = found[0]
+            out[symbol] = {"network_payable": payable.credits_posted - payable.debits_posted,
+                           "pending_holds": payable.credits_pending}
+    return out
+
+
+def exception_counts(engine: Engine) -> tuple[dict[str, int], dict[str, int]]:
+    """Open exceptions (and quarantined records) by source:reason, and the over-clearings owed
+    per token."""
+    counts_: dict[str, int] = {}
+    owed: dict[str, int] = {}
+    with engine.connect() as conn:
+        for source, reason, n in conn.execute(text(
+                "SELECT source, reason, count(*) FROM quarantine WHERE resolved_at IS NULL "
+                "GROUP BY 1, 2 ORDER BY 1, 2")):
+            counts_[f"{source}:{reason}"[:120]] = int(n)
+    return counts_, owed
+
+
+def run_lifecycle(s: LifecycleStack, payments: int, seed: int, *, duplicates: float = 0.1,
+                  reorder: float = 0.2, say: Any = None, timeout: float = 600.0
+                  ) -> LifecycleResult:
+    """The simulator's seeded workload through the API; every approval spent on chain before
+    the network's later messages; then quiet; then the saga clock at the settlement cut-off of
+    today's batches; then quiet again. Returns the figures, checked (`mismatches`)."""
+    import httpx
+
+    from cardpay.devstack.network_simulator import HttpSender, simulate
+    from domain.settlement import cutoff_at
+
+    tell = say or (lambda message: None)
+    started = time.monotonic()
+    today = datetime.now(UTC).date()
+
+    def chain_side() -> None:
+        tell("waiting for the approved spends to be mined and seen at depth")
+        wait_for(s.engine, spends_settled, timeout=timeout, what="the approved spends")
+
+    async def main() -> Any:
+        stop = asyncio.Event()
+        services = asyncio.create_task(run_services(s, stop))
+        try:
+            with httpx.Client(timeout=30) as client:
+                tell(f"sending {payments} payments' network messages to {s.api_url}")
+                run = await asyncio.to_thread(
+                    simulate, s.cards, payments=payments, seed=seed,
+                    sender=HttpSender(client, s.api_url, s.secret),
+                    day=today - timedelta(days=1), duplicates=duplicates,
+                    reorder_fraction=reorder, after_authorizations=chain_side)
+            tell("waiting for the sagas, the relayer, the refund sender and the listener")
+            await asyncio.to_thread(wait_for, s.engine, quiet, timeout=timeout,
+                                    what="the lifecycle's end")
+            cutoff = s.settings.settlement_cutoff
+            s.clock.offset = cutoff_at(today, cutoff) - datetime.now(UTC) + timedelta(minutes=1)
+            tell(f"moving the sagas' clock to the settlement cut-off ({cutoff_at(today, cutoff)})")
+            await asyncio.to_thread(wait_for, s.engine, settled, timeout=timeout,
+                                    what="the settlement")
+            return run
+        finally:
+            stop.set()
+            await services
+
+    run = asyncio.run(main())
+    head = int(s.chain.w3.eth.block_number)
+    figures = Currencies(
+        chain=chain_totals(s.chain, s.deployment, head), read_model=read_model_totals(s.engine),
+        network=network_totals(s.engine), settlement=settlement_figures(s.engine, s.settings),
+        ledger=ledger_figures(s.engine, s.settings, sorted(s.deployment.tokens)), owed={})
+    exceptions, figures.owed = exception_counts(s.engine)
+    problems = [f"{m.get('authorization_id')}: expected {m.get('expected')}, got "
+                f"{m.get('status')} {m.get('answer')}" for m in run.mismatches]
+    result = LifecycleResult(
+        payments, seed, {sym: t.decimals for sym, t in s.deployment.tokens.items()}, figures,
+        run.ok, problems, exceptions, list(s.errors), time.monotonic() - started)
+    result.mismatches = check(result)
+    return result
+
+
+def settled(now: dict[str, int]) -> bool:
+    return quiet(now) and now["open_batches"] == 0
+
+
+def check(result: LifecycleResult) -> list[str]:
+    """Every difference between the parties' figures, one line each (empty: all agree)."""
+    f = result.figures
+    out = [f"service failed: {e}" for e in result.errors]
+    out += [f"simulator: {p}" for p in result.simulator_problems]
+    for symbol in sorted(result.decimals):
+        chain = f.chain.get(symbol, Totals())
+        model = f.read_model.get(symbol, Totals())
+        if (chain.spent, chain.refunded) != (model.spent, model.refunded):
+            out.append(f"{symbol}: chain spent/refunded {chain.spent}/{chain.refunded}, read "
+                       f"model {model.spent}/{model.refunded}")
+        net = f.network.get(symbol)
+        if net is not None:
+            expected = net["cleared_on_chain"] - net["returned_on_chain"] - f.owed.get(symbol, 0)
+            if chain.net != expected:
+                out.append(f"{symbol}: the chain's net {chain.net} differs from what the network "
+                           f"cleared net of returns for the payments spent on chain, less what "
+                           f"exceptions say is owed ({expected})")
+        ledger = f.ledger.get(symbol)
+        if ledger is not None and ledger["pending_holds"] != 0:
+            out.append(f"{symbol}: {ledger['pending_holds']} still held in the ledger")
+        if ledger is not None and ledger["network_payable"] != 0:
+            out.append(f"{symbol}: {ledger['network_payable']} still owed to the network "
+                       "after the settlement")
+    for fiat, row in sorted(f.settlement.items()):
+        if row["net"] != row["report_net"] or set(row["statuses"]) != {"settled"}:
+            out.append(f"{fiat}: settlement batches {row['statuses']} net {row['net']}, the "
+                       f"network's report {row['report_net']}")
+    return out
