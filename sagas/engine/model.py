@@ -77,6 +77,9 @@ class SagaInstance:
     """Effects requested so far: numbers each step's idempotency key."""
     problem: str | None = None
     """Why the saga is stuck, or why it compensated."""
+    resume: bool = False
+    """The compensations under way were started with `resume`: once they succeed the saga runs
+    on (it still hears its events while they run) instead of ending `COMPENSATED`."""
 
 
 # -- what a saga is told ------------------------------------------------------------------------
