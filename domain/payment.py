@@ -203,8 +203,6 @@ class Payment:
                      evidence=cmd.evidence)
 
     def _later_spend(self, cmd: c.ConfirmSpend) -> None:
-        if self.status is Status.SETTLED:
-            raise InvalidTransition(f"payment {self.id}: spend on a settled payment")
         known = self.spent or self.authorized
         if known is not None and cmd.amount.currency != known.currency:
             raise InvalidTransition(f"payment {self.id}: spent {cmd.amount.currency}, "
@@ -240,7 +238,7 @@ class Payment:
         refundable = self.refundable
         reversal_id = self._automatic_refund_id(cmd, "reversal")
         self._record(e.PaymentReversed, cmd, reason=cmd.reason)
-        if refundable is not None and not refundable.is_zero:
+        if refundable is not None and refundable.units > 0:  # < 0: a reorged spend is owed
             self._record(e.RefundRequested, cmd, refund_id=reversal_id,
                          amount=refundable, reason=f"reversal: {cmd.reason}")
 
@@ -250,7 +248,8 @@ class Payment:
         if cmd.refund_id in self.refunds:
             raise InvalidTransition(f"payment {self.id}: refund {cmd.refund_id} already requested")
         refundable = self.refundable
-        assert refundable is not None
+        if refundable is None:  # cleared before any spend landed: nothing to refund yet
+            raise RefundExceedsCapture(f"payment {self.id}: refund {cmd.amount}, nothing spent")
         if cmd.amount.currency != refundable.currency:
             raise InvalidTransition(
                 f"payment {self.id}: refund in {cmd.amount.currency}, spent {refundable.currency}"
