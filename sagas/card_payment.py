@@ -291,8 +291,12 @@ class CardPaymentSaga:
             saga.goto("cleared", chain=CLEARED)
             saga.issue(c.ClearPayment(command_id=f"{pid}:saga:clear", payment_id=pid, at=at,
                                       amount=Money(cleared, currency)))
+            cap = cleared  # the clearing itself refunds what was collected beyond it
+        else:
+            cap = None
         target = cleared - _int(saga, "returned")
         net, owed = self._net(saga), _int(saga, "owed")
+        net = net if cap is None else min(net, cap)
         landing = sum(int(v) for v in data.get("redrive", {}).values()) + sum(
             int(v) for v in data.get("topups", {}).values())
         excess = net + landing + owed - target
