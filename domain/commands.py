@@ -58,6 +58,17 @@ class RequestRefund(Command):
 
 
 @dataclass(frozen=True, kw_only=True)
+class RefundExcess(Command):
+    """Refund what the Safe paid net of refunds beyond what the network cleared net of returns.
+
+    The amount is the aggregate's to compute from its own stream, not the sender's: a saga's
+    view of the payment may lag (a spend retracted, a refund already asked for), and a refund it
+    sized itself could exceed what is left, or be asked twice. Nothing beyond: nothing recorded."""
+
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
 class RecordRefundSubmission(Command):
     refund_id: str
     tx_hash: str

@@ -11,8 +11,19 @@ Invariants, chain side:
 - refunds (requested and confirmed together) never exceed what was spent on chain, and after
   clearing never exceed what was cleared (the difference is refunded automatically);
 - the hold resolves at most once (posted by clearing, or voided by a reversal); a reorg that takes
-  the spend away removes the hold before it resolved;
-- a reversed payment takes no new lifecycle command; only refunds already in flight (including the
+  the only spend away before anything was built on it removes the hold;
+- money that lands on chain is never refused for the payment's state (a refusal would only hide it
+  on the settlement account, an invisible stuck payment): a spend seen after the payment was
+  reversed is refunded at once ("spend after reversal"); on a held or cleared payment it is one
+  more spend (`spends`): an incremental spend for an over-clearing, or a spend sent again after a
+  reorg — the saga settles any difference;
+- a reorg may take a spend away whatever was built on it: the payment keeps its state, `spent`
+  drops, and the saga sends the same transaction again (what was refunded or cleared against it
+  waits for it to land again);
+- the network's final amount clears the payment whether its spend landed, has not landed yet, or
+  the payment was reversed first (a clearing after expiry cannot be refused): what was collected
+  beyond it is refunded; a shortfall is left to the saga (an incremental spend or an exception);
+- a reversed payment takes no other lifecycle command; refunds already in flight (including the
   reversal's own refund of what was spent) go on being submitted, confirmed or retracted.
 Invariants, network side (amounts in the card's token, one currency per payment):
 - a network message id is recorded at most once: a repeat changes nothing and records nothing;
@@ -92,6 +103,9 @@ class Payment:
         self.spent: Money | None = None
         self.cleared: Money | None = None
         self.spend_evidence: e.ChainEvidence | None = None
+        """The first spend log the payment rests on (None: none)."""
+        self.spends: dict[e.ChainEvidence, Money] = {}
+        """Every spend log the payment rests on, in the order seen; `spent` is their sum."""
         self.refunds: dict[str, _Refund] = {}
         self.network = NetworkState()
         self.pending_events: list[e.DomainEvent] = []
@@ -129,6 +143,10 @@ class Payment:
             return None
         return self.spent - self.committed_refunds
 
+    def rests_on(self, evidence: e.ChainEvidence) -> bool:
+        """Whether this spend log still counts (a reorg of its block must retract it)."""
+        return evidence in self.spends
+
     def parked_since(self) -> datetime | None:
         """When the oldest clearing still waiting for its authorization arrived (None if none
         waits): a timer raises an exception for a payment parked too long."""
@@ -161,9 +179,16 @@ class Payment:
         self._apply_parked(cmd)
 
     def confirm_spend(self, cmd: c.ConfirmSpend) -> None:
-        """The spend log was seen. A payment seen first on chain (observer mode) starts here."""
-        self._require(Status.NEW, Status.AUTHORIZED)
+        """The spend log was seen. A payment seen first on chain (observer mode) starts here.
+
+        Later spends are accepted whatever the payment's state (see the module's invariants):
+        after a reversal what is now refundable is refunded at once."""
         self._positive(cmd.amount)
+        if cmd.evidence in self.spends:
+            raise InvalidTransition(f"payment {self.id}: spend log already confirmed")
+        if self.status not in (Status.NEW, Status.AUTHORIZED):
+            self._later_spend(cmd)
+            return
         if self.authorized is not None:
             if cmd.amount.currency != self.authorized.currency:
                 raise InvalidTransition(
@@ -177,33 +202,43 @@ class Payment:
         self._record(e.PaymentSpent, cmd, account=cmd.account, amount=cmd.amount,
                      evidence=cmd.evidence)
 
+    def _later_spend(self, cmd: c.ConfirmSpend) -> None:
+        known = self.spent or self.authorized
+        if known is not None and cmd.amount.currency != known.currency:
+            raise InvalidTransition(f"payment {self.id}: spent {cmd.amount.currency}, "
+                                    f"payment in {known.currency}")
+        refund_id = self._automatic_refund_id(cmd, "after-reversal") \
+            if self.status is Status.REVERSED else ""
+        self._record(e.PaymentSpent, cmd, account=cmd.account, amount=cmd.amount,
+                     evidence=cmd.evidence)
+        refundable = self.refundable
+        if refund_id and refundable is not None and refundable.units > 0:
+            self._record(e.RefundRequested, cmd, refund_id=refund_id, amount=refundable,
+                         reason="spend after reversal")
+
     def clear(self, cmd: c.ClearPayment) -> None:
-        self._require(Status.HELD)
-        assert self.spent is not None
+        """The network's final amount (see the module's invariants): what was collected beyond
+        it is refunded; a shortfall is the saga's to collect or to raise."""
+        self._require(*self._approved, Status.HELD, Status.REVERSED)
         self._positive(cmd.amount)
-        if cmd.amount.currency != self.spent.currency:
+        known = self.spent or self.authorized
+        if known is not None and cmd.amount.currency != known.currency:
             raise InvalidTransition(f"payment {self.id}: clearing in another currency")
         refundable = self.refundable
-        assert refundable is not None
-        if cmd.amount > refundable:
-            raise InvalidTransition(
-                f"payment {self.id}: clearing {cmd.amount} exceeds what is left of the spend "
-                f"({refundable}); an incremental spend or a finance exception is needed"
-            )
-        difference = refundable - cmd.amount
         difference_id = self._automatic_refund_id(cmd, "difference")
         self._record(e.PaymentCleared, cmd, amount=cmd.amount)
-        if not difference.is_zero:
+        if refundable is not None and refundable > cmd.amount:
             self._record(e.RefundRequested, cmd, refund_id=difference_id,
-                         amount=difference, reason="clearing below the authorized spend")
+                         amount=refundable - cmd.amount,
+                         reason="clearing below the authorized spend")
 
     def reverse(self, cmd: c.ReversePayment) -> None:
         """Reverse (or expire) before clearing: void the hold and refund what was spent."""
-        self._require(Status.AUTHORIZED, Status.HELD)
+        self._require(*self._approved, Status.HELD)
         refundable = self.refundable
         reversal_id = self._automatic_refund_id(cmd, "reversal")
         self._record(e.PaymentReversed, cmd, reason=cmd.reason)
-        if refundable is not None and not refundable.is_zero:
+        if refundable is not None and refundable.units > 0:  # < 0: a reorged spend is owed
             self._record(e.RefundRequested, cmd, refund_id=reversal_id,
                          amount=refundable, reason=f"reversal: {cmd.reason}")
 
@@ -213,7 +248,8 @@ class Payment:
         if cmd.refund_id in self.refunds:
             raise InvalidTransition(f"payment {self.id}: refund {cmd.refund_id} already requested")
         refundable = self.refundable
-        assert refundable is not None
+        if refundable is None:  # cleared before any spend landed: nothing to refund yet
+            raise RefundExceedsCapture(f"payment {self.id}: refund {cmd.amount}, nothing spent")
         if cmd.amount.currency != refundable.currency:
             raise InvalidTransition(
                 f"payment {self.id}: refund in {cmd.amount.currency}, spent {refundable.currency}"
@@ -223,6 +259,19 @@ class Payment:
                 f"payment {self.id}: refund {cmd.amount} exceeds refundable {refundable}"
             )
         self._record(e.RefundRequested, cmd, refund_id=cmd.refund_id, amount=cmd.amount,
+                     reason=cmd.reason)
+
+    def refund_excess(self, cmd: c.RefundExcess) -> None:
+        """After clearing: refund what was collected beyond the network's amount net of returns
+        (a return, a late spend); records nothing when nothing is beyond it."""
+        self._require(Status.CLEARED, Status.SETTLED)
+        refundable = self.refundable
+        n = self.network
+        target = n.cleared_units - n.returned_units
+        if refundable is None or refundable.units <= target:
+            return
+        self._record(e.RefundRequested, cmd, refund_id=self._automatic_refund_id(cmd, "excess"),
+                     amount=Money(refundable.units - target, refundable.currency),
                      reason=cmd.reason)
 
     def record_refund_submission(self, cmd: c.RecordRefundSubmission) -> None:
@@ -242,17 +291,10 @@ class Payment:
                      evidence=cmd.evidence)
 
     def retract_spend(self, cmd: c.RetractSpend) -> None:
-        """A reorg removed the spend's block. Only a spend nothing was built on can be retracted;
-        anything later (clearing, refunds) needs a compensating saga and is refused here."""
-        self._require(Status.HELD)
-        if cmd.evidence != self.spend_evidence:
+        """A reorg removed a spend's block. Never refused for what was built on it (refusing
+        would leave the payment resting on money that is gone): the saga sends the spend again."""
+        if cmd.evidence not in self.spends:
             raise InvalidTransition(f"payment {self.id}: retraction names another spend log")
-        committed = self.committed_refunds
-        if committed is not None and not committed.is_zero:
-            raise InvalidTransition(
-                f"payment {self.id}: spend retracted by a reorg after refunds were requested; "
-                "needs compensation"
-            )
         self._record(e.SpendRetracted, cmd, evidence=cmd.evidence, reason=cmd.reason)
 
     def retract_refund(self, cmd: c.RetractRefund) -> None:
@@ -499,6 +541,13 @@ class Payment:
             raise InvalidTransition(f"payment {self.id}: refund {refund_id} already confirmed")
         return refund
 
+    @property
+    def _approved(self) -> tuple[Status, ...]:
+        """The chain side's statuses of an approved payment not yet spent: `AUTHORIZED` after
+        our approval, still `NEW` after the network's stand-in approval (an advice)."""
+        return (Status.AUTHORIZED, Status.NEW) if self.network.hold_opened else \
+            (Status.AUTHORIZED,)
+
     def _require(self, *allowed: Status) -> None:
         if self.status not in allowed:
             raise InvalidTransition(
@@ -535,9 +584,11 @@ class Payment:
                 self._network_known(event.amount.currency, event.account, event.merchant,
                                     event.mcc)
             case e.PaymentSpent():
-                self.status, self.hold = Status.HELD, Hold.PENDING
-                self.account, self.spent = event.account, event.amount
-                self.spend_evidence = event.evidence
+                if self.status in (Status.NEW, Status.AUTHORIZED):
+                    self.status, self.hold = Status.HELD, Hold.PENDING
+                self.account = event.account
+                self.spends[event.evidence] = event.amount
+                self._spends_changed(event.amount.currency)
             case e.PaymentCleared():
                 self.status, self.hold, self.cleared = Status.CLEARED, Hold.POSTED, event.amount
             case e.PaymentReversed():
@@ -553,8 +604,13 @@ class Payment:
                 self.refunds[event.refund_id].confirmed = True
                 self.refunds[event.refund_id].evidence = event.evidence
             case e.SpendRetracted():
-                self.status = Status.AUTHORIZED if self.authorized is not None else Status.NEW
-                self.hold, self.spent, self.spend_evidence = Hold.NONE, None, None
+                gone = self.spends.pop(event.evidence)
+                if not self.spends and self.status is Status.HELD and not self.refunds:
+                    # nothing was built on it: approved again, as if never spent
+                    self.status = Status.AUTHORIZED if self.authorized is not None else Status.NEW
+                    self.hold, self.spent, self.spend_evidence = Hold.NONE, None, None
+                else:
+                    self._spends_changed(gone.currency)
             case e.RefundRetracted():
                 self.refunds[event.refund_id].confirmed = False
                 self.refunds[event.refund_id].evidence = None
@@ -563,6 +619,13 @@ class Payment:
             case _:
                 self._apply_network(event)
         self.version = event.version
+
+    def _spends_changed(self, currency: Currency) -> None:
+        total = Money.zero(currency)
+        for amount in self.spends.values():
+            total = total + amount
+        self.spent = total
+        self.spend_evidence = next(iter(self.spends), None)
 
     def _apply_network(self, event: e.DomainEvent) -> None:
         n = self.network
@@ -653,6 +716,8 @@ def handle(payment: Payment, cmd: c.Command) -> None:
             payment.reverse(cmd)
         case c.RequestRefund():
             payment.request_refund(cmd)
+        case c.RefundExcess():
+            payment.refund_excess(cmd)
         case c.RecordRefundSubmission():
             payment.record_refund_submission(cmd)
         case c.ConfirmRefund():

@@ -27,7 +27,8 @@ def to_json(instance: SagaInstance) -> dict[str, Any]:
             "effect": effect_to_json(waiting.effect), "attempt": waiting.attempt,
             "compensating": waiting.compensating, "retry_set": waiting.retry_set,
             "timeout_s": None if waiting.timeout is None else waiting.timeout.total_seconds()},
-        "steps": instance.steps, "problem": instance.problem, "seen": dict(instance.seen),
+        "steps": instance.steps, "problem": instance.problem, "resume": instance.resume,
+        "seen": dict(instance.seen),
     }
 
 
@@ -42,4 +43,5 @@ def from_json(saga_id: str, kind: str, version: int, data: dict[str, Any]) -> Sa
         stage=data["stage"], data=data["data"],
         compensations=tuple(effect_from_json(e) for e in data["compensations"]),
         waiting=waiting, steps=int(data["steps"]), problem=data["problem"],
+        resume=bool(data.get("resume", False)),  # absent in instances stored before it
         seen={str(k): int(v) for k, v in data.get("seen", {}).items()})

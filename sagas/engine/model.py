@@ -82,6 +82,9 @@ class SagaInstance:
     e.g. its payment's): an event at or below it is a redelivery (the feed is at-least-once) and
     changes nothing. A saga fed by many streams (a settlement day) dedupes them itself, so this
     does not grow with them."""
+    resume: bool = False
+    """The compensations under way were started with `resume`: once they succeed the saga runs
+    on (it still hears its events while they run) instead of ending `COMPENSATED`."""
 
 
 # -- what a saga is told ------------------------------------------------------------------------

@@ -9,6 +9,13 @@ What every saga gets from here, so that no definition writes it again:
 - compensations are registered before their step and run last first, one at a time, each
   waiting for its success; one that keeps failing leaves the saga `STUCK` with an exception open
   (never lost, never retried for ever), and `RetryRequested` resumes it from there;
+- a compensation started with `resume` undoes a step without ending the saga: while it runs the
+  saga still hears its events and timers (it must queue what it wants to ask for), and once it
+  succeeds the saga runs on and hears that success (a card payment reversed after a spend that
+  did not land may still see that spend land late, and must refund it);
+- an effect may be asked again under the request id it had (`request(..., request_id=)`): a
+  re-drive of the same effect, which its adapter does at most once (a reorged transaction is
+  broadcast again, never signed anew with another nonce);
 - a finished saga ignores everything (it is never advanced twice).
 """
 
@@ -93,14 +100,17 @@ class Saga:
                                 data={**self.instance.data, **data})
 
     def request(self, name: str, payload: Json | None = None, *,
-                compensation: Effect | None = None, timeout: timedelta | None = None) -> Effect:
+                compensation: Effect | None = None, timeout: timedelta | None = None,
+                request_id: str | None = None) -> Effect:
         """Ask for a side effect and wait for it. Its `compensation` (if any) is registered
-        first, so it runs even when the step's outcome is never known (a crash, a timeout)."""
+        first, so it runs even when the step's outcome is never known (a crash, a timeout).
+        `request_id`: the same effect again under the key it had (a re-drive, done at most once
+        by its adapter), not a new step."""
         if self.instance.waiting is not None:
             raise RuntimeError(f"saga {self.instance.saga_id} already waits for "
                                f"{self.instance.waiting.effect.name}")
-        steps = self.instance.steps + 1
-        effect = Effect(self.key(name, steps), name, dict(payload or {}))
+        steps = self.instance.steps + (request_id is None)
+        effect = Effect(request_id or self.key(name, steps), name, dict(payload or {}))
         compensations = self.instance.compensations
         if compensation is not None:
             compensations = (*compensations, compensation)
@@ -135,12 +145,21 @@ class Saga:
         self._abandon()
         self.instance = replace(self.instance, status=Status.COMPLETED)
 
-    def compensate(self, reason: str) -> None:
+    def compensate(self, reason: str, *, resume: bool = False) -> None:
         """Undo what was done: the registered compensations, last first (the step in flight is
-        abandoned: its compensation was registered before it)."""
+        abandoned: its compensation was registered before it). `resume`: the saga runs on once
+        they succeed (and hears its events meanwhile) instead of ending `COMPENSATED`."""
         self._abandon()
-        self.instance = replace(self.instance, status=Status.COMPENSATING, problem=reason)
+        self.instance = replace(self.instance, status=Status.COMPENSATING, problem=reason,
+                                resume=resume)
         self._next_compensation()
+
+    @property
+    def listening(self) -> bool:
+        """Whether the definition hears events and its timers now: while running, and while a
+        resumable compensation runs (or is stuck)."""
+        return self.instance.status is Status.RUNNING or (
+            self.instance.resume and self.instance.status in (Status.COMPENSATING, Status.STUCK))
 
     # -- the engine's own moves ---------------------------------------------------------------
     def _send(self, waiting: Waiting) -> None:
@@ -159,7 +178,8 @@ class Saga:
     def _next_compensation(self) -> None:
         *rest, last = self.instance.compensations or (None,)
         if last is None:
-            self.instance = replace(self.instance, status=Status.COMPENSATED)
+            status = Status.RUNNING if self.instance.resume else Status.COMPENSATED
+            self.instance = replace(self.instance, status=status, resume=False)
             return
         self.instance = replace(self.instance, compensations=tuple(rest))
         self._send(Waiting(last, compensating=True))
@@ -179,7 +199,7 @@ def react(definition: Definition, instance: SagaInstance, message: Message,
                 stream = None  # another stream's events (a day's batch): the definition dedupes
             if stream is not None and version <= int(instance.seen.get(stream, 0)):
                 return instance, []  # delivered again: taken already
-            if instance.status is Status.RUNNING:
+            if saga.listening:
                 definition.on_event(saga, event)
             if instance.version == 0 and saga.instance == instance and not saga.actions:
                 return instance, []  # nothing starts a saga that does nothing with the event
@@ -192,6 +212,8 @@ def react(definition: Definition, instance: SagaInstance, message: Message,
                 saga._abandon()
                 if waiting.compensating:
                     saga._next_compensation()
+                    if instance.resume and saga.instance.status is Status.RUNNING:
+                        definition.on_success(saga, waiting.effect, result)  # resumed
                 else:
                     definition.on_success(saga, waiting.effect, result)
         case EffectFailed(request_id=rid, failure=failure, detail=detail):
@@ -260,7 +282,7 @@ def _timer(definition: Definition, saga: Saga, name: str) -> None:
         elif not waiting.retry_set:  # a try that already failed cannot also time out
             _failed(definition, saga, waiting, FailureClass.TEMPORARY, "timed out")
         return
-    if saga.instance.status is Status.RUNNING:
+    if saga.listening:
         definition.on_timer(saga, name)
 
 

@@ -11,11 +11,13 @@ from domain import commands as c
 from domain import events as e
 from domain.money import EURE, Money
 from sagas.card_payment import (
+    KIND,
     REVERSAL_ADVICE,
     SEND_REFUND,
     SPEND_DEADLINE,
     SUBMIT_SPEND,
     CardPaymentSaga,
+    OverClearing,
 )
 from sagas.engine.model import (
     Action,
@@ -76,11 +78,11 @@ def refund_requested(cents: int, version: int) -> e.RefundRequested:
               reason="test")
 
 
-def feed(instance: SagaInstance, *messages: Message,
-         now: datetime = T0) -> tuple[SagaInstance, list[Action]]:
+def feed(instance: SagaInstance, *messages: Message, now: datetime = T0,
+         definition: CardPaymentSaga = SAGA) -> tuple[SagaInstance, list[Action]]:
     actions: list[Action] = []
     for message in messages:
-        instance, more = react(SAGA, instance, message, now)
+        instance, more = react(definition, instance, message, now)
         actions += more
     return instance, actions
 
@@ -130,7 +132,21 @@ def test_a_spend_that_never_lands_is_reversed_and_the_network_told(how: str) -> 
     assert isinstance(reverse, c.ReversePayment) and reverse.payment_id == PID
     assert effects(actions) == [REVERSAL_ADVICE] and s.status is Status.COMPENSATING
     s, _ = feed(s, EffectSucceeded(rid(s)))
-    assert s.status is Status.COMPENSATED
+    # resumed, not finished: the spend may still land late and must then be refunded
+    assert s.status is Status.RUNNING and s.stage == "reversed" and s.waiting is None
+
+
+def test_a_spend_landing_after_the_saga_gave_up_is_refunded() -> None:
+    s = approved()
+    s, _ = feed(s, TimerFired(SPEND_DEADLINE))  # gave up: reversed, advice in flight
+    late = ev(e.PaymentSpent, 3, account=SAFE, amount=eure(1_000), evidence=spent().evidence)
+    s, actions = feed(s, EventArrived(late), EventArrived(ev(
+        e.RefundRequested, 4, refund_id=f"{PID}:late:after-reversal", amount=eure(1_000),
+        reason="spend after reversal")))
+    assert commands(actions) == [] and effects(actions) == []  # queued behind the advice
+    s, actions = feed(s, EffectSucceeded(rid(s)))  # the network acknowledged the advice
+    assert effects(actions) == [SEND_REFUND] and s.status is Status.RUNNING
+    assert s.waiting is not None and s.waiting.effect.payload["amount"] == 1_000 * 10**16
 
 
 def test_clearings_add_up_and_the_final_one_clears_the_chain_side_for_their_total() -> None:
@@ -138,8 +154,9 @@ def test_clearings_add_up_and_the_final_one_clears_the_chain_side_for_their_tota
     s, actions = feed(s, EventArrived(clearing(300, 3, final=False)))
     assert commands(actions) == []
     s, actions = feed(s, EventArrived(clearing(500, 4)))
-    clear, = commands(actions)
+    clear, = commands(actions)  # its difference refund is the aggregate's: no RefundExcess
     assert isinstance(clear, c.ClearPayment) and clear.amount == eure(800)
+    assert feed(s, EventArrived(clearing(500, 4))) == (s, [])  # delivered again: nothing
     assert s.stage == "cleared" and s.status is Status.RUNNING  # returns may still come
 
 
@@ -171,13 +188,35 @@ def test_a_refund_that_cannot_be_sent_is_an_exception_and_the_queue_goes_on() ->
     assert effects(actions) == [SEND_REFUND] and s.status is Status.RUNNING
 
 
-def test_over_clearing_opens_a_finance_exception_and_clears_what_was_spent() -> None:
+def test_over_clearing_opens_a_finance_exception_for_what_is_owed_by_default() -> None:
     s, _ = feed(approved(), EventArrived(spent(1_000)))
     s, actions = feed(s, EventArrived(clearing(1_200, 3)))
     exception, = [a for a in actions if isinstance(a, OpenException)]
     assert exception.reason == "over_clearing"
+    assert exception.context["owed"] == 200 * 10**16
     clear, = commands(actions)
-    assert clear.amount == eure(1_000)
+    assert clear.amount == eure(1_200)  # the network's amount; the chain is 200 short
+    assert effects(actions) == []
+
+
+def test_over_clearing_is_an_incremental_spend_by_the_setting() -> None:
+    saga = CardPaymentSaga(over_clearing=OverClearing.INCREMENTAL_SPEND)
+    s, actions = feed(SagaInstance(PID, KIND), EventArrived(authorized()), definition=saga)
+    s, _ = feed(s, EffectSucceeded(rid(s), {"tx_hash": "0xspend"}), EventArrived(spent(1_000)),
+                definition=saga)
+    s, actions = feed(s, EventArrived(clearing(1_200, 3)), definition=saga)
+    assert [a for a in actions if isinstance(a, OpenException)] == []
+    assert effects(actions) == [SUBMIT_SPEND]
+    topup = s.waiting.effect if s.waiting else None
+    assert topup is not None and topup.request_id == f"{PID}:2:{SUBMIT_SPEND}"
+    assert topup.payload["amount"] == 200 * 10**16 and topup.payload["incremental"] is True
+    s, _ = feed(s, EffectSucceeded(topup.request_id, {"tx_hash": "0xtopup"}), definition=saga)
+    more = ev(e.PaymentSpent, 5, account=SAFE, amount=eure(200), evidence=e.ChainEvidence(
+        chain_id=100, block_number=9, block_hash="0x" + "b9" * 32, tx_hash="0xtopup",
+        log_index=0))
+    s, actions = feed(s, EventArrived(ev(e.PaymentCleared, 4, amount=eure(1_200))),
+                      EventArrived(more), definition=saga)
+    assert actions == [] and s.data["spent"] == 1_200 * 10**16 and s.data["topups"] == {}
 
 
 def test_a_full_reversal_before_clearing_reverses_the_payment_and_a_return_asks_a_refund() -> None:
@@ -189,8 +228,8 @@ def test_a_full_reversal_before_clearing_reverses_the_payment_and_a_return_asks_
     s, _ = feed(approved(), EventArrived(spent()), EventArrived(clearing(1_000, 3)))
     s, actions = feed(s, EventArrived(ev(e.ReturnRecorded, 4, amount=eure(250),
                                          returned=eure(250))))
-    refund, = commands(actions)
-    assert isinstance(refund, c.RequestRefund) and refund.amount == eure(250)
+    refund, = commands(actions)  # sized by the aggregate, from its whole stream
+    assert isinstance(refund, c.RefundExcess) and refund.reason == "merchant return"
 
 
 def test_a_reorged_spend_is_submitted_again() -> None:
@@ -200,7 +239,25 @@ def test_a_reorged_spend_is_submitted_again() -> None:
                                          reason="reorg")))
     assert effects(actions) == [SUBMIT_SPEND] and s.stage == "spending"
     assert SetTimer(SPEND_DEADLINE, T0 + SAGA.spend_timeout) in actions
-    assert s.waiting is not None and s.waiting.effect.request_id == f"{PID}:2:{SUBMIT_SPEND}"
+    # the same request: its adapter broadcasts the same transaction again, never a second one
+    assert s.waiting is not None and s.waiting.effect.request_id == f"{PID}:1:{SUBMIT_SPEND}"
+
+
+def test_a_reorged_refund_is_sent_again_under_its_request_and_recorded_once() -> None:
+    s, _ = feed(approved(), EffectSucceeded("x"))
+    s, _ = feed(s, EffectSucceeded(rid(s), {"tx_hash": "0xspend"}), EventArrived(spent()),
+                EventArrived(refund_requested(200, 3)))
+    first = rid(s)
+    s, actions = feed(s, EffectSucceeded(first, {"tx_hash": "0xr1"}))
+    assert [type(x) for x in commands(actions)] == [c.RecordRefundSubmission]
+    evidence = e.ChainEvidence(chain_id=100, block_number=8, block_hash="0x" + "b8" * 32,
+                               tx_hash="0xr1", log_index=0)
+    s, actions = feed(s, EventArrived(ev(e.RefundRetracted, 4, refund_id=f"{PID}:r3",
+                                         amount=eure(200), evidence=evidence,
+                                         reason="reorg")))
+    assert effects(actions) == [SEND_REFUND] and rid(s) == first
+    s, actions = feed(s, EffectSucceeded(first, {"tx_hash": "0xr1"}))
+    assert commands(actions) == []  # the same transaction: its submission is recorded already
 
 
 def test_a_payment_seen_only_on_chain_starts_no_saga() -> None:

@@ -94,6 +94,9 @@ HOLD_MOVES = {
     (Hold.PENDING, Hold.POSTED): e.PaymentCleared,
     (Hold.PENDING, Hold.VOIDED): e.PaymentReversed,
     (Hold.PENDING, Hold.NONE): e.SpendRetracted,
+    # the network's final amount before the spend landed, or after a reversal
+    (Hold.NONE, Hold.POSTED): e.PaymentCleared,
+    (Hold.VOIDED, Hold.POSTED): e.PaymentCleared,
 }
 
 HOLD_OF_STATUS = {
@@ -247,6 +250,13 @@ class Model:
     cleared: Money | None = None
     spend_evidence: ChainEvidence | None = None
     refunds: dict[str, ModelRefund] = field(default_factory=dict)
+    spends: dict[ChainEvidence, Money] = field(default_factory=dict)
+    ever_spent: int = 0
+    """Every spend ever confirmed, retracted or not: refunds never exceed it."""
+
+    def spends_changed(self, currency: Currency) -> None:
+        self.spent = Money(sum(m.units for m in self.spends.values()), currency)
+        self.spend_evidence = next(iter(self.spends), None)
 
     def state(self) -> tuple[object, ...]:
         return (
@@ -458,6 +468,8 @@ class PaymentMachine(RuleBasedStateMachine):
             amount=amount,
             evidence=evidence(self.steps),
         )
+        first = m.status in (Status.NEW, Status.AUTHORIZED)
+        known = m.spent or m.authorized
         ok = amount.units > 0 and (
             m.status is Status.NEW
             or (
@@ -466,12 +478,30 @@ class PaymentMachine(RuleBasedStateMachine):
                 and m.authorized is not None
                 and amount.units <= m.authorized.units
             )
+            # later: never refused for the state (money on chain is never hidden)
+            or (not first and (known is None or amount.currency == known.currency))
         )
-        if self.run(cmd, [(e.PaymentSpent, {"amount": amount})] if ok else None):
-            m.status, m.hold, m.account = Status.HELD, Hold.PENDING, "0xsafe"
-            m.spent, m.spend_evidence = amount, cmd.evidence
+        expected: list[Expected] | None = [(e.PaymentSpent, {"amount": amount})] if ok else None
+        refund: Money | None = None
+        if ok and m.status is Status.REVERSED:
+            left = (m.spent.units if m.spent else 0) + amount.units - m.committed_units()
+            if left > 0:
+                refund = Money(left, amount.currency)
+                assert expected is not None
+                expected.append((e.RefundRequested, {
+                    "refund_id": f"{cmd.command_id}:after-reversal", "amount": refund,
+                    "reason": "spend after reversal"}))
+        if self.run(cmd, expected):
+            if first:
+                m.status, m.hold = Status.HELD, Hold.PENDING
+            m.account = "0xsafe"
+            m.spends[cmd.evidence] = amount
+            m.ever_spent += amount.units
+            m.spends_changed(amount.currency)
+            if refund is not None:
+                m.refunds[f"{cmd.command_id}:after-reversal"] = ModelRefund(refund)
             self.spend_evidences.append(cmd.evidence)
-            m.version += 1
+            m.version += 1 + (refund is not None)
 
     @rule(
         units=RAW_UNITS,
@@ -488,19 +518,17 @@ class PaymentMachine(RuleBasedStateMachine):
         refundable = m.refundable()
         amount = self.amount(units, currency, nudge, m.spent if anchor == "spent" else refundable)
         cmd = c.ClearPayment(**self.base(correlated), amount=amount)  # type: ignore[arg-type]
+        known = m.spent or m.authorized
         ok = (
-            m.status is Status.HELD
+            m.status in (*self.approved(), Status.HELD, Status.REVERSED)
             and amount.units > 0
-            and same_currency(amount, m.spent)
-            and refundable is not None
-            and amount.units <= refundable.units
+            and (known is None or amount.currency == known.currency)
         )
         expected: list[Expected] | None = None
         difference: Money | None = None
         if ok:
-            assert refundable is not None
             expected = [(e.PaymentCleared, {"amount": amount})]
-            if amount.units < refundable.units:
+            if refundable is not None and amount.units < refundable.units:
                 difference = Money(refundable.units - amount.units, amount.currency)
                 expected.append((e.RefundRequested, {
                     "refund_id": f"{cmd.command_id}:difference", "amount": difference}))
@@ -509,13 +537,13 @@ class PaymentMachine(RuleBasedStateMachine):
             if difference is not None:
                 m.refunds[f"{cmd.command_id}:difference"] = ModelRefund(difference)
             m.version += 1 + (difference is not None)
-            self.committed_at_clearing = m.committed_units()
+            self.committed_at_clearing = (m.spent.units if m.spent else 0) - m.committed_units()
 
     @rule(correlated=st.booleans())
     def reverse(self, correlated: bool) -> None:
         m = self.model
         cmd = c.ReversePayment(**self.base(correlated), reason="expired")  # type: ignore[arg-type]
-        ok = m.status in (Status.AUTHORIZED, Status.HELD)
+        ok = m.status in (*self.approved(), Status.HELD)
         refundable = m.refundable()
         refund = refundable if refundable is not None and refundable.units > 0 else None
         expected: list[Expected] | None = None
@@ -632,11 +660,15 @@ class PaymentMachine(RuleBasedStateMachine):
         elif which == "stale" and self.spend_evidences:
             proof = self.spend_evidences[0]
         cmd = c.RetractSpend(**base, evidence=proof, reason="reorg")  # type: ignore[arg-type]
-        ok = m.status is Status.HELD and proof == m.spend_evidence and not m.refunds
+        ok = proof in m.spends
         expected: list[Expected] = [(e.SpendRetracted, {"evidence": proof})]
         if self.run(cmd, expected if ok else None):
-            m.status = Status.AUTHORIZED if m.authorized is not None else Status.NEW
-            m.hold, m.spent, m.spend_evidence = Hold.NONE, None, None
+            gone = m.spends.pop(proof)
+            if not m.spends and m.status is Status.HELD and not m.refunds:
+                m.status = Status.AUTHORIZED if m.authorized is not None else Status.NEW
+                m.hold, m.spent, m.spend_evidence = Hold.NONE, None, None
+            else:
+                m.spends_changed(gone.currency)
             m.version += 1
 
     @rule(pick=REFUND_PICKS, which=EVIDENCE_PICKS, correlated=st.booleans())
@@ -886,6 +918,10 @@ class PaymentMachine(RuleBasedStateMachine):
         assert cmd.command_id in self.net.messages
         self.run(cmd, [])
 
+    def approved(self) -> tuple[Status, ...]:
+        """`NEW` is approved too once the network's stand-in advice opened the hold."""
+        return (Status.AUTHORIZED, Status.NEW) if self.net.hold_opened else (Status.AUTHORIZED,)
+
     # -- invariants -------------------------------------------------------------------------------
     def lifecycle_state(self) -> tuple[object, ...]:
         """What a reversal freezes: everything but the progress of refunds already in flight."""
@@ -941,8 +977,10 @@ class PaymentMachine(RuleBasedStateMachine):
         committed, refunded = payment.committed_refunds, payment.refunded
         assert committed is not None
         assert refunded is not None
-        # Confirmed plus in flight never exceed the spend; confirmed alone neither.
-        assert Money.zero(payment.spent.currency) <= refunded <= committed <= payment.spent
+        # Confirmed plus in flight never exceed what was ever spent; confirmed alone neither
+        # (a reorg may take a spend away for a while: the saga sends it again).
+        assert Money.zero(payment.spent.currency) <= refunded <= committed
+        assert committed.units <= self.model.ever_spent
         assert payment.refundable == payment.spent - committed
         assert refunded.units == sum(
             r.amount.units for r in payment.refunds.values() if r.confirmed)
@@ -957,15 +995,11 @@ class PaymentMachine(RuleBasedStateMachine):
         if payment.cleared is None:
             assert self.committed_at_clearing is None
             return
-        assert payment.spent is not None and self.committed_at_clearing is not None
-        # At clearing, everything spent beyond the cleared amount was committed to refunds
-        # (earlier refunds plus the automatic difference), ...
-        assert self.committed_at_clearing == payment.spent.units - payment.cleared.units
-        # ... so refunds requested since never exceed what was cleared.
-        committed = payment.committed_refunds
-        assert committed is not None
-        assert 0 <= committed.units - self.committed_at_clearing <= payment.cleared.units
-        assert payment.cleared <= payment.spent
+        # (`committed_at_clearing`: what the Safe had paid net of refunds right after clearing)
+        # At clearing, everything collected beyond the cleared amount was committed to refunds
+        # (earlier refunds plus the automatic difference); a shortfall is the saga's to collect.
+        assert self.committed_at_clearing is not None
+        assert self.committed_at_clearing <= payment.cleared.units
 
     @invariant()
     def the_hold_matches_the_status(self) -> None:
@@ -973,9 +1007,11 @@ class PaymentMachine(RuleBasedStateMachine):
 
     @invariant()
     def a_reversed_payment_never_leaves_reversed(self) -> None:
+        """... except for a clearing the network sent anyway (it cannot be refused); spends
+        landing late and reorgs change only what was spent and refunded."""
         if self.reversed_state is not None:
-            assert self.payment.status is Status.REVERSED
-            assert self.lifecycle_state() == self.reversed_state
+            assert self.payment.status in (Status.REVERSED, Status.CLEARED, Status.SETTLED)
+            assert self.lifecycle_state()[3] == self.reversed_state[3]  # authorized
 
     @invariant()
     def version_counts_the_recorded_events(self) -> None:

@@ -3,7 +3,7 @@ resumed; then a hypothesis state machine that throws any order of answers at it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -12,6 +12,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
+from sagas.engine import codec
 from sagas.engine.model import (
     Action,
     CancelTimer,
@@ -195,6 +196,65 @@ def test_a_compensation_that_keeps_failing_opens_one_exception_and_can_be_retrie
     assert s.status is Status.COMPENSATING and requested(actions) == [("release", 1)]
     s, _ = run(s, EffectSucceeded(rid))
     assert s.status is Status.COMPENSATED
+
+
+@dataclass
+class Resumable:
+    """One step whose failure is compensated with `resume`: the saga runs on afterwards."""
+
+    kind: str = "resumable"
+    policy: RetryPolicy = POLICY
+
+    def on_event(self, saga: Saga, event: Any) -> None:
+        if event == "go":
+            saga.request("step", compensation=saga.undo("undo"))
+        else:  # heard while compensating too: remembered, acted on once running again
+            saga.goto(saga.stage, heard=[*saga.data.get("heard", []), event])
+
+    def on_timer(self, saga: Saga, name: str) -> None:
+        saga.goto(saga.stage, timers=[*saga.data.get("timers", []), name])
+
+    def on_success(self, saga: Saga, effect: Effect, result: Json) -> None:
+        if effect.name == "undo":
+            saga.request("after", {"heard": list(saga.data.get("heard", []))})
+
+    def on_failure(self, saga: Saga, effect: Effect, failure: FailureClass,
+                   detail: str) -> None:
+        saga.compensate(detail, resume=True)
+
+
+def test_a_resumable_compensation_hears_events_meanwhile_and_runs_on_after_it() -> None:
+    d = Resumable()
+    s, _ = react(d, SagaInstance("r1", "resumable"), EventArrived("go"), T0)
+    s, actions = react(d, s, EffectFailed(waiting_id(s), FailureClass.HARD, "no"), T0)
+    assert s.status is Status.COMPENSATING and s.resume and requested(actions) == [("undo", 1)]
+    s, _ = react(d, s, EventArrived("late news"), T0)
+    s, _ = react(d, s, TimerFired("nudge"), T0)
+    assert s.data == {"heard": ["late news"], "timers": ["nudge"]}
+    s, actions = react(d, s, EffectSucceeded(waiting_id(s)), T0)
+    assert s.status is Status.RUNNING and not s.resume and s.problem == "no"
+    assert requested(actions) == [("after", 1)]  # it heard its compensation's success
+    assert s.waiting is not None and s.waiting.effect.payload == {"heard": ["late news"]}
+
+
+def test_an_effect_asked_again_under_its_request_id_is_not_a_new_step() -> None:
+    s = start()
+    first = waiting_id(s)
+    s, _ = run(s, EffectSucceeded(first, {"id": "r-1"}))
+    saga = Saga(replace(s, waiting=None), T0, POLICY)
+    effect = saga.request("reserve", {"n": 1}, request_id=first)
+    assert effect.request_id == first and saga.instance.steps == s.steps
+    assert saga.key("charge") == f"p1:{s.steps + 1}:charge"  # the next new step's number
+
+
+def test_the_codec_keeps_every_field_and_reads_instances_stored_before_resume() -> None:
+    d = Resumable()
+    s, _ = react(d, SagaInstance("r1", "resumable"), EventArrived("go"), T0)
+    s, _ = react(d, s, EffectFailed(waiting_id(s), FailureClass.HARD, "no"), T0)
+    stored = codec.to_json(s)
+    assert codec.from_json("r1", "resumable", s.version, stored) == s
+    old = {k: v for k, v in stored.items() if k != "resume"}
+    assert codec.from_json("r1", "resumable", s.version, old) == replace(s, resume=False)
 
 
 def test_retry_policy_bounds_and_jitter() -> None:
