@@ -103,6 +103,9 @@ class CardPaymentSaga:
                 saga.goto(saga.stage, final=True)  # the hold ended: what is cleared is final
             case e.ReturnRecorded(amount=amount):
                 saga.goto(saga.stage, returned=_int(saga, "returned") + amount.units)
+            case e.ReturnReversed(amount=amount):
+                # the merchant's return was (partly) undone: the cardholder owes it again
+                saga.goto(saga.stage, returned=_int(saga, "returned") - amount.units)
             case e.RefundRequested(refund_id=refund_id, amount=amount):
                 self._refund_requested(saga, refund_id, amount.units)
             case e.PaymentRefunded(refund_id=refund_id):
@@ -379,8 +382,8 @@ def _log_key(evidence: e.ChainEvidence) -> str:
 
 
 ROUTED = (e.PaymentAuthorized, e.AuthorizationAdvised, e.PaymentSpent, e.ClearingRecorded,
-          e.AuthorizationReversed, e.AuthorizationExpired, e.ReturnRecorded, e.RefundRequested,
-          e.PaymentRefunded, e.SpendRetracted, e.RefundRetracted)
+          e.AuthorizationReversed, e.AuthorizationExpired, e.ReturnRecorded, e.ReturnReversed,
+          e.RefundRequested, e.PaymentRefunded, e.SpendRetracted, e.RefundRetracted)
 """The payment events the saga reacts to (its `on_event`)."""
 
 

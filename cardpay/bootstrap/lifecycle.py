@@ -418,6 +418,13 @@ def exception_counts(engine: Engine) -> tuple[dict[str, int], dict[str, int]]:
                 "SELECT source, reason, count(*) FROM quarantine WHERE resolved_at IS NULL "
                 "GROUP BY 1, 2 ORDER BY 1, 2")):
             counts_[f"{source}:{reason}"[:120]] = int(n)
+        for currency, amount in conn.execute(text(
+                "SELECT i.state->'data'->>'currency', sum((q.payload->>'owed')::numeric)"
+                " FROM quarantine q JOIN saga_instances i ON i.kind = 'card_payment'"
+                "  AND i.saga_id = q.payload->>'saga_id'"
+                " WHERE q.source = 'saga:card_payment' AND q.resolved_at IS NULL"
+                "  AND q.payload ? 'owed' GROUP BY 1")):
+            owed[str(currency)] = int(amount)
     return counts_, owed
 
 

@@ -274,3 +274,27 @@ def test_a_clearing_delivered_twice_is_counted_once() -> None:
     partial = clearing(300, 3, final=False)
     s, _ = feed(s, EventArrived(partial), EventArrived(partial))
     assert s.data["cleared"] == 300 * 10**16
+
+
+def test_a_reversed_return_is_owed_again_by_the_cardholder() -> None:
+    """Found by the full lifecycle: a return refunded on chain, then partly reversed by the
+    merchant, left the chain 'returned' more than the network."""
+    s, _ = feed(approved(), EventArrived(spent(1_000)), EventArrived(clearing(1_000, 3)))
+    s, actions = feed(s, EventArrived(ev(e.ReturnRecorded, 4, amount=eure(400),
+                                         returned=eure(400))))
+    assert [type(x) for x in commands(actions)] == [c.RefundExcess]
+    s, _ = feed(s, EventArrived(refund_requested(400, 5)))
+    s, actions = feed(s, EventArrived(ev(e.ReturnReversed, 6, amount=eure(150),
+                                         returned=eure(250))))
+    exception, = [a for a in actions if isinstance(a, OpenException)]
+    assert (exception.reason, exception.context["owed"]) == ("over_clearing", 150 * 10**16)
+    topup = CardPaymentSaga(over_clearing=OverClearing.INCREMENTAL_SPEND)
+    t, _ = feed(SagaInstance(PID, topup.kind), EventArrived(authorized()), definition=topup)
+    t, _ = feed(t, EffectSucceeded(rid(t), {"tx_hash": "0xspend"}), EventArrived(spent(1_000)),
+                EventArrived(clearing(1_000, 3)), EventArrived(ev(
+                    e.ReturnRecorded, 4, amount=eure(400), returned=eure(400))),
+                EventArrived(refund_requested(400, 5)), definition=topup)
+    t, actions = feed(t, EventArrived(ev(e.ReturnReversed, 6, amount=eure(150),
+                                         returned=eure(250))), definition=topup)
+    assert [a for a in actions if isinstance(a, OpenException)] == []
+    assert 150 * 10**16 in {int(v) for v in t.data.get("topups", {}).values()}
