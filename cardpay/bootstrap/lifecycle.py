@@ -409,8 +409,9 @@ def ledger_figures(engine: Engine, settings: Settings,
 
 
 def exception_counts(engine: Engine) -> tuple[dict[str, int], dict[str, int]]:
-    """Open exceptions (and quarantined records) by source:reason, and the over-clearings owed
-    per token."""
+    """Open exceptions (and quarantined records) by source:reason, and per token what the open
+    over-clearing exceptions of payments spent on chain say their Safes owe (the payments the
+    chain is compared on)."""
     counts_: dict[str, int] = {}
     owed: dict[str, int] = {}
     with engine.connect() as conn:
@@ -423,7 +424,8 @@ def exception_counts(engine: Engine) -> tuple[dict[str, int], dict[str, int]]:
                 " FROM quarantine q JOIN saga_instances i ON i.kind = 'card_payment'"
                 "  AND i.saga_id = q.payload->>'saga_id'"
                 " WHERE q.source = 'saga:card_payment' AND q.resolved_at IS NULL"
-                "  AND q.payload ? 'owed' GROUP BY 1")):
+                "  AND q.payload ? 'owed' AND EXISTS (SELECT 1 FROM events"
+                "   WHERE stream_id = i.saga_id AND type = 'PaymentSpent') GROUP BY 1")):
             owed[str(currency)] = int(amount)
     return counts_, owed
 

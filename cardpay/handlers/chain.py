@@ -22,8 +22,11 @@ from cardpay.handlers.onchain import spend_link
 from cardpay.handlers.payments import UowFactory, confirmation, execute
 from cardpay.handlers.ports import QuarantineItem, UnitOfWork, UnmatchedTransfer
 from domain import commands as c
+from domain.card_network import Network
 from domain.errors import DomainError
-from domain.events import PaymentRefunded, PaymentSpent
+from domain.events import PaymentRefunded, PaymentSpent, SpendRetracted
+from domain.ledger.chart import ChartOfAccounts
+from domain.ledger.payments import chain_movements
 from domain.payment import Payment, handle
 from domain.serialization import to_json
 from listener.ports import BlockRef, ChainBatch, ChainCommand, Cursor
@@ -146,6 +149,8 @@ class ChainSinkHandler:
             # Another writer touched one of these payments: decide each one again, one by one.
             uow.claims.release([cmd.command_id for cmd in decided])
             return [*decided, *rest]
+        for payment in payments.values():
+            self._move_tokens(uow, name, payment)
         self.applied += len(decided)
         return rest
 
@@ -161,7 +166,7 @@ class ChainSinkHandler:
                     if not self._settlement_transfer(uow, name, command):
                         return Outcome.UNMATCHED
                 else:
-                    execute(uow, command)
+                    self._move_tokens(uow, name, execute(uow, command))
             self.applied += 1
             return Outcome.APPLIED
         except DomainError as exc:
@@ -188,7 +193,7 @@ class ChainSinkHandler:
                 f"{command.recipient} in {ev.tx_hash} matches no submitted refund (yet)",
                 command_payload(command), ev.block_hash)
             return False
-        execute(uow, confirmation(command, expected))
+        self._move_tokens(uow, name, execute(uow, confirmation(command, expected)))
         return True
 
     def rollback(self, name: str, ancestor: BlockRef, previous: Cursor) -> int:
@@ -203,7 +208,7 @@ class ChainSinkHandler:
                 retracted += 1
                 command = _retraction(effect, f"reorg: block {effect.evidence.block_hash} orphaned")
                 try:
-                    execute(uow, command)
+                    self._move_tokens(uow, name, execute(uow, command))
                 except DomainError as exc:
                     self._quarantine(uow, name, command.command_id, str(exc),
                                      command_payload(command))
@@ -215,6 +220,33 @@ class ChainSinkHandler:
             uow.chain.save_cursor(name, Cursor(ancestor.number, ancestor.hash))
             uow.commit()
         return retracted
+
+    def _move_tokens(self, uow: UnitOfWork, name: str, payment: Payment) -> None:
+        """The ledger side of a card payment's chain events (`chain_movements`): its Safe's
+        mirror and the on-chain settlement account move with the tokens, in this unit of work.
+        Only for payments the network knows whose Safe the ledger follows (it has a mirror)."""
+        new = list(payment.pending_events)
+        if not new or payment.network.status is Network.NONE or payment.account is None:
+            return
+        history = uow.events.load(payment.id) \
+            if any(isinstance(ev, SpendRetracted) for ev in new) else []
+        transfers = chain_movements(payment.account, history, new)
+        if not transfers:
+            return
+        chart = ChartOfAccounts(transfers[0].ledger)
+        if not uow.ledger.lookup_accounts([chart.safe_mirror(payment.account).id]):
+            return  # the ledger does not follow this Safe yet: its first authorization will
+        house = chart.house_accounts()
+        if len(uow.ledger.lookup_accounts([a.id for a in house])) < len(house):
+            uow.ledger.create_accounts(house)
+        results = uow.ledger.create_transfers(transfers, datetime.now(UTC))
+        for transfer, result in zip(transfers, results, strict=True):
+            if not result.applied:
+                self._quarantine(uow, name, f"ledger:{transfer.id}",
+                                 f"the ledger refused the chain movement {transfer.id}: "
+                                 f"{result.value}", {"transfer": transfer.id,
+                                                     "amount": transfer.amount,
+                                                     "payment_id": payment.id})
 
     def _duplicate(self, uow: UnitOfWork, name: str, command: ChainCommand) -> None:
         self._quarantine(uow, name, f"duplicate:{command.command_id}",

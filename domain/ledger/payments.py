@@ -14,6 +14,7 @@ writes nothing new (the ledger answers EXISTS) and every writer names the same t
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -171,3 +172,47 @@ def current_hold(postings: PaymentPostings, history: list[e.DomainEvent]) -> Hol
     for event in history:
         hold = postings.apply(event, hold).hold
     return hold
+
+
+CHAIN_SPEND = "card_spend_onchain"
+"""Code of the transfer that moves a card payment's tokens from the Safe's mirror to the on-chain
+settlement account (and, reversed, of a refund or a retraction)."""
+
+
+def chain_movements(safe: str, history: Sequence[e.DomainEvent],
+                    new: Sequence[e.DomainEvent]) -> list[Transfer]:
+    """What `new` chain events of a payment the network knows move between its Safe's mirror
+    and the on-chain settlement account: a spend that landed, a refund that landed, and their
+    retractions by a reorg (`history` holds the retracted spend). The cardholder's funds do not
+    move: the payment's hold and clearing already account for the money, so when the Safe's
+    indexed balance drops by the spend its mirror drops with it and nothing is counted twice.
+    Ids derive from the event (idempotent). A payment the network never knew (observer mode)
+    moves nothing here: the mirror's catch-up at the next authorization takes its spend out of
+    the funds, as any money leaving the Safe."""
+    out: list[Transfer] = []
+    for event in new:
+        match event:
+            case e.PaymentSpent(amount=amount):
+                out.append(_move(event, amount.currency.code, safe, amount.units, out=True))
+            case e.PaymentRefunded(amount=amount):
+                out.append(_move(event, amount.currency.code, safe, amount.units, out=False))
+            case e.RefundRetracted(amount=amount):
+                out.append(_move(event, amount.currency.code, safe, amount.units, out=True))
+            case e.SpendRetracted(evidence=evidence):
+                spent = next((ev for ev in [*history, *new] if isinstance(ev, e.PaymentSpent)
+                              and ev.evidence == evidence), None)
+                if spent is not None:
+                    out.append(_move(event, spent.amount.currency.code, safe,
+                                     spent.amount.units, out=False))
+    return [t for t in out if t.amount > 0]
+
+
+def _move(event: e.DomainEvent, ledger: str, safe: str, amount: int, *,
+          out: bool) -> Transfer:
+    """`out`: tokens left the Safe for the settlement account (else they came back)."""
+    chart = ChartOfAccounts(ledger)
+    mirror = chart.safe_mirror(safe).id
+    settlement = chart.account_id(AccountKind.ONCHAIN_SETTLEMENT)
+    debit, credit = (settlement, mirror) if out else (mirror, settlement)
+    return Transfer(f"{event.stream_id}:{event.version}:onchain", debit, credit, amount, ledger,
+                    CHAIN_SPEND, user_data=event.stream_id)
