@@ -47,6 +47,13 @@ def parse_duration(name: str, raw: str) -> timedelta:
     return timedelta(seconds=int(number) * unit)
 
 
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = (env.get(name) or "").strip().lower() or default
+    if raw not in choices:
+        raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw
+
+
 def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
     raw = (env.get(name) or "").strip()
     if not raw:
@@ -176,6 +183,10 @@ class Settings:
     spend_timeout: timedelta = timedelta(minutes=10)
     """How long an approved spend may take to be seen on chain at depth before the card-payment
     saga undoes the payment (reversal advice, hold voided)."""
+    over_clearing: str = "exception"
+    """What the card-payment saga does when the network clears more than the Safe paid on
+    chain: `exception` (finance collects; the default) or `incremental_spend` (a second spend
+    from the Safe for the shortfall; its failure is then the exception)."""
     saga_poll_s: float = 0.5
     """How long `cardpay sagas run` waits for new events before it looks at timers and effects."""
     api_max_in_flight: int = 48
@@ -218,6 +229,8 @@ class Settings:
             network_advice_url=(env.get("CARDPAY_NETWORK_ADVICE_URL") or "").strip() or None,
             spend_timeout=parse_duration("CARDPAY_SPEND_TIMEOUT",
                                          env.get("CARDPAY_SPEND_TIMEOUT") or "10m"),
+            over_clearing=_choice(env, "CARDPAY_OVER_CLEARING", "exception",
+                                  ("exception", "incremental_spend")),
             saga_poll_s=_seconds(env, "CARDPAY_SAGA_POLL_S", 0.5),
             settlement_cutoff=_cutoff(env),
             relayer_key=_private_key(env, "CARDPAY_RELAYER_KEY"),

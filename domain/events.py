@@ -108,6 +108,9 @@ class SpendRetracted(DomainEvent):
 
     evidence: ChainEvidence
     reason: str
+    amount: Money | None = None
+    """What that spend was (None in events recorded before it was kept: their payment had one
+    spend)."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -295,7 +295,8 @@ class Payment:
         would leave the payment resting on money that is gone): the saga sends the spend again."""
         if cmd.evidence not in self.spends:
             raise InvalidTransition(f"payment {self.id}: retraction names another spend log")
-        self._record(e.SpendRetracted, cmd, evidence=cmd.evidence, reason=cmd.reason)
+        self._record(e.SpendRetracted, cmd, evidence=cmd.evidence, reason=cmd.reason,
+                     amount=self.spends[cmd.evidence])
 
     def retract_refund(self, cmd: c.RetractRefund) -> None:
         refund = self.refunds.get(cmd.refund_id)

@@ -49,10 +49,13 @@ def evolve(row: PaymentRow | None, event: e.DomainEvent) -> PaymentRow:
                 authorized=event.amount.units,
             )
         case e.PaymentSpent():
+            # a payment may be spent more than once (an incremental spend, a spend landing after
+            # the payment was reversed): the spends add up; the status moves forward only
             return dataclasses.replace(
-                row, status="held", account=event.account,
+                row, status="held" if row.status in ("new", "authorized", "retracted")
+                else row.status, account=event.account,
                 currency=event.amount.currency.code, decimals=event.amount.currency.decimals,
-                spent=event.amount.units, spend_tx=event.evidence.tx_hash,
+                spent=row.spent + event.amount.units, spend_tx=row.spend_tx or event.evidence.tx_hash,
             )
         case e.PaymentCleared():
             return dataclasses.replace(row, status="cleared", cleared=event.amount.units)
@@ -63,7 +66,11 @@ def evolve(row: PaymentRow | None, event: e.DomainEvent) -> PaymentRow:
         case e.PaymentSettled():
             return dataclasses.replace(row, status="settled")
         case e.SpendRetracted():
-            return dataclasses.replace(row, status="retracted", spent=0, spend_tx=None)
+            spent = 0 if event.amount is None else row.spent - event.amount.units
+            if spent > 0:
+                return dataclasses.replace(row, spent=spent)
+            return dataclasses.replace(row, status="retracted" if row.status == "held"
+                                       else row.status, spent=0, spend_tx=None)
         case e.RefundRetracted():
             return dataclasses.replace(row, refunded=row.refunded - event.amount.units)
         case _:

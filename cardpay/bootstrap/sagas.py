@@ -42,7 +42,7 @@ from listener.presets import ChainConfig
 from projector.errors import FeedChanged
 from projector.feed import Feed
 from sagas import card_payment, settlement
-from sagas.card_payment import REVERSAL_ADVICE, CardPaymentSaga
+from sagas.card_payment import REVERSAL_ADVICE, CardPaymentSaga, OverClearing
 from sagas.engine.react import Definition
 from sagas.settlement import SettlementSaga
 
@@ -77,7 +77,8 @@ def route(event: DomainEvent) -> list[tuple[str, str]]:
 
 def build_runner(settings: Settings, engine: Engine, *,
                  clock: Callable[[], datetime] = _now) -> SagaRunner:
-    sagas: list[Definition] = [CardPaymentSaga(spend_timeout=settings.spend_timeout),
+    sagas: list[Definition] = [CardPaymentSaga(spend_timeout=settings.spend_timeout,
+                                               over_clearing=OverClearing(settings.over_clearing)),
                                SettlementSaga(cutoff=settings.settlement_cutoff)]
     return SagaRunner(saga_uow_factory(engine, settings.outbox_topic), sagas, route,
                       payment_command, clock)

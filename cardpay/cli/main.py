@@ -61,6 +61,8 @@ environment:
   CARDPAY_NETWORK_ADVICE_URL  the card network's advice endpoint (for `sagas run`; default none)
   CARDPAY_SPEND_TIMEOUT    an approved spend not seen on chain by then is undone (default 10m)
   CARDPAY_SAGA_POLL_S      seconds `sagas run` waits for events between timer checks (default 0.5)
+  CARDPAY_OVER_CLEARING    a clearing above what the Safe paid: exception (default) or
+                           incremental_spend (collect the rest from the Safe)
   CARDPAY_RELAYER_KEY      the spend relayer's private key (for `sagas run`; never shown)
   CARDPAY_SETTLEMENT_KEY   the settlement account owner's private key, signs refunds (never shown)
   CARDPAY_TX_STUCK_AFTER   a transaction of ours not mined by then is replaced with higher fees

@@ -198,12 +198,12 @@ def chain_movements(safe: str, history: Sequence[e.DomainEvent],
                 out.append(_move(event, amount.currency.code, safe, amount.units, out=False))
             case e.RefundRetracted(amount=amount):
                 out.append(_move(event, amount.currency.code, safe, amount.units, out=True))
-            case e.SpendRetracted(evidence=evidence):
-                spent = next((ev for ev in [*history, *new] if isinstance(ev, e.PaymentSpent)
-                              and ev.evidence == evidence), None)
+            case e.SpendRetracted(evidence=evidence, amount=retracted):
+                spent = retracted if retracted is not None else next(
+                    (ev.amount for ev in [*history, *new]
+                     if isinstance(ev, e.PaymentSpent) and ev.evidence == evidence), None)
                 if spent is not None:
-                    out.append(_move(event, spent.amount.currency.code, safe,
-                                     spent.amount.units, out=False))
+                    out.append(_move(event, spent.currency.code, safe, spent.units, out=False))
     return [t for t in out if t.amount > 0]
 
 

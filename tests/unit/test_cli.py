@@ -11,7 +11,6 @@ from collections.abc import Iterator
 import pytest
 
 from cardpay.cli import main as cli
-from cardpay.cli.demo import funding_shortfalls
 from cardpay.cli.errors import CommandFailed, UsageError
 from cardpay.cli.options import non_negative_int, port, positive_float, positive_int
 
@@ -145,14 +144,6 @@ def test_debug_lets_the_exception_through(failing: dict[str, BaseException],
     failing["exc"] = exc
     with pytest.raises(type(exc)):
         cli.main(["--debug", "boom"])
-
-
-def test_funding_covers_every_planned_spend() -> None:
-    spends = [("EURe", 0, 60), ("EURe", 0, 50), ("USDCe", 1, 5), ("EURe", 1, 100)]
-    have = {("EURe", 0): 100, ("EURe", 1): 100, ("USDCe", 1): 0}
-    assert funding_shortfalls(spends, lambda s, i: have[s, i]) == {
-        ("EURe", 0): 10, ("USDCe", 1): 5}
-    assert funding_shortfalls(spends, lambda s, i: 10**6) == {}
 
 
 def test_progress_draws_done_total_and_the_extra_text() -> None:
