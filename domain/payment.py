@@ -14,9 +14,10 @@ Invariants, chain side:
   the only spend away before anything was built on it removes the hold;
 - money that lands on chain is never refused for the payment's state (a refusal would only hide it
   on the settlement account, an invisible stuck payment): a spend seen after the payment was
-  reversed is refunded at once ("spend after reversal"); on a held or cleared payment it is one
-  more spend (`spends`): an incremental spend for an over-clearing, or a spend sent again after a
-  reorg — the saga settles any difference;
+  reversed is refunded at once ("spend after reversal"); on a held or cleared payment we approved
+  it is one more spend (`spends`): an incremental spend for an over-clearing, or a spend sent
+  again after a reorg — the saga settles any difference (a payment seen only on chain, in
+  observer mode, takes one spend: no saga asked for another);
 - a reorg may take a spend away whatever was built on it: the payment keeps its state, `spent`
   drops, and the saga sends the same transaction again (what was refunded or cleared against it
   waits for it to land again);
@@ -187,6 +188,10 @@ class Payment:
         if cmd.evidence in self.spends:
             raise InvalidTransition(f"payment {self.id}: spend log already confirmed")
         if self.status not in (Status.NEW, Status.AUTHORIZED):
+            if self.authorized is None and not self.network.hold_opened:
+                # seen only on chain (observer mode): no saga asked for a second spend
+                raise InvalidTransition(f"payment {self.id} is {self.status.value}: already "
+                                        "spent, and not a payment we approved")
             self._later_spend(cmd)
             return
         if self.authorized is not None:

@@ -324,7 +324,8 @@ class CardPaymentSaga:
             return
         if self.over_clearing is OverClearing.INCREMENTAL_SPEND:
             topup = {**data["spend"], "amount": short, "incremental": True}
-            rid = self._enqueue(saga, SUBMIT_SPEND, topup)
+            # silence counts as a failure (retried, then the exception): it must not wait for ever
+            rid = self._enqueue(saga, SUBMIT_SPEND, topup, timeout=self.spend_timeout)
             saga.goto(saga.stage, topups={**saga.data.get("topups", {}), rid: short})
             return
         saga.raise_exception("over_clearing", f"the network cleared {cleared}, the Safe paid "
@@ -340,7 +341,7 @@ class CardPaymentSaga:
 
     # -- one effect at a time -------------------------------------------------------------------
     def _enqueue(self, saga: Saga, name: str, payload: Json, *, request_id: str | None = None,
-                 first: bool = False) -> str:
+                 first: bool = False, timeout: timedelta | None = None) -> str:
         """Ask for the effect now if nothing is in flight, else queue it. Returns its request id
         (a queued new step's id is fixed now, so it can be named before it is sent)."""
         new = request_id is None
@@ -348,7 +349,8 @@ class CardPaymentSaga:
             reserved = _int(saga, "reserved")
             request_id = saga.key(name, saga.instance.steps + 1 + reserved)
             saga.goto(saga.stage, reserved=reserved + 1)
-        item = {"name": name, "payload": dict(payload), "request_id": request_id, "new": new}
+        item = {"name": name, "payload": dict(payload), "request_id": request_id, "new": new,
+                "timeout_s": None if timeout is None else timeout.total_seconds()}
         queue = list(saga.data.get("queue", []))
         saga.goto(saga.stage, queue=[item, *queue] if first else [*queue, item])
         self._next(saga)
@@ -363,7 +365,9 @@ class CardPaymentSaga:
                 saga.request(item["name"], item["payload"], request_id=item["request_id"])
                 return
             saga.goto(saga.stage, reserved=_int(saga, "reserved") - 1)
-            effect = saga.request(item["name"], item["payload"])
+            timeout_s = item.get("timeout_s")
+            effect = saga.request(item["name"], item["payload"], timeout=None if timeout_s is None
+                                  else timedelta(seconds=float(timeout_s)))
             if effect.request_id != item["request_id"]:
                 raise RuntimeError(f"saga {saga.instance.saga_id}: step {effect.request_id} "
                                    f"was queued as {item['request_id']}")

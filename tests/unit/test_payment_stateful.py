@@ -479,7 +479,8 @@ class PaymentMachine(RuleBasedStateMachine):
                 and amount.units <= m.authorized.units
             )
             # later: never refused for the state (money on chain is never hidden)
-            or (not first and (known is None or amount.currency == known.currency))
+            or (not first and (m.authorized is not None or self.net.hold_opened)
+                and (known is None or amount.currency == known.currency))
         )
         expected: list[Expected] | None = [(e.PaymentSpent, {"amount": amount})] if ok else None
         refund: Money | None = None
