@@ -16,6 +16,7 @@ meaning, so the version stays. Booleans and strings pass through as JSON values.
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from datetime import datetime
 from typing import Any
@@ -90,6 +91,11 @@ def _dump(value: Any) -> Any:
 
 
 def _load(hint: Any, raw: Any) -> Any:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # X | None
+        if raw is None:
+            return None
+        (inner,) = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _load(inner, raw)
     if hint is Money:
         return Money(int(raw["units"]), Currency(raw["currency"], int(raw["decimals"])))
     if hint is datetime:

@@ -78,6 +78,7 @@ BY_TYPE: dict[Any, st.SearchStrategy[Any]] = {
     int: st.integers(min_value=0, max_value=2**64),
     datetime: aware_times,
     Money: money,
+    Money | None: st.none() | money,
     ChainEvidence: evidence,
 }
 
@@ -353,3 +354,21 @@ def test_a_clearing_is_stored_with_exact_amounts_and_its_flags() -> None:
     assert data["payload"]["beyond_hold"] == {
         "units": "2000000000000000001", "currency": "EURe", "decimals": 18}
     assert from_recorded(record(event)) == event
+
+
+def test_a_spend_retraction_recorded_before_it_kept_its_amount_reads_as_none() -> None:
+    from domain.events import SpendRetracted
+    from domain.serialization import event_metadata
+
+    stored = {"payload": {"evidence": {"chain_id": 100, "block_number": 7,
+                                       "block_hash": "0x" + "b7" * 32,
+                                       "tx_hash": "0x" + "77" * 32, "log_index": 3},
+                          "reason": "reorg"},
+              "meta": event_metadata(SpendRetracted(
+                  stream_id="p", version=3, occurred_at=datetime(2026, 12, 1, tzinfo=UTC),
+                  correlation_id="p", causation_id="c", evidence=ChainEvidence(
+                      chain_id=100, block_number=7, block_hash="0x" + "b7" * 32,
+                      tx_hash="0x" + "77" * 32, log_index=3), reason="reorg"))}
+    event = from_recorded(RecordedEvent("p", 3, 9, "SpendRetracted", stored,
+                                        datetime(2026, 12, 1, tzinfo=UTC)))
+    assert isinstance(event, SpendRetracted) and event.amount is None
