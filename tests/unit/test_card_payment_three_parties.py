@@ -20,7 +20,8 @@ and whether it is in the canonical chain, what the network cleared and returned.
 (every message delivered, every effect answered, every transaction mined, every timer fired) it
 checks that the Safe's net payment on chain is what the network cleared net of returns; with the
 incremental-spend setting exactly and with no exception, with the exception setting up to what
-finance exceptions say is owed. Always: the aggregate never refused a command of the saga or of
+finance exceptions say is owed (a compensation out of tries is retried by a person, as
+`cardpay exceptions retry` does, and only after its tries really failed). Always: the aggregate never refused a command of the saga or of
 the chain (a refusal is an invisible stuck payment), no refund is sent under two requests, the
 saga is never stuck and waits for nothing, and the aggregate's books agree with the chain's.
 """
@@ -60,6 +61,7 @@ from sagas.engine.model import (
     Message,
     OpenException,
     RequestEffect,
+    RetryRequested,
     SagaInstance,
     SetTimer,
     Status,
@@ -137,6 +139,9 @@ class ThreeParties(RuleBasedStateMachine):
         self.mode = OverClearing.EXCEPTION
         self.first_amount = 0
         self.slow_chain = False
+        self.advice_failures = 0
+        """Tries of the reversal advice that failed: out of tries, the saga is stuck with an
+        exception until a person retries it (what quiescence then does)."""
         self.topup_timed_out = False
         """An incremental spend went unanswered past its timeout: the saga may give it up and
         raise the shortfall for a person, as with the exception setting."""
@@ -385,6 +390,7 @@ class ThreeParties(RuleBasedStateMachine):
         row = rows[pick % len(rows)]
         if fails:  # the node was down before anything was signed: a temporary failure
             rid = row.effect.request_id
+            self.advice_failures += row.effect.name == REVERSAL_ADVICE
             self.answer(rid, EffectFailed(rid, FailureClass.TEMPORARY, "node unreachable"))
         else:
             self.take(row)
@@ -512,6 +518,9 @@ class ThreeParties(RuleBasedStateMachine):
                 return True
         if self.fire_next_timer():
             return True
+        if self.saga.status is Status.STUCK:  # a person retries it (`cardpay exceptions retry`)
+            self.tell(RetryRequested())
+            return True
         if self.payment().network.status is Network.AUTHORIZED:
             self.now = max(self.now, self.expires_at)
             return self.sweep()
@@ -582,13 +591,15 @@ class ThreeParties(RuleBasedStateMachine):
         assert payment.network.cleared_units == self.net_cleared * CENT
         assert payment.network.returned_units == self.net_returned * CENT
         owed_to_network = self.net_cleared - self.net_returned
-        reasons = [x.reason for x in self.exceptions]
+        stuck = [x for x in self.exceptions if x.reason == "compensation_failed"]
+        assert not stuck or self.advice_failures >= POLICY.max_attempts
+        reasons = [x.reason for x in self.exceptions if x not in stuck]
         if self.mode is OverClearing.INCREMENTAL_SPEND and not self.topup_timed_out:
             assert reasons == [], reasons
             assert paid - refunded == owed_to_network, (paid, refunded, owed_to_network)
         else:
             assert set(reasons) <= {"over_clearing"}, reasons
-            owed = sum(int(x.context["owed"]) for x in self.exceptions) // CENT
+            owed = sum(int(x.context["owed"]) for x in self.exceptions if x not in stuck) // CENT
             assert not reasons or self.short_seen
             assert paid - refunded + owed == owed_to_network, (paid, refunded, owed,
                                                                owed_to_network)
