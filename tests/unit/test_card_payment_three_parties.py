@@ -20,10 +20,11 @@ and whether it is in the canonical chain, what the network cleared and returned.
 (every message delivered, every effect answered, every transaction mined, every timer fired) it
 checks that the Safe's net payment on chain is what the network cleared net of returns; with the
 incremental-spend setting exactly and with no exception, with the exception setting up to what
-finance exceptions say is owed (a compensation out of tries is retried by a person, as
-`cardpay exceptions retry` does, and only after its tries really failed). Always: the aggregate never refused a command of the saga or of
-the chain (a refusal is an invisible stuck payment), no refund is sent under two requests, the
-saga is never stuck and waits for nothing, and the aggregate's books agree with the chain's.
+finance exceptions say is owed (a compensation out of tries, allowed only after its tries
+really failed, is retried by a person, as `cardpay exceptions retry` does). Always: the
+aggregate never refused a command of the saga or of the chain (a refusal is an invisible stuck
+payment), no refund is sent under two requests, the saga ends running and waiting for nothing,
+and the aggregate's books agree with the chain's.
 """
 
 from __future__ import annotations
