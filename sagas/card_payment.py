@@ -133,7 +133,9 @@ class CardPaymentSaga:
         rid = effect.request_id
         if effect.name == SUBMIT_SPEND:
             if rid == saga.data.get("first") and self._first_pending(saga):
-                saga.goto(saga.stage, redrive=_without(saga.data.get("redrive", {}), rid))
+                saga.goto(saga.stage, redrive=_without(saga.data.get("redrive", {}), rid),
+                          dead=[*saga.data.get("dead", []), rid] if failure is FailureClass.HARD
+                          else saga.data.get("dead", []))
                 self._give_up(saga, f"the spend failed ({failure}): {detail}")
             elif rid in saga.data.get("redrive", {}):
                 # the reorged spend cannot be sent again: what rests on it is owed
@@ -147,8 +149,10 @@ class CardPaymentSaga:
                 saga.raise_exception("over_clearing", f"the incremental spend failed "
                                      f"({failure}): {detail}", owed=amount, request_id=rid,
                                      cleared=_int(saga, "cleared"))
+                # its transaction may still land: remembered, to know the log when it does
                 saga.goto(saga.stage, owed=_int(saga, "owed") + amount,
-                          topups=_without(saga.data["topups"], rid))
+                          topups=_without(saga.data["topups"], rid),
+                          failed={**saga.data.get("failed", {}), rid: amount})
             self._settle(saga, None)
         else:
             # a refund that cannot be sent is money owed to a cardholder: a person decides
@@ -197,26 +201,33 @@ class CardPaymentSaga:
         landed = dict(saga.data.get("landed", {}))
         if key in landed:
             return
-        rid = self._request_of(saga, event.evidence.tx_hash, landed)
+        rid = self._request_of(saga, event.evidence.tx_hash, event.amount.units, landed)
         landed[key] = {"amount": event.amount.units, "request": rid}
         saga.goto(saga.stage, landed=landed, spent=_int(saga, "spent") + event.amount.units,
                   redrive=_without(saga.data.get("redrive", {}), rid),
-                  topups=_without(saga.data.get("topups", {}), rid))
+                  topups=_without(saga.data.get("topups", {}), rid),
+                  failed=_without(saga.data.get("failed", {}), rid))
         if rid == saga.data.get("first") and saga.stage == "spending":
             saga.cancel_timer(SPEND_DEADLINE)
             saga.goto("held")
 
     @staticmethod
-    def _request_of(saga: Saga, tx_hash: str, landed: Json) -> str:
+    def _request_of(saga: Saga, tx_hash: str, amount: int, landed: Json) -> str:
         """Which of our spend requests a spend log belongs to: the one its adapter answered
-        with that transaction, else the oldest not landed (the adapter's answer may come later)."""
+        with that transaction; else (the answer may come after the log) one not landed for that
+        amount, else the oldest not landed."""
         answered = saga.data.get("answered", {})
         if tx_hash in answered:
             return str(answered[tx_hash])
         done = {v["request"] for v in landed.values()}
-        asked = [saga.data.get("first"), *saga.data.get("redrive", {}),
-                 *saga.data.get("topups", {})]
-        return next((str(r) for r in asked if r is not None and r not in done), "unknown")
+        first = saga.data.get("first")
+        asked = {**({first: saga.data["spend"]["amount"]} if first else {}),
+                 **saga.data.get("redrive", {}), **saga.data.get("topups", {}),
+                 **saga.data.get("failed", {})}
+        dead = set(saga.data.get("dead", []))  # reverted: their transaction cannot land
+        open_ = {str(r): int(a) for r, a in asked.items() if r not in done and r not in dead}
+        same = [r for r, a in open_.items() if a == amount]
+        return next(iter(same or open_), "unknown")
 
     def _spend_retracted(self, saga: Saga, event: e.SpendRetracted) -> None:
         key = _log_key(event.evidence)
@@ -314,7 +325,8 @@ class CardPaymentSaga:
             cut = min(owed, excess - max(net - target, 0) - landing)
             if cut > 0:
                 # nothing left on chain to refund: what finance was told to collect shrinks
-                saga.raise_exception("over_clearing", f"a return reduces what is owed by {cut}",
+                saga.raise_exception("over_clearing", f"what is owed shrinks by {cut} (a return, "
+                                     "or a spend that landed since)",
                                      cleared=cleared, returned=_int(saga, "returned"),
                                      collected=net, owed=-cut)
                 saga.goto(saga.stage, owed=owed - cut)
