@@ -24,6 +24,7 @@ from typing import Any
 import uvicorn
 from eth_account import Account
 from sqlalchemy import Engine, text
+from web3.types import RPCEndpoint
 
 from cardpay.bootstrap import database, payments_projector, unit_of_work
 from cardpay.bootstrap.api import build_app
@@ -140,13 +141,19 @@ def _api_server(settings: Settings, engine: Engine) -> Iterator[str]:
 
 @contextlib.contextmanager
 def lifecycle_stack(settings: Settings, *, cardholders: int,
-                    block_time: float = 1.0) -> Iterator[LifecycleStack]:
+                    block_time: int = 1) -> Iterator[LifecycleStack]:
     """Start everything (the database per `settings`: embedded, or CARDPAY_DATABASE_URL)."""
     secret = "whsec_" + secrets.token_urlsafe(24).replace("-", "A").replace("_", "B")
     with contextlib.ExitStack() as stack:
-        node = stack.enter_context(AnvilNode(block_time=block_time))
+        node = stack.enter_context(AnvilNode())  # automine: the deployment at full speed
         chain = LocalChain(node.rpc_url)
         deployment = chain.deploy(n_cardholders=cardholders)
+        # then a block every `block_time` seconds, so every spend and refund reaches the
+        # listener's depth without waiting for later transactions
+        answer = chain.w3.provider.make_request(RPCEndpoint("evm_setIntervalMining"),
+                                                [block_time])
+        if "error" in answer:
+            raise RuntimeError(f"Anvil refused interval mining: {answer['error']}")
         config = local_config(deployment.to_dict())
         recorder = stack.enter_context(AdviceRecorder(secret))
         settings = replace(settings, rpc_url=node.rpc_url, confirmations=CONFIRMATIONS,
@@ -178,14 +185,26 @@ async def run_services(s: LifecycleStack, stop: asyncio.Event) -> None:
             s.errors.append(f"{name}: {type(exc).__name__}: {exc}")
             stop.set()
 
+    relay: list[Any] = []
+    if s.settings.kafka_bootstrap:
+        from cardpay.bootstrap.relay import build_relay
+
+        outbox, publisher = build_relay(s.settings.kafka_bootstrap, s.engine)
+        relay.append(guarded("relay", outbox.run(stop, start_publisher=True, idle_sleep=0.05)))
     await asyncio.gather(
+        *relay,
         guarded("listener", run_listener(s.listener, stop=stop, poll_interval=0.2)),
         guarded("saga worker", run_saga_worker(s.worker, stop, poll_timeout=0.2)),
         guarded("projector", run_projector(s.projector, stop, poll_timeout=0.2)))
+    if relay:
+        await publisher.stop()
 
 
-def counts(engine: Engine) -> dict[str, int]:
-    """What the lifecycle waits on, from the database."""
+def counts(engine: Engine, kafka: bool = False) -> dict[str, int]:
+    """What the lifecycle waits on, from the database. `feed_done`: the saga worker and the
+    projector have taken every event: on the PostgreSQL log their next positions are past the
+    last event; on Kafka (a topic of this run) the outbox is all published and each consumer's
+    next offsets add up to the records published."""
     with engine.connect() as conn:
         row = conn.execute(text(
             "SELECT"
@@ -207,15 +226,31 @@ def counts(engine: Engine) -> dict[str, int]:
             " (SELECT count(*) FROM settlement_batches WHERE status IN ('open', 'matching'))"
             "    AS open_batches,"
             " (SELECT coalesce(max(position), 0) FROM consumer_positions"
-            "    WHERE consumer = 'sagas') AS saga_position")).one()
-    return dict(row._mapping)
+            "    WHERE consumer = 'sagas') AS saga_position,"
+            " (SELECT coalesce(max(position), 0) FROM consumer_positions"
+            "    WHERE consumer = 'payments') AS projector_position,"
+            " (SELECT coalesce(sum(position), 0) FROM consumer_positions"
+            "    WHERE consumer = 'sagas') AS saga_offsets,"
+            " (SELECT coalesce(sum(position), 0) FROM consumer_positions"
+            "    WHERE consumer = 'payments') AS projector_offsets,"
+            " (SELECT count(*) FROM outbox WHERE published_at IS NULL) AS unpublished,"
+            " (SELECT count(*) FROM outbox WHERE published_at IS NOT NULL) AS published"
+            )).one()
+    now = {k: int(v) for k, v in row._mapping.items()}
+    if kafka:
+        done = (now["unpublished"] == 0 and now["saga_offsets"] == now["published"]
+                == now["projector_offsets"])
+    else:
+        done = now["saga_position"] > now["last_event"] < now["projector_position"]
+    now["feed_done"] = int(done)
+    return now
 
 
 def wait_for(engine: Engine, done: Any, *, timeout: float, what: str,
-             poll: float = 0.25) -> dict[str, int]:
+             poll: float = 0.25, kafka: bool = False) -> dict[str, int]:
     deadline = time.monotonic() + timeout
     while True:
-        now = counts(engine)
+        now = counts(engine, kafka)
         if done(now):
             return now
         if time.monotonic() > deadline:
@@ -226,12 +261,12 @@ def wait_for(engine: Engine, done: Any, *, timeout: float, what: str,
 def spends_settled(now: dict[str, int]) -> bool:
     """Every approval spent on chain (or undone), and the sagas caught up with the log."""
     return (now["approved"] > 0 and now["spent"] + now["reversed"] >= now["approved"]
-            and now["saga_position"] > now["last_event"])
+            and bool(now["feed_done"]))
 
 
 def quiet(now: dict[str, int]) -> bool:
     """Nothing left to send, and the listener has seen what was sent."""
-    return (now["pending_effects"] == 0 and now["saga_position"] > now["last_event"]
+    return (now["pending_effects"] == 0 and bool(now["feed_done"])
             and now["refunds_seen"] >= now["refunds_sent"]
             and now["spends_seen"] >= now["spends_sent"])
 
@@ -442,12 +477,14 @@ def run_lifecycle(s: LifecycleStack, payments: int, seed: int, *, duplicates: fl
     from domain.settlement import cutoff_at
 
     tell = say or (lambda message: None)
+    kafka = s.settings.kafka_bootstrap is not None
     started = time.monotonic()
     today = datetime.now(UTC).date()
 
     def chain_side() -> None:
         tell("waiting for the approved spends to be mined and seen at depth")
-        wait_for(s.engine, spends_settled, timeout=timeout, what="the approved spends")
+        wait_for(s.engine, spends_settled, timeout=timeout, what="the approved spends",
+                 kafka=kafka)
 
     async def main() -> Any:
         stop = asyncio.Event()
@@ -462,12 +499,12 @@ def run_lifecycle(s: LifecycleStack, payments: int, seed: int, *, duplicates: fl
                     reorder_fraction=reorder, after_authorizations=chain_side)
             tell("waiting for the sagas, the relayer, the refund sender and the listener")
             await asyncio.to_thread(wait_for, s.engine, quiet, timeout=timeout,
-                                    what="the lifecycle's end")
+                                    what="the lifecycle's end", kafka=kafka)
             cutoff = s.settings.settlement_cutoff
             s.clock.offset = cutoff_at(today, cutoff) - datetime.now(UTC) + timedelta(minutes=1)
             tell(f"moving the sagas' clock to the settlement cut-off ({cutoff_at(today, cutoff)})")
             await asyncio.to_thread(wait_for, s.engine, settled, timeout=timeout,
-                                    what="the settlement")
+                                    what="the settlement", kafka=kafka)
             return run
         finally:
             stop.set()
@@ -482,11 +519,41 @@ def run_lifecycle(s: LifecycleStack, payments: int, seed: int, *, duplicates: fl
     exceptions, figures.owed = exception_counts(s.engine)
     problems = [f"{m.get('authorization_id')}: expected {m.get('expected')}, got "
                 f"{m.get('status')} {m.get('answer')}" for m in run.mismatches]
+    problems += payment_differences(s, run.expected.get("payments", {}))
     result = LifecycleResult(
         payments, seed, {sym: t.decimals for sym, t in s.deployment.tokens.items()}, figures,
         run.ok, problems, exceptions, list(s.errors), time.monotonic() - started)
     result.mismatches = check(result)
     return result
+
+
+NETWORK_FIELDS = ("status", "authorized", "held", "posted", "cleared", "reversed", "released",
+                  "over_cleared", "returned")
+
+
+def payment_differences(s: LifecycleStack, expected: dict[str, Any]) -> list[str]:
+    """Each payment's network side as cardpay recorded it against what the simulator expects
+    (its oracle moved every payment message by message), one line per payment that differs."""
+    from domain.money import FIAT_TOKENS, fiat_currency
+    from domain.payment import Payment
+
+    out: list[str] = []
+    with unit_of_work(s.settings, s.engine)() as uow:
+        for payment_id, want in sorted(expected.items()):
+            fiat = fiat_currency(want["currency"])
+            unit = 10 ** (FIAT_TOKENS[fiat].decimals - fiat.decimals)
+            n = Payment.rehydrate(payment_id, uow.events.load(payment_id)).network
+            got = {"status": n.status.value, "authorized": n.authorized_units // unit,
+                   "held": n.held_units // unit, "posted": n.posted_units // unit,
+                   "cleared": n.cleared_units // unit, "reversed": n.reversed_units // unit,
+                   "released": n.released_units // unit,
+                   "over_cleared": n.over_cleared_units // unit,
+                   "returned": n.returned_units // unit}
+            wanted = {k: want[k] for k in NETWORK_FIELDS}
+            if got != wanted:
+                out.append(f"payment {payment_id}: network side {got}, the simulator expects "
+                           f"{wanted}")
+    return out
 
 
 def settled(now: dict[str, int]) -> bool:

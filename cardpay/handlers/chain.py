@@ -292,7 +292,7 @@ def _still_rests_on(uow: UnitOfWork, effect: PaymentSpent | PaymentRefunded) -> 
     """True if the payment's current state still depends on this log (not retracted already)."""
     payment = Payment.rehydrate(effect.stream_id, uow.events.load(effect.stream_id))
     if isinstance(effect, PaymentSpent):
-        return payment.spend_evidence == effect.evidence
+        return payment.rests_on(effect.evidence)  # any of its spends (an incremental one too)
     refund = payment.refunds.get(effect.refund_id)
     return refund is not None and refund.evidence == effect.evidence
 
