@@ -23,8 +23,9 @@ settled):
   settled and nothing is pending.
 - DBOS: our services are stopped. A lifecycle is one async `@DBOS.workflow`: `authorize` (a
   step: the same signed POST to the same API, so the same decision code), `spend` (a step:
-  `SpenderModule.spend` sent with eth_sendTransaction from the relayer account — Anvil signs
-  and assigns the nonce), `confirm` (a step: the receipt's Spend log at depth, against a head
+  `SpenderModule.spend` sent with eth_sendTransaction from the relayer account, its gas
+  estimated with our relayer's 1.25 margin, the nonce counted in the process like our
+  relayer's — Anvil signs), `confirm` (a step: the receipt's Spend log at depth, against a head
   one shared task polls every 0.2 s like our listener), `clear` (a datasource transaction: the
   clearing row in the DBOS side's own table). After the phase, one `settle` workflow (a
   datasource transaction) matches per currency the cleared rows against the same reports and
@@ -75,6 +76,7 @@ AMOUNT = 100
 """Minor units per payment (1.00 EUR / USD): a 60 s run at 300/s spends 180 per card of 100."""
 MERCHANT = {"name": "Edeka Mitte", "id": "mer_grocery_01", "country": "DE", "mcc": "5411"}
 POLL_S = 0.2
+BLOCK_TIME_S = 1
 log = logging.getLogger("benchmarks.lifecycle")
 
 
@@ -96,6 +98,9 @@ class Payment:
     started: float
     cleared: float | None = None
     settled: float | None = None
+    authorized: float | None = None
+    on_chain: float | None = None
+    """When the approval came back and when the spend was known at depth."""
 
 
 @dataclass
@@ -130,9 +135,25 @@ class Phase:
             "cleared_per_s_in_window": round(len(in_window) / window, 2) if window > 0 else 0.0,
             "auth_to_cleared_p50_s": round(percentile(lifecycle, 50), 2) if lifecycle else None,
             "auth_to_cleared_p99_s": round(percentile(lifecycle, 99), 2) if lifecycle else None,
+            "stages_p50_s": stages(self.payments),
             "clearing_to_settled_p50_s": round(percentile(lags, 50), 2) if lags else None,
             "clearing_to_settled_p99_s": round(percentile(lags, 99), 2) if lags else None,
             "settlement_step_s": round(self.settle_seconds, 2)}
+
+
+def stages(payments: list[Payment]) -> dict[str, float | None]:
+    """Median seconds of each stage of the cleared lifecycles: where the time goes."""
+    done = [p for p in payments if p.cleared is not None and p.authorized is not None
+            and p.on_chain is not None]
+
+    def median(values: list[float]) -> float | None:
+        return round(percentile(values, 50), 2) if values else None
+
+    return {"authorize": median([p.authorized - p.started for p in done  # type: ignore[operator]
+                                 ]),
+            "spend_to_depth": median([p.on_chain - p.authorized for p in done  # type: ignore[operator]
+                                      ]),
+            "clear": median([p.cleared - p.on_chain for p in done])}  # type: ignore[operator]
 
 
 # -- the network side, shared by both phases ---------------------------------------------------------
@@ -248,7 +269,9 @@ async def run_cardpay(stack: LifecycleStack, concurrency: int, seconds: float) -
             if not await network.authorize(p.auth_id, p.card):
                 waiting.pop(p.auth_id, None)
                 return False
+            p.authorized = time.monotonic()
             await asyncio.wait_for(fut, timeout=120)
+            p.on_chain = time.monotonic()
             clearing = network.clearing(p.auth_id, p.card)
             await network.post(clearing)
             clearings.append(clearing)
@@ -327,8 +350,8 @@ async def run_dbos(stack: LifecycleStack, concurrency: int, seconds: float) -> P
     admin = create_engine(base.render_as_string(hide_password=False),
                           isolation_level="AUTOCOMMIT")
     name = f"dbos_bench_{secrets.token_hex(3)}"
-    with admin.connect() as conn:
-        conn.execute(text(f"CREATE DATABASE {name}"))
+    with admin.connect() as sync_conn:
+        sync_conn.execute(text(f"CREATE DATABASE {name}"))
     admin.dispose()
     url = base.set(database=name, drivername="postgresql+psycopg")
     url_text = url.render_as_string(hide_password=False)
@@ -361,6 +384,8 @@ async def run_dbos(stack: LifecycleStack, concurrency: int, seconds: float) -> P
     chain_client = httpx.AsyncClient(timeout=60, limits=limits)
     network = Network(stack, client, "db")
     new_block = asyncio.Event()
+    nonce: list[int] = []
+    nonce_lock = asyncio.Lock()
 
     async def rpc_call(method: str, params: list[Any]) -> Any:
         reply = await chain_client.post(rpc, json={"jsonrpc": "2.0", "id": 1, "method": method,
@@ -383,14 +408,26 @@ async def run_dbos(stack: LifecycleStack, concurrency: int, seconds: float) -> P
     def decimals(symbol: str) -> int:
         return deployment.tokens[symbol].decimals
 
+    marks: dict[str, Payment] = {}
+
     @DBOS.step()
     async def authorize(auth_id: str, card_index: int) -> bool:
-        return await network.authorize(auth_id, stack.cards[card_index])
+        approved = await network.authorize(auth_id, stack.cards[card_index])
+        marks[auth_id].authorized = time.monotonic()
+        return approved
 
     @DBOS.step()
     async def spend(symbol: str, safe_index: int, units: int) -> str:
         tx = stack.chain.spend_request(symbol, safe_index, units)
-        return str(await rpc_call("eth_sendTransaction", [tx]))
+        del tx["gas"]  # estimated, with our relayer's margin (1.25), as our relayer does
+        tx["gas"] = hex(int(int(await rpc_call("eth_estimateGas", [tx]), 16) * 1.25))
+        async with nonce_lock:  # Anvil's own nonce for concurrent sends races
+            if not nonce:
+                nonce.append(int(await rpc_call("eth_getTransactionCount",
+                                                [tx["from"], "pending"]), 16))
+            tx["nonce"] = hex(nonce[0])
+            nonce[0] += 1
+            return str(await rpc_call("eth_sendTransaction", [tx]))
 
     @DBOS.step()
     async def confirm(tx_hash: str) -> int:
@@ -428,6 +465,7 @@ async def run_dbos(stack: LifecycleStack, concurrency: int, seconds: float) -> P
         units = AMOUNT * 10 ** (decimals(symbol) - 2)
         tx_hash = await spend(symbol, safe_index, units)
         block = await confirm(tx_hash)
+        marks[auth_id].on_chain = time.monotonic()
         await clear(auth_id, card.card_id, card.currency.code, tx_hash, block)
         return True
 
@@ -460,6 +498,7 @@ async def run_dbos(stack: LifecycleStack, concurrency: int, seconds: float) -> P
     clearings: list[Message] = []
 
     async def one(p: Payment) -> bool:
+        marks[p.auth_id] = p
         handle = await DBOS.start_workflow_async(lifecycle, p.auth_id, p.card_index)
         if not await handle.get_result():
             return False
@@ -494,6 +533,19 @@ async def run_dbos(stack: LifecycleStack, concurrency: int, seconds: float) -> P
     return phase
 
 
+def interval_mining(stack: LifecycleStack, seconds: int) -> None:
+    """Switch Anvil from automine to a block every `seconds`. The stack is deployed with
+    automine: deploying many Safes under 1 s blocks loses transactions (Anvil 1.x drops some
+    of a deployer's 100+ queued ones and the deployment waits for receipts that never come),
+    so the blocks start at 1 s after the deployment, before any payment."""
+    before = int(stack.chain.w3.eth.block_number)
+    stack.chain.w3.provider.make_request("evm_setIntervalMining", [seconds])  # type: ignore[arg-type]
+    time.sleep(seconds * 2.5)
+    after = int(stack.chain.w3.eth.block_number)
+    if not 1 <= after - before <= 3:
+        raise RuntimeError(f"interval mining did not start: block {before} -> {after}")
+
+
 # -- the command ---------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -510,7 +562,9 @@ def main(argv: list[str] | None = None) -> None:
           f"depth {CONFIRMATIONS}; DBOS: {json.dumps(DBOS_SETTINGS)}", flush=True)
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as d, \
-            lifecycle_stack(Settings(data_dir=Path(d)), cardholders=args.cardholders) as stack:
+            lifecycle_stack(Settings(data_dir=Path(d)), cardholders=args.cardholders,
+                            block_time=None) as stack:
+        interval_mining(stack, BLOCK_TIME_S)
         print(f"stack up: {len(stack.cards)} cards", flush=True)
         if args.only in (None, "cardpay"):
             results["cardpay"] = asyncio.run(
