@@ -140,7 +140,7 @@ def _api_server(settings: Settings, engine: Engine) -> Iterator[str]:
 
 @contextlib.contextmanager
 def lifecycle_stack(settings: Settings, *, cardholders: int,
-                    block_time: float = 1.0) -> Iterator[LifecycleStack]:
+                    block_time: float | None = 1.0) -> Iterator[LifecycleStack]:
     """Start everything (the database per `settings`: embedded, or CARDPAY_DATABASE_URL)."""
     secret = "whsec_" + secrets.token_urlsafe(24).replace("-", "A").replace("_", "B")
     with contextlib.ExitStack() as stack:
