@@ -26,10 +26,11 @@ settled):
   `SpenderModule.spend` sent with eth_sendTransaction from the relayer account, its gas
   estimated with our relayer's 1.25 margin, the nonce counted in the process like our
   relayer's — Anvil signs), `confirm` (a step: the receipt's Spend log at depth, against a head
-  one shared task polls every 0.2 s like our listener), `clear` (a datasource transaction: the
-  clearing row in the DBOS side's own table). After the phase, one `settle` workflow (a
-  datasource transaction) matches per currency the cleared rows against the same reports and
-  marks them settled.
+  one shared task polls every 0.2 s like our listener), `clear` (a step: the same signed
+  clearing POSTed to the same API, so the same booking code as our side's), `record_clearing`
+  (a datasource transaction: the clearing row in the DBOS side's own table). After the phase,
+  one `settle` workflow (a datasource transaction) matches per currency the cleared rows
+  against the same reports and marks them settled (no ledger payout: DBOS's side has none).
 
 Printed: the machine, both phases' lifecycles/s (settled lifecycles over the phase's whole
 clock, settlement included), the rate of cleared lifecycles during the timed window, the lag
@@ -447,9 +448,13 @@ async def run_dbos(stack: LifecycleStack, concurrency: int, seconds: float) -> P
                 return block
             await asyncio.wait_for(waiter.wait(), timeout=30)
 
+    @DBOS.step()
+    async def clear(auth_id: str, card_index: int) -> None:
+        await network.post(network.clearing(auth_id, stack.cards[card_index]))
+
     @ds.transaction()
-    async def clear(auth_id: str, card_id: str, currency: str, tx_hash: str,
-                    block: int) -> None:
+    async def record_clearing(auth_id: str, card_id: str, currency: str, tx_hash: str,
+                              block: int) -> None:
         await ds.sql_session().execute(text(
             "INSERT INTO bench_payments (auth_id, card_id, currency, amount, tx_hash, block,"
             " status, cleared_at) VALUES (:a, :c, :cur, :amt, :tx, :b, 'cleared', now())"),
@@ -466,7 +471,8 @@ async def run_dbos(stack: LifecycleStack, concurrency: int, seconds: float) -> P
         tx_hash = await spend(symbol, safe_index, units)
         block = await confirm(tx_hash)
         marks[auth_id].on_chain = time.monotonic()
-        await clear(auth_id, card.card_id, card.currency.code, tx_hash, block)
+        await clear(auth_id, card_index)
+        await record_clearing(auth_id, card.card_id, card.currency.code, tx_hash, block)
         return True
 
     @ds.transaction()
@@ -550,7 +556,7 @@ def interval_mining(stack: LifecycleStack, seconds: int) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=60.0)
-    parser.add_argument("--concurrency", type=int, default=300)
+    parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--cardholders", type=int, default=100)
     parser.add_argument("--only", choices=("cardpay", "dbos"), default=None)
     args = parser.parse_args(argv)
