@@ -115,6 +115,7 @@ class Phase:
     drained: float = 0.0
     settled_at: float = 0.0
     settle_seconds: float = 0.0
+    retries: dict[str, int] = field(default_factory=dict)
 
     def fail(self, why: str) -> None:
         self.failed[why[:80]] = self.failed.get(why[:80], 0) + 1
@@ -139,7 +140,7 @@ class Phase:
             "stages_p50_s": stages(self.payments),
             "clearing_to_settled_p50_s": round(percentile(lags, 50), 2) if lags else None,
             "clearing_to_settled_p99_s": round(percentile(lags, 99), 2) if lags else None,
-            "settlement_step_s": round(self.settle_seconds, 2)}
+            "settlement_step_s": round(self.settle_seconds, 2), "api_retries": self.retries}
 
 
 def stages(payments: list[Payment]) -> dict[str, float | None]:
@@ -166,6 +167,8 @@ class Network:
         self._client, self._api = client, stack.api_url
         self.prefix = prefix
         self._n = 0
+        self.retries: dict[str, int] = {}
+        """Requests sent again, by why (503: the API's admission control or deadline)."""
 
     def next_id(self) -> str:
         self._n += 1
@@ -177,10 +180,13 @@ class Network:
             try:
                 reply = await self._client.post(self._api + m.path, content=m.body,
                                                 headers=headers)
-            except httpx.TransportError:
+            except httpx.TransportError as exc:
+                self.retries[type(exc).__name__] = self.retries.get(type(exc).__name__, 0) + 1
                 await asyncio.sleep(0.1 * 2 ** attempt)
                 continue
             if reply.status_code >= 500:
+                why = f"{m.type} {reply.status_code}"
+                self.retries[why] = self.retries.get(why, 0) + 1
                 await asyncio.sleep(0.1 * 2 ** attempt)
                 continue
             if reply.status_code != 200:
@@ -300,6 +306,7 @@ async def run_cardpay(stack: LifecycleStack, concurrency: int, seconds: float) -
                 await asyncio.sleep(0.1)
             phase.settled_at = time.monotonic()
             phase.settle_seconds = phase.settled_at - t_cut
+            phase.retries = network.retries
             for p in phase.payments:
                 if p.cleared is not None:
                     p.settled = phase.settled_at
@@ -524,6 +531,7 @@ async def run_dbos(stack: LifecycleStack, concurrency: int, seconds: float) -> P
         settled = await handle.get_result()
         phase.settled_at = time.monotonic()
         phase.settle_seconds = phase.settled_at - t_cut
+        phase.retries = network.retries
         if sum(settled.values()) != len(clearings):
             raise RuntimeError(f"settled {settled}, cleared {len(clearings)}")
         for p in phase.payments:
