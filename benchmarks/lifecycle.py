@@ -116,6 +116,8 @@ class Phase:
     settled_at: float = 0.0
     settle_seconds: float = 0.0
     retries: dict[str, int] = field(default_factory=dict)
+    cpu: dict[str, float] = field(default_factory=dict)
+    """CPU seconds used during the phase: this process, PostgreSQL, Anvil."""
 
     def fail(self, why: str) -> None:
         self.failed[why[:80]] = self.failed.get(why[:80], 0) + 1
@@ -140,7 +142,41 @@ class Phase:
             "stages_p50_s": stages(self.payments),
             "clearing_to_settled_p50_s": round(percentile(lags, 50), 2) if lags else None,
             "clearing_to_settled_p99_s": round(percentile(lags, 99), 2) if lags else None,
-            "settlement_step_s": round(self.settle_seconds, 2), "api_retries": self.retries}
+            "settlement_step_s": round(self.settle_seconds, 2), "api_retries": self.retries,
+            "cpu_s": {k: round(v, 1) for k, v in self.cpu.items()},
+            "cpu_ms_per_lifecycle": {k: round(1000 * v / len(done), 1) if done else None
+                                     for k, v in self.cpu.items()},
+            "cores_busy": {k: round(v / total, 2) if total > 0 else None
+                           for k, v in self.cpu.items()}}
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU (user + system) so far of this process and of its children by kind: the embedded
+    PostgreSQL server (all its backends) and Anvil."""
+    import psutil
+
+    me = psutil.Process()
+    out = {"python (API, services, driver, DBOS)": sum(me.cpu_times()[:2]),
+           "postgres": 0.0, "anvil": 0.0}
+    for child in me.children(recursive=True):
+        try:
+            name = child.name()
+            used = sum(child.cpu_times()[:2])
+        except psutil.Error:
+            continue
+        key = "anvil" if "anvil" in name else "postgres" if "postgres" in name else None
+        if key is not None:
+            out[key] += used
+    return out
+
+
+async def measured(phase_run: Awaitable[Phase]) -> Phase:
+    """The phase, with the CPU it used (a backend that exited during it is not counted)."""
+    before = cpu_seconds()
+    phase = await phase_run
+    after = cpu_seconds()
+    phase.cpu = {k: after[k] - before[k] for k in before}
+    return phase
 
 
 def stages(payments: list[Payment]) -> dict[str, float | None]:
@@ -582,12 +618,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f"stack up: {len(stack.cards)} cards", flush=True)
         if args.only in (None, "cardpay"):
             results["cardpay"] = asyncio.run(
-                run_cardpay(stack, args.concurrency, args.seconds)).summary()
+                measured(run_cardpay(stack, args.concurrency, args.seconds))).summary()
             print(json.dumps(results["cardpay"]), flush=True)
             print(f"load (1 min) after: {os.getloadavg()[0]:.2f}", flush=True)
         if args.only in (None, "dbos"):
             results["dbos"] = asyncio.run(
-                run_dbos(stack, args.concurrency, args.seconds)).summary()
+                measured(run_dbos(stack, args.concurrency, args.seconds))).summary()
             print(json.dumps(results["dbos"]), flush=True)
             print(f"load (1 min) after: {os.getloadavg()[0]:.2f}", flush=True)
     if len(results) == 2:
