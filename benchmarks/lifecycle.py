@@ -150,31 +150,34 @@ class Phase:
                            for k, v in self.cpu.items()}}
 
 
-def cpu_seconds() -> dict[str, float]:
-    """CPU (user + system) so far of this process and of its children by kind: the embedded
-    PostgreSQL server (all its backends) and Anvil."""
+def cpu_seconds(pgdata: Path) -> dict[str, float]:
+    """CPU (user + system) so far of this process, of the embedded PostgreSQL server (the
+    postmaster in `pgdata`, which runs detached, and its backends) and of Anvil (a child)."""
     import psutil
 
-    me = psutil.Process()
-    out = {"python (API, services, driver, DBOS)": sum(me.cpu_times()[:2]),
-           "postgres": 0.0, "anvil": 0.0}
-    for child in me.children(recursive=True):
+    def used(proc: psutil.Process) -> float:
         try:
-            name = child.name()
-            used = sum(child.cpu_times()[:2])
+            return float(sum(proc.cpu_times()[:2]))
         except psutil.Error:
-            continue
-        key = "anvil" if "anvil" in name else "postgres" if "postgres" in name else None
-        if key is not None:
-            out[key] += used
+            return 0.0
+
+    me = psutil.Process()
+    out = {"python (API, services, driver, DBOS)": used(me), "postgres": 0.0, "anvil": 0.0}
+    for child in me.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if "anvil" in child.name():
+                out["anvil"] += used(child)
+    with contextlib.suppress(OSError, ValueError, psutil.Error):
+        master = psutil.Process(int((pgdata / "postmaster.pid").read_text().split()[0]))
+        out["postgres"] = used(master) + sum(used(c) for c in master.children(recursive=True))
     return out
 
 
-async def measured(phase_run: Awaitable[Phase]) -> Phase:
+async def measured(phase_run: Awaitable[Phase], pgdata: Path) -> Phase:
     """The phase, with the CPU it used (a backend that exited during it is not counted)."""
-    before = cpu_seconds()
+    before = cpu_seconds(pgdata)
     phase = await phase_run
-    after = cpu_seconds()
+    after = cpu_seconds(pgdata)
     phase.cpu = {k: after[k] - before[k] for k in before}
     return phase
 
@@ -618,12 +621,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f"stack up: {len(stack.cards)} cards", flush=True)
         if args.only in (None, "cardpay"):
             results["cardpay"] = asyncio.run(
-                measured(run_cardpay(stack, args.concurrency, args.seconds))).summary()
+                measured(run_cardpay(stack, args.concurrency, args.seconds), Path(d) / "pgdata")).summary()
             print(json.dumps(results["cardpay"]), flush=True)
             print(f"load (1 min) after: {os.getloadavg()[0]:.2f}", flush=True)
         if args.only in (None, "dbos"):
             results["dbos"] = asyncio.run(
-                measured(run_dbos(stack, args.concurrency, args.seconds))).summary()
+                measured(run_dbos(stack, args.concurrency, args.seconds), Path(d) / "pgdata")).summary()
             print(json.dumps(results["dbos"]), flush=True)
             print(f"load (1 min) after: {os.getloadavg()[0]:.2f}", flush=True)
     if len(results) == 2:
