@@ -35,7 +35,11 @@ settled):
 Printed: the machine, both phases' lifecycles/s (settled lifecycles over the phase's whole
 clock, settlement included), the rate of cleared lifecycles during the timed window, the lag
 from a payment's clearing to its settled ledger (p50/p99: the batch closes at the cut-off, so
-this is mostly the rest of the phase), and the ratio.
+this is mostly the rest of the phase), the median of each stage, the API requests resent
+(503s), the CPU of this process, Anvil and PostgreSQL, and the ratio.
+
+Deployment: the replicas are deployed under Anvil's automine and the node then switched to 1 s
+blocks (see `interval_mining`).
 """
 
 from __future__ import annotations
