@@ -166,11 +166,14 @@ def cpu_seconds(pgdata: Path) -> dict[str, float]:
             return 0.0
 
     me = psutil.Process()
-    out = {"python (API, services, driver, DBOS)": used(me), "postgres": 0.0, "anvil": 0.0}
+    out = {"python (API, services, driver, DBOS)": used(me), "postgres": 0.0, "anvil": 0.0,
+           "api process": 0.0}
     for child in me.children(recursive=True):
         with contextlib.suppress(psutil.Error):
             if "anvil" in child.name():
                 out["anvil"] += used(child)
+            elif "api" in child.cmdline() and "cardpay.cli.main" in child.cmdline():
+                out["api process"] += used(child)
     with contextlib.suppress(OSError, ValueError, psutil.Error):
         master = psutil.Process(int((pgdata / "postmaster.pid").read_text().split()[0]))
         out["postgres"] = used(master) + sum(used(c) for c in master.children(recursive=True))
@@ -610,6 +613,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--cardholders", type=int, default=100)
     parser.add_argument("--only", choices=("cardpay", "dbos"), default=None)
+    parser.add_argument("--api-process", action="store_true",
+                        help="send both phases' requests to `cardpay api` in a process of its "
+                             "own (as users run it) instead of the stack's uvicorn thread")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
     print(describe(), flush=True)
@@ -622,6 +628,19 @@ def main(argv: list[str] | None = None) -> None:
             lifecycle_stack(Settings(data_dir=Path(d)), cardholders=args.cardholders,
                             block_time=None) as stack:
         interval_mining(stack, BLOCK_TIME_S)
+        api = contextlib.ExitStack()
+        if args.api_process:
+            from benchmarks.authorization_load import api_process
+
+            env = {**os.environ, "CARDPAY_DATABASE_URL":
+                   stack.engine.url.render_as_string(hide_password=False),
+                   "CARDPAY_WEBHOOK_SECRETS": stack.secret,
+                   "CARDPAY_RPC_URL": str(stack.settings.rpc_url),
+                   "CARDPAY_CONFIRMATIONS": str(CONFIRMATIONS),
+                   "CARDPAY_NETWORK_ADVICE_URL": stack.recorder.url,
+                   "CARDPAY_SWEEP_INTERVAL_S": "0"}
+            stack.api_url, _ = api.enter_context(api_process(env, Path(d) / "api.log"))
+            print(f"API: `cardpay api` in its own process at {stack.api_url}", flush=True)
         print(f"stack up: {len(stack.cards)} cards", flush=True)
         if args.only in (None, "cardpay"):
             results["cardpay"] = asyncio.run(
@@ -633,6 +652,7 @@ def main(argv: list[str] | None = None) -> None:
                 measured(run_dbos(stack, args.concurrency, args.seconds), Path(d) / "pgdata")).summary()
             print(json.dumps(results["dbos"]), flush=True)
             print(f"load (1 min) after: {os.getloadavg()[0]:.2f}", flush=True)
+        api.close()
     if len(results) == 2:
         ours, theirs = results["cardpay"], results["dbos"]
         ratio = ours["lifecycles_per_s"] / theirs["lifecycles_per_s"] \
