@@ -40,7 +40,6 @@ from cardpay.devstack.network_simulator import card_from_record
 from cardpay.handlers.ports import Card
 from cardpay.metrics.listener import ListenerMetrics
 from cardpay.settings import Secret, Settings
-from domain.money import Currency
 from listener.poller import Listener
 from listener.presets import ChainConfig, local_config
 from projector.runner import Projector
@@ -90,14 +89,14 @@ def card_currencies(i: int) -> Sequence[str]:
     return ("EURe",) if i % 2 == 0 else ("USDCe",)
 
 
-def _cards(deployment: LocalDeployment, config: ChainConfig) -> list[tuple[Card, int]]:
-    out: list[tuple[Card, int]] = []
+def _cards(deployment: LocalDeployment, config: ChainConfig) -> list[Card]:
+    out: list[Card] = []
     for i, (safe, module) in enumerate(zip(deployment.cardholders, deployment.roles_modules,
                                            strict=True)):
         for symbol in card_currencies(i):
             token = deployment.token(symbol).address.lower()
-            out.append((Card(f"{symbol.lower()}-{i:03d}", safe.lower(), token,
-                             config.tokens[token], roles_module=module.lower()), i))
+            out.append(Card(f"{symbol.lower()}-{i:03d}", safe.lower(), token,
+                            config.tokens[token], roles_module=module.lower()))
     return out
 
 
@@ -161,8 +160,7 @@ def lifecycle_stack(settings: Settings, *, cardholders: int,
                            webhook_secrets=(secret,), network_advice_url=recorder.url,
                            sweep_interval_s=0)
         engine = stack.enter_context(database(settings))
-        wanted = _cards(deployment, config)
-        register_cards(settings, engine, config, node.rpc_url, [c for c, _ in wanted])
+        register_cards(settings, engine, config, node.rpc_url, _cards(deployment, config))
         cards = registered_cards(settings, engine)
         api_url = stack.enter_context(_api_server(settings, engine))
         clock = ShiftedClock()
@@ -269,10 +267,6 @@ def quiet(now: dict[str, int]) -> bool:
     return (now["pending_effects"] == 0 and bool(now["feed_done"])
             and now["refunds_seen"] >= now["refunds_sent"]
             and now["spends_seen"] >= now["spends_sent"])
-
-
-__all__ = ["CONFIRMATIONS", "Currency", "LifecycleStack", "ShiftedClock", "counts", "dev_key",
-           "lifecycle_stack", "quiet", "run_services", "spends_settled", "wait_for"]
 
 
 # -- one run, and what it is checked against ---------------------------------------------------------

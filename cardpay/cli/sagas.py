@@ -16,7 +16,12 @@ from cardpay.cli.chain import chain_options
 from cardpay.cli.errors import CommandFailed, UsageError
 from cardpay.cli.options import positive_int
 from cardpay.cli.output import Column, add_format_options, emit
-from cardpay.cli.services import _gave_up, _quiet_kafka_client, _until_signal, _validate
+from cardpay.cli.services import (
+    gave_up_failure,
+    quiet_kafka_client,
+    until_signal,
+    validate_loop_options,
+)
 from cardpay.runtime.supervise import GaveUp
 from cardpay.settings import Settings
 
@@ -71,13 +76,13 @@ def register(sub: Any) -> None:
 
 
 def run_command(settings: Settings, args: argparse.Namespace) -> int:
-    _validate(args)
+    validate_loop_options(args)
     from cardpay.bootstrap import database
     from cardpay.bootstrap.sagas import build_worker, missing_parties, run_saga_worker
     from cardpay.cli.chain import chain_preset
     from projector.errors import FeedChanged
 
-    _quiet_kafka_client()
+    quiet_kafka_client()
     if args.rpc_url:
         settings = replace(settings, rpc_url=args.rpc_url)
     chain = None
@@ -93,7 +98,7 @@ def run_command(settings: Settings, args: argparse.Namespace) -> int:
         with database(settings) as engine:
             worker = build_worker(settings, engine, chain=chain, batch_size=args.batch_size)
             stop = asyncio.Event()
-            await _until_signal(run_saga_worker(
+            await until_signal(run_saga_worker(
                 worker, stop, until_idle=args.until_idle, poll_timeout=settings.saga_poll_s,
                 give_up_after=args.idle_timeout if args.until_idle else None), stop)
             t = worker.totals
@@ -103,7 +108,7 @@ def run_command(settings: Settings, args: argparse.Namespace) -> int:
     try:
         asyncio.run(main())
     except GaveUp as exc:
-        raise _gave_up(exc) from exc
+        raise gave_up_failure(exc) from exc
     except FeedChanged as exc:
         raise CommandFailed(f"{exc}; the saga worker's stored positions cannot be used on this "
                             "feed") from exc

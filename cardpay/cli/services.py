@@ -59,7 +59,7 @@ def _common_options(parser: argparse.ArgumentParser, batch: str) -> None:
                         help="serve Prometheus /metrics on 127.0.0.1:PORT")
 
 
-def _validate(args: argparse.Namespace) -> None:
+def validate_loop_options(args: argparse.Namespace) -> None:
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     if not math.isfinite(args.idle_timeout) or args.idle_timeout <= 0:
@@ -83,13 +83,13 @@ def _serve(metrics: _Served, port: int | None) -> None:
                             f"({exc.strerror or exc}); choose another --metrics-port") from exc
 
 
-def _quiet_kafka_client() -> None:
+def quiet_kafka_client() -> None:
     """aiokafka logs every failed connection attempt at ERROR, some with a traceback; the
     supervision loop already says once per retry what failed."""
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
 
 
-async def _until_signal(work: Coroutine[Any, Any, T], stop: asyncio.Event) -> T | None:
+async def until_signal(work: Coroutine[Any, Any, T], stop: asyncio.Event) -> T | None:
     """Run `work`; SIGINT/SIGTERM set `stop` (the loop ends after its current step). If the
     step does not end within `STOP_GRACE` seconds it is cancelled; returns None then."""
     loop = asyncio.get_running_loop()
@@ -114,7 +114,7 @@ async def _until_signal(work: Coroutine[Any, Any, T], stop: asyncio.Event) -> T 
             loop.remove_signal_handler(sig)
 
 
-def _gave_up(exc: GaveUp) -> CommandFailed:
+def gave_up_failure(exc: GaveUp) -> CommandFailed:
     from cardpay.kafka.adapters import KafkaUnreachable
 
     if isinstance(exc.last, KafkaUnreachable):
@@ -123,7 +123,7 @@ def _gave_up(exc: GaveUp) -> CommandFailed:
 
 
 def relay_command(settings: Settings, args: argparse.Namespace) -> int:
-    _validate(args)
+    validate_loop_options(args)
     if not settings.kafka_bootstrap:
         raise UsageError("set CARDPAY_KAFKA_BOOTSTRAP (host:port) to publish the outbox")
     from cardpay.bootstrap import database
@@ -132,7 +132,7 @@ def relay_command(settings: Settings, args: argparse.Namespace) -> int:
     from cardpay.metrics.relay import RelayMetrics
 
     bootstrap = settings.kafka_bootstrap
-    _quiet_kafka_client()
+    quiet_kafka_client()
     metrics = RelayMetrics()
     _serve(metrics, args.metrics_port)
 
@@ -141,7 +141,7 @@ def relay_command(settings: Settings, args: argparse.Namespace) -> int:
             relay, publisher = build_relay(bootstrap, engine, batch_size=args.batch_size)
             try:
                 stop = asyncio.Event()
-                await _until_signal(relay.run(
+                await until_signal(relay.run(
                     stop, until_idle=args.until_idle, start_publisher=True, metrics=metrics,
                     give_up_after=args.idle_timeout if args.until_idle else None), stop)
                 print(f"published {relay.published} messages")
@@ -151,7 +151,7 @@ def relay_command(settings: Settings, args: argparse.Namespace) -> int:
     try:
         asyncio.run(main())
     except GaveUp as exc:
-        raise _gave_up(exc) from exc
+        raise gave_up_failure(exc) from exc
     except RelayAlreadyRunning as exc:
         raise CommandFailed(f"{exc}; is another `cardpay relay` running?") from exc
     except KeyboardInterrupt:
@@ -160,7 +160,7 @@ def relay_command(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def project_command(settings: Settings, args: argparse.Namespace) -> int:
-    _validate(args)
+    validate_loop_options(args)
     from cardpay.bootstrap import PAYMENTS, database
     from cardpay.bootstrap.project import (
         build_projector,
@@ -171,7 +171,7 @@ def project_command(settings: Settings, args: argparse.Namespace) -> int:
     from projector.errors import FeedChanged
 
     tune_gc()
-    _quiet_kafka_client()
+    quiet_kafka_client()
     metrics = ProjectorMetrics(projector=PAYMENTS)
     _serve(metrics, args.metrics_port)
 
@@ -179,7 +179,7 @@ def project_command(settings: Settings, args: argparse.Namespace) -> int:
         with database(settings) as engine, running_projector(engine, PAYMENTS):
             projector, lag = build_projector(settings, engine, batch_size=args.batch_size)
             stop = asyncio.Event()
-            await _until_signal(run_projector(
+            await until_signal(run_projector(
                 projector, stop, until_idle=args.until_idle, metrics=metrics, lag=lag,
                 give_up_after=args.idle_timeout if args.until_idle else None), stop)
             print(f"applied {projector.applied} events")
@@ -187,7 +187,7 @@ def project_command(settings: Settings, args: argparse.Namespace) -> int:
     try:
         asyncio.run(main())
     except GaveUp as exc:
-        raise _gave_up(exc) from exc
+        raise gave_up_failure(exc) from exc
     except FeedChanged as exc:
         raise CommandFailed(
             f"{exc}; the stored positions of projector {PAYMENTS} cannot be used: run "

@@ -20,6 +20,7 @@ from sqlalchemy import Engine, select
 
 from cardpay.bootstrap.cards import allowance_token
 from cardpay.bootstrap.demo import chain_config
+from cardpay.bootstrap.lifecycle import dev_key
 from cardpay.bootstrap.relayer import build_refund_sender, build_spend_relayer, chain_targets
 from cardpay.bootstrap.sagas import build_runner
 from cardpay.devstack.anvil import AnvilNode
@@ -38,7 +39,7 @@ from cardpay.onchain.readings import RpcChainReader
 from cardpay.onchain.sender import LocalSigner, RpcNode
 from cardpay.postgres import schema as s
 from cardpay.postgres.uow import onchain_uow_factory, saga_uow_factory, unit_of_work_factory
-from cardpay.settings import Secret, Settings
+from cardpay.settings import Settings
 from domain import commands as c
 from domain.events import PaymentSpent
 from domain.money import Currency, Money
@@ -54,16 +55,7 @@ pytestmark = pytest.mark.integration
 
 EURE = Currency("EURe", 18)
 USDCE = Currency("USDCe", 6)
-MNEMONIC = "test test test test test test test test test test test junk"
 T0 = datetime(2026, 12, 2, 4, 0, tzinfo=UTC)
-
-
-def dev_key(index: int) -> Secret:
-    """Anvil's well-known dev account `index` (LocalChain: 0 owns the settlement account, 1 is
-    the relayer)."""
-    Account.enable_unaudited_hdwallet_features()
-    account = Account.from_mnemonic(MNEMONIC, account_path=f"m/44'/60'/0'/0/{index}")
-    return Secret("0x" + bytes(account.key).hex())
 
 
 @dataclass
