@@ -147,6 +147,9 @@ def lifecycle_stack(settings: Settings, *, cardholders: int,
         node = stack.enter_context(AnvilNode())  # automine: the deployment at full speed
         chain = LocalChain(node.rpc_url)
         deployment = chain.deploy(n_cardholders=cardholders)
+        # the cards are registered from readings at the listener's depth: bury the deployment
+        # first, or a reading taken below its last blocks misses the last mints and allowances
+        chain.w3.provider.make_request(RPCEndpoint("anvil_mine"), [hex(CONFIRMATIONS + 1)])
         # then a block every `block_time` seconds, so every spend and refund reaches the
         # listener's depth without waiting for later transactions
         answer = chain.w3.provider.make_request(RPCEndpoint("evm_setIntervalMining"),

@@ -133,7 +133,8 @@ class CardNetworkEffects:
         if earlier is not None:
             return earlier  # the same authorization again (another delivery): decided once
         chart = ChartOfAccounts(card.currency.code)
-        committed = self._mirror(uow, chart, locked, request.authorization_id, now)
+        committed, balance = self._mirror(uow, chart, locked, request.authorization_id, now)
+        locked = replace(locked, balance=balance)
         decision = decide_authorization(wanted, locked.snapshot(Money(committed, amount.currency)),
                                         now)
         late = self._clock() - received_at > self._deadline
@@ -163,13 +164,18 @@ class CardNetworkEffects:
         return AuthorizationDecision.decline(request, decision.reason)
 
     def _mirror(self, uow: UnitOfWork, chart: ChartOfAccounts, locked: LockedCard, key: str,
-                now: datetime) -> int:
+                now: datetime) -> tuple[int, int]:
         """Bring the Safe's mirror to the indexed balance (under the Safe's lock: several cards
         may spend from one Safe); returns what its cards have committed (holds + clearings -
         returns, whether booked to the funds or to the Safe's exposure), which the mirror never
         changes."""
         safe = locked.card.safe
         uow.lock(f"safe:{chart.ledger}:{safe}")
+        # the balance again, now that the Safe is ours: the listener moves the mirror and the
+        # indexed balance together under this lock, and a balance read before it could be older
+        # than the mirror read after it (a spend counted as money coming in)
+        fresh = uow.cards.balance(safe, locked.card.token)
+        balance = locked.balance if fresh is None else fresh.balance
         ids = [chart.cardholder(safe).id, chart.safe_mirror(safe).id, chart.exposure(safe).id]
         found = {a.id: a for a in uow.ledger.lookup_accounts(ids)}
         if len(found) < len(ids):
@@ -180,7 +186,7 @@ class CardNetworkEffects:
         available = funds.credits_posted - funds.debits_posted - funds.debits_pending
         owed = exposure.debits_pending + exposure.debits_posted - exposure.credits_posted
         committed = mirrored - available + owed
-        delta = locked.balance - mirrored
+        delta = balance - mirrored
         # money out of the Safe leaves the funds only as far as they are not committed; the
         # rest waits (and shows: the Safe holds less than its cards committed)
         moved = delta if delta > 0 else -min(-delta, max(available, 0))
@@ -193,11 +199,11 @@ class CardNetworkEffects:
                 raise LedgerOutOfStep(f"mirror of Safe {safe} refused: {result.value}")
         if moved != delta:
             uow.quarantine.add(QuarantineItem(
-                source="network", key=f"overcommitted:{safe}:{locked.balance}",
+                source="network", key=f"overcommitted:{safe}:{balance}",
                 reason="safe_overcommitted",
-                payload={"safe": safe, "ledger": chart.ledger, "balance": locked.balance,
+                payload={"safe": safe, "ledger": chart.ledger, "balance": balance,
                          "committed": committed}))
-        return committed
+        return committed, balance
 
     def expire_by_timer(self, uow: UnitOfWork, payment_id: str, at: datetime) -> dict[str, Any]:
         """Our own timer's expiry of a payment's hold (`cardpay.handlers.network_timers`): the

@@ -234,6 +234,9 @@ class ChainSinkHandler:
         if not transfers:
             return
         chart = ChartOfAccounts(transfers[0].ledger)
+        # the authorization decision's lock on this Safe: it reads the indexed balance and the
+        # mirror under it, so it sees both moves or neither (this unit of work moves both)
+        uow.lock(f"safe:{chart.ledger}:{payment.account}")
         if not uow.ledger.lookup_accounts([chart.safe_mirror(payment.account).id]):
             return  # the ledger does not follow this Safe yet: its first authorization will
         house = chart.house_accounts()
