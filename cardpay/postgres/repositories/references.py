@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from datetime import date
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from cardpay.postgres import schema as s
@@ -30,9 +30,11 @@ class PostgresPaymentReferences:
     def get_many(self, refs: Sequence[str]) -> dict[str, str]:
         if not refs:
             return {}
-        t = s.payment_references
-        rows = self._conn.execute(select(t.c.ref, t.c.payment_id).where(
-            t.c.ref.in_(sorted(set(refs)))))
+        # one array parameter: a backfill range can hold more spends than a statement may
+        # have parameters (65,535)
+        rows = self._conn.execute(
+            text("SELECT ref, payment_id FROM payment_references WHERE ref = ANY(:refs)"),
+            {"refs": sorted(set(refs))})
         return {ref: payment_id for ref, payment_id in rows}
 
 
