@@ -26,11 +26,11 @@ from cardpay.settings import Settings
 pytestmark = pytest.mark.e2e
 
 
-@pytest.mark.skip(reason="known failure, open in issue 8: on the test server's databases 11 of "
-                  "1,000 authorization answers (e.g. sim11-auth-000028) differ from the "
-                  "simulator's oracle (expected declined, approved), on the log feed and on "
-                  "Kafka alike; the same seed agrees exactly on `cardpay demo`'s embedded "
-                  "database. Not explained yet.")
+@pytest.mark.skip(reason="open in issue 8, not re-run yet: before f4933d5 11 of 1,000 "
+                  "authorization answers (e.g. sim11-auth-000028) differed from the "
+                  "simulator's oracle on the test server's databases; the likely cause (cards "
+                  "registered before the deployment was buried at the listener's depth) is "
+                  "fixed, this test has not run since")
 @pytest.mark.parametrize("feed, payments", [("log", 1_000), ("kafka", 1_000)])
 def test_payments_agree_across_the_network_the_chain_the_ledger_and_the_report(
         feed: str, payments: int, pg_url: str, request: pytest.FixtureRequest,
