@@ -42,6 +42,7 @@ from cardpay.postgres.uow import onchain_uow_factory, saga_uow_factory, unit_of_
 from cardpay.settings import Settings
 from domain import commands as c
 from domain.events import PaymentSpent
+from domain.ledger.chart import AccountKind, ChartOfAccounts
 from domain.money import Currency, Money
 from listener.presets import ChainConfig
 from listener.rpc import HttpJsonRpc
@@ -618,3 +619,119 @@ def test_kill_9_of_the_relayer_at_random_points_sends_every_spend_exactly_once(
     assert stack.nonce(stack.relayer_address) == nonce_before + len(payments)
     assert stack.chain.balance_of("EURe", 1) == before - len(payments) * 10**17
     assert len(stack.rows(s.onchain_slots)) == len(payments)
+
+
+def _ledger(stack: Stack, safe: str) -> dict[str, int]:
+    """The Safe's side of the EURe ledger: its mirror (what the ledger thinks the Safe holds),
+    the card payments' tokens in the settlement account, the funds held and available."""
+    chart = ChartOfAccounts("EURe")
+    ids = {"mirror": chart.safe_mirror(safe).id,
+           "settlement": chart.account_id(AccountKind.ONCHAIN_SETTLEMENT),
+           "funds": chart.cardholder(safe).id}
+    with unit_of_work_factory(stack.engine, None)() as uow:
+        found = {a.id: a for a in uow.ledger.lookup_accounts(list(ids.values()))}
+        every = uow.ledger.lookup_accounts(
+            [a.id for a in chart.house_accounts()]
+            + [ids["funds"], ids["mirror"], chart.exposure(safe).id])
+    # the journal balances: debits equal credits, pending and posted apart
+    assert sum(a.debits_posted for a in every) == sum(a.credits_posted for a in every)
+    assert sum(a.debits_pending for a in every) == sum(a.credits_pending for a in every)
+    mirror, settlement, funds = (found[ids[k]] for k in ("mirror", "settlement", "funds"))
+    return {"mirror": mirror.debits_posted - mirror.credits_posted,
+            "settlement": settlement.debits_posted - settlement.credits_posted,
+            "held": funds.debits_pending,
+            "available": funds.credits_posted - funds.debits_posted - funds.debits_pending}
+
+
+def test_reorgs_taking_a_spend_and_a_refund_away_end_right_on_chain_and_in_the_ledger(
+        stack: Stack) -> None:
+    """A card payment through the network's door (its hold and the Safe's mirror in the
+    ledger): the spend lands, a reorg takes it away, the same transaction lands again; the
+    payment is reversed, the refund lands, a reorg takes it away, the same refund lands again.
+    After every step the ledger's mirror of the Safe and the settlement account's card tokens
+    equal the chain, and at the end the Safe holds what it held before, once."""
+    from cardpay.handlers.card_network import CardNetworkEffects
+    from domain.network import AuthorizationRequest, AuthorizationReversal, Merchant
+
+    d = stack.chain.deployment
+    safe = d.cardholders[0].lower()
+    key = stack.settings.settlement_key
+    assert key is not None
+    sender_address = Account.from_key(key.reveal()).address
+    sender_nonce = stack.nonce(sender_address)
+    before = stack.chain.balance_of("EURe", 0)
+    relayer_nonce = stack.nonce(stack.relayer_address)
+    effects = CardNetworkEffects(clock=stack.clock)
+    eur = Money(1_250, Currency("EUR", 2))
+    with unit_of_work_factory(stack.engine, None)() as uow:
+        decision = effects.decide(uow, AuthorizationRequest(
+            authorization_id="auth-rr", card_id="c0", amount=eur,
+            merchant=Merchant(name="Bakery", merchant_id="m1", country="DE", mcc="5411"),
+            network_time=T0), T0)
+        uow.commit()
+    assert decision.approved
+    amount = 125 * 10**17  # 12.50 EUR in EURe base units
+    listener = make_listener(stack.engine, stack.chain.rpc_url, stack.config,
+                             d.deployed_at_block)
+    relayer = stack.relayer()
+    refunds = build_refund_sender(stack.settings, stack.engine, stack.config, stack.answers,
+                                  rpc_url=stack.chain.rpc_url, clock=stack.clock)
+
+    def settle_down() -> None:
+        """Every party does what it has to until nothing changes."""
+        for _ in range(4):
+            stack.deliver("auth-rr")
+            relayer.run_once()
+            refunds.run_once()
+            listener.run_until_caught_up()
+        stack.deliver("auth-rr")
+
+    def agrees(spent: int, held: int) -> None:
+        chain_now = stack.chain.balance_of("EURe", 0)
+        assert chain_now == before - spent
+        assert _ledger(stack, safe) == {"mirror": before - spent, "settlement": spent,
+                                         "held": held, "available": before - held}
+
+    settle_down()
+    assert stack.saga("auth-rr").stage == "held"
+    agrees(spent=amount, held=amount)
+    spend_tx = stack.saga("auth-rr").data["spend_tx"]
+
+    stack.rpc("anvil_reorg", 1, [])  # the spend's block is replaced by an empty one
+    stack.rpc("evm_mine")
+    listener.run_until_caught_up()
+    # the spend is gone from the chain and from the ledger: tokens back in the Safe's mirror
+    assert stack.chain.balance_of("EURe", 0) == before
+    assert _ledger(stack, safe)["mirror"] == before
+    assert _ledger(stack, safe)["settlement"] == 0
+    settle_down()
+    assert stack.saga("auth-rr").data["spend_tx"] == spend_tx  # the same transaction again
+    agrees(spent=amount, held=amount)
+
+    with unit_of_work_factory(stack.engine, None)() as uow:
+        effects.apply(uow, AuthorizationReversal(network_time=T0, reversal_id="rv",
+                                                 authorization_id="auth-rr", amount=eur,
+                                                 full=True))
+        uow.commit()
+    settle_down()
+    assert stack.saga("auth-rr").data.get("refunded"), stack.saga("auth-rr").data
+    agrees(spent=0, held=0)
+
+    stack.rpc("anvil_reorg", 1, [])  # the refund's block is gone, the refund with it
+    stack.rpc("evm_mine")
+    listener.run_until_caught_up()
+    assert stack.chain.balance_of("EURe", 0) == before - amount
+    assert _ledger(stack, safe)["mirror"] == before - amount
+    assert _ledger(stack, safe)["settlement"] == amount
+    settle_down()
+    agrees(spent=0, held=0)
+    with unit_of_work_factory(stack.engine, None)() as uow:
+        types = [type(ev).__name__ for ev in uow.events.load("auth-rr")]
+    # each landed, was taken away, landed again
+    assert [t for t in types if "Spen" in t or "Refunded" in t or "Retracted" in t] == [
+        "PaymentSpent", "SpendRetracted", "PaymentSpent",
+        "PaymentRefunded", "RefundRetracted", "PaymentRefunded"], types
+    # one refund transaction, sent once; one spend; nothing paid twice
+    assert len({a["result"]["tx_hash"] for a in stack.answers.calls if a["succeeded"]}) == 2
+    assert stack.nonce(sender_address) == sender_nonce + 1
+    assert stack.nonce(stack.relayer_address) == relayer_nonce + 1
