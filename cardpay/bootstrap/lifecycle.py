@@ -16,7 +16,7 @@ import contextlib
 import secrets
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -118,6 +118,9 @@ def registered_cards(settings: Settings, engine: Engine) -> list[SimCard]:
     return [card_from_record(r, n) for n, r in enumerate(records, 1)]
 
 
+ApiStarter = Callable[[Settings, Engine], contextlib.AbstractContextManager[str]]
+
+
 @contextlib.contextmanager
 def _api_server(settings: Settings, engine: Engine) -> Iterator[str]:
     port = free_port()
@@ -139,9 +142,11 @@ def _api_server(settings: Settings, engine: Engine) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def lifecycle_stack(settings: Settings, *, cardholders: int,
-                    block_time: int = 1) -> Iterator[LifecycleStack]:
-    """Start everything (the database per `settings`: embedded, or CARDPAY_DATABASE_URL)."""
+def lifecycle_stack(settings: Settings, *, cardholders: int, block_time: int = 1,
+                    api: ApiStarter = _api_server) -> Iterator[LifecycleStack]:
+    """Start everything (the database per `settings`: embedded, or CARDPAY_DATABASE_URL).
+    `api` starts the API with the stack's settings and yields its URL (by default uvicorn on a
+    thread of this process; a test may start `cardpay api` processes it can kill)."""
     secret = "whsec_" + secrets.token_urlsafe(24).replace("-", "A").replace("_", "B")
     with contextlib.ExitStack() as stack:
         node = stack.enter_context(AnvilNode())  # automine: the deployment at full speed
@@ -165,7 +170,7 @@ def lifecycle_stack(settings: Settings, *, cardholders: int,
         engine = stack.enter_context(database(settings))
         register_cards(settings, engine, config, node.rpc_url, _cards(deployment, config))
         cards = registered_cards(settings, engine)
-        api_url = stack.enter_context(_api_server(settings, engine))
+        api_url = stack.enter_context(api(settings, engine))
         clock = ShiftedClock()
         worker = build_worker(settings, engine, clock=clock, chain=config)
         listener = build_listener(settings, engine, config, rpc_url=node.rpc_url,
@@ -463,11 +468,12 @@ def exception_counts(engine: Engine) -> tuple[dict[str, int], dict[str, int]]:
 
 
 def run_lifecycle(s: LifecycleStack, payments: int, seed: int, *, duplicates: float = 0.1,
-                  reorder: float = 0.2, say: Any = None, timeout: float = 600.0
-                  ) -> LifecycleResult:
+                  reorder: float = 0.2, say: Any = None, timeout: float = 600.0,
+                  attempts: int = 5) -> LifecycleResult:
     """The simulator's seeded workload through the API; every approval spent on chain before
     the network's later messages; then quiet; then the saga clock at the settlement cut-off of
-    today's batches; then quiet again. Returns the figures, checked (`mismatches`)."""
+    today's batches; then quiet again. Returns the figures, checked (`mismatches`). The
+    simulator sends a message up to `attempts` times while the API does not answer."""
     import httpx
 
     from cardpay.devstack.network_simulator import HttpSender, simulate
@@ -491,7 +497,7 @@ def run_lifecycle(s: LifecycleStack, payments: int, seed: int, *, duplicates: fl
                 tell(f"sending {payments} payments' network messages to {s.api_url}")
                 run = await asyncio.to_thread(
                     simulate, s.cards, payments=payments, seed=seed,
-                    sender=HttpSender(client, s.api_url, s.secret),
+                    sender=HttpSender(client, s.api_url, s.secret, attempts=attempts),
                     day=today - timedelta(days=1), duplicates=duplicates,
                     reorder_fraction=reorder, after_authorizations=chain_side)
             tell("waiting for the sagas, the relayer, the refund sender and the listener")

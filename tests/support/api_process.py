@@ -28,6 +28,20 @@ def env_for(pg_url: str, **extra: str) -> dict[str, str]:
     return {**base, "CARDPAY_DATABASE_URL": pg_url, "CARDPAY_WEBHOOK_SECRETS": SECRET, **extra}
 
 
+def wait_healthy(proc: subprocess.Popen[str], base: str, timeout: float = 60) -> None:
+    """Until `cardpay api` at `base` answers /healthz; fails with its stderr if it exits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "cardpay api did not come up"
+        time.sleep(0.05)
+
+
 @contextmanager
 def running_api(pg_url: str, **extra: str) -> Iterator[str]:
     """Start `cardpay api`, wait for /healthz, yield its base URL; stop it with Ctrl-C after."""
@@ -37,16 +51,7 @@ def running_api(pg_url: str, **extra: str) -> Iterator[str]:
                             stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.communicate()[1]
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "cardpay api did not come up"
-            time.sleep(0.2)
+        wait_healthy(proc, base)
         yield base
     finally:
         proc.send_signal(signal.SIGINT)
