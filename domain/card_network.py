@@ -11,6 +11,7 @@ import enum
 from dataclasses import dataclass
 from datetime import datetime
 
+from domain import events as e
 from domain.authorization import hold_validity
 from domain.money import Currency, Money
 
@@ -63,6 +64,77 @@ class NetworkState:
     returned_units: int = 0  # returns net of return reversals
     messages: set[str] = dataclasses.field(default_factory=set)
     parked: list[ParkedClearing] = dataclasses.field(default_factory=list)
+
+    # -- events ---------------------------------------------------------------------------------
+    def apply(self, event: e.DomainEvent) -> bool:
+        """Change by one of the payment's events; False when it is not a network event (the
+        chain side's). Also what the read models use, so the figures there are these."""
+        match event:
+            case e.PaymentAuthorized():
+                self._opened(event, event.amount, event.expires_at)
+                self._known(event.amount.currency, event.account, event.merchant, event.mcc)
+            case e.AuthorizationDeclined():
+                self._known(event.amount.currency, event.account, event.merchant, event.mcc)
+                if self.status is Network.NONE:
+                    self.status = Network.DECLINED
+            case e.AuthorizationAdvised() if event.approved:
+                self._opened(event, event.held, event.expires_at)
+                self.authorized_units += event.held.units - self.held_units
+                self.held_units = event.held.units
+                self._known(event.amount.currency, event.account, event.merchant, event.mcc)
+            case e.AuthorizationAdvised():
+                self._known(event.amount.currency, event.account, event.merchant, event.mcc)
+                self.status, self.held_units = Network.DECLINED, 0
+                self.released_units += event.released.units
+            case e.AuthorizationIncreased():
+                self.authorized_units = event.authorized.units
+                self.held_units, self.expires_at = event.held.units, event.expires_at
+            case e.AuthorizationReversed():
+                if self.status is Network.AUTHORIZED:
+                    self.held_units = event.held.units
+                    self.reversed_units += event.released.units
+                    if event.full:
+                        self.status = Network.REVERSED
+            case e.AuthorizationExpired():
+                self.status, self.held_units = Network.EXPIRED, 0
+                self.released_units += event.released.units
+            case e.ClearingParked():
+                self.parked.append(ParkedClearing(event.causation_id, event.amount, event.final,
+                                                  event.occurred_at))
+            case e.ClearingRecorded():
+                self.parked = [p for p in self.parked if p.message_id != event.clearing_id]
+                self.messages.add(event.clearing_id)
+                self.cleared_units += event.amount.units
+                self.posted_units += event.from_hold.units
+                self.released_units += event.released.units
+                if event.basis == "hold":
+                    self.over_cleared_units += event.beyond_hold.units
+                self.held_units = event.held.units
+                if event.final:
+                    self.status = Network.CLEARED
+            case e.PaymentForcePosted() | e.FinancialAuthorizationRecorded():
+                self._known(event.amount.currency, event.account, event.merchant, event.mcc)
+                self.status = Network.CLEARED
+                self.cleared_units += event.amount.units
+            case e.ReturnRecorded() | e.ReturnReversed():
+                self.returned_units = event.returned.units
+            case _:
+                return False
+        self.messages.add(event.causation_id)
+        return True
+
+    def _opened(self, event: e.DomainEvent, held: Money, expires_at: datetime) -> None:
+        """Our approval or an approving advice: the hold opens (or is resized while open)."""
+        if self.status is not Network.AUTHORIZED:
+            self.authorized_units, self.held_units = held.units, held.units
+        self.status, self.hold_opened, self.expires_at = Network.AUTHORIZED, True, expires_at
+        self.currency = held.currency
+        self.messages.add(event.causation_id)
+
+    def _known(self, currency: Currency, account: str, merchant: str, mcc: str) -> None:
+        self.currency = currency
+        self.account = self.account or account
+        self.merchant, self.mcc = self.merchant or merchant, self.mcc or mcc
 
     def money(self, units: int) -> Money | None:
         return None if self.currency is None else Money(units, self.currency)

@@ -586,9 +586,7 @@ class Payment:
             case e.PaymentAuthorized():
                 self.status, self.account, self.authorized = (
                     Status.AUTHORIZED, event.account, event.amount)
-                self._network_opened(event, event.amount, event.expires_at)
-                self._network_known(event.amount.currency, event.account, event.merchant,
-                                    event.mcc)
+                self.network.apply(event)
             case e.PaymentSpent():
                 if self.status in (Status.NEW, Status.AUTHORIZED):
                     self.status, self.hold = Status.HELD, Hold.PENDING
@@ -634,75 +632,8 @@ class Payment:
         self.spend_evidence = next(iter(self.spends), None)
 
     def _apply_network(self, event: e.DomainEvent) -> None:
-        n = self.network
-        match event:
-            case e.AuthorizationDeclined():
-                self._network_known(event.amount.currency, event.account, event.merchant,
-                                    event.mcc)
-                if n.status is Network.NONE:
-                    n.status = Network.DECLINED
-            case e.AuthorizationAdvised() if event.approved:
-                self._network_opened(event, event.held, event.expires_at)
-                n.authorized_units += event.held.units - n.held_units
-                n.held_units = event.held.units
-                self._network_known(event.amount.currency, event.account, event.merchant,
-                                    event.mcc)
-            case e.AuthorizationAdvised():
-                self._network_known(event.amount.currency, event.account, event.merchant,
-                                    event.mcc)
-                n.status, n.held_units = Network.DECLINED, 0
-                n.released_units += event.released.units
-            case e.AuthorizationIncreased():
-                n.authorized_units = event.authorized.units
-                n.held_units, n.expires_at = event.held.units, event.expires_at
-            case e.AuthorizationReversed():
-                if n.status is Network.AUTHORIZED:
-                    n.held_units = event.held.units
-                    n.reversed_units += event.released.units
-                    if event.full:
-                        n.status = Network.REVERSED
-            case e.AuthorizationExpired():
-                n.status, n.held_units = Network.EXPIRED, 0
-                n.released_units += event.released.units
-            case e.ClearingParked():
-                n.parked.append(ParkedClearing(event.causation_id, event.amount, event.final,
-                                               event.occurred_at))
-            case e.ClearingRecorded():
-                n.parked = [p for p in n.parked if p.message_id != event.clearing_id]
-                n.messages.add(event.clearing_id)
-                n.cleared_units += event.amount.units
-                n.posted_units += event.from_hold.units
-                n.released_units += event.released.units
-                if event.basis == "hold":
-                    n.over_cleared_units += event.beyond_hold.units
-                n.held_units = event.held.units
-                if event.final:
-                    n.status = Network.CLEARED
-            case e.PaymentForcePosted() | e.FinancialAuthorizationRecorded():
-                self._network_known(event.amount.currency, event.account, event.merchant,
-                                    event.mcc)
-                n.status = Network.CLEARED
-                n.cleared_units += event.amount.units
-            case e.ReturnRecorded() | e.ReturnReversed():
-                n.returned_units = event.returned.units
-            case _:
-                raise InvalidTransition(f"payment cannot apply {type(event).__name__}")
-        n.messages.add(event.causation_id)
-
-    def _network_opened(self, event: e.DomainEvent, held: Money, expires_at: datetime) -> None:
-        """Our approval or an approving advice: the hold opens (or is resized while open)."""
-        n = self.network
-        if n.status is not Network.AUTHORIZED:
-            n.authorized_units, n.held_units = held.units, held.units
-        n.status, n.hold_opened, n.expires_at = Network.AUTHORIZED, True, expires_at
-        n.currency = held.currency
-        n.messages.add(event.causation_id)
-
-    def _network_known(self, currency: Currency, account: str, merchant: str, mcc: str) -> None:
-        n = self.network
-        n.currency = currency
-        n.account = n.account or account
-        n.merchant, n.mcc = n.merchant or merchant, n.mcc or mcc
+        if not self.network.apply(event):
+            raise InvalidTransition(f"payment cannot apply {type(event).__name__}")
 
 
 __all__ = ["Hold", "Network", "NetworkState", "ParkedClearing", "Payment", "Status",

@@ -1,5 +1,8 @@
 """The projector loop: feed batch → read-model rows + feed positions, one transaction per batch.
 
+One feed feeds two read models in the same transaction: `payments` (a row per payment) and
+`daily` (per day and token, the sum of what each applied event changed in its payment's row).
+
 Exactly-once effects over an at-least-once feed: positions are stored with the rows they produced,
 and rows remember the last version applied, so a redelivered event changes nothing.
 
@@ -19,6 +22,7 @@ from typing import Any, Protocol
 from domain.errors import DomainError
 from domain.events import DomainEvent
 from domain.serialization import from_recorded
+from projector.daily import DayFigures, DayKey, from_rows_and_events
 from projector.errors import OutOfOrder
 from projector.feed import Feed, FeedMessage, Positions, RejectedMessage
 from projector.payments import PaymentRow, evolve, is_duplicate
@@ -37,6 +41,10 @@ class ProjectionUnitOfWork(Protocol):
         ...
     def get_payments(self, payment_ids: list[str]) -> dict[str, PaymentRow]: ...
     def put_payments(self, rows: list[PaymentRow]) -> None: ...
+    def add_daily(self, figures: dict[DayKey, DayFigures]) -> None:
+        """Add each day's figures to what it holds (a day not there yet starts at zero)."""
+        ...
+    def get_daily(self, keys: list[DayKey]) -> dict[DayKey, DayFigures]: ...
     def quarantine(self, source: str, key: str, reason: str, payload: dict[str, Any]) -> None: ...
 
 
@@ -101,6 +109,7 @@ class Projector:
                 self._quarantine(uow, message, f"undecodable event: {exc}")
         rows = uow.get_payments(sorted({event.stream_id for _, event in typed}))
         changed: dict[str, PaymentRow] = {}
+        steps: list[tuple[PaymentRow | None, PaymentRow, DomainEvent]] = []
         for message, event in typed:
             row = changed.get(event.stream_id) or rows.get(event.stream_id)
             if is_duplicate(row, event):
@@ -110,7 +119,10 @@ class Projector:
                 self.applied += 1
             except OutOfOrder as exc:
                 self._quarantine(uow, message, str(exc))
+                continue
+            steps.append((row, changed[event.stream_id], event))
         uow.put_payments(list(changed.values()))
+        uow.add_daily(from_rows_and_events(steps))
 
     def _quarantine_rejected(self, uow: ProjectionUnitOfWork, bad: RejectedMessage) -> None:
         log.warning("projector %s quarantined %s@%d: %s", self.name, bad.source, bad.offset,

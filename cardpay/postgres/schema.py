@@ -23,6 +23,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
@@ -150,6 +151,39 @@ rm_payments = Table(
     Column("spend_tx", Text),
     Column("last_version", Integer, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # the whole lifecycle (migration 0017)
+    Column("network_status", Text, nullable=False, server_default="none"),
+    Column("merchant", Text),
+    Column("mcc", Text),
+    Column("held", Amount, nullable=False, server_default="0"),
+    Column("posted", Amount, nullable=False, server_default="0"),
+    Column("network_cleared", Amount, nullable=False, server_default="0"),
+    Column("reversed", Amount, nullable=False, server_default="0"),
+    Column("released", Amount, nullable=False, server_default="0"),
+    Column("over_cleared", Amount, nullable=False, server_default="0"),
+    Column("returned", Amount, nullable=False, server_default="0"),
+    Column("expires_at", DateTime(timezone=True)),
+    Column("refund_txs", JSONB, nullable=False, server_default="[]"),
+    Column("settlement_batch", Text),
+    Column("settled", Amount, nullable=False, server_default="0"),
+    Column("first_at", DateTime(timezone=True)),
+    Column("authorized_at", DateTime(timezone=True)),
+    Column("cleared_at", DateTime(timezone=True)),
+    Column("settled_at", DateTime(timezone=True)),
+    Column("last_at", DateTime(timezone=True)),
+    Index("rm_payments_open_holds", "account", "expires_at", postgresql_where=text("held > 0")),
+    Index("rm_payments_by_day", "currency", "first_at"),
+)
+
+rm_daily = Table(
+    "rm_daily",
+    metadata,
+    Column("day", Date, nullable=False),
+    Column("currency", Text, nullable=False),
+    *(Column(name, Amount, nullable=False, server_default="0") for name in (
+        "approved", "declined", "authorized", "cleared_payments", "cleared", "returned", "spent",
+        "refunded", "settled_payments", "settled")),
+    PrimaryKeyConstraint("day", "currency"),
 )
 
 chain_activity = Table(

@@ -38,6 +38,7 @@ from cardpay.postgres.repositories.sagas import (
     PostgresSagaTimers,
 )
 from cardpay.postgres.repositories.settlement import PostgresSettlementBatches
+from projector.daily import DayFigures, DayKey
 from projector.payments import PaymentRow
 
 _LOCK = "SELECT pg_advisory_xact_lock(hashtext(%s))"
@@ -143,6 +144,12 @@ class PostgresProjectionUnitOfWork(_Transaction):
 
     def put_payments(self, rows: list[PaymentRow]) -> None:
         self._payments.put(rows)
+
+    def add_daily(self, figures: dict[DayKey, DayFigures]) -> None:
+        self._payments.add_daily(figures)
+
+    def get_daily(self, keys: list[DayKey]) -> dict[DayKey, DayFigures]:
+        return self._payments.get_daily(keys)
 
     def quarantine(self, source: str, key: str, reason: str, payload: dict[str, Any]) -> None:
         self._quarantine.add(QuarantineItem(source, key, reason, payload))

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from projector.daily import DayFigures, DayKey
 from projector.feed import FeedMessage, Positions, RejectedMessage
 from projector.payments import PaymentRow
 
@@ -90,6 +91,7 @@ class Commit:
 @dataclass
 class FakeProjectionStore:
     rows: dict[str, PaymentRow] = field(default_factory=dict)
+    daily: dict[DayKey, DayFigures] = field(default_factory=dict)
     positions: dict[str, dict[str, int]] = field(default_factory=dict)
     quarantined: list[Quarantined] = field(default_factory=list)
     commits: list[Commit] = field(default_factory=list)
@@ -108,6 +110,7 @@ class FakeProjectionUnitOfWork:
     def __init__(self, store: FakeProjectionStore) -> None:
         self.store = store
         self._rows: dict[str, PaymentRow] = {}
+        self._daily: dict[DayKey, DayFigures] = {}
         self._positions: dict[str, dict[str, int]] = {}
         self._quarantined: list[Quarantined] = []
         self.committed = False
@@ -117,7 +120,7 @@ class FakeProjectionUnitOfWork:
 
     def __exit__(self, *exc: object) -> None:
         # Leaving without a commit (or after a failed one) rolls everything back.
-        self._rows, self._positions, self._quarantined = {}, {}, []
+        self._rows, self._daily, self._positions, self._quarantined = {}, {}, {}, []
 
     def lock(self, key: str) -> None:
         """One process, one writer: nothing to serialize in memory; recorded for the tests."""
@@ -130,6 +133,8 @@ class FakeProjectionUnitOfWork:
             stored = self.store.rows.get(pid)
             if stored is None or stored.last_version < row.last_version:
                 self.store.rows[pid] = row  # a row only moves to a newer version
+        for key, figures in self._daily.items():
+            self.store.daily[key] = self.store.daily.get(key, DayFigures()) + figures
         for consumer, positions in self._positions.items():
             kept = self.store.positions.setdefault(consumer, {})
             for source, position in positions.items():
@@ -142,7 +147,7 @@ class FakeProjectionUnitOfWork:
         self.store.commits.append(Commit(list(self._rows.values()),
                                          copy.deepcopy(self._positions),
                                          list(self._quarantined)))
-        self._rows, self._positions, self._quarantined = {}, {}, []
+        self._rows, self._daily, self._positions, self._quarantined = {}, {}, {}, []
         self.committed = True
 
     def load_positions(self, consumer: str) -> dict[str, int]:
@@ -158,6 +163,18 @@ class FakeProjectionUnitOfWork:
     def put_payments(self, rows: list[PaymentRow]) -> None:
         for row in rows:
             self._rows[row.payment_id] = row
+
+    def add_daily(self, figures: dict[DayKey, DayFigures]) -> None:
+        for key, moved in figures.items():
+            self._daily[key] = self._daily.get(key, DayFigures()) + moved
+
+    def get_daily(self, keys: list[DayKey]) -> dict[DayKey, DayFigures]:
+        out: dict[DayKey, DayFigures] = {}
+        for key in keys:
+            figures = self.store.daily.get(key, DayFigures()) + self._daily.get(key, DayFigures())
+            if key in self.store.daily or key in self._daily:
+                out[key] = figures
+        return out
 
     def quarantine(self, source: str, key: str, reason: str, payload: dict[str, Any]) -> None:
         self._quarantined.append(Quarantined(source, key, reason, dict(payload)))

@@ -93,3 +93,43 @@ def _quarantined(uow: Factory) -> list[tuple[str, str]]:
     assert isinstance(probe, PostgresProjectionUnitOfWork)
     with PostgresUnitOfWork(probe._engine) as w:
         return [(r.key, r.reason) for r in w.quarantine.list("projector:")]
+
+
+def test_a_whole_lifecycle_row_reads_back_as_written(uow: Factory) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    at = datetime(2026, 12, 1, 9, 30, tzinfo=UTC)
+    full = _row("p9", 7, status="settled", authorized=3 * 10**18, cleared=2 * 10**18,
+                refunded=10**18, spend_tx="0x" + "ab" * 32, network_status="cleared",
+                merchant="Hotel Zürich", mcc="7011", held=0, posted=2 * 10**18,
+                network_cleared=2 * 10**18 + 7, reversed=5, released=10**18 - 5,
+                over_cleared=7, returned=3, expires_at=at + timedelta(days=30),
+                refund_txs=("0x" + "01" * 32, "0x" + "02" * 32), settlement_batch="2026-12-01:EUR",
+                settled=2 * 10**18 + 4, first_at=at, authorized_at=at,
+                cleared_at=at + timedelta(days=1), settled_at=at + timedelta(days=2),
+                last_at=at + timedelta(days=2))
+    with uow() as w:
+        w.put_payments([full])
+        w.commit()
+    with uow() as w:
+        assert w.get_payments(["p9"]) == {"p9": full}
+
+
+def test_days_add_up_and_roll_back_with_their_batch(uow: Factory) -> None:
+    from datetime import date
+
+    from projector.daily import DayFigures
+
+    d1, d2 = (date(2026, 12, 1), "EURe"), (date(2026, 12, 1), "USDCe")
+    with uow() as w:
+        w.add_daily({d1: DayFigures(approved=1, authorized=10**20)})
+        w.commit()
+    with uow() as w:
+        w.add_daily({d1: DayFigures(approved=1, authorized=5, refunded=-2), d2: DayFigures(spent=3)})
+        # not committed: nothing of it stays
+    with uow() as w:
+        w.add_daily({d1: DayFigures(cleared=7, refunded=-2)})
+        w.commit()
+    with uow() as w:
+        assert w.get_daily([d1, d2]) == {
+            d1: DayFigures(approved=1, authorized=10**20, cleared=7, refunded=-2)}

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from cardpay.bootstrap.project import run_projector
@@ -64,6 +67,17 @@ def refunded(stream: str, version: int, units: int, rid: str = "r1") -> e.Domain
                              refund_id=rid, amount=Money(units, USDCE), evidence=proof(50))
 
 
+CHAIN_FIELDS = ("payment_id", "status", "last_version", "account", "currency", "decimals",
+                "authorized", "spent", "cleared", "refunded", "spend_tx")
+
+
+def chain(r: PaymentRow | None) -> dict[str, object]:
+    """The chain side of a row (the figures these tests are about; the network side and the
+    times have tests of their own)."""
+    assert r is not None
+    return {k: getattr(r, k) for k in CHAIN_FIELDS}
+
+
 def row(**fields: object) -> PaymentRow:
     base: dict[str, object] = {"payment_id": "p1", "status": "held", "last_version": 2,
                                "account": SAFE, "currency": "USDCe", "decimals": 6,
@@ -75,30 +89,30 @@ def row(**fields: object) -> PaymentRow:
 
 # -- evolve, one event type at a time -------------------------------------------------------------
 def test_authorized_opens_the_row() -> None:
-    assert evolve(None, authorized(units=25_000_000)) == PaymentRow(
+    assert chain(evolve(None, authorized(units=25_000_000))) == chain(PaymentRow(
         payment_id="p1", status="authorized", last_version=1, account=SAFE, currency="USDCe",
-        decimals=6, authorized=25_000_000)
+        decimals=6, authorized=25_000_000))
 
 
 def test_spent_opens_a_chain_first_row() -> None:
-    assert evolve(None, spent(units=12_340_000)) == PaymentRow(
+    assert chain(evolve(None, spent(units=12_340_000))) == chain(PaymentRow(
         payment_id="p1", status="held", last_version=1, account=SAFE, currency="USDCe",
-        decimals=6, spent=12_340_000, spend_tx=SPEND_TX)
+        decimals=6, spent=12_340_000, spend_tx=SPEND_TX))
 
 
 def test_spent_after_the_authorization() -> None:
     first = evolve(None, authorized(units=30_000_000))
-    assert evolve(first, spent(version=2, units=25_000_000)) == row(authorized=30_000_000)
+    assert chain(evolve(first, spent(version=2, units=25_000_000))) == chain(row(authorized=30_000_000))
 
 
 def test_cleared() -> None:
     event = e.PaymentCleared(**envelope("p1", 3), amount=Money(20_000_000, USDCE))  # type: ignore[arg-type]
-    assert evolve(row(), event) == row(status="cleared", last_version=3, cleared=20_000_000)
+    assert chain(evolve(row(), event)) == chain(row(status="cleared", last_version=3, cleared=20_000_000))
 
 
 def test_reversed() -> None:
     event = e.PaymentReversed(**envelope("p1", 3), reason="expired")  # type: ignore[arg-type]
-    assert evolve(row(), event) == row(status="reversed", last_version=3)
+    assert chain(evolve(row(), event)) == chain(row(status="reversed", last_version=3))
 
 
 @pytest.mark.parametrize(
@@ -111,32 +125,32 @@ def test_reversed() -> None:
     ids=["requested", "submitted"],
 )
 def test_refund_requested_and_submitted_only_move_the_version(event: e.DomainEvent) -> None:
-    assert evolve(row(), event) == row(last_version=3)
+    assert chain(evolve(row(), event)) == chain(row(last_version=3))
 
 
 def test_refunded_adds_and_refund_retracted_subtracts() -> None:
     current = evolve(row(refunded=1_000_000), refunded("p1", 3, 5_000_000))
-    assert current == row(last_version=3, refunded=6_000_000)
+    assert chain(current) == chain(row(last_version=3, refunded=6_000_000))
     retracted = e.RefundRetracted(**envelope("p1", 4), refund_id="r1",  # type: ignore[arg-type]
                                   amount=Money(5_000_000, USDCE), evidence=proof(50),
                                   reason="reorg")
-    assert evolve(current, retracted) == row(last_version=4, refunded=1_000_000)
+    assert chain(evolve(current, retracted)) == chain(row(last_version=4, refunded=1_000_000))
 
 
 def test_settled() -> None:
     event = e.PaymentSettled(**envelope("p1", 3), batch_id="2024-09-18")  # type: ignore[arg-type]
-    assert evolve(row(status="cleared", cleared=1), event) == row(
-        status="settled", last_version=3, cleared=1)
+    assert chain(evolve(row(status="cleared", cleared=1), event)) == chain(row(
+        status="settled", last_version=3, cleared=1))
 
 
 def test_spend_retracted_empties_the_spend() -> None:
     event = e.SpendRetracted(**envelope("p1", 3), evidence=proof(2),  # type: ignore[arg-type]
                              reason="reorg")
-    assert evolve(row(), event) == row(status="retracted", last_version=3, spent=0,
-                                       spend_tx=None)
+    assert chain(evolve(row(), event)) == chain(row(status="retracted", last_version=3, spent=0,
+                                       spend_tx=None))
     # The transaction mined again (another block): held again, with its spend back.
     again = evolve(evolve(row(), event), spent(version=4, units=25_000_000))
-    assert again == row(last_version=4)
+    assert chain(again) == chain(row(last_version=4))
 
 
 def test_every_payment_event_type_is_evolved() -> None:
@@ -180,10 +194,10 @@ def test_every_payment_event_type_is_evolved() -> None:
         assert not is_duplicate(current, event)
         current = evolve(current, event)
         assert is_duplicate(current, event)
-    assert current == PaymentRow(
+    assert chain(current) == chain(PaymentRow(
         payment_id="p1", status="settled", last_version=len(events), account=SAFE,
         currency="USDCe", decimals=6, authorized=30_000_000, spent=25_000_000,
-        cleared=18_000_000, refunded=5_000_000, spend_tx=SPEND_TX)
+        cleared=18_000_000, refunded=5_000_000, spend_tx=SPEND_TX))
 
 
 # -- duplicates and gaps --------------------------------------------------------------------------
@@ -448,3 +462,81 @@ def test_until_idle_projects_everything_then_returns() -> None:
     assert asyncio.run(run_projector(projector, asyncio.Event(), until_idle=True,
                                      poll_timeout=0)) == "idle"
     assert sorted(store.rows) == ["p1", "p2"] and feed.stopped
+
+
+# -- the network side and the times ----------------------------------------------------------------
+NETWORK_STEPS = st.lists(st.tuples(
+    st.sampled_from(["increase", "reverse", "reverse_all", "clear", "clear_final", "expire",
+                     "return", "unreturn", "force_post", "settle"]),
+    st.integers(min_value=1, max_value=40)), max_size=12)
+
+
+def network_command(kind: str, base: dict[str, Any], amount: Money) -> c.Command:
+    match kind:
+        case "increase":
+            return c.IncreaseAuthorization(**base, amount=amount)
+        case "reverse":
+            return c.ReverseAuthorization(**base, amount=amount)
+        case "reverse_all":
+            return c.ReverseAuthorization(**base)
+        case "clear":
+            return c.RecordClearing(**base, amount=amount, final=False)
+        case "clear_final":
+            return c.RecordClearing(**base, amount=amount)
+        case "expire":
+            return c.ExpireAuthorization(**base, by_network=True)
+        case "return":
+            return c.RecordReturn(**base, amount=amount)
+        case "unreturn":
+            return c.ReverseReturn(**base, amount=amount)
+        case "force_post":
+            return c.ForcePost(**base, account=SAFE, amount=amount, merchant="Hotel", mcc="7011")
+        case _:
+            return c.SettlePayment(**base, batch_id="b1")
+
+
+@settings(max_examples=150, deadline=None)
+@given(steps=NETWORK_STEPS)
+def test_the_network_figures_are_the_aggregates(steps: list[tuple[str, int]]) -> None:
+    """Any stream of network messages the aggregate takes folds into a row whose network figures
+    are the aggregate's own, with the times of the events that set them."""
+    from domain.errors import DomainError
+
+    payment = Payment("p1")
+    n = iter(range(1000))
+
+    def base(minutes: int) -> dict[str, Any]:
+        return {"command_id": f"cmd-{next(n)}", "payment_id": "p1",
+                "at": T0 + timedelta(minutes=minutes)}
+
+    def usdc(units: int) -> Money:
+        return Money(units * 1_000_000, USDCE)
+
+    handle(payment, c.AuthorizePayment(**base(0), account=SAFE, amount=usdc(50),  # type: ignore[arg-type]
+                                       merchant="Hotel", mcc="7011",
+                                       expires_at=T0 + timedelta(days=30)))
+    for minute, (kind, units) in enumerate(steps, 1):
+        cmd = network_command(kind, base(minute), usdc(units))
+        try:
+            handle(payment, cmd)
+        except DomainError:
+            continue  # refused: records nothing
+    current: PaymentRow | None = None
+    for event in payment.pending_events:
+        current = evolve(current, event)
+    assert current is not None
+    net = payment.network
+    assert (current.network_status, current.authorized, current.held, current.posted,
+            current.network_cleared, current.reversed, current.released, current.over_cleared,
+            current.returned, current.expires_at, current.merchant, current.mcc) == (
+        net.status.value, net.authorized_units, net.held_units, net.posted_units,
+        net.cleared_units, net.reversed_units, net.released_units, net.over_cleared_units,
+        net.returned_units, net.expires_at, net.merchant, net.mcc)
+    events = payment.pending_events
+    assert current.first_at == events[0].occurred_at and current.last_at == events[-1].occurred_at
+    assert current.authorized_at == events[0].occurred_at
+    clearings = [ev for ev in events if isinstance(ev, (e.ClearingRecorded, e.PaymentForcePosted))
+                 and ev.amount.units > 0]
+    assert current.cleared_at == (clearings[0].occurred_at if clearings else None)
+    settled = [ev for ev in events if isinstance(ev, e.PaymentSettled)]
+    assert current.settled_at == (settled[0].occurred_at if settled else None)

@@ -1,8 +1,9 @@
-"""The `payments` read model's rows (`rm_payments`)."""
+"""The `payments` read model's rows (`rm_payments`) and the `daily` read model's (`rm_daily`)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import fields
 from typing import Any
 
 from sqlalchemy import Connection, func, select
@@ -10,11 +11,14 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from cardpay.postgres import schema as s
 from cardpay.postgres.repositories import chunks
+from projector.daily import DayFigures, DayKey
 from projector.payments import PaymentRow
 
 t = s.rm_payments
-COLUMNS = ("payment_id", "account", "currency", "decimals", "status", "authorized", "spent",
-           "cleared", "refunded", "spend_tx", "last_version")
+COLUMNS = tuple(f.name for f in fields(PaymentRow))
+AMOUNTS = ("authorized", "spent", "cleared", "refunded", "held", "posted", "network_cleared",
+           "reversed", "released", "over_cleared", "returned", "settled")
+DAY_FIGURES = tuple(f.name for f in fields(DayFigures))
 
 
 class PostgresPaymentsView:
@@ -31,7 +35,8 @@ class PostgresPaymentsView:
     def put(self, rows: Sequence[PaymentRow]) -> None:
         if not rows:
             return
-        values = [{k: getattr(r, k) for k in COLUMNS} for r in rows]
+        values = [{**{k: getattr(r, k) for k in COLUMNS}, "refund_txs": list(r.refund_txs)}
+                  for r in rows]
         stmt = pg_insert(t)
         updatable = {k: stmt.excluded[k] for k in COLUMNS if k != "payment_id"}
         stmt = stmt.on_conflict_do_update(
@@ -43,17 +48,35 @@ class PostgresPaymentsView:
             self._conn.execute(stmt, list(part))  # executemany: compiled once, not per row
 
 
+    def add_daily(self, figures: Mapping[DayKey, DayFigures]) -> None:
+        """Add to each day's sums (one upsert per day: the deltas of a batch are summed first)."""
+        if not figures:
+            return
+        d = s.rm_daily
+        stmt = pg_insert(d)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["day", "currency"],
+            set_={k: d.c[k] + stmt.excluded[k] for k in DAY_FIGURES})
+        self._conn.execute(stmt, [{"day": day, "currency": currency, **f.as_dict()}
+                                  for (day, currency), f in sorted(figures.items())])
+
+    def get_daily(self, keys: Sequence[DayKey]) -> dict[DayKey, DayFigures]:
+        d = s.rm_daily
+        out: dict[DayKey, DayFigures] = {}
+        for day, currency in keys:
+            found = self._conn.execute(select(d).where(d.c.day == day,
+                                                       d.c.currency == currency)).first()
+            if found is not None:
+                out[(day, currency)] = DayFigures(**{k: int(found._mapping[k])
+                                                     for k in DAY_FIGURES})
+        return out
+
+
 def _payment_row(m: Any) -> PaymentRow:
-    return PaymentRow(
-        payment_id=m["payment_id"],
-        status=m["status"],
-        last_version=int(m["last_version"]),
-        account=m["account"],
-        currency=m["currency"],
-        decimals=m["decimals"],
-        authorized=None if m["authorized"] is None else int(m["authorized"]),
-        spent=int(m["spent"]),
-        cleared=None if m["cleared"] is None else int(m["cleared"]),
-        refunded=int(m["refunded"]),
-        spend_tx=m["spend_tx"],
-    )
+    values = {k: m[k] for k in COLUMNS}
+    for k in AMOUNTS:
+        if values[k] is not None:
+            values[k] = int(values[k])
+    values["last_version"] = int(values["last_version"])
+    values["refund_txs"] = tuple(values["refund_txs"] or ())
+    return PaymentRow(**values)
