@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from datetime import date
 
 
 def _int(text: str) -> int:
@@ -50,3 +51,11 @@ def port(text: str) -> int:
     if not 1 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"must be a TCP port (1-65535), got {value}")
     return value
+
+
+def day(text: str) -> date:
+    """A day, YYYY-MM-DD (a settlement day, a day of payments)."""
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a day as YYYY-MM-DD, got {text!r}") from None

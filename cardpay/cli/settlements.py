@@ -5,22 +5,14 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from datetime import date
 from typing import Any
 
+from cardpay.cli.options import day
 from cardpay.cli.output import Column, Record, add_format_options, emit
 from cardpay.cli.payments import amount_text
 from cardpay.settings import Settings
 from domain.money import FIAT_CURRENCIES
 from domain.settlement import SettlementBatch
-
-
-def day(text: str) -> date:
-    """A settlement day, YYYY-MM-DD."""
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a day as YYYY-MM-DD, got {text!r}") from None
 
 
 def currency(text: str) -> str:
