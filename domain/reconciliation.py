@@ -19,7 +19,7 @@ the report's fiat minor units convert upward exactly), so nothing is rounded to 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from enum import StrEnum
@@ -222,7 +222,7 @@ def reconcile(inputs: DayInputs) -> Reconciliation:
     payments = sorted({m.payment_id for m in inputs.chain}
                       | {i.payment_id for i in inputs.items if i.payment_id}
                       | {p.ref for p in inputs.ledger_payable if not p.ref.startswith("return:")})
-    breaks = [*_chain_vs_ledger(inputs), *_ledger_vs_network(inputs, units),
+    breaks = [*_chain_vs_ledger(inputs, units.text), *_ledger_vs_network(inputs, units),
               *_network_vs_report(inputs, units, tuple(payments))]
     report = None if inputs.report is None else report_figures(inputs.report)
     chain = ChainFigures(
@@ -245,12 +245,21 @@ class _Units:
 
     def __init__(self, fiat: Currency) -> None:
         self._fiat = fiat
+        self._token = token_for(fiat)
 
     def __call__(self, minor: int) -> int:
         return to_token(Money(minor, self._fiat)).units
 
     def figures(self, f: Figures) -> Figures:
         return Figures(f.count, self(f.credit), self(f.debit))
+
+    def text(self, units: int) -> str:
+        """Token base units for a person: `4.00 EURe`, every significant digit kept."""
+        whole, _, frac = f"{Money(units, self._token).to_decimal():f}".partition(".")
+        return f"{whole}.{frac.rstrip('0').ljust(2, '0')} {self._token.code}"
+
+    def fiat_text(self, minor: int) -> str:
+        return self.text(self(minor))
 
 
 def _ours(inputs: DayInputs) -> Figures:
@@ -260,7 +269,7 @@ def _ours(inputs: DayInputs) -> Figures:
     return total
 
 
-def _chain_vs_ledger(inputs: DayInputs) -> list[Break]:
+def _chain_vs_ledger(inputs: DayInputs, show: Callable[[int], str]) -> list[Break]:
     """Per chain movement: the ledger's transfer `<key>:onchain` for the same amount and way."""
     booked = {p.transfer_id.removesuffix(":onchain"): p for p in inputs.ledger_chain}
     out: list[Break] = []
@@ -268,17 +277,17 @@ def _chain_vs_ledger(inputs: DayInputs) -> list[Break]:
         posting = booked.pop(m.key, None)
         ledger = 0 if posting is None else posting.amount
         if ledger != m.amount:
-            has = "nothing" if posting is None else f"{ledger}"
+            has = "nothing" if posting is None else show(ledger)
             out.append(Break(BreakKind.CHAIN_NOT_IN_LEDGER, m.amount - ledger, (m.payment_id,),
-                             f"{m.what} {m.key} in {m.tx_hash} moved {m.amount} on chain, the "
-                             f"ledger booked {has}"))
+                             f"{m.what} {m.key} in {m.tx_hash} moved {show(m.amount)} on chain, "
+                             f"the ledger booked {has}"))
     for key, posting in sorted(booked.items()):
         out.append(Break(BreakKind.LEDGER_NOT_ON_CHAIN, posting.amount, (posting.ref,),
-                         f"ledger transfer {posting.transfer_id} moved {posting.amount}; no "
-                         f"chain movement {key} was recorded"))
+                         f"ledger transfer {posting.transfer_id} moved {show(posting.amount)}; "
+                         f"no chain movement {key} was recorded"))
     for u in inputs.unmatched:
         out.append(Break(BreakKind.CHAIN_TRANSFER_UNMATCHED, -u.amount, (),
-                         f"{u.amount} left the settlement account to {u.recipient} in "
+                         f"{show(u.amount)} left the settlement account to {u.recipient} in "
                          f"{u.tx_hash}, matching no payment's refund; the ledger has nothing"))
     return out
 
@@ -301,12 +310,13 @@ def _ledger_vs_network(inputs: DayInputs, units: _Units) -> list[Break]:
         involved = () if ref.startswith("return:") else (ref,)
         if posted is None:
             out.append(Break(BreakKind.REPORT_NOT_IN_LEDGER, network or 0, involved,
-                             f"the batch counts {network} for {ref}; the ledger posted nothing "
-                             "to network payable for it on the day"))
+                             f"the batch counts {units.text(network or 0)} owed for {ref}; the "
+                             "ledger posted nothing to network payable for it on the day"))
         else:
             out.append(Break(BreakKind.LEDGER_NOT_IN_REPORT, posted - (network or 0), involved,
-                             f"the ledger posted {posted} to network payable for {ref} on the "
-                             f"day; the batch counts {network or 0}"))
+                             f"the ledger posted {units.text(posted)} owed to network payable "
+                             f"for {ref} on the day; the batch counts "
+                             f"{units.text(network or 0)}"))
     return out
 
 
@@ -319,7 +329,7 @@ def _network_vs_report(inputs: DayInputs, units: _Units,
             return []
         return [Break(BreakKind.REPORT_MISSING, units(ours.net), payments,
                       f"no settlement report for {inputs.day} {inputs.currency}; the batch "
-                      f"counts {ours.count} messages")]
+                      f"counts {ours.count} messages, net {units.fiat_text(ours.net)}")]
     out: list[Break] = []
     for line in inputs.report.get("lines", []):
         mode, kind = str(line["business_mode"]), str(line["amount_type"])
@@ -332,7 +342,7 @@ def _network_vs_report(inputs: DayInputs, units: _Units,
         if not empty and (unknown or (not counted and (mode, kind) == ("issuer", "interchange"))):
             out.append(Break(BreakKind.REPORT_LINE_UNEXPLAINED, units(credit - debit), (),
                              f"report {inputs.report.get('report_id')} line {mode}/{kind}: "
-                             f"{count} messages, net {credit - debit} (minor units) that no "
+                             f"{count} messages, net {units.fiat_text(credit - debit)} that no "
                              "payment of ours explains"))
     if not counted:
         return out
@@ -341,5 +351,5 @@ def _network_vs_report(inputs: DayInputs, units: _Units,
         diff = ours.minus(theirs)
         out.append(Break(BreakKind.TOTALS_DIFFER, units(ours.net) - units(theirs.net), payments,
                          f"ours minus the report's interchange: count {diff.count}, credit "
-                         f"{diff.credit}, debit {diff.debit} (minor units)"))
+                         f"{units.fiat_text(diff.credit)}, debit {units.fiat_text(diff.debit)}"))
     return out

@@ -99,15 +99,16 @@ def rows(r: Reconciliation) -> list[Record]:
            figure("chain", "unmatched_out", r.chain.unmatched_out),
            figure("chain", "net", r.chain.net),
            figure("ledger", "onchain", r.ledger.onchain),
-           figure("ledger", "payable", r.ledger.payable),
+           figure("ledger", "payable", r.ledger.payable,
+                  detail="posted to network payable on the day (owed to the network)"),
            figure("network", "batch", detail=n.batch_status or "(no batch)"),
-           figure("network", "ours", n.ours.net, count=n.ours.count,
+           figure("network", "batch_net", n.ours.net, count=n.ours.count,
                   detail=f"credit {amount_text(n.ours.credit, r.decimals)}, debit "
-                  f"{amount_text(n.ours.debit, r.decimals)}")]
+                  f"{amount_text(n.ours.debit, r.decimals)} (net: credit - debit, as reported)")]
     if n.report is None:
-        out.append(figure("network", "report", detail="(no report)"))
+        out.append(figure("network", "report_net", detail="(no report)"))
     else:
-        out += [figure("network", "report", n.report.net, count=n.report.count,
+        out += [figure("network", "report_net", n.report.net, count=n.report.count,
                        detail=f"{n.report_id}: credit {amount_text(n.report.credit, r.decimals)}"
                        f", debit {amount_text(n.report.debit, r.decimals)}"),
                 figure("network", "report_fees", n.fees)]

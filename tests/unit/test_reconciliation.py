@@ -127,6 +127,7 @@ def test_a_settlement_account_transfer_matching_no_payment_is_a_break() -> None:
     assert (brk.kind, brk.amount, brk.payments) == (BreakKind.CHAIN_TRANSFER_UNMATCHED,
                                                     -40 * CENT, ())
     assert result.chain.unmatched_out == 40 * CENT and result.chain.net == 1_310 * CENT
+    assert brk.detail.startswith(f"0.40 EURe left the settlement account to {SAFE}")
 
 
 def test_a_ledger_posting_the_report_lacks_names_the_payment() -> None:
@@ -185,7 +186,7 @@ def test_totals_that_differ_from_the_report_name_the_batch() -> None:
     brk, = result.breaks
     assert (brk.kind, brk.amount, brk.payments) == (BreakKind.TOTALS_DIFFER, 500 * CENT,
                                                     ("p1", "p2"))
-    assert "count -1" in brk.detail and "debit -500" in brk.detail
+    assert "count -1" in brk.detail and "debit -5.00 EURe" in brk.detail
 
 
 def test_a_day_with_payments_and_no_report_is_a_break() -> None:
