@@ -221,3 +221,38 @@ def test_chain_movements_come_from_the_payment_events_retractions_included() -> 
     result = reconcile(DayInputs(day=DAY, currency="EUR", chain=moved))
     assert (result.chain.spent, result.chain.refunded) == (0, 0)
     assert kinds(result.breaks) == [BreakKind.CHAIN_NOT_IN_LEDGER] * 4
+
+
+class Source:
+    """A `ReconciliationSource` with the clean EUR day and a GBP report without payments."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def currencies(self, day: date) -> list[str]:
+        return ["EUR", "GBP"] if day == DAY else []
+
+    def inputs(self, day: date, currency: str) -> DayInputs:
+        self.asked.append(currency)
+        if currency == "EUR":
+            return clean_day()
+        if currency == "GBP":
+            return DayInputs(day=day, currency=currency, report=report(1, 0, 700))
+        return DayInputs(day=day, currency=currency)
+
+
+def test_the_handler_reconciles_every_currency_of_the_day_or_the_one_asked() -> None:
+    from cardpay.handlers.reconciliation import reconcile_day
+
+    source = Source()
+    found = reconcile_day(source, DAY)
+    assert [(r.currency, r.token, r.clean) for r in found] == [
+        ("EUR", "EURe", True), ("GBP", "GBPe", False)]
+    assert kinds(found[1].breaks) == [BreakKind.REPORT_LINE_UNEXPLAINED]
+    assert [r.currency for r in reconcile_day(source, DAY, "GBP")] == ["GBP"]
+    assert reconcile_day(source, DAY - timedelta(days=1)) == []
+    # a currency asked for by name is answered even on a day it has nothing: clean and empty
+    quiet = reconcile_day(source, DAY - timedelta(days=1), "USD")
+    assert source.asked == ["EUR", "GBP", "GBP", "USD"]
+    assert [(r.currency, r.token, r.clean, r.payments) for r in quiet] == [
+        ("USD", "USDCe", True, ())]
