@@ -30,6 +30,7 @@ from cardpay.cli import (
     payments,
     projections,
     quarantine,
+    reconcile,
     replay,
     sagas,
     services,
@@ -78,8 +79,8 @@ INTERRUPTED = 130
 BROKEN_PIPE = 141
 """Exit status when the reader of stdout went away (128 + SIGPIPE)."""
 
-COMMAND_GROUPS = (demo, status, payments, settlements, quarantine, exceptions, sagas, cards, db,
-                  services, api, projections, replay, chain, listener_admin, network)
+COMMAND_GROUPS = (demo, status, payments, settlements, reconcile, quarantine, exceptions, sagas,
+                  cards, db, services, api, projections, replay, chain, listener_admin, network)
 """Modules with a `register(sub)`; their order is the order of `cardpay --help`."""
 
 
