@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -106,12 +106,14 @@ async def read_body(request: Request) -> bytes | None:
 
 
 def create_app(ingress: NetworkIngress, verifier: SignatureVerifier, metrics: ApiMetrics,
-               ready: Callable[[], bool], *, max_in_flight: int = 48) -> FastAPI:
+               ready: Callable[[], bool], *, max_in_flight: int = 48,
+               finance_page: APIRouter | None = None) -> FastAPI:
     """The API on its dependencies: `ready()` says whether the database answers (for /readyz;
     it is called in a worker thread). At most `max_in_flight` network requests are worked on at
     once; one more is answered 503 (`overloaded`) before its body is read: under overload the
     requests admitted are still answered within the network's deadline, instead of a queue in
-    which every answer comes too late."""
+    which every answer comes too late. `finance_page` (`cardpay.api.finance_page`), when
+    given, is served under /finance."""
     app = FastAPI(title="cardpay", version="1",
                   description="Card-network ingress (signed with Standard Webhooks), health "
                   "and metrics of cardpay.")
@@ -205,6 +207,8 @@ def create_app(ingress: NetworkIngress, verifier: SignatureVerifier, metrics: Ap
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    if finance_page is not None:
+        app.include_router(finance_page)
     _document_bodies(app)
     app.add_middleware(RequestTimer, metrics=metrics)
     return app

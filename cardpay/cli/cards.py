@@ -131,7 +131,7 @@ def add_command(settings: Settings, args: argparse.Namespace) -> int:
             raise CommandFailed(str(exc)) from None
     reading = done.reading
     assert reading is not None
-    from cardpay.cli.payments import amount_text
+    from cardpay.records import amount_text
 
     allowance = "" if reading.allowance is None else \
         f", daily allowance left {amount_text(reading.allowance.balance, card.currency.decimals)}"
@@ -162,7 +162,7 @@ COLUMNS = [
 
 
 def _amount(record: Record, key: str) -> str:
-    from cardpay.cli.payments import amount_text
+    from cardpay.records import amount_text
 
     return amount_text(record[key], record["decimals"])
 

@@ -9,7 +9,8 @@ from typing import Any
 from cardpay.cli.errors import CommandFailed, UsageError
 from cardpay.cli.options import positive_int
 from cardpay.cli.output import add_format_options, emit
-from cardpay.cli.quarantine import COLUMNS, as_records, print_entry
+from cardpay.cli.quarantine import COLUMNS, print_entry
+from cardpay.records import quarantine_records as as_records
 from cardpay.settings import Settings
 
 

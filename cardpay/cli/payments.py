@@ -11,22 +11,8 @@ from typing import Any
 from cardpay.cli.errors import CommandFailed, UsageError
 from cardpay.cli.options import day, positive_int
 from cardpay.cli.output import Column, Record, add_format_options, emit, print_json
+from cardpay.records import amount_text
 from cardpay.settings import Settings
-from domain.money import Currency, Money
-
-
-def amount_text(units: int | str | None, decimals: int | None) -> str:
-    """Exact decimal amount (trailing zeros past the cents dropped); '-' when unknown."""
-    if units is None:
-        return "-"
-    if decimals is None:
-        return str(units)
-    text = f"{Money(int(units), Currency('X', decimals)).to_decimal():f}"
-    if "." in text:
-        whole, frac = text.split(".")
-        text = f"{whole}.{frac.rstrip('0').ljust(2, '0')}"
-    return text
-
 
 AMOUNT_KEYS = frozenset(("authorized", "spent", "cleared", "refunded", "held", "posted",
                          "network_cleared", "reversed", "released", "over_cleared", "returned",

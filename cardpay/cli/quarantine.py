@@ -13,6 +13,7 @@ from typing import Any
 from cardpay.cli.errors import CommandFailed
 from cardpay.cli.options import positive_int
 from cardpay.cli.output import Column, add_format_options, emit
+from cardpay.records import quarantine_records as as_records
 from cardpay.settings import Settings
 
 COLUMNS = [
@@ -75,13 +76,6 @@ def list_command(settings: Settings, args: argparse.Namespace) -> int:
     empty = f"(nothing quarantined from {args.source})" if args.source else "(nothing quarantined)"
     emit(args.format, COLUMNS, as_records(rows), empty=empty)
     return 0
-
-
-def as_records(rows: Any) -> list[dict[str, Any]]:
-    """List rows for `emit` with `COLUMNS` (also `cardpay exceptions list`)."""
-    return [{"id": r.id, "source": r.source, "key": r.key, "reason": r.reason,
-             "attempts": r.attempts, "created_at": r.created_at,
-             "resolved_at": r.resolved_at, "resolution": r.resolution} for r in rows]
 
 
 def _not_found(entry_id: int) -> CommandFailed:
