@@ -11,7 +11,7 @@ from sqlalchemy import Engine, create_engine, text
 from cardpay.devstack.embedded_postgres import EmbeddedPostgres
 from cardpay.postgres.engine import make_engine, normalize_url, upgrade
 
-pytest_plugins = ["tests.fixtures.kafka", "tests.fixtures.anvil"]
+pytest_plugins = ["tests.fixtures.kafka", "tests.fixtures.anvil", "tests.support.browser"]
 
 _db_names = itertools.count()
 
