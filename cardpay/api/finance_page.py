@@ -94,12 +94,18 @@ def finance_page_router(*, scopes_of: ScopesOf, settlements: Records, reconcile:
     def csrf(token: str) -> str:
         return hmac.new(secret, b"finance-csrf:" + token.encode(), hashlib.sha256).hexdigest()
 
-    async def session(request: Request) -> tuple[str, frozenset[str]] | None:
+    async def session(request: Request, needed: str) -> tuple[str, frozenset[str]] | Response:
+        """The session's token and scopes, or the answer: to the sign-in page without a
+        known token, 403 naming `needed` when the token lacks it."""
         token = request.cookies.get(COOKIE)
-        if not token or not _plausible(token):
-            return None
-        scopes = await run_in_threadpool(scopes_of, token)
-        return None if scopes is None else (token, scopes)
+        scopes = None
+        if token and _plausible(token):
+            scopes = await run_in_threadpool(scopes_of, token)
+        if token is None or scopes is None:
+            return _redirect(LOGIN)
+        if needed not in scopes:
+            return _forbidden(needed)
+        return token, scopes
 
     @router.get(LOGIN)
     async def login_form() -> Response:
@@ -127,12 +133,10 @@ def finance_page_router(*, scopes_of: ScopesOf, settlements: Records, reconcile:
 
     @router.get(PREFIX)
     async def finance(request: Request) -> Response:
-        who = await session(request)
-        if who is None:
-            return _redirect(LOGIN)
+        who = await session(request, FINANCE_READ)
+        if isinstance(who, Response):
+            return who
         token, scopes = who
-        if FINANCE_READ not in scopes:
-            return _forbidden(FINANCE_READ)
         rows = await run_in_threadpool(settlements)
         asked = request.query_params.get("day")
         if asked:
@@ -154,12 +158,10 @@ def finance_page_router(*, scopes_of: ScopesOf, settlements: Records, reconcile:
 
     @router.post(PREFIX + "/exceptions/{item_id}/resolve")
     async def resolve_exception(item_id: int, request: Request) -> Response:
-        who = await session(request)
-        if who is None:
-            return _redirect(LOGIN)
-        token, scopes = who
-        if OPS_WRITE not in scopes:
-            return _forbidden(OPS_WRITE)
+        who = await session(request, OPS_WRITE)
+        if isinstance(who, Response):
+            return who
+        token = who[0]
         form = await _form(request)
         if isinstance(form, Response):
             return form

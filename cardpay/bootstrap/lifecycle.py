@@ -23,6 +23,7 @@ from typing import Any
 
 import uvicorn
 from eth_account import Account
+from fastapi import FastAPI
 from sqlalchemy import Engine, text
 from web3.types import RPCEndpoint
 
@@ -123,9 +124,16 @@ ApiStarter = Callable[[Settings, Engine], contextlib.AbstractContextManager[str]
 
 @contextlib.contextmanager
 def _api_server(settings: Settings, engine: Engine) -> Iterator[str]:
+    with serving(build_app(settings, engine)) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def serving(app: FastAPI) -> Iterator[str]:
+    """`app` served by uvicorn on a thread of this process, on a free port; yields its URL."""
     port = free_port()
-    config = uvicorn.Config(build_app(settings, engine), host="127.0.0.1", port=port,
-                            log_level="warning", lifespan="on")
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                            lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="cardpay-api", daemon=True)
     thread.start()

@@ -8,22 +8,16 @@ database says it is resolved."""
 
 from __future__ import annotations
 
-import contextlib
-import threading
-import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-import uvicorn
-from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
 
 from cardpay.api.finance_page import COOKIE, reconciliation_figures, settlement_cells
 from cardpay.bootstrap.api import build_app
-from cardpay.devstack.anvil import free_port
+from cardpay.bootstrap.lifecycle import serving
 from cardpay.handlers.ports import QuarantineItem
 from cardpay.handlers.reconciliation import reconcile_day
 from cardpay.postgres.queries import quarantine_entry
@@ -43,26 +37,6 @@ SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 TOKEN_ALL = "cp_7_finance-and-ops"
 SCOPES = {TOKEN_ALL: frozenset({"finance:read", "ops:read", "ops:write"})}
 EARLIER = DAY - timedelta(days=1)
-
-
-@contextlib.contextmanager
-def serving(app: FastAPI) -> Iterator[str]:
-    """uvicorn on a thread of this process (the page's `scopes_of` is a Python callable, which a
-    `cardpay api` process could not be handed until the token store is wired)."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, name="finance-page", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def seed(engine: Engine) -> int:
@@ -112,6 +86,8 @@ def test_finance_signs_in_reads_the_figures_and_resolves_an_exception(
                         sweep_interval_s=0)
     app = build_app(settings, pg_engine, registry=CollectorRegistry(), scopes_of=SCOPES.get)
     wait = WebDriverWait(browser, 15)
+    # uvicorn on a thread: `scopes_of` is a Python callable, which a `cardpay api` process
+    # cannot be handed until the token store is wired
     with serving(app) as base:
         browser.get(f"{base}/finance")
         wait.until(ec.url_to_be(f"{base}/finance/login"))
