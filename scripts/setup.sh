@@ -28,7 +28,13 @@ if [ "${CARDPAY_SKIP_BROWSER:-0}" != "1" ] && \
    { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; }; then
   echo "setup: installing chromium and chromium-driver with apt-get (CARDPAY_SKIP_BROWSER=1 skips)"
   SUDO=""
-  if [ "$(id -u)" != "0" ]; then SUDO="sudo"; fi
+  if [ "$(id -u)" != "0" ]; then
+    if ! command -v sudo >/dev/null; then
+      echo "setup: chromium is missing and this is not root: install chromium and chromium-driver, or set CARDPAY_SKIP_BROWSER=1" >&2
+      exit 1
+    fi
+    SUDO="sudo"
+  fi
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver >/dev/null
 fi
