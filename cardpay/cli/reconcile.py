@@ -8,10 +8,11 @@ import argparse
 from datetime import date
 from typing import Any
 
+from cardpay.cli.options import day
 from cardpay.cli.output import Column, Record, add_format_options, console, print_csv, print_json
 from cardpay.cli.output import print_table as table
 from cardpay.cli.payments import amount_text
-from cardpay.cli.settlements import currency, day
+from cardpay.cli.settlements import currency
 from cardpay.settings import Settings
 from domain.reconciliation import Reconciliation
 
