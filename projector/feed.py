@@ -68,10 +68,11 @@ def advance(positions: Positions, batch: list[FeedMessage]) -> dict[str, int]:
 
 
 class BoundedFeed:
-    """A feed that never goes past `bound` (next offset per source; a source not named is not
-    bounded): what is polled beyond it is held back, in order, until `raise_bound` lets it
-    through. A rebuild uses it to stop exactly where the live projector stands, so both can be
-    compared at the same position while the live one keeps moving."""
+    """A feed that never goes past `bound` (next offset per source; a source the bound does not
+    name lets nothing through): what is polled beyond it is held back, in order, until
+    `raise_bound` lets it through. A rebuild uses it to stop exactly where the live projector
+    stands, so both can be compared at the same position while the live one keeps moving.
+    (Records the inner feed rejects are its own: they change no read-model row.)"""
 
     def __init__(self, inner: Feed, bound: Positions) -> None:
         self._inner = inner
@@ -84,13 +85,16 @@ class BoundedFeed:
             self._bound[source] = max(offset, self._bound.get(source, 0))
 
     def reached(self, bound: Positions) -> bool:
-        """Whether everything before `bound` has been handed out (for every source it names)."""
+        """Whether everything before `bound` has been handed out, for every source it names (a
+        source whose next message, held back, is at or past the bound has reached it: offsets
+        may have gaps)."""
         here = self.positions()
-        return all(here.get(source, 0) >= offset for source, offset in bound.items())
+        beyond = {m.source for m in self._held if m.offset >= bound.get(m.source, 0)}
+        return all(here.get(source, 0) >= offset or source in beyond
+                   for source, offset in bound.items())
 
     def _allowed(self, message: FeedMessage) -> bool:
-        limit = self._bound.get(message.source)
-        return limit is None or message.offset < limit
+        return message.offset < self._bound.get(message.source, 0)
 
     async def start(self, positions: Positions) -> None:
         self._held, self._released = [], dict(positions)
