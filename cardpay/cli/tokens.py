@@ -93,7 +93,7 @@ def create_command(settings: Settings, args: argparse.Namespace) -> int:
     from cardpay.postgres.repositories.api_tokens import PostgresTokenStore
 
     with database(settings) as engine:
-        issued = PostgresTokenStore(engine).create(args.scope, args.name)
+        issued = PostgresTokenStore(engine).create(args.scope, (args.name or "").strip() or None)
     if args.json:
         print_json({**as_record(issued.info), "token": issued.token})
         return 0
