@@ -125,7 +125,7 @@ def create_app(ingress: NetworkIngress, verifier: SignatureVerifier, metrics: Ap
                   description="Card-network ingress (signed with Standard Webhooks), the ops "
                   "routes (bearer tokens with scopes, from `cardpay tokens create`), health "
                   "and metrics of cardpay.")
-    auth.install(app, tokens)
+    auth.install(app, tokens, metrics)
     app.include_router(ops.exceptions_router(exceptions))
 
     in_flight = 0

@@ -10,6 +10,8 @@ header that is not `Bearer`, a malformed, unknown or revoked token: 401 with
 and one JSON line `{"error": "unauthorized", "reason": ...}`. A live token without the scope:
 403, `error="insufficient_scope"`. The card network's routes carry Standard Webhooks
 signatures instead, and /healthz, /readyz and /metrics stay open (for probes and Prometheus).
+Every refusal is counted in `cardpay_api_token_rejections_total{reason}` (a guessing client
+shows there).
 
 The dependency declares `HTTPBearer` as a security scheme with the route's scope, so the OpenAPI
 document lists the `bearer` scheme and each guarded operation's `security` (OpenAPI 3.1 allows
@@ -30,6 +32,7 @@ from starlette.concurrency import run_in_threadpool
 
 from cardpay.api import models as m
 from cardpay.handlers.api_tokens import TokenStore, check_scopes, token_id_of
+from cardpay.metrics.api import ApiMetrics
 
 log = logging.getLogger(__name__)
 
@@ -49,19 +52,23 @@ GUARDED: dict[int | str, dict[str, Any]] = {
 
 
 class BearerRejected(Exception):
-    """A request the guard refuses: status, the JSON `error` code, one line, the challenge."""
+    """A request the guard refuses: status, the JSON `error` code, one line, the challenge and
+    the metric's reason code."""
 
-    def __init__(self, status: int, error: str, reason: str, challenge: str | None) -> None:
+    def __init__(self, status: int, error: str, reason: str, challenge: str | None,
+                 code: str) -> None:
         super().__init__(reason)
         self.status, self.error, self.reason, self.challenge = status, error, reason, challenge
+        self.code = code
 
 
-def install(app: FastAPI, tokens: TokenStore) -> None:
+def install(app: FastAPI, tokens: TokenStore, metrics: ApiMetrics) -> None:
     """Give `app` its token store and the handler that turns a refusal into its answer."""
     app.state.tokens = tokens
 
     async def refused(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, BearerRejected)
+        metrics.token_rejections.labels(exc.code).inc()
         headers = {"WWW-Authenticate": exc.challenge} if exc.challenge else None
         return JSONResponse({"error": exc.error, "reason": exc.reason},
                             status_code=exc.status, headers=headers)
@@ -69,24 +76,24 @@ def install(app: FastAPI, tokens: TokenStore) -> None:
     app.add_exception_handler(BearerRejected, refused)
 
 
-def _unauthorized(reason: str, *, token_sent: bool) -> BearerRejected:
+def _unauthorized(code: str, reason: str, *, token_sent: bool) -> BearerRejected:
     challenge = f'{REALM}, error="invalid_token"' if token_sent else REALM
-    return BearerRejected(401, "unauthorized", reason, challenge)
+    return BearerRejected(401, "unauthorized", reason, challenge, code)
 
 
 def bearer_token(header: str | None) -> str:
     """The token of an `Authorization` header, or the 401 saying what is wrong with it."""
     if header is None:
-        raise _unauthorized("no Authorization header: send `Authorization: Bearer <token>` "
-                            "(`cardpay tokens create` makes one)", token_sent=False)
+        raise _unauthorized("missing", "no Authorization header: send `Authorization: Bearer "
+                            "<token>` (`cardpay tokens create` makes one)", token_sent=False)
     kind, _, token = header.strip().partition(" ")
     token = token.strip()
     if kind.lower() != "bearer" or not token:
-        raise _unauthorized("the Authorization header is not `Bearer <token>`",
+        raise _unauthorized("not_bearer", "the Authorization header is not `Bearer <token>`",
                             token_sent=False)
     if token_id_of(token) is None:
-        raise _unauthorized("the token is malformed (cardpay's read cp_<id>_<secret>)",
-                            token_sent=True)
+        raise _unauthorized("malformed", "the token is malformed (cardpay's read "
+                            "cp_<id>_<secret>)", token_sent=True)
     return token
 
 
@@ -105,13 +112,15 @@ def require(scope: str) -> Callable[..., Awaitable[frozenset[str]]]:
         except OperationalError as exc:
             log.warning("token not checked: %s", str(exc.orig or exc).splitlines()[0])
             raise BearerRejected(503, "unavailable", "the database did not answer; retry",
-                                 None) from None
+                                 None, "unavailable") from None
         if granted is None:
-            raise _unauthorized("unknown or revoked token", token_sent=True)
+            raise _unauthorized("unknown_or_revoked", "unknown or revoked token",
+                                token_sent=True)
         if scope not in granted:
             raise BearerRejected(403, "forbidden", f"this token lacks the scope {scope} "
                                  f"(it has {', '.join(sorted(granted))})",
-                                 f'{REALM}, error="insufficient_scope", scope="{scope}"')
+                                 f'{REALM}, error="insufficient_scope", scope="{scope}"',
+                                 "insufficient_scope")
         return granted
 
     return guard

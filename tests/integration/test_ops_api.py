@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
 from starlette.testclient import TestClient
 
@@ -25,10 +26,22 @@ EXCEPTIONS = "/v1/exceptions"
 
 
 @pytest.fixture
-def client(pg_engine: Engine) -> Iterator[TestClient]:
+def registry() -> CollectorRegistry:
+    return CollectorRegistry()
+
+
+@pytest.fixture
+def client(pg_engine: Engine, registry: CollectorRegistry) -> Iterator[TestClient]:
     settings = Settings(database_url="unused", webhook_secrets=(SECRET,), sweep_interval_s=0)
-    with TestClient(build_app(settings, pg_engine), raise_server_exceptions=False) as c:
+    app = build_app(settings, pg_engine, registry=registry)
+    with TestClient(app, raise_server_exceptions=False) as c:
         yield c
+
+
+def rejections(registry: CollectorRegistry) -> dict[str, float]:
+    return {s.labels["reason"]: s.value for metric in registry.collect()
+            if metric.name == "cardpay_api_token_rejections"
+            for s in metric.samples if s.name.endswith("_total")}
 
 
 @pytest.fixture
@@ -63,8 +76,8 @@ def refused(reply: Any, status: int) -> str:
     return str(body["reason"])
 
 
-def test_a_request_without_a_live_token_is_401(client: TestClient,
-                                               store: PostgresTokenStore) -> None:
+def test_a_request_without_a_live_token_is_401(client: TestClient, store: PostgresTokenStore,
+                                               registry: CollectorRegistry) -> None:
     issued = store.create(["ops:read"])
     _, token_id, secret = issued.token.split("_", 2)
     assert "no Authorization header" in refused(client.get(EXCEPTIONS), 401)
@@ -80,6 +93,8 @@ def test_a_request_without_a_live_token_is_401(client: TestClient,
         assert refused(client.get(EXCEPTIONS, headers=bearer(unknown)), 401) == \
             "unknown or revoked token"
     assert client.get(EXCEPTIONS, headers=bearer(issued.token)).status_code == 200
+    assert rejections(registry) == {"missing": 1, "not_bearer": 2, "malformed": 3,
+                                    "unknown_or_revoked": 2}
 
 
 def test_a_revoked_token_is_401_from_the_next_request(client: TestClient,
@@ -92,12 +107,14 @@ def test_a_revoked_token_is_401_from_the_next_request(client: TestClient,
 
 
 def test_a_token_without_the_scope_is_403(client: TestClient, store: PostgresTokenStore,
-                                          seeded: dict[str, int]) -> None:
+                                          seeded: dict[str, int],
+                                          registry: CollectorRegistry) -> None:
     finance = store.create(["finance:read"])
     reply = client.get(EXCEPTIONS, headers=bearer(finance.token))
     assert refused(reply, 403) == "this token lacks the scope ops:read (it has finance:read)"
     assert reply.headers["WWW-Authenticate"] == (
         'Bearer realm="cardpay", error="insufficient_scope", scope="ops:read"')
+    assert rejections(registry) == {"insufficient_scope": 1}
 
 
 def test_the_right_scope_lists_the_open_exceptions(client: TestClient, store: PostgresTokenStore,

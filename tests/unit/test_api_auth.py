@@ -66,17 +66,18 @@ def test_the_token_is_read_from_a_bearer_header(header: str, token: str) -> None
     assert bearer_token(header) == token
 
 
-@pytest.mark.parametrize("header, reason, challenge", [
-    (None, "no Authorization header", 'Bearer realm="cardpay"'),
-    ("Token abc", "not `Bearer <token>`", 'Bearer realm="cardpay"'),
-    ("Bearer", "not `Bearer <token>`", 'Bearer realm="cardpay"'),
-    ("Bearer cp_1_2", "malformed", 'Bearer realm="cardpay", error="invalid_token"'),
+@pytest.mark.parametrize("header, code, reason, challenge", [
+    (None, "missing", "no Authorization header", 'Bearer realm="cardpay"'),
+    ("Token abc", "not_bearer", "not `Bearer <token>`", 'Bearer realm="cardpay"'),
+    ("Bearer", "not_bearer", "not `Bearer <token>`", 'Bearer realm="cardpay"'),
+    ("Bearer cp_1_2", "malformed", "malformed", 'Bearer realm="cardpay", error="invalid_token"'),
 ])
 def test_a_header_without_a_token_is_refused_with_its_reason(
-        header: str | None, reason: str, challenge: str) -> None:
+        header: str | None, code: str, reason: str, challenge: str) -> None:
     with pytest.raises(BearerRejected) as refused:
         bearer_token(header)
-    assert (refused.value.status, refused.value.challenge) == (401, challenge)
+    assert (refused.value.status, refused.value.code, refused.value.challenge) == (
+        401, code, challenge)
     assert reason in refused.value.reason
 
 
