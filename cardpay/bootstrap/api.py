@@ -17,9 +17,12 @@ from sqlalchemy import Engine, text
 from cardpay.api import create_app
 from cardpay.api.signatures import SignatureVerifier
 from cardpay.bootstrap.network_sweep import build_sweep, sweep_lifespan
+from cardpay.handlers.api_tokens import TokenStore
 from cardpay.handlers.card_network import CardNetworkEffects
+from cardpay.handlers.exceptions import ExceptionsQueue
 from cardpay.handlers.network import Apply, Decide, NetworkIngress
 from cardpay.metrics.api import ApiMetrics
+from cardpay.postgres.repositories.api_tokens import PostgresTokenStore
 from cardpay.postgres.uow import unit_of_work_factory
 from cardpay.settings import Settings
 
@@ -31,17 +34,21 @@ def database_ready(engine: Engine) -> bool:
 
 def build_app(settings: Settings, engine: Engine, *, decide: Decide | None = None,
               apply: Apply | None = None,
-              registry: CollectorRegistry | None = None) -> FastAPI:
+              registry: CollectorRegistry | None = None,
+              tokens: TokenStore | None = None) -> FastAPI:
     """The API of this process. `settings.webhook_secrets` must not be empty (the CLI says so
-    in one line before calling this)."""
+    in one line before calling this). The bearer tokens are `api_tokens` in the database unless
+    a test passes another store."""
     effects = CardNetworkEffects(
         deadline=timedelta(milliseconds=settings.authorization_deadline_ms))
     decide = decide or effects.decide
     apply = apply or effects.apply
-    ingress = NetworkIngress(unit_of_work_factory(engine, settings.outbox_topic), decide, apply)
+    uow = unit_of_work_factory(engine, settings.outbox_topic)
+    ingress = NetworkIngress(uow, decide, apply)
     metrics = ApiMetrics(registry)
     app = create_app(ingress, SignatureVerifier(settings.webhook_secrets), metrics,
-                     lambda: database_ready(engine), max_in_flight=settings.api_max_in_flight)
+                     lambda: database_ready(engine), tokens=tokens or PostgresTokenStore(engine),
+                     exceptions=ExceptionsQueue(uow), max_in_flight=settings.api_max_in_flight)
     if settings.sweep_interval_s > 0:
         sweep = build_sweep(settings, engine, effects=effects)
         app.router.lifespan_context = sweep_lifespan(sweep, settings.sweep_interval_s, metrics)
