@@ -89,7 +89,10 @@ class BoundedFeed:
         source whose next message, held back, is at or past the bound has reached it: offsets
         may have gaps)."""
         here = self.positions()
-        beyond = {m.source for m in self._held if m.offset >= bound.get(m.source, 0)}
+        first: dict[str, int] = {}
+        for m in self._held:
+            first.setdefault(m.source, m.offset)
+        beyond = {source for source, offset in first.items() if offset >= bound.get(source, 0)}
         return all(here.get(source, 0) >= offset or source in beyond
                    for source, offset in bound.items())
 
