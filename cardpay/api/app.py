@@ -33,10 +33,12 @@ from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 
 from cardpay.api import auth, ops
+from cardpay.api import finance as finance_routes
 from cardpay.api import models as m
 from cardpay.api.signatures import SignatureRejected, SignatureVerifier
 from cardpay.handlers.api_tokens import TokenStore
 from cardpay.handlers.exceptions import ExceptionsQueue
+from cardpay.handlers.finance import FinanceReads
 from cardpay.handlers.network import NetworkIngress, Received, Reply
 from cardpay.metrics.api import ApiMetrics
 from domain.errors import DomainError
@@ -114,19 +116,23 @@ async def read_body(request: Request) -> bytes | None:
 
 def create_app(ingress: NetworkIngress, verifier: SignatureVerifier, metrics: ApiMetrics,
                ready: Callable[[], bool], *, tokens: TokenStore, exceptions: ExceptionsQueue,
-               max_in_flight: int = 48) -> FastAPI:
+               finance: FinanceReads | None = None, max_in_flight: int = 48) -> FastAPI:
     """The API on its dependencies: `ready()` says whether the database answers (for /readyz;
     it is called in a worker thread); `tokens` admit callers of the finance and ops routes;
-    `exceptions` is the queue those routes list and resolve. At most `max_in_flight` network
+    `exceptions` is the queue those routes list and resolve; `finance` what the finance routes
+    read (without it they are not served). At most `max_in_flight` network
     requests are worked on at once; one more is answered 503 (`overloaded`) before its body is
     read: under overload the requests admitted are still answered within the network's
     deadline, instead of a queue in which every answer comes too late."""
     app = FastAPI(title="cardpay", version="1",
-                  description="Card-network ingress (signed with Standard Webhooks), the ops "
-                  "routes (bearer tokens with scopes, from `cardpay tokens create`), health "
+                  description="Card-network ingress (signed with Standard Webhooks), the "
+                  "finance and ops routes (bearer tokens with scopes, from `cardpay tokens "
+                  "create`), health "
                   "and metrics of cardpay.")
     auth.install(app, tokens, metrics)
     app.include_router(ops.exceptions_router(exceptions))
+    if finance is not None:
+        app.include_router(finance_routes.finance_router(finance))
 
     in_flight = 0
 

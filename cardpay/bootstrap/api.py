@@ -22,6 +22,7 @@ from cardpay.handlers.card_network import CardNetworkEffects
 from cardpay.handlers.exceptions import ExceptionsQueue
 from cardpay.handlers.network import Apply, Decide, NetworkIngress
 from cardpay.metrics.api import ApiMetrics
+from cardpay.postgres.finance import PostgresFinanceReads
 from cardpay.postgres.repositories.api_tokens import PostgresTokenStore
 from cardpay.postgres.uow import unit_of_work_factory
 from cardpay.settings import Settings
@@ -48,7 +49,8 @@ def build_app(settings: Settings, engine: Engine, *, decide: Decide | None = Non
     metrics = ApiMetrics(registry)
     app = create_app(ingress, SignatureVerifier(settings.webhook_secrets), metrics,
                      lambda: database_ready(engine), tokens=tokens or PostgresTokenStore(engine),
-                     exceptions=ExceptionsQueue(uow), max_in_flight=settings.api_max_in_flight)
+                     exceptions=ExceptionsQueue(uow), finance=PostgresFinanceReads(engine),
+                     max_in_flight=settings.api_max_in_flight)
     if settings.sweep_interval_s > 0:
         sweep = build_sweep(settings, engine, effects=effects)
         app.router.lifespan_context = sweep_lifespan(sweep, settings.sweep_interval_s, metrics)

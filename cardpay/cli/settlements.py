@@ -10,9 +10,9 @@ from typing import Any
 from cardpay.cli.options import day
 from cardpay.cli.output import Column, Record, add_format_options, emit
 from cardpay.cli.payments import amount_text
+from cardpay.handlers.finance import settlement_record
 from cardpay.settings import Settings
 from domain.money import FIAT_CURRENCIES
-from domain.settlement import SettlementBatch
 
 
 def currency(text: str) -> str:
@@ -74,34 +74,6 @@ def register(sub: Any) -> None:
     parser.set_defaults(run=settlements_command)
 
 
-def record(batch: SettlementBatch) -> Record:
-    """One batch as plain values: amounts as strings of minor units, None where not known."""
-    decimals = FIAT_CURRENCIES[batch.currency].decimals
-    ours = batch.ours.to_json()
-    rep = None if batch.report is None else batch.report.interchange.to_json()
-    diff = None if batch.difference is None else batch.difference.to_json()
-
-    def money(value: int | None) -> str | None:
-        return None if value is None else str(value)
-
-    out: dict[str, Any] = {
-        "day": batch.day.isoformat(), "currency": batch.currency,
-        "status": batch.status.value, "window": batch.window,
-        "payments": len(batch.payment_ids), "decimals": decimals,
-        "report_id": None if batch.report is None else batch.report.report_id,
-        "report_fees": None if batch.report is None else str(batch.report.fees),
-        "updated_at": batch.updated_at,
-    }
-    for name in _FIGURES:
-        count = name == "count"
-        out[name] = ours[name] if count else money(ours[name])
-        out[f"report_{name}"] = None if rep is None else (rep[name] if count
-                                                          else money(rep[name]))
-        out[f"diff_{name}"] = None if diff is None else (diff[name] if count
-                                                         else money(diff[name]))
-    return out
-
-
 def settlements_command(settings: Settings, args: argparse.Namespace) -> int:
     from cardpay.cli.db import reading
     from cardpay.postgres.repositories.settlement import PostgresSettlementBatches
@@ -109,6 +81,6 @@ def settlements_command(settings: Settings, args: argparse.Namespace) -> int:
     with reading(settings) as (_, conn):
         batches = PostgresSettlementBatches(conn).find(day=args.day, currency=args.currency)
     wanted = " ".join(x for x in (args.day and args.day.isoformat(), args.currency) if x)
-    emit(args.format, COLUMNS, [record(b) for b in batches],
+    emit(args.format, COLUMNS, [settlement_record(b) for b in batches],
          empty=f"(no settlement batches{' for ' + wanted if wanted else ''})")
     return 0
