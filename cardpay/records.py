@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from typing import Any, Protocol
 
 from domain.money import FIAT_CURRENCIES, Currency, Money
+from domain.reconciliation import Reconciliation
 from domain.settlement import SettlementBatch
 
 Record = dict[str, Any]
@@ -88,3 +89,25 @@ def quarantine_records(rows: Iterable[QuarantineRow]) -> list[Record]:
     return [{"id": r.id, "source": r.source, "key": r.key, "reason": r.reason,
              "attempts": r.attempts, "created_at": r.created_at,
              "resolved_at": r.resolved_at, "resolution": r.resolution} for r in rows]
+
+
+def reconciliation_record(r: Reconciliation) -> dict[str, Any]:
+    """One currency's reconciliation as plain values (amounts as strings of base units)."""
+    n = r.network
+    return {
+        "day": r.day.isoformat(), "currency": r.currency, "token": r.token,
+        "decimals": r.decimals, "clean": r.clean, "payments": list(r.payments),
+        "chain": {"spent": str(r.chain.spent), "refunded": str(r.chain.refunded),
+                  "unmatched_out": str(r.chain.unmatched_out), "net": str(r.chain.net)},
+        "ledger": {"onchain": str(r.ledger.onchain), "payable": str(r.ledger.payable)},
+        "network": {"batch_status": n.batch_status, "count": n.ours.count,
+                    "credit": str(n.ours.credit), "debit": str(n.ours.debit),
+                    "net": str(n.ours.net), "report_id": n.report_id,
+                    "report_count": None if n.report is None else n.report.count,
+                    "report_credit": None if n.report is None else str(n.report.credit),
+                    "report_debit": None if n.report is None else str(n.report.debit),
+                    "report_net": None if n.report is None else str(n.report.net),
+                    "report_fees": None if n.report is None else str(n.fees)},
+        "breaks": [{"kind": b.kind.value, "amount": str(b.amount),
+                    "payments": list(b.payments), "detail": b.detail} for b in r.breaks],
+    }

@@ -65,3 +65,74 @@ def advance(positions: Positions, batch: list[FeedMessage]) -> dict[str, int]:
         if nxt > result.get(message.source, 0):
             result[message.source] = nxt
     return result
+
+
+class BoundedFeed:
+    """A feed that never goes past `bound` (next offset per source; a source the bound does not
+    name lets nothing through): what is polled beyond it is held back, in order, until
+    `raise_bound` lets it through. A rebuild uses it to stop exactly where the live projector
+    stands, so both can be compared at the same position while the live one keeps moving.
+    (Records the inner feed rejects are its own: they change no read-model row.)"""
+
+    def __init__(self, inner: Feed, bound: Positions) -> None:
+        self._inner = inner
+        self._bound = dict(bound)
+        self._held: list[FeedMessage] = []
+        self._released: dict[str, int] = {}
+
+    def raise_bound(self, bound: Positions) -> None:
+        for source, offset in bound.items():
+            self._bound[source] = max(offset, self._bound.get(source, 0))
+
+    def reached(self, bound: Positions) -> bool:
+        """Whether everything before `bound` has been handed out, for every source it names (a
+        source whose next message, held back, is at or past the bound has reached it: offsets
+        may have gaps)."""
+        here = self.positions()
+        first: dict[str, int] = {}
+        for m in self._held:
+            first.setdefault(m.source, m.offset)
+        beyond = {source for source, offset in first.items() if offset >= bound.get(source, 0)}
+        return all(here.get(source, 0) >= offset or source in beyond
+                   for source, offset in bound.items())
+
+    def _allowed(self, message: FeedMessage) -> bool:
+        return message.offset < self._bound.get(message.source, 0)
+
+    async def start(self, positions: Positions) -> None:
+        self._held, self._released = [], dict(positions)
+        await self._inner.start(positions)
+
+    async def poll(self, max_messages: int, timeout: float) -> list[FeedMessage]:
+        if not self._held:
+            self._held = await self._inner.poll(max_messages, timeout)
+        out: list[FeedMessage] = []
+        blocked: set[str] = set()
+        keep: list[FeedMessage] = []
+        for message in self._held:
+            # per source in order: once one message of a source is held, its later ones wait
+            if message.source in blocked or not self._allowed(message) or len(out) >= max_messages:
+                blocked.add(message.source)
+                keep.append(message)
+            else:
+                out.append(message)
+        self._held = keep
+        self._released = advance(self._released, out)
+        return out
+
+    def positions(self) -> dict[str, int]:
+        """Past what was handed out; where nothing is held back, the inner feed's position
+        (which also counts the records it rejected)."""
+        inner = self._inner.positions()
+        held = {m.source for m in self._held}
+        out = dict(self._released)
+        for source, offset in inner.items():
+            if source not in held:
+                out[source] = offset
+        return out
+
+    def take_rejected(self) -> list[RejectedMessage]:
+        return self._inner.take_rejected()
+
+    async def stop(self) -> None:
+        await self._inner.stop()

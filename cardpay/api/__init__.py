@@ -1,4 +1,5 @@
-"""HTTP API: card-network ingress, health, readiness and metrics (see `app.create_app`)."""
+"""HTTP API: card-network ingress, the ops routes behind bearer tokens (`auth.require`),
+health, readiness and metrics (see `app.create_app`)."""
 
 from cardpay.api.app import create_app
 

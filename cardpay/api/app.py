@@ -1,4 +1,5 @@
-"""The HTTP API (ASGI, FastAPI): card-network ingress, health, readiness and metrics.
+"""The HTTP API (ASGI, FastAPI): card-network ingress, the ops routes, health, readiness and
+metrics.
 
 `create_app` takes everything it uses as arguments (no globals, nothing at import time); the
 composition root `cardpay.bootstrap.api` builds them from the settings.
@@ -10,6 +11,9 @@ a quarantine row with the raw body) → the service layer (`NetworkIngress`: ded
 the effect and the delivery record in one transaction). The body is read raw, not through
 FastAPI's body parameters, because the signature covers the exact bytes and must be checked before
 anything is parsed; the request schemas are added to the OpenAPI document by hand for that reason.
+
+The finance and ops routes need a bearer token with a scope (`cardpay.api.auth.require`); the
+network's routes are signed instead, and /healthz, /readyz and /metrics are open.
 """
 
 from __future__ import annotations
@@ -28,8 +32,13 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 
+from cardpay.api import auth, ops
+from cardpay.api import finance as finance_routes
 from cardpay.api import models as m
 from cardpay.api.signatures import SignatureRejected, SignatureVerifier
+from cardpay.handlers.api_tokens import TokenStore
+from cardpay.handlers.exceptions import ExceptionsQueue
+from cardpay.handlers.finance import FinanceReads
 from cardpay.handlers.network import NetworkIngress, Received, Reply
 from cardpay.metrics.api import ApiMetrics
 from domain.errors import DomainError
@@ -106,17 +115,26 @@ async def read_body(request: Request) -> bytes | None:
 
 
 def create_app(ingress: NetworkIngress, verifier: SignatureVerifier, metrics: ApiMetrics,
-               ready: Callable[[], bool], *, max_in_flight: int = 48,
-               finance_page: APIRouter | None = None) -> FastAPI:
+               ready: Callable[[], bool], *, tokens: TokenStore, exceptions: ExceptionsQueue,
+               finance: FinanceReads | None = None, finance_page: APIRouter | None = None,
+               max_in_flight: int = 48) -> FastAPI:
     """The API on its dependencies: `ready()` says whether the database answers (for /readyz;
-    it is called in a worker thread). At most `max_in_flight` network requests are worked on at
-    once; one more is answered 503 (`overloaded`) before its body is read: under overload the
-    requests admitted are still answered within the network's deadline, instead of a queue in
-    which every answer comes too late. `finance_page` (`cardpay.api.finance_page`), when
-    given, is served under /finance."""
+    it is called in a worker thread); `tokens` admit callers of the finance and ops routes;
+    `exceptions` is the queue those routes list and resolve; `finance` what the finance routes
+    read (without it they are not served); `finance_page` (`cardpay.api.finance_page`), when
+    given, is served under /finance. At most `max_in_flight` network
+    requests are worked on at once; one more is answered 503 (`overloaded`) before its body is
+    read: under overload the requests admitted are still answered within the network's
+    deadline, instead of a queue in which every answer comes too late."""
     app = FastAPI(title="cardpay", version="1",
-                  description="Card-network ingress (signed with Standard Webhooks), health "
+                  description="Card-network ingress (signed with Standard Webhooks), the "
+                  "finance and ops routes (bearer tokens with scopes, from `cardpay tokens "
+                  "create`), health "
                   "and metrics of cardpay.")
+    auth.install(app, tokens, metrics)
+    app.include_router(ops.exceptions_router(exceptions))
+    if finance is not None:
+        app.include_router(finance_routes.finance_router(finance))
 
     in_flight = 0
 

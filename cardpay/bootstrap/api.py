@@ -25,12 +25,16 @@ from cardpay.api.finance_page import ScopesOf, finance_page_router
 from cardpay.api.signatures import SignatureVerifier
 from cardpay.bootstrap.network_sweep import build_sweep, sweep_lifespan
 from cardpay.handlers import exceptions as exception_queue
+from cardpay.handlers.api_tokens import TokenStore
 from cardpay.handlers.card_network import CardNetworkEffects
+from cardpay.handlers.exceptions import ExceptionsQueue
 from cardpay.handlers.network import Apply, Decide, NetworkIngress
 from cardpay.handlers.reconciliation import reconcile_day
 from cardpay.metrics.api import ApiMetrics
+from cardpay.postgres.finance import PostgresFinanceReads
 from cardpay.postgres.queries import quarantine_entries
 from cardpay.postgres.reconciliation import PostgresReconciliationSource
+from cardpay.postgres.repositories.api_tokens import PostgresTokenStore
 from cardpay.postgres.repositories.settlement import PostgresSettlementBatches
 from cardpay.postgres.uow import unit_of_work_factory
 from cardpay.records import quarantine_records, settlement_record
@@ -46,19 +50,24 @@ def database_ready(engine: Engine) -> bool:
 def build_app(settings: Settings, engine: Engine, *, decide: Decide | None = None,
               apply: Apply | None = None,
               registry: CollectorRegistry | None = None,
-              scopes_of: ScopesOf | None = None) -> FastAPI:
+              tokens: TokenStore | None = None, scopes_of: ScopesOf | None = None) -> FastAPI:
     """The API of this process. `settings.webhook_secrets` must not be empty (the CLI says so
-    in one line before calling this). With `scopes_of`, the finance page is served too."""
+    in one line before calling this). The bearer tokens are `api_tokens` in the database unless
+    a test passes another store; the finance page signs in with the same tokens (or with
+    `scopes_of`, a test's)."""
     effects = CardNetworkEffects(
         deadline=timedelta(milliseconds=settings.authorization_deadline_ms))
     decide = decide or effects.decide
     apply = apply or effects.apply
-    ingress = NetworkIngress(unit_of_work_factory(engine, settings.outbox_topic), decide, apply)
+    uow = unit_of_work_factory(engine, settings.outbox_topic)
+    ingress = NetworkIngress(uow, decide, apply)
     metrics = ApiMetrics(registry)
-    page = None if scopes_of is None else build_finance_page(settings, engine, scopes_of)
+    store = tokens or PostgresTokenStore(engine)
+    page = build_finance_page(settings, engine, scopes_of or store.verify)
     app = create_app(ingress, SignatureVerifier(settings.webhook_secrets), metrics,
-                     lambda: database_ready(engine), max_in_flight=settings.api_max_in_flight,
-                     finance_page=page)
+                     lambda: database_ready(engine), tokens=store,
+                     exceptions=ExceptionsQueue(uow), finance=PostgresFinanceReads(engine),
+                     finance_page=page, max_in_flight=settings.api_max_in_flight)
     if settings.sweep_interval_s > 0:
         sweep = build_sweep(settings, engine, effects=effects)
         app.router.lifespan_context = sweep_lifespan(sweep, settings.sweep_interval_s, metrics)

@@ -409,6 +409,10 @@ class LifecycleResult:
     errors: list[str]
     seconds: float
     mismatches: list[str] = field(default_factory=list)
+    expected: dict[str, Any] = field(default_factory=dict)
+    """The simulator's oracle: per payment id, its network side in fiat minor units."""
+    breaks: list[str] = field(default_factory=list)
+    """What `cardpay reconcile` finds on each settlement day of the run (one line per break)."""
 
     @property
     def ok(self) -> bool:
@@ -534,6 +538,8 @@ def run_lifecycle(s: LifecycleStack, payments: int, seed: int, *, duplicates: fl
     result = LifecycleResult(
         payments, seed, {sym: t.decimals for sym, t in s.deployment.tokens.items()}, figures,
         run.ok, problems, exceptions, list(s.errors), time.monotonic() - started)
+    result.expected = run.expected.get("payments", {})
+    result.breaks = reconciliation_breaks(s.engine)
     result.mismatches = check(result)
     return result
 
@@ -599,4 +605,15 @@ def check(result: LifecycleResult) -> list[str]:
         if row["net"] != row["report_net"] or set(row["statuses"]) != {"settled"}:
             out.append(f"{fiat}: settlement batches {row['statuses']} net {row['net']}, the "
                        f"network's report {row['report_net']}")
+    out += [f"reconciliation: {b}" for b in result.breaks]
     return out
+
+
+def reconciliation_breaks(engine: Engine) -> list[str]:
+    """`cardpay reconcile` on every settlement day the run made: one line per break."""
+    from cardpay.postgres.finance import PostgresFinanceReads
+
+    reads = PostgresFinanceReads(engine)
+    days = sorted({b.day for b in reads.settlements(day=None, currency=None)})
+    return [f"{r.day} {r.currency}: {b.kind.value} {b.amount} ({', '.join(b.payments[:5])}): "
+            f"{b.detail}" for day in days for r in reads.reconcile(day, None) for b in r.breaks]

@@ -27,7 +27,7 @@ from projector.errors import FeedChanged
 from projector.feed import Feed
 from projector.runner import Projector
 
-READ_MODELS = {PAYMENTS: ("rm_payments",)}
+READ_MODELS = {PAYMENTS: ("rm_payments", "rm_daily")}
 """The read-model tables each projector owns (what `cardpay projections reset` deletes)."""
 
 Lag = Callable[[], int | None]

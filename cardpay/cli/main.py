@@ -36,6 +36,7 @@ from cardpay.cli import (
     services,
     settlements,
     status,
+    tokens,
 )
 from cardpay.cli.errors import CliError, CommandFailed, UsageError
 from cardpay.settings import Settings, SettingsError
@@ -80,7 +81,8 @@ BROKEN_PIPE = 141
 """Exit status when the reader of stdout went away (128 + SIGPIPE)."""
 
 COMMAND_GROUPS = (demo, status, payments, settlements, reconcile, quarantine, exceptions, sagas,
-                  cards, db, services, api, projections, replay, chain, listener_admin, network)
+                  cards, db, services, api, tokens, projections, replay, chain, listener_admin,
+                  network)
 """Modules with a `register(sub)`; their order is the order of `cardpay --help`."""
 
 

@@ -108,7 +108,8 @@ def register(sub: Any) -> None:
 
 def payments_command(settings: Settings, args: argparse.Namespace) -> int:
     from cardpay.cli.db import reading
-    from cardpay.postgres.finance import MAX_PAGE, BadQuery, PaymentFilter, payments_page
+    from cardpay.handlers.finance import BadQuery, PaymentFilter
+    from cardpay.postgres.finance import MAX_PAGE, payments_page
 
     if args.limit > MAX_PAGE:
         raise UsageError(f"--limit is at most {MAX_PAGE}, got {args.limit}: page with --after")

@@ -12,7 +12,7 @@ from cardpay.cli.options import day
 from cardpay.cli.output import Column, Record, add_format_options, console, print_csv, print_json
 from cardpay.cli.output import print_table as table
 from cardpay.cli.settlements import currency
-from cardpay.records import amount_text
+from cardpay.records import amount_text, reconciliation_record
 from cardpay.settings import Settings
 from domain.reconciliation import Reconciliation
 
@@ -62,28 +62,6 @@ def reconcile_command(settings: Settings, args: argparse.Namespace) -> int:
 
 
 # -- output ---------------------------------------------------------------------------------------
-def document(r: Reconciliation) -> dict[str, Any]:
-    """One currency's reconciliation as plain values (amounts as strings of base units)."""
-    n = r.network
-    return {
-        "day": r.day.isoformat(), "currency": r.currency, "token": r.token,
-        "decimals": r.decimals, "clean": r.clean, "payments": list(r.payments),
-        "chain": {"spent": str(r.chain.spent), "refunded": str(r.chain.refunded),
-                  "unmatched_out": str(r.chain.unmatched_out), "net": str(r.chain.net)},
-        "ledger": {"onchain": str(r.ledger.onchain), "payable": str(r.ledger.payable)},
-        "network": {"batch_status": n.batch_status, "count": n.ours.count,
-                    "credit": str(n.ours.credit), "debit": str(n.ours.debit),
-                    "net": str(n.ours.net), "report_id": n.report_id,
-                    "report_count": None if n.report is None else n.report.count,
-                    "report_credit": None if n.report is None else str(n.report.credit),
-                    "report_debit": None if n.report is None else str(n.report.debit),
-                    "report_net": None if n.report is None else str(n.report.net),
-                    "report_fees": None if n.report is None else str(n.fees)},
-        "breaks": [{"kind": b.kind.value, "amount": str(b.amount),
-                    "payments": list(b.payments), "detail": b.detail} for b in r.breaks],
-    }
-
-
 def rows(r: Reconciliation) -> list[Record]:
     """The figures of each side, then the breaks: one flat row each (the CSV and the tables)."""
     base = {"day": r.day.isoformat(), "currency": r.currency, "token": r.token,
@@ -136,7 +114,7 @@ BREAK_COLUMNS = [Column("name", "break"), Column("amount", "amount", "right", re
 
 def show(fmt: str, on: date, results: list[Reconciliation]) -> None:
     if fmt == "json":
-        print_json([document(r) for r in results])
+        print_json([reconciliation_record(r) for r in results])
         return
     if fmt == "csv":
         print_csv(CSV_COLUMNS, [row for r in results for row in rows(r)])

@@ -9,8 +9,7 @@ from typing import Any
 
 from cardpay.cli.options import day
 from cardpay.cli.output import Column, Record, add_format_options, emit
-from cardpay.records import amount_text
-from cardpay.records import settlement_record as record
+from cardpay.records import amount_text, settlement_record
 from cardpay.settings import Settings
 from domain.money import FIAT_CURRENCIES
 
@@ -80,6 +79,6 @@ def settlements_command(settings: Settings, args: argparse.Namespace) -> int:
     with reading(settings) as (_, conn):
         batches = PostgresSettlementBatches(conn).find(day=args.day, currency=args.currency)
     wanted = " ".join(x for x in (args.day and args.day.isoformat(), args.currency) if x)
-    emit(args.format, COLUMNS, [record(b) for b in batches],
+    emit(args.format, COLUMNS, [settlement_record(b) for b in batches],
          empty=f"(no settlement batches{' for ' + wanted if wanted else ''})")
     return 0

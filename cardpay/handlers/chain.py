@@ -19,14 +19,11 @@ from typing import Any
 from cardpay.errors import CardpayError, ConcurrencyConflict
 from cardpay.handlers.cards import balance_moves
 from cardpay.handlers.onchain import spend_link
-from cardpay.handlers.payments import UowFactory, confirmation, execute
+from cardpay.handlers.payments import UowFactory, confirmation, execute, move_chain_tokens
 from cardpay.handlers.ports import QuarantineItem, UnitOfWork, UnmatchedTransfer
 from domain import commands as c
-from domain.card_network import Network
 from domain.errors import DomainError
-from domain.events import PaymentRefunded, PaymentSpent, SpendRetracted
-from domain.ledger.chart import ChartOfAccounts
-from domain.ledger.payments import chain_movements
+from domain.events import PaymentRefunded, PaymentSpent
 from domain.payment import Payment, handle
 from domain.serialization import to_json
 from listener.ports import BlockRef, ChainBatch, ChainCommand, Cursor
@@ -222,34 +219,13 @@ class ChainSinkHandler:
         return retracted
 
     def _move_tokens(self, uow: UnitOfWork, name: str, payment: Payment) -> None:
-        """The ledger side of a card payment's chain events (`chain_movements`): its Safe's
-        mirror and the on-chain settlement account move with the tokens, in this unit of work.
-        Only for payments the network knows whose Safe the ledger follows (it has a mirror)."""
-        new = list(payment.pending_events)
-        if not new or payment.network.status is Network.NONE or payment.account is None:
-            return
-        history = uow.events.load(payment.id) \
-            if any(isinstance(ev, SpendRetracted) for ev in new) else []
-        transfers = chain_movements(payment.account, history, new)
-        if not transfers:
-            return
-        chart = ChartOfAccounts(transfers[0].ledger)
-        # the authorization decision's lock on this Safe: it reads the indexed balance and the
-        # mirror under it, so it sees both moves or neither (this unit of work moves both)
-        uow.lock(f"safe:{chart.ledger}:{payment.account}")
-        if not uow.ledger.lookup_accounts([chart.safe_mirror(payment.account).id]):
-            return  # the ledger does not follow this Safe yet: its first authorization will
-        house = chart.house_accounts()
-        if len(uow.ledger.lookup_accounts([a.id for a in house])) < len(house):
-            uow.ledger.create_accounts(house)
-        results = uow.ledger.create_transfers(transfers, datetime.now(UTC))
-        for transfer, result in zip(transfers, results, strict=True):
-            if not result.applied:
-                self._quarantine(uow, name, f"ledger:{transfer.id}",
-                                 f"the ledger refused the chain movement {transfer.id}: "
-                                 f"{result.value}", {"transfer": transfer.id,
-                                                     "amount": transfer.amount,
-                                                     "payment_id": payment.id})
+        """The ledger side of a card payment's chain events (`move_chain_tokens`); a movement
+        the ledger refuses is quarantined with the payment."""
+        for transfer, refusal in move_chain_tokens(uow, payment):
+            self._quarantine(uow, name, f"ledger:{transfer.id}",
+                             f"the ledger refused the chain movement {transfer.id}: {refusal}",
+                             {"transfer": transfer.id, "amount": transfer.amount,
+                              "payment_id": payment.id})
 
     def _duplicate(self, uow: UnitOfWork, name: str, command: ChainCommand) -> None:
         self._quarantine(uow, name, f"duplicate:{command.command_id}",

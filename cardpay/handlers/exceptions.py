@@ -44,6 +44,31 @@ def _find(uow_factory: UowFactory, item_id: int) -> QuarantinedRow | ExceptionOu
     return row
 
 
+def open_exceptions(uow_factory: UowFactory, *, include_resolved: bool = False,
+                    limit: int | None = None) -> list[QuarantinedRow]:
+    """The exceptions still open (with `include_resolved`, every one), oldest first."""
+    with uow_factory() as uow:
+        rows = [row for prefix in SOURCES
+                for row in uow.quarantine.list(prefix, include_resolved=include_resolved)]
+    rows.sort(key=lambda row: row.id)
+    return rows if limit is None else rows[:limit]
+
+
+class ExceptionsQueue:
+    """The queue as the API serves it: list and resolve on one unit-of-work factory (retrying a
+    stuck saga needs the saga runner, which only `cardpay exceptions retry` builds)."""
+
+    def __init__(self, uow_factory: UowFactory) -> None:
+        self._uow = uow_factory
+
+    def list(self, *, include_resolved: bool = False,
+             limit: int | None = None) -> list[QuarantinedRow]:
+        return open_exceptions(self._uow, include_resolved=include_resolved, limit=limit)
+
+    def resolve(self, item_id: int, note: str) -> ExceptionOutcome:
+        return resolve(self._uow, item_id, note)
+
+
 def retry(uow_factory: UowFactory, runner: SagaRunner, item_id: int) -> ExceptionOutcome:
     """Resume the stuck saga behind an exception."""
     row = _find(uow_factory, item_id)

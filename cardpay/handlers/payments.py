@@ -8,10 +8,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from cardpay.errors import ConcurrencyConflict
-from cardpay.handlers.ports import ExpectedRefund, UnitOfWork
+from cardpay.handlers.ports import ExpectedRefund, QuarantineItem, UnitOfWork
 from domain import commands as c
+from domain.card_network import Network
+from domain.events import SpendRetracted
+from domain.ledger.chart import ChartOfAccounts
+from domain.ledger.model import Transfer
+from domain.ledger.payments import chain_movements
 from domain.payment import Payment, handle
 from domain.serialization import from_json
 
@@ -42,6 +48,34 @@ def execute(uow: UnitOfWork, command: c.Command) -> Payment:
     raise AssertionError("unreachable")
 
 
+def move_chain_tokens(uow: UnitOfWork, payment: Payment) -> list[tuple[Transfer, str]]:
+    """The ledger side of a card payment's new chain events (`chain_movements`): its Safe's
+    mirror and the on-chain settlement account move with the tokens, in the caller's unit of
+    work — whoever confirmed them (the listener, or a refund submission that matched a transfer
+    the listener saw first). Only for payments the network knows whose Safe the ledger follows
+    (it has a mirror). Returns the movements the ledger refused, with its answer."""
+    new = list(payment.pending_events)
+    if not new or payment.network.status is Network.NONE or payment.account is None:
+        return []
+    history = uow.events.load(payment.id) \
+        if any(isinstance(ev, SpendRetracted) for ev in new) else []
+    transfers = chain_movements(payment.account, history, new)
+    if not transfers:
+        return []
+    chart = ChartOfAccounts(transfers[0].ledger)
+    # the authorization decision's lock on this Safe: it reads the indexed balance and the
+    # mirror under it, so it sees both moves or neither (this unit of work moves both)
+    uow.lock(f"safe:{chart.ledger}:{payment.account}")
+    if not uow.ledger.lookup_accounts([chart.safe_mirror(payment.account).id]):
+        return []  # the ledger does not follow this Safe yet: its first authorization will
+    house = chart.house_accounts()
+    if len(uow.ledger.lookup_accounts([a.id for a in house])) < len(house):
+        uow.ledger.create_accounts(house)
+    results = uow.ledger.create_transfers(transfers, datetime.now(UTC))
+    return [(transfer, str(result.value))
+            for transfer, result in zip(transfers, results, strict=True) if not result.applied]
+
+
 def confirmation(seen: c.RecordSettlementTransfer, expected: ExpectedRefund) -> c.ConfirmRefund:
     """The refund confirmation a settlement transfer amounts to, once matched to its refund."""
     return c.ConfirmRefund(
@@ -63,9 +97,15 @@ def submit_refund(uow: UnitOfWork, command: c.RecordRefundSubmission, *, recipie
     if seen is not None and uow.claims.claim(seen.command_id, block_hash=seen.block_hash):
         uow.refunds.match(command.tx_hash, recipient, token, amount,
                           log_key=seen.command_id, block_hash=seen.block_hash)
-        execute(uow, confirmation(from_json(c.RecordSettlementTransfer, seen.command),
-                                  expected))
+        confirmed = execute(uow, confirmation(from_json(c.RecordSettlementTransfer,
+                                                        seen.command), expected))
         uow.quarantine.forget(seen.command_id)
+        for transfer, refusal in move_chain_tokens(uow, confirmed):
+            uow.quarantine.add(QuarantineItem(
+                "ledger", f"ledger:{transfer.id}",
+                f"the ledger refused the chain movement {transfer.id}: {refusal}",
+                {"transfer": transfer.id, "amount": transfer.amount,
+                 "payment_id": confirmed.id}))
 
 
 def submit_own_refund(uow: UnitOfWork, command: c.RecordRefundSubmission) -> None:

@@ -1,4 +1,5 @@
-"""Prometheus metrics of the HTTP API: latency per route, refused signatures and bodies."""
+"""Prometheus metrics of the HTTP API: latency per route, refused signatures, bodies and bearer
+tokens."""
 
 from __future__ import annotations
 
@@ -32,6 +33,11 @@ class ApiMetrics:
             "cardpay_network_rejected_total",
             "Signed network bodies refused and quarantined, by reason "
             "(not_json, schema, unknown_type, invalid)", ["reason"], registry=r)
+        self.token_rejections = Counter(
+            "cardpay_api_token_rejections_total",
+            "Requests to the finance and ops routes the bearer guard refused, by reason (401: "
+            "missing, not_bearer, malformed, unknown_or_revoked; 403: insufficient_scope; 503: "
+            "unavailable)", ["reason"], registry=r)
         self.sweep_holds_expired = Counter(
             "cardpay_network_sweep_holds_expired_total",
             "Authorization holds the network sweep released at their timeout (ledger and "

@@ -12,15 +12,16 @@ import base64
 import binascii
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, literal, select, tuple_
+from sqlalchemy import Connection, Engine, and_, func, literal, select, tuple_
 
-from cardpay.errors import CardpayError
+from cardpay.handlers.finance import BadQuery, PaymentFilter
 from cardpay.postgres.schema import cards, events, rm_daily, rm_payments
 from domain.money import FIAT_CURRENCIES, FIAT_TOKENS
+from domain.reconciliation import Reconciliation
+from domain.settlement import SettlementBatch
 
 AMOUNT_COLUMNS = ("authorized", "spent", "cleared", "refunded", "held", "posted",
                   "network_cleared", "reversed", "released", "over_cleared", "returned", "settled")
@@ -36,10 +37,6 @@ MAX_PAGE = 1000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-class BadQuery(CardpayError, ValueError):
-    """A filter or cursor that cannot be used (the caller shows it as one line, or a 400)."""
-
-
 def token_code(currency: str) -> str:
     """The token code of a fiat code (EUR -> EURe) or a token code (any case); BadQuery if
     neither."""
@@ -52,20 +49,6 @@ def token_code(currency: str) -> str:
             return token.code
     known = sorted(FIAT_CURRENCIES) + sorted(t.code for t in FIAT_TOKENS.values())
     raise BadQuery(f"unknown currency {currency!r}: one of {', '.join(known)}")
-
-
-@dataclass(frozen=True)
-class PaymentFilter:
-    status: str | None = None
-    """The chain side's status (new, authorized, held, cleared, reversed, settled, retracted)."""
-    network_status: str | None = None
-    account: str | None = None
-    """The cardholder's Safe."""
-    card: str | None = None
-    day: date | None = None
-    """The UTC day of the payment's first event."""
-    currency: str | None = None
-    """A fiat (EUR) or token (EURe) code."""
 
 
 def encode_cursor(first_at: datetime | None, payment_id: str) -> str:
@@ -193,3 +176,42 @@ def daily(conn: Connection, *, day_from: date | None = None, day_to: date | None
                                                   "settled_payments")
                     else str(int(r._mapping[k]))) for k in DAY_COLUMNS}}
             for r in conn.execute(query)]
+
+
+class PostgresFinanceReads:
+    """`cardpay.handlers.finance.FinanceReads` on PostgreSQL: one short read transaction per
+    call."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def payments(self, wanted: PaymentFilter, *, after: str | None,
+                 limit: int) -> tuple[list[dict[str, Any]], str | None]:
+        with self._engine.connect() as conn:
+            return payments_page(conn, wanted, after=after, limit=limit)
+
+    def payment(self, payment_id: str) -> dict[str, Any] | None:
+        with self._engine.connect() as conn:
+            return payment(conn, payment_id)
+
+    def holds(self, *, account: str | None, card: str | None) -> list[dict[str, Any]]:
+        with self._engine.connect() as conn:
+            return holds(conn, account=account, card=card)
+
+    def days(self, *, day_from: date | None, day_to: date | None,
+             currencies: list[str]) -> list[dict[str, Any]]:
+        with self._engine.connect() as conn:
+            return daily(conn, day_from=day_from, day_to=day_to, currencies=currencies)
+
+    def settlements(self, *, day: date | None, currency: str | None) -> list[SettlementBatch]:
+        from cardpay.postgres.repositories.settlement import PostgresSettlementBatches
+
+        with self._engine.connect() as conn:
+            return PostgresSettlementBatches(conn).find(day=day, currency=currency)
+
+    def reconcile(self, day: date, currency: str | None) -> list[Reconciliation]:
+        from cardpay.handlers.reconciliation import reconcile_day
+        from cardpay.postgres.reconciliation import PostgresReconciliationSource
+
+        with self._engine.connect() as conn:
+            return reconcile_day(PostgresReconciliationSource(conn), day, currency)

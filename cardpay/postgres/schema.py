@@ -565,3 +565,17 @@ onchain_requests = Table(
                          name="onchain_requests_slot"),
 )
 Index("onchain_requests_by_slot", onchain_requests.c.sender, onchain_requests.c.nonce)
+
+# bearer tokens of the finance and ops API (migration 0016): the digest, never the token; the
+# CHECKs on scopes and digest length live in the migration
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("name", Text),
+    Column("scopes", ARRAY(Text), nullable=False),
+    Column("digest", LargeBinary, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("revoked_at", DateTime(timezone=True)),
+    Column("last_used_at", DateTime(timezone=True)),
+)

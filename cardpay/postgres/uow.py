@@ -126,10 +126,14 @@ class PostgresUnitOfWork(_Transaction):
 class PostgresProjectionUnitOfWork(_Transaction):
     """Implements `projector.runner.ProjectionUnitOfWork` on the repositories."""
 
+    def __init__(self, engine: Engine, *, suffix: str = "") -> None:
+        super().__init__(engine)
+        self._suffix = suffix
+
     def __enter__(self) -> PostgresProjectionUnitOfWork:
         conn = self._open()
         self._positions = PostgresConsumerPositions(conn)
-        self._payments = PostgresPaymentsView(conn)
+        self._payments = PostgresPaymentsView(conn, self._suffix)
         self._quarantine = PostgresQuarantine(conn)
         return self
 
@@ -160,8 +164,10 @@ def unit_of_work_factory(engine: Engine,
     return lambda: PostgresUnitOfWork(engine, outbox_topic=outbox_topic)
 
 
-def projection_uow_factory(engine: Engine) -> Callable[[], PostgresProjectionUnitOfWork]:
-    return lambda: PostgresProjectionUnitOfWork(engine)
+def projection_uow_factory(engine: Engine, *, suffix: str = ""
+                           ) -> Callable[[], PostgresProjectionUnitOfWork]:
+    """`suffix`: write the read models' shadow tables (a rebuild's) instead of the live ones."""
+    return lambda: PostgresProjectionUnitOfWork(engine, suffix=suffix)
 
 
 class PostgresSweepUnitOfWork(PostgresUnitOfWork):

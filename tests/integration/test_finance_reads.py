@@ -14,11 +14,10 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
+from cardpay.handlers.finance import BadQuery, PaymentFilter
 from cardpay.handlers.payments import execute
 from cardpay.handlers.ports import Card, ChainReading
 from cardpay.postgres.finance import (
-    BadQuery,
-    PaymentFilter,
     daily,
     holds,
     payment,

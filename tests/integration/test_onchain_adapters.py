@@ -735,3 +735,50 @@ def test_reorgs_taking_a_spend_and_a_refund_away_end_right_on_chain_and_in_the_l
     assert len({a["result"]["tx_hash"] for a in stack.answers.calls if a["succeeded"]}) == 2
     assert stack.nonce(sender_address) == sender_nonce + 1
     assert stack.nonce(stack.relayer_address) == relayer_nonce + 1
+
+
+def test_a_refund_the_listener_saw_before_its_answer_moves_the_ledger_once(
+        stack: Stack) -> None:
+    """Found by the reconciliation of a whole lifecycle: when the listener sees a refund's
+    transfer before the refund sender's answer, the submission confirms the refund — and must
+    move the ledger's mirror and settlement account then, as the listener does otherwise."""
+    from cardpay.handlers.card_network import CardNetworkEffects
+    from domain.network import AuthorizationRequest, AuthorizationReversal, Merchant
+
+    d = stack.chain.deployment
+    safe = d.cardholders[0].lower()
+    before = stack.chain.balance_of("EURe", 0)
+    effects = CardNetworkEffects(clock=stack.clock)
+    eur = Money(700, Currency("EUR", 2))
+    with unit_of_work_factory(stack.engine, None)() as uow:
+        assert effects.decide(uow, AuthorizationRequest(
+            authorization_id="auth-lf", card_id="c0", amount=eur,
+            merchant=Merchant(name="Bakery", merchant_id="m1", country="DE", mcc="5411"),
+            network_time=T0), T0).approved
+        uow.commit()
+    listener = make_listener(stack.engine, stack.chain.rpc_url, stack.config,
+                             d.deployed_at_block)
+    stack.deliver("auth-lf")
+    stack.relayer().run_once()
+    listener.run_until_caught_up()
+    stack.deliver("auth-lf")
+    with unit_of_work_factory(stack.engine, None)() as uow:
+        effects.apply(uow, AuthorizationReversal(network_time=T0, reversal_id="rv-lf",
+                                                 authorization_id="auth-lf", amount=eur,
+                                                 full=True))
+        uow.commit()
+    stack.deliver("auth-lf")  # the saga reverses the payment on its side
+    stack.deliver("auth-lf")  # and asks for the refund
+    refunds = build_refund_sender(stack.settings, stack.engine, stack.config, stack.answers,
+                                  rpc_url=stack.chain.rpc_url, clock=stack.clock)
+    stack.rpc("evm_setAutomine", False)
+    assert refunds.run_once() == 1  # sent, not mined
+    stack.rpc("evm_mine")
+    listener.run_until_caught_up()  # the transfer matches no submitted refund yet
+    assert stack.chain.balance_of("EURe", 0) == before
+    assert _ledger(stack, safe)["settlement"] == 7 * 10**18  # nothing moved yet
+    refunds.run_once()  # the answer: the submission matches the transfer seen before
+    listener.run_until_caught_up()
+    assert stack.chain.balance_of("EURe", 0) == before
+    assert _ledger(stack, safe) == {"mirror": before, "settlement": 0, "held": 0,
+                                    "available": before}

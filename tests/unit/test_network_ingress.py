@@ -15,6 +15,7 @@ from cardpay.api.app import examples, one_line
 from cardpay.api.models import AUTHORIZATION, EVENT_MODELS, EVENTS, AuthorizationRequestBody
 from cardpay.api.signatures import SignatureRejected, SignatureVerifier, sign
 from cardpay.handlers.card_network import PastDeadline
+from cardpay.handlers.exceptions import ExceptionsQueue
 from cardpay.handlers.network import EffectUnavailable, NetworkIngress, Received
 from cardpay.handlers.ports import UnitOfWork
 from cardpay.metrics.api import ApiMetrics
@@ -34,6 +35,7 @@ from domain.network import (
     SettlementLine,
 )
 from tests.fakes.storage import FakeDatabase
+from tests.fakes.tokens import InMemoryTokenStore
 from tests.support.network import OLD_SECRET, SECRET, dumps, signed_headers
 
 pytestmark = [pytest.mark.unit, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
@@ -130,7 +132,8 @@ def test_a_one_line_reason_is_printable_and_bounded() -> None:
 def app_on(db: FakeDatabase, ingress: NetworkIngress | None = None) -> TestClient:
     ingress = ingress or NetworkIngress(db.uow, _approve, _applied)
     return TestClient(create_app(ingress, SignatureVerifier([SECRET]), ApiMetrics(),
-                                 lambda: True))
+                                 lambda: True, tokens=InMemoryTokenStore(),
+                                 exceptions=ExceptionsQueue(db.uow)))
 
 
 def _approve(uow: UnitOfWork, req: AuthorizationRequest,
@@ -280,7 +283,8 @@ def test_requests_beyond_the_in_flight_limit_are_answered_503_at_once() -> None:
     db = FakeDatabase()
     metrics = ApiMetrics()
     app = create_app(NetworkIngress(db.uow, slow, _applied), SignatureVerifier([SECRET]),
-                     metrics, lambda: True, max_in_flight=1)
+                     metrics, lambda: True, tokens=InMemoryTokenStore(),
+                     exceptions=ExceptionsQueue(db.uow), max_in_flight=1)
     example = examples(AuthorizationRequestBody)[0]
 
     def request(n: int) -> tuple[bytes, dict[str, str]]:

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, MetaData, Table, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from cardpay.postgres import schema as s
@@ -14,20 +14,29 @@ from cardpay.postgres.repositories import chunks
 from projector.daily import DayFigures, DayKey
 from projector.payments import PaymentRow
 
-t = s.rm_payments
 COLUMNS = tuple(f.name for f in fields(PaymentRow))
 AMOUNTS = ("authorized", "spent", "cleared", "refunded", "held", "posted", "network_cleared",
            "reversed", "released", "over_cleared", "returned", "settled")
 DAY_FIGURES = tuple(f.name for f in fields(DayFigures))
 
 
+def shadow(table: Table, suffix: str) -> Table:
+    """The same table under another name (a rebuild's shadow: `<name><suffix>`)."""
+    return table if not suffix else table.to_metadata(MetaData(), name=table.name + suffix)
+
+
 class PostgresPaymentsView:
-    def __init__(self, conn: Connection) -> None:
+    """`suffix` names the shadow tables a rebuild writes (`rm_payments__rebuild`, ...)."""
+
+    def __init__(self, conn: Connection, suffix: str = "") -> None:
         self._conn = conn
+        self._payments = shadow(s.rm_payments, suffix)
+        self._daily = shadow(s.rm_daily, suffix)
 
     def get(self, payment_ids: Sequence[str]) -> dict[str, PaymentRow]:
         out: dict[str, PaymentRow] = {}
         for part in chunks(payment_ids):
+            t = self._payments
             rows = self._conn.execute(select(t).where(t.c.payment_id.in_(list(part))))
             out.update((r.payment_id, _payment_row(r._mapping)) for r in rows)
         return out
@@ -37,6 +46,7 @@ class PostgresPaymentsView:
             return
         values = [{**{k: getattr(r, k) for k in COLUMNS}, "refund_txs": list(r.refund_txs)}
                   for r in rows]
+        t = self._payments
         stmt = pg_insert(t)
         updatable = {k: stmt.excluded[k] for k in COLUMNS if k != "payment_id"}
         stmt = stmt.on_conflict_do_update(
@@ -52,7 +62,7 @@ class PostgresPaymentsView:
         """Add to each day's sums (one upsert per day: the deltas of a batch are summed first)."""
         if not figures:
             return
-        d = s.rm_daily
+        d = self._daily
         stmt = pg_insert(d)
         stmt = stmt.on_conflict_do_update(
             index_elements=["day", "currency"],
@@ -61,7 +71,7 @@ class PostgresPaymentsView:
                                   for (day, currency), f in sorted(figures.items())])
 
     def get_daily(self, keys: Sequence[DayKey]) -> dict[DayKey, DayFigures]:
-        d = s.rm_daily
+        d = self._daily
         out: dict[DayKey, DayFigures] = {}
         for day, currency in keys:
             found = self._conn.execute(select(d).where(d.c.day == day,
