@@ -104,9 +104,19 @@ def test_without_ops_write_the_row_stays_open(client: TestClient, pg_engine: Eng
     assert row is not None and row.resolved_at is None
 
 
-def test_the_api_serves_no_page_without_a_token_store(pg_engine: Engine) -> None:
+def test_the_page_signs_in_with_the_apis_bearer_tokens(pg_engine: Engine) -> None:
+    """`cardpay api` serves the page on the token store: a token from `cardpay tokens create`
+    signs in; a revoked one does not; the page stays out of the OpenAPI document."""
+    from cardpay.postgres.repositories.api_tokens import PostgresTokenStore
+
+    store = PostgresTokenStore(pg_engine)
+    issued = store.create(["finance:read"], name="page")
     settings = Settings(database_url="postgresql://unused/x", webhook_secrets=(SECRET,),
                         sweep_interval_s=0)
     with TestClient(build_app(settings, pg_engine, registry=CollectorRegistry())) as client:
-        assert client.get("/finance/login").status_code == 404
+        assert client.get("/finance", follow_redirects=False).status_code in (302, 303, 307)
+        client.post("/finance/login", data={"token": issued.token})
+        assert client.get("/finance").status_code == 200
         assert "/finance" not in client.get("/openapi.json").text
+        store.revoke(issued.info.token_id)
+        assert client.get("/finance", follow_redirects=False).status_code in (302, 303, 307)
