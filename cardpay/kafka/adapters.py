@@ -26,7 +26,7 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError, OffsetOutOfRangeError
+from aiokafka.errors import KafkaError, NoOffsetForPartitionError, OffsetOutOfRangeError
 
 from cardpay.errors import CardpayError
 from cardpay.kafka.identity import FeedIdentity, FeedIdentityStore
@@ -343,6 +343,13 @@ class KafkaFeed:
             if self._group_id is not None:
                 # Revoked during the fetch: the new owner reads them from the stored positions.
                 batches = {tp: records for tp, records in batches.items() if tp in self._owned}
+        except NoOffsetForPartitionError as exc:
+            if self._group_id is None or self._sought(exc):
+                raise KafkaFeedError(f"reading {self._topic} failed: {exc!r}") from exc
+            # Just assigned, not sought yet: aiokafka looked for a committed offset meanwhile
+            # (there is none: cardpay commits none) and, with no reset policy, reports it. The
+            # rebalance listener is about to seek the partition to its stored position.
+            return []
         except OffsetOutOfRangeError as exc:
             raise KafkaFeedChanged(
                 f"a stored offset is outside what the broker holds for topic {self._topic!r} "
@@ -406,7 +413,7 @@ class KafkaFeed:
             self._failure = exc
             return
         self._owned = set(ours)
-        log.info("group %s: assigned %s, from stored offsets %s", self._group_id,
+        log.info("group %s: assigned %s; stored offsets %s", self._group_id,
                  _partitions(ours), {tp.partition: self._positions.get(
                      source_name(tp.topic, tp.partition), "start") for tp in sorted(ours)})
 
@@ -418,6 +425,12 @@ class KafkaFeed:
         for tp in revoked:
             self._positions.pop(source_name(tp.topic, tp.partition), None)
         log.info("group %s: revoked %s", self._group_id, _partitions(revoked))
+
+    def _sought(self, exc: NoOffsetForPartitionError) -> bool:
+        """Whether the partition `exc` names was sought by this member already (an unknown
+        partition counts as sought: the error is then not the assignment's race)."""
+        partition = exc.args[0] if exc.args else None
+        return not isinstance(partition, TopicPartition) or partition in self._owned
 
     def _raise_assignment_failure(self) -> None:
         failure = self._failure
