@@ -1,7 +1,7 @@
 """Two `cardpay project` processes in one Kafka consumer group share a 4-partition topic; one is
 killed with SIGKILL mid-run at a seeded point, the other takes its partitions over (a
-rebalance), the killed one is started again (another rebalance). Nothing is lost or applied
-twice: the read model equals a fresh single-consumer projection of the topic, the processes'
+rebalance), the killed one is started again (another rebalance) and the last payments are
+published through the relay to both. Nothing is lost or applied twice: the read model equals a fresh single-consumer projection of the topic, the processes'
 applied counts add up to the number of events, and the stored positions are the end offsets.
 """
 
@@ -75,6 +75,17 @@ class Member:
         return applied, again, fenced
 
 
+def _relay(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "cardpay.cli.main", "relay", "--until-idle",
+                             "--batch-size", "200"], cwd=ROOT, env={**os.environ, **env},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _finish(relay: subprocess.Popen[bytes]) -> None:
+    _out, err = relay.communicate(timeout=120)
+    assert relay.returncode == 0, err.decode()[-2000:]
+
+
 def _wait(what: str, done: Callable[[], bool], members: list[Member],
           timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
@@ -131,7 +142,9 @@ def test_killed_group_member_loses_and_duplicates_nothing(
     payments = payment_events(1400, seed=SEED)
     total = sum(len(events) for events in payments)
     assert total >= 3000
-    write(pg_engine, payments, outbox_topic=topic)
+    # The last payments come after the restart, so the restarted member has its share to do.
+    first_wave, second_wave = payments[:1150], payments[1150:]
+    write(pg_engine, first_wave, outbox_topic=topic)
     env = {"CARDPAY_DATABASE_URL": pg_url, "CARDPAY_KAFKA_BOOTSTRAP": bootstrap,
            "CARDPAY_KAFKA_TOPIC": topic, "CARDPAY_KAFKA_GROUP": f"test-{topic}"}
 
@@ -149,9 +162,7 @@ def test_killed_group_member_loses_and_duplicates_nothing(
     victims = victim.partitions()
     assert victims is not None
 
-    relay = subprocess.Popen([sys.executable, "-m", "cardpay.cli.main", "relay", "--until-idle",
-                              "--batch-size", "200"], cwd=ROOT, env={**os.environ, **env},
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    relay = _relay(env)
     threshold = rng.randint(100, 400)
 
     def victim_progress() -> int:
@@ -169,25 +180,34 @@ def test_killed_group_member_loses_and_duplicates_nothing(
     assert survivor.partitions() == everything - victims, "a rebalance before the kill"
     killed_applied = sum(at_kill.get(p, 0) for p in victims)
 
-    _out, err = relay.communicate(timeout=120)
-    assert relay.returncode == 0, err.decode()[-2000:]
-    assert _count(pg_engine, outbox, outbox.c.published_at.is_not(None)) == total
-    ends = asyncio.run(_end_offsets(bootstrap, topic))
-    assert sum(ends.values()) == total
-    assert any(at_kill.get(p, 0) < ends[p] for p in victims), "the victim had finished"
-    assert 0 < rows_at_kill < len(payments), "the kill did not land mid-run"
+    _finish(relay)
+    first_ends = asyncio.run(_end_offsets(bootstrap, topic))
+    assert any(at_kill.get(p, 0) < first_ends[p] for p in victims), "the victim had finished"
+    assert 0 < rows_at_kill < len(first_wave), "the kill did not land mid-run"
 
     _wait("the survivor takes the victim's partitions", lambda: survivor.partitions() == everything,
           [survivor])
     restarted = Member("a2", env, tmp_path)
+    pair = [survivor, restarted]
+
+    def shared_again() -> bool:
+        mine, theirs = restarted.partitions(), survivor.partitions()
+        return bool(mine) and theirs is not None and mine | theirs == everything and not (
+            mine & theirs)
+
+    _wait("the restarted member gets partitions back", shared_again, pair)
+    write(pg_engine, second_wave, outbox_topic=topic)
+    _finish(_relay(env))
+    assert _count(pg_engine, outbox, outbox.c.published_at.is_not(None)) == total
+    ends = asyncio.run(_end_offsets(bootstrap, topic))
+    assert sum(ends.values()) == total
     _wait("every partition is projected to its end",
-          lambda: _positions(pg_engine, topic) == ends, [survivor, restarted])
-    _wait("the restarted member is in the group", lambda: restarted.partitions() is not None,
-          [survivor, restarted])
+          lambda: _positions(pg_engine, topic) == ends, pair)
 
     counts = [survivor.stop(), restarted.stop()]
     applied = killed_applied + sum(c[0] for c in counts)
     assert applied == total, (killed_applied, counts)       # each event applied exactly once
+    assert all(c[0] > 0 for c in counts), counts
     assert [c[1] for c in counts] == [0, 0], counts          # none delivered twice to a row
     # Every assignment sought the stored offset: nothing fell behind it to be fenced.
     assert [c[2] for c in counts] == [0, 0], counts
