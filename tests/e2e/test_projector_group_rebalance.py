@@ -1,8 +1,9 @@
 """Two `cardpay project` processes in one Kafka consumer group share a 4-partition topic; one is
 killed with SIGKILL mid-run at a seeded point, the other takes its partitions over (a
 rebalance), the killed one is started again (another rebalance) and the last payments are
-published through the relay to both. Nothing is lost or applied twice: the read model equals a fresh single-consumer projection of the topic, the processes'
-applied counts add up to the number of events, and the stored positions are the end offsets.
+published through the relay to both. Nothing is lost or applied twice: the read model equals a
+fresh single-consumer projection of the topic, the processes' applied counts add up to the
+number of events, and the stored positions are the end offsets.
 """
 
 from __future__ import annotations
