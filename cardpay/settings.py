@@ -162,6 +162,11 @@ class Settings:
     kafka_bootstrap: str | None = None
     """None: no Kafka; projectors tail the Postgres event log (embedded mode)."""
     kafka_topic: str = "cardpay.payments"
+    kafka_group: str | None = None
+    """None: `cardpay project` reads every partition (manual assignment). Set: the projector
+    joins the Kafka consumer group `<kafka_group>:<topic>:<projector>` and shares the
+    partitions with the other members (docs/adr/0016). One value per database: members that
+    write different databases must not share a group."""
     rpc_url: str | None = None
     confirmations: int = 2
     max_block_range: int = 2000
@@ -213,6 +218,7 @@ class Settings:
             data_dir=Path(data_dir) if data_dir else default_data_dir(),
             kafka_bootstrap=env.get("CARDPAY_KAFKA_BOOTSTRAP") or None,
             kafka_topic=env.get("CARDPAY_KAFKA_TOPIC") or "cardpay.payments",
+            kafka_group=(env.get("CARDPAY_KAFKA_GROUP") or "").strip() or None,
             rpc_url=env.get("CARDPAY_RPC_URL") or None,
             confirmations=_int(env, "CARDPAY_CONFIRMATIONS", 2),
             max_block_range=_int(env, "CARDPAY_MAX_BLOCK_RANGE", 2000),

@@ -7,9 +7,9 @@ the consumer stores that mapping in the same transaction as its effects and hand
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from domain.events import RecordedEvent
 
@@ -136,3 +136,23 @@ class BoundedFeed:
 
     async def stop(self) -> None:
         await self._inner.stop()
+
+
+class _Positioned(Protocol):
+    @property
+    def source(self) -> str: ...
+    @property
+    def offset(self) -> int: ...
+
+
+P = TypeVar("P", bound=_Positioned)
+
+
+def not_yet_stored(records: Iterable[P], stored: Positions) -> list[P]:
+    """The records at or past their source's stored position (absent: nothing stored yet).
+
+    The fence of a batch at commit time: a record below the stored position was committed by
+    another transaction of the same consumer already (a group member that owned the partition
+    before a rebalance, or a second instance on the same feed), so applying it again would
+    count it twice in a projection that is not idempotent per row (sums per day)."""
+    return [record for record in records if record.offset >= stored.get(record.source, 0)]

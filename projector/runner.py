@@ -16,7 +16,7 @@ positions stored with the last committed batch: no batch is skipped.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, Protocol
 
 from domain.errors import DomainError
@@ -24,7 +24,7 @@ from domain.events import DomainEvent
 from domain.serialization import from_recorded
 from projector.daily import DayFigures, DayKey, from_rows_and_events
 from projector.errors import OutOfOrder
-from projector.feed import Feed, FeedMessage, Positions, RejectedMessage
+from projector.feed import Feed, FeedMessage, Positions, RejectedMessage, not_yet_stored
 from projector.payments import PaymentRow, evolve, is_duplicate
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,11 @@ class ProjectionUnitOfWork(Protocol):
     def save_positions(self, consumer: str, positions: Positions) -> None: ...
     def lock(self, key: str) -> None:
         """Serialize writers of one consumer name for the rest of the transaction."""
+        ...
+    def lock_sources(self, key: str, sources: Collection[str]) -> None:
+        """For the rest of the transaction: `key` shared (a reset takes it exclusively) and each
+        of `sources` under `key` exclusively, taken in one order so two writers cannot deadlock.
+        Writers of disjoint sources do not wait for each other."""
         ...
     def get_payments(self, payment_ids: list[str]) -> dict[str, PaymentRow]: ...
     def put_payments(self, rows: list[PaymentRow]) -> None: ...
@@ -62,6 +67,11 @@ class Projector:
         self._uow = uow_factory
         self._batch_size = batch_size
         self.applied = 0
+        self.redelivered = 0
+        """Events skipped because their row already had them (the feed delivered them again)."""
+        self.fenced = 0
+        """Records dropped at commit because another transaction had stored a position past
+        them (another instance applied them): never applied twice, never counted as applied."""
 
     @property
     def uow_factory(self) -> Callable[[], ProjectionUnitOfWork]:
@@ -85,14 +95,26 @@ class Projector:
         rejected = self._feed.take_rejected()
         if not batch and not rejected:
             return 0
-        positions = self._feed.positions()
+        sources = sorted({m.source for m in batch} | {r.source for r in rejected})
+        feed_positions = self._feed.positions()
+        positions = {source: feed_positions[source] for source in sources}
         with self._uow() as uow:
-            uow.lock(f"projector:{self.name}")
-            for bad in rejected:
+            uow.lock_sources(f"projector:{self.name}", sources)
+            stored = uow.load_positions(self.name)
+            fresh = not_yet_stored(batch, stored)
+            fresh_rejected = not_yet_stored(rejected, stored)
+            fenced = len(batch) - len(fresh) + len(rejected) - len(fresh_rejected)
+            if fenced:
+                log.warning("projector %s: %d records of this batch were applied by another "
+                            "instance already (a rebalance); skipped", self.name, fenced)
+            for bad in fresh_rejected:
                 self._quarantine_rejected(uow, bad)
-            self._apply(uow, batch)
-            uow.save_positions(self.name, positions)
+            applied, redelivered = self._apply(uow, fresh)
+            uow.save_positions(self.name, positions)  # forward only, in SQL
             uow.commit()
+        self.applied += applied
+        self.redelivered += redelivered
+        self.fenced += fenced
         return len(batch) + len(rejected)
 
     async def run_until_idle(self, idle_polls: int = 2, timeout: float = 0.2) -> None:
@@ -100,7 +122,10 @@ class Projector:
         while idle < idle_polls:
             idle = idle + 1 if await self.run_once(timeout) == 0 else 0
 
-    def _apply(self, uow: ProjectionUnitOfWork, batch: list[FeedMessage]) -> None:
+    def _apply(self, uow: ProjectionUnitOfWork, batch: list[FeedMessage]) -> tuple[int, int]:
+        """Evolve the rows by the batch; returns how many events changed a row and how many
+        rows had already (counted by the caller once the transaction commits, so a failed
+        batch counts nothing)."""
         typed: list[tuple[FeedMessage, DomainEvent]] = []
         for message in batch:
             try:
@@ -110,19 +135,22 @@ class Projector:
         rows = uow.get_payments(sorted({event.stream_id for _, event in typed}))
         changed: dict[str, PaymentRow] = {}
         steps: list[tuple[PaymentRow | None, PaymentRow, DomainEvent]] = []
+        applied = redelivered = 0
         for message, event in typed:
             row = changed.get(event.stream_id) or rows.get(event.stream_id)
             if is_duplicate(row, event):
+                redelivered += 1
                 continue
             try:
                 changed[event.stream_id] = evolve(row, event)
-                self.applied += 1
+                applied += 1
             except OutOfOrder as exc:
                 self._quarantine(uow, message, str(exc))
                 continue
             steps.append((row, changed[event.stream_id], event))
         uow.put_payments(list(changed.values()))
         uow.add_daily(from_rows_and_events(steps))
+        return applied, redelivered
 
     def _quarantine_rejected(self, uow: ProjectionUnitOfWork, bad: RejectedMessage) -> None:
         log.warning("projector %s quarantined %s@%d: %s", self.name, bad.source, bad.offset,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -139,22 +139,49 @@ def unit_of_work(settings: Settings, engine: Engine) -> UowFactory:
     return unit_of_work_factory(engine, settings.outbox_topic)
 
 
-def feed(settings: Settings, engine: Engine, consumer: str) -> Feed:
+def feed(settings: Settings, engine: Engine, consumer: str, *,
+         group: bool = False) -> Feed:
     """The event feed of one consumer: Kafka when configured (checking the topic's identity
-    against what the consumer's positions were stored for), else the PostgreSQL event log."""
+    against what the consumer's positions were stored for), else the PostgreSQL event log.
+
+    `group`: with `settings.kafka_group` set, join the consumer group `kafka_group_id` and read
+    the partitions it assigns (each sought to the position stored in this database); only
+    consumers that fence their batches against the stored positions may ask for it (the
+    projector; docs/adr/0016)."""
     if settings.kafka_bootstrap:
         from cardpay.kafka.adapters import KafkaFeed
         from cardpay.kafka.identity import PostgresFeedIdentityStore
 
+        group_id = kafka_group_id(settings, consumer) if group else None
         # A short wait for a missing topic: the supervision loop retries (and logs) after it.
         return KafkaFeed(settings.kafka_bootstrap, settings.kafka_topic, start_timeout=5.0,
-                         identity_store=PostgresFeedIdentityStore(engine), consumer=consumer)
+                         identity_store=PostgresFeedIdentityStore(engine), consumer=consumer,
+                         group_id=group_id,
+                         stored_positions=_stored_positions(engine, consumer) if group_id else None)
     return PostgresLogFeed(engine)
+
+
+def kafka_group_id(settings: Settings, consumer: str) -> str | None:
+    """`<CARDPAY_KAFKA_GROUP>:<topic>:<consumer>`, or None when no group is configured."""
+    if settings.kafka_group is None:
+        return None
+    return f"{settings.kafka_group}:{settings.kafka_topic}:{consumer}"
+
+
+def _stored_positions(engine: Engine, consumer: str) -> Callable[[], dict[str, int]]:
+    factory = projection_uow_factory(engine)
+
+    def load() -> dict[str, int]:
+        with factory() as uow:
+            return uow.load_positions(consumer)
+
+    return load
 
 
 PAYMENTS = "payments"
 
 
 def payments_projector(settings: Settings, engine: Engine, *, batch_size: int = 500) -> Projector:
-    return Projector(PAYMENTS, feed(settings, engine, PAYMENTS), projection_uow_factory(engine),
-                     batch_size=batch_size)
+    """The payments projector; in the consumer group of `settings.kafka_group` if it is set."""
+    return Projector(PAYMENTS, feed(settings, engine, PAYMENTS, group=True),
+                     projection_uow_factory(engine), batch_size=batch_size)

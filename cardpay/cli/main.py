@@ -47,6 +47,8 @@ environment:
   CARDPAY_DATA_DIR         data directory for the embedded server (default ~/.local/share/cardpay)
   CARDPAY_KAFKA_BOOTSTRAP  Kafka bootstrap servers (default: none; feeds read the Postgres log)
   CARDPAY_KAFKA_TOPIC      topic of payment events (default cardpay.payments)
+  CARDPAY_KAFKA_GROUP      `project` joins the consumer group GROUP:<topic>:payments and shares
+                           the partitions (default: none; every partition read)
   CARDPAY_RPC_URL          JSON-RPC URL of the chain node
   CARDPAY_CONFIRMATIONS    blocks behind the head the listener stays (default 2; 0 allowed)
   CARDPAY_MAX_BLOCK_RANGE  largest eth_getLogs range in blocks (default 2000; it adapts below)

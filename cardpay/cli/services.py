@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import math
 import signal
@@ -45,6 +46,10 @@ def register(sub: Any) -> None:
         "Kafka topic was recreated or no longer holds the stored offsets; then see "
         "`cardpay projections reset --help`.")
     _common_options(project, "feed messages per transaction")
+    project.add_argument("--group", metavar="NAME",
+                         help="join the Kafka consumer group NAME:<topic>:payments and share "
+                         "the partitions with the other `cardpay project` processes of that "
+                         "group (default: CARDPAY_KAFKA_GROUP; unset: read every partition)")
     project.set_defaults(run=project_command)
 
 
@@ -161,6 +166,13 @@ def relay_command(settings: Settings, args: argparse.Namespace) -> int:
 
 def project_command(settings: Settings, args: argparse.Namespace) -> int:
     validate_loop_options(args)
+    if args.group is not None:
+        if not args.group.strip():
+            raise UsageError("--group needs a name")
+        settings = dataclasses.replace(settings, kafka_group=args.group.strip())
+    if settings.kafka_group is not None and not settings.kafka_bootstrap:
+        raise UsageError("a consumer group (--group, CARDPAY_KAFKA_GROUP) needs Kafka: set "
+                         "CARDPAY_KAFKA_BOOTSTRAP")
     from cardpay.bootstrap import PAYMENTS, database
     from cardpay.bootstrap.project import (
         build_projector,
@@ -182,7 +194,8 @@ def project_command(settings: Settings, args: argparse.Namespace) -> int:
             await until_signal(run_projector(
                 projector, stop, until_idle=args.until_idle, metrics=metrics, lag=lag,
                 give_up_after=args.idle_timeout if args.until_idle else None), stop)
-            print(f"applied {projector.applied} events")
+            print(f"applied {projector.applied} events (skipped {projector.redelivered} "
+                  f"delivered again, {projector.fenced} applied by another process)")
 
     try:
         asyncio.run(main())

@@ -3,9 +3,11 @@
 `KafkaPublisher` sends outbox rows with an idempotent producer (`acks=all`) and returns only when the
 broker has acknowledged every one of them, so the relay marks rows published only after that.
 
-`KafkaFeed` reads one topic with manual partition assignment: no consumer group and no Kafka-side
-commits. Its position lives in the consumer's database, written in the same transaction as the
-effects, and is handed back to `start()`.
+`KafkaFeed` reads one topic, by default with manual partition assignment (every partition, no
+consumer group); with `group_id` it joins that consumer group and reads the partitions the group
+gives it (docs/adr/0016). Either way there are no Kafka-side commits: its position lives in the
+consumer's database, written in the same transaction as the effects, and is handed back to
+`start()` (and, in a group, read again from the database whenever partitions are assigned).
 
 Undecodable records. `poll()` returns typed `FeedMessage`s only. A record whose value is not a
 recorded event is kept as a `RejectedMessage`; `take_rejected()` hands them over. `positions()` is
@@ -20,11 +22,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError, OffsetOutOfRangeError
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError, NoOffsetForPartitionError, OffsetOutOfRangeError
 
 from cardpay.errors import CardpayError
 from cardpay.kafka.identity import FeedIdentity, FeedIdentityStore
@@ -208,7 +210,10 @@ def _ignore_late_results(futures: Sequence[asyncio.Future[Any]] | set[asyncio.Fu
 
 
 class KafkaFeed:
-    """The `projector.feed.Feed` over one Kafka topic, every partition assigned to this process.
+    """The `projector.feed.Feed` over one Kafka topic: every partition assigned to this process,
+    or, with `group_id`, the partitions the consumer group gives this member (the others go to
+    the other members; a rebalance moves them). In a group, `stored_positions` reads the
+    consumer's positions from the database at each assignment.
 
     Order is kept per partition (per payment, since the key is the payment id); a batch lists the
     records of one partition in offset order, partitions one after the other.
@@ -233,7 +238,16 @@ class KafkaFeed:
         start_timeout: float = 60.0,
         identity_store: FeedIdentityStore | None = None,
         consumer: str = "",
+        group_id: str | None = None,
+        stored_positions: Callable[[], Positions] | None = None,
     ) -> None:
+        if group_id is not None and stored_positions is None:
+            raise ValueError("a KafkaFeed in a consumer group needs `stored_positions`: "
+                             "assigned partitions are sought to what the database holds")
+        self._group_id = group_id
+        self._stored_positions = stored_positions
+        self._owned: set[TopicPartition] = set()
+        self._failure: BaseException | None = None
         self._bootstrap_servers = bootstrap_servers
         self._topic = topic
         self._rejected: list[RejectedMessage] = []
@@ -251,13 +265,19 @@ class KafkaFeed:
         return self._topic
 
     @property
+    def group_id(self) -> str | None:
+        """The consumer group this feed joins (None: every partition, manual assignment)."""
+        return self._group_id
+
+    @property
     def topic_id(self) -> str | None:
         """The id of the topic the feed was started on (None before `start`)."""
         return self._topic_id
 
     async def start(self, positions: Positions) -> None:
         """Check the topic against the stored identity and positions, assign every partition and
-        seek to the stored positions (else the start).
+        seek to the stored positions (else the start); in a group, join it (partitions are
+        sought when they are assigned, see `_assigned`).
 
         Waits up to `start_timeout` for the topic to exist; creating it is not the feed's job.
         """
@@ -277,22 +297,20 @@ class KafkaFeed:
             consumer = AIOKafkaConsumer(
                 bootstrap_servers=self._bootstrap_servers,
                 client_id=self._client_id,
-                group_id=None,
+                group_id=self._group_id,
                 enable_auto_commit=False,
                 # A stored position the broker no longer has (retention, a recreated topic) is
                 # an error to look at, not a silent jump to either end.
                 auto_offset_reset="none",
             )
             await consumer.start()
-            assigned = [TopicPartition(self._topic, p) for p in description.partitions]
-            consumer.assign(assigned)
-            await self._check_offsets(consumer, assigned, ours)
-            for tp in assigned:
-                stored = ours.get(tp.partition)
-                if stored is None:
-                    await consumer.seek_to_beginning(tp)
-                else:
-                    consumer.seek(tp, stored)
+            if self._group_id is None:
+                assigned = [TopicPartition(self._topic, p) for p in description.partitions]
+                consumer.assign(assigned)
+                await self._seek_to_stored(consumer, assigned, ours)
+            else:
+                # Partitions come with the group's assignments, sought in the listener.
+                consumer.subscribe([self._topic], listener=_Rebalance(self, consumer))
             if record_identity:
                 assert self._identity_store is not None
                 # Before the first batch commits: a restart finds it, whatever happens next.
@@ -307,15 +325,31 @@ class KafkaFeed:
         self._consumer = consumer
         self._metadata = metadata
         self._topic_id = description.topic_id
-        self._positions = dict(positions)
+        # In a group, a partition's position is known once it is assigned to this member.
+        self._positions = dict(positions) if self._group_id is None else {}
 
     async def poll(self, max_messages: int, timeout: float) -> list[FeedMessage]:
-        """Up to `max_messages` decoded records; undecodable ones wait in `take_rejected()`."""
+        """Up to `max_messages` decoded records; undecodable ones wait in `take_rejected()`.
+
+        In a group, only records of partitions this member owns now (assigned and sought to
+        the stored positions), and the failure of an assignment is raised here."""
         consumer = self._require_started()
+        self._raise_assignment_failure()
         try:
             batches = await consumer.getmany(
                 timeout_ms=max(0, int(timeout * 1000)), max_records=max_messages
             )
+            self._raise_assignment_failure()
+            if self._group_id is not None:
+                # Revoked during the fetch: the new owner reads them from the stored positions.
+                batches = {tp: records for tp, records in batches.items() if tp in self._owned}
+        except NoOffsetForPartitionError as exc:
+            if self._group_id is None or self._sought(exc):
+                raise KafkaFeedError(f"reading {self._topic} failed: {exc!r}") from exc
+            # Just assigned, not sought yet: aiokafka looked for a committed offset meanwhile
+            # (there is none: cardpay commits none) and, with no reset policy, reports it. The
+            # rebalance listener is about to seek the partition to its stored position.
+            return []
         except OffsetOutOfRangeError as exc:
             raise KafkaFeedChanged(
                 f"a stored offset is outside what the broker holds for topic {self._topic!r} "
@@ -356,7 +390,66 @@ class KafkaFeed:
     async def stop(self) -> None:
         consumer, self._consumer = self._consumer, None
         metadata, self._metadata = self._metadata, None
+        self._owned, self._failure = set(), None
         await _close_quietly(consumer, metadata)
+
+    # --- consumer group ---------------------------------------------------------------------
+
+    async def _assigned(self, consumer: Any, assigned: Collection[TopicPartition]) -> None:
+        """The group gave this member `assigned` (all of its partitions: aiokafka's protocol is
+        eager, every rebalance revokes everything first). Each is sought to the position stored
+        in the database now, which is where the previous owner's last committed batch ended;
+        Kafka's committed offsets are never read. A failure (database away, an offset the topic
+        does not hold) is kept for `poll` to raise: aiokafka only logs a listener's errors."""
+        ours = [tp for tp in assigned if tp.topic == self._topic]
+        try:
+            assert self._stored_positions is not None
+            stored = self._stored_offsets(await asyncio.to_thread(self._stored_positions))
+            await self._seek_to_stored(consumer, ours, stored)
+        except KafkaError as exc:
+            self._failure = KafkaUnreachable(self._unreachable(exc))
+            return
+        except Exception as exc:
+            self._failure = exc
+            return
+        self._owned = set(ours)
+        log.info("group %s: assigned %s; stored offsets %s", self._group_id,
+                 _partitions(ours), {tp.partition: self._positions.get(
+                     source_name(tp.topic, tp.partition), "start") for tp in sorted(ours)})
+
+    def _revoked(self, revoked: Collection[TopicPartition]) -> None:
+        """Stop handing out records of `revoked` and forget their positions: their next owner
+        starts from the database. A batch of them polled before this is fenced at commit by the
+        projector (records below the stored positions are not applied again)."""
+        self._owned -= set(revoked)
+        for tp in revoked:
+            self._positions.pop(source_name(tp.topic, tp.partition), None)
+        log.info("group %s: revoked %s", self._group_id, _partitions(revoked))
+
+    def _sought(self, exc: NoOffsetForPartitionError) -> bool:
+        """Whether the partition `exc` names was sought by this member already (an unknown
+        partition counts as sought: the error is then not the assignment's race)."""
+        partition = exc.args[0] if exc.args else None
+        return not isinstance(partition, TopicPartition) or partition in self._owned
+
+    def _raise_assignment_failure(self) -> None:
+        failure = self._failure
+        if failure is not None:
+            raise failure
+
+    async def _seek_to_stored(self, consumer: Any, partitions: Sequence[TopicPartition],
+                              stored: dict[int, int]) -> None:
+        """Check the stored offsets of `partitions` against the topic, then seek each to its
+        stored offset (else to the earliest the topic holds) and take that as its position."""
+        earliest = await self._check_offsets(consumer, list(partitions), stored)
+        for tp in partitions:
+            source = source_name(tp.topic, tp.partition)
+            offset = stored.get(tp.partition)
+            consumer.seek(tp, earliest[tp] if offset is None else offset)
+            if offset is None:
+                self._positions.pop(source, None)
+            else:
+                self._positions[source] = offset
 
     def _decode(self, batches: dict[Any, list[Any]]) -> list[FeedMessage]:
         messages: list[FeedMessage] = []
@@ -414,7 +507,7 @@ class KafkaFeed:
         return False
 
     async def _check_offsets(self, consumer: Any, assigned: list[TopicPartition],
-                             ours: dict[int, int]) -> None:
+                             ours: dict[int, int]) -> dict[TopicPartition, int]:
         """Stored offsets must lie within [earliest, latest]. Partitions read from the start
         whose earliest offset is above 0 lost records to retention or deletion before this
         consumer read them: that is only known, not refused (after `projections reset
@@ -438,6 +531,7 @@ class KafkaFeed:
                     f"stored offset {stored} of {source_name(tp.topic, tp.partition)} is {where} "
                     f"of the topic (it holds offsets {low} to {high}): the topic was truncated or "
                     f"recreated")
+        return dict(earliest)
 
     async def _recheck_topic_id(self) -> None:
         metadata = self._metadata
@@ -465,6 +559,24 @@ class KafkaFeed:
                     f"{self._start_timeout:.0f}s; the feed does not create topics"
                 )
             await asyncio.sleep(0.5)
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    """aiokafka's rebalance callbacks, handed to the feed (which knows the stored positions)."""
+
+    def __init__(self, feed: KafkaFeed, consumer: Any) -> None:
+        self._feed = feed
+        self._consumer = consumer
+
+    async def on_partitions_revoked(self, revoked: Collection[TopicPartition]) -> None:
+        self._feed._revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: Collection[TopicPartition]) -> None:
+        await self._feed._assigned(self._consumer, assigned)
+
+
+def _partitions(tps: Collection[TopicPartition]) -> str:
+    return "partitions " + (",".join(str(tp.partition) for tp in sorted(tps)) or "none")
 
 
 async def _close_quietly(consumer: Any, metadata: TopicMetadata | None) -> None:

@@ -8,7 +8,7 @@ read-model rows, quarantine and the feed positions, in one transaction per batch
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -42,6 +42,9 @@ from projector.daily import DayFigures, DayKey
 from projector.payments import PaymentRow
 
 _LOCK = "SELECT pg_advisory_xact_lock(hashtext(%s))"
+_SHARED_LOCK = "SELECT pg_advisory_xact_lock_shared(hashtext(%s))"
+# The two-key form: its key space is apart from the one-key locks above.
+_SOURCE_LOCK = "SELECT pg_advisory_xact_lock(hashtext(%s), %s)"
 
 
 class _Transaction:
@@ -123,12 +126,30 @@ class PostgresUnitOfWork(_Transaction):
             yield
 
 
+def source_lock_key(key: str, source: str) -> tuple[str, int]:
+    """The two-key advisory lock of one feed source: `topic:3` -> (`key:topic`, 3), so the
+    partitions of one topic never share a lock (no hash collision between them); a source with
+    no partition number (`events`, the PostgreSQL log) is (`key:events`, 0)."""
+    prefix, _, number = source.rpartition(":")
+    if prefix and number.isdigit() and int(number) < 2**31:
+        return f"{key}:{prefix}", int(number)
+    return f"{key}:{source}", 0
+
+
 class PostgresProjectionUnitOfWork(_Transaction):
     """Implements `projector.runner.ProjectionUnitOfWork` on the repositories."""
 
     def __init__(self, engine: Engine, *, suffix: str = "") -> None:
         super().__init__(engine)
         self._suffix = suffix
+
+    def lock_sources(self, key: str, sources: Collection[str]) -> None:
+        """`key` shared (`cardpay projections reset` takes it exclusively: it waits for the
+        batches in flight and holds new ones off), then every source exclusively in sorted
+        order, so two batches never wait for each other in a cycle. Deferred like `lock`."""
+        raw.defer(self.conn, _SHARED_LOCK, (key,))
+        for lock_key in sorted({source_lock_key(key, source) for source in sources}):
+            raw.defer(self.conn, _SOURCE_LOCK, lock_key)
 
     def __enter__(self) -> PostgresProjectionUnitOfWork:
         conn = self._open()

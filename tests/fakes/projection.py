@@ -10,7 +10,7 @@ or the unit of work is left without committing).
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -125,6 +125,10 @@ class FakeProjectionUnitOfWork:
     def lock(self, key: str) -> None:
         """One process, one writer: nothing to serialize in memory; recorded for the tests."""
         self.store.locks.append(key)
+
+    def lock_sources(self, key: str, sources: Collection[str]) -> None:
+        """As `lock`: recorded, one entry per source (`key:source`), in the order taken."""
+        self.store.locks.extend(f"{key}:{source}" for source in sorted(set(sources)))
 
     def commit(self) -> None:
         if self.store.fail_commits:
