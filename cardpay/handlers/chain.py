@@ -19,7 +19,14 @@ from typing import Any
 from cardpay.errors import CardpayError, ConcurrencyConflict
 from cardpay.handlers.cards import balance_moves
 from cardpay.handlers.onchain import spend_link
-from cardpay.handlers.payments import UowFactory, confirmation, execute, move_chain_tokens
+from cardpay.handlers.payments import (
+    ChainMove,
+    UowFactory,
+    book_chain_moves,
+    chain_moves,
+    confirmation,
+    execute,
+)
 from cardpay.handlers.ports import QuarantineItem, UnitOfWork, UnmatchedTransfer
 from domain import commands as c
 from domain.errors import DomainError
@@ -63,6 +70,8 @@ class ChainSinkHandler:
         self.quarantined = 0
         self.last_refusal: str | None = None
         """Why the model refused the last command it refused (for a retry's report)."""
+        self._range_moves: list[tuple[str, ChainMove]] | None = None
+        """While a range is applied: its ledger movements, booked at its end in chain order."""
 
     def load_cursor(self, name: str) -> Cursor | None:
         with self._uow() as uow:
@@ -87,8 +96,15 @@ class ChainSinkHandler:
                 block = reject.raw.get("blockHash")
                 self._quarantine(uow, name, reject.key, reject.reason, reject.raw,
                                  block.lower() if isinstance(block, str) else None)
-            for command in self._apply_spends_in_bulk(uow, name, linked(uow, batch.commands)):
-                self.apply_one(uow, name, command)
+            moves: list[tuple[str, ChainMove]] = []
+            self._range_moves = moves
+            try:
+                for command in self._apply_spends_in_bulk(uow, name,
+                                                          linked(uow, batch.commands)):
+                    self.apply_one(uow, name, command)
+            finally:
+                self._range_moves = None
+            self._book(uow, name, moves)
             uow.chain.add_activity(self._chain_id, batch.activity)
             self._follow_cards(uow, name, batch)
             uow.chain.keep_blocks(name, batch.blocks,
@@ -219,13 +235,24 @@ class ChainSinkHandler:
         return retracted
 
     def _move_tokens(self, uow: UnitOfWork, name: str, payment: Payment) -> None:
-        """The ledger side of a card payment's chain events (`move_chain_tokens`); a movement
-        the ledger refuses is quarantined with the payment."""
-        for transfer, refusal in move_chain_tokens(uow, payment):
+        """The ledger side of a card payment's chain events (`chain_moves`): inside a range
+        (`apply`) they are booked together at its end, in chain order; elsewhere (a reorg's
+        retractions) at once."""
+        moves = chain_moves(uow, payment)
+        if self._range_moves is not None:
+            self._range_moves += [(payment.id, move) for move in moves]
+        else:
+            self._book(uow, name, [(payment.id, move) for move in moves])
+
+    def _book(self, uow: UnitOfWork, name: str, moves: list[tuple[str, ChainMove]]) -> None:
+        """Book the moves in chain order; a movement the ledger refuses is quarantined with its
+        payment."""
+        payment_of = {move[2].id: pid for pid, move in moves}
+        for transfer, refusal in book_chain_moves(uow, [move for _, move in moves]):
             self._quarantine(uow, name, f"ledger:{transfer.id}",
                              f"the ledger refused the chain movement {transfer.id}: {refusal}",
                              {"transfer": transfer.id, "amount": transfer.amount,
-                              "payment_id": payment.id})
+                              "payment_id": payment_of[transfer.id]})
 
     def _duplicate(self, uow: UnitOfWork, name: str, command: ChainCommand) -> None:
         self._quarantine(uow, name, f"duplicate:{command.command_id}",

@@ -48,32 +48,63 @@ def execute(uow: UnitOfWork, command: c.Command) -> Payment:
     raise AssertionError("unreachable")
 
 
-def move_chain_tokens(uow: UnitOfWork, payment: Payment) -> list[tuple[Transfer, str]]:
+ChainMove = tuple[tuple[int, int, int], str, Transfer]
+"""(chain order: block, log index, and the transfer's place among the event's; the Safe; the
+ledger transfer) of one chain movement."""
+
+
+def chain_moves(uow: UnitOfWork, payment: Payment) -> list[ChainMove]:
     """The ledger side of a card payment's new chain events (`chain_movements`): its Safe's
-    mirror and the on-chain settlement account move with the tokens, in the caller's unit of
-    work — whoever confirmed them (the listener, or a refund submission that matched a transfer
-    the listener saw first). Only for payments the network knows whose Safe the ledger follows
-    (it has a mirror). Returns the movements the ledger refused, with its answer."""
+    mirror and the on-chain settlement account move with the tokens, each in the chain order of
+    the log that moved them. Only for payments the network knows (observer mode moves nothing
+    here: the next authorization's catch-up takes such a spend out of the funds)."""
     new = list(payment.pending_events)
     if not new or payment.network.status is Network.NONE or payment.account is None:
         return []
     history = uow.events.load(payment.id) \
         if any(isinstance(ev, SpendRetracted) for ev in new) else []
-    transfers = chain_movements(payment.account, history, new)
+    out: list[ChainMove] = []
+    for event in new:
+        evidence = getattr(event, "evidence", None)
+        for n, transfer in enumerate(chain_movements(payment.account, [*history, *new],
+                                                     [event])):
+            where = (evidence.block_number, evidence.log_index) if evidence else (0, 0)
+            out.append(((*where, n), payment.account, transfer))
+    return out
+
+
+def book_chain_moves(uow: UnitOfWork, moves: list[ChainMove]) -> list[tuple[Transfer, str]]:
+    """Book `moves` in the ledger in chain order, in the caller's unit of work, under each Safe's
+    lock (the authorization decision's: it reads the indexed balance and the mirror under it, so
+    it sees the moves and the balance together or neither). Chain order matters: the mirror may
+    never go below zero, and a refund that landed before a spend may be what paid for it (a
+    Safe overcommitted by the network's stand-in approvals), so booking the range's spends before
+    its refunds would refuse a spend the chain accepted. Safes the ledger does not follow yet
+    (no mirror: their first authorization will) move nothing. Returns the movements the ledger
+    refused, with its answer."""
+    if not moves:
+        return []
+    followed: list[ChainMove] = []
+    for ledger, safe in sorted({(t.ledger, safe) for _, safe, t in moves}):
+        chart = ChartOfAccounts(ledger)
+        uow.lock(f"safe:{ledger}:{safe}")
+        if not uow.ledger.lookup_accounts([chart.safe_mirror(safe).id]):
+            continue
+        house = chart.house_accounts()
+        if len(uow.ledger.lookup_accounts([a.id for a in house])) < len(house):
+            uow.ledger.create_accounts(house)
+        followed += [m for m in moves if m[2].ledger == ledger and m[1] == safe]
+    transfers = [t for _, _, t in sorted(followed, key=lambda m: m[0])]
     if not transfers:
         return []
-    chart = ChartOfAccounts(transfers[0].ledger)
-    # the authorization decision's lock on this Safe: it reads the indexed balance and the
-    # mirror under it, so it sees both moves or neither (this unit of work moves both)
-    uow.lock(f"safe:{chart.ledger}:{payment.account}")
-    if not uow.ledger.lookup_accounts([chart.safe_mirror(payment.account).id]):
-        return []  # the ledger does not follow this Safe yet: its first authorization will
-    house = chart.house_accounts()
-    if len(uow.ledger.lookup_accounts([a.id for a in house])) < len(house):
-        uow.ledger.create_accounts(house)
     results = uow.ledger.create_transfers(transfers, datetime.now(UTC))
     return [(transfer, str(result.value))
             for transfer, result in zip(transfers, results, strict=True) if not result.applied]
+
+
+def move_chain_tokens(uow: UnitOfWork, payment: Payment) -> list[tuple[Transfer, str]]:
+    """`chain_moves` of one payment, booked at once (`book_chain_moves`)."""
+    return book_chain_moves(uow, chain_moves(uow, payment))
 
 
 def confirmation(seen: c.RecordSettlementTransfer, expected: ExpectedRefund) -> c.ConfirmRefund:

@@ -346,3 +346,50 @@ def test_a_linked_spend_is_retracted_from_the_authorization_payment_by_a_reorg(
     sink.rollback("main", BlockRef(1, _hash(1), _hash(0)), Cursor(2, _hash(2)))
     kinds = [type(e) for e in db.read().events.load("auth-1")]
     assert kinds == [PaymentSpent, SpendRetracted]
+
+
+def test_a_ranges_ledger_moves_are_booked_in_chain_order(
+        db: FakeDatabase, sink: ChainSinkHandler) -> None:
+    """Found by reconciling a lifecycle: a Safe overcommitted by the network's stand-in approval
+    could pay a spend only thanks to a refund that landed just before it, in the same listener
+    range. Booking the range's spends first (the bulk path) sent the Safe's mirror below zero
+    and the ledger refused the spend's movement; in chain order both are booked."""
+    from domain.ledger.chart import AccountKind, ChartOfAccounts
+    from domain.ledger.model import Transfer
+
+    chart = ChartOfAccounts("EURe")
+    unit = 10**18
+    service = PaymentService(db.uow)
+    for pid, amount in (("auth-r", 10), ("auth-a", 15)):
+        service.submit(c.AuthorizePayment(
+            command_id=f"{pid}:auth", payment_id=pid, at=NOW, account=SAFE,
+            amount=Money(amount * unit, EURE), merchant="Shop", mcc="5411",
+            expires_at=datetime(2026, 6, 15, tzinfo=UTC)))
+    with db.uow() as uow:  # the ledger follows the Safe: its mirror holds 20
+        uow.ledger.create_accounts([*chart.house_accounts(), chart.cardholder(SAFE),
+                                    chart.safe_mirror(SAFE), chart.exposure(SAFE)])
+        uow.ledger.create_transfers([Transfer("seed", chart.safe_mirror(SAFE).id,
+                                              chart.cardholder(SAFE).id, 20 * unit, "EURe",
+                                              "chain_balance")], NOW)
+        uow.commit()
+    _link(db, "chain-r", "auth-r")
+    sink.apply("main", _batch(None, 2, [_spend("chain-r", 2, 0, 10 * unit)]))  # mirror 10
+    tx = "0x" + "99" * 32
+    service.submit(c.RequestRefund(command_id="ask", payment_id="auth-r", at=NOW,
+                                   refund_id="r1", amount=Money(8 * unit, EURE), reason="return"))
+    assert service.record_refund_submission(
+        c.RecordRefundSubmission(command_id="sent", payment_id="auth-r", at=NOW,
+                                 refund_id="r1", tx_hash=tx),
+        recipient=SAFE, token=TOKEN, amount=8 * unit)
+    _link(db, "chain-a", "auth-a")
+    # one range: the refund (block 3), then auth-a's spend of 15 and someone else's (block 4)
+    sink.apply("main", _batch(Cursor(2, _hash(2)), 4, [
+        _spend("chain-a", 4, 0, 15 * unit), _spend("chain-x", 4, 1, unit),
+        _transfer(3, 0, tx, 8 * unit)]))
+
+    view = db.read()
+    assert [q.reason for q in view.quarantine.list()] == []
+    mirror, settlement = view.ledger.lookup_accounts(
+        [chart.safe_mirror(SAFE).id, chart.account_id(AccountKind.ONCHAIN_SETTLEMENT)])
+    assert mirror.debits_posted - mirror.credits_posted == (20 - 10 + 8 - 15) * unit
+    assert settlement.debits_posted - settlement.credits_posted == (10 - 8 + 15) * unit
