@@ -78,7 +78,10 @@ class UnknownMessage(DomainError):
 
 class NotYetKnown(EffectUnavailable):
     """A message about an authorization or return that has not arrived yet: answered 503 with
-    nothing recorded, so the network's retry finds it."""
+    nothing recorded, so the network's retry finds it. Its own `error` code: this 503 is the
+    protocol's "send it again later" for a reordered message, not an outage."""
+
+    code = "not_yet_known"
 
 
 class PastDeadline(EffectUnavailable):

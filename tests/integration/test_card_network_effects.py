@@ -348,8 +348,9 @@ def test_a_message_before_its_authorization_is_not_recorded_so_the_retry_works(
         db: FakeDatabase, effects: CardNetworkEffects) -> None:
     reversal = AuthorizationReversal(network_time=T0, reversal_id="r1", authorization_id="a1",
                                      amount=eur(400), full=False)
-    with pytest.raises(NotYetKnown):
+    with pytest.raises(NotYetKnown) as later:
         apply(db, effects, reversal)
+    assert later.value.code == "not_yet_known"  # the answer's `error`: not an outage
     authorize(db, effects, "a1", 1_000)
     apply(db, effects, reversal)
     assert funds(db) == (9_400, 600, 0)
