@@ -239,7 +239,8 @@ def _responses() -> dict[int | str, dict[str, Any]]:
         (409, "this webhook id was delivered before with another body"),
         (413, "the body is too large (nothing stored)"),
         (422, "the body does not match the schema or is an unknown type (quarantined)"),
-        (503, "the effect cannot run now; nothing recorded, retry"),
+        (503, "nothing recorded, retry: `not_yet_known` (it refers to an authorization or "
+              "return that has not arrived yet), `overloaded`, `past_deadline`, `unavailable`"),
     )}
 
 

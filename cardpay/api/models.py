@@ -1,10 +1,11 @@
 """The card network's wire format: pydantic models at the HTTP edge, converted to `domain.network`.
 
 Strict on purpose: an amount is a JSON integer of fiat minor units (a float, a string or a
-negative number is refused, not coerced), a currency is one the cards are issued in, times carry
-a UTC offset, and unknown fields are refused (a field we do not understand might change what the
-message means). Asynchronous messages are one union discriminated by `type`. Every model carries
-an example, shown in the OpenAPI document and checked by the tests to convert.
+negative number is refused, not coerced; nothing is coerced from another JSON type), a currency
+is one the cards are issued in, times carry a UTC offset, and unknown fields are refused (a
+field we do not understand might change what the message means). Asynchronous messages are one
+union discriminated by `type`. Every model carries an example, shown in the OpenAPI document and
+checked by the tests to convert.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ MAX_MINOR_UNITS = 10**15
 """Ten trillion euros in cents: far above any card amount, far inside PostgreSQL's BIGINT."""
 
 Amount = Annotated[int, Field(strict=True, ge=1, le=MAX_MINOR_UNITS,
-                              description="fiat minor units (cents), a JSON integer")]
+                              description="fiat minor units (cents), a JSON integer written "
+                              "without a fraction or exponent (850, not 850.0: a decimal point "
+                              "may mean major units, so it is refused)")]
 AmountOrZero = Annotated[int, Field(strict=True, ge=0, le=MAX_MINOR_UNITS)]
 SignedAmount = Annotated[int, Field(strict=True, ge=-MAX_MINOR_UNITS, le=MAX_MINOR_UNITS)]
 Count = Annotated[int, Field(strict=True, ge=0, le=10**12)]
@@ -43,7 +46,11 @@ def _utc(when: datetime) -> datetime:
 
 
 class Wire(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Strict (pydantic's strict mode): a value is taken only in the JSON type the schema
+    declares. Lax mode took `0` for `false` and a number of seconds for a `date-time`, values
+    the OpenAPI document says are refused (schemathesis found both)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class MerchantBody(Wire):
@@ -278,7 +285,8 @@ class SettlementLineBody(Wire):
     count: Count
     credit_amount: AmountOrZero
     debit_amount: AmountOrZero
-    net_amount: SignedAmount
+    net_amount: Annotated[SignedAmount, Field(
+        description="credit_amount - debit_amount; a line where it is not is refused (422)")]
 
     def to_domain(self, currency: str) -> n.SettlementLine:
         return n.SettlementLine(

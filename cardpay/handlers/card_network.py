@@ -72,13 +72,21 @@ class ReturnNotFound(DomainError):
     """A return reversal for a return that was never recorded."""
 
 
+class ConflictingReturn(DomainError):
+    """An unmatched return whose id was booked before with another amount or currency: the
+    network contradicts itself, which no retry mends (a person looks at it)."""
+
+
 class UnknownMessage(DomainError):
     """A message type with no effect defined (a new type the API accepted)."""
 
 
 class NotYetKnown(EffectUnavailable):
     """A message about an authorization or return that has not arrived yet: answered 503 with
-    nothing recorded, so the network's retry finds it."""
+    nothing recorded, so the network's retry finds it. Its own `error` code: this 503 is the
+    protocol's "send it again later" for a reordered message, not an outage."""
+
+    code = "not_yet_known"
 
 
 class PastDeadline(EffectUnavailable):
@@ -307,6 +315,9 @@ class CardNetworkEffects:
                 chart.account_id(AccountKind.NETWORK_PAYABLE),
                 chart.account_id(AccountKind.SUSPENSE), amount.units, chart.ledger,
                 Code.UNMATCHED_RETURN, user_data=message.return_id)], now)
+            if result.value.startswith("exists_with_different"):
+                raise ConflictingReturn(f"return {message.return_id} was booked to suspense "
+                                        f"before with another amount or currency")
             if not result.applied:
                 raise LedgerOutOfStep(f"unmatched return {message.return_id}: {result.value}")
             uow.quarantine.add(QuarantineItem(

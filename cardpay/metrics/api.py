@@ -27,8 +27,9 @@ class ApiMetrics:
             "cardpay_network_unavailable_total",
             "Network requests answered 503 with nothing recorded, by reason (overloaded: more "
             "than CARDPAY_API_MAX_IN_FLIGHT in progress; past_deadline: an authorization that "
-            "waited past the network's deadline; unavailable: a dependency or a concurrent "
-            "writer; database)", ["reason"], registry=r)
+            "waited past the network's deadline; not_yet_known: a message about an "
+            "authorization or return that has not arrived; unavailable: a dependency or a "
+            "concurrent writer; database)", ["reason"], registry=r)
         self.network_rejected = Counter(
             "cardpay_network_rejected_total",
             "Signed network bodies refused and quarantined, by reason "

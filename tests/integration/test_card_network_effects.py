@@ -8,6 +8,7 @@ the cardholder's funds in the ledger, and that every ledger journal still balanc
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -18,6 +19,7 @@ from cardpay.handlers.card_network import (
     LATE,
     UNMATCHED_RETURN,
     CardNetworkEffects,
+    ConflictingReturn,
     NotYetKnown,
     PastDeadline,
 )
@@ -348,8 +350,9 @@ def test_a_message_before_its_authorization_is_not_recorded_so_the_retry_works(
         db: FakeDatabase, effects: CardNetworkEffects) -> None:
     reversal = AuthorizationReversal(network_time=T0, reversal_id="r1", authorization_id="a1",
                                      amount=eur(400), full=False)
-    with pytest.raises(NotYetKnown):
+    with pytest.raises(NotYetKnown) as later:
         apply(db, effects, reversal)
+    assert later.value.code == "not_yet_known"  # the answer's `error`: not an outage
     authorize(db, effects, "a1", 1_000)
     apply(db, effects, reversal)
     assert funds(db) == (9_400, 600, 0)
@@ -432,6 +435,21 @@ def test_a_return_no_payment_explains_goes_to_suspense_and_the_exceptions(
         row, = uow.quarantine.list()
     assert row.reason == UNMATCHED_RETURN and row.payload["amount"] == 400 * CENT
     assert_balanced(db)
+
+
+def test_an_unmatched_return_id_again_with_another_amount_is_refused_not_retried(
+        db: FakeDatabase, effects: CardNetworkEffects) -> None:
+    """schemathesis found it answered 503 (retry) for ever: the ledger holds the first one's
+    transfer under the same id. The network contradicts itself: a DomainError (422, kept for
+    a person), and the suspense holds the first amount only."""
+    first = Return(network_time=T0, return_id="ret9", card_id="card-1", amount=eur(400),
+                   merchant=SHOP)
+    apply(db, effects, first)
+    with pytest.raises(ConflictingReturn, match="ret9"):
+        apply(db, effects, replace(first, amount=eur(500)))
+    assert account(db, AccountKind.SUSPENSE).credits_posted == 400 * CENT
+    assert apply(db, effects, first)["status"] == "suspense"  # the same one again: as before
+    assert account(db, AccountKind.SUSPENSE).credits_posted == 400 * CENT
 
 
 def test_a_repeated_message_changes_nothing(db: FakeDatabase,

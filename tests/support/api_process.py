@@ -1,4 +1,5 @@
-"""`cardpay api` as a real process on a free port, for e2e tests."""
+"""`cardpay api` as a real process on a free port, for e2e tests; `served` serves an app built
+in the test's own process the same way (uvicorn, uvloop, httptools)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import httpx
 
@@ -64,3 +66,29 @@ def running_api(pg_url: str, **extra: str) -> Iterator[str]:
             proc.stdout.close()
         if proc.stderr:
             proc.stderr.close()
+
+
+@contextmanager
+def served(app: Any, *, lifespan: str = "off") -> Iterator[str]:
+    """`app` served over real HTTP on a free port, by uvicorn on a thread of this process, with
+    the event loop and HTTP parser `cardpay api` uses (uvloop, httptools: they decide what a
+    malformed request gets before the app sees it); yields the base URL."""
+    import threading
+
+    import uvicorn
+
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
+                            access_log=False, lifespan=lifespan, loop="uvloop", http="httptools")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="served-api", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

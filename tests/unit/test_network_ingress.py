@@ -3,11 +3,13 @@ signature verification and the ingress's outcomes on the in-memory fakes (no I/O
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 from starlette.testclient import TestClient
 
 from cardpay.api import create_app
@@ -113,14 +115,34 @@ def test_a_settlement_line_nets_credits_minus_debits() -> None:
 
 # -- the wire models ----------
 def test_every_example_converts_to_its_domain_message() -> None:
-    converted = [EVENTS.validate_python(examples(model)[0]).to_domain()
+    # as the API reads them: JSON text (the models are strict, so a Python str is no datetime)
+    converted = [EVENTS.validate_json(json.dumps(examples(model)[0])).to_domain()
                  for model in EVENT_MODELS]
     assert {type(message) for message in converted} == set(ASYNC_MESSAGES)
     for message, model in zip(converted, EVENT_MODELS, strict=True):
         assert isinstance(message, NetworkMessage)
         assert examples(model)[0]["type"] == message.TYPE
-    auth = AuthorizationRequestBody.model_validate(examples(AuthorizationRequestBody)[0])
+    auth = AuthorizationRequestBody.model_validate_json(
+        json.dumps(examples(AuthorizationRequestBody)[0]))
     assert auth.to_domain().amount == Money(850, EUR)
+
+
+@pytest.mark.parametrize(("model", "field", "value"), [
+    (AuthorizationRequestBody, "partial_approval_supported", 0),
+    (AuthorizationRequestBody, "partial_approval_supported", "true"),
+    (AuthorizationRequestBody, "network_time", 1796195930),
+    (EVENT_MODELS[-1], "settlement_date", 20261201),
+    (EVENT_MODELS[-1], "network_time", 1796195930.5),
+])
+def test_a_value_of_another_json_type_is_refused_not_coerced(model: Any, field: str,
+                                                            value: Any) -> None:
+    """The OpenAPI document declares booleans, date-times and dates; schemathesis found that
+    lax parsing took 0 for false and a number of seconds for a time."""
+    body = json.dumps({**examples(model)[0], field: value})
+    adapter = AUTHORIZATION if model is AuthorizationRequestBody else EVENTS
+    with pytest.raises(ValidationError) as refused:
+        adapter.validate_json(body)
+    assert refused.value.errors()[0]["loc"][-1] == field
 
 
 def test_a_one_line_reason_is_printable_and_bounded() -> None:
@@ -205,7 +227,7 @@ def test_an_effect_that_cannot_run_records_nothing_and_answers_503() -> None:
         raise EffectUnavailable("ledger down")
 
     ingress = NetworkIngress(db.uow, _approve, unavailable)
-    message = EVENTS.validate_python(examples(EVENT_MODELS[0])[0]).to_domain()
+    message = EVENTS.validate_json(json.dumps(examples(EVENT_MODELS[0])[0])).to_domain()
     reply = ingress.handle(received(), message)
     assert (reply.status, reply.body["error"], reply.body["reason"]) == (
         503, "unavailable", "ledger down")
@@ -220,8 +242,8 @@ def test_a_decision_past_the_deadline_answers_503_with_its_reason_and_records_no
         raise PastDeadline("waited 2.5 s")
 
     ingress = NetworkIngress(db.uow, overloaded, _applied)
-    reply = ingress.authorize(received(), AUTHORIZATION.validate_python(
-        examples(AuthorizationRequestBody)[0]).to_domain())
+    reply = ingress.authorize(received(), AUTHORIZATION.validate_json(
+        json.dumps(examples(AuthorizationRequestBody)[0])).to_domain())
     assert (reply.status, reply.body["error"]) == (503, "past_deadline")
     assert db.state.deliveries == {}
 
