@@ -23,13 +23,41 @@ from starlette.concurrency import run_in_threadpool
 from cardpay.api import models as m
 from cardpay.api.auth import GUARDED, require
 from cardpay.handlers.api_tokens import FINANCE_READ
-from cardpay.handlers.finance import BadQuery, FinanceReads, PaymentFilter
+from cardpay.handlers.finance import (
+    BadQuery,
+    ChainStatus,
+    CurrencyCode,
+    FinanceReads,
+    NetworkStatus,
+    PaymentFilter,
+    UnknownCard,
+)
 from cardpay.records import reconciliation_record, settlement_record
 
 Amount = Annotated[str | None, Field(description="base units, exact (a string of digits)")]
 BAD_QUERY: dict[int | str, dict[str, Any]] = {
     400: {"model": m.ErrorResponse, "description": "a filter or cursor that cannot be used"}}
+NO_CARD: dict[int | str, dict[str, Any]] = {
+    404: {"model": m.ErrorResponse, "description": "the card filter names no registered card"}}
 Guard = Annotated[frozenset[str], Depends(require(FINANCE_READ))]
+DAY = r"^[1-9]\d{3}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])$"
+"""A day as YYYY-MM-DD only (a bare number would otherwise be read as a Unix time); the
+document says `format: date` too, so a client knows 2026-02-30 is no day."""
+CURSOR = r"^[A-Za-z0-9_-]{1,500}$"
+
+
+def _day(text: str | None, name: str) -> date | None:
+    if text is None:
+        return None
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise BadQuery(f"{name}: {text!r} is not a day (YYYY-MM-DD)") from None
+
+
+def _day_query(description: str = "", alias: str | None = None) -> Any:
+    return Query(pattern=DAY, alias=alias, description=description or "YYYY-MM-DD",
+                 examples=["2026-12-02"], json_schema_extra={"format": "date"})
 
 
 class Payment(BaseModel):
@@ -155,6 +183,8 @@ class ReconciliationDay(BaseModel):
 
 
 def _bad(exc: BadQuery) -> JSONResponse:
+    if isinstance(exc, UnknownCard):
+        return JSONResponse({"error": "not_found", "reason": str(exc)}, status_code=404)
     return JSONResponse({"error": "bad_query", "reason": str(exc)}, status_code=400)
 
 
@@ -162,23 +192,26 @@ def finance_router(reads: FinanceReads) -> APIRouter:
     router = APIRouter(tags=["finance"])
 
     @router.get("/v1/payments", response_model=PaymentPage,
-                responses={**GUARDED, **BAD_QUERY},
+                responses={**GUARDED, **BAD_QUERY, **NO_CARD},
                 summary="Payments, newest first, with filters and cursor pages")
     async def list_payments(
             _: Guard,
-            status: Annotated[str | None, Query(description="the chain side's status")] = None,
-            network_status: Annotated[str | None, Query()] = None,
+            status: Annotated[ChainStatus | None, Query(
+                description="the chain side's status")] = None,
+            network_status: Annotated[NetworkStatus | None, Query()] = None,
             card: Annotated[str | None, Query(max_length=200)] = None,
             account: Annotated[str | None, Query(max_length=200)] = None,
-            day: Annotated[date | None, Query(description="first seen on this UTC day")] = None,
-            currency: Annotated[str | None, Query(description="EUR, GBP, USD or the token")
-                                ] = None,
-            after: Annotated[str | None, Query(max_length=500,
-                                               description="the previous page's `next`")] = None,
+            day: Annotated[str | None, _day_query("first seen on this UTC day")] = None,
+            currency: Annotated[CurrencyCode | None, Query(
+                description="the card currency or its token")] = None,
+            after: Annotated[str | None, Query(
+                pattern=CURSOR, description="the previous page's `next` (a cursor this API "
+                "did not give out is a 400)")] = None,
             limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> Any:
-        wanted = PaymentFilter(status=status, network_status=network_status, account=account,
-                               card=card, day=day, currency=currency)
         try:
+            wanted = PaymentFilter(status=status, network_status=network_status,
+                                   account=account, card=card, day=_day(day, "day"),
+                                   currency=currency)
             page, cursor = await run_in_threadpool(reads.payments, wanted, after=after,
                                                    limit=limit)
         except BadQuery as exc:
@@ -197,7 +230,7 @@ def finance_router(reads: FinanceReads) -> APIRouter:
                                 status_code=404)
         return found
 
-    @router.get("/v1/holds", response_model=Holds, responses={**GUARDED, **BAD_QUERY},
+    @router.get("/v1/holds", response_model=Holds, responses={**GUARDED, **NO_CARD},
                 summary="Open network holds, soonest expiry first")
     async def open_holds(_: Guard,
                          account: Annotated[str | None, Query(max_length=200)] = None,
@@ -212,12 +245,13 @@ def finance_router(reads: FinanceReads) -> APIRouter:
                 summary="Per UTC day and token: approvals, clearings, returns, spends, refunds, "
                 "settlements")
     async def days(_: Guard,
-                   day_from: Annotated[date | None, Query(alias="from")] = None,
-                   day_to: Annotated[date | None, Query(alias="to")] = None,
-                   currency: Annotated[list[str] | None, Query()] = None) -> Any:
+                   day_from: Annotated[str | None, _day_query(alias="from")] = None,
+                   day_to: Annotated[str | None, _day_query(alias="to")] = None,
+                   currency: Annotated[list[CurrencyCode] | None, Query()] = None) -> Any:
         try:
-            rows = await run_in_threadpool(reads.days, day_from=day_from, day_to=day_to,
-                                           currencies=currency or [])
+            rows = await run_in_threadpool(reads.days, day_from=_day(day_from, "from"),
+                                           day_to=_day(day_to, "to"),
+                                           currencies=list(currency or []))
         except BadQuery as exc:
             return _bad(exc)
         return {"days": rows}
@@ -228,10 +262,14 @@ def finance_router(reads: FinanceReads) -> APIRouter:
                                  "description": "JSON, or CSV with `format=csv`"}},
                 summary="Settlement batches per day and currency, against the network's report")
     async def settlements(
-            _: Guard, day: Annotated[date | None, Query()] = None,
+            _: Guard, day: Annotated[str | None, _day_query()] = None,
             currency: Annotated[Literal["EUR", "GBP", "USD"] | None, Query()] = None,
             fmt: Annotated[Literal["json", "csv"], Query(alias="format")] = "json") -> Any:
-        batches = await run_in_threadpool(reads.settlements, day=day, currency=currency)
+        try:
+            wanted = _day(day, "day")
+        except BadQuery as exc:
+            return _bad(exc)
+        batches = await run_in_threadpool(reads.settlements, day=wanted, currency=currency)
         records = [settlement_record(b) for b in batches]
         if fmt == "csv":
             return Response(_csv(records, list(Settlement.model_fields)),
@@ -242,10 +280,15 @@ def finance_router(reads: FinanceReads) -> APIRouter:
                 responses={**GUARDED, **BAD_QUERY},
                 summary="A settlement day three ways: chain, ledger, the network's report")
     async def reconciliation(
-            _: Guard, day: Annotated[date, Query()],
+            _: Guard, day: Annotated[str, _day_query()],
             currency: Annotated[Literal["EUR", "GBP", "USD"] | None, Query()] = None) -> Any:
-        results = await run_in_threadpool(reads.reconcile, day, currency)
-        return {"day": day, "clean": all(r.clean for r in results),
+        try:
+            on = _day(day, "day")
+        except BadQuery as exc:
+            return _bad(exc)
+        assert on is not None
+        results = await run_in_threadpool(reads.reconcile, on, currency)
+        return {"day": on, "clean": all(r.clean for r in results),
                 "currencies": [reconciliation_record(r) for r in results]}
 
     return router

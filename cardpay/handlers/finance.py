@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from cardpay.errors import CardpayError
 from domain.reconciliation import Reconciliation
@@ -18,6 +18,18 @@ from domain.settlement import SettlementBatch
 
 class BadQuery(CardpayError, ValueError):
     """A filter or cursor that cannot be used (shown as one line, or a 400)."""
+
+
+class UnknownCard(BadQuery):
+    """A filter names a card that is not registered (a 404 in the API)."""
+
+
+ChainStatus = Literal["new", "authorized", "held", "cleared", "reversed", "settled", "retracted"]
+"""Every status the payments read model writes for the chain side (projector/payments.py)."""
+NetworkStatus = Literal["none", "authorized", "declined", "cleared", "reversed", "expired"]
+"""`domain.card_network.Network`'s values (a test keeps them equal)."""
+CurrencyCode = Literal["EUR", "GBP", "USD", "EURe", "GBPe", "USDCe"]
+"""A card currency or its token: what a currency filter accepts."""
 
 
 @dataclass(frozen=True)

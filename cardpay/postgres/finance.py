@@ -13,11 +13,11 @@ import binascii
 import json
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, get_args
 
 from sqlalchemy import Connection, Engine, and_, func, literal, select, tuple_
 
-from cardpay.handlers.finance import BadQuery, PaymentFilter
+from cardpay.handlers.finance import BadQuery, NetworkStatus, PaymentFilter, UnknownCard
 from cardpay.postgres.schema import cards, events, rm_daily, rm_payments
 from domain.money import FIAT_CURRENCIES, FIAT_TOKENS
 from domain.reconciliation import Reconciliation
@@ -32,7 +32,7 @@ PAYMENT_COLUMNS = ("payment_id", "status", "network_status", "account", "currenc
                    "settlement_batch", *TIME_COLUMNS, "last_version")
 DAY_COLUMNS = ("approved", "declined", "authorized", "cleared_payments", "cleared", "returned",
                "spent", "refunded", "settled_payments", "settled")
-NETWORK_STATUSES = ("none", "authorized", "declined", "cleared", "reversed", "expired")
+NETWORK_STATUSES: tuple[str, ...] = get_args(NetworkStatus)
 MAX_PAGE = 1000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -91,7 +91,7 @@ def payments_page(conn: Connection, f: PaymentFilter, *, after: str | None = Non
         card = conn.execute(select(cards.c.safe, cards.c.currency)
                             .where(cards.c.card_id == f.card)).first()
         if card is None:
-            raise BadQuery(f"no card {f.card!r}")
+            raise UnknownCard(f"no card {f.card!r}")
         query = query.where(and_(p.c.account == card.safe, p.c.currency == card.currency))
     if f.day is not None:
         start = datetime(f.day.year, f.day.month, f.day.day, tzinfo=UTC)
@@ -152,7 +152,7 @@ def holds(conn: Connection, *, account: str | None = None, card: str | None = No
         found = conn.execute(select(cards.c.safe, cards.c.currency)
                              .where(cards.c.card_id == card)).first()
         if found is None:
-            raise BadQuery(f"no card {card!r}")
+            raise UnknownCard(f"no card {card!r}")
         query = query.where(p.c.account == found.safe, p.c.currency == found.currency)
     return [payment_record(r._mapping)
             for r in conn.execute(query.order_by(p.c.expires_at, p.c.payment_id))]

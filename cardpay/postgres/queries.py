@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, get_args
 
 from sqlalchemy import Connection, func, inspect, or_, select
 
+from cardpay.handlers.finance import ChainStatus
 from cardpay.postgres.log_feed import SOURCE as EVENT_LOG_SOURCE
 from cardpay.postgres.schema import (
     chain_cursor,
@@ -28,7 +29,7 @@ from cardpay.postgres.schema import (
     saga_timers,
 )
 
-PAYMENT_STATUSES = ("new", "authorized", "held", "cleared", "reversed", "settled", "retracted")
+PAYMENT_STATUSES: tuple[str, ...] = get_args(ChainStatus)
 """Every status the payments read model writes (projector/payments.py)."""
 
 

@@ -71,3 +71,12 @@ def test_scopes_are_a_closed_set() -> None:
         check_scopes(["ops:read", "ops:admin"])
     with pytest.raises(UnknownScope, match="at least one scope"):
         check_scopes([])
+
+
+def test_the_finance_filters_name_every_status_the_read_model_writes() -> None:
+    from typing import get_args
+
+    from cardpay.handlers.finance import NetworkStatus
+    from domain.card_network import Network
+
+    assert set(get_args(NetworkStatus)) == {n.value for n in Network}
