@@ -1,17 +1,21 @@
 """After the simulator's seeded workload through the whole lifecycle, what finance reads — the
-finance API, the CLI — equals the simulator's expectation payment by payment, the daily figures
-add up to the payments, the settlement batches equal the network's reports, and every settlement
-day reconciles three ways (chain, ledger, report) with no break."""
+finance API, the CLI, the web page — equals the simulator's expectation payment by payment, the
+daily figures add up to the payments, the settlement batches equal the network's reports (on
+the page too), and every settlement day reconciles three ways (chain, ledger, report) with no
+break."""
 
 from __future__ import annotations
 
+import html
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from cardpay.api.finance_page import settlement_cells
 from cardpay.bootstrap.lifecycle import lifecycle_stack, run_lifecycle
 from cardpay.postgres.repositories.api_tokens import PostgresTokenStore
 from cardpay.settings import Settings
@@ -57,6 +61,11 @@ def test_what_finance_reads_equals_the_simulators_expectation(pg_url: str,
             reconciled = {d: client.get("/v1/reconciliation", params={"day": d}).json()
                           for d in sorted({b["day"] for b in settlements})}
             holds = client.get("/v1/holds").json()["holds"]
+        # the finance page, signed in with the same token (its HTML, as a browser gets it)
+        with httpx.Client(base_url=s.api_url, timeout=30, follow_redirects=True) as browser:
+            signed_in = browser.post("/finance/login", data={"token": token})
+            assert signed_in.status_code == 200, signed_in.text[:300]
+            page = browser.get("/finance").text
 
     # payment by payment, the network side is the simulator's (fiat minor units)
     assert result.expected and set(result.expected) <= set(payments)
@@ -83,6 +92,13 @@ def test_what_finance_reads_equals_the_simulators_expectation(pg_url: str,
     assert settlements and all(b["status"] == "settled" and b["diff_net"] == "0"
                                for b in settlements)
     assert all(day["clean"] for day in reconciled.values()), reconciled
+    # the page shows each batch's figures as the API's records give them
+    for record in settlements:
+        row = re.search(rf'<tr id="settlement-{record["day"]}-{record["currency"]}"[^>]*>(.*?)'
+                        r"</tr>", page, re.S)
+        assert row is not None, record["day"]
+        shown = dict(re.findall(r'<td data-field="([^"]+)"[^>]*>([^<]*)</td>', row.group(1)))
+        assert shown == {k: html.escape(v) for k, v in settlement_cells(record).items()}
 
     # the CLI shows the same records as the API
     cli = run_cardpay(("payments", "--json", "--limit", "1000"),
