@@ -1,5 +1,6 @@
-"""Ops routes: the exceptions queue (`GET /v1/exceptions`, scope ops:read) and resolving one
-with a note (`POST /v1/exceptions/{id}/resolve`, scope ops:write), on
+"""Ops routes: the exceptions queue (`GET /v1/exceptions`, scope ops:read), resolving one with a
+note (`POST /v1/exceptions/{id}/resolve`) and resuming the stuck saga behind one
+(`POST /v1/exceptions/{id}/retry`), both scope ops:write, on
 `cardpay.handlers.exceptions` as `cardpay exceptions list|resolve` use it.
 
 The resolve body is read raw after the token is checked (not as a FastAPI body parameter, which
@@ -59,7 +60,7 @@ class ResolveBody(BaseModel):
 
 class Resolved(BaseModel):
     id: int
-    outcome: str = Field(description="resolved")
+    outcome: str = Field(description="resolved, or retried")
     message: str
 
 
@@ -122,6 +123,25 @@ def exceptions_router(queue: ExceptionsQueue) -> APIRouter:
             return _refusal(404, "not_found", f"no exception {item_id}")
         if outcome.outcome == "already_resolved":
             return _refusal(409, "already_resolved", f"exception {item_id} is {outcome.message}")
+        return JSONResponse(Resolved(id=item_id, outcome=outcome.outcome,
+                                     message=outcome.message).model_dump())
+
+    @router.post("/v1/exceptions/{item_id}/retry", response_model=Resolved,
+                 summary="Resume the stuck saga behind an exception (as `cardpay exceptions "
+                 "retry` does)", responses={
+                     **GUARDED,
+                     404: {"model": m.ErrorResponse, "description": "no such exception"},
+                     409: {"model": m.ErrorResponse, "description": "already resolved, or "
+                           "nothing cardpay can redo (resolve it with a note instead)"},
+                     422: INVALID})
+    async def retry_exception(
+            _: Annotated[frozenset[str], Depends(require(OPS_WRITE))],
+            item_id: Annotated[int, Path(ge=1, le=MAX_ID)]) -> JSONResponse:
+        outcome = await run_in_threadpool(queue.retry, item_id)
+        if outcome.outcome == "not_found":
+            return _refusal(404, "not_found", f"no exception {item_id}")
+        if outcome.outcome in ("already_resolved", "not_retryable"):
+            return _refusal(409, outcome.outcome, f"exception {item_id}: {outcome.message}")
         return JSONResponse(Resolved(id=item_id, outcome=outcome.outcome,
                                      message=outcome.message).model_dump())
 

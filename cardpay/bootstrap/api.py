@@ -24,6 +24,7 @@ from cardpay.api import create_app
 from cardpay.api.finance_page import ScopesOf, finance_page_router
 from cardpay.api.signatures import SignatureVerifier
 from cardpay.bootstrap.network_sweep import build_sweep, sweep_lifespan
+from cardpay.bootstrap.sagas import build_runner
 from cardpay.handlers import exceptions as exception_queue
 from cardpay.handlers.api_tokens import TokenStore
 from cardpay.handlers.card_network import CardNetworkEffects
@@ -66,7 +67,8 @@ def build_app(settings: Settings, engine: Engine, *, decide: Decide | None = Non
     page = build_finance_page(settings, engine, scopes_of or store.verify)
     app = create_app(ingress, SignatureVerifier(settings.webhook_secrets), metrics,
                      lambda: database_ready(engine), tokens=store,
-                     exceptions=ExceptionsQueue(uow), finance=PostgresFinanceReads(engine),
+                     exceptions=ExceptionsQueue(uow, build_runner(settings, engine)),
+                     finance=PostgresFinanceReads(engine),
                      finance_page=page, max_in_flight=settings.api_max_in_flight)
     if settings.sweep_interval_s > 0:
         sweep = build_sweep(settings, engine, effects=effects)

@@ -55,11 +55,18 @@ def open_exceptions(uow_factory: UowFactory, *, include_resolved: bool = False,
 
 
 class ExceptionsQueue:
-    """The queue as the API serves it: list and resolve on one unit-of-work factory (retrying a
-    stuck saga needs the saga runner, which only `cardpay exceptions retry` builds)."""
+    """The queue as the API serves it: list, resolve and (with the saga runner) retry, on one
+    unit-of-work factory — the same functions `cardpay exceptions` uses."""
 
-    def __init__(self, uow_factory: UowFactory) -> None:
+    def __init__(self, uow_factory: UowFactory, runner: SagaRunner | None = None) -> None:
         self._uow = uow_factory
+        self._runner = runner
+
+    def retry(self, item_id: int) -> ExceptionOutcome:
+        if self._runner is None:
+            return ExceptionOutcome("not_retryable", "this server has no saga runner: use "
+                                    "`cardpay exceptions retry`")
+        return retry(self._uow, self._runner, item_id)
 
     def list(self, *, include_resolved: bool = False,
              limit: int | None = None) -> list[QuarantinedRow]:

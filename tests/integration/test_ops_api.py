@@ -176,3 +176,15 @@ def test_health_metrics_and_the_network_need_no_bearer_token(client: TestClient)
     unsigned = client.post("/v1/network/events", content=b"{}")
     assert unsigned.status_code == 401  # the network's signature, not a bearer token
     assert "WWW-Authenticate" not in unsigned.headers
+
+
+def test_a_card_network_exception_cannot_be_retried_only_resolved(
+        client: TestClient, store: PostgresTokenStore, seeded: dict[str, int]) -> None:
+    """Retry resumes a stuck saga (tests/integration/test_saga_worker.py shows it through this
+    route); a card-network exception has nothing cardpay can redo: 409 saying so."""
+    writer = store.create(["ops:write"]).token
+    item = seeded["unmatched_return:r1"]
+    answer = client.post(f"{EXCEPTIONS}/{item}/retry", headers=bearer(writer))
+    assert answer.status_code == 409, answer.text
+    assert answer.json()["error"] == "not_retryable" and "resolve" in answer.json()["reason"]
+    assert client.post(f"{EXCEPTIONS}/{item}/retry").status_code == 401

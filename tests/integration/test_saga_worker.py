@@ -148,8 +148,9 @@ def test_a_timer_set_before_a_restart_fires_after_it(pg_url: str,
         second.dispose()
 
 
+@pytest.mark.parametrize("via", ["cli_function", "api"])
 def test_an_advice_the_network_cannot_take_is_retried_then_an_exception_a_retry_completes(
-        pg_engine: Engine, recorder: AdviceRecorder) -> None:
+        pg_engine: Engine, recorder: AdviceRecorder, via: str) -> None:
     from cardpay.bootstrap.sagas import build_runner
     from cardpay.handlers.exceptions import retry
 
@@ -170,11 +171,33 @@ def test_an_advice_the_network_cannot_take_is_retried_then_an_exception_a_retry_
                               .where(quarantine.c.source == "saga:card_payment")).all()
     assert [r.reason for r in opened] == ["compensation_failed"]
 
-    # the network is back; a person retries the exception
+    # the network is back; a person retries the exception (`cardpay exceptions retry`, or
+    # the ops API: POST /v1/exceptions/{id}/retry with ops:write)
     recorder.failing = None
-    outcome = retry(unit_of_work_factory(pg_engine, "t"),
-                    build_runner(settings(), pg_engine, clock=clock), opened[0].id)
-    assert outcome.outcome == "retried", outcome
+    if via == "api":
+        from prometheus_client import CollectorRegistry
+        from starlette.testclient import TestClient
+
+        from cardpay.bootstrap.api import build_app
+        from cardpay.postgres.repositories.api_tokens import PostgresTokenStore
+
+        store = PostgresTokenStore(pg_engine)
+        reader = store.create(["ops:read"]).token
+        writer = store.create(["ops:write"]).token
+        with TestClient(build_app(settings(), pg_engine, registry=CollectorRegistry())) as api:
+            path = f"/v1/exceptions/{opened[0].id}/retry"
+            assert api.post(path, headers={"Authorization": f"Bearer {reader}"}
+                            ).status_code == 403
+            answer = api.post(path, headers={"Authorization": f"Bearer {writer}"})
+            assert answer.status_code == 200 and answer.json()["outcome"] == "retried", \
+                answer.text
+            missing = api.post("/v1/exceptions/999999/retry",
+                               headers={"Authorization": f"Bearer {writer}"})
+            assert missing.status_code == 404
+    else:
+        outcome = retry(unit_of_work_factory(pg_engine, "t"),
+                        build_runner(settings(), pg_engine, clock=clock), opened[0].id)
+        assert outcome.outcome == "retried", outcome
     until_idle(w)
     assert recorder.reversed_authorizations() == ["p1"]
     assert saga_status(pg_engine, "p1") == (SagaStatus.RUNNING, "reversed")
