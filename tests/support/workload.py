@@ -74,3 +74,15 @@ def stored_rows(engine: Engine) -> dict[str, PaymentRow]:
     with PostgresProjectionUnitOfWork(engine) as uow:
         ids = [r[0] for r in uow.conn.execute(select(rm_payments.c.payment_id))]
         return uow.get_payments(ids)
+
+
+def read_model_rows(engine: Engine) -> int:
+    """Rows of every table the payments projector owns (what `projections reset` deletes)."""
+    from sqlalchemy import func
+
+    from cardpay.bootstrap.project import READ_MODELS
+    from cardpay.postgres.schema import metadata
+
+    with engine.connect() as conn:
+        return sum(int(conn.execute(select(func.count()).select_from(metadata.tables[t]))
+                       .scalar_one()) for t in READ_MODELS["payments"])
