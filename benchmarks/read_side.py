@@ -43,6 +43,9 @@ import contextlib
 import heapq
 import os
 import random
+import re
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -52,11 +55,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Connection, Engine, func, select, text
 
 from benchmarks.machine import describe
 from cardpay.bootstrap import PAYMENTS, database, payments_projector
-from cardpay.bootstrap.project import READ_MODELS, run_projector
+from cardpay.bootstrap.project import READ_MODELS, reset_projection, run_projector
 from cardpay.bootstrap.rebuild import KEYS as TABLE_KEYS
 from cardpay.bootstrap.rebuild import (
     SUFFIX,
@@ -222,15 +225,16 @@ def interleaved(total: int, days: int, seed: int, mix: Mix) -> Iterator[DomainEv
     # the loop ends with `total` sent; what is left in the heap was still to come
 
 
-def write(engine: Engine, total: int, days: int, seed: int, per_transaction: int
-          ) -> tuple[Mix, float]:
-    """Append the workload through the event store; (its mix, seconds)."""
+def write(engine: Engine, total: int, days: int, seed: int, per_transaction: int,
+          outbox_topic: str | None = None) -> tuple[Mix, float]:
+    """Append the workload through the event store (with `outbox_topic`, with the outbox rows
+    the relay publishes, as the services write them); (its mix, seconds)."""
     mix = Mix()
     started = time.perf_counter()
     chunk: list[DomainEvent] = []
 
     def flush() -> None:
-        with PostgresUnitOfWork(engine) as uow:
+        with PostgresUnitOfWork(engine, outbox_topic=outbox_topic) as uow:
             uow.events.append(chunk)
             uow.commit()
         for event in chunk:
@@ -286,15 +290,134 @@ def after_swap(engine: Engine, result: RebuildResult) -> tuple[list[str], float]
         if left:
             wrong.append(f"shadow tables left: {', '.join(left)}")
         for check in result.tables:
-            columns = [str(col) for (col,) in conn.execute(text(
-                "SELECT column_name FROM information_schema.columns WHERE table_schema = "
-                "current_schema() AND table_name = :t AND column_name <> 'updated_at' "
-                "ORDER BY ordinal_position"), {"t": check.table})]
-            rows, digest = checksum(conn, check.table, columns, TABLE_KEYS[check.table])
+            rows, digest = _checksum(conn, check.table)
             if (rows, digest) != (check.rows_rebuilt, check.checksum_rebuilt):
                 wrong.append(f"{check.table}: the live table is not the rebuilt one "
                              f"({rows} rows, {digest})")
     return wrong, time.perf_counter() - started
+
+
+@dataclass
+class KafkaRun:
+    consumers: int
+    applied: list[int]
+    """Events each `cardpay project` process says it applied."""
+    from_start: float
+    """Seconds from starting the processes until every record's position is stored."""
+    from_first: float
+    """Seconds from the first stored position (the first batch of the group) to the last."""
+    equal: bool
+    """The tables it built equal the rebuilt ones (checksums)."""
+
+
+ROOT = Path(__file__).resolve().parents[1]
+APPLIED = re.compile(r"applied (\d+) events")
+
+
+def _topic_progress(engine: Engine, topic: str) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(text(
+            "SELECT coalesce(sum(position), 0) FROM consumer_positions WHERE consumer = :c "
+            "AND source LIKE :t"), {"c": PAYMENTS, "t": f"{topic}:%"}).scalar_one())
+
+
+async def _end_offsets(bootstrap: str, topic: str, partitions: int) -> int:
+    """The sum of the topic's end offsets: what the stored positions add up to when done."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in range(partitions)])
+        return sum(int(offset) for offset in ends.values())
+    finally:
+        await consumer.stop()
+
+
+def publish(url: str, bootstrap: str, topic: str) -> float:
+    """`cardpay relay --until-idle`: the outbox to the topic (not part of the result)."""
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "cardpay.cli.main", "relay", "--until-idle",
+                    "--batch-size", "2000"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL,
+                   env={**os.environ, "CARDPAY_DATABASE_URL": url,
+                        "CARDPAY_KAFKA_BOOTSTRAP": bootstrap, "CARDPAY_KAFKA_TOPIC": topic})
+    return time.perf_counter() - started
+
+
+def project_kafka(engine: Engine, url: str, bootstrap: str, topic: str, ends: int,
+                  consumers: int, batch_size: int, expected: dict[str, tuple[int, str]],
+                  timeout: float) -> KafkaRun:
+    """From an empty read model: `consumers` `cardpay project` processes in one fresh consumer
+    group (ADR 0016) until the stored positions cover every record, then SIGTERM."""
+    reset_projection(engine, PAYMENTS)
+    group = f"readbench-{consumers}-{random.randrange(10**9)}"
+    env = {**os.environ, "CARDPAY_DATABASE_URL": url, "CARDPAY_KAFKA_BOOTSTRAP": bootstrap,
+           "CARDPAY_KAFKA_TOPIC": topic, "CARDPAY_KAFKA_GROUP": group}
+    with tempfile.TemporaryDirectory(prefix="cardpay-readbench-kafka-") as tmp:
+        outs = [Path(tmp) / f"{i}.out" for i in range(consumers)]
+        started = time.perf_counter()
+        procs = []
+        for out in outs:
+            with out.open("wb") as sink:
+                procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "cardpay.cli.main", "project", "--batch-size",
+                     str(batch_size)], cwd=ROOT, env=env, stdout=sink,
+                    stderr=subprocess.DEVNULL))
+        first: float | None = None
+        try:
+            while (done := _topic_progress(engine, topic)) < ends:
+                if first is None and done > 0:
+                    first = time.perf_counter()
+                if any(p.poll() is not None for p in procs):
+                    raise RuntimeError("a `cardpay project` process exited early")
+                if time.perf_counter() - started > timeout:
+                    raise RuntimeError(f"not done after {timeout:.0f} s ({done} of {ends})")
+                time.sleep(0.05)
+            finished = time.perf_counter()
+        finally:
+            for proc in procs:
+                proc.send_signal(signal.SIGTERM)
+            for proc in procs:
+                proc.wait(timeout=60)
+        applied = []
+        for out in outs:
+            found = APPLIED.search(out.read_text())
+            applied.append(int(found.group(1)) if found else -1)
+    with engine.connect() as conn:
+        equal = all(_checksum(conn, table) == expected[table] for table in TABLES)
+    return KafkaRun(consumers, applied, finished - started,
+                    finished - (first if first is not None else started), equal)
+
+
+def _checksum(conn: Connection, table: str) -> tuple[int, str]:
+    columns = [str(col) for (col,) in conn.execute(text(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = "
+        "current_schema() AND table_name = :t AND column_name <> 'updated_at' "
+        "ORDER BY ordinal_position"), {"t": table})]
+    return checksum(conn, table, columns, TABLE_KEYS[table])
+
+
+def run_kafka(engine: Engine, topic: str, args: argparse.Namespace, rebuilt: RebuildResult
+              ) -> list[KafkaRun]:
+    """A local broker (the tests' harness, `cardpay.devstack.kafka_broker`), the outbox
+    published to a topic of `--partitions`, then 1 and 2 consumers from an empty read model."""
+    from cardpay.devstack.kafka_broker import KafkaBroker
+
+    url = engine.url.render_as_string(hide_password=False)
+    expected = {t.table: (t.rows_rebuilt, t.checksum_rebuilt) for t in rebuilt.tables}
+    broker = KafkaBroker(fast_startup=False)
+    broker.start()
+    try:
+        broker.create_topic(topic, args.partitions)
+        seconds = publish(url, broker.bootstrap_servers, topic)
+        print(f"kafka: {args.events:,} records published to {args.partitions} partitions in "
+              f"{seconds:.1f} s (`cardpay relay`, not part of the result)", flush=True)
+        ends = asyncio.run(_end_offsets(broker.bootstrap_servers, topic, args.partitions))
+        return [project_kafka(engine, url, broker.bootstrap_servers, topic, ends, n,
+                              args.live_batch_size, expected, args.kafka_timeout)
+                for n in (1, 2)]
+    finally:
+        broker.stop()
 
 
 @contextlib.contextmanager
@@ -332,11 +455,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="events per write transaction (10,000)")
     parser.add_argument("--days", type=int, default=14, help="days the payments start over (14)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--kafka", action="store_true",
+                        help="also: the projection through Kafka, 1 and 2 `cardpay project` "
+                             "consumers in one group (starts a local broker)")
+    parser.add_argument("--partitions", type=int, default=4, help="with --kafka: the topic's (4)")
+    parser.add_argument("--kafka-timeout", type=float, default=1800.0,
+                        help="with --kafka: seconds a run may take (1800)")
     args = parser.parse_args(argv)
     if min(args.events, args.batch_size, args.live_batch_size, args.write_batch, args.days) < 1:
         parser.error("--events, the batch sizes and --days must be at least 1")
 
     print(describe())
+    topic = f"readbench-{random.randrange(10**9)}" if args.kafka else None
+    kafka_runs: list[KafkaRun] = []
     with settings_for_run() as settings, database(settings) as engine:
         print(server_facts(engine) + (" (CARDPAY_DATABASE_URL)" if settings.database_url
                                       else " (embedded, temp dir)"))
@@ -345,7 +476,8 @@ def main(argv: list[str] | None = None) -> int:
                 print("the database holds events already: give the benchmark an empty one",
                       file=sys.stderr)
                 return 2
-        mix, write_s = write(engine, args.events, args.days, args.seed, args.write_batch)
+        mix, write_s = write(engine, args.events, args.days, args.seed, args.write_batch,
+                             outbox_topic=topic)
         print(f"workload: {args.events:,} events of {mix.payments:,} payments over "
               f"{args.days} days, 2 tokens, {CARDHOLDERS} cards; written in {write_s:.1f} s "
               f"({rate(args.events, write_s)} events/s, {args.write_batch:,} per transaction; "
@@ -378,6 +510,8 @@ def main(argv: list[str] | None = None) -> int:
         wrong, checksum_s = after_swap(engine, result) if not failed else ([], 0.0)
         failed += wrong
         caught_up = next((at for at, done in marks if done >= args.events), None)
+        if topic is not None and not failed:
+            kafka_runs = run_kafka(engine, topic, args, result)
 
     rows = [
         ("live projection (run_projector)", live.applied, live.seconds,
@@ -387,6 +521,14 @@ def main(argv: list[str] | None = None) -> int:
     ]
     print()
     print(f"{'step':<42} {'events':>11} {'seconds':>9} {'events/s':>10}  notes")
+    for run in kafka_runs:
+        note = (f"batch {args.live_batch_size}, {args.partitions} partitions, applied per "
+                f"process {run.applied}, {run.from_start:.2f} s from the processes' start; "
+                f"{'equal to the rebuilt tables' if run.equal else 'DIFFERS from the rebuilt tables'}")
+        rows.append((f"Kafka, {run.consumers} consumer{'s' if run.consumers > 1 else ''} "
+                     "in one group", sum(run.applied), run.from_first, note))
+        if not run.equal:
+            failed.append(f"the projection through Kafka with {run.consumers} consumers differs")
     for name, n, seconds, note in rows:
         print(f"{name:<42} {n:>11,} {seconds:>9.2f} {rate(n, seconds):>10}  {note}")
     if caught_up is not None:
