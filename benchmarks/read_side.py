@@ -68,6 +68,7 @@ from cardpay.bootstrap.rebuild import (
     checksum,
     rebuild_projection,
 )
+from cardpay.devstack.kafka_broker import KafkaBroker
 from cardpay.postgres.schema import events as events_table
 from cardpay.postgres.schema import quarantine
 from cardpay.postgres.uow import PostgresUnitOfWork
@@ -302,10 +303,11 @@ class KafkaRun:
     consumers: int
     applied: list[int]
     """Events each `cardpay project` process says it applied."""
-    from_start: float
-    """Seconds from starting the processes until every record's position is stored."""
-    from_first: float
-    """Seconds from the first stored position (the first batch of the group) to the last."""
+    seconds: float
+    """From the first stored position (the group's first batch) to the last."""
+    relay_seconds: float
+    """How long `cardpay relay` took to publish everything (it runs meanwhile)."""
+    records: int
     equal: bool
     """The tables it built equal the rebuilt ones (checksums)."""
 
@@ -334,47 +336,80 @@ async def _end_offsets(bootstrap: str, topic: str, partitions: int) -> int:
         await consumer.stop()
 
 
-def publish(url: str, bootstrap: str, topic: str) -> float:
-    """`cardpay relay --until-idle`: the outbox to the topic (not part of the result)."""
-    started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "cardpay.cli.main", "relay", "--until-idle",
-                    "--batch-size", "2000"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL,
-                   env={**os.environ, "CARDPAY_DATABASE_URL": url,
-                        "CARDPAY_KAFKA_BOOTSTRAP": bootstrap, "CARDPAY_KAFKA_TOPIC": topic})
-    return time.perf_counter() - started
+ASSIGNMENT = re.compile(r"group \S+: (assigned|revoked) partitions (\d+(?:,\d+)*|none)")
 
 
-def project_kafka(engine: Engine, url: str, bootstrap: str, topic: str, ends: int,
-                  consumers: int, batch_size: int, expected: dict[str, tuple[int, str]],
-                  timeout: float) -> KafkaRun:
-    """From an empty read model: `consumers` `cardpay project` processes in one fresh consumer
-    group (ADR 0016) until the stored positions cover every record, then SIGTERM."""
-    reset_projection(engine, PAYMENTS)
-    group = f"readbench-{consumers}-{random.randrange(10**9)}"
+def _owned(log: Path) -> frozenset[int]:
+    """The partitions a `cardpay -v project` process holds now, from its log."""
+    owned: frozenset[int] = frozenset()
+    for kind, listed in ASSIGNMENT.findall(log.read_text(errors="replace")):
+        parts = frozenset() if listed == "none" else frozenset(map(int, listed.split(",")))
+        owned = parts if kind == "assigned" else owned - parts
+    return owned
+
+
+def project_kafka(engine: Engine, url: str, broker: KafkaBroker, consumers: int,
+                  args: argparse.Namespace, expected: dict[str, tuple[int, str]]) -> KafkaRun:
+    """From an empty read model and a fresh topic: `consumers` `cardpay project` processes join
+    one fresh consumer group (ADR 0016) and share the partitions; only then is the whole outbox
+    published to the topic (`cardpay relay`), so each consumes its share from the first record.
+    Done when the stored positions reach the topic's end offsets; then SIGTERM."""
+    reset_projection(engine, PAYMENTS, republish=True)
+    topic = f"readbench-{consumers}-{random.randrange(10**9)}"
+    with engine.begin() as conn:  # the relay sends each row to the topic it names
+        conn.execute(text("UPDATE outbox SET topic = :t"), {"t": topic})
+    broker.create_topic(topic, args.partitions)
+    bootstrap = broker.bootstrap_servers
     env = {**os.environ, "CARDPAY_DATABASE_URL": url, "CARDPAY_KAFKA_BOOTSTRAP": bootstrap,
-           "CARDPAY_KAFKA_TOPIC": topic, "CARDPAY_KAFKA_GROUP": group}
+           "CARDPAY_KAFKA_TOPIC": topic, "CARDPAY_KAFKA_GROUP": f"{topic}-group"}
+    everything = frozenset(range(args.partitions))
     with tempfile.TemporaryDirectory(prefix="cardpay-readbench-kafka-") as tmp:
         outs = [Path(tmp) / f"{i}.out" for i in range(consumers)]
-        started = time.perf_counter()
+        logs = [Path(tmp) / f"{i}.log" for i in range(consumers)]
         procs = []
-        for out in outs:
-            with out.open("wb") as sink:
+        for out, log in zip(outs, logs, strict=True):
+            with out.open("wb") as sink, log.open("wb") as err:
                 procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "cardpay.cli.main", "project", "--batch-size",
-                     str(batch_size)], cwd=ROOT, env=env, stdout=sink,
-                    stderr=subprocess.DEVNULL))
-        first: float | None = None
+                    [sys.executable, "-m", "cardpay.cli.main", "-v", "project", "--batch-size",
+                     str(args.live_batch_size)], cwd=ROOT, env=env, stdout=sink, stderr=err))
+        relay: subprocess.Popen[bytes] | None = None
+        started = time.perf_counter()
         try:
-            while (done := _topic_progress(engine, topic)) < ends:
-                if first is None and done > 0:
-                    first = time.perf_counter()
+            def alive() -> None:
                 if any(p.poll() is not None for p in procs):
                     raise RuntimeError("a `cardpay project` process exited early")
-                if time.perf_counter() - started > timeout:
-                    raise RuntimeError(f"not done after {timeout:.0f} s ({done} of {ends})")
+                if time.perf_counter() - started > args.kafka_timeout:
+                    raise RuntimeError(f"not done after {args.kafka_timeout:.0f} s")
+
+            while True:  # every member holds partitions, together all of them
+                owned = [_owned(log) for log in logs]
+                if all(owned) and frozenset().union(*owned) == everything and \
+                        sum(map(len, owned)) == len(everything):
+                    break
+                alive()
+                time.sleep(0.1)
+            started = time.perf_counter()
+            relay = subprocess.Popen(
+                [sys.executable, "-m", "cardpay.cli.main", "relay", "--until-idle",
+                 "--batch-size", "2000"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, env={**env, "CARDPAY_KAFKA_GROUP": ""})
+            ends: int | None = None
+            first: float | None = None
+            relay_s = 0.0
+            while ends is None or (done := _topic_progress(engine, topic)) < ends:
+                if first is None and _topic_progress(engine, topic) > 0:
+                    first = time.perf_counter()
+                if ends is None and relay.poll() is not None:
+                    if relay.returncode != 0:
+                        raise RuntimeError(f"`cardpay relay` failed ({relay.returncode})")
+                    relay_s = time.perf_counter() - started
+                    ends = asyncio.run(_end_offsets(bootstrap, topic, args.partitions))
+                alive()
                 time.sleep(0.05)
             finished = time.perf_counter()
         finally:
+            if relay is not None and relay.poll() is None:
+                relay.kill()
             for proc in procs:
                 proc.send_signal(signal.SIGTERM)
             for proc in procs:
@@ -385,8 +420,8 @@ def project_kafka(engine: Engine, url: str, bootstrap: str, topic: str, ends: in
             applied.append(int(found.group(1)) if found else -1)
     with engine.connect() as conn:
         equal = all(_checksum(conn, table) == expected[table] for table in TABLES)
-    return KafkaRun(consumers, applied, finished - started,
-                    finished - (first if first is not None else started), equal)
+    return KafkaRun(consumers, applied, finished - (first if first is not None else started),
+                    relay_s, done, equal)
 
 
 def _checksum(conn: Connection, table: str) -> tuple[int, str]:
@@ -397,25 +432,16 @@ def _checksum(conn: Connection, table: str) -> tuple[int, str]:
     return checksum(conn, table, columns, TABLE_KEYS[table])
 
 
-def run_kafka(engine: Engine, topic: str, args: argparse.Namespace, rebuilt: RebuildResult
+def run_kafka(engine: Engine, args: argparse.Namespace, rebuilt: RebuildResult
               ) -> list[KafkaRun]:
-    """A local broker (the tests' harness, `cardpay.devstack.kafka_broker`), the outbox
-    published to a topic of `--partitions`, then 1 and 2 consumers from an empty read model."""
-    from cardpay.devstack.kafka_broker import KafkaBroker
-
+    """A local broker (the tests' harness, `cardpay.devstack.kafka_broker`), then 1 and 2
+    consumers, each run from an empty read model on a fresh topic."""
     url = engine.url.render_as_string(hide_password=False)
     expected = {t.table: (t.rows_rebuilt, t.checksum_rebuilt) for t in rebuilt.tables}
     broker = KafkaBroker(fast_startup=False)
     broker.start()
     try:
-        broker.create_topic(topic, args.partitions)
-        seconds = publish(url, broker.bootstrap_servers, topic)
-        print(f"kafka: {args.events:,} records published to {args.partitions} partitions in "
-              f"{seconds:.1f} s (`cardpay relay`, not part of the result)", flush=True)
-        ends = asyncio.run(_end_offsets(broker.bootstrap_servers, topic, args.partitions))
-        return [project_kafka(engine, url, broker.bootstrap_servers, topic, ends, n,
-                              args.live_batch_size, expected, args.kafka_timeout)
-                for n in (1, 2)]
+        return [project_kafka(engine, url, broker, n, args, expected) for n in (1, 2)]
     finally:
         broker.stop()
 
@@ -466,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--events, the batch sizes and --days must be at least 1")
 
     print(describe())
-    topic = f"readbench-{random.randrange(10**9)}" if args.kafka else None
+    topic = "cardpay.payments" if args.kafka else None
     kafka_runs: list[KafkaRun] = []
     with settings_for_run() as settings, database(settings) as engine:
         print(server_facts(engine) + (" (CARDPAY_DATABASE_URL)" if settings.database_url
@@ -511,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
         failed += wrong
         caught_up = next((at for at, done in marks if done >= args.events), None)
         if topic is not None and not failed:
-            kafka_runs = run_kafka(engine, topic, args, result)
+            kafka_runs = run_kafka(engine, args, result)
 
     rows = [
         ("live projection (run_projector)", live.applied, live.seconds,
@@ -523,10 +549,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'step':<42} {'events':>11} {'seconds':>9} {'events/s':>10}  notes")
     for run in kafka_runs:
         note = (f"batch {args.live_batch_size}, {args.partitions} partitions, applied per "
-                f"process {run.applied}, {run.from_start:.2f} s from the processes' start; "
-                f"{'equal to the rebuilt tables' if run.equal else 'DIFFERS from the rebuilt tables'}")
+                f"process {run.applied}, relay done after {run.relay_seconds:.2f} s; "
+                + ("equal to the rebuilt tables" if run.equal
+                   else "DIFFERS from the rebuilt tables"))
         rows.append((f"Kafka, {run.consumers} consumer{'s' if run.consumers > 1 else ''} "
-                     "in one group", sum(run.applied), run.from_first, note))
+                     "in one group", sum(run.applied), run.seconds, note))
         if not run.equal:
             failed.append(f"the projection through Kafka with {run.consumers} consumers differs")
     for name, n, seconds, note in rows:
