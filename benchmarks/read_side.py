@@ -2,7 +2,7 @@
 and swapped in (issue 9's goal: a rebuild of 1,000,000 events in at most 60 s).
 
     python -m benchmarks.read_side [--events 1000000] [--batch-size 2000] [--live-batch-size 500]
-                                   [--days 14] [--seed 1]
+                                   [--days 14] [--seed 1] [--kafka [--partitions 4]]
 
 Steps, one after the other, on one PostgreSQL (embedded, in a temp dir; or CARDPAY_DATABASE_URL,
 which must hold no events: the benchmark writes its own):
@@ -14,9 +14,9 @@ which must hold no events: the benchmark writes its own):
    settlements, reversals and expiries (refunds of the spend), returns (refunds of the excess),
    holds still open at the end; two tokens (EURe 18 decimals, USDCe 6), `--days` days. The
    streams are interleaved in time order, as the feed would hold them, and appended through
-   `PostgresEventStore.append` in transactions of `--write-batch` events (no API, no outbox):
-   this measures the read side, not the write side. The last payments may be cut mid-life (in
-   flight when the feed ends), as in a live system.
+   `PostgresEventStore.append` in transactions of `--write-batch` events (no API; outbox rows
+   only with `--kafka`): this measures the read side, not the write side. The last payments may
+   be cut mid-life (in flight when the feed ends), as in a live system.
 2. Live projection from scratch: `cardpay.bootstrap.payments_projector` on the PostgreSQL log
    feed, run by `cardpay project`'s loop (`run_projector(until_idle=True)`), batches of
    `--live-batch-size` (`cardpay project`'s default, 500). Events applied per second of the whole
@@ -28,11 +28,20 @@ which must hold no events: the benchmark writes its own):
    (everything it does) and events per second. Then checked: it says equal and swapped, no shadow
    table is left, and the live tables' checksums now are the rebuilt ones'.
 
-Printed: the machine, PostgreSQL's version and settings, the workload, one table. The exit status
-is 1 when the rebuilt tables differ from the live ones (or the swap did not happen), else 0.
+4. With `--kafka`: a local broker (`cardpay.devstack.kafka_broker`, the tests' harness, with the
+   full JIT as benchmarks run it), then twice, with 1 and with 2 consumers: the read model and
+   positions reset (`reset_projection(..., republish=True)`), a fresh topic of `--partitions`,
+   that many `cardpay project --batch-size <--live-batch-size>` processes in one fresh consumer
+   group (`CARDPAY_KAFKA_GROUP`, ADR 0016), waited for until they share every partition; only
+   then `cardpay relay --until-idle` publishes the outbox, so each consumer has its share from
+   the first record. Events per second from the first stored position to the last (the
+   positions reach the topic's end offsets). The relay runs meanwhile: when it finishes near the
+   projection's end, it was the bound, not the consumers (its time is printed). The tables built
+   are checked equal to the rebuilt ones.
 
-Not here yet: the same projection through Kafka with 1 and 2 `cardpay project` consumers in one
-group (issue 9's third figure).
+Printed: the machine, PostgreSQL's version and settings, the workload, one table. The exit status
+is 1 when the rebuilt tables differ from the live ones (or the swap did not happen, or a Kafka
+run built other tables), else 0.
 """
 
 from __future__ import annotations
