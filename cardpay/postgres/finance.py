@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, get_args
 
-from sqlalchemy import Connection, Engine, and_, func, literal, select, tuple_
+from sqlalchemy import ColumnElement, Connection, Engine, and_, func, literal, select, tuple_
 
 from cardpay.handlers.finance import BadQuery, NetworkStatus, PaymentFilter, UnknownCard
 from cardpay.postgres.schema import cards, events, rm_daily, rm_payments
@@ -49,6 +49,15 @@ def token_code(currency: str) -> str:
             return token.code
     known = sorted(FIAT_CURRENCIES) + sorted(t.code for t in FIAT_TOKENS.values())
     raise BadQuery(f"unknown currency {currency!r}: one of {', '.join(known)}")
+
+
+def _of_card(conn: Connection, card_id: str) -> ColumnElement[bool]:
+    """The payments of one card: its Safe's, in its token (UnknownCard if not registered)."""
+    card = conn.execute(select(cards.c.safe, cards.c.currency)
+                        .where(cards.c.card_id == card_id)).first()
+    if card is None:
+        raise UnknownCard(f"no card {card_id!r}")
+    return and_(rm_payments.c.account == card.safe, rm_payments.c.currency == card.currency)
 
 
 def encode_cursor(first_at: datetime | None, payment_id: str) -> str:
@@ -88,11 +97,7 @@ def payments_page(conn: Connection, f: PaymentFilter, *, after: str | None = Non
     if f.currency is not None:
         query = query.where(p.c.currency == token_code(f.currency))
     if f.card is not None:
-        card = conn.execute(select(cards.c.safe, cards.c.currency)
-                            .where(cards.c.card_id == f.card)).first()
-        if card is None:
-            raise UnknownCard(f"no card {f.card!r}")
-        query = query.where(and_(p.c.account == card.safe, p.c.currency == card.currency))
+        query = query.where(_of_card(conn, f.card))
     if f.day is not None:
         start = datetime(f.day.year, f.day.month, f.day.day, tzinfo=UTC)
         query = query.where(p.c.first_at >= start, p.c.first_at < start + timedelta(days=1))
@@ -149,11 +154,7 @@ def holds(conn: Connection, *, account: str | None = None, card: str | None = No
     if account is not None:
         query = query.where(p.c.account == account.lower())
     if card is not None:
-        found = conn.execute(select(cards.c.safe, cards.c.currency)
-                             .where(cards.c.card_id == card)).first()
-        if found is None:
-            raise UnknownCard(f"no card {card!r}")
-        query = query.where(p.c.account == found.safe, p.c.currency == found.currency)
+        query = query.where(_of_card(conn, card))
     return [payment_record(r._mapping)
             for r in conn.execute(query.order_by(p.c.expires_at, p.c.payment_id))]
 

@@ -10,12 +10,9 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -48,9 +45,9 @@ from domain.settlement import BatchStatus
 from listener.ports import BlockRef, ChainBatch, Cursor
 from sagas import settlement
 from sagas.settlement import SettlementSaga
+from tests.support.cli import run_cardpay
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[2]
 DAY = date(2026, 12, 2)
 T0 = datetime(2026, 12, 2, 9, tzinfo=UTC)
 CUT = datetime(2026, 12, 3, 2, tzinfo=UTC)
@@ -64,10 +61,7 @@ PAYMENTS = {"a1": 1_000, "a2": 550}
 
 
 def cardpay(pg_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("CARDPAY_")}
-    return subprocess.run([sys.executable, "-m", "cardpay.cli.main", *args], cwd=ROOT,
-                          env={**base, "CARDPAY_DATABASE_URL": pg_url},
-                          capture_output=True, text=True, timeout=120)
+    return run_cardpay(args, {"CARDPAY_DATABASE_URL": pg_url})
 
 
 def block_hash(n: int) -> str:
