@@ -3,8 +3,8 @@
 #   .venv/               Python 3.11 virtualenv with cardpay (editable) and the pinned dependencies
 #   node_modules/        Anvil (@foundry-rs/anvil) and solc (solcjs), pinned by package-lock.json
 #   ~/.cache/cardpay/    Apache Kafka broker jars, fetched with Maven (tools/kafka/pom.xml)
-#   chromium             Debian's chromium and chromium-driver, for the finance page's browser test
-#                        (apt-get, as root or with sudo; CARDPAY_SKIP_BROWSER=1 skips it)
+#   Debian packages      chromium and chromium-driver, for the finance page's browser test
+#                        (apt-get, as root or with sudo; CARDPAY_SKIP_BROWSER=1 skips them)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,18 +24,27 @@ if [ "${CARDPAY_SKIP_KAFKA:-0}" != "1" ]; then
   echo "setup: fetching the Kafka broker jars with Maven"
   .venv/bin/python -c "from cardpay.devstack.kafka_broker import ensure_kafka_jars; print(ensure_kafka_jars())"
 fi
-if [ "${CARDPAY_SKIP_BROWSER:-0}" != "1" ] && \
-   { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; }; then
-  echo "setup: installing chromium and chromium-driver with apt-get (CARDPAY_SKIP_BROWSER=1 skips)"
+# Debian packages the tests use, each installed only when its command is missing:
+#   command:package ...
+DEBIAN_NEEDS=()
+if [ "${CARDPAY_SKIP_BROWSER:-0}" != "1" ]; then
+  DEBIAN_NEEDS+=(/usr/bin/chromium:chromium /usr/bin/chromedriver:chromium-driver)
+fi
+MISSING=()
+for need in "${DEBIAN_NEEDS[@]}"; do
+  [ -x "${need%%:*}" ] || MISSING+=("${need#*:}")
+done
+if [ "${#MISSING[@]}" -gt 0 ]; then
+  echo "setup: installing ${MISSING[*]} with apt-get (CARDPAY_SKIP_BROWSER=1 skips the browser)"
   SUDO=""
   if [ "$(id -u)" != "0" ]; then
     if ! command -v sudo >/dev/null; then
-      echo "setup: chromium is missing and this is not root: install chromium and chromium-driver, or set CARDPAY_SKIP_BROWSER=1" >&2
+      echo "setup: ${MISSING[*]} missing and this is not root: install them with apt-get, or set CARDPAY_SKIP_BROWSER=1 for the browser" >&2
       exit 1
     fi
     SUDO="sudo"
   fi
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${MISSING[@]}" >/dev/null
 fi
 echo "setup: done"
