@@ -42,6 +42,15 @@ class ParkedClearing:
     at: datetime
 
 
+NETWORK_EVENTS: tuple[type[e.DomainEvent], ...] = (
+    e.PaymentAuthorized, e.AuthorizationDeclined, e.AuthorizationAdvised,
+    e.AuthorizationIncreased, e.AuthorizationReversed, e.AuthorizationExpired, e.ClearingParked,
+    e.ClearingRecorded, e.PaymentForcePosted, e.FinancialAuthorizationRecorded, e.ReturnRecorded,
+    e.ReturnReversed)
+"""The events `NetworkState.apply` takes; the others are the chain side's (checked first, so a
+case added to `apply` without its type here is never reached)."""
+
+
 @dataclass(slots=True)
 class NetworkState:
     """The network side of a payment. Amounts are integer units of `currency`; the properties
@@ -69,6 +78,8 @@ class NetworkState:
     def apply(self, event: e.DomainEvent) -> bool:
         """Change by one of the payment's events; False when it is not a network event (the
         chain side's). Also what the read models use, so the figures there are these."""
+        if not isinstance(event, NETWORK_EVENTS):
+            return False
         match event:
             case e.PaymentAuthorized():
                 self._opened(event, event.amount, event.expires_at)

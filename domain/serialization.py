@@ -90,21 +90,64 @@ def _dump(value: Any) -> Any:
     return value
 
 
+Loader = typing.Callable[[Any], Any]
+_LOADERS: dict[Any, Loader] = {}
+
+
 def _load(hint: Any, raw: Any) -> Any:
+    return _loader(hint)(raw)
+
+
+def _loader(hint: Any) -> Loader:
+    """The reader of one type hint's JSON, made once per hint (the projector and the sagas
+    decode every stored event: the hints are looked at once, not per event)."""
+    found = _LOADERS.get(hint)
+    if found is None:
+        found = _LOADERS[hint] = _compile(hint)
+    return found
+
+
+def _compile(hint: Any) -> Loader:
     if typing.get_origin(hint) in (typing.Union, types.UnionType):  # X | None
-        if raw is None:
-            return None
         (inner,) = [a for a in typing.get_args(hint) if a is not type(None)]
-        return _load(inner, raw)
+        load_inner = _loader(inner)
+        return lambda raw: None if raw is None else load_inner(raw)
     if hint is Money:
-        return Money(int(raw["units"]), Currency(raw["currency"], int(raw["decimals"])))
+        return _money
     if hint is datetime:
-        value = datetime.fromisoformat(raw)
-        if value.tzinfo is None:
-            raise ValueError(f"naive datetime {raw!r} in an event; use UTC-aware times")
-        return value
+        return _datetime
     if dataclasses.is_dataclass(hint) and isinstance(hint, type):
-        return hint(**{k: _load(h, raw[k]) for k, h in _hints(hint).items()})
+        cls = hint
+        parts = [(name, _loader(h)) for name, h in _hints(cls).items()]
+        return lambda raw: cls(**{name: load(raw[name]) for name, load in parts})
+    return _as_is
+
+
+def _money(raw: Any) -> Money:
+    return Money(int(raw["units"]), _currency(raw["currency"], int(raw["decimals"])))
+
+
+_CURRENCIES: dict[tuple[str, int], Currency] = {}
+
+
+def _currency(code: str, decimals: int) -> Currency:
+    """One `Currency` per (code, decimals) read (it is immutable): checked once, not per amount."""
+    found = _CURRENCIES.get((code, decimals))
+    if found is None:
+        found = Currency(code, decimals)
+        if len(_CURRENCIES) < 1024:  # a handful in practice; bounded whatever the input
+            _CURRENCIES[(code, decimals)] = found
+    return found
+
+
+def _datetime(raw: Any) -> datetime:
+    value = datetime.fromisoformat(raw)
+    if value.tzinfo is None:
+        raise ValueError(f"naive datetime {raw!r} in an event; use UTC-aware times")
+    return value
+
+
+def _as_is(raw: Any) -> Any:
     return raw
 
 
@@ -154,11 +197,11 @@ def from_recorded(recorded: RecordedEvent) -> DomainEvent:
     data = upcast(recorded.type, recorded.data)
     payload = data["payload"]
     meta = data["meta"]
-    fields = {name: _load(hints[name], payload[name]) for name in payload}
+    fields = {name: _loader(hints[name])(payload[name]) for name in payload}
     return cls(
         stream_id=recorded.stream_id,
         version=recorded.version,
-        occurred_at=_load(datetime, meta["occurred_at"]),
+        occurred_at=_datetime(meta["occurred_at"]),
         correlation_id=meta["correlation_id"],
         causation_id=meta["causation_id"],
         **fields,

@@ -12,6 +12,8 @@ the same deltas from the start of the feed.
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from datetime import date
 
@@ -39,15 +41,18 @@ class DayFigures:
     settled: int = 0
 
     def __add__(self, other: DayFigures) -> DayFigures:
-        return DayFigures(*(getattr(self, f.name) + getattr(other, f.name)
-                            for f in fields(self)))
+        return DayFigures(*map(operator.add, _values(self), _values(other)))
 
     @property
     def is_zero(self) -> bool:
-        return all(getattr(self, f.name) == 0 for f in fields(self))
+        return not any(_values(self))
 
     def as_dict(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return dict(zip(_NAMES, _values(self), strict=True))
+
+
+_NAMES = tuple(f.name for f in fields(DayFigures))
+_values: Callable[[DayFigures], tuple[int, ...]] = operator.attrgetter(*_NAMES)
 
 
 DayKey = tuple[date, str]

@@ -14,11 +14,13 @@ event that skips a version is refused with `OutOfOrder`; the runner quarantines 
 from __future__ import annotations
 
 import dataclasses
+import operator
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from domain import events as e
-from domain.card_network import Network, NetworkState
+from domain.card_network import NETWORK_EVENTS, Network, NetworkState
 from domain.money import Currency
 from projector.errors import OutOfOrder
 
@@ -78,53 +80,66 @@ def evolve(row: PaymentRow | None, event: e.DomainEvent) -> PaymentRow:
     if row is None:
         row = PaymentRow(payment_id=event.stream_id, status="new", last_version=0,
                          first_at=event.occurred_at)
-    row = dataclasses.replace(row, last_version=event.version, last_at=event.occurred_at)
-    row = _network(row, event)
+    # one new row per event (a rebuild evolves a million): the network side's changes, then the
+    # chain side's, both read from the row before the event and merged, the chain side's last
+    changes: dict[str, Any] = {"last_version": event.version, "last_at": event.occurred_at}
+    if isinstance(event, NETWORK_EVENTS):
+        changes.update(_network(row, event))
+    changes.update(_chain(row, event))
+    values = dict(zip(_FIELDS, _ALL(row), strict=True))
+    values.update(changes)
+    return PaymentRow(**values)
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(PaymentRow))
+_ALL = operator.attrgetter(*_FIELDS)
+
+
+def _chain(row: PaymentRow, event: e.DomainEvent) -> dict[str, Any]:
+    """The chain side's and the lifecycle's fields after `event`."""
     match event:
         case e.PaymentAuthorized():
-            return dataclasses.replace(
-                row, status="authorized", account=event.account,
-                currency=event.amount.currency.code, decimals=event.amount.currency.decimals,
-            )
+            return {"status": "authorized", "account": event.account,
+                    "currency": event.amount.currency.code,
+                    "decimals": event.amount.currency.decimals}
         case e.PaymentSpent():
             # a payment may be spent more than once (an incremental spend, a spend landing after
             # the payment was reversed): the spends add up; the status moves forward only
-            return dataclasses.replace(
-                row, status="held" if row.status in ("new", "authorized", "retracted")
-                else row.status, account=event.account,
-                currency=event.amount.currency.code, decimals=event.amount.currency.decimals,
-                spent=row.spent + event.amount.units, spend_tx=row.spend_tx or event.evidence.tx_hash,
-            )
+            return {"status": "held" if row.status in ("new", "authorized", "retracted")
+                    else row.status, "account": event.account,
+                    "currency": event.amount.currency.code,
+                    "decimals": event.amount.currency.decimals,
+                    "spent": row.spent + event.amount.units,
+                    "spend_tx": row.spend_tx or event.evidence.tx_hash}
         case e.PaymentCleared():
-            return dataclasses.replace(row, status="cleared", cleared=event.amount.units)
+            return {"status": "cleared", "cleared": event.amount.units}
         case e.PaymentReversed():
-            return dataclasses.replace(row, status="reversed")
+            return {"status": "reversed"}
         case e.PaymentRefunded():
-            return dataclasses.replace(row, refunded=row.refunded + event.amount.units,
-                                       refund_txs=(*row.refund_txs, event.evidence.tx_hash))
+            return {"refunded": row.refunded + event.amount.units,
+                    "refund_txs": (*row.refund_txs, event.evidence.tx_hash)}
         case e.PaymentSettled():
-            return dataclasses.replace(row, status="settled", settlement_batch=event.batch_id,
-                                       settled=(row.network_cleared - row.returned
-                                                if row.network_cleared else row.cleared or 0),
-                                       settled_at=event.occurred_at)
+            return {"status": "settled", "settlement_batch": event.batch_id,
+                    "settled": (row.network_cleared - row.returned
+                                if row.network_cleared else row.cleared or 0),
+                    "settled_at": event.occurred_at}
         case e.SpendRetracted():
             spent = 0 if event.amount is None else row.spent - event.amount.units
             if spent > 0:
-                return dataclasses.replace(row, spent=spent)
-            return dataclasses.replace(row, status="retracted" if row.status == "held"
-                                       else row.status, spent=0, spend_tx=None)
+                return {"spent": spent}
+            return {"status": "retracted" if row.status == "held" else row.status, "spent": 0,
+                    "spend_tx": None}
         case e.RefundRetracted():
             txs = list(row.refund_txs)
             if event.evidence.tx_hash in txs:
                 txs.remove(event.evidence.tx_hash)
-            return dataclasses.replace(row, refunded=row.refunded - event.amount.units,
-                                       refund_txs=tuple(txs))
+            return {"refunded": row.refunded - event.amount.units, "refund_txs": tuple(txs)}
         case _:
-            return row  # refund requested/submitted change nothing here
+            return {}  # refund requested/submitted change nothing here; network events: above
 
 
-def _network(row: PaymentRow, event: e.DomainEvent) -> PaymentRow:
-    """The network side after `event`, by `NetworkState.apply` on the row's figures."""
+def _network(row: PaymentRow, event: e.DomainEvent) -> dict[str, Any]:
+    """The network side's fields after `event`, by `NetworkState.apply` on the row's figures."""
     state = NetworkState(
         status=Network(row.network_status),
         currency=None if row.currency is None or row.decimals is None
@@ -136,19 +151,19 @@ def _network(row: PaymentRow, event: e.DomainEvent) -> PaymentRow:
         cleared_units=row.network_cleared, over_cleared_units=row.over_cleared,
         returned_units=row.returned)
     if not state.apply(event):
-        return row
+        return {}
     opened = state.authorized_units > 0 or state.status is not Network.NONE
     first_approval = row.authorized_at is None and state.authorized_units > 0
     first_clearing = row.cleared_at is None and state.cleared_units > 0
-    return dataclasses.replace(
-        row, network_status=state.status.value, merchant=state.merchant, mcc=state.mcc,
-        account=row.account or state.account,
-        currency=state.currency.code if state.currency else row.currency,
-        decimals=state.currency.decimals if state.currency else row.decimals,
-        authorized=state.authorized_units if opened else row.authorized,
-        held=state.held_units, posted=state.posted_units, reversed=state.reversed_units,
-        released=state.released_units, network_cleared=state.cleared_units,
-        over_cleared=state.over_cleared_units, returned=state.returned_units,
-        expires_at=state.expires_at,
-        authorized_at=event.occurred_at if first_approval else row.authorized_at,
-        cleared_at=event.occurred_at if first_clearing else row.cleared_at)
+    return {
+        "network_status": state.status.value, "merchant": state.merchant, "mcc": state.mcc,
+        "account": row.account or state.account,
+        "currency": state.currency.code if state.currency else row.currency,
+        "decimals": state.currency.decimals if state.currency else row.decimals,
+        "authorized": state.authorized_units if opened else row.authorized,
+        "held": state.held_units, "posted": state.posted_units,
+        "reversed": state.reversed_units, "released": state.released_units,
+        "network_cleared": state.cleared_units, "over_cleared": state.over_cleared_units,
+        "returned": state.returned_units, "expires_at": state.expires_at,
+        "authorized_at": event.occurred_at if first_approval else row.authorized_at,
+        "cleared_at": event.occurred_at if first_clearing else row.cleared_at}

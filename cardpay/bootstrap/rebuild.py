@@ -23,7 +23,8 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,8 +33,8 @@ from sqlalchemy import Connection, Engine, delete, text
 from cardpay.bootstrap import feed
 from cardpay.errors import CardpayError
 from cardpay.kafka.identity import forget_identity
+from cardpay.postgres.buffered import BufferedProjection
 from cardpay.postgres.schema import consumer_positions, quarantine
-from cardpay.postgres.uow import projection_uow_factory
 from cardpay.settings import Settings
 from projector.feed import BoundedFeed, Positions
 from projector.runner import Projector
@@ -90,6 +91,22 @@ class RebuildMismatch(RebuildError):
 
 def _lock(conn: Connection, key: str) -> None:
     conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": key})
+
+
+@contextmanager
+def _rebuild_lock(engine: Engine, name: str) -> Iterator[None]:
+    """One rebuild or verify of a projector at a time (they share the shadow tables): a
+    session lock held for the whole run, on its own connection; a second one is refused."""
+    with engine.connect() as conn:
+        key = f"rebuild:{name}"
+        if not conn.execute(text("SELECT pg_try_advisory_lock(hashtext(:k))"), {"k": key}).scalar():
+            raise RebuildError(f"a rebuild or verify of {name} is running already; wait for it "
+                               "to end")
+        try:
+            yield
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(hashtext(:k))"), {"k": key})
+            conn.commit()
 
 
 def _live_positions(conn: Connection, name: str) -> dict[str, int]:
@@ -167,64 +184,70 @@ def _forget(conn: Connection, consumer: str) -> None:
 
 def rebuild_projection(settings: Settings, engine: Engine, name: str, tables: tuple[str, ...],
                        *, swap: bool, progress: Progress | None = None,
-                       batch_size: int = 2000, rounds: int = 5) -> RebuildResult:
+                       batch_size: int = 2000, rounds: int = 5,
+                       flush_rows: int = 100_000) -> RebuildResult:
     """Rebuild (`swap`) or verify projector `name`'s `tables`. Raises `RebuildMismatch` when
     the rebuilt rows differ (the shadows are dropped, the live tables untouched)."""
     consumer = name + SUFFIX
     started = time.monotonic()
-    with engine.begin() as conn:
-        live = _live_positions(conn, name)
-        if not live:
-            raise RebuildError(f"projector {name} has no stored position yet: nothing to compare "
-                               f"with; run `cardpay project` first")
-        for table in tables:
-            conn.execute(text(f'DROP TABLE IF EXISTS "{table}{SUFFIX}"'))
-            conn.execute(text(f'CREATE TABLE "{table}{SUFFIX}" (LIKE "{table}" INCLUDING ALL)'))
-        _forget(conn, consumer)
-    bounded = BoundedFeed(feed(settings, engine, consumer), live)
-    projector = Projector(consumer, bounded, projection_uow_factory(engine, suffix=SUFFIX),
-                          batch_size=batch_size)
-
-    async def catch_up(bound: Positions) -> None:
-        bounded.raise_bound(bound)
-        while not bounded.reached(bound):
-            await projector.run_once(0.5)
-            if progress is not None:
-                progress(sum(bounded.positions().values()), sum(bound.values()))
-
-    async def run() -> RebuildResult:
-        await projector.start()
-        try:
-            bound = live
-            for _ in range(rounds):  # follow the live projector while it moves
-                await catch_up(bound)
-                with engine.connect() as conn:
-                    moved = _live_positions(conn, name)
-                if sum(moved.values()) - sum(bound.values()) < batch_size:
-                    break
-                bound = moved
-            with engine.begin() as conn:  # the live projector's next batch waits from here
-                _lock(conn, f"projector:{name}")
-                at = _live_positions(conn, name)
-                await catch_up(at)
-                checks = [compare(conn, table) for table in tables]
-                result = RebuildResult(name, at, projector.applied, 0.0, checks, False)
-                if result.equal and swap:
-                    for table in tables:
-                        _swap(conn, table)
-                    _forget(conn, consumer)
-                    result.swapped = True
-            return result
-        finally:
-            await projector.stop()
-
-    try:
-        result = asyncio.run(run())
-    finally:
+    with _rebuild_lock(engine, name):
         with engine.begin() as conn:
+            live = _live_positions(conn, name)
+            if not live:
+                raise RebuildError(f"projector {name} has no stored position yet: nothing to compare "
+                                   f"with; run `cardpay project` first")
             for table in tables:
                 conn.execute(text(f'DROP TABLE IF EXISTS "{table}{SUFFIX}"'))
+                conn.execute(text(f'CREATE TABLE "{table}{SUFFIX}" (LIKE "{table}" INCLUDING ALL)'))
             _forget(conn, consumer)
+        bounded = BoundedFeed(feed(settings, engine, consumer), live)
+        buffer = BufferedProjection(engine, suffix=SUFFIX)
+        projector = Projector(consumer, bounded, buffer, batch_size=batch_size)
+
+        async def catch_up(bound: Positions) -> None:
+            bounded.raise_bound(bound)
+            while not bounded.reached(bound):
+                await projector.run_once(0.5)
+                if buffer.pending >= flush_rows:
+                    buffer.flush()
+                if progress is not None:
+                    progress(sum(bounded.positions().values()), sum(bound.values()))
+
+        async def run() -> RebuildResult:
+            await projector.start()
+            try:
+                bound = live
+                for _ in range(rounds):  # follow the live projector while it moves
+                    await catch_up(bound)
+                    buffer.flush()
+                    with engine.connect() as conn:
+                        moved = _live_positions(conn, name)
+                    if sum(moved.values()) - sum(bound.values()) < batch_size:
+                        break
+                    bound = moved
+                with engine.begin() as conn:  # the live projector's next batch waits from here
+                    _lock(conn, f"projector:{name}")
+                    at = _live_positions(conn, name)
+                    await catch_up(at)
+                    buffer.flush(conn)
+                    checks = [compare(conn, table) for table in tables]
+                    result = RebuildResult(name, at, projector.applied, 0.0, checks, False)
+                    if result.equal and swap:
+                        for table in tables:
+                            _swap(conn, table)
+                        _forget(conn, consumer)
+                        result.swapped = True
+                return result
+            finally:
+                await projector.stop()
+
+        try:
+            result = asyncio.run(run())
+        finally:
+            with engine.begin() as conn:
+                for table in tables:
+                    conn.execute(text(f'DROP TABLE IF EXISTS "{table}{SUFFIX}"'))
+                _forget(conn, consumer)
     result.seconds = time.monotonic() - started
     if not result.equal:
         raise RebuildMismatch(result)

@@ -144,3 +144,32 @@ def test_a_live_row_that_differs_aborts_with_the_row_and_swaps_nothing(
     assert "rm_payments: equal" in ok.stdout and "not swapped" in ok.stdout
     unknown = run_cardpay(("projections", "verify", "nope"), env)
     assert unknown.returncode == 2 and "no projector named 'nope'" in unknown.stderr
+
+
+def test_a_rebuild_that_flushes_often_reads_its_flushed_rows_back_and_equals_the_live_one(
+        pg_engine: Engine) -> None:
+    """Flushes every few rows: payments whose later events come after a flush are read back
+    from the shadow table and evolved further (the path a rebuild larger than its memory
+    bound takes)."""
+    payments = payment_events(300, seed=8)
+    write(pg_engine, payments, outbox_topic=None)
+    project(pg_engine)
+    result = rebuild_projection(Settings(), pg_engine, "payments", TABLES, swap=True,
+                                batch_size=37, flush_rows=5)
+    assert result.equal and result.swapped
+    assert result.applied == sum(len(events) for events in payments)
+    assert stored_rows(pg_engine) == expected_rows(payments)
+
+
+def test_a_second_rebuild_of_the_same_projector_is_refused_while_one_runs(
+        pg_engine: Engine) -> None:
+    payments = payment_events(20, seed=9)
+    write(pg_engine, payments, outbox_topic=None)
+    project(pg_engine)
+    with pg_engine.connect() as holder:  # what a running rebuild holds
+        holder.execute(text("SELECT pg_advisory_lock(hashtext('rebuild:payments'))"))
+        with pytest.raises(RebuildError, match="running already"):
+            rebuild_projection(Settings(), pg_engine, "payments", TABLES, swap=False)
+        holder.execute(text("SELECT pg_advisory_unlock(hashtext('rebuild:payments'))"))
+        holder.commit()
+    assert rebuild_projection(Settings(), pg_engine, "payments", TABLES, swap=False).equal

@@ -1,13 +1,15 @@
-"""One contract for a projector's unit of work, run against the fake (tests/fakes/projection.py)
-and `PostgresProjectionUnitOfWork`: what `projector.runner.Projector` relies on."""
+"""One contract for a projector's unit of work, run against the fake (tests/fakes/projection.py),
+`PostgresProjectionUnitOfWork` and the rebuild's `BufferedProjection` (its rows in memory, and
+again with a flush to its shadow tables after every commit, so reads come back from PostgreSQL):
+what `projector.runner.Projector` relies on."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, cast
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from projector.payments import PaymentRow
 from projector.runner import ProjectionUnitOfWork
@@ -17,14 +19,54 @@ Factory = Callable[[], ProjectionUnitOfWork]
 
 
 @pytest.fixture(params=[pytest.param("memory", marks=pytest.mark.unit),
-                        pytest.param("postgres", marks=pytest.mark.integration)])
-def uow(request: pytest.FixtureRequest) -> Factory:
+                        pytest.param("postgres", marks=pytest.mark.integration),
+                        pytest.param("buffered", marks=pytest.mark.integration),
+                        pytest.param("buffered-flushed", marks=pytest.mark.integration)])
+def uow(request: pytest.FixtureRequest) -> Iterator[Factory]:
     if request.param == "memory":
-        return FakeProjectionStore().uow
-    from cardpay.postgres.uow import projection_uow_factory
-
+        yield FakeProjectionStore().uow
+        return
     engine: Engine = request.getfixturevalue("pg_engine")
-    return projection_uow_factory(engine)
+    if request.param == "postgres":
+        from cardpay.postgres.uow import projection_uow_factory
+
+        yield projection_uow_factory(engine)
+        return
+    from cardpay.postgres.buffered import BufferedProjection
+
+    with engine.begin() as conn:
+        for table in SHADOWED:
+            conn.execute(text(f'DROP TABLE IF EXISTS "{table}{SHADOW}"'))
+            conn.execute(text(f'CREATE TABLE "{table}{SHADOW}" (LIKE "{table}" INCLUDING ALL)'))
+    buffer = BufferedProjection(engine, suffix=SHADOW)
+    try:
+        yield buffer if request.param == "buffered" else _FlushedOnCommit(buffer)
+    finally:
+        with engine.begin() as conn:
+            for table in SHADOWED:
+                conn.execute(text(f'DROP TABLE IF EXISTS "{table}{SHADOW}"'))
+
+
+SHADOW = "__contract"
+SHADOWED = ("rm_payments", "rm_daily")
+
+
+class _FlushedOnCommit:
+    """The buffer's units of work, each commit followed by a flush to the shadow tables."""
+
+    def __init__(self, buffer: Any) -> None:
+        self.buffer = buffer
+
+    def __call__(self) -> ProjectionUnitOfWork:
+        unit = self.buffer()
+        commit = unit.commit
+
+        def commit_and_flush() -> None:
+            commit()
+            self.buffer.flush()
+
+        unit.commit = commit_and_flush
+        return cast(ProjectionUnitOfWork, unit)
 
 
 def _row(pid: str, version: int, status: str = "held", **more: Any) -> PaymentRow:
@@ -84,14 +126,21 @@ def test_quarantine_keeps_one_row_per_source_and_key(uow: Factory) -> None:
 
 
 def _quarantined(uow: Factory) -> list[tuple[str, str]]:
-    probe = uow()
-    store = getattr(probe, "store", None)
-    if store is not None:  # the fake: its committed store
-        return [(q.key, q.reason) for q in store.quarantined]
+    from cardpay.postgres.buffered import BufferedProjection
     from cardpay.postgres.uow import PostgresProjectionUnitOfWork, PostgresUnitOfWork
 
-    assert isinstance(probe, PostgresProjectionUnitOfWork)
-    with PostgresUnitOfWork(probe._engine) as w:
+    buffer = getattr(uow, "buffer", uow)
+    if isinstance(buffer, BufferedProjection):  # what it holds goes to the table at a flush
+        buffer.flush()
+        engine = buffer._engine
+    else:
+        probe = uow()
+        store = getattr(probe, "store", None)
+        if store is not None:  # the fake: its committed store
+            return [(q.key, q.reason) for q in store.quarantined]
+        assert isinstance(probe, PostgresProjectionUnitOfWork)
+        engine = probe._engine
+    with PostgresUnitOfWork(engine) as w:
         return [(r.key, r.reason) for r in w.quarantine.list("projector:")]
 
 
