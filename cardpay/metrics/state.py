@@ -9,6 +9,7 @@ which always runs), and every alert on them reads one series. A label value that
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -37,7 +38,9 @@ class StateMetrics:
         self.ledger_balanced = Gauge(
             "cardpay_ledger_balanced",
             "1 when every ledger's accounts have equal debits and credits (posted and pending: "
-            "every journal balanced), 0 otherwise", registry=r)
+            "every journal balanced), 0 otherwise; NaN until the first refresh (unknown is "
+            "neither)", registry=r)
+        self.ledger_balanced.set(math.nan)
         self.ledger_transfers = Gauge(
             "cardpay_ledger_transfers",
             "Ledger transfers recorded by every process (a running total read from the "

@@ -4,6 +4,7 @@ the in-memory fakes), the state gauges from a `SystemState`, and the readiness r
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
@@ -151,6 +152,8 @@ def test_a_timer_whose_saga_is_gone_is_counted_ignored() -> None:
 def test_state_gauges_follow_the_state_and_a_vanished_label_drops_to_zero() -> None:
     registry = CollectorRegistry()
     state = StateMetrics(registry)
+    before = registry.get_sample_value("cardpay_ledger_balanced")
+    assert before is not None and math.isnan(before)  # unknown: neither alerted nor fine
     state.update(SystemState(ledger_balanced=True, ledger_transfers=12,
                              open_exceptions={"network": 2, "saga:card_payment": 1},
                              saga_timers_due=3, feed_lag={"payments": 7},
