@@ -16,7 +16,10 @@ from starlette.testclient import TestClient
 from cardpay.bootstrap.api import build_app
 from cardpay.bootstrap.state import readiness
 from cardpay.postgres.health import read_state
+from cardpay.postgres.uow import unit_of_work_factory
 from cardpay.settings import Settings
+from domain.ledger.model import CreateTransferResult
+from tests.support.ledger import ACCOUNTS, ALICE, BOB, NOW, deposit, hold, post, void
 from tests.support.network import SECRET
 
 pytestmark = [pytest.mark.integration,
@@ -45,6 +48,20 @@ def test_a_fresh_database_is_balanced_and_quiet(pg_engine: Engine) -> None:
     assert state.ledger_balanced is True
     assert (state.ledger_transfers, dict(state.open_exceptions), state.saga_timers_due,
             dict(state.feed_lag)) == (0, {}, 0, {})
+
+
+def test_the_ledger_written_through_its_repository_balances_holds_posts_and_voids(
+        pg_engine: Engine) -> None:
+    with unit_of_work_factory(pg_engine, None)() as uow:
+        uow.ledger.create_accounts(ACCOUNTS)
+        results = uow.ledger.create_transfers(
+            [deposit("d1", ALICE, 1000), deposit("d2", BOB, 500), hold("h1", ALICE, 300),
+             hold("h2", BOB, 200), post("p1", "h1", 250), void("v2", "h2")], NOW)
+        assert set(results) == {CreateTransferResult.OK}, results
+        uow.commit()
+    with pg_engine.connect() as conn:
+        state = read_state(conn)
+    assert (state.ledger_balanced, state.ledger_transfers) == (True, 6)
 
 
 def test_an_account_whose_debits_exceed_the_credits_of_its_ledger_is_an_imbalance(
