@@ -24,8 +24,8 @@ class SystemState:
     ledger_balanced: bool
     """Per ledger (currency), the accounts' debits equal their credits, posted and pending
     alike: every journal that was ever written balanced (TigerBeetle's invariant)."""
-    ledger_transfers: int
-    """Ledger transfers recorded so far (all processes)."""
+    ledger_transfers: Mapping[str, int]
+    """Ledger transfers recorded so far (all processes), by transfer code (what it is for)."""
     open_exceptions: Mapping[str, int] = field(default_factory=dict)
     """Unresolved quarantine/exception rows by source (`network`, `saga:card_payment`, ...)."""
     saga_timers_due: int = 0

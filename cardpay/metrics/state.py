@@ -41,10 +41,10 @@ class StateMetrics:
             "every journal balanced), 0 otherwise; NaN until the first refresh (unknown is "
             "neither)", registry=r)
         self.ledger_balanced.set(math.nan)
-        self.ledger_transfers = Gauge(
+        self._ledger_transfers = _Labelled(Gauge(
             "cardpay_ledger_transfers",
-            "Ledger transfers recorded by every process (a running total read from the "
-            "database: use increase())", registry=r)
+            "Ledger transfers recorded by every process, by transfer code (a running total "
+            "read from the database: use increase())", ["code"], registry=r))
         self._open_exceptions = _Labelled(Gauge(
             "cardpay_open_exceptions",
             "Unresolved exceptions and quarantined items, by source (network, saga:<kind>, "
@@ -73,7 +73,7 @@ class StateMetrics:
 
     def update(self, state: SystemState, now: float) -> None:
         self.ledger_balanced.set(1 if state.ledger_balanced else 0)
-        self.ledger_transfers.set(state.ledger_transfers)
+        self._ledger_transfers.set_all(state.ledger_transfers)
         self._open_exceptions.set_all(state.open_exceptions)
         self.saga_timers_due.set(state.saga_timers_due)
         self._feed_lag.set_all(state.feed_lag)

@@ -154,20 +154,20 @@ def test_state_gauges_follow_the_state_and_a_vanished_label_drops_to_zero() -> N
     state = StateMetrics(registry)
     before = registry.get_sample_value("cardpay_ledger_balanced")
     assert before is not None and math.isnan(before)  # unknown: neither alerted nor fine
-    state.update(SystemState(ledger_balanced=True, ledger_transfers=12,
+    state.update(SystemState(ledger_balanced=True, ledger_transfers={"authorization_hold": 12},
                              open_exceptions={"network": 2, "saga:card_payment": 1},
                              saga_timers_due=3, feed_lag={"payments": 7},
                              listener_cursor_age_s={"main": 4.5}), now=1000.0)
     state.update_breaks({"EUR": 2, "USD": 0})
     assert value(registry, "cardpay_ledger_balanced") == 1
-    assert value(registry, "cardpay_ledger_transfers") == 12
+    assert value(registry, "cardpay_ledger_transfers", code="authorization_hold") == 12
     assert value(registry, "cardpay_open_exceptions", source="saga:card_payment") == 1
     assert value(registry, "cardpay_saga_timers_due") == 3
     assert value(registry, "cardpay_feed_lag_events", consumer="payments") == 7
     assert value(registry, "cardpay_listener_cursor_age_seconds", listener="main") == 4.5
     assert value(registry, "cardpay_reconciliation_breaks", currency="EUR") == 2
     assert value(registry, "cardpay_state_refreshed_timestamp_seconds") == 1000.0
-    state.update(SystemState(ledger_balanced=False, ledger_transfers=13,
+    state.update(SystemState(ledger_balanced=False, ledger_transfers={"authorization_hold": 13},
                              open_exceptions={"network": 1}), now=1015.0)
     state.update_breaks({"USD": 0})
     assert value(registry, "cardpay_ledger_balanced") == 0
