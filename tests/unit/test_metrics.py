@@ -120,6 +120,13 @@ def test_a_compensation_that_keeps_failing_is_counted_stuck_with_its_exception()
     assert value(reg, "cardpay_saga_stuck_total", kind="two_steps") == 1
     assert value(reg, "cardpay_saga_exceptions_opened_total", kind="two_steps",
                  reason="compensation_failed") == 1
+    r.retry("two_steps", "p1")  # a person resumes it: compensating again, not a new one
+    assert value(reg, "cardpay_saga_steps_total", kind="two_steps",
+                 message="retry_requested") == 1
+    assert value(reg, "cardpay_saga_compensations_total", kind="two_steps") == 1
+    assert r.effect_done("p1:2:undo:refund", succeeded=True)
+    assert r.effect_done("p1:1:undo:release", succeeded=True)
+    assert value(reg, "cardpay_saga_finished_total", kind="two_steps", status="compensated") == 1
 
 
 def test_a_unit_of_work_that_rolls_back_counts_nothing() -> None:
