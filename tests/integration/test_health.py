@@ -4,6 +4,8 @@ a consumer beyond the lag bound), and the state gauges on the API's /metrics."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -14,7 +16,8 @@ from sqlalchemy import Engine, create_engine, text
 from starlette.testclient import TestClient
 
 from cardpay.bootstrap.api import build_app
-from cardpay.bootstrap.state import readiness
+from cardpay.bootstrap.state import readiness, refresh_forever
+from cardpay.metrics.state import StateMetrics
 from cardpay.postgres.health import read_state
 from cardpay.postgres.uow import unit_of_work_factory
 from cardpay.settings import Settings
@@ -153,3 +156,22 @@ def test_the_api_exports_the_state_gauges_and_refreshes_them(
         conn.execute(text("INSERT INTO quarantine (source, key, reason, payload) "
                           "VALUES ('network', 'webhook:w1', 'r', '{}')"))
     assert sample("cardpay_open_exceptions", 1, source="network") == 1
+
+
+def test_a_failed_refresh_is_counted_and_the_loop_goes_on() -> None:
+    dead = create_engine("postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=1")
+    state = StateMetrics(CollectorRegistry())
+
+    async def two_tries() -> None:
+        task = asyncio.create_task(refresh_forever(dead, state, cutoff=SETTINGS.settlement_cutoff,
+                                                   interval=0.05))
+        while (state.registry.get_sample_value("cardpay_state_refresh_failures_total")
+               or 0) < 2:
+            await asyncio.sleep(0.05)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(asyncio.wait_for(two_tries(), 30))
+    assert state.registry.get_sample_value("cardpay_state_refreshed_timestamp_seconds") == 0
+    dead.dispose()
