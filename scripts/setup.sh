@@ -26,7 +26,7 @@ if [ "${CARDPAY_SKIP_KAFKA:-0}" != "1" ]; then
 fi
 # Debian packages the tests use, each installed only when its command is missing:
 #   command:package ...
-DEBIAN_NEEDS=()
+DEBIAN_NEEDS=(/usr/bin/promtool:prometheus)  # promtool tests docker/prometheus/alerts.yml
 if [ "${CARDPAY_SKIP_BROWSER:-0}" != "1" ]; then
   DEBIAN_NEEDS+=(/usr/bin/chromium:chromium /usr/bin/chromedriver:chromium-driver)
 fi
@@ -46,5 +46,9 @@ if [ "${#MISSING[@]}" -gt 0 ]; then
   fi
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${MISSING[@]}" >/dev/null
+  if [[ " ${MISSING[*]} " == *" prometheus "* ]]; then
+    # the package may start a Prometheus service on :9090; the tests start their own
+    $SUDO service prometheus stop >/dev/null 2>&1 || true
+  fi
 fi
 echo "setup: done"

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -114,12 +114,24 @@ async def read_body(request: Request) -> bytes | None:
     return b"".join(chunks)
 
 
+Readiness = Callable[[], bool | Sequence[str]]
+"""/readyz's check: the reasons the system is not ready (empty: ready), or a plain bool
+(False: the database does not answer)."""
+
+
+def not_ready_reasons(answer: bool | Sequence[str]) -> list[str]:
+    if isinstance(answer, bool):
+        return [] if answer else ["the database does not answer"]
+    return [one_line(reason) for reason in answer]
+
+
 def create_app(ingress: NetworkIngress, verifier: SignatureVerifier, metrics: ApiMetrics,
-               ready: Callable[[], bool], *, tokens: TokenStore, exceptions: ExceptionsQueue,
+               ready: Readiness, *, tokens: TokenStore, exceptions: ExceptionsQueue,
                finance: FinanceReads | None = None, finance_page: APIRouter | None = None,
                max_in_flight: int = 48) -> FastAPI:
-    """The API on its dependencies: `ready()` says whether the database answers (for /readyz;
-    it is called in a worker thread); `tokens` admit callers of the finance and ops routes;
+    """The API on its dependencies: `ready()` says why the system is not ready (for /readyz,
+    503 with the reasons; it is called in a worker thread); `tokens` admit callers of the
+    finance and ops routes;
     `exceptions` is the queue those routes list and resolve; `finance` what the finance routes
     read (without it they are not served); `finance_page` (`cardpay.api.finance_page`), when
     given, is served under /finance. At most `max_in_flight` network
@@ -204,21 +216,21 @@ def create_app(ingress: NetworkIngress, verifier: SignatureVerifier, metrics: Ap
     async def events(request: Request) -> JSONResponse:
         return await network(request, m.EVENTS, lambda body: body.to_domain(), ingress.handle)
 
-    @app.get("/healthz", summary="The process is up")
+    @app.get("/healthz", summary="The process is up (it answers; nothing else is checked)")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", summary="The database answers",
+    @app.get("/readyz", summary="The database answers and the feeds are within their lag bound",
              responses={503: {"model": m.ErrorResponse}})
     async def readyz() -> JSONResponse:
         try:
-            ok = await run_in_threadpool(ready)
+            reasons = not_ready_reasons(await run_in_threadpool(ready))
         except Exception as exc:  # readiness reports, it does not fail
             log.warning("readiness check failed: %s", exc)
-            ok = False
-        if ok:
+            reasons = ["the readiness check failed"]
+        if not reasons:
             return JSONResponse({"status": "ready"})
-        return JSONResponse({"error": "not_ready", "reason": "the database does not answer"},
+        return JSONResponse({"error": "not_ready", "reason": "; ".join(reasons)},
                             status_code=503)
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response)

@@ -7,31 +7,36 @@ The finance web page (`cardpay.api.finance_page`) is served when `build_app` is 
 CLI's (`cardpay settlements`, `cardpay reconcile`, `cardpay exceptions list`), each on its own
 connection, and resolving goes through `cardpay.handlers.exceptions.resolve`.
 
-The app's lifespan runs the network sweep (lapsed holds, clearings parked too long) every
-CARDPAY_SWEEP_INTERVAL_S seconds in the background (0: not at all).
+The app's lifespan runs, in the background, the network sweep (lapsed holds, clearings parked
+too long) every CARDPAY_SWEEP_INTERVAL_S seconds (0: not at all) and the refresh of the state
+gauges (`cardpay.bootstrap.state`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
 from datetime import date, timedelta
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
 from prometheus_client import CollectorRegistry
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
 from cardpay.api import create_app
 from cardpay.api.finance_page import ScopesOf, finance_page_router
 from cardpay.api.signatures import SignatureVerifier
-from cardpay.bootstrap.network_sweep import build_sweep, sweep_lifespan
+from cardpay.bootstrap.network_sweep import background_lifespan, build_sweep, sweep_forever
 from cardpay.bootstrap.sagas import build_runner
+from cardpay.bootstrap.state import STATE_INTERVAL_S, readiness, refresh_forever
 from cardpay.handlers import exceptions as exception_queue
 from cardpay.handlers.api_tokens import TokenStore
 from cardpay.handlers.card_network import CardNetworkEffects
 from cardpay.handlers.exceptions import ExceptionsQueue
+from cardpay.handlers.health import DEFAULT_MAX_FEED_LAG
 from cardpay.handlers.network import Apply, Decide, NetworkIngress
 from cardpay.handlers.reconciliation import reconcile_day
 from cardpay.metrics.api import ApiMetrics
+from cardpay.metrics.state import StateMetrics
 from cardpay.postgres.finance import PostgresFinanceReads
 from cardpay.postgres.queries import quarantine_entries
 from cardpay.postgres.reconciliation import PostgresReconciliationSource
@@ -43,36 +48,43 @@ from cardpay.settings import Settings
 from domain.reconciliation import Reconciliation
 
 
-def database_ready(engine: Engine) -> bool:
-    with engine.connect() as conn:
-        return conn.execute(text("SELECT 1")).scalar() == 1
-
-
 def build_app(settings: Settings, engine: Engine, *, decide: Decide | None = None,
               apply: Apply | None = None,
               registry: CollectorRegistry | None = None,
-              tokens: TokenStore | None = None, scopes_of: ScopesOf | None = None) -> FastAPI:
+              tokens: TokenStore | None = None, scopes_of: ScopesOf | None = None,
+              max_feed_lag: int = DEFAULT_MAX_FEED_LAG,
+              state_interval_s: float | None = STATE_INTERVAL_S) -> FastAPI:
     """The API of this process. `settings.webhook_secrets` must not be empty (the CLI says so
     in one line before calling this). The bearer tokens are `api_tokens` in the database unless
     a test passes another store; the finance page signs in with the same tokens (or with
-    `scopes_of`, a test's)."""
+    `scopes_of`, a test's). `/readyz` is 503 while the database does not answer or a consumer
+    of the event log is more than `max_feed_lag` events behind. The state gauges
+    (`cardpay.metrics.state`) are refreshed every `state_interval_s` seconds on the app's
+    registry (None: not at all)."""
     effects = CardNetworkEffects(
         deadline=timedelta(milliseconds=settings.authorization_deadline_ms))
     decide = decide or effects.decide
     apply = apply or effects.apply
     uow = unit_of_work_factory(engine, settings.outbox_topic)
-    ingress = NetworkIngress(uow, decide, apply)
     metrics = ApiMetrics(registry)
+    ingress = NetworkIngress(uow, decide, apply, observer=metrics)
     store = tokens or PostgresTokenStore(engine)
     page = build_finance_page(settings, engine, scopes_of or store.verify)
     app = create_app(ingress, SignatureVerifier(settings.webhook_secrets), metrics,
-                     lambda: database_ready(engine), tokens=store,
+                     lambda: readiness(engine, max_feed_lag), tokens=store,
                      exceptions=ExceptionsQueue(uow, build_runner(settings, engine)),
                      finance=PostgresFinanceReads(engine),
                      finance_page=page, max_in_flight=settings.api_max_in_flight)
+    loops: list[Callable[[], Coroutine[Any, Any, None]]] = []
     if settings.sweep_interval_s > 0:
         sweep = build_sweep(settings, engine, effects=effects)
-        app.router.lifespan_context = sweep_lifespan(sweep, settings.sweep_interval_s, metrics)
+        loops.append(lambda: sweep_forever(sweep, settings.sweep_interval_s, metrics))
+    if state_interval_s is not None:
+        state = StateMetrics(metrics.registry)
+        loops.append(lambda: refresh_forever(engine, state, cutoff=settings.settlement_cutoff,
+                                             interval=state_interval_s))
+    if loops:
+        app.router.lifespan_context = background_lifespan(loops)
     return app
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from datetime import datetime, timedelta
 from typing import Any
@@ -57,16 +57,25 @@ async def sweep_forever(sweep: NetworkSweep, interval: float, metrics: ApiMetric
 def sweep_lifespan(sweep: NetworkSweep, interval: float, metrics: ApiMetrics
                    ) -> Callable[[Any], AbstractAsyncContextManager[None]]:
     """An ASGI lifespan that runs `sweep_forever` beside the app and cancels it at shutdown."""
+    return background_lifespan([lambda: sweep_forever(sweep, interval, metrics)])
+
+
+def background_lifespan(loops: Sequence[Callable[[], Coroutine[Any, Any, None]]]
+                        ) -> Callable[[Any], AbstractAsyncContextManager[None]]:
+    """An ASGI lifespan that runs each of `loops` (coroutines that run until cancelled) beside
+    the app and cancels them at shutdown."""
 
     @asynccontextmanager
     async def lifespan(_app: Any) -> AsyncIterator[None]:
-        task = asyncio.create_task(sweep_forever(sweep, interval, metrics),
-                                   name="network-sweep")
+        tasks = [asyncio.create_task(loop(), name=f"background-{n}")
+                 for n, loop in enumerate(loops)]
         try:
             yield
         finally:
-            task.cancel()
-            with suppress(asyncio.CancelledError):
-                await task
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with suppress(asyncio.CancelledError):
+                    await task
 
     return lifespan

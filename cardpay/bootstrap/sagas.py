@@ -29,8 +29,9 @@ from cardpay.handlers.effects import EffectWorker, Perform
 from cardpay.handlers.network_advices import NetworkAdvices, reversal_advice
 from cardpay.handlers.payments import execute, submit_own_refund
 from cardpay.handlers.ports import QuarantineItem
-from cardpay.handlers.sagas import SagaRunner, SagaUnitOfWork
+from cardpay.handlers.sagas import SagaObserver, SagaRunner, SagaUnitOfWork
 from cardpay.handlers.settlement import SettlementDesk, settlement_command
+from cardpay.metrics.sagas import SagaMetrics
 from cardpay.postgres.uow import PostgresSagaUnitOfWork, saga_uow_factory
 from cardpay.runtime.supervise import DEFAULT_BACKOFF, Backoff, Outcome, supervise_feed
 from cardpay.settings import Settings
@@ -76,12 +77,13 @@ def route(event: DomainEvent) -> list[tuple[str, str]]:
 
 
 def build_runner(settings: Settings, engine: Engine, *,
-                 clock: Callable[[], datetime] = _now) -> SagaRunner:
+                 clock: Callable[[], datetime] = _now,
+                 observer: SagaObserver | None = None) -> SagaRunner:
     sagas: list[Definition] = [CardPaymentSaga(spend_timeout=settings.spend_timeout,
                                                over_clearing=OverClearing(settings.over_clearing)),
                                SettlementSaga(cutoff=settings.settlement_cutoff)]
     return SagaRunner(saga_uow_factory(engine, settings.outbox_topic), sagas, route,
-                      payment_command, clock)
+                      payment_command, clock, observer=observer)
 
 
 def build_settlement_desk(settings: Settings, engine: Engine, runner: SagaRunner, *,
@@ -112,6 +114,8 @@ class SagaWorker:
     """The effect workers' polls (settlement desk and advices, relayer, refund sender): each
     performs what it can and says how much it did (0: nothing to do)."""
     batch_size: int = 500
+    metrics: SagaMetrics | None = None
+    """Its `errors` count the failed turns (`run_saga_worker`)."""
     totals: Turn = field(default_factory=Turn)
 
     async def start(self) -> None:
@@ -158,13 +162,15 @@ def build_worker(settings: Settings, engine: Engine, *,
                  advices: NetworkAdvices | None = None,
                  performers: dict[str, Perform] | None = None,
                  chain: ChainConfig | None = None,
-                 batch_size: int = 500) -> SagaWorker:
+                 batch_size: int = 500,
+                 metrics: SagaMetrics | None = None) -> SagaWorker:
     """The saga worker of `cardpay sagas run`: the feed, the runner, and the effect workers of
     the effects that have a party: the settlement desk (always), the network's advices
     (`advices`, or CARDPAY_NETWORK_ADVICE_URL), `performers` for others, and on `chain` the
     spend relayer (CARDPAY_RELAYER_KEY) and the refund sender (CARDPAY_SETTLEMENT_KEY). Effects
-    with no party stay pending (`missing_parties` names them)."""
-    runner = build_runner(settings, engine, clock=clock)
+    with no party stay pending (`missing_parties` names them). `metrics` are told every
+    committed step (`cardpay sagas run --metrics-port`)."""
+    runner = build_runner(settings, engine, clock=clock, observer=metrics)
     uows = saga_uow_factory(engine, settings.outbox_topic)
     desk = build_settlement_desk(settings, engine, runner, clock=clock)
     todo: dict[str, Perform] = {name: desk.perform for name in settlement.EFFECTS}
@@ -187,7 +193,7 @@ def build_worker(settings: Settings, engine: Engine, *,
             pollers.append(build_refund_sender(settings, engine, chain, runner,
                                                clock=clock).run_once)
     return SagaWorker(SAGAS, event_feed(settings, engine, SAGAS), runner, uows, pollers,
-                      batch_size=batch_size)
+                      batch_size=batch_size, metrics=metrics)
 
 
 def missing_parties(settings: Settings, chain: ChainConfig | None) -> list[str]:
@@ -224,4 +230,5 @@ async def run_saga_worker(
 
     return await supervise_feed(worker.start, turn, worker.stop, component="saga worker",
                                 stop=stop, backoff=backoff, fatal=(FeedChanged,),
-                                until_idle=until_idle, idle_steps=2, give_up_after=give_up_after)
+                                until_idle=until_idle, idle_steps=2, give_up_after=give_up_after,
+                                errors=worker.metrics.errors if worker.metrics else None)

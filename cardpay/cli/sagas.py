@@ -19,6 +19,7 @@ from cardpay.cli.output import Column, add_format_options, emit
 from cardpay.cli.services import (
     gave_up_failure,
     quiet_kafka_client,
+    serve_metrics,
     until_signal,
     validate_loop_options,
 )
@@ -59,7 +60,9 @@ def register(sub: Any) -> None:
                      "long (default 30)")
     run.add_argument("--batch-size", type=int, default=500,
                      help="feed messages per transaction (500)")
-    run.set_defaults(run=run_command, metrics_port=None)
+    run.add_argument("--metrics-port", type=int, metavar="PORT",
+                     help="serve Prometheus /metrics on 127.0.0.1:PORT")
+    run.set_defaults(run=run_command)
 
     listing = actions.add_parser(
         "list", help="sagas, most recently changed first",
@@ -94,9 +97,17 @@ def run_command(settings: Settings, args: argparse.Namespace) -> int:
     for line in missing_parties(settings, chain):
         print(f"cardpay sagas run: {line}", file=sys.stderr)
 
+    metrics = None
+    if args.metrics_port is not None:
+        from cardpay.metrics.sagas import SagaMetrics
+
+        metrics = SagaMetrics()
+        serve_metrics(metrics, args.metrics_port)
+
     async def main() -> None:
         with database(settings) as engine:
-            worker = build_worker(settings, engine, chain=chain, batch_size=args.batch_size)
+            worker = build_worker(settings, engine, chain=chain, batch_size=args.batch_size,
+                                  metrics=metrics)
             stop = asyncio.Event()
             await until_signal(run_saga_worker(
                 worker, stop, until_idle=args.until_idle, poll_timeout=settings.saga_poll_s,

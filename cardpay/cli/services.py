@@ -78,7 +78,7 @@ class _Served(Protocol):
     def serve(self, port: int, host: str = "127.0.0.1") -> None: ...
 
 
-def _serve(metrics: _Served, port: int | None) -> None:
+def serve_metrics(metrics: _Served, port: int | None) -> None:
     if port is None:
         return
     try:
@@ -139,7 +139,7 @@ def relay_command(settings: Settings, args: argparse.Namespace) -> int:
     bootstrap = settings.kafka_bootstrap
     quiet_kafka_client()
     metrics = RelayMetrics()
-    _serve(metrics, args.metrics_port)
+    serve_metrics(metrics, args.metrics_port)
 
     async def main() -> None:
         with database(settings) as engine:
@@ -185,7 +185,7 @@ def project_command(settings: Settings, args: argparse.Namespace) -> int:
     tune_gc()
     quiet_kafka_client()
     metrics = ProjectorMetrics(projector=PAYMENTS)
-    _serve(metrics, args.metrics_port)
+    serve_metrics(metrics, args.metrics_port)
 
     async def main() -> None:
         with database(settings) as engine, running_projector(engine, PAYMENTS):

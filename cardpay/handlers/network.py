@@ -99,19 +99,40 @@ def decision_body(decision: AuthorizationDecision) -> dict[str, Any]:
 UowFactory = Callable[[], UnitOfWork]
 
 
+class DecisionObserver(Protocol):
+    """Told of each authorization decision once it is committed (a repeated delivery, which
+    decides nothing, is not told): the metrics port (`cardpay.metrics.api.ApiMetrics`), so
+    this module needs no metrics library. `outcome` is approved, partial or declined; `reason`
+    the decline reason's code, or "none"."""
+
+    def authorization_decided(self, outcome: str, reason: str) -> None: ...
+
+
+def decision_outcome(body: Mapping[str, Any]) -> tuple[str, str]:
+    """(outcome, reason) of a decision's wire body: bounded codes, never an id or an amount."""
+    if not body.get("approved"):
+        return "declined", str(body.get("decline_reason") or "unknown")
+    return ("partial" if body.get("partial") else "approved"), "none"
+
+
 class NetworkIngress:
     """The service layer of `POST /v1/network/*`: dedup, effect and record in one transaction."""
 
-    def __init__(self, uow_factory: UowFactory, decide: Decide, apply: Apply) -> None:
+    def __init__(self, uow_factory: UowFactory, decide: Decide, apply: Apply,
+                 observer: DecisionObserver | None = None) -> None:
         self._uow = uow_factory
         self._decide = decide
         self._apply = apply
+        self._observer = observer
 
     def authorize(self, received: Received, request: AuthorizationRequest) -> Reply:
         def effect(uow: UnitOfWork) -> Reply:
             return Reply(200, decision_body(self._decide(uow, request, received.received_at)))
 
-        return self._once(received, effect)
+        reply = self._once(received, effect)
+        if self._observer is not None and reply.status == 200 and not reply.replayed:
+            self._observer.authorization_decided(*decision_outcome(reply.body))
+        return reply
 
     def handle(self, received: Received, message: NetworkMessage) -> Reply:
         def effect(uow: UnitOfWork) -> Reply:

@@ -33,6 +33,7 @@ from domain.errors import DomainError
 from domain.events import DomainEvent
 from domain.serialization import to_json
 from sagas.engine.model import (
+    Action,
     CancelTimer,
     Effect,
     EffectFailed,
@@ -156,18 +157,51 @@ Commands = Callable[[SagaUnitOfWork, Any], None]
 """Handles a domain command a saga issued, in the saga's unit of work."""
 
 
+class SagaObserver(Protocol):
+    """Told what a unit of work did once it is committed (a unit of work that lost a race and
+    was decided again is told once, for the try that committed): the metrics port
+    (`cardpay.metrics.sagas.SagaMetrics`), so this module needs no metrics library."""
+
+    def reacted(self, before: SagaInstance, after: SagaInstance, message: Message,
+                actions: Sequence[Action]) -> None:
+        """A saga moved from `before` to `after` on `message`, asking for `actions`."""
+        ...
+
+    def timer_fired(self, kind: str, advanced: bool) -> None:
+        """A due timer was taken and delivered (`advanced`: its saga moved; otherwise the saga
+        was gone or ignored it)."""
+        ...
+
+    def exception_opened(self, kind: str, reason: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Reaction:
+    before: SagaInstance
+    after: SagaInstance
+    message: Message
+    actions: tuple[Action, ...]
+
+
 @dataclass
 class Outcome:
     advanced: int = 0
     ignored: int = 0
     exceptions: list[str] = field(default_factory=list)
+    reactions: list[Reaction] = field(default_factory=list)
+    """What moved, for the observer once committed."""
+    timers: list[tuple[str, bool]] = field(default_factory=list)
+    """(kind, advanced) of each timer taken."""
+    opened: list[tuple[str, str]] = field(default_factory=list)
+    """(kind, reason) of each exception opened."""
 
 
 class SagaRunner:
     def __init__(self, uow_factory: Callable[[], SagaUnitOfWork],
                  definitions: Sequence[Definition], route: Route, commands: Commands,
-                 clock: Callable[[], datetime]) -> None:
+                 clock: Callable[[], datetime], observer: SagaObserver | None = None) -> None:
         self._uow = uow_factory
+        self._observer = observer
         self._definitions = {d.kind: d for d in definitions}
         self._route = route
         self._commands = commands
@@ -200,6 +234,7 @@ class SagaRunner:
                     stored[saga_id] = self._react(uow, instance, EventArrived(event), outcome)
             uow.save_positions(consumer, positions)
             uow.commit()
+        self._report(outcome)
         return outcome
 
     def fire_due_timers(self, limit: int = 100) -> Outcome:
@@ -214,9 +249,12 @@ class SagaRunner:
                 instance = uow.sagas.load(timer.kind, [timer.saga_id]).get(timer.saga_id)
                 if instance is None:
                     outcome.ignored += 1
+                    outcome.timers.append((timer.kind, False))
                     continue
-                self._react(uow, instance, TimerFired(timer.name), outcome)
+                after = self._react(uow, instance, TimerFired(timer.name), outcome)
+                outcome.timers.append((timer.kind, after is not instance))
             uow.commit()
+        self._report(outcome)
         return outcome
 
     def effect_done(self, request_id: str, *, succeeded: bool, result: Json | None = None,
@@ -238,6 +276,7 @@ class SagaRunner:
                     else EffectFailed(request_id, failure, detail)
                 self._react(uow, instance, message, outcome)
             uow.commit()
+        self._report(outcome)
         return True
 
     def retry(self, kind: str, saga_id: str) -> SagaInstance | None:
@@ -249,9 +288,21 @@ class SagaRunner:
             instance = uow.sagas.load(kind, [saga_id]).get(saga_id)
             if instance is None:
                 return None
-            instance = self._react(uow, instance, RetryRequested(), Outcome())
+            outcome = Outcome()
+            instance = self._react(uow, instance, RetryRequested(), outcome)
             uow.commit()
+        self._report(outcome)
         return instance
+
+    def _report(self, outcome: Outcome) -> None:
+        if self._observer is None:
+            return
+        for r in outcome.reactions:
+            self._observer.reacted(r.before, r.after, r.message, r.actions)
+        for kind, advanced in outcome.timers:
+            self._observer.timer_fired(kind, advanced)
+        for kind, reason in outcome.opened:
+            self._observer.exception_opened(kind, reason)
 
     # -- one reaction -----------------------------------------------------------------------------
     def _react(self, uow: SagaUnitOfWork, instance: SagaInstance, message: Message,
@@ -264,6 +315,7 @@ class SagaRunner:
             return instance
         uow.sagas.save(after, instance.version)
         outcome.advanced += 1
+        outcome.reactions.append(Reaction(instance, after, message, tuple(actions)))
         abandoned = _abandoned(instance, after, message)
         if abandoned is not None:
             # the saga stopped waiting for it without its answer (a timeout, a compensation):
@@ -293,6 +345,7 @@ class SagaRunner:
                                      "command": to_json(command)
                                      if isinstance(command, Command) else repr(command)}))
                         outcome.exceptions.append(key)
+                        outcome.opened.append((after.kind, "command_refused"))
                         log.warning("saga %s %s: %s refused: %s", after.kind, after.saga_id,
                                     type(command).__name__, refused)
                 case OpenException(reason=reason, detail=detail, context=context):
@@ -301,6 +354,7 @@ class SagaRunner:
                         source=f"saga:{after.kind}", key=key, reason=reason,
                         payload={"detail": detail, **context}))
                     outcome.exceptions.append(key)
+                    outcome.opened.append((after.kind, reason))
                     log.warning("saga %s %s: %s (%s)", after.kind, after.saga_id, reason,
                                 detail)
         return after

@@ -1,5 +1,6 @@
-"""Prometheus metrics of the HTTP API: latency per route, refused signatures, bodies and bearer
-tokens."""
+"""Prometheus metrics of the HTTP API: latency per route, authorization decisions, refused
+signatures, bodies and bearer tokens; and the state gauges the API's refresh loop keeps
+(`cardpay.metrics.state`, on the same registry)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,11 @@ class ApiMetrics:
             "Requests to the finance and ops routes the bearer guard refused, by reason (401: "
             "missing, not_bearer, malformed, unknown_or_revoked; 403: insufficient_scope; 503: "
             "unavailable)", ["reason"], registry=r)
+        self.authorization_decisions = Counter(
+            "cardpay_authorization_decisions_total",
+            "Authorization requests decided and committed, by outcome (approved, partial, "
+            "declined) and reason (the decline reason's code; none for approvals). Repeated "
+            "deliveries are not counted", ["outcome", "reason"], registry=r)
         self.sweep_holds_expired = Counter(
             "cardpay_network_sweep_holds_expired_total",
             "Authorization holds the network sweep released at their timeout (ledger and "
@@ -50,3 +56,7 @@ class ApiMetrics:
         self.sweep_failures = Counter(
             "cardpay_network_sweep_failures_total",
             "Network sweeps that failed (logged; the next interval retries)", registry=r)
+
+    def authorization_decided(self, outcome: str, reason: str) -> None:
+        """`cardpay.handlers.network.DecisionObserver`: one committed decision."""
+        self.authorization_decisions.labels(outcome, reason).inc()

@@ -114,7 +114,8 @@ def test_relay_and_projector_metrics_follow_a_run(
 
 
 @pytest.mark.parametrize(("command", "component"), [("relay", "relay"),
-                                                    ("project", "projector")])
+                                                    ("project", "projector"),
+                                                    ("sagas run", "saga worker")])
 def test_commands_serve_their_metrics_on_loopback(
     command: str, component: str, pg_url: str, pg_engine: Engine
 ) -> None:
@@ -126,7 +127,8 @@ def test_commands_serve_their_metrics_on_loopback(
            "CARDPAY_KAFKA_BOOTSTRAP": f"127.0.0.1:{kafka_port}"}
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cardpay.cli.main", command, "--metrics-port", str(port)],
+        [sys.executable, "-m", "cardpay.cli.main", *command.split(), "--metrics-port",
+         str(port)],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         first = _scrape_until(port, lambda t: _errors(t, component) >= 1)
@@ -134,6 +136,11 @@ def test_commands_serve_their_metrics_on_loopback(
         if command == "relay":
             assert _value(later, "cardpay_relay_outbox_backlog") > 0  # still waiting
             assert _value(later, "cardpay_relay_published_total") == 0
+        if command == "sagas run":  # the saga counters are exported from the first scrape
+            for family in ("cardpay_saga_steps_total", "cardpay_saga_retries_total",
+                           "cardpay_saga_compensations_total",
+                           "cardpay_saga_timers_fired_total"):
+                assert f"# TYPE {family} counter" in first
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=30)

@@ -19,6 +19,7 @@ import pytest
 from sqlalchemy import Engine
 
 from cardpay.bootstrap.sagas import payment_command
+from cardpay.bootstrap.state import reconciliation_breaks
 from cardpay.handlers.card_network import CardNetworkEffects
 from cardpay.handlers.chain import ChainSinkHandler
 from cardpay.handlers.payments import PaymentService
@@ -284,3 +285,12 @@ def test_bad_options_are_one_line_with_exit_2(args: list[str], message: str,
     assert stop.value.code == 2
     assert capsys.readouterr().err == (f"cardpay reconcile: {message} "
                                        "(see `cardpay reconcile --help`)\n")
+
+
+def test_the_breaks_gauge_counts_each_currencys_breaks_on_the_days_given(
+        pg_engine: Engine, day: Day) -> None:
+    assert reconciliation_breaks(pg_engine, [DAY, DAY - timedelta(days=1)]) == {"EUR": 0}
+    day.chain([c.RecordSettlementTransfer(
+        command_id="chain:stray", at=T0 + timedelta(hours=2), recipient=SAFE, token=TOKEN,
+        amount=Money(400 * CENT, EURE), evidence=evidence(40))])
+    assert reconciliation_breaks(pg_engine, [DAY]) == {"EUR": 1}
