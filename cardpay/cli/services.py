@@ -61,7 +61,8 @@ def _common_options(parser: argparse.ArgumentParser, batch: str) -> None:
                         "long, e.g. Kafka unreachable (default 30)")
     parser.add_argument("--batch-size", type=int, default=500, help=f"{batch} (500)")
     parser.add_argument("--metrics-port", type=int, metavar="PORT",
-                        help="serve Prometheus /metrics on 127.0.0.1:PORT")
+                        help="serve Prometheus /metrics on PORT of CARDPAY_METRICS_HOST "
+                        "(default 127.0.0.1)")
 
 
 def validate_loop_options(args: argparse.Namespace) -> None:
@@ -78,13 +79,13 @@ class _Served(Protocol):
     def serve(self, port: int, host: str = "127.0.0.1") -> None: ...
 
 
-def _serve(metrics: _Served, port: int | None) -> None:
+def _serve(metrics: _Served, port: int | None, host: str) -> None:
     if port is None:
         return
     try:
-        metrics.serve(port)
+        metrics.serve(port, host)
     except OSError as exc:
-        raise CommandFailed(f"cannot serve metrics on 127.0.0.1:{port} "
+        raise CommandFailed(f"cannot serve metrics on {host}:{port} "
                             f"({exc.strerror or exc}); choose another --metrics-port") from exc
 
 
@@ -139,7 +140,7 @@ def relay_command(settings: Settings, args: argparse.Namespace) -> int:
     bootstrap = settings.kafka_bootstrap
     quiet_kafka_client()
     metrics = RelayMetrics()
-    _serve(metrics, args.metrics_port)
+    _serve(metrics, args.metrics_port, settings.metrics_host)
 
     async def main() -> None:
         with database(settings) as engine:
@@ -185,7 +186,7 @@ def project_command(settings: Settings, args: argparse.Namespace) -> int:
     tune_gc()
     quiet_kafka_client()
     metrics = ProjectorMetrics(projector=PAYMENTS)
-    _serve(metrics, args.metrics_port)
+    _serve(metrics, args.metrics_port, settings.metrics_host)
 
     async def main() -> None:
         with database(settings) as engine, running_projector(engine, PAYMENTS):
