@@ -79,7 +79,9 @@ class _Served(Protocol):
     def serve(self, port: int, host: str = "127.0.0.1") -> None: ...
 
 
-def _serve(metrics: _Served, port: int | None, host: str) -> None:
+def serve_metrics(metrics: _Served, port: int | None, host: str) -> None:
+    """Serve /metrics on `host:port` (`settings.metrics_host`, CARDPAY_METRICS_HOST): loopback
+    unless told, `0.0.0.0` in a container so Prometheus in another one can scrape it."""
     if port is None:
         return
     try:
@@ -140,7 +142,7 @@ def relay_command(settings: Settings, args: argparse.Namespace) -> int:
     bootstrap = settings.kafka_bootstrap
     quiet_kafka_client()
     metrics = RelayMetrics()
-    _serve(metrics, args.metrics_port, settings.metrics_host)
+    serve_metrics(metrics, args.metrics_port, settings.metrics_host)
 
     async def main() -> None:
         with database(settings) as engine:
@@ -186,7 +188,7 @@ def project_command(settings: Settings, args: argparse.Namespace) -> int:
     tune_gc()
     quiet_kafka_client()
     metrics = ProjectorMetrics(projector=PAYMENTS)
-    _serve(metrics, args.metrics_port, settings.metrics_host)
+    serve_metrics(metrics, args.metrics_port, settings.metrics_host)
 
     async def main() -> None:
         with database(settings) as engine, running_projector(engine, PAYMENTS):

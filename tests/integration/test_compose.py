@@ -285,6 +285,18 @@ def _mounts(service: dict[str, Any]) -> dict[Path, str]:
     return found
 
 
+def test_promtool_accepts_the_scrape_config() -> None:
+    """Syntax only: the rule file it names is written and tested with the alert rules
+    (tests/integration/test_alert_rules.py)."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool missing (Debian package prometheus, installed by scripts/setup.sh)")
+    proc = subprocess.run(
+        [promtool, "check", "config", "--syntax-only", str(DOCKER / "prometheus" / "prometheus.yml")],
+        capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 def test_prometheus_reads_this_config_and_its_alert_rules(config: dict[str, Any]) -> None:
     prometheus = config["services"]["prometheus"]
     mounted = _mounts(prometheus)[(DOCKER / "prometheus").resolve()]
