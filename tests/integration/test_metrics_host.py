@@ -52,13 +52,13 @@ def test_the_relay_serves_its_metrics_on_the_configured_host(pg_url: str) -> Non
         assert "cardpay_relay_" in text, proc.stderr.read() if proc.poll() is not None else text
         with pytest.raises(requests.ConnectionError):
             requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
-    finally:
+    finally:  # SIGTERM: the relay's own stop; communicate() also closes the pipes
         proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(timeout=30)
+            proc.communicate(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
-            proc.wait()
+            proc.communicate()
 
 
 def test_a_port_in_use_names_the_configured_host(pg_url: str) -> None:
