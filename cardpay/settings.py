@@ -175,6 +175,10 @@ class Settings:
     """The card network's Standard Webhooks secrets; `cardpay api` refuses to start without."""
     api_host: str = "127.0.0.1"
     api_port: int = 8080
+    metrics_host: str = "127.0.0.1"
+    """The address the `--metrics-port` endpoints of `listen`, `project` and `relay` bind
+    (CARDPAY_METRICS_HOST): loopback unless told, as for the API; `0.0.0.0` in a container, so
+    that a Prometheus in another container can scrape them (docker/compose.yaml)."""
     authorization_deadline_ms: int = 2000
     """The network stands in for an authorization not answered within this; a later approval
     is recorded as late and holds nothing."""
@@ -226,6 +230,7 @@ class Settings:
             webhook_secrets=_webhook_secrets(env),
             api_host=(env.get("CARDPAY_API_HOST") or "").strip() or "127.0.0.1",
             api_port=_int(env, "CARDPAY_API_PORT", 8080),
+            metrics_host=(env.get("CARDPAY_METRICS_HOST") or "").strip() or "127.0.0.1",
             authorization_deadline_ms=_int(env, "CARDPAY_AUTHORIZATION_DEADLINE_MS", 2000),
             parked_clearing_timeout=parse_duration(
                 "CARDPAY_PARKED_CLEARING_TIMEOUT",

@@ -4,7 +4,8 @@
 #   node_modules/        Anvil (@foundry-rs/anvil) and solc (solcjs), pinned by package-lock.json
 #   ~/.cache/cardpay/    Apache Kafka broker jars, fetched with Maven (tools/kafka/pom.xml)
 #   Debian packages      chromium and chromium-driver, for the finance page's browser test
-#                        (apt-get, as root or with sudo; CARDPAY_SKIP_BROWSER=1 skips them)
+#                        (apt-get, as root or with sudo; CARDPAY_SKIP_BROWSER=1 skips them);
+#                        docker-compose, which validates docker/compose.yaml (no engine needed)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,7 +27,10 @@ if [ "${CARDPAY_SKIP_KAFKA:-0}" != "1" ]; then
 fi
 # Debian packages the tests use, each installed only when its command is missing:
 #   command:package ...
-DEBIAN_NEEDS=(/usr/bin/promtool:prometheus)  # promtool tests docker/prometheus/alerts.yml
+DEBIAN_NEEDS=(
+  /usr/bin/promtool:prometheus         # promtool tests docker/prometheus/alerts.yml
+  /usr/bin/docker-compose:docker-compose  # validates docker/compose.yaml
+)
 if [ "${CARDPAY_SKIP_BROWSER:-0}" != "1" ]; then
   DEBIAN_NEEDS+=(/usr/bin/chromium:chromium /usr/bin/chromedriver:chromium-driver)
 fi

@@ -77,7 +77,8 @@ def register(sub: Any) -> None:
     listen_parser.add_argument("--from-block", type=int, default=None,
                                help="first block when the listener has no cursor yet")
     listen_parser.add_argument("--metrics-port", type=int, default=None,
-                               help="serve Prometheus /metrics on 127.0.0.1:PORT")
+                               help="serve Prometheus /metrics on PORT of "
+                               "CARDPAY_METRICS_HOST (default 127.0.0.1)")
     listen_parser.add_argument("--poll-interval", type=float, default=2.0,
                                help="seconds (default 2)")
     listen_parser.set_defaults(run=_run)
@@ -252,7 +253,7 @@ def listen(settings: Settings, *, preset: str, deployment: Path | None, rpc_url:
             _start_block(listener, from_block, settings.listener_name)
             metrics.starting(listener.cursor(), _head_or_none(listener.head))
             if metrics_port is not None:  # served once the gauges hold the stored cursor
-                _serve(metrics, metrics_port)
+                _serve(metrics, metrics_port, settings.metrics_host)
             asyncio.run(_until_signal(listener, metrics, poll_interval))
     return 0
 
@@ -266,11 +267,11 @@ async def _until_signal(listener: Listener, metrics: ListenerMetrics,
     await run_listener(listener, stop=stop, poll_interval=poll_interval, metrics=metrics)
 
 
-def _serve(metrics: ListenerMetrics, port: int) -> None:
+def _serve(metrics: ListenerMetrics, port: int, host: str) -> None:
     try:
-        metrics.serve(port)
+        metrics.serve(port, host)
     except OSError as exc:
-        raise CommandFailed(f"cannot serve metrics on 127.0.0.1:{port}: "
+        raise CommandFailed(f"cannot serve metrics on {host}:{port}: "
                             f"{exc.strerror or exc}") from None
 
 

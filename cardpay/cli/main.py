@@ -57,6 +57,7 @@ environment:
   CARDPAY_WEBHOOK_SECRETS  the card network's whsec_... secrets, comma separated (for `api`)
   CARDPAY_API_HOST         address `cardpay api` binds (default 127.0.0.1)
   CARDPAY_API_PORT         port of `cardpay api` (default 8080)
+  CARDPAY_METRICS_HOST     address the --metrics-port endpoints bind (default 127.0.0.1)
   CARDPAY_AUTHORIZATION_DEADLINE_MS  answer deadline of an authorization (default 2000)
   CARDPAY_API_MAX_IN_FLIGHT  network requests `api` works on at once; more get 503 (default 48)
   CARDPAY_PARKED_CLEARING_TIMEOUT    a clearing parked this long without its authorization

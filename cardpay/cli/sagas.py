@@ -102,7 +102,7 @@ def run_command(settings: Settings, args: argparse.Namespace) -> int:
         from cardpay.metrics.sagas import SagaMetrics
 
         metrics = SagaMetrics()
-        serve_metrics(metrics, args.metrics_port)
+        serve_metrics(metrics, args.metrics_port, settings.metrics_host)
 
     async def main() -> None:
         with database(settings) as engine:

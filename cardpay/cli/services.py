@@ -61,7 +61,8 @@ def _common_options(parser: argparse.ArgumentParser, batch: str) -> None:
                         "long, e.g. Kafka unreachable (default 30)")
     parser.add_argument("--batch-size", type=int, default=500, help=f"{batch} (500)")
     parser.add_argument("--metrics-port", type=int, metavar="PORT",
-                        help="serve Prometheus /metrics on 127.0.0.1:PORT")
+                        help="serve Prometheus /metrics on PORT of CARDPAY_METRICS_HOST "
+                        "(default 127.0.0.1)")
 
 
 def validate_loop_options(args: argparse.Namespace) -> None:
@@ -78,13 +79,15 @@ class _Served(Protocol):
     def serve(self, port: int, host: str = "127.0.0.1") -> None: ...
 
 
-def serve_metrics(metrics: _Served, port: int | None) -> None:
+def serve_metrics(metrics: _Served, port: int | None, host: str) -> None:
+    """Serve /metrics on `host:port` (`settings.metrics_host`, CARDPAY_METRICS_HOST): loopback
+    unless told, `0.0.0.0` in a container so Prometheus in another one can scrape it."""
     if port is None:
         return
     try:
-        metrics.serve(port)
+        metrics.serve(port, host)
     except OSError as exc:
-        raise CommandFailed(f"cannot serve metrics on 127.0.0.1:{port} "
+        raise CommandFailed(f"cannot serve metrics on {host}:{port} "
                             f"({exc.strerror or exc}); choose another --metrics-port") from exc
 
 
@@ -139,7 +142,7 @@ def relay_command(settings: Settings, args: argparse.Namespace) -> int:
     bootstrap = settings.kafka_bootstrap
     quiet_kafka_client()
     metrics = RelayMetrics()
-    serve_metrics(metrics, args.metrics_port)
+    serve_metrics(metrics, args.metrics_port, settings.metrics_host)
 
     async def main() -> None:
         with database(settings) as engine:
@@ -185,7 +188,7 @@ def project_command(settings: Settings, args: argparse.Namespace) -> int:
     tune_gc()
     quiet_kafka_client()
     metrics = ProjectorMetrics(projector=PAYMENTS)
-    serve_metrics(metrics, args.metrics_port)
+    serve_metrics(metrics, args.metrics_port, settings.metrics_host)
 
     async def main() -> None:
         with database(settings) as engine, running_projector(engine, PAYMENTS):

@@ -79,3 +79,9 @@ def test_empty_values_mean_the_default() -> None:
     s = Settings.from_env({"CARDPAY_DATABASE_URL": "", "CARDPAY_CONFIRMATIONS": "",
                            "CARDPAY_RPC_URL": ""})
     assert (s.database_url, s.confirmations, s.rpc_url) == (None, 2, None)
+
+
+def test_the_metrics_host_is_loopback_unless_told() -> None:
+    assert Settings.from_env({}).metrics_host == "127.0.0.1"
+    assert Settings.from_env({"CARDPAY_METRICS_HOST": " "}).metrics_host == "127.0.0.1"
+    assert Settings.from_env({"CARDPAY_METRICS_HOST": "0.0.0.0"}).metrics_host == "0.0.0.0"
