@@ -27,9 +27,11 @@ unit-tested with fake processes and a fake clock.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections import deque
@@ -196,15 +198,41 @@ class Supervisor:
             slot.child = None
 
 
+def parent_death_signal(sig: int) -> Callable[[], None] | None:
+    """A `preexec_fn` that has the kernel send `sig` to the child when this process dies
+    without stopping it (Linux; None elsewhere), so a parent killed with SIGKILL leaves no
+    child running.
+
+    PR_SET_PDEATHSIG fires when the *thread* that forked exits, so it is only used from the main
+    thread; elsewhere the caller's own stop is the only safety net.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig = 1
+    signal_number = int(sig)
+
+    def set_pdeathsig() -> None:
+        prctl(pr_set_pdeathsig, signal_number)
+
+    return set_pdeathsig
+
+
 class OsChild:
     """A real child process in its own session; its output (stdout and stderr) is copied line
-    by line to `out`, each line prefixed with the child's name."""
+    by line to `out`, each line prefixed with the child's name. Should the parent die without
+    stopping it (SIGKILL), the kernel sends it SIGTERM: it stops as on Ctrl-C."""
 
     def __init__(self, spec: ChildSpec, out: IO[str], lock: threading.Lock) -> None:
         self._process = subprocess.Popen(
             list(spec.argv), env=dict(spec.env), stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
-            start_new_session=True)
+            start_new_session=True, preexec_fn=parent_death_signal(signal.SIGTERM))
         self._copier = threading.Thread(target=self._copy, args=(spec.name, out, lock),
                                         name=f"output-{spec.name}", daemon=True)
         self._copier.start()
