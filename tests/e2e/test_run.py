@@ -1,7 +1,8 @@
 """`cardpay run` as a user starts it: it comes up (Anvil, embedded PostgreSQL, the replicas,
 every process), serves the API and the finance page, restarts a process killed with SIGKILL,
 and on SIGTERM stops with exit status 0 and no process of its tree left (the embedded
-PostgreSQL server, which its launcher detaches, included). Bad input is one line."""
+PostgreSQL server, which its launcher detaches, included); killed itself with SIGKILL, it
+leaves nothing running either. Bad input is one line."""
 
 from __future__ import annotations
 
@@ -120,6 +121,21 @@ def test_run_comes_up_serves_restarts_a_killed_process_and_stops_leaving_nothing
                lambda: all(gone(p) for p in everything), 10)
     assert err.read_text().rstrip().endswith("cardpay run: stopped")
     print(f"whole test {time.monotonic() - t0:.1f}s")
+
+
+def test_a_parent_killed_with_sigkill_leaves_nothing_running(
+        started: tuple[subprocess.Popen[bytes], Path, Path], tmp_path: Path) -> None:
+    """The kernel tells the children and Anvil (PR_SET_PDEATHSIG) and the embedded server's
+    watcher stops the server: nothing is left even without the parent's own stop."""
+    proc, out, err = started
+    wait_until("readiness line", lambda: READY.search(out.read_text()), 50, proc, err)
+    tree = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
+    postmaster = int((tmp_path / "data" / "pgdata" / "postmaster.pid").read_text().split()[0])
+    proc.kill()
+    proc.wait(10)
+    wait_until("every process of the tree gone",
+               lambda: all(gone(p) for p in [*tree, postmaster]), 30)
+    assert (tmp_path / "data" / "anvil-state.json").is_file()  # Anvil stopped on SIGINT
 
 
 def _answers(url: str) -> bool:
