@@ -33,9 +33,9 @@ CARDPAY_NETWORK_ADVICE_URL is a local endpoint that records the reversal advices
 CARDPAY_* variable reaches the processes unchanged (see `cardpay --help`).
 
 Each process's output is copied to stderr behind its name. A process that exits is restarted
-after 0.5 s, doubling up to 30 s while it keeps failing; one that exits 5 times within 60 s
-stops the whole stack (exit status 1) with a line naming it. Once the API and every metrics
-endpoint answer, one line on stdout names the URLs. Ctrl-C or SIGTERM: every process gets
+after 0.5 s, doubling up to 30 s while it keeps failing; one that exits --max-restarts times
+within 60 s stops the whole stack (exit status 1) with a line naming it. Once the API and
+every metrics endpoint answer, one line on stdout names the URLs. Ctrl-C or SIGTERM: every process gets
 SIGTERM, SIGKILL after --grace seconds; then the database and the node stop (exit status 0).
 A port in use or a node that does not answer is one line, exit status 1. `cardpay --debug run`
 also runs every process with --debug (tracebacks instead of one-line errors)."""
@@ -50,10 +50,14 @@ def register(sub: Any) -> None:
     run.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
                      help="the listener's metrics port; the projector's is PORT + 1, the "
                      "relay's PORT + 2 (default 9464; 0: free ones)")
-    run.add_argument("--cardholders", type=int, default=5,
+    run.add_argument("--cardholders", type=int, default=5, metavar="N",
                      help="cardholder Safes when the replicas are deployed (default 5)")
     run.add_argument("--grace", type=float, default=10.0, metavar="SECONDS",
                      help="how long stopping processes get before SIGKILL (default 10)")
+    run.add_argument("--max-restarts", type=int, default=5, metavar="N",
+                     help="stop the stack when one process exits N times within 60 s "
+                     "(default 5; 0: restart for ever, e.g. under a harness that kills "
+                     "processes on purpose)")
     run.set_defaults(run=run_command)
 
 
@@ -68,11 +72,15 @@ def run_command(settings: Settings, args: argparse.Namespace) -> int:
         raise UsageError(f"--cardholders must be at least 1, got {args.cardholders}")
     if not math.isfinite(args.grace) or args.grace < 0:
         raise UsageError(f"--grace must be a number of seconds >= 0, got {args.grace}")
+    if args.max_restarts < 0:
+        raise UsageError(f"--max-restarts must be 0 or more, got {args.max_restarts}")
     from cardpay.bootstrap.run import RunOptions, RunRefused, run
+    from cardpay.runtime.processes import RestartPolicy
 
     flags = (("--debug",) if args.debug else ()) + (("-v",) if args.verbose else ())
     options = RunOptions(api_port=args.port, metrics_port=args.metrics_port,
-                         cardholders=args.cardholders, grace=args.grace, flags=flags)
+                         cardholders=args.cardholders, grace=args.grace, flags=flags,
+                         policy=RestartPolicy(max_restarts=args.max_restarts))
     try:
         return run(settings, options)
     except RunRefused as exc:

@@ -75,7 +75,8 @@ class RestartPolicy:
     """A child that ran this long before exiting restarts after the first delay again."""
     max_restarts: int = 5
     window: float = 60.0
-    """`max_restarts` exits within `window` seconds: the child is failing, give up."""
+    """`max_restarts` exits within `window` seconds: the child is failing, give up (0: never;
+    for a harness that kills children on purpose, e.g. a chaos run)."""
 
     def delay(self, attempt: int) -> float:
         return self.backoff.delay(attempt)
@@ -168,7 +169,7 @@ class Supervisor:
         while slot.exits and now - slot.exits[0] > self.policy.window:
             slot.exits.popleft()
         how = f"{slot.spec.name} (pid {pid}) {describe_status(status)} after {ran:.1f}s"
-        if len(slot.exits) >= self.policy.max_restarts:
+        if 0 < self.policy.max_restarts <= len(slot.exits):
             self.failed = (f"{slot.spec.name} is restarting too often: it exited "
                            f"{len(slot.exits)} times within {self.policy.window:.0f}s (last: "
                            f"{describe_status(status)}); see its output above")

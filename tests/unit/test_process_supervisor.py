@@ -147,6 +147,16 @@ def test_exits_spread_wider_than_the_window_never_give_up() -> None:
     assert w.supervisor.restarts()["api"] == 9
 
 
+def test_max_restarts_0_restarts_for_ever() -> None:
+    w = World(max_restarts=0, window=60)
+    w.supervisor.start_all()
+    for _ in range(20):
+        w.crash("api", status=-signal.SIGKILL)
+        w.advance(10)
+    assert w.supervisor.failed is None
+    assert w.supervisor.restarts()["api"] == 20
+
+
 def test_stop_terms_every_child_then_kills_what_is_left_after_the_grace() -> None:
     w = World()
     w.stops_on_term = False  # both ignore SIGTERM
