@@ -410,22 +410,26 @@ def _ready(out: IO[str], settings: Settings, ports: Ports, lock: threading.Lock)
 def supervise(supervisor: Supervisor, stop: threading.Event, checks: dict[str, str],
               announce: Callable[[], None], *, timeout: float, say: Callable[[str], None],
               answers: Callable[[str], bool] = _answers, interval: float = 0.2) -> int:
-    """Step the supervisor until `stop`; announce readiness once every check answers."""
+    """Step the supervisor until `stop`; announce readiness once every check answers and
+    every child runs (status 1 when it is not so within `timeout`, or a child failed)."""
     pending = dict(checks)
+    announced = False
     deadline = time.monotonic() + timeout
     while not stop.is_set():
         supervisor.step()
         if supervisor.failed is not None:
             return 1
-        if pending:
+        if not announced:
             for what, url in list(pending.items()):
                 if answers(url):
                     del pending[what]
-            if not pending:
+            if not pending and supervisor.all_running():
                 announce()
+                announced = True
             elif time.monotonic() > deadline:
-                say(f"not ready within {timeout:.0f}s: {', '.join(pending)} "
-                    f"({', '.join(pending.values())}) did not answer; see the output above")
+                waiting = [f"{what} ({url}) does not answer" for what, url in pending.items()]
+                say(f"not ready within {timeout:.0f}s: "
+                    f"{'; '.join(waiting) or 'a process is restarting'}; see the output above")
                 return 1
         stop.wait(interval)
     return 0

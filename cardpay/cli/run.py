@@ -35,10 +35,11 @@ CARDPAY_* variable reaches the processes unchanged (see `cardpay --help`).
 Each process's output is copied to stderr behind its name. A process that exits is restarted
 after 0.5 s, doubling up to 30 s while it keeps failing; one that exits --max-restarts times
 within 60 s stops the whole stack (exit status 1) with a line naming it. Once the API and
-every metrics endpoint answer, one line on stdout names the URLs. Ctrl-C or SIGTERM: every process gets
-SIGTERM, SIGKILL after --grace seconds; then the database and the node stop (exit status 0).
-A port in use or a node that does not answer is one line, exit status 1. `cardpay --debug run`
-also runs every process with --debug (tracebacks instead of one-line errors)."""
+every metrics endpoint answer (and every process runs), one line on stdout names the URLs.
+Ctrl-C or SIGTERM: every process gets SIGTERM, SIGKILL after --grace seconds; then the
+database and the node stop (exit status 0); killed with SIGKILL, the kernel stops the processes
+and the node for it. A port in use or a node that does not answer is one line, exit status 1.
+`cardpay --debug run` also runs every process with --debug (tracebacks, not one-line errors)."""
 
 
 def register(sub: Any) -> None:

@@ -135,8 +135,8 @@ class Supervisor:
     def restarts(self) -> dict[str, int]:
         return {s.spec.name: s.restarts for s in self._slots}
 
-    def running(self, name: str) -> bool:
-        return name in self.pids()
+    def all_running(self) -> bool:
+        return len(self.pids()) == len(self._slots)
 
     def step(self) -> None:
         """Reap the children that exited and schedule their restart (or give up); start those

@@ -220,6 +220,28 @@ def test_readiness_is_announced_once_every_check_answers_then_the_loop_runs_unti
     assert len(w.by_name["listen"]) == 2
 
 
+def test_readiness_waits_for_every_child_to_run() -> None:
+    w = World()
+    w.supervisor.start_all()
+    w.current("listen").status = 1  # exits before the checks answer: restarting in 0.5 s
+    announced: list[float] = []
+    stop = threading.Event()
+
+    def announce() -> None:
+        announced.append(w.clock.now)
+        stop.set()
+
+    def wait(seconds: float) -> bool:  # each turn takes 0.2 s of the fake clock
+        w.clock.now += 0.2
+        return False
+
+    stop.wait = wait  # type: ignore[method-assign]
+    assert supervise(w.supervisor, stop, {"A": "a"}, announce, timeout=3600,
+                     say=w.lines.append, answers=lambda url: True, interval=0) == 0
+    assert len(w.by_name["listen"]) == 2  # announced only once the restart ran
+    assert announced and w.supervisor.all_running()
+
+
 def test_a_child_restarting_too_often_ends_the_loop_with_status_1() -> None:
     w = World(max_restarts=1)
     w.supervisor.start_all()
@@ -238,5 +260,5 @@ def test_not_ready_in_time_ends_the_loop_naming_what_did_not_answer() -> None:
                        lambda: None, timeout=0.0, say=lines.append,
                        answers=lambda url: False, interval=0)
     assert status == 1
-    assert lines == ["not ready within 0s: API (http://x/healthz) did not answer; see the "
+    assert lines == ["not ready within 0s: API (http://x/healthz) does not answer; see the "
                      "output above"]
