@@ -141,8 +141,7 @@ def _probe_node(url: str) -> tuple[int, str]:
 @contextlib.contextmanager
 def _node(settings: Settings, notes: list[str]) -> Iterator[tuple[str, Any]]:
     """The node's URL, and the embedded Anvil (None with CARDPAY_RPC_URL)."""
-    if settings.rpc_url:
-        _probe_node(settings.rpc_url)
+    if settings.rpc_url:  # probed by `run` before anything started
         notes.append(f"chain: the node at {settings.rpc_url} (CARDPAY_RPC_URL)")
         yield settings.rpc_url, None
         return
@@ -379,6 +378,8 @@ def run(settings: Settings, options: RunOptions, *, out: IO[str] = sys.stdout,
         ports = choose_ports(settings, api_port=options.api_port,
                              metrics_port=options.metrics_port,
                              kafka=bool(settings.kafka_bootstrap))
+        if settings.rpc_url:
+            _probe_node(settings.rpc_url)
         say("starting the node and the database, deploying the replicas if needed")
         with prepared(settings, cardholders=options.cardholders) as stack:
             for note in stack.notes:
