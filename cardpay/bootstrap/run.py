@@ -39,11 +39,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from cardpay.errors import CardpayError
 from cardpay.runtime.processes import ChildSpec, RestartPolicy, Supervisor, os_spawner
 from cardpay.settings import Settings
+
+if TYPE_CHECKING:  # web3, Anvil and SQLAlchemy load only when the stack starts
+    from sqlalchemy import Engine
+
+    from cardpay.devstack.anvil import AnvilNode
+    from cardpay.devstack.local_chain import LocalChain
 
 DEFAULT_METRICS_PORT = 9464
 """The listener's metrics port; the projector's is the next one, the relay's the one after."""
@@ -139,7 +145,7 @@ def _probe_node(url: str) -> tuple[int, str]:
 
 
 @contextlib.contextmanager
-def _node(settings: Settings, notes: list[str]) -> Iterator[tuple[str, Any]]:
+def _node(settings: Settings, notes: list[str]) -> Iterator[tuple[str, AnvilNode | None]]:
     """The node's URL, and the embedded Anvil (None with CARDPAY_RPC_URL)."""
     if settings.rpc_url:  # probed by `run` before anything started
         notes.append(f"chain: the node at {settings.rpc_url} (CARDPAY_RPC_URL)")
@@ -162,8 +168,8 @@ def _node(settings: Settings, notes: list[str]) -> Iterator[tuple[str, Any]]:
         node.stop()
 
 
-def _deployment(settings: Settings, engine: Any, rpc_url: str, anvil: Any, cardholders: int,
-                notes: list[str]) -> tuple[Path, int]:
+def _deployment(settings: Settings, engine: Engine, rpc_url: str, anvil: AnvilNode | None,
+                cardholders: int, notes: list[str]) -> tuple[Path, int]:
     """The `local` preset file, deployed now unless its contracts are on this node."""
     from web3.types import RPCEndpoint
 
@@ -194,7 +200,7 @@ def _deployment(settings: Settings, engine: Any, rpc_url: str, anvil: Any, cardh
     return path, int(deployment["deployed_at_block"])
 
 
-def _known_deployment(path: Path, chain: Any) -> dict[str, Any] | None:
+def _known_deployment(path: Path, chain: LocalChain) -> dict[str, Any] | None:
     """The preset file's deployment if its Spender module has code on this node."""
     try:
         data: dict[str, Any] = json.loads(path.read_text())
