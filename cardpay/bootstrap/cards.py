@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Engine
 
@@ -12,7 +13,7 @@ from cardpay.handlers.ports import Card, CardExists, ChainReading
 from cardpay.onchain.readings import RpcChainReader
 from cardpay.postgres.uow import unit_of_work_factory
 from cardpay.settings import Settings
-from listener.presets import ChainConfig
+from listener.presets import ChainConfig, local_config
 from listener.rpc import HttpJsonRpc
 
 
@@ -51,3 +52,17 @@ def register_cards(settings: Settings, engine: Engine, config: ChainConfig, rpc_
     finally:
         rpc.close()
     return done
+
+
+def local_cards(deployment: Mapping[str, Any]) -> tuple[str, list[Card]]:
+    """The cards of a local deployment (`cardpay deploy`, `cardpay run`): one per cardholder
+    Safe, ids local-0000, local-0001, ..., in EURe (a Gnosis Pay Safe spends one token), with
+    its Roles module so the daily allowance is followed. Returns the token's symbol too."""
+    config = local_config(dict(deployment))
+    symbol = "EURe" if "EURe" in deployment["tokens"] else next(iter(deployment["tokens"]))
+    token = str(deployment["tokens"][symbol]["address"]).lower()
+    return symbol, [Card(f"local-{i:04d}", str(safe).lower(), token, config.tokens[token],
+                         roles_module=str(module).lower())
+                    for i, (safe, module) in enumerate(zip(deployment["cardholders"],
+                                                           deployment["roles_modules"],
+                                                           strict=True))]

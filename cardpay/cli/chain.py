@@ -314,19 +314,13 @@ def deploy(settings: Settings, *, rpc_url: str | None, cardholders: int, out: Pa
 def _register_local_cards(settings: Settings, url: str, deployment: dict[str, Any]) -> None:
     """One card per cardholder Safe, in EURe (a Gnosis Pay Safe spends one token), with its
     Roles module so the daily allowance is followed; cards already registered are kept."""
-    from cardpay.bootstrap.cards import register_cards
+    from cardpay.bootstrap.cards import local_cards, register_cards
     from cardpay.handlers.cards import RegistrationRaced
-    from cardpay.handlers.ports import Card
     from cardpay.onchain.readings import ChainReadFailed
     from listener.presets import local_config
 
     config = local_config(deployment)
-    symbol = "EURe" if "EURe" in deployment["tokens"] else next(iter(deployment["tokens"]))
-    token = str(deployment["tokens"][symbol]["address"]).lower()
-    wanted = [Card(f"local-{i:04d}", str(safe).lower(), token, config.tokens[token],
-                   roles_module=str(module).lower())
-              for i, (safe, module) in enumerate(zip(deployment["cardholders"],
-                                                     deployment["roles_modules"], strict=True))]
+    symbol, wanted = local_cards(deployment)
     with database(settings) as engine:
         try:
             done = register_cards(settings, engine, config, url, wanted, skip_existing=True)

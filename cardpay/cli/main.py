@@ -32,6 +32,7 @@ from cardpay.cli import (
     quarantine,
     reconcile,
     replay,
+    run,
     sagas,
     services,
     settlements,
@@ -83,7 +84,7 @@ INTERRUPTED = 130
 BROKEN_PIPE = 141
 """Exit status when the reader of stdout went away (128 + SIGPIPE)."""
 
-COMMAND_GROUPS = (demo, status, payments, settlements, reconcile, quarantine, exceptions, sagas,
+COMMAND_GROUPS = (run, demo, status, payments, settlements, reconcile, quarantine, exceptions, sagas,
                   cards, db, services, api, tokens, projections, replay, chain, listener_admin,
                   network)
 """Modules with a `register(sub)`; their order is the order of `cardpay --help`."""

@@ -9,7 +9,7 @@ Nothing happens at import time. Typical use::
 Anvil binds 127.0.0.1 only. The process runs in its own process group, so `stop()`/`kill()` also
 reach the real binary when the npm wrapper script (`node_modules/.bin/anvil`, a node process that
 spawns the platform binary) is used. A node left running when the interpreter exits is killed by an
-atexit hook.
+atexit hook; if this process is killed (SIGKILL), the kernel sends Anvil SIGINT (Linux).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import requests
 
 from cardpay.devstack.service import ManagedService
 from cardpay.errors import CardpayError
+from cardpay.runtime.processes import parent_death_signal
 
 DEFAULT_CHAIN_ID = 31337
 DEFAULT_STARTUP_TIMEOUT = 30.0
@@ -286,6 +287,8 @@ class AnvilNode(ManagedService):
                 kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
             else:
                 kwargs["start_new_session"] = True
+                # SIGINT (Anvil dumps --state and exits) should this process die unstopped
+                kwargs["preexec_fn"] = parent_death_signal(signal.SIGINT)
             try:
                 self._process = subprocess.Popen(
                     cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, **kwargs

@@ -20,7 +20,6 @@ import atexit
 import base64
 import concurrent.futures
 import contextlib
-import ctypes
 import fcntl
 import hashlib
 import os
@@ -31,7 +30,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 import weakref
@@ -45,6 +43,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
 from cardpay.devstack.service import ManagedService
 from cardpay.errors import CardpayError
+from cardpay.runtime.processes import parent_death_signal
 
 KAFKA_VERSION = "4.1.1"
 POM_PATH = Path(__file__).resolve().parents[2] / "tools" / "kafka" / "pom.xml"
@@ -394,7 +393,7 @@ class KafkaBroker(ManagedService):
             stdout=self._log_handle,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C in a terminal reaches us; we stop the broker cleanly
-            preexec_fn=_parent_death_signal(),
+            preexec_fn=parent_death_signal(signal.SIGKILL),
         )
         _track(self)
 
@@ -592,29 +591,6 @@ def _stop_live_brokers() -> None:
     for broker in list(_live_brokers):
         with contextlib.suppress(Exception):
             broker.stop(timeout=10.0)
-
-
-def _parent_death_signal() -> Callable[[], None] | None:
-    """On Linux, have the kernel SIGKILL the broker if this process dies without stopping it.
-
-    PR_SET_PDEATHSIG fires when the *thread* that forked exits, so it is only used from the main
-    thread; elsewhere the atexit hook and the caller's `stop()` are the safety net.
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    pr_set_pdeathsig = 1
-    kill_signal = int(signal.SIGKILL)
-
-    def set_pdeathsig() -> None:
-        prctl(pr_set_pdeathsig, kill_signal)
-
-    return set_pdeathsig
 
 
 # --- helpers ------------------------------------------------------------------------------------
