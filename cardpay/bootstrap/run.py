@@ -52,7 +52,8 @@ if TYPE_CHECKING:  # web3, Anvil and SQLAlchemy load only when the stack starts
     from cardpay.devstack.local_chain import LocalChain
 
 DEFAULT_METRICS_PORT = 9464
-"""The listener's metrics port; the projector's is the next one, the relay's the one after."""
+"""The listener's metrics port; then the projector's, the relay's and the saga worker's (as in
+docker/compose.yaml: 9464-9467)."""
 DEPLOYMENT_FILE = "local-deployment.json"
 ANVIL_STATE = "anvil-state.json"
 WEBHOOK_SECRET_FILE = "dev-webhook-secret"
@@ -73,6 +74,7 @@ class Ports:
     listener: int
     projector: int
     relay: int | None
+    sagas: int
 
 
 def free_port(host: str) -> int:
@@ -100,19 +102,23 @@ def check_free(host: str, port: int, what: str) -> None:
 def choose_ports(settings: Settings, *, api_port: int | None, metrics_port: int | None,
                  kafka: bool) -> Ports:
     """The API's port (0: a free one) and the metrics ports: `metrics_port` for the listener,
-    the next for the projector, the one after for the relay (0: free ones); all checked."""
+    the next for the projector, then the relay's and the saga worker's (0: free ones); all
+    checked."""
     host = settings.api_host
     api = settings.api_port if api_port is None else api_port
     api = api or free_port(host)
     check_free(host, api, "the API's: --port or CARDPAY_API_PORT")
     base = DEFAULT_METRICS_PORT if metrics_port is None else metrics_port
-    names = ["listener", "projector"] + (["relay"] if kafka else [])
-    chosen: list[int] = []
-    for i, name in enumerate(names):
-        port = base + i if base else free_port("127.0.0.1")
+    offsets = {"listener": 0, "projector": 1, "relay": 2, "saga worker": 3}
+    if not kafka:
+        del offsets["relay"]
+    chosen: dict[str, int] = {}
+    for name, offset in offsets.items():
+        port = base + offset if base else free_port("127.0.0.1")
         check_free("127.0.0.1", port, f"the {name}'s metrics: --metrics-port")
-        chosen.append(port)
-    return Ports(api, chosen[0], chosen[1], chosen[2] if kafka else None)
+        chosen[name] = port
+    return Ports(api, chosen["listener"], chosen["projector"], chosen.get("relay"),
+                 chosen["saga worker"])
 
 
 # -- the node, the database, the replicas, the dev defaults ------------------------------------
@@ -283,7 +289,8 @@ def child_specs(settings: Settings, stack: Stack, ports: Ports, *,
         ChildSpec("listen", (*cardpay, "listen", *preset, "--from-block", str(stack.from_block),
                              "--metrics-port", str(ports.listener), "--poll-interval", "1"),
                   stack.env),
-        ChildSpec("sagas", (*cardpay, "sagas", "run", *preset), stack.env),
+        ChildSpec("sagas", (*cardpay, "sagas", "run", *preset, "--metrics-port",
+                            str(ports.sagas)), stack.env),
         ChildSpec("project", (*cardpay, "project", "--metrics-port", str(ports.projector)),
                   stack.env),
         ChildSpec("api", (*cardpay, "api", "--port", str(ports.api)), stack.env),
@@ -303,7 +310,8 @@ def probes(settings: Settings, ports: Ports) -> dict[str, str]:
     """What must answer 200 before the stack is ready, by what it is."""
     api = f"http://{_url_host(settings.api_host)}:{ports.api}"
     out = {"API": f"{api}/healthz", "listener metrics": f"http://127.0.0.1:{ports.listener}/metrics",
-           "projector metrics": f"http://127.0.0.1:{ports.projector}/metrics"}
+           "projector metrics": f"http://127.0.0.1:{ports.projector}/metrics",
+           "saga worker metrics": f"http://127.0.0.1:{ports.sagas}/metrics"}
     if ports.relay is not None:
         out["relay metrics"] = f"http://127.0.0.1:{ports.relay}/metrics"
     return out
@@ -312,7 +320,8 @@ def probes(settings: Settings, ports: Ports) -> dict[str, str]:
 def ready_line(settings: Settings, ports: Ports) -> str:
     api = f"http://{_url_host(settings.api_host)}:{ports.api}"
     metrics = [f"{api}/metrics", f"http://127.0.0.1:{ports.listener}/metrics",
-               f"http://127.0.0.1:{ports.projector}/metrics"]
+               f"http://127.0.0.1:{ports.projector}/metrics",
+               f"http://127.0.0.1:{ports.sagas}/metrics"]
     if ports.relay is not None:
         metrics.append(f"http://127.0.0.1:{ports.relay}/metrics")
     return (f"cardpay run: ready: API {api} (network ingress {api}/v1/network/...), "

@@ -19,7 +19,8 @@ Start the whole stack and keep it running until Ctrl-C or SIGTERM:
   replicas    the Gnosis Pay replicas from $CARDPAY_DATA_DIR/local-deployment.json, deployed
               there first (with one EURe card per cardholder Safe) when they are not on the node
   processes   cardpay listen        (metrics on --metrics-port)
-              cardpay sagas run     (the sagas, the spend relayer and the refund sender)
+              cardpay sagas run     (the sagas, the spend relayer and the refund sender;
+                                    metrics on --metrics-port + 3)
               cardpay project       (metrics on --metrics-port + 1)
               cardpay api           (--port; /healthz, /metrics, the finance page /finance)
               cardpay relay         only with CARDPAY_KAFKA_BOOTSTRAP (metrics on
@@ -50,7 +51,7 @@ def register(sub: Any) -> None:
                      help="the API's TCP port (default CARDPAY_API_PORT, 8080; 0: a free one)")
     run.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
                      help="the listener's metrics port; the projector's is PORT + 1, the "
-                     "relay's PORT + 2 (default 9464; 0: free ones)")
+                     "relay's PORT + 2, the saga worker's PORT + 3 (default 9464; 0: free ones)")
     run.add_argument("--cardholders", type=int, default=5, metavar="N",
                      help="cardholder Safes when the replicas are deployed (default 5)")
     run.add_argument("--grace", type=float, default=10.0, metavar="SECONDS",
@@ -66,8 +67,8 @@ def run_command(settings: Settings, args: argparse.Namespace) -> int:
     if args.port is not None and not 0 <= args.port <= 65535:
         raise UsageError(f"--port must be a TCP port (0-65535), got {args.port}")
     if args.metrics_port is not None and not (args.metrics_port == 0
-                                              or 1 <= args.metrics_port <= 65533):
-        raise UsageError(f"--metrics-port must be 0 or a TCP port (1-65533), got "
+                                              or 1 <= args.metrics_port <= 65532):
+        raise UsageError(f"--metrics-port must be 0 or a TCP port (1-65532), got "
                          f"{args.metrics_port}")
     if args.cardholders < 1:
         raise UsageError(f"--cardholders must be at least 1, got {args.cardholders}")

@@ -90,10 +90,11 @@ def test_run_comes_up_serves_restarts_a_killed_process_and_stops_leaving_nothing
     assert httpx.get(f"{api}/readyz", timeout=5).status_code == 200
     page = httpx.get(f"{api}/finance/login", timeout=5)
     assert page.status_code == 200 and "<form" in page.text
-    assert len(metrics) == 3  # the API's, the listener's, the projector's
+    assert len(metrics) == 4  # the API's, the listener's, the projector's, the saga worker's
     for url in metrics:
         assert httpx.get(url, timeout=5).status_code == 200, url
     assert "cardpay_listener_processed_block" in httpx.get(metrics[1], timeout=5).text
+    assert "cardpay_saga_steps_total" in httpx.get(metrics[3], timeout=5).text
     log = err.read_text()
     assert "dev default: spends are signed with Anvil's dev account 1" in log
     assert "webhook secret is in" in log and (tmp_path / "data" / "dev-webhook-secret").is_file()
