@@ -41,6 +41,7 @@ from cardpay.devstack.network_simulator import card_from_record
 from cardpay.handlers.ports import Card
 from cardpay.metrics.listener import ListenerMetrics
 from cardpay.settings import Secret, Settings
+from domain.card_network import NetworkState
 from listener.poller import Listener
 from listener.presets import ChainConfig, local_config
 from projector.runner import Projector
@@ -548,6 +549,16 @@ NETWORK_FIELDS = ("status", "authorized", "held", "posted", "cleared", "reversed
                   "over_cleared", "returned")
 
 
+def network_figures(n: NetworkState, unit: int) -> dict[str, Any]:
+    """A payment's network side in the simulator oracle's terms (`NETWORK_FIELDS`; amounts in
+    the network's minor units, `unit` token base units each)."""
+    return {"status": n.status.value, "authorized": n.authorized_units // unit,
+            "held": n.held_units // unit, "posted": n.posted_units // unit,
+            "cleared": n.cleared_units // unit, "reversed": n.reversed_units // unit,
+            "released": n.released_units // unit, "over_cleared": n.over_cleared_units // unit,
+            "returned": n.returned_units // unit}
+
+
 def payment_differences(s: LifecycleStack, expected: dict[str, Any]) -> list[str]:
     """Each payment's network side as cardpay recorded it against what the simulator expects
     (its oracle moved every payment message by message), one line per payment that differs."""
@@ -559,13 +570,8 @@ def payment_differences(s: LifecycleStack, expected: dict[str, Any]) -> list[str
         for payment_id, want in sorted(expected.items()):
             fiat = fiat_currency(want["currency"])
             unit = 10 ** (FIAT_TOKENS[fiat].decimals - fiat.decimals)
-            n = Payment.rehydrate(payment_id, uow.events.load(payment_id)).network
-            got = {"status": n.status.value, "authorized": n.authorized_units // unit,
-                   "held": n.held_units // unit, "posted": n.posted_units // unit,
-                   "cleared": n.cleared_units // unit, "reversed": n.reversed_units // unit,
-                   "released": n.released_units // unit,
-                   "over_cleared": n.over_cleared_units // unit,
-                   "returned": n.returned_units // unit}
+            got = network_figures(
+                Payment.rehydrate(payment_id, uow.events.load(payment_id)).network, unit)
             wanted = {k: want[k] for k in NETWORK_FIELDS}
             if got != wanted:
                 out.append(f"payment {payment_id}: network side {got}, the simulator expects "

@@ -18,6 +18,7 @@ import httpx
 import pytest
 from sqlalchemy import Engine, func, select
 
+from cardpay.bootstrap.lifecycle import network_figures
 from cardpay.handlers.ports import Card, ChainReading
 from cardpay.postgres import schema as s
 from cardpay.postgres.uow import unit_of_work_factory
@@ -91,13 +92,7 @@ def test_the_simulated_network_and_cardpay_agree(pg_url: str, pg_engine: Engine,
     with unit_of_work_factory(pg_engine, None)() as uow:
         for payment_id, want in expected["payments"].items():
             payment = Payment.rehydrate(payment_id, uow.events.load(payment_id))
-            n, unit = payment.network, TO_TOKEN[want["currency"]]
-            got = {"status": n.status.value, "authorized": n.authorized_units // unit,
-                   "held": n.held_units // unit, "posted": n.posted_units // unit,
-                   "cleared": n.cleared_units // unit, "reversed": n.reversed_units // unit,
-                   "released": n.released_units // unit,
-                   "over_cleared": n.over_cleared_units // unit,
-                   "returned": n.returned_units // unit}
+            got = network_figures(payment.network, TO_TOKEN[want["currency"]])
             assert got == {k: want[k] for k in got}, payment_id
 
         # the ledger: no hold left open; what the network is owed per currency; per card what
