@@ -39,7 +39,8 @@ which must hold no events: the benchmark writes its own):
    projection's end, it was the bound, not the consumers (its time is printed). The tables built
    are checked equal to the rebuilt ones.
 
-Printed: the machine, PostgreSQL's version and settings, the workload, one table. The exit status
+The process tunes its garbage collector at start as `cardpay project` and `cardpay projections
+rebuild` do (`cardpay.runtime.tune_gc`). Printed: the machine, PostgreSQL's version and settings, the workload, one table. The exit status
 is 1 when the rebuilt tables differ from the live ones (or the swap did not happen, or a Kafka
 run built other tables), else 0.
 """
@@ -81,6 +82,7 @@ from cardpay.devstack.kafka_broker import KafkaBroker
 from cardpay.postgres.schema import events as events_table
 from cardpay.postgres.schema import quarantine
 from cardpay.postgres.uow import PostgresUnitOfWork
+from cardpay.runtime import tune_gc
 from cardpay.settings import Settings
 from domain import commands as c
 from domain.card_network import authorization_expires_at
@@ -501,6 +503,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--events, the batch sizes and --days must be at least 1")
 
     print(describe())
+    tune_gc()  # what `cardpay project` and `cardpay projections rebuild` do at start
     topic = "cardpay.payments" if args.kafka else None
     kafka_runs: list[KafkaRun] = []
     with settings_for_run() as settings, database(settings) as engine:

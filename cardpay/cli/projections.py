@@ -105,11 +105,13 @@ def rebuild_command(settings: Settings, args: argparse.Namespace) -> int:
     from cardpay.bootstrap.rebuild import RebuildError, RebuildMismatch, rebuild_projection
     from cardpay.cli.output import print_json
     from cardpay.cli.progress import Progress
+    from cardpay.runtime import tune_gc
 
     tables = READ_MODELS.get(args.name)
     if tables is None:
         raise UsageError(f"no projector named {args.name!r} (known: {', '.join(READ_MODELS)})")
     bar = Progress(f"{'rebuilding' if args.swap else 'verifying'} {args.name}", unit="events")
+    tune_gc()  # as `cardpay project`: a replay allocates per event; ~20 % less CPU measured
     with database(settings) as engine:
         try:
             result = rebuild_projection(settings, engine, args.name, tables, swap=args.swap,
