@@ -40,9 +40,9 @@ which must hold no events: the benchmark writes its own):
    are checked equal to the rebuilt ones.
 
 The process tunes its garbage collector at start as `cardpay project` and `cardpay projections
-rebuild` do (`cardpay.runtime.tune_gc`). Printed: the machine, PostgreSQL's version and settings, the workload, one table. The exit status
-is 1 when the rebuilt tables differ from the live ones (or the swap did not happen, or a Kafka
-run built other tables), else 0.
+rebuild` do (`cardpay.runtime.tune_gc`). Printed: the machine, PostgreSQL's version and
+settings, the workload, one table. The exit status is 1 when the rebuilt tables differ from the
+live ones (or the swap did not happen, or a Kafka run built other tables), else 0.
 """
 
 from __future__ import annotations
