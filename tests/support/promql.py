@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,22 +84,24 @@ def metric_names(expr: str) -> set[str]:
     return {m.group(1) for m in SELECTOR.finditer(expr)}
 
 
-def documented(path: Path = METRICS_DOC) -> set[str]:
-    """The metric names of docs/metrics.md's tables (first column, in backticks)."""
-    return set(re.findall(r"^\| `(cardpay_[a-z0-9_]+)`", path.read_text(), re.M))
+def documented(path: Path = METRICS_DOC) -> dict[str, str]:
+    """The metrics of docs/metrics.md's tables: name (first column, in backticks) -> type."""
+    return dict(re.findall(r"^\| `(cardpay_[a-z0-9_]+)` \| (\w+) \|", path.read_text(), re.M))
 
 
-def family(name: str, known: set[str]) -> str | None:
-    """The documented family a series name belongs to (`x_bucket` -> histogram `x`), or None."""
+def family(name: str, known: Mapping[str, str]) -> str | None:
+    """The documented family a series name belongs to (a histogram `x`'s `x_bucket`, `x_count`
+    and `x_sum` -> `x`), or None."""
     if name in known:
         return name
     for suffix in HISTOGRAM_SERIES:
-        if name.endswith(suffix) and name[: -len(suffix)] in known:
-            return name[: -len(suffix)]
+        base = name.removesuffix(suffix)
+        if name.endswith(suffix) and known.get(base) == "histogram":
+            return base
     return None
 
 
-def undocumented(exprs: Sequence[str], known: set[str]) -> list[str]:
+def undocumented(exprs: Sequence[str], known: Mapping[str, str]) -> list[str]:
     return sorted({n for e in exprs for n in metric_names(e) if family(n, known) is None})
 
 
