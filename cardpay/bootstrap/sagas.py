@@ -49,6 +49,12 @@ from sagas.settlement import SettlementSaga
 
 SAGAS = "sagas"
 """The saga workers' consumer name (their feed positions, and their lock: one batch at a time)."""
+SAGA_EFFECTS: dict[str, tuple[str, ...]] = {
+    card_payment.KIND: (card_payment.SUBMIT_SPEND, card_payment.SEND_REFUND, REVERSAL_ADVICE),
+    settlement.KIND: settlement.EFFECTS,
+}
+"""Each saga kind the worker runs (`build_runner`) and the effects it may request: the label
+values its metrics export as 0 from the start (`SagaMetrics.expect`)."""
 
 
 def _now() -> datetime:

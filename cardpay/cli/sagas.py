@@ -99,9 +99,11 @@ def run_command(settings: Settings, args: argparse.Namespace) -> int:
 
     metrics = None
     if args.metrics_port is not None:
+        from cardpay.bootstrap.sagas import SAGA_EFFECTS
         from cardpay.metrics.sagas import SagaMetrics
 
         metrics = SagaMetrics()
+        metrics.expect(SAGA_EFFECTS)
         serve_metrics(metrics, args.metrics_port, settings.metrics_host)
 
     async def main() -> None:

@@ -10,7 +10,7 @@ Timers due but not yet fired and the open exceptions are state, read from the da
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 
@@ -91,6 +91,25 @@ class SagaMetrics:
         if with_errors:
             self.errors = supervised_errors(r)
             """Failed turns of the saga worker, retried (component `saga worker`)."""
+
+    def expect(self, effects: Mapping[str, Sequence[str]]) -> None:
+        """Export 0 now for what the worker may count later: per saga kind (`effects`: kind ->
+        its effect names), its retries per effect, compensations, stuck sagas, finished sagas
+        per status and fired timers per outcome. Why: a counter with labels has no series until
+        its first increment, and `rate()` of no series is no data, so a dashboard panel or an
+        alert on a rare event (a retry, a compensation) would stay blank, indistinguishable
+        from a renamed metric, until the first one happens (Prometheus's advice: initialise the
+        label values you know). Exception reasons are not listed here: they are open-ended
+        codes per saga definition (`cardpay_open_exceptions` shows what is open)."""
+        for kind, names in effects.items():
+            for name in names:
+                self.retries.labels(kind, name)
+            self.compensations.labels(kind)
+            self.stuck.labels(kind)
+            for status in (Status.COMPLETED, Status.COMPENSATED):
+                self.finished.labels(kind, status.value)
+            for outcome in ("advanced", "ignored"):
+                self.timers_fired.labels(kind, outcome)
 
     # -- cardpay.handlers.sagas.SagaObserver --------------------------------------------------
     def reacted(self, before: SagaInstance, after: SagaInstance, message: Message,

@@ -10,11 +10,12 @@ which always runs), and every alert on them reads one series. A label value that
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from cardpay.handlers.health import SystemState
+from domain.money import FIAT_CURRENCIES
 
 
 class _Labelled:
@@ -33,7 +34,10 @@ class _Labelled:
 
 
 class StateMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, *,
+                 currencies: Iterable[str] = tuple(FIAT_CURRENCIES)) -> None:
+        """`currencies`: those the reconciliation gauge exports from the start, NaN until
+        the first reconciliation (then 0 when it found nothing in them)."""
         self.registry = r = registry
         self.ledger_balanced = Gauge(
             "cardpay_ledger_balanced",
@@ -64,6 +68,11 @@ class StateMetrics:
             "cardpay_reconciliation_breaks",
             "Reconciliation breaks (chain vs ledger vs network report) over the recent "
             "settled days, by currency", ["currency"], registry=r))
+        # Why from the start: a currency appears in a reconciliation only once a settled day
+        # holds something in it, so a young system (or a test stack) would have no series at
+        # all, and an alert or a panel on it could not be told from one on a renamed metric.
+        # NaN, as the balance gauge before its first refresh: unknown is not "no breaks".
+        self._breaks.set_all({code: math.nan for code in currencies})
         self.refreshed = Gauge(
             "cardpay_state_refreshed_timestamp_seconds",
             "Unix time of the last successful refresh of the state gauges", registry=r)

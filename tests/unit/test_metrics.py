@@ -155,6 +155,36 @@ def test_a_timer_whose_saga_is_gone_is_counted_ignored() -> None:
                  outcome="ignored") == 1
 
 
+def test_the_workers_rare_event_counters_are_exported_at_zero_before_the_first_event() -> None:
+    """A series that does not exist is "no data" to Prometheus (a blank panel, an alert on
+    rate() that cannot be told from a renamed metric); `expect` makes them exist at 0."""
+    from cardpay.bootstrap.sagas import SAGA_EFFECTS
+
+    metrics = SagaMetrics()
+    reg = metrics.registry
+    assert reg.get_sample_value("cardpay_saga_retries_total",
+                                {"kind": "card_payment", "effect": "submit_spend"}) is None
+    metrics.expect(SAGA_EFFECTS)
+    for kind, effects in SAGA_EFFECTS.items():
+        for effect in effects:
+            assert reg.get_sample_value("cardpay_saga_retries_total",
+                                        {"kind": kind, "effect": effect}) == 0
+        assert reg.get_sample_value("cardpay_saga_compensations_total", {"kind": kind}) == 0
+        assert reg.get_sample_value("cardpay_saga_stuck_total", {"kind": kind}) == 0
+        for status in ("completed", "compensated"):
+            assert reg.get_sample_value("cardpay_saga_finished_total",
+                                        {"kind": kind, "status": status}) == 0
+        for outcome in ("advanced", "ignored"):
+            assert reg.get_sample_value("cardpay_saga_timers_fired_total",
+                                        {"kind": kind, "outcome": outcome}) == 0
+    assert set(SAGA_EFFECTS) == {"card_payment", "settlement"}
+    assert "send_reversal_advice" in SAGA_EFFECTS["card_payment"]
+    # counting still adds to the same series
+    metrics.timer_fired("settlement", advanced=True)
+    assert value(reg, "cardpay_saga_timers_fired_total", kind="settlement",
+                 outcome="advanced") == 1
+
+
 # -- state gauges and readiness ------------------------------------------------------------
 def test_state_gauges_follow_the_state_and_a_vanished_label_drops_to_zero() -> None:
     registry = CollectorRegistry()
@@ -181,6 +211,23 @@ def test_state_gauges_follow_the_state_and_a_vanished_label_drops_to_zero() -> N
     assert registry.get_sample_value("cardpay_open_exceptions",
                                      {"source": "saga:card_payment"}) == 0
     assert registry.get_sample_value("cardpay_reconciliation_breaks", {"currency": "EUR"}) == 0
+
+
+def test_each_currency_has_a_breaks_series_from_the_start_unknown_until_reconciled() -> None:
+    """A reconciliation names a currency only once a settled day holds something in it: the
+    gauge must not wait for that to have a series (NaN: unknown, neither alerted nor fine)."""
+    registry = CollectorRegistry()
+    state = StateMetrics(registry)
+    for code in ("EUR", "GBP", "USD"):
+        before = registry.get_sample_value("cardpay_reconciliation_breaks", {"currency": code})
+        assert before is not None and math.isnan(before), code
+    state.update_breaks({"EUR": 3})  # a reconciliation that found nothing in GBP and USD
+    assert value(registry, "cardpay_reconciliation_breaks", currency="EUR") == 3
+    assert registry.get_sample_value("cardpay_reconciliation_breaks", {"currency": "GBP"}) == 0
+    assert registry.get_sample_value("cardpay_reconciliation_breaks", {"currency": "USD"}) == 0
+    only = CollectorRegistry()
+    StateMetrics(only, currencies=["EUR"])
+    assert only.get_sample_value("cardpay_reconciliation_breaks", {"currency": "USD"}) is None
 
 
 def test_readiness_names_each_consumer_beyond_the_bound() -> None:
