@@ -64,6 +64,7 @@ import base64
 import csv
 import heapq
 import io
+import math
 import os
 import random
 import signal
@@ -483,16 +484,19 @@ class Cell:
 
 def measure(base: str, token: str, path: str, params: dict[str, Any], clients: int,
             requests: int, warmup: int, budget: float) -> Cell:
-    """`requests` GETs shared by `clients` threads (one connection each), after `warmup`; stops
-    early after `budget` seconds."""
+    """`requests` GETs shared by `clients` threads (one connection each), after `warmup` (cut
+    short after a quarter of `budget`); no request is started after `budget` seconds."""
     headers = {"Authorization": f"Bearer {token}"}
     latencies: list[float] = []
     lock = threading.Lock()
     left = [requests]
     failed: list[str] = []
     with httpx.Client(base_url=base, headers=headers, timeout=600) as client:
-        for _ in range(warmup):
+        warm_until = time.perf_counter() + budget / 4
+        for _ in range(warmup):  # at least one; no more than a quarter of the budget
             _get(client, path, params)
+            if time.perf_counter() > warm_until:
+                break
     started = time.perf_counter()
     stop_at = started + budget
 
@@ -527,7 +531,8 @@ def measure(base: str, token: str, path: str, params: dict[str, Any], clients: i
 def percentile(values: list[float], p: float) -> float:
     """Nearest rank (the value below which p % of the requests finished)."""
     ordered = sorted(values)
-    return ordered[max(0, min(len(ordered) - 1, -(-len(ordered) * p // 100) - 1))]
+    rank = math.ceil(len(ordered) * p / 100)
+    return ordered[max(0, min(len(ordered), rank) - 1)]
 
 
 def show(cell: Cell) -> str:
