@@ -64,12 +64,10 @@ import base64
 import csv
 import heapq
 import io
-import math
 import os
 import random
-import signal
-import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
@@ -80,10 +78,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Engine, text
 
+from benchmarks.authorization_load import api_process, percentile
 from benchmarks.machine import describe
-from benchmarks.read_side import server_facts, settings_for_run
+from benchmarks.read_side import holds_events, server_facts, settings_for_run
 from cardpay.bootstrap import database, payments_projector
 from cardpay.bootstrap.project import run_projector
 from cardpay.bootstrap.sagas import payment_command
@@ -91,7 +90,6 @@ from cardpay.handlers.card_network import CardNetworkEffects
 from cardpay.handlers.sagas import SagaRunner
 from cardpay.handlers.settlement import SettlementDesk
 from cardpay.postgres.repositories.api_tokens import PostgresTokenStore
-from cardpay.postgres.schema import events as events_table
 from cardpay.postgres.uow import PostgresUnitOfWork, saga_uow_factory
 from domain import commands as c
 from domain.card_network import authorization_expires_at
@@ -106,7 +104,6 @@ from domain.settlement import cutoff_at
 from sagas import settlement
 from sagas.settlement import SettlementSaga
 
-ROOT = Path(__file__).resolve().parents[1]
 CHAIN_ID = 100
 CARDS = ((EUR, EURE), (USD, USDCE))
 """Even Safes: EUR cards spending EURe (18 decimals); odd ones: USD cards spending USDCe (6)."""
@@ -365,42 +362,11 @@ def project(engine: Engine, settings: Any) -> int:
 
 
 # -- the API --------------------------------------------------------------------------------------
-def start_api(url: str) -> tuple[subprocess.Popen[bytes], str]:
-    """`cardpay api` on a free port (its own process); its base URL once /healthz answers."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
+def api_env(url: str) -> dict[str, str]:
+    """`cardpay api`'s environment: this database, a webhook secret of its own (required)."""
     secret = "whsec_" + base64.b64encode(os.urandom(24)).decode()
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("CARDPAY_")},
-           "CARDPAY_DATABASE_URL": url, "CARDPAY_WEBHOOK_SECRETS": secret}
-    proc = subprocess.Popen([sys.executable, "-m", "cardpay.cli.main", "api", "--host",
-                             "127.0.0.1", "--port", str(port)], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"`cardpay api` exited ({proc.returncode})")
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                return proc, base
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError("`cardpay api` did not come up in 60 s")
-        time.sleep(0.1)
-
-
-def stop_api(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("CARDPAY_")},
+            "CARDPAY_DATABASE_URL": url, "CARDPAY_WEBHOOK_SECRETS": secret}
 
 
 def _get(client: httpx.Client, path: str, params: dict[str, Any]) -> httpx.Response:
@@ -528,13 +494,6 @@ def measure(base: str, token: str, path: str, params: dict[str, Any], clients: i
     return Cell("", clients, latencies, time.perf_counter() - started, requests)
 
 
-def percentile(values: list[float], p: float) -> float:
-    """Nearest rank (the value below which p % of the requests finished)."""
-    ordered = sorted(values)
-    rank = math.ceil(len(ordered) * p / 100)
-    return ordered[max(0, min(len(ordered), rank) - 1)]
-
-
 def show(cell: Cell) -> str:
     ms = [v * 1000 for v in cell.latencies]
     n = len(ms)
@@ -572,11 +531,8 @@ def main(argv: list[str] | None = None) -> int:
     with settings_for_run() as settings, database(settings) as engine:
         print(server_facts(engine) + (" (CARDPAY_DATABASE_URL)" if settings.database_url
                                       else " (embedded, temp dir)"))
-        with engine.connect() as conn:
-            if conn.execute(select(func.count()).select_from(events_table)).scalar_one():
-                print("the database holds events already: give the benchmark an empty one",
-                      file=sys.stderr)
-                return 2
+        if holds_events(engine):
+            return 2
         started = time.perf_counter()
         feed = in_time_order([day_events(d, args.payments if d == day else neighbour,
                                          args.safes, rng, exp) for d, exp in days.items()])
@@ -605,9 +561,9 @@ def main(argv: list[str] | None = None) -> int:
 
         url = engine.url.render_as_string(hide_password=False)
         token = PostgresTokenStore(engine).create(["finance:read"], name="qbench").token
-        proc, base = start_api(url)
         cells: list[Cell] = []
-        try:
+        with tempfile.TemporaryDirectory(prefix="cardpay-qbench-") as tmp, \
+                api_process(api_env(url), Path(tmp) / "api.log") as (base, _):
             with httpx.Client(base_url=base, timeout=600,
                               headers={"Authorization": f"Bearer {token}"}) as client:
                 wrong, deep = check(client, day, exp, days[day - timedelta(days=1)], args.page)
@@ -634,8 +590,6 @@ def main(argv: list[str] | None = None) -> int:
                     cell.query = name
                     cells.append(cell)
                     print("  " + show(cell), flush=True)
-        finally:
-            stop_api(proc)
     print()
     print(f"{'query (GET /v1/...)':<34} {'clients':>7} {'n':>6} {'p50 ms':>8} {'p95 ms':>8} "
           f"{'p99 ms':>8} {'max ms':>8} {'req/s':>7}")
