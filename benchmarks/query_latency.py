@@ -500,7 +500,7 @@ def show(cell: Cell) -> str:
     note = "" if n == cell.wanted else f" (budget: {n} of {cell.wanted})"
     return (f"{cell.query:<34} {cell.clients:>7} {n:>6} {percentile(ms, 50):>8.1f} "
             f"{percentile(ms, 95):>8.1f} {percentile(ms, 99):>8.1f} {max(ms):>8.1f} "
-            f"{n / cell.seconds:>7.1f}{note}")
+            f"{n / cell.seconds:>7.2f}{note}")
 
 
 def main(argv: list[str] | None = None) -> int:
