@@ -476,6 +476,16 @@ def server_facts(engine: Engine) -> str:
     return "PostgreSQL " + ", ".join(f"{k}={v}" for k, v in shown.items())
 
 
+def holds_events(engine: Engine) -> bool:
+    """True, and says so, when the database has events already (a benchmark writes its own)."""
+    with engine.connect() as conn:
+        if conn.execute(select(func.count()).select_from(events_table)).scalar_one():
+            print("the database holds events already: give the benchmark an empty one",
+                  file=sys.stderr)
+            return True
+    return False
+
+
 def rate(n: int, seconds: float) -> str:
     return f"{n / seconds:,.0f}" if seconds > 0 else "-"
 
@@ -509,11 +519,8 @@ def main(argv: list[str] | None = None) -> int:
     with settings_for_run() as settings, database(settings) as engine:
         print(server_facts(engine) + (" (CARDPAY_DATABASE_URL)" if settings.database_url
                                       else " (embedded, temp dir)"))
-        with engine.connect() as conn:
-            if conn.execute(select(func.count()).select_from(events_table)).scalar_one():
-                print("the database holds events already: give the benchmark an empty one",
-                      file=sys.stderr)
-                return 2
+        if holds_events(engine):
+            return 2
         mix, write_s = write(engine, args.events, args.days, args.seed, args.write_batch,
                              outbox_topic=topic)
         print(f"workload: {args.events:,} events of {mix.payments:,} payments over "
