@@ -89,8 +89,10 @@ class EventStore(Protocol):
 
     def load(self, stream_id: str) -> list[DomainEvent]: ...
 
-    def load_many(self, stream_ids: Sequence[str]) -> dict[str, list[DomainEvent]]:
-        """Several streams at once (an empty list for a stream that does not exist)."""
+    def load_many(self, stream_ids: Sequence[str], *,
+                  only: Sequence[type[DomainEvent]] = ()) -> dict[str, list[DomainEvent]]:
+        """Several streams at once (an empty list for a stream that does not exist); `only`:
+        just the events of these types."""
         ...
 
     def append(self, new: Sequence[DomainEvent]) -> list[RecordedEvent]: ...

@@ -116,8 +116,10 @@ class InMemoryEventStore:
     def load(self, stream_id: str) -> list[DomainEvent]:
         return [from_recorded(r) for r in self._stream(stream_id)]
 
-    def load_many(self, stream_ids: Sequence[str]) -> dict[str, list[DomainEvent]]:
-        return {sid: self.load(sid) for sid in stream_ids}
+    def load_many(self, stream_ids: Sequence[str], *,
+                  only: Sequence[type[DomainEvent]] = ()) -> dict[str, list[DomainEvent]]:
+        return {sid: [e for e in self.load(sid) if not only or isinstance(e, tuple(only))]
+                for sid in stream_ids}
 
     def append(self, new: Sequence[DomainEvent]) -> list[RecordedEvent]:
         by_stream: dict[str, list[DomainEvent]] = {}

@@ -123,6 +123,12 @@ def test_chain_effects_finds_spends_and_refunds_by_block_newest_first(uow: Facto
         assert w.events.chain_effects([H1]) == []
         assert [e.stream_id for e in w.events.load_many(["p2", "none"])["p2"]] == ["p2"]
         assert w.events.load_many(["none"]) == {"none": []}
+        assert [(type(e).__name__, e.version) for e in w.events.load_many(["p1"])["p1"]] == [
+            ("PaymentSpent", 1), ("RefundRequested", 2), ("PaymentRefunded", 3)]
+        chain_only = w.events.load_many(["p1", "p2"], only=(PaymentSpent, PaymentRefunded))
+        assert {sid: [(type(e).__name__, e.version) for e in events]
+                for sid, events in chain_only.items()} == {
+            "p1": [("PaymentSpent", 1), ("PaymentRefunded", 3)], "p2": [("PaymentSpent", 1)]}
 
 
 # -- command claims --------------------------------------------------------------------------------
