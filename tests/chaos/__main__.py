@@ -24,11 +24,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="payments in the workload (default: 2 per second of duration)")
     parser.add_argument("--cardholders", type=int, default=20)
     parser.add_argument("--kinds", default=",".join(KINDS),
-                        help=f"comma-separated fault kinds (default all: {','.join(KINDS)})")
+                        help=f"comma-separated fault kinds (default all: {','.join(KINDS)}); "
+                        "none: a calm run, the baseline")
     parser.add_argument("--dir", type=Path, default=None,
                         help="where the run keeps its data and processes.log (default a temp dir)")
     args = parser.parse_args(argv)
-    kinds = tuple(k for k in args.kinds.split(",") if k)
+    kinds = tuple(k for k in args.kinds.split(",") if k and k != "none")
     unknown = sorted(set(kinds) - set(KINDS))
     if unknown:
         parser.error(f"unknown fault kinds {unknown}; known: {', '.join(KINDS)}")

@@ -76,10 +76,14 @@ from tests.chaos.schedule import KINDS, Fault, schedule
 from tests.support.faulty_proxy import Faults, FaultyProxy
 
 ROOT = Path(__file__).resolve().parents[2]
-EXPECTED_EXCEPTIONS = frozenset({"network:unmatched_return", "saga:card_payment:over_clearing"})
-"""The open exceptions the simulator's workload makes on purpose (a return with no clearing, a
-clearing over the authorization): anything else open after a chaos run was caused by a fault
-or a bug, on inputs that were all valid."""
+EXPECTED_EXCEPTIONS = frozenset({
+    "network:unmatched_return", "saga:card_payment:over_clearing", "network:stand_in_exposure",
+    "saga:settlement:payment_not_settled"})
+"""The open exceptions the simulator's workload makes with no fault at all (a calm run, `--kinds
+none`, of seed 2 opened exactly these: returns with no clearing, clearings over the
+authorization, stand-in approvals over the balance, force posts and financial authorizations
+the settlement finds uncleared): anything else open after a chaos run was caused by a fault or
+a bug, on inputs that were all valid."""
 
 
 @dataclass(frozen=True)
@@ -328,22 +332,25 @@ def chaos_problems(engine: Engine, chain_spends: int) -> list[str]:
             " ORDER BY stream_id, position DESC) last WHERE type = 'PaymentSpent'")).scalar_one())
         if active != chain_spends:
             out.append(f"the chain has {chain_spends} Spend logs, {active} payments are spent")
-        for refund_id, n in conn.execute(text(
-                "SELECT data->'payload'->>'refund_id', count(*) FROM events"
-                " WHERE type = 'PaymentRefunded' GROUP BY 1 HAVING count(*) > 1"
-                "  + (SELECT count(*) FROM events r WHERE r.type = 'RefundRetracted'"
-                "     AND r.data->'payload'->>'refund_id' = events.data->'payload'->>'refund_id')"
-        )):
-            out.append(f"refund {refund_id}: seen on chain {n} times")
+        for stream_id, refund_id, seen, retracted in conn.execute(text(
+                "SELECT stream_id, data->'payload'->>'refund_id',"
+                " count(*) FILTER (WHERE type = 'PaymentRefunded'),"
+                " count(*) FILTER (WHERE type = 'RefundRetracted') FROM events"
+                " WHERE type IN ('PaymentRefunded', 'RefundRetracted') GROUP BY 1, 2"
+                " HAVING count(*) FILTER (WHERE type = 'PaymentRefunded')"
+                "  - count(*) FILTER (WHERE type = 'RefundRetracted') > 1")):
+            out.append(f"payment {stream_id}: refund {refund_id} seen on chain {seen} times, "
+                       f"retracted {retracted}")
         open_for = ("(EXISTS (SELECT 1 FROM saga_timers t WHERE t.saga_id = {0})"
                     " OR EXISTS (SELECT 1 FROM quarantine q WHERE q.resolved_at IS NULL"
                     "  AND (q.key = {0} OR q.payload->>'saga_id' = {0}"
                     "       OR q.payload->>'payment_id' = {0})))")
         for (stream_id,) in conn.execute(text(
-                "SELECT stream_id FROM events WHERE type = 'PaymentAuthorized'"
-                " OR (type = 'AuthorizationAdvised' AND (data->'payload'->>'approved')::boolean)"
-                " GROUP BY stream_id HAVING NOT bool_or(type IN ('PaymentSpent',"
-                " 'PaymentReversed')) AND NOT " + open_for.format("stream_id"))):
+                "SELECT stream_id FROM events GROUP BY stream_id"
+                " HAVING bool_or(type = 'PaymentAuthorized' OR (type = 'AuthorizationAdvised'"
+                "  AND (data->'payload'->>'approved')::boolean))"
+                " AND NOT bool_or(type IN ('PaymentSpent', 'PaymentReversed'))"
+                " AND NOT " + open_for.format("stream_id"))):
             out.append(f"payment {stream_id}: approved, neither spent nor reversed, and no "
                        "timer or open exception")
         for kind, saga_id, status, stage in conn.execute(text(

@@ -48,6 +48,8 @@ def schedule(seed: int, duration: float, *, kinds: tuple[str, ...] = KINDS,
     `kinds` at least once."""
     if duration <= start:
         raise ValueError(f"a chaos run needs more than {start:.0f}s")
+    if not kinds:  # a calm run: the baseline a chaos run of the same seed is compared with
+        return []
     rng = random.Random(seed)
     end = duration * 0.9
     count = max(len(kinds), int((end - start) / spacing))
