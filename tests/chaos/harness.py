@@ -295,37 +295,20 @@ class Injector:
 
 
 # -- waiting through faults ----------------------------------------------------------------------
-def topic_end(bootstrap: str, topic: str) -> int:
-    """The sum of the topic's end offsets: every record Kafka holds, a record the relay
-    published twice (killed between the broker's ack and marking the outbox row) included."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    async def read() -> int:
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-        await consumer.start()
-        try:
-            parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-            ends = await consumer.end_offsets(parts)
-            return sum(ends.values())
-        finally:
-            await consumer.stop()
-
-    return asyncio.run(read())
-
-
-def fed(s: LifecycleStack) -> Callable[[dict[str, int]], bool]:
-    """`counts`' feed_done made exact for a relay that publishes at least once: nothing left
-    unpublished and both consumers at the topic's end (`lifecycle.counts` compares their
-    offsets with the outbox rows published, which a duplicate publication exceeds)."""
-    bootstrap, topic = s.settings.kafka_bootstrap or "", s.settings.kafka_topic
+def fed(s: LifecycleStack, steady: float = 3.0) -> Callable[[dict[str, int]], bool]:
+    """`counts`' feed_done for a relay that publishes at least once (a relay killed between
+    the broker's ack and marking its outbox rows publishes them again, so the consumers'
+    offsets may exceed the rows published, which `lifecycle.counts` requires them to equal):
+    nothing left unpublished, both consumers at the same offsets, at least the rows
+    published, and those offsets unchanged for `steady` seconds."""
+    seen: dict[str, Any] = {"offsets": None, "since": 0.0}
 
     def done(now: dict[str, int]) -> bool:
-        if now["unpublished"] or now["saga_offsets"] != now["projector_offsets"]:
-            return False
-        try:
-            return now["saga_offsets"] == topic_end(bootstrap, topic)
-        except Exception:  # the broker restarting: not known to be done
-            return False
+        offsets = (now["saga_offsets"], now["projector_offsets"], now["published"])
+        if offsets != seen["offsets"]:
+            seen["offsets"], seen["since"] = offsets, time.monotonic()
+        return (now["unpublished"] == 0 and now["saga_offsets"] == now["projector_offsets"]
+                >= now["published"] and time.monotonic() - seen["since"] >= steady)
 
     return done
 
