@@ -63,11 +63,10 @@ def test_a_short_seeded_chaos_run_loses_and_duplicates_nothing(run_dir: Path) ->
         report.problems_after_break)
 
 
-@pytest.mark.xfail(reason="bug found by this harness (docs/reliability.md): after a reorg "
-                   "retracts a spend the relayer has not settled yet, the saga asks for the "
-                   "spend again under the same request id and attempt; the request stays "
-                   "pending for ever (the relayer's claim skips a request already linked to a "
-                   "nonce), so the stack never comes to rest", strict=False)
+@pytest.mark.xfail(reason="intermittent bug found by this harness (docs/reliability.md): "
+                   "after a reorg retracts a spend, the saga's re-drive of it under the same "
+                   "request id and attempt can reset an answered request to pending; nobody "
+                   "answers it again, so the stack never comes to rest", strict=False)
 def test_reorgs_during_live_sagas_leave_nothing_in_flight(run_dir: Path) -> None:
     report = run_chaos(ChaosOptions(1, duration=40.0, payments=150, directory=run_dir,
                                     kinds=("reorg", "kill:sagas"), quiet_timeout=90.0))
