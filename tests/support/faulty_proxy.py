@@ -125,7 +125,14 @@ class FaultyProxy:
         if method == "eth_blockNumber":
             self._inject("lag")
             return {**answer, "result": hex(behind)}
-        if method == "eth_getBlockByNumber" and int(params[0], 16) > behind:
+        if method != "eth_getBlockByNumber" or not params:
+            return answer
+        tag = params[0]
+        if tag in ("latest", "pending"):  # the head as a node `lag_blocks` behind has it
+            self._inject("lag")
+            return self._upstream({"jsonrpc": "2.0", "id": answer.get("id"),
+                                   "method": method, "params": [hex(behind), *params[1:]]})
+        if isinstance(tag, str) and tag.startswith("0x") and int(tag, 16) > behind:
             self._inject("lag")
             return {**answer, "result": None}
         return answer
