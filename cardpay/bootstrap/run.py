@@ -264,10 +264,11 @@ def prepared(settings: Settings, *, cardholders: int) -> Iterator[Stack]:
             notes.append(f"dev default: the card network's webhook secret is in {secret_file} "
                          "(set CARDPAY_WEBHOOK_SECRETS)")
         if not settings.network_advice_url:
-            from cardpay.devstack.network_advices import ADVICE_PATH, AdviceRecorder
+            from cardpay.devstack.network_advices import AdviceRecorder
 
             recorder = stack.enter_context(AdviceRecorder(secret))
-            env["CARDPAY_NETWORK_ADVICE_URL"] = recorder.url + ADVICE_PATH
+            # the base URL: the advice sender adds the path itself (outbound.network.ADVICE_PATH)
+            env["CARDPAY_NETWORK_ADVICE_URL"] = recorder.url
             notes.append(f"dev default: reversal advices go to a recorder at {recorder.url} "
                          "(set CARDPAY_NETWORK_ADVICE_URL)")
         notes.append("event feed: " + (f"Kafka at {settings.kafka_bootstrap}, published by "
