@@ -227,6 +227,14 @@ class OutgoingTransactions(Protocol):
         transactions back: the chain's nonce is below them). Returns their nonces."""
         ...
 
+    def reopen_unanswered(self, sender: str) -> list[int]:
+        """Follow again every settled slot of `sender` one of whose requests waits for an answer
+        again: a saga re-drive asks anew under the request's first id after the relayer had
+        already had the transaction mined again and answered (a reorg seen by the relayer
+        first); the request is recorded, so it is never signed again, and only following its
+        slot answers it. Returns their nonces."""
+        ...
+
     def settle(self, sender: str, nonce: int, *, mined_hash: str | None, outcome: str) -> None:
         """The slot is done: `mined` or `reverted` with `mined_hash`; `lost`: its nonce went
         to a transaction we did not record."""
@@ -393,6 +401,10 @@ class TransactionSender:
             if reorged:
                 log.warning("%s: nonces %s were mined and are not any more (a reorg): "
                             "followed again", sender, reorged)
+            asked_again = uow.transactions.reopen_unanswered(sender)
+            if asked_again:
+                log.info("%s: nonces %s were settled and are asked for again (a re-drive): "
+                         "followed again to answer", sender, asked_again)
             slots = uow.transactions.in_flight(sender, purposes)
             for slot in slots:
                 newest = slot.txs[-1]

@@ -455,12 +455,16 @@ def test_a_nonce_taken_by_a_transaction_we_did_not_record_is_retried_by_the_saga
     assert stack.chain.balance_of("EURe", 0) == before - 10**18
 
 
-@pytest.mark.parametrize("reorged_first", [False, True], ids=["saga_first", "relayer_first"])
+@pytest.mark.parametrize("reorged_first", [False, True, "settled"],
+                         ids=["saga_first", "relayer_first", "relayer_settled_first"])
 def test_a_spend_a_reorg_took_back_is_sent_again_with_its_nonce_never_twice(
-        stack: Stack, reorged_first: bool) -> None:
+        stack: Stack, reorged_first: bool | str) -> None:
     """The spend is mined, answered and confirmed; a reorg removes its block. The listener
-    retracts it, the saga asks for the spend again (a new request): the relayer follows the
-    same nonce again instead of signing a second spend, and the payment ends spent once."""
+    retracts it, the saga asks for the spend again (its first request id): the relayer follows
+    the same nonce again instead of signing a second spend, and the payment ends spent once.
+    `relayer_settled_first`: the relayer has the spend mined again and its slot settled before
+    the saga's request comes (the request then waits on a settled slot: found by the chaos
+    run, where it stayed pending for ever)."""
     d = stack.chain.deployment
     before = stack.chain.balance_of("EURe", 0)
     nonce_before = stack.nonce(stack.relayer_address)
@@ -482,6 +486,13 @@ def test_a_spend_a_reorg_took_back_is_sent_again_with_its_nonce_never_twice(
         assert stack.rpc("eth_getTransactionReceipt", first["result"]["tx_hash"]) is None
         relayer.run_once()
         assert stack.rpc("eth_getTransactionReceipt", first["result"]["tx_hash"]) is not None
+        if reorged_first == "settled":
+            for _ in range(50):
+                relayer.run_once()
+                if {r.status for r in stack.rows(s.onchain_slots)} == {"mined"}:
+                    break
+                time.sleep(0.1)
+            assert {r.status for r in stack.rows(s.onchain_slots)} == {"mined"}
     listener.run_until_caught_up()
     stack.deliver("auth-reorg")  # SpendRetracted: the saga asks for the spend again
 

@@ -52,6 +52,14 @@ _REOPEN_FROM = text("UPDATE onchain_slots SET status = 'pending', mined_hash = N
                     "settled_at = NULL WHERE sender = :sender AND nonce >= :nonce "
                     "AND status IN ('mined', 'reverted') RETURNING nonce")
 
+_REOPEN_UNANSWERED = text(
+    "UPDATE onchain_slots s SET status = 'pending', mined_hash = NULL, settled_at = NULL "
+    "FROM (SELECT DISTINCT r.sender, r.nonce FROM saga_effects e JOIN onchain_requests r "
+    "      ON r.request_id = e.request_id AND r.attempt = e.attempt "
+    "      WHERE e.status = 'pending' AND r.sender = :sender) p "
+    "WHERE s.sender = p.sender AND s.nonce = p.nonce AND s.status <> 'pending' "
+    "RETURNING s.nonce")
+
 
 _CLAIM_UNSENT = text(
     "SELECT e.request_id, e.kind, e.saga_id, e.name, e.payload, e.attempt FROM saga_effects e "
@@ -132,6 +140,10 @@ class PostgresOutgoingTransactions:
 
     def reopen_from(self, sender: str, nonce: int) -> list[int]:
         rows = self._conn.execute(_REOPEN_FROM, {"sender": sender, "nonce": nonce})
+        return sorted(int(n) for (n,) in rows)
+
+    def reopen_unanswered(self, sender: str) -> list[int]:
+        rows = self._conn.execute(_REOPEN_UNANSWERED, {"sender": sender})
         return sorted(int(n) for (n,) in rows)
 
     def settle(self, sender: str, nonce: int, *, mined_hash: str | None, outcome: str) -> None:
