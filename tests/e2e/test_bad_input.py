@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.api_process import ctrl_c_default
 from tests.support.cli import message_lines, run_cardpay
 
 pytestmark = pytest.mark.e2e
@@ -161,7 +162,8 @@ def test_ctrl_c_exits_130_without_a_traceback() -> None:
                "CARDPAY_DATABASE_URL": UNREACHABLE}
         proc = subprocess.Popen([sys.executable, "-m", "cardpay.cli.main", "status",
                                  "--rpc-url", node], env=env, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                preexec_fn=ctrl_c_default)
         conn, _ = silent.accept()  # the command is now waiting for the head
         with conn:
             time.sleep(0.2)

@@ -28,6 +28,7 @@ from cardpay.postgres.uow import unit_of_work_factory
 from cardpay.settings import Settings
 from domain.money import EUR, EURE, Money
 from domain.network import AuthorizationRequest, Clearing, Merchant
+from tests.support.api_process import ctrl_c_default
 
 pytestmark = pytest.mark.integration
 
@@ -181,7 +182,7 @@ def test_without_once_it_sweeps_every_interval_until_ctrl_c(pg_url: str,
     proc = subprocess.Popen(
         [sys.executable, "-m", "cardpay.cli.main", "network", "sweep", "--interval", "0.1",
          "--json"], cwd=ROOT, env={**base, "CARDPAY_DATABASE_URL": pg_url},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_default)
     try:
         assert proc.stdout is not None
         first, second, third = (json.loads(proc.stdout.readline()) for _ in range(3))

@@ -92,3 +92,14 @@ def served(app: Any, *, lifespan: str = "off") -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def ctrl_c_default() -> None:
+    """A `preexec_fn` for a child a test stops with SIGINT: SIGINT at its default and not
+    blocked, as a terminal's Ctrl-C finds a command, whatever this test process's own state.
+    (In the full suite two such tests once saw their child ignore SIGINT; the disposition or
+    mask was inherited from something earlier in the session, not yet found.)"""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
