@@ -35,7 +35,6 @@ data, which is what a renamed metric in the code would look like.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -51,12 +50,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-import psutil
 import pytest
 import yaml
 
 from tests.support import promql
-from tests.support.api_process import free_port
+from tests.support.api_process import free_port, kill_tree
 from tests.support.network import signed_headers
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -94,12 +92,7 @@ class Running:
             try:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
-                tree = psutil.Process(proc.pid).children(recursive=True)
-                proc.kill()
-                proc.wait(10)
-                for child in tree:
-                    with contextlib.suppress(psutil.NoSuchProcess):
-                        child.kill()
+                kill_tree(proc)
 
 
 def wait_until(what: str, check: Callable[[], Any], timeout: float, log: Callable[[], str]

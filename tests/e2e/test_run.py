@@ -6,7 +6,6 @@ leaves nothing running either. Bad input is one line."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import signal
@@ -21,7 +20,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.support.api_process import free_port
+from tests.support.api_process import free_port, kill_tree
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,12 +67,7 @@ def started(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path, Pat
         yield proc, out, err
     finally:
         if proc.poll() is None:  # the test failed midway: leave nothing running
-            tree = psutil.Process(proc.pid).children(recursive=True)
-            proc.kill()
-            proc.wait(10)
-            for child in tree:
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    child.kill()
+            kill_tree(proc)
 
 
 def test_run_comes_up_serves_restarts_a_killed_process_and_stops_leaving_nothing(

@@ -103,3 +103,18 @@ def ctrl_c_default() -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def kill_tree(proc: subprocess.Popen[Any]) -> None:
+    """SIGKILL a process and every process it started (a test that failed midway leaves
+    nothing running)."""
+    import contextlib
+
+    import psutil
+
+    tree = psutil.Process(proc.pid).children(recursive=True)
+    proc.kill()
+    proc.wait(10)
+    for child in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
