@@ -77,16 +77,13 @@ class PostgresEventStore:
         sql = _LOAD_MANY_OF_TYPES if only else _LOAD_MANY
         params: tuple[Any, ...] = ((list(out), [cls.__name__ for cls in only]) if only
                                    else (list(out),))
-        for stream_id, version, position, type_, data, recorded_at in raw.execute(
-                self._conn, sql, params):
-            out[stream_id].append(from_recorded(RecordedEvent(
-                stream_id, int(version), int(position), type_, data, recorded_at)))
+        for row in raw.execute(self._conn, sql, params):
+            recorded = _row_event(row)
+            out[recorded.stream_id].append(from_recorded(recorded))
         return out
 
     def load_recorded(self, stream_id: str) -> list[RecordedEvent]:
-        return [RecordedEvent(stream_id, int(version), int(position), type_, data, recorded_at)
-                for stream_id, version, position, type_, data, recorded_at
-                in raw.execute(self._conn, _LOAD, (stream_id,))]
+        return [_row_event(row) for row in raw.execute(self._conn, _LOAD, (stream_id,))]
 
     def append(self, new: Sequence[DomainEvent]) -> list[RecordedEvent]:
         if not new:
@@ -123,9 +120,7 @@ class PostgresEventStore:
         """The feeds' read (every event, in order, a batch at a time): on the driver's cursor,
         rows as tuples, since a rebuild reads a million of them."""
         rows = raw.execute(self._conn, _READ_AFTER, (position, limit)).fetchall()
-        return [RecordedEvent(stream_id=stream_id, version=version, position=at, type=type_,
-                              data=data, recorded_at=recorded_at)
-                for stream_id, version, at, type_, data, recorded_at in rows]
+        return [_row_event(row) for row in rows]
 
     def chain_effects(self, block_hashes: Sequence[str]) -> list[PaymentSpent | PaymentRefunded]:
         """Spends and refunds whose chain evidence lies in these blocks, newest first."""
@@ -160,6 +155,13 @@ _LOAD_MANY_OF_TYPES = ("SELECT stream_id, version, position, type, data, recorde
                        "WHERE stream_id = ANY(%s) AND type = ANY(%s) ORDER BY stream_id, version")
 _READ_AFTER = ("SELECT stream_id, version, position, type, data, recorded_at FROM events "
                "WHERE position > %s ORDER BY position LIMIT %s")
+
+
+def _row_event(row: Sequence[Any]) -> RecordedEvent:
+    """A row of `_LOAD`, `_LOAD_MANY` or `_READ_AFTER` (stream_id, version, position, type,
+    data, recorded_at) as the event it stores."""
+    stream_id, version, position, type_, data, recorded_at = row
+    return RecordedEvent(stream_id, int(version), int(position), type_, data, recorded_at)
 
 
 def _recorded(row: Any) -> RecordedEvent:
