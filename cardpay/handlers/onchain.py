@@ -332,6 +332,8 @@ class TransactionSender:
         self._on_record = on_record
         self._chain_id: int | None = None
         self._batch_fees: Fees | None = None
+        self._held_since: dict[tuple[int, str], datetime] = {}
+        """(nonce, newest hash) of a slot held back because it would revert: since when."""
 
     def new_batch(self) -> None:
         """The fees are asked of the node once per batch of transactions signed together."""
@@ -413,15 +415,42 @@ class TransactionSender:
                     done = self._outcome(slot, stuck=stuck)
                     if done is not None:
                         settled.append(done)
-                elif stuck:
+                    continue
+                unknown = not stuck and not self._node.knows(newest.tx_hash)
+                if (stuck or unknown) and self._held(slot):
+                    continue
+                if stuck:
                     to_send.append(self._replace(uow, slot))
-                elif not self._node.knows(newest.tx_hash):
+                elif unknown:
                     log.warning("%s (nonce %d) is unknown to the node: broadcast again",
                                 newest.tx_hash, slot.nonce)
                     to_send.append(newest)
             uow.commit()
         self.broadcast(to_send)
         return settled
+
+    def _held(self, slot: Slot) -> bool:
+        """Whether a slot about to be broadcast again (dropped, or taken back by a reorg) or
+        replaced waits instead, because its call would revert now. After a reorg the chain can
+        lack, for a while, what the call rests on: the settlement account's tokens come from
+        spends the same reorg took away, which the relayer (another sender) sends again. Sent
+        before them, a refund would be mined reverted: a failure for good of a call that
+        passes a few seconds later. So it waits, for at most `stuck_after` from the first
+        time it was held (in this process), then goes out whatever the estimate says (a nonce
+        held for ever would hold every later one of the sender)."""
+        key = (slot.nonce, slot.txs[-1].tx_hash)
+        try:
+            self._node.estimate_gas(slot.sender, slot.call)
+        except CallReverted as exc:
+            since = self._held_since.setdefault(key, self._clock())
+            if self._clock() - since < self._stuck_after:
+                log.warning("%s nonce %d would revert now (%s): held, not sent again yet",
+                            slot.purpose, slot.nonce, exc.reason)
+                return True
+            log.warning("%s nonce %d would still revert (%s) after %s: sent anyway",
+                        slot.purpose, slot.nonce, exc.reason, self._stuck_after)
+        self._held_since.pop(key, None)
+        return False
 
     def settle(self, uow_factory: Callable[[], OnchainUnitOfWork], done: Settled) -> None:
         with uow_factory() as uow:
@@ -494,6 +523,7 @@ class ChainTargets:
 class _Refused:
     request: EffectRequest
     reason: str
+    failure: FailureClass = FailureClass.HARD
 
 
 class _EffectWorker:
@@ -534,7 +564,7 @@ class _EffectWorker:
             log.warning("%s %s refused before sending: %s", item.request.name,
                         item.request.request_id, item.reason)
             self._answers.effect_done(item.request.request_id, succeeded=False,
-                                      failure=FailureClass.HARD, detail=item.reason)
+                                      failure=item.failure, detail=item.reason)
         return len(signed) + len(refused)
 
     def _sign(self, uow: OnchainUnitOfWork, requests: Sequence[EffectRequest]
@@ -677,8 +707,10 @@ class RefundSender(_EffectWorker):
             try:
                 signed.append(self._sender.sign_and_record(uow, SEND_REFUND, call, refs))
             except CallReverted as exc:
-                refused.extend(_Refused(r, f"the refund batch would revert: {exc.reason}")
-                               for r, _, _ in legs)
+                # nothing was signed: the settlement account may be short for now (a reorg
+                # took the spends that fund it away; they are sent again), so tried again
+                refused.extend(_Refused(r, f"the refund batch would revert: {exc.reason}",
+                                        FailureClass.SOFT) for r, _, _ in legs)
             except TransactionRejected as exc:  # left pending: tried again next poll
                 log.warning("refund batch of %d not signed: %s", len(legs), exc)
         return signed, refused

@@ -793,3 +793,70 @@ def test_a_refund_the_listener_saw_before_its_answer_moves_the_ledger_once(
     assert stack.chain.balance_of("EURe", 0) == before
     assert _ledger(stack, safe) == {"mirror": before, "settlement": 0, "held": 0,
                                     "available": before}
+
+
+def test_a_reorged_refund_waits_for_the_float_its_reorged_spend_brings_back(
+        stack: Stack) -> None:
+    """Found by the chaos run with reorgs: the settlement account's tokens come from the spends,
+    and a reorg that takes a spend and a refund paid from it away takes the float with them. If
+    the refund sender broadcast its refund again before the relayer's spend landed again, the
+    refund reverted (the settlement account short) and was a `refund_failed` exception for good.
+    The sender now holds a transaction that would revert now (up to `tx_stuck_after`), and
+    broadcasts it once its call would pass: the refund lands after the spend, once."""
+    d = stack.chain.deployment
+    key = stack.settings.settlement_key
+    assert key is not None
+    refunder = Account.from_key(key.reveal()).address
+    refunder_nonce, relayer_nonce = stack.nonce(refunder), stack.nonce(stack.relayer_address)
+    before = stack.chain.balance_of("EURe", 0)
+    float_before = stack.chain.balance_of("EURe", d.settlement_account)
+    stack.authorize("auth-float", 10**18)
+    relayer = stack.relayer()
+    relayer.run_once()  # the spend: the settlement account's float
+    _request_refund(stack.engine, "r-float", d.cardholders[0], 10**18 // 2, EURE)
+    refunds = build_refund_sender(stack.settings, stack.engine, stack.config, stack.answers,
+                                  rpc_url=stack.chain.rpc_url, clock=stack.clock)
+    refunds.run_once()
+    refunds.run_once()
+    [refund] = [a for a in stack.answers.calls if a["request_id"] == "r-float"]
+    assert refund["succeeded"]
+
+    stack.rpc("anvil_reorg", 2, [])  # the spend's and the refund's blocks are gone
+    stack.rpc("evm_mine")
+    assert stack.chain.balance_of("EURe", d.settlement_account) == float_before
+    refunds.run_once()  # first to notice: its refund would revert now, so it waits
+    assert stack.nonce(refunder) == refunder_nonce
+    assert [a for a in stack.answers.calls if a["request_id"] == "r-float"] == [refund]
+    relayer.run_once()  # the spend lands again
+    assert stack.chain.balance_of("EURe", 0) == before - 10**18
+    for _ in range(3):
+        refunds.run_once()
+
+    answers = [a for a in stack.answers.calls if a["request_id"] == "r-float"]
+    assert all(a["succeeded"] for a in answers), answers
+    assert {a["result"]["tx_hash"] for a in answers} == {refund["result"]["tx_hash"]}
+    assert stack.chain.balance_of("EURe", 0) == before - 10**18 // 2
+    assert stack.nonce(refunder) == refunder_nonce + 1
+    assert stack.nonce(stack.relayer_address) == relayer_nonce + 1
+
+
+def test_a_refund_the_settlement_account_cannot_pay_yet_is_refused_softly(
+        stack: Stack) -> None:
+    """Nothing is signed for a refund batch that would revert now, and the answer is SOFT (the
+    saga tries again with backoff, then raises `refund_failed`): the settlement account's float
+    comes from spends, and one a reorg took away is sent again within seconds."""
+    d = stack.chain.deployment
+    key = stack.settings.settlement_key
+    assert key is not None
+    refunder = Account.from_key(key.reveal()).address
+    nonce = stack.nonce(refunder)
+    short = stack.chain.balance_of("EURe", d.settlement_account) + 1
+    _request_refund(stack.engine, "r-short", d.cardholders[0], short, EURE)
+    refunds = build_refund_sender(stack.settings, stack.engine, stack.config, stack.answers,
+                                  rpc_url=stack.chain.rpc_url, clock=stack.clock)
+    refunds.run_once()
+
+    [answer] = stack.answers.calls
+    assert not answer["succeeded"] and answer["failure"] is FailureClass.SOFT
+    assert "would revert" in answer["detail"]
+    assert stack.nonce(refunder) == nonce and stack.rows(s.onchain_transactions) == []
