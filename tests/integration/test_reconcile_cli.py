@@ -7,9 +7,11 @@ batch. The clean day reconciles (exit 0); one break injected on each side is fou
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
+import os
 import subprocess
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
@@ -19,7 +21,7 @@ import pytest
 from sqlalchemy import Engine
 
 from cardpay.bootstrap.sagas import payment_command
-from cardpay.bootstrap.state import reconciliation_breaks
+from cardpay.bootstrap.state import ReconcilerProcess, reconciliation_breaks
 from cardpay.handlers.card_network import CardNetworkEffects
 from cardpay.handlers.chain import ChainSinkHandler
 from cardpay.handlers.payments import PaymentService
@@ -294,3 +296,25 @@ def test_the_breaks_gauge_counts_each_currencys_breaks_on_the_days_given(
         command_id="chain:stray", at=T0 + timedelta(hours=2), recipient=SAFE, token=TOKEN,
         amount=Money(400 * CENT, EURE), evidence=evidence(40))])
     assert reconciliation_breaks(pg_engine, [DAY]) == {"EUR": 1}
+
+
+def test_the_api_reconciles_in_a_worker_process_of_its_own(pg_url: str, pg_engine: Engine,
+                                                           day: Day) -> None:
+    """The API's breaks gauge is computed in another process (it would hold the API's
+    interpreter lock for seconds on a busy day), with the same result as in-process."""
+    day.chain([c.RecordSettlementTransfer(
+        command_id="chain:stray", at=T0 + timedelta(hours=2), recipient=SAFE, token=TOKEN,
+        amount=Money(400 * CENT, EURE), evidence=evidence(40))])
+    reconciler = ReconcilerProcess(pg_url)
+    try:
+        assert asyncio.run(reconciler([DAY])) == reconciliation_breaks(pg_engine, [DAY]) \
+            == {"EUR": 1}
+        pool = reconciler._pool
+        assert pool is not None
+        workers = list(pool._processes.values())  # (no public accessor)
+        assert len(workers) == 1 and workers[0].pid != os.getpid()
+    finally:
+        reconciler.close()
+    assert reconciler._pool is None
+    workers[0].join(10)
+    assert not workers[0].is_alive()  # closed: the worker does not outlive the API
