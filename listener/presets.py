@@ -33,6 +33,9 @@ class ChainConfig:
     """Issuer wallets that move funds to/from the settlement account: neither spend nor refund."""
     match_refunds: bool = True
     """Match settlement transfers to submitted refunds (off in observer mode: nothing is submitted)."""
+    refunds_matched_from: int = 0
+    """With `match_refunds`, the first block whose settlement transfers are matched: on a fork,
+    the blocks up to the fork's are history cardpay sent nothing in (observed only)."""
     name: str = "custom"
     roles_modules: frozenset[str] = frozenset()
     """Cardholders' Roles modules whose allowance events (ConsumeAllowance, SetAllowance) are

@@ -91,7 +91,9 @@ def card_currencies(i: int) -> Sequence[str]:
     return ("EURe",) if i % 2 == 0 else ("USDCe",)
 
 
-def _cards(deployment: LocalDeployment, config: ChainConfig) -> list[Card]:
+def deployment_cards(deployment: LocalDeployment, config: ChainConfig) -> list[Card]:
+    """One card per cardholder Safe of `deployment` (`card_currencies`), with its Roles
+    module."""
     out: list[Card] = []
     for i, (safe, module) in enumerate(zip(deployment.cardholders, deployment.roles_modules,
                                            strict=True)):
@@ -171,9 +173,10 @@ class _Chain:
     settings: dict[str, Any]
 
 
-def fork_config() -> ChainConfig:
-    """The `gnosis` preset with refunds matched: cardpay sends them (not observer mode)."""
-    return replace(GNOSIS, match_refunds=True)
+def fork_config(from_block: int = 0) -> ChainConfig:
+    """The `gnosis` preset with refunds matched from `from_block` (the fork's first own block):
+    cardpay sends them there (not observer mode)."""
+    return replace(GNOSIS, match_refunds=True, refunds_matched_from=from_block)
 
 
 @contextlib.contextmanager
@@ -197,7 +200,7 @@ def _chain(cardholders: int, block_time: int, fork: ForkSource | None) -> Iterat
             start = int(chain.w3.eth.block_number) + 1
             deployment = replace(fork.deployment, deployed_at_block=start)
             chain = LocalChain(node.rpc_url, deployment)
-            config = fork_config()
+            config = fork_config(start)
             keys = {"tx_signer": "impersonate", "relayer_key": None, "settlement_key": None}
         # the cards are registered from readings at the listener's depth: bury the deployment
         # first, or a reading taken below its last blocks misses the last mints and allowances
@@ -227,7 +230,8 @@ def lifecycle_stack(settings: Settings, *, cardholders: int, block_time: int = 1
                            webhook_secrets=(secret,), network_advice_url=recorder.url,
                            sweep_interval_s=0, **c.settings)
         engine = stack.enter_context(database(settings))
-        register_cards(settings, engine, c.config, c.node.rpc_url, _cards(c.deployment, c.config))
+        register_cards(settings, engine, c.config, c.node.rpc_url,
+                       deployment_cards(c.deployment, c.config))
         cards = registered_cards(settings, engine)
         api_url = stack.enter_context(api(settings, engine))
         clock = ShiftedClock()

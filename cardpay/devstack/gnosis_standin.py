@@ -30,8 +30,10 @@ import contextlib
 import json
 import signal
 import sys
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from web3 import Web3
@@ -200,31 +202,30 @@ def fork_of(fork_url: str, fork_block: int | None = None, *,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Start a stand-in and keep it until Ctrl-C; print one JSON line: its URL, head block and
-    the cardholders (Safe, Roles module, token) for `cardpay cards add --preset gnosis`."""
+    """Start a stand-in and keep it until Ctrl-C or SIGTERM; print one JSON line: its URL, head
+    block and history; `--out FILE` also writes its deployment description (the cardholder
+    Safes, for `cardpay run --fork-url URL --cards-from FILE`)."""
     parser = argparse.ArgumentParser(prog="python -m cardpay.devstack.gnosis_standin",
-                                     description=__doc__.split("\n\n")[0] if __doc__ else None)
+                                     description="a local stand-in for Gnosis Chain (chain 100)")
     parser.add_argument("--cardholders", type=int, default=6)
+    parser.add_argument("--out", type=Path, default=None, metavar="FILE",
+                        help="write the deployment description (cards) here")
     args = parser.parse_args(argv)
-    stop = False
-
-    def _stop(signum: int, frame: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, _stop)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     with gnosis_standin(cardholders=args.cardholders) as standin:
-        d = standin.deployment
-        print(json.dumps({
-            "rpc_url": standin.rpc_url, "head": standin.fork_block,
-            "cards": [{"safe": safe, "roles_module": module, "token": card_token(i)}
-                      for i, (safe, module) in enumerate(zip(d.cardholders, d.roles_modules,
-                                                             strict=True))]}), flush=True)
-        try:
-            while not stop:
-                signal.pause() if hasattr(signal, "pause") else None
-        except KeyboardInterrupt:
-            pass
+        if args.out is not None:
+            args.out.write_text(json.dumps(standin.deployment.to_dict(), indent=2) + "\n")
+        history = standin.history
+        print(json.dumps({"rpc_url": standin.rpc_url, "head": standin.fork_block,
+                          "history": {"spends": history.spends,
+                                      "spent": {k: str(v) for k, v in history.spent.items()},
+                                      "refunded": {k: str(v)
+                                                   for k, v in history.refunded.items()}}}),
+              flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            while not stop.wait(0.5):
+                pass
     return 0
 
 
