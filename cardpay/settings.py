@@ -149,6 +149,17 @@ def _private_key(env: Mapping[str, str], name: str) -> Secret | None:
     return Secret("0x" + body.lower())
 
 
+def _address(env: Mapping[str, str], name: str) -> str | None:
+    """An account address (0x and 40 hex digits), lowercase."""
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return None
+    body = raw.removeprefix("0x").removeprefix("0X")
+    if len(body) != 40 or any(ch not in "0123456789abcdefABCDEF" for ch in body):
+        raise SettingsError(f"{name} must be an address: 0x and 40 hex digits, got {raw!r}")
+    return "0x" + body.lower()
+
+
 def default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "cardpay"
@@ -212,6 +223,31 @@ class Settings:
     tx_stuck_after: timedelta = timedelta(seconds=120)
     """A transaction not mined this long after it was signed is replaced with the same nonce
     and higher fees (CARDPAY_TX_STUCK_AFTER)."""
+    tx_signer: str = "key"
+    """How our transactions are sent (CARDPAY_TX_SIGNER): `key` — signed with
+    CARDPAY_RELAYER_KEY / CARDPAY_SETTLEMENT_KEY; `impersonate` — sent unsigned as the accounts
+    the contracts expect, through Anvil's `anvil_impersonateAccount` (a fork of Gnosis Chain,
+    where nobody has Gnosis Pay's keys; docs/adr/0019)."""
+    relayer_address: str | None = None
+    """With `impersonate`: the account spends are sent as (CARDPAY_RELAYER_ADDRESS; default
+    the preset's relayer, Gnosis Pay's relayer EOA for `gnosis`)."""
+    settlement_sender: str | None = None
+    """With `impersonate`: the account refunds are sent as (CARDPAY_SETTLEMENT_SENDER;
+    default the settlement account's `owner()` read from the node)."""
+
+    @property
+    def impersonate(self) -> bool:
+        return self.tx_signer == "impersonate"
+
+    @property
+    def sends_spends(self) -> bool:
+        """Whether a spend relayer can run: a key, or impersonation."""
+        return self.impersonate or self.relayer_key is not None
+
+    @property
+    def sends_refunds(self) -> bool:
+        """Whether a refund sender can run: a key, or impersonation."""
+        return self.impersonate or self.settlement_key is not None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -248,6 +284,9 @@ class Settings:
             settlement_key=_private_key(env, "CARDPAY_SETTLEMENT_KEY"),
             tx_stuck_after=parse_duration("CARDPAY_TX_STUCK_AFTER",
                                           env.get("CARDPAY_TX_STUCK_AFTER") or "120s"),
+            tx_signer=_choice(env, "CARDPAY_TX_SIGNER", "key", ("key", "impersonate")),
+            relayer_address=_address(env, "CARDPAY_RELAYER_ADDRESS"),
+            settlement_sender=_address(env, "CARDPAY_SETTLEMENT_SENDER"),
         )
         if settings.confirmations < 0:
             raise SettingsError(f"CARDPAY_CONFIRMATIONS must be 0 or more, got "

@@ -33,10 +33,19 @@ class ChainConfig:
     """Issuer wallets that move funds to/from the settlement account: neither spend nor refund."""
     match_refunds: bool = True
     """Match settlement transfers to submitted refunds (off in observer mode: nothing is submitted)."""
+    refunds_matched_from: int = 0
+    """With `match_refunds`, the first block whose settlement transfers are matched: on a fork,
+    the blocks up to the fork's are history cardpay sent nothing in (observed only)."""
     name: str = "custom"
     roles_modules: frozenset[str] = frozenset()
     """Cardholders' Roles modules whose allowance events (ConsumeAllowance, SetAllowance) are
     read, so the daily allowance left is known without asking the node."""
+    spend_module: str | None = None
+    """The Spender module new spends go through, where the preset reads several (mainnet's
+    old and new); None: the only one."""
+    relayer: str | None = None
+    """The account the Spender module takes spends from on this chain (mainnet: Gnosis Pay's
+    relayer EOA): whom the spend relayer impersonates on a fork."""
 
     def __post_init__(self) -> None:
         """Addresses compare as lowercase hex everywhere; checksummed input is normalized here."""
@@ -45,6 +54,9 @@ class ChainConfig:
         for name in ("spender_modules", "cashback_senders", "referral_senders",
                      "ignored_senders", "operational_wallets", "roles_modules"):
             object.__setattr__(self, name, frozenset(map(low, getattr(self, name))))
+        for name in ("spend_module", "relayer"):
+            value = getattr(self, name)
+            object.__setattr__(self, name, None if value is None else low(value))
         object.__setattr__(self, "tokens", {low(a): c for a, c in self.tokens.items()})
         object.__setattr__(self, "mirrors", {low(a): low(b) for a, b in self.mirrors.items()})
 
@@ -104,6 +116,8 @@ GNOSIS = ChainConfig(
         "0xcFF260bfbc199dC82717494299b1AcADe25F549b",  # 2023-12 → 2026-06-04
         "0x5f07734E2B9C4dE6f9C32253d485741800da3F8a",  # from 2026-06-04
     ),
+    spend_module="0x5f07734E2B9C4dE6f9C32253d485741800da3F8a",
+    relayer="0x90830ed558f12d826370dc52e9d87947a7f18de9",
     tokens={
         EURE_V2: Currency("EURe", 18), EURE_V1: Currency("EURe", 18),
         GBPE_V2: Currency("GBPe", 18), GBPE_V1: Currency("GBPe", 18),

@@ -130,7 +130,7 @@ def translate(
     ]
     if config.match_refunds:
         for act in out.activity:
-            if act.kind is Kind.REFUND:
+            if act.kind is Kind.REFUND and act.log.block_number >= config.refunds_matched_from:
                 out.commands.append(RecordSettlementTransfer(
                     command_id=command_id(config.chain_id, act.log),
                     at=timestamps[act.log.block_number], recipient=act.recipient,

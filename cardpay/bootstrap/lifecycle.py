@@ -43,7 +43,7 @@ from cardpay.metrics.listener import ListenerMetrics
 from cardpay.settings import Secret, Settings
 from domain.card_network import NetworkState
 from listener.poller import Listener
-from listener.presets import ChainConfig, local_config
+from listener.presets import GNOSIS, ChainConfig, local_config
 from projector.runner import Projector
 
 DEV_MNEMONIC = "test test test test test test test test test test test junk"
@@ -91,7 +91,9 @@ def card_currencies(i: int) -> Sequence[str]:
     return ("EURe",) if i % 2 == 0 else ("USDCe",)
 
 
-def _cards(deployment: LocalDeployment, config: ChainConfig) -> list[Card]:
+def deployment_cards(deployment: LocalDeployment, config: ChainConfig) -> list[Card]:
+    """One card per cardholder Safe of `deployment` (`card_currencies`), with its Roles
+    module."""
     out: list[Card] = []
     for i, (safe, module) in enumerate(zip(deployment.cardholders, deployment.roles_modules,
                                            strict=True)):
@@ -150,17 +152,56 @@ def serving(app: FastAPI) -> Iterator[str]:
         thread.join(timeout=10)
 
 
+@dataclass(frozen=True)
+class ForkSource:
+    """Run on an Anvil fork of `url` (at `block`, or its head) with the `gnosis` preset: the
+    cards are `deployment`'s cardholder Safes (on the upstream chain; e.g. the stand-in's,
+    `cardpay.devstack.gnosis_standin`), spends and refunds are sent as the accounts the
+    contracts expect, through `anvil_impersonateAccount` (docs/adr/0019)."""
+
+    url: str
+    deployment: LocalDeployment
+    block: int | None = None
+
+
+@dataclass(frozen=True)
+class _Chain:
+    node: AnvilNode
+    chain: LocalChain
+    deployment: LocalDeployment
+    config: ChainConfig
+    settings: dict[str, Any]
+
+
+def fork_config(from_block: int = 0) -> ChainConfig:
+    """The `gnosis` preset with refunds matched from `from_block` (the fork's first own block):
+    cardpay sends them there (not observer mode)."""
+    return replace(GNOSIS, match_refunds=True, refunds_matched_from=from_block)
+
+
 @contextlib.contextmanager
-def lifecycle_stack(settings: Settings, *, cardholders: int, block_time: int = 1,
-                    api: ApiStarter = _api_server) -> Iterator[LifecycleStack]:
-    """Start everything (the database per `settings`: embedded, or CARDPAY_DATABASE_URL).
-    `api` starts the API with the stack's settings and yields its URL (by default uvicorn on a
-    thread of this process; a test may start `cardpay api` processes it can kill)."""
-    secret = "whsec_" + secrets.token_urlsafe(24).replace("-", "A").replace("_", "B")
-    with contextlib.ExitStack() as stack:
-        node = stack.enter_context(AnvilNode())  # automine: the deployment at full speed
+def _chain(cardholders: int, block_time: int, fork: ForkSource | None) -> Iterator[_Chain]:
+    """A fresh Anvil with the local replicas (signing with dev keys), or a fork (impersonating);
+    either with a block every `block_time` seconds once the setup is buried below the
+    listener's depth."""
+    if fork is None:
+        node = AnvilNode()  # automine: the deployment at full speed
+    else:
+        from cardpay.devstack.gnosis_standin import fork_of
+
+        node = fork_of(fork.url, fork.block)
+    with node:
         chain = LocalChain(node.rpc_url)
-        deployment = chain.deploy(n_cardholders=cardholders)
+        if fork is None:
+            deployment = chain.deploy(n_cardholders=cardholders)
+            config = local_config(deployment.to_dict())
+            keys: dict[str, Any] = {"relayer_key": dev_key(1), "settlement_key": dev_key(0)}
+        else:
+            start = int(chain.w3.eth.block_number) + 1
+            deployment = replace(fork.deployment, deployed_at_block=start)
+            chain = LocalChain(node.rpc_url, deployment)
+            config = fork_config(start)
+            keys = {"tx_signer": "impersonate", "relayer_key": None, "settlement_key": None}
         # the cards are registered from readings at the listener's depth: bury the deployment
         # first, or a reading taken below its last blocks misses the last mints and allowances
         chain.w3.provider.make_request(RPCEndpoint("anvil_mine"), [hex(CONFIRMATIONS + 1)])
@@ -170,22 +211,35 @@ def lifecycle_stack(settings: Settings, *, cardholders: int, block_time: int = 1
                                                 [block_time])
         if "error" in answer:
             raise RuntimeError(f"Anvil refused interval mining: {answer['error']}")
-        config = local_config(deployment.to_dict())
+        yield _Chain(node, chain, deployment, config, keys)
+
+
+@contextlib.contextmanager
+def lifecycle_stack(settings: Settings, *, cardholders: int, block_time: int = 1,
+                    api: ApiStarter = _api_server,
+                    fork: ForkSource | None = None) -> Iterator[LifecycleStack]:
+    """Start everything (the database per `settings`: embedded, or CARDPAY_DATABASE_URL).
+    `api` starts the API with the stack's settings and yields its URL (by default uvicorn on a
+    thread of this process; a test may start `cardpay api` processes it can kill). `fork`: on
+    a fork of that chain instead of fresh replicas (`cardholders` is then the deployment's)."""
+    secret = "whsec_" + secrets.token_urlsafe(24).replace("-", "A").replace("_", "B")
+    with contextlib.ExitStack() as stack:
+        c = stack.enter_context(_chain(cardholders, block_time, fork))
         recorder = stack.enter_context(AdviceRecorder(secret))
-        settings = replace(settings, rpc_url=node.rpc_url, confirmations=CONFIRMATIONS,
-                           relayer_key=dev_key(1), settlement_key=dev_key(0),
+        settings = replace(settings, rpc_url=c.node.rpc_url, confirmations=CONFIRMATIONS,
                            webhook_secrets=(secret,), network_advice_url=recorder.url,
-                           sweep_interval_s=0)
+                           sweep_interval_s=0, **c.settings)
         engine = stack.enter_context(database(settings))
-        register_cards(settings, engine, config, node.rpc_url, _cards(deployment, config))
+        register_cards(settings, engine, c.config, c.node.rpc_url,
+                       deployment_cards(c.deployment, c.config))
         cards = registered_cards(settings, engine)
         api_url = stack.enter_context(api(settings, engine))
         clock = ShiftedClock()
-        worker = build_worker(settings, engine, clock=clock, chain=config)
-        listener = build_listener(settings, engine, config, rpc_url=node.rpc_url,
-                                  start_block=deployment.deployed_at_block,
+        worker = build_worker(settings, engine, clock=clock, chain=c.config)
+        listener = build_listener(settings, engine, c.config, rpc_url=c.node.rpc_url,
+                                  start_block=c.deployment.deployed_at_block,
                                   metrics=ListenerMetrics())
-        yield LifecycleStack(settings, engine, chain, deployment, config, cards, api_url,
+        yield LifecycleStack(settings, engine, c.chain, c.deployment, c.config, cards, api_url,
                              secret, recorder, clock, worker, listener,
                              payments_projector(settings, engine))
 

@@ -20,14 +20,16 @@ from cardpay.handlers.onchain import (
     OnchainUnitOfWork,
     RefundSender,
     SignedTx,
+    Signer,
     Slot,
     SpendRelayer,
     TransactionSender,
     link_spend,
 )
-from cardpay.onchain.sender import LocalSigner, RpcNode
+from cardpay.onchain.sender import ImpersonatedSigner, ImpersonatingNode, LocalSigner, RpcNode
 from cardpay.postgres.uow import onchain_uow_factory
 from cardpay.settings import Secret, Settings
+from listener.errors import ListenerError
 from listener.presets import ChainConfig
 from listener.rpc import HttpJsonRpc
 
@@ -41,29 +43,40 @@ def _now() -> datetime:
 
 
 def chain_targets(config: ChainConfig) -> ChainTargets:
-    """Where spends and refunds go, from the chain preset: its one Spender module, its
-    settlement account, and per currency the address card spends use (the v1 frontend of a
-    token that has one, as Gnosis Pay spends EURe)."""
-    if len(config.spender_modules) != 1:
+    """Where spends and refunds go, from the chain preset: its Spender module (the one it
+    names for new spends, or its only one), its settlement account, and per currency the
+    address card spends use (the v1 frontend of a token that has one, as Gnosis Pay spends
+    EURe)."""
+    module = config.spend_module
+    if module is None and len(config.spender_modules) != 1:
         raise RelayerNotConfigured(
-            f"the {config.name} preset names {len(config.spender_modules)} Spender modules; "
-            "the relayer needs exactly one")
+            f"the {config.name} preset names {len(config.spender_modules)} Spender modules and "
+            "none for new spends; the relayer needs exactly one")
     frontends = {canonical: mirror for mirror, canonical in config.mirrors.items()}
     tokens: dict[str, tuple[str, int]] = {}
     for address, currency in config.tokens.items():
         if address in config.mirrors:
             continue
         tokens[currency.code] = (frontends.get(address, address), currency.decimals)
-    return ChainTargets(next(iter(config.spender_modules)), config.settlement, tokens)
+    return ChainTargets(module or next(iter(config.spender_modules)), config.settlement, tokens)
 
 
 def _sender(settings: Settings, key: Secret | None, variable: str, node: RpcNode,
             clock: Callable[[], datetime],
-            on_record: Callable[[OnchainUnitOfWork, Slot, SignedTx], None] | None = None
-            ) -> TransactionSender:
-    if key is None:
+            on_record: Callable[[OnchainUnitOfWork, Slot, SignedTx], None] | None = None, *,
+            impersonated: str | None = None) -> TransactionSender:
+    """A sender signing with `key`, or (CARDPAY_TX_SIGNER=impersonate) sending as
+    `impersonated` through the node's impersonation."""
+    signer: Signer
+    if settings.impersonate:
+        if impersonated is None:
+            raise RelayerNotConfigured(f"no account to impersonate for {variable}")
+        signer = ImpersonatedSigner(impersonated)
+    elif key is None:
         raise RelayerNotConfigured(f"{variable} is not set")
-    return TransactionSender(node, LocalSigner(key), clock=clock,
+    else:
+        signer = LocalSigner(key)
+    return TransactionSender(node, signer, clock=clock,
                              stuck_after=settings.tx_stuck_after, on_record=on_record)
 
 
@@ -72,7 +85,36 @@ def _node(settings: Settings, rpc_url: str | None) -> RpcNode:
     if not url:
         raise RelayerNotConfigured("no RPC URL: set CARDPAY_RPC_URL")
     # one quick retry: a poll that fails is simply tried again by the next one
-    return RpcNode(HttpJsonRpc(url, retries=1, timeout=10.0))
+    rpc = HttpJsonRpc(url, retries=1, timeout=10.0)
+    return ImpersonatingNode(rpc) if settings.impersonate else RpcNode(rpc)
+
+
+def spend_sender_address(settings: Settings, config: ChainConfig) -> str | None:
+    """Whom spends are sent as under impersonation: CARDPAY_RELAYER_ADDRESS, else the preset's
+    relayer (Gnosis Pay's relayer EOA for `gnosis`)."""
+    return settings.relayer_address or config.relayer
+
+
+OWNER_SELECTOR = "0x8da5cb5b"
+"""owner(): the settlement account replica's owner, who may send refunds."""
+
+
+def settlement_sender_address(settings: Settings, config: ChainConfig, node: RpcNode) -> str:
+    """Whom refunds are sent as under impersonation: CARDPAY_SETTLEMENT_SENDER, else the
+    settlement account's `owner()` as the node says (RelayerNotConfigured when it has none:
+    the real settlement account is a Safe with several owners and a threshold)."""
+    if settings.settlement_sender:
+        return settings.settlement_sender
+    try:
+        word = str(node.call(config.settlement, OWNER_SELECTOR))
+        owner = "0x" + word.removeprefix("0x")[-40:]
+        if len(word) < 66 or int(owner, 16) == 0:
+            raise ValueError(word)
+    except (ValueError, CardpayError, ListenerError) as exc:
+        raise RelayerNotConfigured(
+            f"the settlement account {config.settlement} has no owner() to impersonate "
+            f"({exc}); set CARDPAY_SETTLEMENT_SENDER") from None
+    return owner.lower()
 
 
 def build_spend_relayer(settings: Settings, engine: Engine, config: ChainConfig,
@@ -84,7 +126,8 @@ def build_spend_relayer(settings: Settings, engine: Engine, config: ChainConfig,
     def link(uow: OnchainUnitOfWork, slot: Slot, tx: SignedTx) -> None:
         link_spend(uow, slot, tx, chain_id=chain_id)
 
-    sender = _sender(settings, settings.relayer_key, "CARDPAY_RELAYER_KEY", node, clock, link)
+    sender = _sender(settings, settings.relayer_key, "CARDPAY_RELAYER_KEY", node, clock, link,
+                     impersonated=spend_sender_address(settings, config))
     return SpendRelayer(onchain_uow_factory(engine), sender, answers, chain_targets(config),
                         batch=batch)
 
@@ -93,6 +136,9 @@ def build_refund_sender(settings: Settings, engine: Engine, config: ChainConfig,
                         answers: EffectAnswers, *, rpc_url: str | None = None,
                         batch: int = 50, clock: Callable[[], datetime] = _now) -> RefundSender:
     node = _node(settings, rpc_url)
-    sender = _sender(settings, settings.settlement_key, "CARDPAY_SETTLEMENT_KEY", node, clock)
+    impersonated = settlement_sender_address(settings, config, node) \
+        if settings.impersonate else None
+    sender = _sender(settings, settings.settlement_key, "CARDPAY_SETTLEMENT_KEY", node, clock,
+                     impersonated=impersonated)
     return RefundSender(onchain_uow_factory(engine), sender, answers, chain_targets(config),
                         batch=batch)

@@ -18,6 +18,14 @@ What the parent does, in order:
    `cardpay api`, and `cardpay relay` with CARDPAY_KAFKA_BOOTSTRAP (the feeds then read Kafka;
    the PostgreSQL event log otherwise). Once the API answers /healthz and every metrics
    endpoint answers, one readiness line names the URLs.
+Fork mode (`--fork-url URL [--fork-block N]`, docs/adr/0019): step 2 starts an Anvil fork of URL
+(a Gnosis Chain node, chain 100) instead, step 4 deploys nothing — the `gnosis` preset names the
+contracts — and registers the cards of `--cards-from FILE` (a deployment description, as the
+stand-in's `--out` writes) if given; step 5 has spends and refunds sent as the accounts the
+contracts expect, impersonated on the fork (CARDPAY_TX_SIGNER=impersonate), and the listener
+matches refunds from the fork's first own block (`--match-refunds-from`), indexing from
+`--from-block` (default: the first block after the
+fork's).
 On SIGINT/SIGTERM the children get SIGTERM, then SIGKILL after the grace period; then the
 advice recorder, the database and Anvil stop, in the reverse order of their start.
 """
@@ -122,37 +130,87 @@ def choose_ports(settings: Settings, *, api_port: int | None, metrics_port: int 
 
 
 # -- the node, the database, the replicas, the dev defaults ------------------------------------
+@dataclass(frozen=True)
+class Fork:
+    """Fork mode: an Anvil fork of `url` (at `block`, or its head) with the `gnosis` preset."""
+
+    url: str
+    block: int | None = None
+    from_block: int | None = None
+    """The listener's first block (default: the first after the fork's)."""
+    cards_from: Path | None = None
+    """A deployment description whose cardholder Safes get a card each."""
+
+
 @dataclass
 class Stack:
     """What the children run against, and what the parent says about it at start."""
 
     rpc_url: str
-    deployment_file: Path
+    preset: tuple[str, ...]
+    """The children's chain options (`--preset ...`)."""
     from_block: int
     env: dict[str, str]
     notes: list[str] = field(default_factory=list)
     secret_file: Path | None = None
+    listen_options: tuple[str, ...] = ()
 
 
-def _probe_node(url: str) -> tuple[int, str]:
+def _probe_node(url: str, shown: str | None = None) -> tuple[int, str]:
     from cardpay.bootstrap.listen import NodeUnreachable, node_identity
     from listener.rpc import HttpJsonRpc
 
     probe = HttpJsonRpc(url, retries=1, timeout=5.0)
     try:
-        return node_identity(probe, url)
+        return node_identity(probe, shown or url)
     except NodeUnreachable as exc:
         raise RunRefused(str(exc)) from None
     except Exception as exc:  # a URL the HTTP client cannot even use
-        raise RunRefused(f"cannot reach the node at {url}: {type(exc).__name__}: {exc}; "
-                         "check CARDPAY_RPC_URL") from None
+        raise RunRefused(f"cannot reach the node at {shown or url}: {type(exc).__name__}; "
+                         "check CARDPAY_RPC_URL or --fork-url") from None
     finally:
         probe.close()
 
 
+def _host(url: str) -> str:
+    """A node URL as it may be printed: scheme and host only (a provider's URL often carries
+    an API key in its path or query)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+
+
 @contextlib.contextmanager
-def _node(settings: Settings, notes: list[str]) -> Iterator[tuple[str, AnvilNode | None]]:
+def _fork_node(settings: Settings, fork: Fork,
+               notes: list[str]) -> Iterator[tuple[str, AnvilNode | None]]:
+    from cardpay.devstack.anvil import AnvilHarnessError
+    from cardpay.devstack.gnosis_standin import fork_of
+
+    node = fork_of(fork.url, fork.block, log_path=settings.data_dir / "anvil-fork.log")
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        node.start()
+    except (AnvilHarnessError, OSError) as exc:
+        raise RunRefused(f"the Anvil fork of {_host(fork.url)} did not start: "
+                         f"{str(exc).splitlines()[0]}") from None
+    try:
+        head = int(node.rpc("eth_blockNumber"), 16)
+        notes.append(f"chain: an Anvil fork of {_host(fork.url)} at block {head} (chain 100), at "
+                     f"{node.rpc_url}; its own blocks are gone when it stops")
+        yield node.rpc_url, node
+    finally:
+        node.stop()
+
+
+@contextlib.contextmanager
+def _node(settings: Settings, notes: list[str],
+          fork: Fork | None = None) -> Iterator[tuple[str, AnvilNode | None]]:
     """The node's URL, and the embedded Anvil (None with CARDPAY_RPC_URL)."""
+    if fork is not None:
+        with _fork_node(settings, fork, notes) as found:
+            yield found
+        return
     if settings.rpc_url:  # probed by `run` before anything started
         notes.append(f"chain: the node at {settings.rpc_url} (CARDPAY_RPC_URL)")
         yield settings.rpc_url, None
@@ -227,26 +285,65 @@ def _webhook_secret(settings: Settings) -> Path:
     return path
 
 
+def _fork_cards(settings: Settings, engine: Engine, rpc_url: str, anvil: AnvilNode,
+                fork: Fork, notes: list[str]) -> tuple[int, int]:
+    """Bury the fork's first block below the listener's depth, register the cards of
+    `--cards-from`; the listener's first block and the fork's first own block."""
+    from cardpay.bootstrap.cards import register_cards
+    from cardpay.bootstrap.lifecycle import deployment_cards, fork_config
+    from cardpay.devstack.local_chain import LocalDeployment
+
+    start = int(anvil.rpc("eth_blockNumber"), 16) + 1
+    anvil.rpc("anvil_mine", [hex(settings.confirmations + 1)])
+    if fork.cards_from is not None:
+        try:
+            deployment = LocalDeployment.from_dict(json.loads(fork.cards_from.read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise RunRefused(f"--cards-from {fork.cards_from}: not a deployment description "
+                             f"({type(exc).__name__}: {exc})") from None
+        cards = deployment_cards(deployment, fork_config())
+        register_cards(settings, engine, fork_config(), rpc_url, cards, skip_existing=True)
+        notes.append(f"cards: {len(cards)} registered from {fork.cards_from} "
+                     f"({cards[0].card_id if cards else '-'}..)")
+    else:
+        notes.append("cards: none registered (--cards-from FILE, or `cardpay cards add "
+                     "--preset gnosis`)")
+    first = start if fork.from_block is None else fork.from_block
+    notes.append(f"listener: from block {first} (--from-block); blocks up to the fork's are "
+                 f"served by {_host(fork.url)}, its refunds observed, not matched")
+    return first, start
+
+
 @contextlib.contextmanager
-def prepared(settings: Settings, *, cardholders: int) -> Iterator[Stack]:
-    """Node, database, replicas and dev defaults, held until the `with` ends."""
+def prepared(settings: Settings, *, cardholders: int, fork: Fork | None = None) -> Iterator[Stack]:
+    """Node, database, replicas (or, forking, cards) and dev defaults, held until the `with`
+    ends."""
     from cardpay.bootstrap import database
 
     notes: list[str] = []
     with contextlib.ExitStack() as stack:
-        rpc_url, anvil = stack.enter_context(_node(settings, notes))
+        rpc_url, anvil = stack.enter_context(_node(settings, notes, fork))
         engine = stack.enter_context(database(settings))
         notes.append("database: " + (
             "CARDPAY_DATABASE_URL" if settings.database_url else
             f"embedded PostgreSQL in {settings.data_dir / 'pgdata'} "
             "(set CARDPAY_DATABASE_URL to use another server)"))
-        path, from_block = _deployment(settings, engine, rpc_url, anvil, cardholders, notes)
-        if anvil is not None:
-            anvil.rpc("evm_setIntervalMining", [BLOCK_TIME])
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "CARDPAY_RPC_URL": rpc_url,
                "CARDPAY_DATABASE_URL": engine.url.render_as_string(hide_password=False)}
+        listen_options: tuple[str, ...] = ()
+        if fork is not None:
+            assert anvil is not None
+            from_block, fork_first = _fork_cards(settings, engine, rpc_url, anvil, fork, notes)
+            preset: tuple[str, ...] = ("--preset", "gnosis")
+            listen_options = ("--match-refunds-from", str(fork_first))
+            _impersonate(settings, env, notes)
+        else:
+            path, from_block = _deployment(settings, engine, rpc_url, anvil, cardholders, notes)
+            preset = ("--preset", "local", "--deployment", str(path))
+        if anvil is not None:
+            anvil.rpc("evm_setIntervalMining", [BLOCK_TIME])
         secret_file = None
-        if settings.relayer_key is None or settings.settlement_key is None:
+        if fork is None and (settings.relayer_key is None or settings.settlement_key is None):
             from cardpay.bootstrap.lifecycle import dev_key
 
             if settings.relayer_key is None:
@@ -276,7 +373,22 @@ def prepared(settings: Settings, *, cardholders: int) -> Iterator[Stack]:
                                        "the PostgreSQL event log (set CARDPAY_KAFKA_BOOTSTRAP "
                                        "for Kafka)"))
         engine.dispose()  # the parent keeps the server, not connections
-        yield Stack(rpc_url, path, from_block, env, notes, secret_file)
+        yield Stack(rpc_url, preset, from_block, env, notes, secret_file, listen_options)
+
+
+def _impersonate(settings: Settings, env: dict[str, str], notes: list[str]) -> None:
+    """On a fork nobody here holds Gnosis Pay's keys: spends and refunds are sent as the
+    accounts the contracts expect, impersonated (unless CARDPAY_TX_SIGNER says `key`)."""
+    if os.environ.get("CARDPAY_TX_SIGNER"):
+        notes.append(f"transactions: CARDPAY_TX_SIGNER={settings.tx_signer}")
+        return
+    env["CARDPAY_TX_SIGNER"] = "impersonate"
+    from listener.presets import GNOSIS
+
+    relayer = settings.relayer_address or GNOSIS.relayer
+    notes.append(f"transactions: spends sent as {relayer} (CARDPAY_RELAYER_ADDRESS), refunds as "
+                 "the settlement account's owner (CARDPAY_SETTLEMENT_SENDER), impersonated on "
+                 "the fork (CARDPAY_TX_SIGNER=impersonate)")
 
 
 # -- the children ------------------------------------------------------------------------------
@@ -285,9 +397,10 @@ def child_specs(settings: Settings, stack: Stack, ports: Ports, *,
     """The real `cardpay` commands (`python -m cardpay`), one process each. `flags` go before
     the command (`--debug`, `-v`)."""
     cardpay = (sys.executable, "-m", "cardpay", *flags)
-    preset = ("--preset", "local", "--deployment", str(stack.deployment_file))
+    preset = stack.preset
     specs = [
-        ChildSpec("listen", (*cardpay, "listen", *preset, "--from-block", str(stack.from_block),
+        ChildSpec("listen", (*cardpay, "listen", *preset, *stack.listen_options,
+                             "--from-block", str(stack.from_block),
                              "--metrics-port", str(ports.listener), "--poll-interval", "1"),
                   stack.env),
         ChildSpec("sagas", (*cardpay, "sagas", "run", *preset, "--metrics-port",
@@ -377,6 +490,7 @@ class RunOptions:
     flags: tuple[str, ...] = ()
     policy: RestartPolicy = field(default_factory=RestartPolicy)
     ready_timeout: float = READY_TIMEOUT
+    fork: Fork | None = None
 
 
 def run(settings: Settings, options: RunOptions, *, out: IO[str] = sys.stdout,
@@ -394,10 +508,12 @@ def run(settings: Settings, options: RunOptions, *, out: IO[str] = sys.stdout,
         ports = choose_ports(settings, api_port=options.api_port,
                              metrics_port=options.metrics_port,
                              kafka=bool(settings.kafka_bootstrap))
-        if settings.rpc_url:
+        if options.fork is not None:
+            _check_upstream(settings, options.fork)
+        elif settings.rpc_url:
             _probe_node(settings.rpc_url)
         say("starting the node and the database, deploying the replicas if needed")
-        with prepared(settings, cardholders=options.cardholders) as stack:
+        with prepared(settings, cardholders=options.cardholders, fork=options.fork) as stack:
             for note in stack.notes:
                 say(note)
             supervisor = Supervisor(child_specs(settings, stack, ports, flags=options.flags),
@@ -416,6 +532,20 @@ def run(settings: Settings, options: RunOptions, *, out: IO[str] = sys.stdout,
             say("stopping the database and the node")
     say("stopped")
     return status
+
+
+def _check_upstream(settings: Settings, fork: Fork) -> None:
+    """The chain to fork answers and is Gnosis Chain (the `gnosis` preset's chain id)."""
+    from listener.presets import GNOSIS
+
+    if settings.rpc_url:
+        raise RunRefused("--fork-url starts a fork of its own: unset CARDPAY_RPC_URL")
+    chain_id, _ = _probe_node(fork.url, _host(fork.url))
+    if chain_id != GNOSIS.chain_id:
+        raise RunRefused(f"the node at {_host(fork.url)} is chain {chain_id}; fork mode runs "
+                         f"the gnosis preset, chain {GNOSIS.chain_id} (Gnosis Chain)")
+    if fork.cards_from is not None and not fork.cards_from.is_file():
+        raise RunRefused(f"--cards-from {fork.cards_from}: no such file")
 
 
 def _ready(out: IO[str], settings: Settings, ports: Ports, lock: threading.Lock) -> None:

@@ -173,7 +173,8 @@ def build_worker(settings: Settings, engine: Engine, *,
     """The saga worker of `cardpay sagas run`: the feed, the runner, and the effect workers of
     the effects that have a party: the settlement desk (always), the network's advices
     (`advices`, or CARDPAY_NETWORK_ADVICE_URL), `performers` for others, and on `chain` the
-    spend relayer (CARDPAY_RELAYER_KEY) and the refund sender (CARDPAY_SETTLEMENT_KEY). Effects
+    spend relayer (CARDPAY_RELAYER_KEY, or CARDPAY_TX_SIGNER=impersonate) and the refund
+    sender (CARDPAY_SETTLEMENT_KEY, or impersonate). Effects
     with no party stay pending (`missing_parties` names them). `metrics` are told every
     committed step (`cardpay sagas run --metrics-port`)."""
     runner = build_runner(settings, engine, clock=clock, observer=metrics)
@@ -192,10 +193,10 @@ def build_worker(settings: Settings, engine: Engine, *,
     if chain is not None:
         from cardpay.bootstrap.relayer import build_refund_sender, build_spend_relayer
 
-        if settings.relayer_key is not None:
+        if settings.sends_spends:
             pollers.append(build_spend_relayer(settings, engine, chain, runner,
                                                clock=clock).run_once)
-        if settings.settlement_key is not None:
+        if settings.sends_refunds:
             pollers.append(build_refund_sender(settings, engine, chain, runner,
                                                clock=clock).run_once)
     return SagaWorker(SAGAS, event_feed(settings, engine, SAGAS), runner, uows, pollers,
@@ -205,11 +206,11 @@ def build_worker(settings: Settings, engine: Engine, *,
 def missing_parties(settings: Settings, chain: ChainConfig | None) -> list[str]:
     """What `cardpay sagas run` cannot do with these settings (one line each, for its start)."""
     missing = []
-    if chain is None or settings.relayer_key is None:
+    if chain is None or not settings.sends_spends:
         missing.append(f"no spend relayer (CARDPAY_RELAYER_KEY and a chain): approved spends "
                        f"wait, and each is undone after CARDPAY_SPEND_TIMEOUT "
                        f"({settings.spend_timeout})")
-    if chain is None or settings.settlement_key is None:
+    if chain is None or not settings.sends_refunds:
         missing.append("no refund sender (CARDPAY_SETTLEMENT_KEY and a chain): refunds wait "
                        "in the effects outbox")
     if not (settings.network_advice_url and settings.webhook_secrets):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -71,11 +72,19 @@ def register(sub: Any) -> None:
     backfill_parser.add_argument("--to-block", type=int, default=None,
                                  help="last block (default: the confirmed head at start; a block "
                                  "past it stops at the head)")
+    backfill_parser.add_argument("--match-refunds-from", type=int, default=None,
+                                 metavar="BLOCK", help="as for `cardpay listen`")
     backfill_parser.set_defaults(run=_run)
     listen_parser = sub.add_parser("listen", parents=[chain_args],
                                    help="index the chain as it grows (Ctrl-C to stop)")
     listen_parser.add_argument("--from-block", type=int, default=None,
                                help="first block when the listener has no cursor yet")
+    listen_parser.add_argument("--match-refunds-from", type=int, default=None,
+                               metavar="BLOCK",
+                               help="from BLOCK on, match transfers out of the settlement "
+                               "account with the refunds cardpay sent (the local preset always "
+                               "does; gnosis, in observer mode, does not unless told: on a fork "
+                               "cardpay sends refunds itself after the fork block)")
     listen_parser.add_argument("--metrics-port", type=int, default=None,
                                help="serve Prometheus /metrics on PORT of "
                                "CARDPAY_METRICS_HOST (default 127.0.0.1)")
@@ -124,12 +133,14 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
         return backfill(
             settings, preset=args.preset, deployment=args.deployment,
             rpc_url=args.rpc_url, from_block=args.from_block, to_block=args.to_block,
-            show_progress=sys.stderr.isatty() or bool(os.environ.get("CARDPAY_PROGRESS")))
+            show_progress=sys.stderr.isatty() or bool(os.environ.get("CARDPAY_PROGRESS")),
+            match_refunds_from=args.match_refunds_from)
     if args.command == "listen":
         return listen(
             settings, preset=args.preset, deployment=args.deployment,
             rpc_url=args.rpc_url, from_block=args.from_block,
-            metrics_port=args.metrics_port, poll_interval=args.poll_interval)
+            metrics_port=args.metrics_port, poll_interval=args.poll_interval,
+            match_refunds_from=args.match_refunds_from)
     return deploy(settings, rpc_url=args.rpc_url, cardholders=args.cardholders, out=args.out,
                   cards=not args.no_cards)
 
@@ -138,11 +149,18 @@ def deployment_file(settings: Settings, given: Path | None) -> Path:
     return given or settings.data_dir / "local-deployment.json"
 
 
-def chain_preset(settings: Settings, name: str, deployment: Path | None) -> ChainConfig:
+def chain_preset(settings: Settings, name: str, deployment: Path | None, *,
+                 match_refunds_from: int | None = None) -> ChainConfig:
+    """The preset; `match_refunds_from` turns refund matching on from that block (the `gnosis`
+    preset on a fork, where cardpay sends the refunds after the fork block)."""
     try:
-        return load_preset(name, deployment_file(settings, deployment))
+        config = load_preset(name, deployment_file(settings, deployment))
     except (FileNotFoundError, ValueError, KeyError) as exc:
         raise UsageError(str(exc)) from None
+    if match_refunds_from is None:
+        return config
+    return dataclasses.replace(config, match_refunds=True,
+                               refunds_matched_from=match_refunds_from)
 
 
 def _rpc_url(settings: Settings, given: str | None) -> str:
@@ -200,8 +218,9 @@ def _indexing(settings: Settings, engine: Engine, listener: Listener, config: Ch
 
 
 def backfill(settings: Settings, *, preset: str, deployment: Path | None, rpc_url: str | None,
-             from_block: int | None, to_block: int | None, show_progress: bool) -> int:
-    config = chain_preset(settings, preset, deployment)
+             from_block: int | None, to_block: int | None, show_progress: bool,
+             match_refunds_from: int | None = None) -> int:
+    config = chain_preset(settings, preset, deployment, match_refunds_from=match_refunds_from)
     url = _rpc_url(settings, rpc_url)
     metrics = ListenerMetrics(listener=settings.listener_name)
     bar = Progress("backfill", unit="blocks", enabled=show_progress)
@@ -242,8 +261,9 @@ def backfill(settings: Settings, *, preset: str, deployment: Path | None, rpc_ur
 
 
 def listen(settings: Settings, *, preset: str, deployment: Path | None, rpc_url: str | None,
-           from_block: int | None, metrics_port: int | None, poll_interval: float) -> int:
-    config = chain_preset(settings, preset, deployment)
+           from_block: int | None, metrics_port: int | None, poll_interval: float,
+           match_refunds_from: int | None = None) -> int:
+    config = chain_preset(settings, preset, deployment, match_refunds_from=match_refunds_from)
     url = _rpc_url(settings, rpc_url)
     metrics = ListenerMetrics(listener=settings.listener_name)
     with database(settings) as engine:

@@ -106,7 +106,8 @@ def print_table(r: LifecycleResult, out: TextIO) -> None:
 
 
 def run(settings: Settings, payments: int, seed: int, *, as_json_output: bool,
-        keep: Path | None = None) -> int:
+        keep: Path | None = None, fork: Any = None) -> int:
+    """`fork`: a `ForkSource` (`--fork-url`): the lifecycle on an Anvil fork of that chain."""
     import contextlib
     import tempfile
     from dataclasses import replace
@@ -122,9 +123,12 @@ def run(settings: Settings, payments: int, seed: int, *, as_json_output: bool,
             stack.enter_context(tempfile.TemporaryDirectory(prefix="cardpay-demo-")))
         demo_settings = replace(settings, data_dir=data_dir, database_url=None,
                                 kafka_bootstrap=None)
-        say("starting embedded PostgreSQL and Anvil, deploying the contracts, registering cards")
+        say("starting embedded PostgreSQL and Anvil, deploying the contracts, registering cards"
+            if fork is None else "starting embedded PostgreSQL and an Anvil fork, registering "
+            "cards; spends and refunds are sent impersonated")
         s = stack.enter_context(lifecycle_stack(demo_settings,
-                                                cardholders=max(4, min(40, payments // 10))))
+                                                cardholders=max(4, min(40, payments // 10)),
+                                                fork=fork))
         result = run_lifecycle(s, payments, seed, say=say)
     if as_json_output:
         print(json.dumps(as_json(result), indent=2))
@@ -156,7 +160,36 @@ def register(sub: Any) -> None:
     demo.add_argument("--keep", type=Path, default=None, metavar="DIR",
                       help="keep the demo's database (embedded PostgreSQL) in DIR, a new or empty "
                       "directory, and print how to open it (default: deleted at the end)")
+    demo.add_argument("--fork-url", default=None, metavar="URL",
+                      help="run on an Anvil fork of this Gnosis Chain node (gnosis preset; "
+                      "needs --cards-from)")
+    demo.add_argument("--fork-block", type=int, default=None, metavar="N",
+                      help="the block to fork at (default: the node's head)")
+    demo.add_argument("--cards-from", type=Path, default=None, metavar="FILE",
+                      help="the deployment description whose cardholder Safes get the cards "
+                      "(as `python -m cardpay.devstack.gnosis_standin --out` writes)")
     demo.set_defaults(run=_run)
+
+
+def _fork(args: argparse.Namespace) -> Any:
+    """The `ForkSource` of --fork-url/--fork-block/--cards-from (None without --fork-url)."""
+    if args.fork_url is None:
+        if args.fork_block is not None or args.cards_from is not None:
+            raise UsageError("--fork-block and --cards-from need --fork-url")
+        return None
+    if args.cards_from is None:
+        raise UsageError("--fork-url needs --cards-from FILE: the cardholder Safes to use")
+    if args.fork_block is not None and args.fork_block < 0:
+        raise UsageError(f"--fork-block must be >= 0, got {args.fork_block}")
+    from cardpay.bootstrap.lifecycle import ForkSource
+    from cardpay.devstack.local_chain import LocalDeployment
+
+    try:
+        deployment = LocalDeployment.from_dict(json.loads(args.cards_from.read_text()))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"--cards-from {args.cards_from}: not a deployment description "
+                         f"({type(exc).__name__}: {exc})") from None
+    return ForkSource(args.fork_url, deployment, args.fork_block)
 
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:
@@ -169,8 +202,10 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
     from cardpay.devstack.anvil import AnvilHarnessError
     from cardpay.devstack.artifacts import ArtifactError
 
+    fork = _fork(args)
     try:
-        return run(settings, args.payments, args.seed, as_json_output=args.json, keep=keep)
+        return run(settings, args.payments, args.seed, as_json_output=args.json, keep=keep,
+                   fork=fork)
     except (AnvilHarnessError, ArtifactError) as exc:  # their messages say what to install
         raise CommandFailed(f"the local chain could not start: {exc}") from exc
     except TimeoutError as exc:

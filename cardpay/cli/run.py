@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 from typing import Any
 
 from cardpay.cli.errors import CommandFailed, UsageError
@@ -33,6 +34,12 @@ CARDPAY_WEBHOOK_SECRETS is a secret generated once into $CARDPAY_DATA_DIR/dev-we
 CARDPAY_NETWORK_ADVICE_URL is a local endpoint that records the reversal advices. Every other
 CARDPAY_* variable reaches the processes unchanged (see `cardpay --help`).
 
+Fork mode (--fork-url URL [--fork-block N] [--from-block N] [--cards-from FILE]): the node is
+an Anvil fork of URL, a Gnosis Chain node (chain 100), started here; no replica is deployed
+(the gnosis preset names the mainnet contracts); spends and refunds are sent as the accounts
+the contracts expect, impersonated on the fork (CARDPAY_TX_SIGNER=impersonate); the listener
+starts after the fork block unless --from-block says earlier (history served through the fork).
+
 Each process's output is copied to stderr behind its name. A process that exits is restarted
 after 0.5 s, doubling up to 30 s while it keeps failing; one that exits --max-restarts times
 within 60 s stops the whole stack (exit status 1) with a line naming it. Once the API and
@@ -60,7 +67,35 @@ def register(sub: Any) -> None:
                      help="stop the stack when one process exits N times within 60 s "
                      "(default 5; 0: restart for ever, e.g. under a harness that kills "
                      "processes on purpose)")
+    fork = run.add_argument_group(
+        "fork mode", "run against an Anvil fork of Gnosis Chain (the gnosis preset; spends and "
+        "refunds sent as the accounts the contracts expect, impersonated; README, Fork mode)")
+    fork.add_argument("--fork-url", default=None, metavar="URL",
+                      help="a Gnosis Chain JSON-RPC URL (chain 100) to fork")
+    fork.add_argument("--fork-block", type=int, default=None, metavar="N",
+                      help="the block to fork at (default: the node's head)")
+    fork.add_argument("--from-block", type=int, default=None, metavar="N",
+                      help="the listener's first block: earlier than the fork block backfills "
+                      "history through the fork (default: the first block after the fork's)")
+    fork.add_argument("--cards-from", type=Path, default=None, metavar="FILE",
+                      help="register a card on each cardholder Safe of this deployment "
+                      "description (as `python -m cardpay.devstack.gnosis_standin --out` writes)")
     run.set_defaults(run=run_command)
+
+
+def fork_options(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The fork-mode options, checked (None without --fork-url)."""
+    if args.fork_url is None:
+        for option in ("fork_block", "from_block", "cards_from"):
+            if getattr(args, option, None) is not None:
+                raise UsageError(f"--{option.replace('_', '-')} needs --fork-url")
+        return None
+    for option in ("fork_block", "from_block"):
+        value = getattr(args, option, None)
+        if value is not None and value < 0:
+            raise UsageError(f"--{option.replace('_', '-')} must be >= 0, got {value}")
+    return {"url": args.fork_url, "block": args.fork_block,
+            "from_block": getattr(args, "from_block", None), "cards_from": args.cards_from}
 
 
 def run_command(settings: Settings, args: argparse.Namespace) -> int:
@@ -76,13 +111,15 @@ def run_command(settings: Settings, args: argparse.Namespace) -> int:
         raise UsageError(f"--grace must be a number of seconds >= 0, got {args.grace}")
     if args.max_restarts < 0:
         raise UsageError(f"--max-restarts must be 0 or more, got {args.max_restarts}")
-    from cardpay.bootstrap.run import RunOptions, RunRefused, run
+    fork = fork_options(args)
+    from cardpay.bootstrap.run import Fork, RunOptions, RunRefused, run
     from cardpay.runtime.processes import RestartPolicy
 
     flags = (("--debug",) if args.debug else ()) + (("-v",) if args.verbose else ())
     options = RunOptions(api_port=args.port, metrics_port=args.metrics_port,
                          cardholders=args.cardholders, grace=args.grace, flags=flags,
-                         policy=RestartPolicy(max_restarts=args.max_restarts))
+                         policy=RestartPolicy(max_restarts=args.max_restarts),
+                         fork=Fork(**fork) if fork else None)
     try:
         return run(settings, options)
     except RunRefused as exc:

@@ -89,10 +89,11 @@ def run_command(settings: Settings, args: argparse.Namespace) -> int:
     if args.rpc_url:
         settings = replace(settings, rpc_url=args.rpc_url)
     chain = None
-    if settings.relayer_key is not None or settings.settlement_key is not None:
+    if settings.sends_spends or settings.sends_refunds:
         if not settings.rpc_url:
-            raise UsageError("CARDPAY_RELAYER_KEY/CARDPAY_SETTLEMENT_KEY need a node: set "
-                             "CARDPAY_RPC_URL or --rpc-url")
+            raise UsageError("CARDPAY_RELAYER_KEY/CARDPAY_SETTLEMENT_KEY (or "
+                             "CARDPAY_TX_SIGNER=impersonate) need a node: set CARDPAY_RPC_URL "
+                             "or --rpc-url")
         chain = chain_preset(settings, args.preset, args.deployment)
     for line in missing_parties(settings, chain):
         print(f"cardpay sagas run: {line}", file=sys.stderr)

@@ -305,12 +305,23 @@ class LocalChain:
         return self._deployment
 
     def deploy(
-        self, n_cardholders: int, tokens: Sequence[TokenSpec] = DEFAULT_TOKENS
+        self,
+        n_cardholders: int,
+        tokens: Sequence[TokenSpec] = DEFAULT_TOKENS,
+        *,
+        at: Mapping[str, str] | None = None,
+        relayer: str | None = None,
     ) -> LocalDeployment:
         """Deploy the tokens (v2 + v1 frontend for EURe), the settlement account, the spender
         module (relayer allowed) and N funded cardholder Safes, each with its Roles module
         enabled, SPENDING_ROLE given to the spender module and a daily allowance per token.
-        The result is also kept as ``self.deployment``."""
+        The result is also kept as ``self.deployment``.
+
+        ``at`` puts contracts at given addresses instead of where they were created (the
+        mainnet stand-in: the `gnosis` preset's addresses): keys are a token symbol, its v1
+        frontend ``"<symbol>.v1"``, ``"settlement"`` and ``"spender"``. Each is moved right
+        after its creation, before anything refers to it (see ``place``). ``relayer``: the
+        spender module's relayer (default: dev account 1)."""
         if n_cardholders < 0:
             raise ValueError("n_cardholders must be >= 0")
         symbols = [t.symbol for t in tokens]
@@ -320,7 +331,8 @@ class LocalChain:
             if not 0 <= t.allowance_per_day <= _UINT128_MAX:
                 raise ValueError(f"{t.symbol}: daily_allowance must fit in a uint128")
         chain_id = int(self._rpc("eth_chainId", []), 16)
-        deployer, relayer = self.deployer, self.relayer
+        deployer, relayer = self.deployer, relayer or self.relayer
+        targets = dict(at or {})
         owner_pool = self.accounts[2:]
         if n_cardholders and not owner_pool:
             raise LocalChainError("the node needs a 3rd unlocked account to own cardholders")
@@ -335,7 +347,9 @@ class LocalChain:
         pending.append(self._send_create("deploy SpenderModule", "SpenderModule", []))
         receipts = self._wait(pending)
         deployed_at_block = min(int(r["blockNumber"], 16) for r in receipts)
-        addresses = [_created_address(r) for r in receipts]
+        keys = [t.symbol for t in tokens] + ["settlement", "spender"]
+        addresses = [self.place(_created_address(r), targets.get(k))
+                     for k, r in zip(keys, receipts, strict=True)]
         token_addresses = addresses[: len(tokens)]
         settlement, spender = addresses[len(tokens)], addresses[len(tokens) + 1]
 
@@ -355,7 +369,7 @@ class LocalChain:
         )
         receipts = self._wait(pending)
         mirrors = {
-            t.symbol: _created_address(r)
+            t.symbol: self.place(_created_address(r), targets.get(f"{t.symbol}.v1"))
             for (t, _), r in zip(fronted, receipts[: len(fronted)], strict=True)
         }
         safes = tuple(_created_address(r) for r in receipts[len(fronted) : -1])
@@ -435,6 +449,32 @@ class LocalChain:
 
         self._deployment = replace(deployment, roles_modules=roles)
         return self._deployment
+
+    PLACED_SLOTS = 8
+    """Storage slots ``place`` copies: the replicas' constructors write only their first slots
+    (a token's name and symbol, short strings stored in place); everything else they set is
+    immutable, so it is in the code."""
+
+    def place(self, created: str, target: str | None) -> str:
+        """Move a contract just created (nothing refers to it yet, its mappings are empty) to
+        ``target`` with ``anvil_setCode`` and ``anvil_setStorageAt``; returns where it is now
+        (checksummed). No ``target``: it stays where it was created."""
+        if target is None:
+            return created
+        where = Web3.to_checksum_address(target)
+        self._rpc("anvil_setCode", [where, self._rpc("eth_getCode", [created, "latest"])])
+        for slot in range(self.PLACED_SLOTS):
+            value = self._rpc("eth_getStorageAt", [created, hex(slot), "latest"])
+            if int(value, 16):
+                self._rpc("anvil_setStorageAt", [where, "0x" + format(slot, "064x"), value])
+        return where
+
+    def transact(self, action: str, tx: Mapping[str, Any]) -> str:
+        """Send one ``eth_sendTransaction`` object and wait for its receipt (TransactionReverted
+        on a revert); returns its hash."""
+        pending = self._send(action, dict(tx))
+        self._wait([pending])
+        return pending.tx_hash
 
     # -- card flows ------------------------------------------------------------------------
 

@@ -8,10 +8,13 @@ already happened; "execution reverted" on an estimate means the call reverts now
 
 from __future__ import annotations
 
+import json
+import logging
 from datetime import datetime
 from typing import Any
 
 from eth_account import Account
+from eth_utils.crypto import keccak
 from web3 import Web3
 
 from cardpay.handlers.onchain import (
@@ -26,6 +29,8 @@ from cardpay.handlers.onchain import (
 from cardpay.settings import Secret
 from listener.errors import ListenerError, RpcError, RpcTransportError
 from listener.ports import RpcClient
+
+log = logging.getLogger(__name__)
 
 _ALREADY_SENT = ("already known", "known transaction", "nonce too low", "already imported",
                  "transaction already exists")
@@ -92,6 +97,10 @@ class RpcNode:
         if not found or found.get("blockNumber") is None:
             return None
         return Receipt(tx_hash, _hex(found["status"]) == 1, _hex(found["blockNumber"]))
+
+    def call(self, to: str, data: str) -> str:
+        """`eth_call` at the latest block: the returned bytes as hex."""
+        return str(self._call("eth_call", [{"to": to, "data": data}, "latest"]))
 
     def knows(self, tx_hash: str) -> bool:
         return self._call("eth_getTransactionByHash", [tx_hash]) is not None
@@ -180,3 +189,90 @@ class LocalSigner:
 
 def _checksum(address: str) -> str:
     return str(Web3.to_checksum_address(address))
+
+
+# -- impersonation (a fork: docs/adr/0019) -----------------------------------------------------
+def _rlp(item: bytes | int | list[Any]) -> bytes:
+    """Recursive-length prefix encoding of bytes, unsigned integers and lists."""
+    if isinstance(item, list):
+        body = b"".join(_rlp(x) for x in item)
+        return _rlp_head(len(body), 0xC0) + body
+    if isinstance(item, int):
+        item = item.to_bytes((item.bit_length() + 7) // 8, "big") if item else b""
+    if len(item) == 1 and item[0] < 0x80:
+        return item
+    return _rlp_head(len(item), 0x80) + item
+
+
+def _rlp_head(length: int, offset: int) -> bytes:
+    if length < 56:
+        return bytes([offset + length])
+    size = length.to_bytes((length.bit_length() + 7) // 8, "big")
+    return bytes([offset + 55 + len(size)]) + size
+
+
+def impersonated_tx_hash(request: dict[str, str]) -> str:
+    """The hash Anvil gives an EIP-1559 transaction it sends for an impersonated account: the
+    transaction with a zero signature, in its network encoding (the typed envelope as an RLP
+    string), followed by the sender's 20 bytes, through keccak (Anvil 1.7; checked against
+    Anvil by tests/integration/test_fork_mode.py). Known before the transaction is sent, so it
+    is recorded first, as a signed one is."""
+    fields: list[Any] = [
+        int(request["chainId"], 16), int(request["nonce"], 16),
+        int(request["maxPriorityFeePerGas"], 16), int(request["maxFeePerGas"], 16),
+        int(request["gas"], 16), bytes.fromhex(request["to"].removeprefix("0x")),
+        int(request.get("value", "0x0"), 16), bytes.fromhex(request["data"].removeprefix("0x")),
+        [], 0, 0, 0]
+    envelope = b"\x02" + _rlp(fields)
+    sender = bytes.fromhex(request["from"].removeprefix("0x"))
+    return "0x" + keccak(_rlp(envelope) + sender).hex()
+
+
+class ImpersonatedSigner:
+    """`cardpay.handlers.onchain.Signer` for an account nobody here has the key of, on a node
+    that impersonates it (an Anvil fork): the "signed" transaction is the unsigned request that
+    `ImpersonatingNode` sends with `eth_sendTransaction`, and its hash is Anvil's, computed
+    beforehand (`impersonated_tx_hash`)."""
+
+    __slots__ = ("_address",)
+
+    def __init__(self, address: str) -> None:
+        self._address = address.lower()
+
+    @property
+    def address(self) -> str:
+        return self._address
+
+    def sign(self, *, chain_id: int, nonce: int, call: Call, gas: int, fees: Fees,
+             signed_at: datetime) -> SignedTx:
+        request = {"from": self._address, "to": call.to.lower(), "data": "0x" + call.data,
+                   "value": "0x0", "nonce": hex(nonce), "gas": hex(gas), "type": "0x2",
+                   "chainId": hex(chain_id), "maxFeePerGas": hex(fees.max_fee),
+                   "maxPriorityFeePerGas": hex(fees.priority_fee)}
+        raw = json.dumps(request, sort_keys=True).encode()
+        return SignedTx(impersonated_tx_hash(request), raw, self._address, nonce, gas, fees,
+                        signed_at)
+
+    def __repr__(self) -> str:
+        return f"ImpersonatedSigner({self._address})"
+
+
+class ImpersonatingNode(RpcNode):
+    """`RpcNode` whose broadcast sends `ImpersonatedSigner`'s requests: it asks the node to
+    impersonate the sender (idempotent, and again after a restarted fork) and sends the request
+    unsigned."""
+
+    def send_raw(self, raw: bytes) -> None:
+        request = json.loads(raw)
+        try:
+            self._call("anvil_impersonateAccount", [request["from"]])
+            sent = self._call("eth_sendTransaction", [request])
+        except RpcError as exc:
+            if any(text in exc.message.lower() for text in _ALREADY_SENT):
+                return
+            raise TransactionRejected(exc.message) from None
+        expected = impersonated_tx_hash(request)
+        if str(sent).lower() != expected:
+            log.error("the node gave %s the hash %s, not %s as recorded: this node computes "
+                      "impersonated hashes another way; its receipt will not be found",
+                      request["from"], sent, expected)

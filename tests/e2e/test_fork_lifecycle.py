@@ -1,0 +1,47 @@
+"""The whole card-payment lifecycle on an Anvil fork of the stand-in for Gnosis Chain, with the
+`gnosis` preset: the contracts at the mainnet addresses, chain id 100, and no key of ours — the
+spend relayer sends as Gnosis Pay's relayer EOA and the refund sender as the settlement
+account's owner, both through `anvil_impersonateAccount` (CARDPAY_TX_SIGNER=impersonate).
+The simulator's workload ends with chain = ledger = read models = settlement report, as on a
+plain Anvil (tests/e2e/test_lifecycle.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cardpay.bootstrap.lifecycle import ForkSource, lifecycle_stack, run_lifecycle
+from cardpay.devstack.gnosis_standin import GNOSIS_PAY_RELAYER, gnosis_standin
+from cardpay.settings import Settings
+from listener.decode import SPEND_TOPIC, TRANSFER_TOPIC
+from tests.support.lifecycle import assert_everything_agrees
+
+pytestmark = pytest.mark.e2e
+
+
+def test_the_lifecycle_on_a_fork_agrees_everywhere_with_impersonated_senders(
+        pg_url: str, tmp_path: Path) -> None:
+    payments = 40
+    settings = Settings(database_url=pg_url, data_dir=tmp_path)
+    with gnosis_standin(cardholders=8) as standin:
+        fork_block = standin.fork_block
+        source = ForkSource(standin.rpc_url, standin.deployment, fork_block)
+        with lifecycle_stack(settings, cardholders=8, fork=source) as s:
+            assert s.settings.relayer_key is None and s.settings.settlement_key is None
+            assert s.config.chain_id == 100 and s.deployment.deployed_at_block > fork_block
+            result = run_lifecycle(s, payments, seed=5, duplicates=0.1, reorder=0.2,
+                                   timeout=300)
+            w3 = s.chain.w3
+            span = {"fromBlock": fork_block + 1, "toBlock": "latest"}
+            spends = w3.eth.get_logs({**span, "address": s.deployment.spender_module,  # type: ignore[typeddict-item]
+                                      "topics": [SPEND_TOPIC]})
+            senders = {str(w3.eth.get_transaction(e["transactionHash"])["from"]).lower()
+                       for e in spends}
+            settlement = "0x" + "00" * 12 + s.deployment.settlement_account.lower()[2:]
+            refunds = w3.eth.get_logs({**span, "topics": [TRANSFER_TOPIC, settlement]})  # type: ignore[typeddict-item]
+            refund_senders = {str(w3.eth.get_transaction(e["transactionHash"])["from"]).lower()
+                              for e in refunds}
+    assert_everything_agrees(result, min_spent=3)
+    assert spends and senders == {GNOSIS_PAY_RELAYER}
+    assert refunds and refund_senders == {standin.deployment.deployer.lower()}

@@ -1,0 +1,200 @@
+"""Fork mode on two real Anvils: the stand-in for Gnosis Chain (chain 100, the replicas at the
+`gnosis` preset's addresses, a history) and a fork of it, indexed with the `gnosis` preset."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine
+from web3 import Web3
+
+from cardpay.bootstrap.listen import check_chain
+from cardpay.devstack.artifacts import load_artifact
+from cardpay.devstack.gnosis_standin import (
+    GNOSIS_PAY_RELAYER,
+    OLD_SPENDER_MODULE,
+    StandIn,
+    card_token,
+    fork_of,
+    gnosis_standin,
+    impersonate,
+    with_fees,
+)
+from cardpay.devstack.local_chain import LocalChain
+from cardpay.handlers.onchain import Call, Fees, Receipt
+from cardpay.onchain.sender import ImpersonatedSigner, ImpersonatingNode
+from cardpay.postgres.chain_identity import PostgresChainIdentities
+from cardpay.postgres.engine import make_engine
+from listener.poller import RangeResult
+from listener.presets import GNOSIS
+from listener.rpc import HttpJsonRpc
+from tests.support.indexing import canonical_views, make_listener, project
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def standin() -> Iterator[StandIn]:
+    """One stand-in for the module: every test forks it and leaves it as it was (a test that
+    writes to it directly makes its own)."""
+    with gnosis_standin() as made:
+        yield made
+
+
+def _views(engine: Engine) -> tuple[list[Any], list[Any]]:
+    """The canonical views without what differs between two chains that carry the same
+    transactions in blocks of their own: block hashes and times."""
+    payments, activity = canonical_views(engine)
+    return payments, [(r[0], *r[2:4], *r[5:]) for r in activity]
+
+
+def _index(engine: Engine, url: str, *, seen: list[RangeResult] | None = None) -> None:
+    make_listener(engine, url, GNOSIS, 1, seen=seen, max_range=25).run_until_caught_up()
+    project(engine)
+
+
+def test_the_standin_holds_the_replicas_at_the_mainnet_addresses(standin: StandIn) -> None:
+    d = standin.deployment
+    assert standin.node.rpc("eth_chainId") == "0x64"
+    assert d.token("EURe").address.lower() == "0x420ca0f9b9b604ce0fd9c18ef134c705e5fa3430"
+    assert d.token("EURe").mirror.lower() == "0xcb444e90d8198415266c6a2724b7900fb12fc56e"  # type: ignore[union-attr]
+    assert d.token("USDCe").address.lower() == "0x2a22f9c3b484c3629090feed35f17ff8f88f76f0"
+    assert d.settlement_account.lower() == GNOSIS.settlement
+    assert {d.spender_module.lower(), OLD_SPENDER_MODULE.lower()} == GNOSIS.spender_modules
+    # the v1 frontend reads the v2 token's balances (its controller is the moved v2 token)
+    frontend = standin.chain.w3.eth.contract(address=Web3.to_checksum_address(d.token("EURe").mirror or ""),
+                                             abi=load_artifact("TokenFrontend").abi)
+    assert frontend.functions.balanceOf(d.cardholders[0]).call() == \
+        standin.chain.balance_of("EURe", 0) > 0
+
+
+def test_impersonated_hash_is_known_before_sending(standin: StandIn) -> None:
+    """The hash recorded before a transaction is sent is the one Anvil gives it."""
+    with fork_of(standin.rpc_url, standin.fork_block) as fork:
+        node = ImpersonatingNode(HttpJsonRpc(fork.rpc_url, retries=0))
+        signer = ImpersonatedSigner(GNOSIS_PAY_RELAYER)
+        chain = LocalChain(fork.rpc_url, standin.deployment)
+        request = chain.spend_request("EURe", 0, 10**18)
+        call = Call(request["to"], request["data"].removeprefix("0x"))
+        nonce = node.nonce(signer.address, pending=True)
+        fees = node.fees()
+        tx = signer.sign(chain_id=node.chain_id(), nonce=nonce, call=call, gas=300_000,
+                         fees=fees, signed_at=datetime.now(UTC))
+        node.send_raw(tx.raw)
+        receipt = _receipt(node, tx.tx_hash)
+        assert receipt is not None and receipt.succeeded
+        assert fork.rpc("eth_getTransactionByHash", [tx.tx_hash])["from"] == GNOSIS_PAY_RELAYER
+        node.send_raw(tx.raw)  # a rebroadcast of a mined one is not an error
+        replaced = signer.sign(chain_id=100, nonce=nonce + 1, call=call, gas=300_000,
+                               fees=Fees(fees.max_fee * 2, fees.priority_fee), signed_at=tx.signed_at)
+        assert replaced.tx_hash != tx.tx_hash
+
+
+def _receipt(node: ImpersonatingNode, tx_hash: str) -> Receipt | None:
+    deadline = time.monotonic() + 10
+    while (found := node.receipt(tx_hash)) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return found
+
+
+def _post_fork_work(standin: StandIn, urls: list[str], step: int) -> list[str]:
+    """The same spends and refunds on every node in `urls` (the stand-in and a fork of it), with
+    fixed fees, so each has the same hash everywhere (asserted)."""
+    d = standin.deployment
+    settlement = standin.chain.w3.eth.contract(abi=load_artifact("SettlementAccount").abi)
+    txs: list[tuple[str, dict[str, Any]]] = []
+    for i in range(len(d.cardholders)):
+        symbol = card_token(i)
+        amount = (step * 10 + i + 1) * 10 ** (d.token(symbol).decimals - 1)
+        txs.append((f"spend {step}/{i}", with_fees(LocalChain(urls[0], d).spend_request(
+            symbol, i, amount))))
+        if i % 3 == 0:
+            data = settlement.encode_abi("refund", args=[d.token(symbol).spend_address,
+                                                         d.cardholders[i], amount // 3])
+            txs.append((f"refund {step}/{i}", with_fees(
+                {"from": d.deployer, "to": d.settlement_account, "data": data,
+                 "gas": hex(200_000)})))
+    hashes = []
+    for action, tx in txs:
+        sent = {LocalChain(url, d).transact(action, tx) for url in urls}
+        assert len(sent) == 1, f"{action} has different hashes on the two nodes: {sent}"
+        hashes.extend(sent)
+    return hashes
+
+
+def test_backfill_across_the_fork_block_and_live_after_it_equal_the_standin(
+    make_db: Callable[[], str],
+) -> None:
+    """History up to the fork block comes from the stand-in through the fork; the fork's own
+    blocks after it carry the same transactions as the stand-in's: an index of the fork
+    (backfill across the fork block, then live) equals an index of the stand-in."""
+    with gnosis_standin() as standin:
+        fork_block = standin.fork_block
+        with fork_of(standin.rpc_url, fork_block) as fork:
+            impersonate(fork.rpc, GNOSIS_PAY_RELAYER)
+            urls = [standin.rpc_url, fork.rpc_url]
+            _post_fork_work(standin, urls, 1)
+            on_fork = make_engine(make_db())
+            direct = make_engine(make_db())
+            try:
+                identity = check_chain(HttpJsonRpc(fork.rpc_url, retries=0), fork.rpc_url, GNOSIS,
+                                       PostgresChainIdentities(on_fork), "test", first_block=1)
+                assert identity.chain_id == 100
+                seen: list[RangeResult] = []
+                _index(on_fork, fork.rpc_url, seen=seen)  # the backfill, across the fork block
+                assert seen[0].from_block <= fork_block < seen[-1].to_block
+                backfilled = _views(on_fork)
+                assert len(backfilled[0]) == standin.history.spends + len(standin.deployment.cardholders)
+                _post_fork_work(standin, urls, 2)
+                _index(on_fork, fork.rpc_url, seen=seen)  # live: the fork's new blocks only
+                assert seen[-1].from_block > fork_block
+                _index(direct, standin.rpc_url)
+                assert _views(on_fork) == _views(direct)
+                payments = _views(on_fork)[0]
+                assert len(payments) == standin.history.spends + 2 * len(standin.deployment.cardholders)
+                spent = {c: sum(int(p[4]) for p in payments if p[2] == c) for c in ("EURe", "USDCe")}
+                assert spent["EURe"] > standin.history.spent["EURe"]
+            finally:
+                on_fork.dispose()
+                direct.dispose()
+
+
+def test_a_reorg_on_the_fork_is_handled_as_on_a_plain_anvil(
+    standin: StandIn, pg_engine: Engine, make_db: Callable[[], str],
+) -> None:
+    """anvil_reorg on the fork (above the fork block): the index that lived through it equals
+    a fresh index of the fork as it is now, history included."""
+    d = standin.deployment
+    depth = 3
+    with fork_of(standin.rpc_url, standin.fork_block) as fork:
+        impersonate(fork.rpc, GNOSIS_PAY_RELAYER)
+        chain = LocalChain(fork.rpc_url, d)
+        txs = [chain.transact(f"spend {i}", chain.spend_request(card_token(i), i, (i + 1) * 10**5))
+               for i in range(depth + 2)]
+        seen: list[RangeResult] = []
+        listener = make_listener(pg_engine, fork.rpc_url, GNOSIS, 1, seen=seen, max_range=25)
+        listener.run_until_caught_up()
+        project(pg_engine)
+        before = _views(pg_engine)[0]
+        assert {p[6] for p in before} >= {t.lower() for t in txs}
+
+        replacement = [[chain.spend_request("USDCe", 3, 777_000), 0]]
+        fork.rpc("anvil_reorg", [depth, replacement])
+        fork.rpc("anvil_mine", ["0x1"])
+        listener.run_until_caught_up()
+        project(pg_engine)
+
+        assert [r.reorg_depth for r in seen if r.reorg_depth] == [depth]
+        fresh = make_engine(make_db())
+        try:
+            _index(fresh, fork.rpc_url)
+            assert _views(pg_engine) == _views(fresh)
+        finally:
+            fresh.dispose()
+        after = {p[6]: p for p in _views(pg_engine)[0]}
+        assert not {t.lower() for t in txs[-depth:]} & set(after)
+        assert [p for p in after.values() if int(p[4]) == 777_000]
