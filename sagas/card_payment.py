@@ -13,7 +13,8 @@ person). Step by step:
   network told (a resumable compensation: the saga runs on, because the spend may still land
   late, and the aggregate then refunds it, "spend after reversal");
 - the network's amount is final at its final clearing, or when its hold ends (full reversal,
-  expiry) -> `ClearPayment` for what it cleared (the aggregate refunds what was collected beyond
+  expiry, or a declining stand-in advice: the network timed out on our approval and declined
+  in our stead) -> `ClearPayment` for what it cleared (the aggregate refunds what was collected beyond
   it), or `ReversePayment` when it cleared nothing (all refunded). A clearing after the payment
   was reversed still clears it (a network cannot be refused);
 - what the network cleared beyond what was collected (an over-clearing, or a clearing after the
@@ -99,8 +100,11 @@ class CardPaymentSaga:
             case e.ClearingRecorded(amount=amount, final=final):
                 saga.goto(saga.stage, cleared=_int(saga, "cleared") + amount.units,
                           final=bool(saga.data.get("final")) or final)
-            case e.AuthorizationReversed(full=True) | e.AuthorizationExpired():
-                saga.goto(saga.stage, final=True)  # the hold ended: what is cleared is final
+            case e.AuthorizationReversed(full=True) | e.AuthorizationExpired() | \
+                    e.AuthorizationAdvised(approved=False):
+                # the hold ended: what is cleared is final (a declining advice after our
+                # approval: the network timed out on us and declined in our stead)
+                saga.goto(saga.stage, final=True)
             case e.ReturnRecorded(amount=amount):
                 saga.goto(saga.stage, returned=_int(saga, "returned") + amount.units)
             case e.ReturnReversed(amount=amount):

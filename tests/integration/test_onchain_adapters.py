@@ -654,6 +654,26 @@ def _ledger(stack: Stack, safe: str) -> dict[str, int]:
             "available": funds.credits_posted - funds.debits_posted - funds.debits_pending}
 
 
+def _parties(stack: Stack, payment_id: str) -> tuple[Any, Callable[[], None]]:
+    """The listener, and `settle_down`: every party (saga, relayer, refund sender, listener)
+    does what it has to for the payment until nothing changes."""
+    listener = make_listener(stack.engine, stack.chain.rpc_url, stack.config,
+                             stack.chain.deployment.deployed_at_block)
+    relayer = stack.relayer()
+    refunds = build_refund_sender(stack.settings, stack.engine, stack.config, stack.answers,
+                                  rpc_url=stack.chain.rpc_url, clock=stack.clock)
+
+    def settle_down() -> None:
+        for _ in range(4):
+            stack.deliver(payment_id)
+            relayer.run_once()
+            refunds.run_once()
+            listener.run_until_caught_up()
+        stack.deliver(payment_id)
+
+    return listener, settle_down
+
+
 def test_reorgs_taking_a_spend_and_a_refund_away_end_right_on_chain_and_in_the_ledger(
         stack: Stack) -> None:
     """A card payment through the network's door (its hold and the Safe's mirror in the
@@ -682,20 +702,7 @@ def test_reorgs_taking_a_spend_and_a_refund_away_end_right_on_chain_and_in_the_l
         uow.commit()
     assert decision.approved
     amount = 125 * 10**17  # 12.50 EUR in EURe base units
-    listener = make_listener(stack.engine, stack.chain.rpc_url, stack.config,
-                             d.deployed_at_block)
-    relayer = stack.relayer()
-    refunds = build_refund_sender(stack.settings, stack.engine, stack.config, stack.answers,
-                                  rpc_url=stack.chain.rpc_url, clock=stack.clock)
-
-    def settle_down() -> None:
-        """Every party does what it has to until nothing changes."""
-        for _ in range(4):
-            stack.deliver("auth-rr")
-            relayer.run_once()
-            refunds.run_once()
-            listener.run_until_caught_up()
-        stack.deliver("auth-rr")
+    listener, settle_down = _parties(stack, "auth-rr")
 
     def agrees(spent: int, held: int) -> None:
         chain_now = stack.chain.balance_of("EURe", 0)
@@ -860,3 +867,44 @@ def test_a_refund_the_settlement_account_cannot_pay_yet_is_refused_softly(
     assert not answer["succeeded"] and answer["failure"] is FailureClass.SOFT
     assert "would revert" in answer["detail"]
     assert stack.nonce(refunder) == nonce and stack.rows(s.onchain_transactions) == []
+
+
+def test_a_stand_in_decline_after_our_approval_gives_the_safe_its_money_back(
+        stack: Stack) -> None:
+    """Approve-then-timeout (the accounting error card processors warn of): we approved in
+    time and the spend landed, but our answer reached the network too late and it declined in
+    our stead. Its advice releases the hold; the saga then reverses the payment and the refund
+    sender pays the spend back: chain and ledger end where they began, nothing held."""
+    from cardpay.handlers.card_network import CardNetworkEffects
+    from domain.network import AuthorizationAdvice, AuthorizationRequest, Merchant
+
+    d = stack.chain.deployment
+    safe = d.cardholders[0].lower()
+    before = stack.chain.balance_of("EURe", 0)
+    effects = CardNetworkEffects(clock=stack.clock)
+    eur = Money(1_250, Currency("EUR", 2))
+    shop = Merchant(name="Bakery", merchant_id="m1", country="DE", mcc="5411")
+    with unit_of_work_factory(stack.engine, None)() as uow:
+        decision = effects.decide(uow, AuthorizationRequest(
+            authorization_id="auth-late", card_id="c0", amount=eur, merchant=shop,
+            network_time=T0), T0)
+        uow.commit()
+    assert decision.approved
+    _, settle_down = _parties(stack, "auth-late")
+
+    settle_down()
+    assert stack.chain.balance_of("EURe", 0) == before - 125 * 10**17
+    with unit_of_work_factory(stack.engine, None)() as uow:
+        effects.apply(uow, AuthorizationAdvice(
+            network_time=T0, authorization_id="auth-late", card_id="c0", amount=eur,
+            approved_amount=Money(0, eur.currency), merchant=shop, reason="issuer_timeout"))
+        uow.commit()
+    settle_down()
+
+    assert stack.saga("auth-late").data["chain"] == "reversed"
+    assert stack.chain.balance_of("EURe", 0) == before
+    assert _ledger(stack, safe) == {"mirror": before, "settlement": 0, "held": 0,
+                                     "available": before}
+    with unit_of_work_factory(stack.engine, None)() as uow:
+        types = [type(ev).__name__ for ev in uow.events.load("auth-late")]
+    assert types.count("PaymentSpent") == types.count("PaymentRefunded") == 1, types

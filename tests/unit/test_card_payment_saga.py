@@ -298,3 +298,30 @@ def test_a_reversed_return_is_owed_again_by_the_cardholder() -> None:
                                          returned=eure(250))), definition=topup)
     assert [a for a in actions if isinstance(a, OpenException)] == []
     assert 150 * 10**16 in {int(v) for v in t.data.get("topups", {}).values()}
+
+
+def declined_advice(version: int, released: int = 1_000) -> e.AuthorizationAdvised:
+    """The network stood in and declined after all (our approval came too late for it)."""
+    return ev(e.AuthorizationAdvised, version, account=SAFE, amount=eure(1_000),
+              merchant="Shop", mcc="5411", expires_at=T0 + timedelta(days=7), approved=False,
+              reason="stand_in_decline", released=eure(released), held=eure(0))
+
+
+def test_a_stand_in_decline_after_our_approval_reverses_and_refunds_the_spend() -> None:
+    """Approve-then-timeout: we approved and spent, but the network had timed out and declined
+    in our stead; its advice releases the hold, so nothing will be cleared and what the Safe
+    paid goes back (a clearing after it still clears: a network cannot be refused)."""
+    s, _ = feed(approved(), EventArrived(spent()))
+    s, actions = feed(s, EventArrived(declined_advice(3)))
+    reverse, = commands(actions)
+    assert isinstance(reverse, c.ReversePayment)
+    assert s.data["chain"] == "reversed"
+
+
+def test_a_stand_in_decline_before_the_spend_lands_reverses_once_it_does() -> None:
+    s, actions = feed(approved(), EventArrived(declined_advice(2)))
+    assert commands(actions) == []  # the spend's fate is not known yet
+    s, actions = feed(s, EventArrived(ev(e.PaymentSpent, 3, account=SAFE, amount=eure(1_000),
+                                         evidence=spent().evidence)))
+    reverse, = commands(actions)
+    assert isinstance(reverse, c.ReversePayment)
