@@ -102,7 +102,7 @@ ROW_POLL_S = 0.2
 SAMPLE_S = 1.0
 DRAIN_TIMEOUT_S = 600.0
 SETTLE_TIMEOUT_S = 600.0
-CLEARING_CONCURRENCY = 20
+CLEARING_CONCURRENCY = 40
 NOISY = ("the machine has 2 cores shared with other sessions: compare numbers within one run, "
          "not across runs")
 
@@ -149,6 +149,7 @@ def load_process(args: argparse.Namespace) -> dict[str, Any]:
     offsets = send_offsets(args.rate, args.warmup + args.seconds)
     requests, ids = prepare(cards, len(offsets), os.environ["CARDPAY_WEBHOOK_SECRETS"],
                             args.tag)
+    print("sending", flush=True)  # the parent's CPU window starts here
     cpu = time.process_time()
     outcomes = asyncio.run(run_load(args.api, requests, offsets, args.connections))
     summary = summarize(outcomes, rate=args.rate, seconds=args.seconds, warmup=args.warmup)
@@ -313,9 +314,9 @@ class Sampler:
 
 
 # -- CPU per process -----------------------------------------------------------------------------
-def cpu_of(pid: int | None, *, reaped: bool = False) -> float:
-    """CPU seconds (user + system) of `pid` and its live children; `reaped`: and of the
-    children it has waited for (PostgreSQL's exited backends)."""
+def cpu_of(pid: int | None, *, reaped: bool = False, children: bool = True) -> float:
+    """CPU seconds (user + system) of `pid` and (`children`) its live children; `reaped`: and
+    of the children it has waited for (PostgreSQL's exited backends)."""
     import psutil
 
     if pid is None:
@@ -324,7 +325,7 @@ def cpu_of(pid: int | None, *, reaped: bool = False) -> float:
         root = psutil.Process(pid)
         t = root.cpu_times()
         total = t.user + t.system + ((t.children_user + t.children_system) if reaped else 0.0)
-        for child in root.children(recursive=True):
+        for child in root.children(recursive=True) if children else []:
             with contextlib.suppress(psutil.Error):
                 c = child.cpu_times()
                 total += c.user + c.system
@@ -354,7 +355,7 @@ class Processes:
         out = {name: cpu_of(pid) for name, pid in self.children.items()}
         out.update({name: cpu_of(pid, reaped=reaped) for name, (pid, reaped)
                     in self.others.items()})
-        out["this process (driver, watchers)"] = cpu_of(os.getpid())
+        out["this process (driver, watchers)"] = cpu_of(os.getpid(), children=False)
         return out
 
 
@@ -412,24 +413,32 @@ def authorizations(args: argparse.Namespace, s: LifecycleStack, work: Path, env:
            "--cards-file", str(cards_file)]
     print(f"phase 1: authorizations, open loop at {args.rate:g}/s for {args.seconds:g} s "
           f"(+{args.warmup:g} s warm-up) from a separate process", flush=True)
+    errors = (work / "load.err").open("w")
+    proc = subprocess.Popen(cmd, env={**env, "CARDPAY_WEBHOOK_SECRETS": s.secret},
+                            stdout=subprocess.PIPE, stderr=errors, text=True)
+    assert proc.stdout is not None
+    first = proc.stdout.readline()  # "sending": prepared and signed, the load starts now
     sampler.reset()
     before, t0 = procs.cpu(), time.monotonic()
-    done = subprocess.run(cmd, env={**env, "CARDPAY_WEBHOOK_SECRETS": s.secret},
-                          capture_output=True, text=True,
-                          timeout=args.seconds + args.warmup + 600)
+    rest = proc.stdout.read()
+    status = proc.wait()
     t_load = time.monotonic()
-    if done.returncode != 0:
-        raise RuntimeError(f"the load process failed: {done.stderr[-3000:]}")
-    out = json.loads(done.stdout)
+    errors.close()
+    if status != 0 or first.strip() != "sending":
+        raise RuntimeError(f"the load process failed: {first}{rest[-1000:]}"
+                           f"{(work / 'load.err').read_text()[-3000:]}")
+    out = json.loads(rest)
     window = cpu_delta(before, procs.cpu(), t_load - t0)
     window["load process"] = {"cpu_s": out["cpu_s"],
                               "cores": round(out["cpu_s"] / (t_load - t0), 2)}
     backlog_in_window = sampler.reset()
-    run.approved_a = [(a, c) for a, c in out["approved"]]
+    answered_approved = {a: c for a, c in out["approved"]}
+    authorized = authorized_ids(s.engine, f"e2e-a-{tag}-")
+    run.approved_a = [(a, c) for a, c in answered_approved.items() if a in authorized]
     summary = Summary(**out["summary"])
     ids = [a for a, _ in run.approved_a]
     print(f"  load done: {summary.ok:,} of {summary.sent:,} measured answered 200; waiting for "
-          f"all {len(ids):,} approved payments to show spent in the read model", flush=True)
+          f"all {len(ids):,} authorized payments to show spent in the read model", flush=True)
     deadline = t_load + DRAIN_TIMEOUT_S
     while any(i not in rows.spent for i in ids):
         if time.monotonic() > deadline:
@@ -438,7 +447,10 @@ def authorizations(args: argparse.Namespace, s: LifecycleStack, work: Path, env:
     last_seen = max((rows.spent[i] for i in ids if i in rows.spent), default=t_load)
     backlog_drain = sampler.reset()
     run.results["authorizations"] = {
-        "summary": asdict(summary), "approved (warm-up included)": len(ids),
+        "summary": asdict(summary), "authorized (warm-up included)": len(ids),
+        "answered approved after the 2 s deadline (recorded as late, nothing held)":
+            len(set(answered_approved) - authorized),
+        "authorized without an approved answer": len(authorized - set(answered_approved)),
         "answered, not approved": out["answered_not_approved"],
         "not answered 200 (warm-up included)": out["not_answered"],
         "spent in the read model": sum(1 for i in ids if i in rows.spent),
@@ -468,17 +480,31 @@ async def clear_phase_a(s: LifecycleStack, run: Run) -> float:
     return time.monotonic() - started
 
 
+def authorized_ids(engine: Engine, prefix: str) -> set[str]:
+    """The payments whose authorization the API booked (an approval answered after the
+    deadline is booked as declined, `late_approval`: the network stood in)."""
+    with engine.connect() as conn:
+        return {str(i) for (i,) in conn.execute(text(
+            "SELECT DISTINCT stream_id FROM events WHERE type = 'PaymentAuthorized'"
+            " AND starts_with(stream_id, :p)"), {"p": prefix})}
+
+
+class LateApproval(Exception):
+    """The API answered approved after the deadline: booked as declined, nothing to spend."""
+
+
 def _last_position(engine: Engine) -> int:
     with engine.connect() as conn:
         return int(conn.execute(text("SELECT coalesce(max(position), 0) FROM events")
                                 ).scalar_one())
 
 
-def _spent_since(engine: Engine, last: int) -> list[tuple[int, str]]:
+def _spent_since(engine: Engine, last: int) -> list[tuple[int, str, str]]:
     with engine.connect() as conn:
-        return [(int(p), str(i)) for p, i in conn.execute(text(
-            "SELECT position, stream_id FROM events WHERE position > :last"
-            " AND type = 'PaymentSpent' ORDER BY position"), {"last": last})]
+        return [(int(p), str(i), str(t)) for p, i, t in conn.execute(text(
+            "SELECT position, stream_id, type FROM events WHERE position > :last"
+            " AND type IN ('PaymentSpent', 'AuthorizationDeclined') ORDER BY position"),
+            {"last": last})]
 
 
 def _batches_settled(engine: Engine) -> bool:
@@ -503,11 +529,16 @@ async def lifecycles(args: argparse.Namespace, s: LifecycleStack,
     async def spent_poller() -> None:
         last = await asyncio.to_thread(_last_position, s.engine)
         while not stop_poll.is_set():
-            for position, stream in await asyncio.to_thread(_spent_since, s.engine, last):
+            for position, stream, kind in await asyncio.to_thread(_spent_since, s.engine,
+                                                                    last):
                 last = max(last, position)
                 fut = waiting.pop(stream, None)
                 if fut is not None and not fut.done():
-                    fut.set_result(None)
+                    if kind == "PaymentSpent":
+                        fut.set_result(None)
+                    else:
+                        fut.set_exception(LateApproval(
+                            "answered approved after the deadline, booked declined"))
             await asyncio.sleep(0.2)
 
     print(f"phase 2: lifecycles, closed loop, {args.concurrency} clients for "
@@ -656,6 +687,25 @@ def verify(s: LifecycleStack, run: Run, phase: Phase) -> list[str]:
     return problems
 
 
+def deadlocks(work: Path) -> dict[str, Any]:
+    """What PostgreSQL's log and the processes' log say about deadlocks during the run: how
+    many the server broke, which statements waited on each other (the first one's), and the
+    lines each process logged about one (the API answers 503 `database`; the listener retries
+    its range)."""
+    server = (work / "pgdata" / "log").read_text(errors="replace") \
+        if (work / "pgdata" / "log").is_file() else ""
+    first = server.split("ERROR:  deadlock detected", 1)
+    detail = [line.strip() for line in first[1].splitlines()[1:8]
+              if "Process" in line] if len(first) == 2 else []
+    by_process: dict[str, int] = {}
+    for line in (work / "processes.log").read_text(errors="replace").splitlines():
+        if "deadlock" in line.lower():
+            name = line.split("|", 1)[0].strip()
+            by_process[name] = by_process.get(name, 0) + 1
+    return {"broken by the server": server.count("ERROR:  deadlock detected"),
+            "logged by process": by_process, "first": detail}
+
+
 # -- the command ---------------------------------------------------------------------------------
 @contextlib.contextmanager
 def whole_stack(args: argparse.Namespace, work: Path) -> Iterator[tuple[Any, ...]]:
@@ -755,6 +805,8 @@ def orchestrate(args: argparse.Namespace) -> int:
                 for w in (head, rows, sampler):
                     w.stop()
             problems = verify(s, run, phase)
+            run.results["deadlocks"] = deadlocks(work)
+            print(f"deadlocks: {json.dumps(run.results['deadlocks'])}", flush=True)
             print(f"checked: {json.dumps(run.results['checked'])}", flush=True)
             for p in problems[:30]:
                 print(f"  PROBLEM: {p}", flush=True)
@@ -791,7 +843,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cards-file", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.load:
-        print(json.dumps(load_process(args)))
+        result = load_process(args)
+        print(json.dumps(result))
         return 0
     logging.basicConfig(level=logging.WARNING)
     return orchestrate(args)
