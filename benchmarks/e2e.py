@@ -250,6 +250,27 @@ def scrape(url: str, client: httpx.Client) -> dict[str, float]:
     return out
 
 
+API_COUNTERS = ("cardpay_network_unavailable_total", "cardpay_authorization_decisions_total")
+
+
+def api_counters(api_url: str) -> dict[str, float]:
+    """The API's counters of refusals (503 by reason) and decisions (by outcome and reason),
+    one entry per label set, to subtract one reading from another."""
+    out: dict[str, float] = {}
+    with contextlib.suppress(httpx.HTTPError):
+        for line in httpx.get(f"{api_url}/metrics", timeout=5).text.splitlines():
+            if line.startswith(API_COUNTERS):
+                key, _, value = line.rpartition(" ")
+                with contextlib.suppress(ValueError):
+                    out[key] = float(value)
+    return out
+
+
+def counter_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, int]:
+    return {k.removeprefix("cardpay_"): int(v - before.get(k, 0.0))
+            for k, v in sorted(after.items()) if v - before.get(k, 0.0) > 0}
+
+
 BACKLOG_METRICS = {
     "relay": ("cardpay_relay_outbox_backlog", "cardpay_relay_oldest_unpublished_age_seconds"),
     "project": ("cardpay_projector_lag_messages",),
@@ -419,6 +440,7 @@ def authorizations(args: argparse.Namespace, s: LifecycleStack, work: Path, env:
     assert proc.stdout is not None
     first = proc.stdout.readline()  # "sending": prepared and signed, the load starts now
     sampler.reset()
+    counters = api_counters(s.api_url)
     before, t0 = procs.cpu(), time.monotonic()
     rest = proc.stdout.read()
     status = proc.wait()
@@ -432,6 +454,7 @@ def authorizations(args: argparse.Namespace, s: LifecycleStack, work: Path, env:
     window["load process"] = {"cpu_s": out["cpu_s"],
                               "cores": round(out["cpu_s"] / (t_load - t0), 2)}
     backlog_in_window = sampler.reset()
+    api_answers = counter_delta(counters, api_counters(s.api_url))
     answered_approved = {a: c for a, c in out["approved"]}
     authorized = authorized_ids(s.engine, f"e2e-a-{tag}-")
     run.approved_a = [(a, c) for a, c in answered_approved.items() if a in authorized]
@@ -457,6 +480,7 @@ def authorizations(args: argparse.Namespace, s: LifecycleStack, work: Path, env:
         "drain_s (load end -> last approved payment spent in the read model)":
             round(max(0.0, last_seen - t_load), 1),
         "chain_to_read_model": chain_lags(s, rows, head, ids),
+        "api counters during the load": api_answers,
         "backlog_max_during_load": backlog_in_window, "backlog_max_during_drain": backlog_drain,
         "cpu_during_load": window}
     print(json.dumps(run.results["authorizations"]), flush=True)
@@ -544,6 +568,7 @@ async def lifecycles(args: argparse.Namespace, s: LifecycleStack,
     print(f"phase 2: lifecycles, closed loop, {args.concurrency} clients for "
           f"{args.seconds:g} s, then the settlement", flush=True)
     sampler.reset()
+    counters = api_counters(s.api_url)
     before = procs.cpu()
     limits = httpx.Limits(max_connections=args.concurrency,
                           max_keepalive_connections=args.concurrency)
@@ -575,6 +600,7 @@ async def lifecycles(args: argparse.Namespace, s: LifecycleStack,
             with contextlib.suppress(asyncio.CancelledError):
                 await poller
         backlog_window = sampler.reset()
+        api_answers = counter_delta(counters, api_counters(s.api_url))
         cpu_window = cpu_delta(before, procs.cpu(), time.monotonic() - phase.t0)
         for m in reports(s, run.clearings):
             await network.post(m)
@@ -615,6 +641,7 @@ async def lifecycles(args: argparse.Namespace, s: LifecycleStack,
         "chain_to_read_model": chain_lags(s, rows, head, ids),
         "clearing_to_read_model_settled_p50_s": pct(rm_settled, 50),
         "clearing_to_read_model_settled_p99_s": pct(rm_settled, 99),
+        "api counters during the window": api_answers,
         "backlog_max_during_window": backlog_window,
         "backlog_max_during_settlement": sampler.reset(),
         "cpu_during_window": cpu_window})
