@@ -469,6 +469,10 @@ def authorizations(args: argparse.Namespace, s: LifecycleStack, work: Path, env:
         time.sleep(0.2)
     last_seen = max((rows.spent[i] for i in ids if i in rows.spent), default=t_load)
     backlog_drain = sampler.reset()
+    pipeline = cpu_delta(before, procs.cpu(), time.monotonic() - t0)
+    per_payment = {k: round(1000 * v["cpu_s"] / len(ids), 1) if ids else None
+                   for k, v in pipeline.items()}
+    per_payment["load process"] = round(1000 * out["cpu_s"] / len(ids), 1) if ids else None
     run.results["authorizations"] = {
         "summary": asdict(summary), "authorized (warm-up included)": len(ids),
         "answered approved after the 2 s deadline (recorded as late, nothing held)":
@@ -482,7 +486,9 @@ def authorizations(args: argparse.Namespace, s: LifecycleStack, work: Path, env:
         "chain_to_read_model": chain_lags(s, rows, head, ids),
         "api counters during the load": api_answers,
         "backlog_max_during_load": backlog_in_window, "backlog_max_during_drain": backlog_drain,
-        "cpu_during_load": window}
+        "cpu_during_load": window,
+        "cpu_ms_per_authorized_payment (load and drain: authorization, spend, indexed, "
+        "projected)": per_payment}
     print(json.dumps(run.results["authorizations"]), flush=True)
 
 
