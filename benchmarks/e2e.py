@@ -67,7 +67,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -95,6 +95,8 @@ from benchmarks.lifecycle import (
 from benchmarks.machine import describe
 from cardpay.bootstrap.lifecycle import LifecycleStack
 from cardpay.devstack.kafka_stack import SupervisedStack
+from cardpay.devstack.network_workload import Message
+from cardpay.runtime.processes import ChildSpec
 
 log = logging.getLogger("benchmarks.e2e")
 HEAD_POLL_S = 0.1
@@ -103,6 +105,7 @@ SAMPLE_S = 1.0
 DRAIN_TIMEOUT_S = 600.0
 SETTLE_TIMEOUT_S = 600.0
 CLEARING_CONCURRENCY = 40
+RESEND_TIMEOUT_S = 300.0
 NOISY = ("the machine has 2 cores shared with other sessions: compare numbers within one run, "
          "not across runs")
 
@@ -503,11 +506,26 @@ async def clear_phase_a(s: LifecycleStack, run: Run) -> float:
         async def one(auth_id: str, card_id: str) -> None:
             async with gate:
                 m = network.clearing(auth_id, by_id[card_id])
-                await network.post(m)
+                await post_until_answered(network, m)
                 run.clearings.append(m)
 
         await asyncio.gather(*(one(a, c) for a, c in run.approved_a))
     return time.monotonic() - started
+
+
+async def post_until_answered(network: Network, m: Message,
+                              timeout: float = RESEND_TIMEOUT_S) -> Any:
+    """`m` sent again (after 1 s) while the API refuses it with 503 (`Network.post` gives up
+    after 5 tries in ~3 s): the network resends a clearing or a report until it is taken, and a
+    payment whose clearing the driver dropped would be left held, not a finding about cardpay."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await network.post(m)
+        except RuntimeError as exc:
+            if "no answer" not in str(exc) or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(1.0)
 
 
 def authorized_ids(engine: Engine, prefix: str) -> set[str]:
@@ -592,7 +610,7 @@ async def lifecycles(args: argparse.Namespace, s: LifecycleStack,
             await asyncio.wait_for(fut, timeout=300)
             p.on_chain = time.monotonic()
             clearing = network.clearing(p.auth_id, p.card)
-            await network.post(clearing)
+            await post_until_answered(network, clearing)
             run.clearings.append(clearing)
             p.cleared = time.monotonic()
             return True
@@ -609,7 +627,7 @@ async def lifecycles(args: argparse.Namespace, s: LifecycleStack,
         api_answers = counter_delta(counters, api_counters(s.api_url))
         cpu_window = cpu_delta(before, procs.cpu(), time.monotonic() - phase.t0)
         for m in reports(s, run.clearings):
-            await network.post(m)
+            await post_until_answered(network, m)
         phase.retries = network.retries
     # the settlement: the sagas' clock at the cut-off, which only an in-process worker can have
     t_cut = time.monotonic()
@@ -740,6 +758,33 @@ def deadlocks(work: Path) -> dict[str, Any]:
 
 
 # -- the command ---------------------------------------------------------------------------------
+def profiled(spec: ChildSpec, work: Path) -> ChildSpec:
+    """`spec` under cProfile (`python -m cProfile -o <work>/profile-<name>.out -m cardpay ...`):
+    written when the process stops on SIGTERM, as the supervisor stops it."""
+    python, flag, module, *rest = spec.argv
+    assert (flag, module) == ("-m", "cardpay"), spec.argv
+    out = str(work / f"profile-{spec.name}.out")
+    return replace(spec, argv=(python, "-m", "cProfile", "-o", out, "-m", module, *rest))
+
+
+def print_profiles(work: Path, top: int = 15) -> None:
+    """Each profiled process's functions with the most time of their own."""
+    import io
+    import pstats
+
+    for path in sorted(work.glob("profile-*.out")):
+        buffer = io.StringIO()
+        stats = pstats.Stats(str(path), stream=buffer)
+        total = stats.total_tt  # type: ignore[attr-defined]
+        stats.sort_stats("tottime").print_stats(top)
+        print(f"profile of {path.stem.removeprefix('profile-')} (cProfile, {total:.1f} s of "
+              f"own time in all; the {top} functions with the most):", flush=True)
+        lines = buffer.getvalue().splitlines()
+        start = next((i for i, line in enumerate(lines) if "ncalls" in line), 0)
+        for line in lines[start:start + top + 1]:
+            print(f"  {line.strip()}", flush=True)
+
+
 @contextlib.contextmanager
 def whole_stack(args: argparse.Namespace, work: Path) -> Iterator[tuple[Any, ...]]:
     """Kafka, `lifecycle_stack` and the five supervised processes (the saga worker under a
@@ -779,8 +824,9 @@ def whole_stack(args: argparse.Namespace, work: Path) -> Iterator[tuple[Any, ...
         ports = {name: free_port() for name in ("listen", "sagas", "project", "relay")}
         env = child_env(s, s.engine.url.render_as_string(hide_password=False),
                         str(s.settings.rpc_url))
-        specs = child_specs(s, env, deployment, api_port, metrics_ports=ports,
-                            listen_poll=args.listen_poll)
+        specs = [profiled(c, work) if c.name in args.profile else c
+                 for c in child_specs(s, env, deployment, api_port, metrics_ports=ports,
+                                      listen_poll=args.listen_poll)]
         plog = exits.enter_context((work / "processes.log").open("w"))
         core = SupervisedStack([c for c in specs if c.name != "sagas"], plog, name="core")
         sagas = SupervisedStack([c for c in specs if c.name == "sagas"], plog, name="sagas")
@@ -844,6 +890,8 @@ def orchestrate(args: argparse.Namespace) -> int:
             for p in problems[:30]:
                 print(f"  PROBLEM: {p}", flush=True)
             status = 1 if problems else 0
+        if args.profile:
+            print_profiles(work)
     a, b = run.results["authorizations"]["summary"], run.results["lifecycles"]
     print(f"result: authorizations {a['achieved_rate']:.1f}/s achieved of {args.rate:g}/s "
           f"offered, p50 {a['p50_ms']:.1f} ms, p99 {a['p99_ms']:.1f} ms; lifecycles "
@@ -870,6 +918,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--partitions", type=int, default=3)
     parser.add_argument("--listen-poll", type=float, default=0.2)
     parser.add_argument("--connections", type=int, default=200)
+    parser.add_argument("--profile", type=lambda v: set(v.split(",")) - {""}, default=set(),
+                        help="run these processes under cProfile (e.g. sagas,api) and print "
+                             "their top functions at the end; slows them down")
     parser.add_argument("--load", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--api", help=argparse.SUPPRESS)
     parser.add_argument("--tag", default="x", help=argparse.SUPPRESS)
