@@ -67,7 +67,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -96,7 +96,6 @@ from benchmarks.machine import describe
 from cardpay.bootstrap.lifecycle import LifecycleStack
 from cardpay.devstack.kafka_stack import SupervisedStack
 from cardpay.devstack.network_workload import Message
-from cardpay.runtime.processes import ChildSpec
 
 log = logging.getLogger("benchmarks.e2e")
 HEAD_POLL_S = 0.1
@@ -771,33 +770,6 @@ def deadlocks(work: Path) -> dict[str, Any]:
 
 
 # -- the command ---------------------------------------------------------------------------------
-def profiled(spec: ChildSpec, work: Path) -> ChildSpec:
-    """`spec` under cProfile (`python -m cProfile -o <work>/profile-<name>.out -m cardpay ...`):
-    written when the process stops on SIGTERM, as the supervisor stops it."""
-    python, flag, module, *rest = spec.argv
-    assert (flag, module) == ("-m", "cardpay"), spec.argv
-    out = str(work / f"profile-{spec.name}.out")
-    return replace(spec, argv=(python, "-m", "cProfile", "-o", out, "-m", module, *rest))
-
-
-def print_profiles(work: Path, top: int = 15) -> None:
-    """Each profiled process's functions with the most time of their own."""
-    import io
-    import pstats
-
-    for path in sorted(work.glob("profile-*.out")):
-        buffer = io.StringIO()
-        stats = pstats.Stats(str(path), stream=buffer)
-        total = stats.total_tt  # type: ignore[attr-defined]
-        stats.sort_stats("tottime").print_stats(top)
-        print(f"profile of {path.stem.removeprefix('profile-')} (cProfile, {total:.1f} s of "
-              f"own time in all; the {top} functions with the most):", flush=True)
-        lines = buffer.getvalue().splitlines()
-        start = next((i for i, line in enumerate(lines) if "ncalls" in line), 0)
-        for line in lines[start:start + top + 1]:
-            print(f"  {line.strip()}", flush=True)
-
-
 @contextlib.contextmanager
 def whole_stack(args: argparse.Namespace, work: Path) -> Iterator[tuple[Any, ...]]:
     """Kafka, `lifecycle_stack` and the five supervised processes (the saga worker under a
@@ -837,9 +809,8 @@ def whole_stack(args: argparse.Namespace, work: Path) -> Iterator[tuple[Any, ...
         ports = {name: free_port() for name in ("listen", "sagas", "project", "relay")}
         env = child_env(s, s.engine.url.render_as_string(hide_password=False),
                         str(s.settings.rpc_url))
-        specs = [profiled(c, work) if c.name in args.profile else c
-                 for c in child_specs(s, env, deployment, api_port, metrics_ports=ports,
-                                      listen_poll=args.listen_poll)]
+        specs = child_specs(s, env, deployment, api_port, metrics_ports=ports,
+                            listen_poll=args.listen_poll)
         plog = exits.enter_context((work / "processes.log").open("w"))
         core = SupervisedStack([c for c in specs if c.name != "sagas"], plog, name="core")
         sagas = SupervisedStack([c for c in specs if c.name == "sagas"], plog, name="sagas")
@@ -903,8 +874,6 @@ def orchestrate(args: argparse.Namespace) -> int:
             for p in problems[:30]:
                 print(f"  PROBLEM: {p}", flush=True)
             status = 1 if problems else 0
-        if args.profile:
-            print_profiles(work)
     a, b = run.results["authorizations"]["summary"], run.results["lifecycles"]
     print(f"result: authorizations {a['achieved_rate']:.1f}/s achieved of {args.rate:g}/s "
           f"offered, p50 {a['p50_ms']:.1f} ms, p99 {a['p99_ms']:.1f} ms; lifecycles "
@@ -931,9 +900,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--partitions", type=int, default=3)
     parser.add_argument("--listen-poll", type=float, default=0.2)
     parser.add_argument("--connections", type=int, default=200)
-    parser.add_argument("--profile", type=lambda v: set(v.split(",")) - {""}, default=set(),
-                        help="run these processes under cProfile (e.g. sagas,api) and print "
-                             "their top functions at the end; slows them down")
     parser.add_argument("--load", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--api", help=argparse.SUPPRESS)
     parser.add_argument("--tag", default="x", help=argparse.SUPPRESS)
