@@ -42,7 +42,8 @@ Then, one after the other:
 
 Lags: chain -> read model: from the moment this process first saw the Spend's block (a head
 poller every 0.1 s) to the moment it first saw the payment's read-model row spent (a poller
-every 0.2 s): it includes the listener's depth of 2 blocks (~2 s by design). Clearing ->
+every 0.2 s): it includes the listener's depth of 2 blocks (~2 s by design); it is split at
+the moment the listener recorded `PaymentSpent` (its `recorded_at`, this host's clock). Clearing ->
 settled ledger: from the clearing's answer to the moment the batches were seen settled; the
 batch closes at the cut-off, so it is mostly the rest of the phase. Backlogs: every second the
 relay's, projector's and listener's Prometheus metrics (outbox backlog and oldest age,
