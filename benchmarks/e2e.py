@@ -691,26 +691,15 @@ async def lifecycles(args: argparse.Namespace, s: LifecycleStack,
 def verify(s: LifecycleStack, run: Run, phase: Phase) -> list[str]:
     """Every problem found after the run (empty: the run was right)."""
     from cardpay.bootstrap.lifecycle import (
-        Currencies,
         LifecycleResult,
-        chain_totals,
         check,
-        exception_counts,
-        ledger_figures,
-        network_totals,
-        read_model_totals,
+        figures_now,
         reconciliation_breaks,
-        settlement_figures,
     )
     from cardpay.devstack.kafka_stack import payment_problems
     from cardpay.postgres.health import ledger_balanced
 
-    head = int(s.chain.w3.eth.block_number)
-    figures = Currencies(
-        chain=chain_totals(s.chain, s.deployment, head), read_model=read_model_totals(s.engine),
-        network=network_totals(s.engine), settlement=settlement_figures(s.engine, s.settings),
-        ledger=ledger_figures(s.engine, s.settings, sorted(s.deployment.tokens)), owed={})
-    exceptions, figures.owed = exception_counts(s.engine)
+    figures, exceptions = figures_now(s)
     result = LifecycleResult(0, 0, {sym: t.decimals for sym, t in s.deployment.tokens.items()},
                              figures, True, [], exceptions, list(s.errors), 0.0)
     result.breaks = reconciliation_breaks(s.engine)

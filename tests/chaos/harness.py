@@ -47,23 +47,17 @@ from sqlalchemy.exc import DBAPIError
 from web3.types import RPCEndpoint
 
 from cardpay.bootstrap.lifecycle import (
-    Currencies,
     LifecycleResult,
     LifecycleStack,
-    chain_totals,
     check,
     counts,
-    exception_counts,
-    ledger_figures,
+    figures_now,
     lifecycle_stack,
-    network_totals,
     payment_differences,
     quiet,
-    read_model_totals,
     reconciliation_breaks,
     run_services,
     settled,
-    settlement_figures,
     spends_settled,
 )
 from cardpay.devstack.anvil import free_port
@@ -302,13 +296,7 @@ def checked(s: LifecycleStack, run: Any, options: ChaosOptions, fault_errors: li
             started: float) -> tuple[LifecycleResult, list[str]]:
     """The figures of every party read now, and every problem: `lifecycle.check`'s, the faults
     that could not be applied, and the chaos checks."""
-    head = int(s.chain.w3.eth.block_number)
-    figures = Currencies(
-        chain=chain_totals(s.chain, s.deployment, head),
-        read_model=read_model_totals(s.engine), network=network_totals(s.engine),
-        settlement=settlement_figures(s.engine, s.settings),
-        ledger=ledger_figures(s.engine, s.settings, sorted(s.deployment.tokens)), owed={})
-    exceptions, figures.owed = exception_counts(s.engine)
+    figures, exceptions = figures_now(s)
     problems = [f"{m.get('authorization_id')}: expected {m.get('expected')}, got "
                 f"{m.get('status')} {m.get('answer')}" for m in run.mismatches]
     problems += [f"refused by the API: {r}" for r in run.refused[:10]]
