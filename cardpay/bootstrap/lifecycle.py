@@ -534,6 +534,18 @@ def exception_counts(engine: Engine) -> tuple[dict[str, int], dict[str, int]]:
     return counts_, owed
 
 
+def figures_now(s: LifecycleStack) -> tuple[Currencies, dict[str, int]]:
+    """Every party's figures read now (the chain up to its head), and the open exceptions by
+    source:reason: what `check` compares once a run has come to rest."""
+    head = int(s.chain.w3.eth.block_number)
+    figures = Currencies(
+        chain=chain_totals(s.chain, s.deployment, head), read_model=read_model_totals(s.engine),
+        network=network_totals(s.engine), settlement=settlement_figures(s.engine, s.settings),
+        ledger=ledger_figures(s.engine, s.settings, sorted(s.deployment.tokens)), owed={})
+    exceptions, figures.owed = exception_counts(s.engine)
+    return figures, exceptions
+
+
 def run_lifecycle(s: LifecycleStack, payments: int, seed: int, *, duplicates: float = 0.1,
                   reorder: float = 0.2, say: Any = None, timeout: float = 600.0,
                   attempts: int = 5) -> LifecycleResult:
@@ -581,12 +593,7 @@ def run_lifecycle(s: LifecycleStack, payments: int, seed: int, *, duplicates: fl
             await services
 
     run = asyncio.run(main())
-    head = int(s.chain.w3.eth.block_number)
-    figures = Currencies(
-        chain=chain_totals(s.chain, s.deployment, head), read_model=read_model_totals(s.engine),
-        network=network_totals(s.engine), settlement=settlement_figures(s.engine, s.settings),
-        ledger=ledger_figures(s.engine, s.settings, sorted(s.deployment.tokens)), owed={})
-    exceptions, figures.owed = exception_counts(s.engine)
+    figures, exceptions = figures_now(s)
     problems = [f"{m.get('authorization_id')}: expected {m.get('expected')}, got "
                 f"{m.get('status')} {m.get('answer')}" for m in run.mismatches]
     problems += payment_differences(s, run.expected.get("payments", {}))

@@ -32,15 +32,14 @@ import contextlib
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import httpx
 from sqlalchemy import Engine, text
@@ -48,29 +47,29 @@ from sqlalchemy.exc import DBAPIError
 from web3.types import RPCEndpoint
 
 from cardpay.bootstrap.lifecycle import (
-    Currencies,
     LifecycleResult,
     LifecycleStack,
-    chain_totals,
     check,
     counts,
-    exception_counts,
-    ledger_figures,
+    figures_now,
     lifecycle_stack,
-    network_totals,
     payment_differences,
     quiet,
-    read_model_totals,
     reconciliation_breaks,
     run_services,
     settled,
-    settlement_figures,
     spends_settled,
 )
 from cardpay.devstack.anvil import free_port
 from cardpay.devstack.kafka_broker import KafkaBroker
-from cardpay.runtime.processes import ChildSpec, RestartPolicy, Supervisor, os_spawner
-from cardpay.runtime.supervise import Backoff
+from cardpay.devstack.kafka_stack import (
+    SupervisedStack,
+    api_at,
+    child_env,
+    child_specs,
+    payment_problems,
+    wait_healthy,
+)
 from cardpay.settings import Settings
 from tests.chaos.schedule import KINDS, Fault, schedule
 from tests.support.faulty_proxy import Faults, FaultyProxy
@@ -130,74 +129,7 @@ class ChaosReport:
                 "seconds": round(self.result.seconds, 1) if self.result else None}
 
 
-# -- the stack -----------------------------------------------------------------------------------
-def _child_env(s: LifecycleStack, engine_url: str, rpc_url: str) -> dict[str, str]:
-    st = s.settings
-    assert st.kafka_bootstrap and st.relayer_key and st.settlement_key
-    base = {k: v for k, v in os.environ.items() if not k.startswith("CARDPAY_")}
-    return {**base, "PYTHONUNBUFFERED": "1", "CARDPAY_DATABASE_URL": engine_url,
-            "CARDPAY_DATA_DIR": str(st.data_dir), "CARDPAY_RPC_URL": rpc_url,
-            "CARDPAY_CONFIRMATIONS": str(st.confirmations),
-            "CARDPAY_KAFKA_BOOTSTRAP": st.kafka_bootstrap, "CARDPAY_KAFKA_TOPIC": st.kafka_topic,
-            "CARDPAY_WEBHOOK_SECRETS": ",".join(st.webhook_secrets),
-            "CARDPAY_NETWORK_ADVICE_URL": st.network_advice_url or "",
-            "CARDPAY_RELAYER_KEY": st.relayer_key.reveal(),
-            "CARDPAY_SETTLEMENT_KEY": st.settlement_key.reveal(),
-            "CARDPAY_SWEEP_INTERVAL_S": "0", "CARDPAY_SAGA_POLL_S": "0.2"}
-
-
-def child_specs(s: LifecycleStack, env: dict[str, str], deployment: Path,
-                api_port: int) -> list[ChildSpec]:
-    cardpay = (sys.executable, "-m", "cardpay")
-    preset = ("--preset", "local", "--deployment", str(deployment))
-    return [
-        ChildSpec("api", (*cardpay, "api", "--port", str(api_port)), env),
-        ChildSpec("sagas", (*cardpay, "sagas", "run", *preset), env),
-        ChildSpec("listen", (*cardpay, "listen", *preset, "--from-block",
-                             str(s.deployment.deployed_at_block), "--poll-interval", "0.5"), env),
-        ChildSpec("project", (*cardpay, "project"), env),
-        ChildSpec("relay", (*cardpay, "relay"), env),
-    ]
-
-
-class SupervisedStack:
-    """The supervisor stepped on a thread of its own (restarts continue while a fault blocks)."""
-
-    def __init__(self, specs: list[ChildSpec], log: IO[str]) -> None:
-        self._lock = threading.Lock()
-        self._log = log
-        self.supervisor = Supervisor(
-            specs, spawn=os_spawner(log, threading.Lock()), say=self._say,
-            policy=RestartPolicy(backoff=Backoff(initial=0.2, maximum=2.0, jitter=0.0),
-                                 max_restarts=0))
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="chaos-supervisor", daemon=True)
-
-    def _say(self, line: str) -> None:
-        self._log.write(f"supervisor| {line}\n")
-        self._log.flush()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(0.1):
-            with self._lock:
-                self.supervisor.step()
-
-    def start(self) -> None:
-        with self._lock:
-            self.supervisor.start_all()
-        self._thread.start()
-
-    def pid(self, name: str) -> int | None:
-        with self._lock:
-            return self.supervisor.pids().get(name)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-        with self._lock:
-            self.supervisor.stop(grace=10.0)
-
-
+# -- the stack (cardpay/devstack/kafka_stack.py) -------------------------------------------------
 def restart_postgres(pgdata: Path, down: float) -> None:
     """The embedded server stopped as in a crash (`-m immediate`: no checkpoint, clients cut
     off) and started again on the same data dir and socket (pg_ctl reuses postmaster.opts)."""
@@ -335,55 +267,10 @@ def wait_through(engine: Engine, done: Callable[[dict[str, int]], bool], *, time
 
 # -- the checks ----------------------------------------------------------------------------------
 def chaos_problems(engine: Engine, chain_spends: int) -> list[str]:
-    """What the chaos run adds to `lifecycle.check`, one line per problem:
-    - no payment spent twice: its spend events net of retractions are at most one, and the
-      chain's Spend logs equal the payments whose last spend event is a spend;
-    - no refund sent twice: each refund id seen on chain once (net of retractions);
-    - no payment stuck: an approved payment is spent or reversed, or has a pending timer or an
-      open exception; no saga is `stuck` or `compensating` without one;
-    - nothing quarantined by a valid input: the only open exceptions are those the workload
-      makes on purpose (EXPECTED_EXCEPTIONS)."""
-    out: list[str] = []
-    with engine.connect() as conn:
-        for stream_id, spends, retracted in conn.execute(text(
-                "SELECT stream_id, count(*) FILTER (WHERE type = 'PaymentSpent'),"
-                " count(*) FILTER (WHERE type = 'SpendRetracted') FROM events"
-                " GROUP BY stream_id HAVING count(*) FILTER (WHERE type = 'PaymentSpent')"
-                "  - count(*) FILTER (WHERE type = 'SpendRetracted') > 1")):
-            out.append(f"payment {stream_id}: spent {spends} times, retracted {retracted}")
-        active = int(conn.execute(text(
-            "SELECT count(*) FROM (SELECT DISTINCT ON (stream_id) stream_id, type FROM events"
-            " WHERE type IN ('PaymentSpent', 'SpendRetracted')"
-            " ORDER BY stream_id, position DESC) last WHERE type = 'PaymentSpent'")).scalar_one())
-        if active != chain_spends:
-            out.append(f"the chain has {chain_spends} Spend logs, {active} payments are spent")
-        for stream_id, refund_id, seen, retracted in conn.execute(text(
-                "SELECT stream_id, data->'payload'->>'refund_id',"
-                " count(*) FILTER (WHERE type = 'PaymentRefunded'),"
-                " count(*) FILTER (WHERE type = 'RefundRetracted') FROM events"
-                " WHERE type IN ('PaymentRefunded', 'RefundRetracted') GROUP BY 1, 2"
-                " HAVING count(*) FILTER (WHERE type = 'PaymentRefunded')"
-                "  - count(*) FILTER (WHERE type = 'RefundRetracted') > 1")):
-            out.append(f"payment {stream_id}: refund {refund_id} seen on chain {seen} times, "
-                       f"retracted {retracted}")
-        open_for = ("(EXISTS (SELECT 1 FROM saga_timers t WHERE t.saga_id = {0})"
-                    " OR EXISTS (SELECT 1 FROM quarantine q WHERE q.resolved_at IS NULL"
-                    "  AND (q.key = {0} OR q.payload->>'saga_id' = {0}"
-                    "       OR q.payload->>'payment_id' = {0})))")
-        for (stream_id,) in conn.execute(text(
-                "SELECT stream_id FROM events GROUP BY stream_id"
-                " HAVING bool_or(type = 'PaymentAuthorized' OR (type = 'AuthorizationAdvised'"
-                "  AND (data->'payload'->>'approved')::boolean))"
-                " AND NOT bool_or(type IN ('PaymentSpent', 'PaymentReversed'))"
-                " AND NOT " + open_for.format("stream_id"))):
-            out.append(f"payment {stream_id}: approved, neither spent nor reversed, and no "
-                       "timer or open exception")
-        for kind, saga_id, status, stage in conn.execute(text(
-                "SELECT kind, saga_id, status, stage FROM saga_instances i"
-                " WHERE status IN ('stuck', 'compensating') AND NOT "
-                + open_for.format("i.saga_id"))):
-            out.append(f"saga {kind} {saga_id}: {status} at {stage} with no timer or exception")
-    return out
+    """What the chaos run adds to `lifecycle.check`, one line per problem: no payment spent
+    twice, no refund sent twice, no payment stuck (`kafka_stack.payment_problems`); nothing
+    quarantined by a valid input is `unexpected_exceptions`, applied by `checked`."""
+    return payment_problems(engine, chain_spends)
 
 
 def stuck_effects(engine: Engine) -> list[str]:
@@ -405,37 +292,11 @@ def unexpected_exceptions(exceptions: dict[str, int]) -> list[str]:
 
 
 # -- one run -------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _api_url(port: int) -> Iterator[Callable[[Settings, Engine],
-                                             contextlib.AbstractContextManager[str]]]:
-    @contextlib.contextmanager
-    def starter(_settings: Settings, _engine: Engine) -> Iterator[str]:
-        yield f"http://127.0.0.1:{port}"  # `cardpay api` is started with the other processes
-
-    yield starter
-
-
-def _wait_healthy(url: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return
-        time.sleep(0.2)
-    raise TimeoutError(f"cardpay api at {url} did not come up within {timeout:.0f}s")
-
-
 def checked(s: LifecycleStack, run: Any, options: ChaosOptions, fault_errors: list[str],
             started: float) -> tuple[LifecycleResult, list[str]]:
     """The figures of every party read now, and every problem: `lifecycle.check`'s, the faults
     that could not be applied, and the chaos checks."""
-    head = int(s.chain.w3.eth.block_number)
-    figures = Currencies(
-        chain=chain_totals(s.chain, s.deployment, head),
-        read_model=read_model_totals(s.engine), network=network_totals(s.engine),
-        settlement=settlement_figures(s.engine, s.settings),
-        ledger=ledger_figures(s.engine, s.settings, sorted(s.deployment.tokens)), owed={})
-    exceptions, figures.owed = exception_counts(s.engine)
+    figures, exceptions = figures_now(s)
     problems = [f"{m.get('authorization_id')}: expected {m.get('expected')}, got "
                 f"{m.get('status')} {m.get('answer')}" for m in run.mismatches]
     problems += [f"refused by the API: {r}" for r in run.refused[:10]]
@@ -476,7 +337,7 @@ def run_chaos(options: ChaosOptions, say: Callable[[str], None] = print,
         broker.create_topic(topic, 3)
         settings = Settings(data_dir=directory, kafka_bootstrap=broker.bootstrap_servers,
                             kafka_topic=topic)
-        starter = exits.enter_context(_api_url(api_port))
+        starter = exits.enter_context(api_at(api_port))
         say("starting Anvil, PostgreSQL, deploying the replicas")
         s = exits.enter_context(lifecycle_stack(settings, cardholders=options.cardholders,
                                                 api=starter))
@@ -485,12 +346,12 @@ def run_chaos(options: ChaosOptions, say: Callable[[str], None] = print,
         deployment.write_text(json.dumps(s.deployment.to_dict()))
         proxy = exits.enter_context(FaultyProxy(s.settings.rpc_url or "",
                                                 Faults(seed=options.seed, slow_seconds=12.0)))
-        env = _child_env(s, s.engine.url.render_as_string(hide_password=False), proxy.url)
+        env = child_env(s, s.engine.url.render_as_string(hide_password=False), proxy.url)
         log = exits.enter_context((directory / "processes.log").open("w"))
         stack = SupervisedStack(child_specs(s, env, deployment, api_port), log)
         stack.start()
         exits.callback(stack.stop)
-        _wait_healthy(s.api_url, 120)
+        wait_healthy(s.api_url, 120)
         injector = Injector(report, s, stack, broker, proxy, directory / "pgdata", floor, say)
         exits.callback(injector.abort)
         today = datetime.now(UTC).date()
