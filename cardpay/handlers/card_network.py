@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cardpay.handlers.network import EffectUnavailable
+from cardpay.handlers.payments import safe_lock
 from cardpay.handlers.ports import Card, LockedCard, QuarantineItem, UnitOfWork
 from domain import commands as c
 from domain import events as e
@@ -178,7 +179,7 @@ class CardNetworkEffects:
         returns, whether booked to the funds or to the Safe's exposure), which the mirror never
         changes."""
         safe = locked.card.safe
-        uow.lock(f"safe:{chart.ledger}:{safe}")
+        uow.lock(safe_lock(chart.ledger, safe))
         # the balance again, now that the Safe is ours: the listener moves the mirror and the
         # indexed balance together under this lock, and a balance read before it could be older
         # than the mirror read after it (a spend counted as money coming in)

@@ -26,6 +26,8 @@ from cardpay.handlers.payments import (
     chain_moves,
     confirmation,
     execute,
+    lock_safes,
+    moved_safes,
 )
 from cardpay.handlers.ports import QuarantineItem, UnitOfWork, UnmatchedTransfer
 from domain import commands as c
@@ -96,11 +98,14 @@ class ChainSinkHandler:
                 block = reject.raw.get("blockHash")
                 self._quarantine(uow, name, reject.key, reject.reason, reject.raw,
                                  block.lower() if isinstance(block, str) else None)
+            commands = linked(uow, batch.commands)
+            # every Safe the range may move, locked before its first append (one lock order
+            # with the authorization decision: `safe_lock`)
+            lock_safes(uow, _safes_of(commands))
             moves: list[tuple[str, ChainMove]] = []
             self._range_moves = moves
             try:
-                for command in self._apply_spends_in_bulk(uow, name,
-                                                          linked(uow, batch.commands)):
+                for command in self._apply_spends_in_bulk(uow, name, commands):
                     self.apply_one(uow, name, command)
             finally:
                 self._range_moves = None
@@ -155,6 +160,7 @@ class ChainSinkHandler:
             except DomainError as exc:
                 self._refused(uow, name, cmd, exc)
         pending = [event for p in payments.values() for event in p.pending_events]
+        lock_safes(uow, moved_safes(uow, payments.values()))
         try:
             with uow.savepoint():
                 uow.events.append(pending)
@@ -215,7 +221,9 @@ class ChainSinkHandler:
             self._take_cursor(uow, name, previous)
             orphaned = [b.hash for b in uow.chain.blocks_above(name, ancestor.number)]
             retracted = 0
-            for effect in uow.events.chain_effects(orphaned):
+            effects = uow.events.chain_effects(orphaned)
+            lock_safes(uow, _safes_retracted(uow, effects))  # before the first append
+            for effect in effects:
                 if not _still_rests_on(uow, effect):
                     continue
                 retracted += 1
@@ -312,3 +320,29 @@ def _retraction(effect: PaymentSpent | PaymentRefunded, reason: str) -> c.Comman
                               evidence=ev, reason=reason)
     return c.RetractRefund(command_id=command_id, payment_id=effect.stream_id, at=now,
                            refund_id=effect.refund_id, evidence=ev, reason=reason)
+
+
+def _safes_of(commands: Sequence[ChainCommand]) -> set[tuple[str, str]]:
+    """(ledger, Safe) a range's spends and settlement transfers may move."""
+    out: set[tuple[str, str]] = set()
+    for command in commands:
+        if isinstance(command, c.ConfirmSpend):
+            out.add((command.amount.currency.code, command.account))
+        elif isinstance(command, c.RecordSettlementTransfer):
+            out.add((command.amount.currency.code, command.recipient))
+    return out
+
+
+def _safes_retracted(uow: UnitOfWork,
+                     effects: Sequence[PaymentSpent | PaymentRefunded]) -> set[tuple[str, str]]:
+    """(ledger, Safe) the retraction of these spends and refunds moves (a refund names no Safe:
+    its payment's)."""
+    out: set[tuple[str, str]] = set()
+    for effect in effects:
+        if isinstance(effect, PaymentSpent):
+            out.add((effect.amount.currency.code, effect.account))
+        else:
+            account = Payment.rehydrate(effect.stream_id, uow.events.load(effect.stream_id)).account
+            if account is not None:
+                out.add((effect.amount.currency.code, account))
+    return out

@@ -7,7 +7,7 @@ one unit of work per command, idempotent by the command id.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
 from cardpay.errors import ConcurrencyConflict
@@ -27,10 +27,37 @@ CONFLICT_RETRIES = 3
 UowFactory = Callable[[], UnitOfWork]
 
 
+def safe_lock(ledger: str, safe: str) -> str:
+    """The advisory lock of one Safe in one token ledger. Lock order, everywhere: a Safe's lock
+    (several in sorted order) BEFORE the event store's append lock (`LOCK TABLE events`, held to
+    the commit). The authorization decision takes the Safe's lock, then appends; a writer that
+    appended first and then took a Safe's lock deadlocked with it (found by the end-to-end
+    benchmark: the listener's ranges against the API, 29-132 deadlocks a minute, each a 503 to
+    the network or a range tried again)."""
+    return f"safe:{ledger}:{safe.lower()}"
+
+
+def lock_safes(uow: UnitOfWork, safes: Iterable[tuple[str, str]]) -> None:
+    """Take the locks of these (ledger, Safe) pairs in one order (a holder of one of them may
+    wait for another)."""
+    for key in sorted({safe_lock(ledger, safe) for ledger, safe in safes}):
+        uow.lock(key)
+
+
+def moved_safes(uow: UnitOfWork, payments: Iterable[Payment]) -> set[tuple[str, str]]:
+    """(ledger, Safe) of every ledger movement the payments' pending chain events will book:
+    the locks to take before they are appended."""
+    return {(transfer.ledger, safe) for payment in payments
+            if any(getattr(ev, "evidence", None) is not None for ev in payment.pending_events)
+            for _, safe, transfer in chain_moves(uow, payment)}
+
+
 def execute(uow: UnitOfWork, command: c.Command) -> Payment:
     """Decide one payment command inside the caller's transaction (no commit here).
 
     Runs in a savepoint and decides again on fresh state when another writer appended first.
+    A command whose events move tokens on chain takes its Safe's lock before the append
+    (`safe_lock`: one lock order).
     """
     for attempt in range(1, CONFLICT_RETRIES + 1):
         try:
@@ -38,6 +65,7 @@ def execute(uow: UnitOfWork, command: c.Command) -> Payment:
                 payment = Payment.rehydrate(command.payment_id,
                                             uow.events.load(command.payment_id))
                 handle(payment, command)
+                lock_safes(uow, moved_safes(uow, [payment]))
                 uow.events.append(payment.pending_events)
                 return payment
         except ConcurrencyConflict:
@@ -85,9 +113,10 @@ def book_chain_moves(uow: UnitOfWork, moves: list[ChainMove]) -> list[tuple[Tran
     if not moves:
         return []
     followed: list[ChainMove] = []
-    for ledger, safe in sorted({(t.ledger, safe) for _, safe, t in moves}):
+    pairs = sorted({(t.ledger, safe) for _, safe, t in moves})
+    lock_safes(uow, pairs)
+    for ledger, safe in pairs:
         chart = ChartOfAccounts(ledger)
-        uow.lock(f"safe:{ledger}:{safe}")
         if not uow.ledger.lookup_accounts([chart.safe_mirror(safe).id]):
             continue
         house = chart.house_accounts()
@@ -119,7 +148,13 @@ def submit_refund(uow: UnitOfWork, command: c.RecordRefundSubmission, *, recipie
                   token: str, amount: int) -> None:
     """Record the refund's transaction and the settlement transfer that will confirm it, in the
     caller's unit of work; a transfer the listener saw before (kept unmatched) confirms it here.
+    The refund's Safe is locked first: the confirmation books it after the submission's append
+    (`safe_lock`: one lock order).
     """
+    refund = Payment.rehydrate(command.payment_id,
+                               uow.events.load(command.payment_id)).refunds.get(command.refund_id)
+    if refund is not None:
+        lock_safes(uow, [(refund.amount.currency.code, recipient)])
     execute(uow, command)
     expected = ExpectedRefund(command.payment_id, command.refund_id, command.tx_hash,
                               recipient, token, amount)

@@ -155,3 +155,47 @@ def test_bulk_spends_fall_back_one_by_one_when_a_writer_races_them(pg_engine: En
         assert conn.execute(select(quarantine)).all() == []
     assert p2 == ["PaymentAuthorized", "PaymentSpent"]
     assert _types(pg_engine).count("PaymentSpent") == 3
+
+
+def test_an_authorization_holding_its_safe_and_a_listener_range_never_deadlock(
+        pg_engine: Engine) -> None:
+    """Found by the end-to-end benchmark (29-132 deadlocks a minute, each a 503 to the network or
+    a range applied again): the authorization decision takes its Safe's lock and appends later;
+    the listener's range appended first (the event store's table lock, held to the commit) and
+    took the Safe's lock when booking the spend's ledger movement. Each waited for the other.
+    The range now takes its Safes' locks before its first append."""
+    from datetime import timedelta
+
+    from cardpay.handlers.payments import safe_lock
+
+    def authorize(pid: str) -> c.AuthorizePayment:
+        return c.AuthorizePayment(command_id=pid, payment_id=pid, at=NOW, account=SAFE,
+                                  amount=Money(10**18, EURE), merchant="m", mcc="5411",
+                                  expires_at=NOW + timedelta(days=7))
+
+    PaymentService(unit_of_work_factory(pg_engine, None)).submit(authorize("p1"))
+    holding = threading.Event()
+    failures: list[BaseException] = []
+
+    def decision() -> None:
+        try:
+            with PostgresUnitOfWork(pg_engine) as uow:
+                uow.lock(safe_lock("EURe", SAFE))
+                uow.events.load("p2")  # the lock is held from here
+                holding.set()
+                time.sleep(1.5)  # the listener's range arrives meanwhile
+                execute(uow, authorize("p2"))
+                uow.commit()
+        except BaseException as exc:
+            failures.append(exc)
+
+    thread = threading.Thread(target=decision)
+    thread.start()
+    assert holding.wait(10)
+    sink = ChainSinkHandler(unit_of_work_factory(pg_engine, None), chain_id=31337)
+    sink.apply("l", ChainBatch(cursor=Cursor(1, f"0x{1:064x}"), commands=[
+        c.ConfirmSpend(command_id="chain:31337:a:0", payment_id="p1", at=NOW, account=SAFE,
+                       amount=Money(10**18, EURE), evidence=_evidence(1, 0))]))
+    thread.join()
+    assert failures == []
+    assert _types(pg_engine) == ["PaymentAuthorized", "PaymentAuthorized", "PaymentSpent"]
