@@ -25,6 +25,13 @@ from urllib.parse import urlsplit
 __all__ = ["RpcProxy", "rpc_proxy"]
 
 
+class _QuietServer(ThreadingHTTPServer):
+    """A client that hangs up (Ponder cancels requests it no longer needs) is not an error."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        return
+
+
 class RpcProxy:
     """A running proxy: ``url`` to give a client, ``counts()`` of the calls seen so far."""
 
@@ -37,7 +44,7 @@ class RpcProxy:
         self._counts: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._local = threading.local()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server = _QuietServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True,
                                         name="rpc-proxy")
@@ -74,6 +81,10 @@ class RpcProxy:
             for call in calls:
                 method = call.get("method") if isinstance(call, dict) else None
                 self._counts[str(method) if method else "(malformed)"] += 1
+
+    def _count_hangup(self) -> None:
+        with self._lock:
+            self._counts["(client hung up)"] += 1
 
     def _forward(self, body: bytes) -> tuple[int, bytes]:
         """One upstream round trip on this thread's keep-alive connection (reopened once if the
@@ -113,7 +124,10 @@ class RpcProxy:
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    proxy._count_hangup()
 
             def log_message(self, format: str, *args: Any) -> None:
                 return
