@@ -107,16 +107,7 @@ class HttpJsonRpc:
         return results
 
     def _attempt_batch(self, name: str, calls: list[tuple[str, list[Any]]]) -> list[Any]:
-        started = time.monotonic()
-        try:
-            result = self._batch_once(name, calls)
-        except RpcTransportError:
-            self._observe(name, started, "transport")
-            raise
-        except RpcError:
-            self._observe(name, started, "rpc_error")
-            raise
-        self._observe(name, started, None)
+        result: list[Any] = self._observed(name, self._batch_once, name, calls)
         return result
 
     def _batch_once(self, name: str, calls: list[tuple[str, list[Any]]]) -> list[Any]:
@@ -140,16 +131,20 @@ class HttpJsonRpc:
         return out
 
     def _attempt(self, method: str, params: list[Any]) -> Any:
+        return self._observed(method, self._once, method, params)
+
+    def _observed(self, name: str, attempt: Callable[..., Any], *args: Any) -> Any:
+        """One attempt, told to the observer with its time and error class."""
         started = time.monotonic()
         try:
-            result = self._once(method, params)
+            result = attempt(*args)
         except RpcTransportError:
-            self._observe(method, started, "transport")
+            self._observe(name, started, "transport")
             raise
         except RpcError:
-            self._observe(method, started, "rpc_error")
+            self._observe(name, started, "rpc_error")
             raise
-        self._observe(method, started, None)
+        self._observe(name, started, None)
         return result
 
     def _observe(self, method: str, started: float, error: str | None) -> None:
