@@ -163,7 +163,7 @@ def _counts(proxy: RpcProxy | None) -> dict[str, int] | None:
 def _fmt_counts(counts: dict[str, int] | None) -> str:
     if counts is None:
         return "(not counted: run with --proxy)"
-    total = sum(n for m, n in counts.items() if m != "batch")
+    total = sum(n for m, n in counts.items() if m != "batch" and not m.startswith("("))
     parts = ", ".join(f"{m} {n:,}" for m, n in counts.items())
     return f"{total:,} calls: {parts}"
 
