@@ -144,8 +144,12 @@ def _free_port() -> int:
         return port
 
 
-def _ponder_env(rpc_url: str, workload: Workload, pglite_dir: Path) -> dict[str, str]:
+def _ponder_env(rpc_url: str, workload: Workload, pglite_dir: Path, *,
+                database_url: str | None = None, rpc_copies: int = 1) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
+    env.pop("CARDPAY_PONDER_DATABASE_URL", None)
+    if database_url is not None:
+        env["CARDPAY_PONDER_DATABASE_URL"] = database_url
     d = workload.deployment
     env.update({
         "PONDER_TELEMETRY_DISABLED": "true",
@@ -156,6 +160,7 @@ def _ponder_env(rpc_url: str, workload: Workload, pglite_dir: Path) -> dict[str,
         "CARDPAY_SETTLEMENT_ACCOUNT": d.settlement_account,
         "CARDPAY_START_BLOCK": str(workload.start_block),
         "CARDPAY_PGLITE_DIR": str(pglite_dir),
+        "CARDPAY_RPC_COPIES": str(rpc_copies),
     })  # fmt: skip
     return env
 
@@ -260,10 +265,14 @@ def run_ponder(
     poll_interval: float = 0.1,
     project_dir: Path = PONDER_DIR,
     log: bool = False,
+    database_url: str | None = None,
+    rpc_copies: int = 1,
 ) -> PonderResult:
     """Run Ponder over ``workload`` on the node at ``rpc_url`` with a fresh PGlite database in
-    ``work_dir`` (created; its previous ``pglite`` directory is removed), until every row is
-    visible; stop it and every child process. The log stays at ``work_dir/ponder.log``.
+    ``work_dir`` (created; its previous ``pglite`` directory is removed), or in the PostgreSQL
+    database at ``database_url`` (which should be empty), until every row is visible; stop it
+    and every child process. The log stays at ``work_dir/ponder.log``. ``rpc_copies`` lists the
+    URL that many times in Ponder's config: one client-side rate limiter per copy.
 
     Raises PonderBenchError if Ponder exits, times out, or shows more rows than expected or
     totals that differ from the workload's."""
@@ -280,7 +289,8 @@ def run_ponder(
         "--hostname", HOST, "--port", str(port),
         "--log-format", "json", "--log-level", "info",
     ]  # fmt: skip
-    env = _ponder_env(rpc_url, workload, pglite_dir)
+    env = _ponder_env(rpc_url, workload, pglite_dir, database_url=database_url,
+                      rpc_copies=rpc_copies)
     expected_rows = workload.events
     expected_totals = _expected_totals(workload)
 

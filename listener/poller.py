@@ -23,7 +23,7 @@ from typing import Any
 
 from listener.errors import MalformedLog, ReorgTooDeep, RpcError, RpcTransportError
 from listener.logs import Log, parse_log
-from listener.ports import BlockRef, ChainBatch, ChainSink, Cursor, Rejected, RpcClient
+from listener.ports import BlockRef, ChainBatch, ChainSink, Cursor, Rejected, RpcClient, call_many
 from listener.presets import ChainConfig
 from listener.ranges import RangePlanner, is_range_too_large
 from listener.translate import raw_log, translate
@@ -177,11 +177,18 @@ class Listener:
     def run_once(self, until_block: int | None = None) -> RangeResult | None:
         """Index the next range up to the confirmed head; None when there is nothing to do."""
         cursor = self._sink.load_cursor(self.name)
-        safe = self.head() - self._confirmations
+        if cursor is None:
+            head = self.head()
+        else:  # the head and the cursor's block in one round trip
+            head_raw, here_raw = call_many(self._rpc, [
+                ("eth_blockNumber", []),
+                ("eth_getBlockByNumber", [hex(cursor.block_number), False])])
+            head = int(head_raw, 16)
+            here = None if here_raw is None else _block_ref(here_raw)
+        safe = head - self._confirmations
         if until_block is not None:
             safe = min(safe, until_block)
         if cursor is not None:
-            here = self._header(cursor.block_number)
             if here is None:
                 log.info("node is behind block %d; waiting", cursor.block_number)
                 return None
@@ -266,14 +273,16 @@ class Listener:
             last = self.planner.plan(first, last)
 
     def _headers_for(self, logs: Sequence[Log], last: int) -> dict[int, BlockRef] | None:
-        """Headers of every block with logs and of `last`, each checked against the logs' hash."""
+        """Headers of every block with logs and of `last`, each checked against the logs' hash;
+        fetched as JSON-RPC batches when the client can (one round trip per hundred)."""
         wanted = sorted({item.block_number for item in logs} | {last})
+        raws = call_many(self._rpc, [("eth_getBlockByNumber", [hex(number), False])
+                                     for number in wanted])
         headers: dict[int, BlockRef] = {}
-        for number in wanted:
-            header = self._header(number)
-            if header is None:
+        for number, raw in zip(wanted, raws, strict=True):
+            if raw is None:
                 return None
-            headers[number] = header
+            headers[number] = _block_ref(raw)
         for item in logs:
             if item.block_hash != headers[item.block_number].hash:
                 log.warning("log %s is from a block no longer canonical; re-reading", item.key)

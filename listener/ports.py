@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from domain.authorization import Allowance
 from domain.commands import ConfirmSpend, RecordSettlementTransfer
@@ -83,6 +83,24 @@ class ChainBatch:
 
 class RpcClient(Protocol):
     def call(self, method: str, params: list[Any]) -> Any: ...
+
+
+@runtime_checkable
+class BatchRpcClient(Protocol):
+    """An RPC client that can send many calls in one round trip (a JSON-RPC batch)."""
+
+    def call(self, method: str, params: list[Any]) -> Any: ...
+
+    def call_many(self, calls: Sequence[tuple[str, list[Any]]]) -> list[Any]:
+        """The results of `calls`, in order; RpcError if any of them failed."""
+        ...
+
+
+def call_many(rpc: RpcClient, calls: Sequence[tuple[str, list[Any]]]) -> list[Any]:
+    """`calls` in one round trip when the client can batch, else one after the other."""
+    if isinstance(rpc, BatchRpcClient):
+        return rpc.call_many(calls)
+    return [rpc.call(method, params) for method, params in calls]
 
 
 class ChainSink(Protocol):

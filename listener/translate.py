@@ -151,10 +151,13 @@ def allowance_changes(
     after it in the same transaction whose `account` is the emitting Roles module and whose amount
     is the one consumed (the Roles module consumes, then the spender module emits Spend).
     """
-    by_tx: dict[str, list[Spend]] = {}
-    for spend in spends:
-        by_tx.setdefault(spend.log.tx_hash, []).append(spend)
-    taken: set[int] = set()
+    # Candidates by (transaction, module, amount), each list in log order: a lookup, not a scan
+    # of the transaction's spends (a batch of 1,000 spends in one transaction made the scan
+    # quadratic: issue 11's dense workload).
+    by_key: dict[tuple[str, str, int], list[Spend]] = {}
+    for spend in sorted(spends, key=lambda s: s.log.log_index):
+        by_key.setdefault((spend.log.tx_hash, spend.account, spend.amount), []).append(spend)
+    taken: set[tuple[str, int]] = set()
     out: list[AllowanceChange] = []
     for item in sorted(items, key=lambda i: (i.log.block_number, i.log.log_index)):
         log = item.log
@@ -165,12 +168,11 @@ def allowance_changes(
                 set_to=Allowance(item.balance, item.max_refill, item.refill, item.period,
                                  item.timestamp)))
             continue
-        paid = min((s for s in by_tx.get(log.tx_hash, ())
-                    if s.log.log_index > log.log_index and s.log.log_index not in taken
-                    and s.account == log.address and s.amount == item.consumed),
-                   key=lambda s: s.log.log_index, default=None)
+        paid = next((s for s in by_key.get((log.tx_hash, log.address, item.consumed), ())
+                     if s.log.log_index > log.log_index
+                     and (log.tx_hash, s.log.log_index) not in taken), None)
         if paid is not None:
-            taken.add(paid.log.log_index)
+            taken.add((log.tx_hash, paid.log.log_index))
         out.append(AllowanceChange(
             log.address, log.block_number, log.block_hash, log.log_index, stamp,
             token=None if paid is None else config.canonical(paid.asset),

@@ -6,7 +6,11 @@
 //   CARDPAY_TOKENS              token addresses, comma-separated
 //   CARDPAY_SETTLEMENT_ACCOUNT  settlement account address (the Transfer `to` filter)
 //   CARDPAY_START_BLOCK         deploy block of the contracts
-//   CARDPAY_PGLITE_DIR          PGlite data directory (fresh per run)
+//   CARDPAY_PGLITE_DIR          PGlite data directory (fresh per run), used unless
+//   CARDPAY_PONDER_DATABASE_URL PostgreSQL URL is set: then Ponder writes to that database
+//   CARDPAY_RPC_COPIES          list the RPC URL this many times (default 1): Ponder keeps one
+//                               client-side rate limiter per URL (it starts at 20 requests/s),
+//                               so N copies are N limiters on the same node
 import { createConfig } from "ponder";
 import { getAddress } from "viem";
 
@@ -25,12 +29,19 @@ const tokens = required("CARDPAY_TOKENS")
   .split(",")
   .map((address) => getAddress(address.trim()));
 
+const databaseUrl = process.env.CARDPAY_PONDER_DATABASE_URL;
+const rpcCopies = Math.max(1, Number(process.env.CARDPAY_RPC_COPIES ?? "1"));
+const rpcUrl = required("PONDER_RPC_URL_31337");
+
 export default createConfig({
-  database: { kind: "pglite", directory: required("CARDPAY_PGLITE_DIR") },
+  database:
+    databaseUrl !== undefined && databaseUrl !== ""
+      ? { kind: "postgres", connectionString: databaseUrl }
+      : { kind: "pglite", directory: required("CARDPAY_PGLITE_DIR") },
   chains: {
     anvil: {
       id: 31337,
-      rpc: required("PONDER_RPC_URL_31337"),
+      rpc: rpcCopies === 1 ? rpcUrl : Array.from({ length: rpcCopies }, () => rpcUrl),
     },
   },
   contracts: {

@@ -30,7 +30,7 @@ from listener.errors import ListenerError, ReorgTooDeep, RpcError, RpcTransportE
 from listener.poller import Listener, RangeResult
 from listener.ports import BlockRef, RpcClient
 from listener.presets import ChainConfig
-from listener.rpc import HttpJsonRpc
+from listener.rpc import BATCH_SIZE, HttpJsonRpc
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def build_listener(
     window: int = RESET_WINDOW,
     rpc: RpcClient | None = None,
 ) -> Listener:
-    rpc = rpc or HttpJsonRpc(rpc_url, observer=metrics)
+    rpc = rpc or HttpJsonRpc(rpc_url, observer=metrics, batch_size=BATCH_SIZE)
     sink = make_sink(settings, engine, config.chain_id, metrics=metrics, window=window)
 
     def observe(result: RangeResult) -> None:

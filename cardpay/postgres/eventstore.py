@@ -28,15 +28,18 @@ _LOAD = ("SELECT stream_id, version, position, type, data, recorded_at FROM even
 _LOCK = "LOCK TABLE events IN EXCLUSIVE MODE"
 _VERSIONS = ("SELECT stream_id, max(version) FROM events WHERE stream_id = ANY(%s) "
              "GROUP BY stream_id")
+# The arrays go in binary (%b): in text form psycopg quotes and escapes every element with a
+# regular expression, which for the JSON of a range's events was a fifth of a backfill's CPU
+# (docs/benchmarks.md, issue 11).
 _INSERT = """
     INSERT INTO events (stream_id, version, type, data)
-    SELECT s, v, t, d::jsonb FROM unnest(%s::text[], %s::int[], %s::text[], %s::text[])
+    SELECT s, v, t, d::jsonb FROM unnest(%b::text[], %b::int[], %b::text[], %b::text[])
         WITH ORDINALITY AS x(s, v, t, d, n)
     ORDER BY n
     RETURNING position, recorded_at
 """
 _OUTBOX = ("INSERT INTO outbox (topic, key, value) "
-           "SELECT %s, k, v FROM unnest(%s::text[], %s::bytea[]) AS x(k, v)")
+           "SELECT %s, k, v FROM unnest(%b::text[], %b::bytea[]) AS x(k, v)")
 
 LOAD_MANY_CHUNK = 10_000
 """Block hashes per `chain_effects` query: well under PostgreSQL's 65,535 bind parameters."""

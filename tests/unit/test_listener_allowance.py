@@ -125,3 +125,19 @@ def test_the_filter_reads_allowance_events_only_from_known_roles_modules() -> No
                           "spender_module": SPENDER, "roles_modules": [ROLES.upper()],
                           "tokens": {"EURe": {"address": EURE, "decimals": 18}}})
     assert local.roles_modules == frozenset({ROLES.replace("0X", "0x").lower()})
+
+
+def test_every_block_pairs_its_own_spends_when_blocks_repeat_the_same_log_indexes() -> None:
+    # Two blocks of one transaction each with the same layout (a batcher, or a busy Safe):
+    # block 8's ConsumeAllowance is paired with block 8's Spend, not refused because block 7's
+    # Spend at the same log index was already taken.
+    def in_block(item: Log, number: int, tx_no: int) -> Log:
+        return item._replace(block_number=number, block_hash=block_hash(number),
+                             tx_hash="0x" + format(tx_no, "064x"))
+
+    logs = [in_block(item, number, tx_no=number)
+            for number in (7, 8)
+            for item in (consume(2, 5, 95), spend(3, EURE, 5))]
+    out = translate(logs, CONFIG, {7: TIME, 8: TIME})
+    assert [(c.block_number, c.token, c.log_index) for c in out.allowances] == [
+        (7, EURE, 2), (8, EURE, 2)]
