@@ -33,6 +33,7 @@ from cardpay.handlers.ports import QuarantineItem, UnitOfWork, UnmatchedTransfer
 from domain import commands as c
 from domain.errors import DomainError
 from domain.events import PaymentRefunded, PaymentSpent
+from domain.ledger.chart import ChartOfAccounts
 from domain.payment import Payment, handle
 from domain.serialization import to_json
 from listener.ports import BlockRef, ChainBatch, ChainCommand, Cursor
@@ -99,9 +100,9 @@ class ChainSinkHandler:
                 self._quarantine(uow, name, reject.key, reject.reason, reject.raw,
                                  block.lower() if isinstance(block, str) else None)
             commands = linked(uow, batch.commands)
-            # every Safe the range may move, locked before its first append (one lock order
-            # with the authorization decision: `safe_lock`)
-            lock_safes(uow, _safes_of(commands))
+            # every Safe the range may move in the ledger, locked before its first append (one
+            # lock order with the authorization decision: `safe_lock`)
+            lock_safes(uow, _followed(uow, _safes_of(commands)))
             moves: list[tuple[str, ChainMove]] = []
             self._range_moves = moves
             try:
@@ -222,7 +223,7 @@ class ChainSinkHandler:
             orphaned = [b.hash for b in uow.chain.blocks_above(name, ancestor.number)]
             retracted = 0
             effects = uow.events.chain_effects(orphaned)
-            lock_safes(uow, _safes_retracted(uow, effects))  # before the first append
+            lock_safes(uow, _followed(uow, _safes_retracted(uow, effects)))  # first
             for effect in effects:
                 if not _still_rests_on(uow, effect):
                     continue
@@ -331,6 +332,18 @@ def _safes_of(commands: Sequence[ChainCommand]) -> set[tuple[str, str]]:
         elif isinstance(command, c.RecordSettlementTransfer):
             out.add((command.amount.currency.code, command.recipient))
     return out
+
+
+def _followed(uow: UnitOfWork, safes: set[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Those of `safes` the ledger follows (their mirror exists: a card of ours authorized on
+    them). Only their movements are booked, and only they are locked by the authorization
+    decision; a range of observer-mode spends over many Safes takes no lock (one lock per Safe
+    would exhaust PostgreSQL's shared lock table past ~15,000 Safes in one transaction)."""
+    if not safes:
+        return []
+    mirrors = {ChartOfAccounts(ledger).safe_mirror(safe).id: (ledger, safe)
+               for ledger, safe in safes}
+    return [mirrors[a.id] for a in uow.ledger.lookup_accounts(list(mirrors))]
 
 
 def _safes_retracted(uow: UnitOfWork,

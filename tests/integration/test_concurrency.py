@@ -199,3 +199,17 @@ def test_an_authorization_holding_its_safe_and_a_listener_range_never_deadlock(
     thread.join()
     assert failures == []
     assert _types(pg_engine) == ["PaymentAuthorized", "PaymentAuthorized", "PaymentSpent"]
+
+
+def test_a_range_over_thousands_of_observed_safes_takes_no_safe_lock(pg_engine: Engine) -> None:
+    """A backfill of mainnet history: 20,000 spends from 20,000 Safes no card of ours spends
+    from, in one range. Only Safes the ledger follows are locked before the range's append;
+    one lock per Safe here would exhaust PostgreSQL's shared lock table (~15,000 advisory locks
+    in one transaction with the defaults: 'out of shared memory', the range refused for ever)."""
+    spends = [c.ConfirmSpend(command_id=f"chain:100:s:{i}", payment_id=f"chain-p{i}", at=NOW,
+                             account=f"0x{i:040x}", amount=Money(10**18, EURE),
+                             evidence=_evidence(2 + i // 1000, i % 1000))
+              for i in range(20_000)]
+    sink = ChainSinkHandler(unit_of_work_factory(pg_engine, None), chain_id=100)
+    sink.apply("l", ChainBatch(cursor=Cursor(30, f"0x{30:064x}"), commands=spends))
+    assert _types(pg_engine).count("PaymentSpent") == 20_000
