@@ -13,6 +13,7 @@ import io
 import json
 import os
 import subprocess
+import time
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -316,5 +317,9 @@ def test_the_api_reconciles_in_a_worker_process_of_its_own(pg_url: str, pg_engin
     finally:
         reconciler.close()
     assert reconciler._pool is None
-    workers[0].join(10)
+    # The pool's own thread reaps the worker too: one `is_alive` can race it (waitpid by the
+    # other thread, returncode not yet set) and say True once, so ask until a deadline.
+    deadline = time.monotonic() + 10
+    while workers[0].is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not workers[0].is_alive()  # closed: the worker does not outlive the API
