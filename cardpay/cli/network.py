@@ -2,7 +2,8 @@
 `cardpay network sweep`: run the network's timers (lapsed holds, clearings parked too long).
 
 `simulate` sends a seeded workload of every network message (authorizations first, in order, then the
-asynchronous messages, duplicated and reordered as asked), signed with the network's webhook
+asynchronous messages, duplicated and reordered as asked, and the network's stand-in declines
+of approvals it treats as answered too late), signed with the network's webhook
 secret, and compares every authorization answer with the simulator's own oracle. Exit status 1
 when an answer differed, a repeat got another answer, or a message was not accepted.
 """
@@ -66,6 +67,10 @@ def register(sub: Any) -> None:
     sim.add_argument("--reorder", type=fraction, default=0.0, metavar="P",
                      help="move this share of the asynchronous messages out of order, within "
                      "what the network may do (default 0)")
+    sim.add_argument("--late-answers", type=fraction, default=0.0, metavar="P",
+                     help="treat this share of cardpay's approvals as answered after the "
+                     "network's deadline: the network stands in, declines, and sends an "
+                     "advice saying so (default 0)")
     sim.add_argument("--cards", type=Path, default=None, metavar="FILE",
                      help="the cards to use, as `cardpay cards list --json` writes them "
                      "(default: read the card registry from the database)")
@@ -173,7 +178,8 @@ def simulate_command(settings: Settings, args: argparse.Namespace) -> int:
         try:
             run = simulate(cards, payments=args.payments, seed=args.seed,
                            sender=HttpSender(client, api, secret), duplicates=args.duplicates,
-                           reorder_fraction=args.reorder, day=args.day,
+                           reorder_fraction=args.reorder, late_answers=args.late_answers,
+                           day=args.day,
                            progress=lambda done, total: bar.update(done, total))
         except SimulatorError as exc:
             raise CommandFailed(str(exc)) from None
@@ -209,7 +215,8 @@ def print_summary(summary: dict[str, Any], out: Path | None) -> None:
                 "net": t["net"]} for code, t in summary["currencies"].items()]
     print_table(COLUMNS, records, title="expected (minor units)")
     print(f"{summary['requests']} requests ({summary['duplicates_sent']} repeats, "
-          f"{summary['reordered']} reordered, {summary['retried']} retried); statuses "
+          f"{summary['reordered']} reordered, {summary['answered_late']} approvals answered "
+          f"late, {summary['retried']} retried); statuses "
           + ", ".join(f"{k}: {v}" for k, v in summary["statuses"].items()))
     verdict = "every answer as expected" if summary["ok"] else (
         f"{summary['mismatches']} authorization answers differ from the oracle, "

@@ -167,6 +167,11 @@ class PaymentModel:
         self._unpark()
 
     def decline(self) -> None:
+        """Our decline, or a declining advice: after our approval too (the network stood in
+        for an answer that came too late), when the hold is released whole."""
+        if self.status == "authorized":
+            self.released += self.held
+            self.held = 0
         self.status = "declined"
         self._unpark()
 

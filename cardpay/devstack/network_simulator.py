@@ -6,7 +6,12 @@ scheme, and keeps its own oracle of what cardpay must answer and end with (`netw
 
 Authorizations go first, one at a time in order: each answer decides what follows (an approval
 gets a lifecycle, a decline none) and moves the oracle's holds. The asynchronous messages follow,
-reordered and duplicated as asked, within what cardpay must accept. A request that gets a 5xx or
+reordered and duplicated as asked, within what cardpay must accept. A seeded fraction of the
+authorizations can be answered "too late" (`late_answers`): whatever cardpay answered, the network
+stood in for it after its deadline and declined, and says so with an `authorization_advice` of
+approved amount 0 (reason `issuer_timeout`), sent with the later messages. An approval it came
+too late for opens a hold that the advice releases: nothing else follows, and what the Safe spent
+must come back (the oracle expects the hold released, the payment declined). A request that gets a 5xx or
 no answer is sent again with the same webhook id and body (re-signed: the timestamp is part of
 the signature) after a bounded backoff; that is what the id is for. A 401 stops the run: the
 secret is not the API's, and nothing else would be accepted either.
@@ -37,6 +42,7 @@ from cardpay.devstack.network_oracle import (
 )
 from cardpay.devstack.network_workload import (
     ASYNC_KINDS,
+    LATE_REASON,
     Message,
     Payment,
     Workload,
@@ -227,6 +233,7 @@ class Run:
     day: date
     duplicates: float
     reorder: float
+    late_answers: float = 0.0
     sent: list[Sent] = field(default_factory=list)
     expected: dict[str, Any] = field(default_factory=dict)
     mismatches: list[dict[str, Any]] = field(default_factory=list)
@@ -255,6 +262,9 @@ class Run:
             "requests": len(self.sent),
             "duplicates_sent": sum(1 for s in self.sent if s.duplicate),
             "reordered": sum(1 for s in self.sent if s.reordered),
+            "answered_late": sum(1 for s in self.sent if s.message.type == "authorization_advice"
+                                 and s.message.payload.get("reason") == LATE_REASON
+                                 and not s.duplicate),
             "retried": sum(1 for s in self.sent if s.delivery.attempts > 1),
             "statuses": dict(sorted(statuses.items())),
             "mismatches": len(self.mismatches),
@@ -280,8 +290,8 @@ Progress = Callable[[int, int], None]
 
 
 def simulate(cards: Sequence[SimCard], *, payments: int, seed: int, sender: Sender,
-             duplicates: float = 0.0, reorder_fraction: float = 0.0, day: date | None = None,
-             progress: Progress | None = None,
+             duplicates: float = 0.0, reorder_fraction: float = 0.0, late_answers: float = 0.0,
+             day: date | None = None, progress: Progress | None = None,
              after_authorizations: Callable[[], None] | None = None) -> Run:
     """Send the seeded workload through `sender`, compare each synchronous answer with the
     oracle, and return the run (its `expected` is the oracle's document, see `expectations`).
@@ -289,15 +299,16 @@ def simulate(cards: Sequence[SimCard], *, payments: int, seed: int, sender: Send
     `after_authorizations` runs between the authorization requests and everything the network
     sends later (advices, clearings, returns, reports): the time the chain side of the approved
     payments takes in real life (their clearings come a day later)."""
-    if not 0 <= duplicates <= 1 or not 0 <= reorder_fraction <= 1:
-        raise ValueError("duplicates and reorder are fractions between 0 and 1")
+    if not all(0 <= f <= 1 for f in (duplicates, reorder_fraction, late_answers)):
+        raise ValueError("duplicates, reorder and late answers are fractions between 0 and 1")
     day = day or datetime.now(UTC).date()
-    run = Run(seed, payments, day, duplicates, reorder_fraction)
+    run = Run(seed, payments, day, duplicates, reorder_fraction, late_answers)
     workload = Workload(cards, seed, day, payments)
     oracle, ledger = Oracle(cards), Ledger()
     scenarios = plan(cards, payments, workload.rng("plan"))
     synchronous = [s for s in scenarios if s.kind not in ASYNC_KINDS]
     repeat = duplicate_picks(len(synchronous), duplicates, workload.rng("dup-auth"))
+    late = duplicate_picks(len(synchronous), late_answers, workload.rng("late"))
     first_answers: dict[str, tuple[int | None, Any]] = {}
     decisions: dict[str, Expected] = {}
     requests: dict[str, str] = {}
@@ -352,23 +363,27 @@ def simulate(cards: Sequence[SimCard], *, payments: int, seed: int, sender: Send
         record(message, delivery, duplicate=False, expected=wanted, matches=matches)
         if sync_number in repeat:
             record(message, sender.send(message), duplicate=True, expected=wanted)
+        approved = int(answer.get("approved_amount") or 0) \
+            if delivery.status == 200 and answer.get("approved") is True else 0
+        too_late = approved > 0 and sync_number in late  # a late decline would change nothing
         sync_number += 1
         decisions[p["authorization_id"]] = expected
         requests[p["authorization_id"]] = p["card_id"]
-        approved = int(answer.get("approved_amount") or 0) \
-            if delivery.status == 200 and answer.get("approved") is True else 0
-        model = ledger.add(PaymentModel(p["authorization_id"], p["card_id"], p["currency"],
-                                        scenario.kind, scenario.lifecycle if approved else None,
-                                        wanted))
+        model = ledger.add(PaymentModel(
+            p["authorization_id"], p["card_id"], p["currency"], scenario.kind,
+            scenario.lifecycle if approved and not too_late else None, wanted))
         if approved:
-            oracle.approved(p["card_id"], approved)
+            oracle.approved(p["card_id"], approved)  # held until the advice comes (later)
             model.open(approved)
+        else:
+            model.decline()
+        if too_late:
+            later.append(workload.stand_in_decline(message))
+        elif approved:
             assert scenario.lifecycle is not None
             later += workload.lifecycle(Payment(
                 p["authorization_id"], p["card_id"], p["currency"], approved, p["merchant"],
                 message.at, scenario.lifecycle), scenario.index)
-        else:
-            model.decline()
 
     if after_authorizations is not None:
         after_authorizations()
@@ -404,7 +419,7 @@ def expectations(run: Run, cards: Sequence[SimCard], decisions: dict[str, Expect
         currencies[code] = {**totals, "settlement_report": report}
     return {
         "format": 1, "seed": run.seed, "payment_count": run.payments, "day": run.day.isoformat(),
-        "duplicates": run.duplicates, "reorder": run.reorder,
+        "duplicates": run.duplicates, "reorder": run.reorder, "late_answers": run.late_answers,
         "bodies_sha256": hashlib.sha256(b"\n".join(
             s.message.body for s in run.sent if not s.duplicate)).hexdigest(),
         "currencies": currencies,

@@ -46,6 +46,10 @@ LIFECYCLE_WEIGHTS = {"clear_full": 30, "clear_partial": 8, "clear_multiple": 8, 
                      "increment": 6, "reverse_full": 6, "reverse_partial": 6, "expire": 5,
                      "return": 6, "return_reversal": 3}
 
+LATE_REASON = "issuer_timeout"
+"""The reason of the network's stand-in decline for an answer of ours that came too late."""
+ANSWER_DEADLINE = timedelta(seconds=8)
+
 MERCHANTS: tuple[tuple[str, str, str, str], ...] = (
     ("Edeka Mitte", "mer_grocery_01", "DE", "5411"),
     ("Café Central", "mer_cafe_02", "AT", "5812"),
@@ -254,6 +258,18 @@ class Workload:
                    "network_time": wire_time(self.auth_time(scenario.index)),
                    "partial_approval_supported": partial}
         return message(AUTHORIZATIONS, auth_id, payload, self.auth_time(scenario.index), auth_id)
+
+    @staticmethod
+    def stand_in_decline(request: Message) -> Message:
+        """The network's advice for an authorization whose answer came after its deadline: it
+        stood in and declined (whatever cardpay answered), approved amount 0."""
+        p = request.payload
+        at = request.at + ANSWER_DEADLINE
+        return message(EVENTS, p["authorization_id"], {
+            "type": "authorization_advice", "authorization_id": p["authorization_id"],
+            "card_id": p["card_id"], "currency": p["currency"], "amount": p["amount"],
+            "approved_amount": 0, "merchant": p["merchant"], "reason": LATE_REASON,
+            "network_time": wire_time(at)}, at, f"{p['authorization_id']}-late")
 
     # -- messages the network sends without asking ------------------------------------------------
     def network_only(self, scenario: Scenario, oracle: Oracle) -> tuple[list[Message],

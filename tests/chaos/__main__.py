@@ -26,6 +26,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--kinds", default=",".join(KINDS),
                         help=f"comma-separated fault kinds (default all: {','.join(KINDS)}); "
                         "none: a calm run, the baseline")
+    parser.add_argument("--late-answers", type=float, default=0.05, metavar="P",
+                        help="share of approvals the network treats as answered too late "
+                        "(stand-in decline advised; default 0.05)")
     parser.add_argument("--dir", type=Path, default=None,
                         help="where the run keeps its data and processes.log (default a temp dir)")
     args = parser.parse_args(argv)
@@ -40,7 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     payments = args.payments or max(50, int(args.duration * 2))
     print(f"chaos: seed {args.seed}, {payments} payments, data in {directory}", flush=True)
     report = run_chaos(ChaosOptions(args.seed, args.duration, payments, directory,
-                                    cardholders=args.cardholders, kinds=kinds),
+                                    cardholders=args.cardholders, kinds=kinds,
+                                    late_answers=args.late_answers),
                        say=lambda line: print(f"chaos: {line}", flush=True))
     print(json.dumps(report.summary(), indent=2))
     return 0 if report.ok else 1

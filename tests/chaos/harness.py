@@ -13,8 +13,9 @@ Faults (tests/chaos/schedule.py): kill -9 of each process kind (the supervisor s
 again), a Kafka broker kill -9 and start, a PostgreSQL stop (`-m immediate`: a crash) and start on
 the same data dir and socket, RPC faults (429, answers slower than the clients' timeouts,
 truncated JSON, a node behind the head), and `anvil_reorg` at depths 1-30 while sagas are live.
-The workload itself sends webhook duplicates and reorders the network's later messages (the
-simulator, seeded too).
+The workload itself sends webhook duplicates, reorders the network's later messages and treats
+some approvals as answered after the network's deadline (it stands in, declines and advises:
+approve-then-timeout), all seeded too.
 
 After the schedule: the faults stop, the run waits for quiet (everything sent, seen at depth,
 consumed), the processes are stopped, and the settlement runs as in `run_lifecycle` (the saga
@@ -97,6 +98,9 @@ class ChaosOptions:
     kinds: tuple[str, ...] = KINDS
     duplicates: float = 0.1
     reorder: float = 0.2
+    late_answers: float = 0.05
+    """The share of approvals the network treats as answered after its deadline (it stands
+    in, declines and advises: the hold is released, the Safe's spend refunded)."""
     timeout: float = 600.0
     quiet_timeout: float = 180.0
     """How long the stack may take to come to rest once the faults stop; past it the run
@@ -369,7 +373,8 @@ def run_chaos(options: ChaosOptions, say: Callable[[str], None] = print,
                            sender=HttpSender(client, s.api_url, s.secret, attempts=60,
                                              max_backoff=1.0),
                            day=today - timedelta(days=1), duplicates=options.duplicates,
-                           reorder_fraction=options.reorder, after_authorizations=chain_side)
+                           reorder_fraction=options.reorder,
+                           late_answers=options.late_answers, after_authorizations=chain_side)
         say("workload sent; waiting for the rest of the schedule")
         injector.join()
         report.injected.update({f"proxy:{k}": v for k, v in proxy.faults.injected.items()})
@@ -408,6 +413,7 @@ def run_chaos(options: ChaosOptions, say: Callable[[str], None] = print,
         report.figures = {"payments": options.payments, "approved": c["approved"],
                           "spent_on_chain": chain_spends, "reversed": c["reversed"],
                           "refunds": c["refunds_seen"],
+                          "answered_late": run.summary()["answered_late"],
                           "lost": sum(1 for p in report.problems if "neither spent" in p),
                           "duplicated": sum(1 for p in report.problems
                                             if " times" in p and ("spent" in p or "refund" in p))}

@@ -60,6 +60,7 @@ def test_a_short_seeded_chaos_run_loses_and_duplicates_nothing(run_dir: Path) ->
     assert report.problems == [], report.problems[:10]
     covered(report, KINDS)
     assert report.figures["spent_on_chain"] > 50 and report.figures["refunds"] > 0
+    assert report.figures["answered_late"] > 0  # approve-then-timeout: advised, refunded
     assert report.figures["lost"] == report.figures["duplicated"] == 0
     # the same figures with one read-model row gone: the checker says so
     assert any("read model" in p for p in report.problems_after_break), (

@@ -1,7 +1,8 @@
 """The card-network simulator against a running `cardpay api` on real PostgreSQL.
 
 The simulator sends a seeded workload of every message type, signed, with duplicates and
-reordering, and writes what it expects. cardpay's state must equal it: every decision, every
+reordering, and approvals the network treats as answered too late (it stands in, declines and
+advises), and writes what it expects. cardpay's state must equal it: every decision, every
 payment's network side, the ledger (no hold left open, what each card spent, suspense for the
 returns no payment explains), the settlement reports and one delivery per webhook id.
 """
@@ -19,6 +20,7 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from cardpay.bootstrap.lifecycle import network_figures
+from cardpay.devstack.network_workload import LATE_REASON
 from cardpay.handlers.ports import Card, ChainReading
 from cardpay.postgres import schema as s
 from cardpay.postgres.uow import unit_of_work_factory
@@ -54,7 +56,7 @@ def _simulate(api: str, pg_url: str, out: Path, seed: int) -> dict[str, Any]:
     done = subprocess.run(
         [sys.executable, "-m", "cardpay.cli.main", "network", "simulate", "--api", api,
          "--payments", "80", "--seed", str(seed), "--duplicates", "0.2", "--reorder", "0.3",
-         "--out", str(out), "--json"],
+         "--late-answers", "0.1", "--out", str(out), "--json"],
         env=env_for(pg_url), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary: dict[str, Any] = json.loads(done.stdout)
@@ -87,6 +89,12 @@ def test_the_simulated_network_and_cardpay_agree(pg_url: str, pg_engine: Engine,
     expected = json.loads((tmp_path / "expected.json").read_text())
     assert any(line.get("duplicate") for line in sent) and any(
         line.get("reordered") for line in sent)
+    late = {line["payment_id"] for line in sent if line["type"] == "authorization_advice"
+            and json.loads(line["body"])["reason"] == LATE_REASON}
+    assert len(late) == summary["answered_late"] > 0
+    # approvals the network stood in for and declined after its deadline: held, then released
+    assert all((p["status"], p["held"], p["released"]) == ("declined", 0, p["authorized"]) and
+               p["authorized"] > 0 for a, p in expected["payments"].items() if a in late)
 
     # every payment's network side, as the simulator moved it message by message
     with unit_of_work_factory(pg_engine, None)() as uow:

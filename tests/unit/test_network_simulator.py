@@ -32,6 +32,7 @@ from cardpay.devstack.network_simulator import (
 )
 from cardpay.devstack.network_workload import (
     AUTHORIZATIONS,
+    LATE_REASON,
     Message,
     check_order,
     message,
@@ -177,6 +178,51 @@ def test_duplicates_and_reorder_fractions_are_respected(duplicates: float, moved
         assert sum(s.reordered for s in events) >= round(moved * reorderable) // 2
     check_order([s.message for s in unique_events])
     assert not result.duplicate_differences and result.ok
+
+
+def test_late_answers_are_stand_in_declines_of_approvals_that_release_their_hold() -> None:
+    """A late answer: the network stood in after its deadline and declined an approval of
+    ours. Only approvals are picked (a late decline changes nothing), their share is the one
+    asked for, the advice names the same authorization and nothing else follows it, and the
+    oracle expects the whole hold released and the payment declined."""
+    base = run(seed=4, payments=120)
+    result = simulate(cards(), payments=120, seed=4, sender=DecidingApi(cards()),
+                      late_answers=0.25, day=DAY)
+    assert result.ok
+    approvals = {s.message.payment_id: s.delivery.answer for s in result.sent
+                 if s.message.path == AUTHORIZATIONS and s.delivery.answer["approved"]}
+    # the same answers as without late answers: the authorizations are sent alike
+    assert approvals == {s.message.payment_id: s.delivery.answer for s in base.sent
+                         if s.message.path == AUTHORIZATIONS and s.delivery.answer["approved"]}
+    late = [s.message for s in result.sent if s.message.type == "authorization_advice"
+            and s.message.payload["reason"] == LATE_REASON]
+    assert result.summary()["answered_late"] == len(late) > 0
+    sync = sum(1 for s in result.sent if s.message.path == AUTHORIZATIONS and not s.duplicate)
+    assert len(late) <= round(0.25 * sync)  # picks among all requests: approvals get advices
+    for advice in late:
+        auth = advice.payment_id
+        assert auth in approvals and advice.payload["approved_amount"] == 0
+        assert [s.message.type for s in result.sent if s.message.payment_id == auth] == [
+            "authorization_request", "authorization_advice"]
+        want = result.expected["payments"][auth]
+        held = approvals[auth]["approved_amount"]
+        assert (want["status"], want["authorized"], want["held"], want["released"]) == (
+            "declined", held, 0, held)
+        assert base.expected["payments"][auth]["status"] != "declined"  # on time, it lived on
+    for totals in result.expected["currencies"].values():
+        assert totals["held"] == 0 and totals["authorized"] == totals["posted"] + \
+            totals["released"] + totals["reversed"]["amount"]
+
+
+def test_a_declining_advice_releases_what_an_approval_holds() -> None:
+    model = PaymentModel("a", "c", "EUR", "approve")
+    model.open(700)
+    model.decline()
+    assert (model.status, model.held, model.released, model.authorized) == (
+        "declined", 0, 700, 700)
+    never = PaymentModel("b", "c", "EUR", "advice_declined")
+    never.decline()
+    assert (never.status, never.held, never.released) == ("declined", 0, 0)
 
 
 def ends(document: dict[str, Any]) -> dict[str, Any]:
