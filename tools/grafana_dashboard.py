@@ -142,9 +142,11 @@ ROWS: tuple[Row, ...] = (
               "over 5 minutes.",
               (q("max by (listener) (cardpay_listener_lag_seconds)", "{{listener}}"),),
               unit="s"),
-        Panel("Projector lag (messages)",
-              "Feed messages beyond each projector's position (cardpay_projector_lag_messages).",
-              (q("max by (projector) (cardpay_projector_lag_messages)", "{{projector}}"),)),
+        Panel("Projector and saga worker lag (messages)",
+              "Feed messages beyond each projector's position (cardpay_projector_lag_messages) "
+              "and the saga worker's (cardpay_saga_lag_messages).",
+              (q("max by (projector) (cardpay_projector_lag_messages)", "{{projector}}"),
+               q("max(cardpay_saga_lag_messages)", "saga worker"))),
         Panel("Event-log consumers' lag (events)",
               "Events in the PostgreSQL event log beyond each consumer's stored position "
               "(cardpay_feed_lag_events; consumers on the log feed only).",

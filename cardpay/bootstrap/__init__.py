@@ -161,6 +161,29 @@ def feed(settings: Settings, engine: Engine, consumer: str, *,
     return PostgresLogFeed(engine)
 
 
+Lag = Callable[[], int | None]
+
+
+def feed_lag(engine: Engine, feed: Feed) -> Lag:
+    """How far a consumer's feed is behind (None when unknown): Kafka's from the last fetch's
+    high watermarks minus its positions; the PostgreSQL log's from the newest event's position
+    minus the consumer's next one (one small query)."""
+    lag = getattr(feed, "lag", None)
+    if callable(lag):
+        return lag  # type: ignore[no-any-return]
+
+    def log_lag() -> int | None:
+        from sqlalchemy import func, select
+
+        from cardpay.postgres.schema import events
+
+        with engine.connect() as conn:
+            newest = conn.execute(select(func.max(events.c.position))).scalar()
+        return max(0, int(newest or 0) + 1 - feed.positions().get("events", 1))
+
+    return log_lag
+
+
 def kafka_group_id(settings: Settings, consumer: str) -> str | None:
     """`<CARDPAY_KAFKA_GROUP>:<topic>:<consumer>`, or None when no group is configured."""
     if settings.kafka_group is None:

@@ -11,27 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Engine, delete, func, select, text, update
+from sqlalchemy import Connection, Engine, delete, text, update
 
-from cardpay.bootstrap import PAYMENTS, payments_projector
+from cardpay.bootstrap import PAYMENTS, Lag, feed_lag, payments_projector
 from cardpay.errors import CardpayError
 from cardpay.kafka.identity import forget_identity
 from cardpay.metrics.projector import ProjectorMetrics
-from cardpay.postgres.schema import consumer_positions, events, metadata, outbox, quarantine
+from cardpay.postgres.schema import consumer_positions, metadata, outbox, quarantine
 from cardpay.runtime.supervise import DEFAULT_BACKOFF, Backoff, Outcome, supervise_feed
 from cardpay.settings import Settings
 from projector.errors import FeedChanged
-from projector.feed import Feed
 from projector.runner import Projector
 
 READ_MODELS = {PAYMENTS: ("rm_payments", "rm_daily")}
 """The read-model tables each projector owns (what `cardpay projections reset` deletes)."""
-
-Lag = Callable[[], int | None]
-
 
 def build_projector(settings: Settings, engine: Engine, *, batch_size: int = 500
                     ) -> tuple[Projector, Lag]:
@@ -39,18 +35,7 @@ def build_projector(settings: Settings, engine: Engine, *, batch_size: int = 500
 
     With Kafka the feed checks the topic's identity against `feed_identity` (migration 0006)."""
     projector = payments_projector(settings, engine, batch_size=batch_size)
-    lag = getattr(projector.feed, "lag", None)
-    return projector, lag if callable(lag) else _log_lag(engine, projector.feed)
-
-
-def _log_lag(engine: Engine, feed: Feed) -> Lag:
-    def lag() -> int | None:
-        with engine.connect() as conn:
-            newest = conn.execute(select(func.max(events.c.position))).scalar()
-        next_position = feed.positions().get("events", 1)
-        return max(0, int(newest or 0) + 1 - next_position)
-
-    return lag
+    return projector, feed_lag(engine, projector.feed)
 
 
 async def run_projector(

@@ -24,6 +24,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from cardpay.bootstrap import Lag, feed_lag
 from cardpay.bootstrap import feed as event_feed
 from cardpay.handlers.effects import EffectWorker, Perform
 from cardpay.handlers.network_advices import NetworkAdvices, reversal_advice
@@ -121,7 +122,9 @@ class SagaWorker:
     performs what it can and says how much it did (0: nothing to do)."""
     batch_size: int = 500
     metrics: SagaMetrics | None = None
-    """Its `errors` count the failed turns (`run_saga_worker`)."""
+    """Its `errors` count the failed turns (`run_saga_worker`), its `lag` is set each turn."""
+    lag: Lag | None = None
+    """How far the feed is behind (`feed_lag`), for `metrics.lag`."""
     totals: Turn = field(default_factory=Turn)
 
     async def start(self) -> None:
@@ -153,6 +156,11 @@ class SagaWorker:
                          "version": message.event.version, "data": message.event.data}))
             await asyncio.to_thread(self.runner.handle_batch, self.name, events, positions, bad)
             turn.events = len(batch) + len(rejected)
+        gauge = None if self.metrics is None else self.metrics.lag
+        if gauge is not None and self.lag is not None:
+            behind = await asyncio.to_thread(self.lag)
+            if behind is not None:
+                gauge.set(behind)
         fired = await asyncio.to_thread(self.runner.fire_due_timers)
         turn.timers = fired.advanced + fired.ignored
         for poll in self.pollers:
@@ -199,8 +207,9 @@ def build_worker(settings: Settings, engine: Engine, *,
         if settings.sends_refunds:
             pollers.append(build_refund_sender(settings, engine, chain, runner,
                                                clock=clock).run_once)
-    return SagaWorker(SAGAS, event_feed(settings, engine, SAGAS), runner, uows, pollers,
-                      batch_size=batch_size, metrics=metrics)
+    feed = event_feed(settings, engine, SAGAS)
+    return SagaWorker(SAGAS, feed, runner, uows, pollers, batch_size=batch_size,
+                      metrics=metrics, lag=feed_lag(engine, feed))
 
 
 def missing_parties(settings: Settings, chain: ChainConfig | None) -> list[str]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from cardpay.runtime.supervise import supervised_errors
 from sagas.engine.model import (
@@ -88,9 +88,16 @@ class SagaMetrics:
             "cardpay_saga_exceptions_opened_total",
             "Exceptions the sagas opened for a person, by saga kind and reason code",
             ["kind", "reason"], registry=r)
+        self.lag: Gauge | None = None
+        """Set by the saga worker's own process only (the API resumes sagas, consumes nothing)."""
         if with_errors:
             self.errors = supervised_errors(r)
             """Failed turns of the saga worker, retried (component `saga worker`)."""
+            self.lag = Gauge(
+                "cardpay_saga_lag_messages",
+                "Messages on the saga worker's feed beyond its position (Kafka: the last "
+                "fetch's high watermarks minus its offsets; PostgreSQL log: events past its "
+                "stored position)", registry=r)
 
     def expect(self, effects: Mapping[str, Sequence[str]]) -> None:
         """Export 0 now for what the worker may count later: per saga kind (`effects`: kind ->

@@ -11,7 +11,7 @@ a person's retry completes it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -68,13 +68,14 @@ def worker(engine: Engine, clock: Clock, recorder: AdviceRecorder) -> SagaWorker
                         advices=HttpNetworkAdvices(recorder.url, SECRET))
 
 
-def until_idle(w: SagaWorker) -> None:
+def until_idle(w: SagaWorker, each_turn: Callable[[], None] = lambda: None) -> None:
     async def run() -> None:
         await w.start()
         try:
             idle = 0
             while idle < 2:
                 idle = idle + 1 if (await w.run_once(0.05)).total == 0 else 0
+                each_turn()
         finally:
             await w.stop()
 
@@ -233,3 +234,27 @@ def test_payments_seen_only_on_chain_leave_the_sagas_idle(pg_engine: Engine,
                                    "WHERE consumer = 'sagas'")).all()
     assert counts == [0, 0, 0] and recorder.deliveries == 0
     assert [tuple(r) for r in stored] == [("events", 6)]  # the next position to read
+
+
+def test_the_worker_sets_its_lag_gauge_each_turn_from_its_feed(
+        pg_engine: Engine, recorder: AdviceRecorder) -> None:
+    """`cardpay_saga_lag_messages` is how far the worker's feed is behind, measured each turn:
+    events past its position while it works through a backlog, 0 once it has caught up."""
+    from prometheus_client import generate_latest
+
+    from cardpay.metrics.sagas import SagaMetrics
+
+    for n in range(3):
+        authorize(pg_engine, f"lag{n}")
+    with pg_engine.connect() as conn:
+        total = conn.execute(text("SELECT count(*) FROM events")).scalar_one()
+    metrics = SagaMetrics()
+    w = build_worker(settings(), pg_engine, clock=Clock(), batch_size=1, metrics=metrics,
+                     advices=HttpNetworkAdvices(recorder.url, SECRET))
+    assert metrics.lag is not None
+    gauge = metrics.lag
+    seen: list[float] = []
+    until_idle(w, lambda: seen.append(gauge._value.get()))
+    assert total >= 3 and seen[0] == total - 1  # one event taken, the rest behind
+    assert seen[-1] == 0 and sorted(seen, reverse=True) == seen
+    assert "cardpay_saga_lag_messages 0.0" in generate_latest(metrics.registry).decode()
