@@ -20,10 +20,12 @@ approve-then-timeout), all seeded too.
 After the schedule: the faults stop, the run waits for quiet (everything sent, seen at depth,
 consumed), the processes are stopped, and the settlement runs as in `run_lifecycle` (the saga
 clock moved to the cut-off: the processes run on the real clock, so this last step runs the
-same loops in this process, without faults). Then Jepsen's rule: the invariants are checked
-after the chaos, never during: `lifecycle.check` (chain = read model = network = ledger =
-settlement report per currency, every payment's network side as the simulator's oracle, the
-reconciliation of every day) and the chaos checks below (`chaos_problems`).
+same loops in this process), with PostgreSQL crashed and restarted in its middle (once a batch
+has left `open` and before all are settled: `restart_mid_settlement`). Then Jepsen's rule:
+the invariants are checked after the chaos, never during: `lifecycle.check` (chain = read
+model = network = ledger = settlement report per currency, every payment's network side as the
+simulator's oracle, the reconciliation of every day) and the chaos checks below
+(`chaos_problems`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import subprocess
 import threading
 import time
@@ -101,6 +104,9 @@ class ChaosOptions:
     late_answers: float = 0.05
     """The share of approvals the network treats as answered after its deadline (it stands
     in, declines and advises: the hold is released, the Safe's spend refunded)."""
+    settlement_restart: bool = True
+    """Crash and restart PostgreSQL in the middle of the settlement (once the first batch has
+    left `open`, before every batch is settled)."""
     timeout: float = 600.0
     quiet_timeout: float = 180.0
     """How long the stack may take to come to rest once the faults stop; past it the run
@@ -150,6 +156,32 @@ def restart_postgres(pgdata: Path, down: float) -> None:
                     "-o", f'-h "" -k "{pgdata}"', "-l", str(pgdata / "restarted.log"),
                     "start"], check=True, capture_output=True, timeout=90,
                    start_new_session=True, user=user)
+
+
+def restart_mid_settlement(engine: Engine, pgdata: Path, seed: int, report: ChaosReport,
+                           say: Callable[[str], None], timeout: float = 120.0) -> None:
+    """PostgreSQL crashed (`restart_postgres`, down for a seeded 0.5-2 s) as soon as a
+    settlement batch has left `open` while another is not settled yet: a database restart in
+    the middle of the settlement, with the saga worker matching reports and posting payouts."""
+    down = random.Random(f"{seed}:settlement").uniform(0.5, 2.0)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with engine.connect() as conn:
+                statuses = list(conn.execute(text(
+                    "SELECT status FROM settlement_batches")).scalars())
+        except DBAPIError:
+            statuses = []
+        if statuses and all(status == "settled" for status in statuses):
+            break
+        if any(status != "open" for status in statuses):
+            say(f"settlement: batches {sorted(statuses)}; postgres_restart for {down:.1f}s")
+            restart_postgres(pgdata, down)
+            report.injected["settlement:postgres_restart"] += 1
+            return
+        time.sleep(0.02)
+    report.skipped.append("settlement settlement:postgres_restart: no batch was seen between "
+                          "open and settled")
 
 
 # -- the faults ----------------------------------------------------------------------------------
@@ -392,14 +424,21 @@ def run_chaos(options: ChaosOptions, say: Callable[[str], None] = print,
         async def settle() -> None:
             stop = asyncio.Event()
             services = asyncio.create_task(run_services(s, stop))
+            crash = threading.Thread(target=restart_mid_settlement, daemon=True,
+                                     args=(s.engine, directory / "pgdata", options.seed,
+                                           report, say))
             try:
                 cutoff = s.settings.settlement_cutoff
                 s.clock.offset = (cutoff_at(today, cutoff) - datetime.now(UTC)
                                   + timedelta(minutes=1))
+                if options.settlement_restart:
+                    crash.start()
                 await asyncio.to_thread(wait_through, s.engine, settled,
                                         timeout=options.timeout, what="the settlement",
                                         feed=fed(s))
             finally:
+                if crash.is_alive() or crash.ident is not None:
+                    crash.join(120)
                 stop.set()
                 await services
 

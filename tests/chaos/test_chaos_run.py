@@ -59,6 +59,7 @@ def test_a_short_seeded_chaos_run_loses_and_duplicates_nothing(run_dir: Path) ->
     print(report.summary())
     assert report.problems == [], report.problems[:10]
     covered(report, KINDS)
+    assert report.injected["settlement:postgres_restart"] == 1, report.skipped
     assert report.figures["spent_on_chain"] > 50 and report.figures["refunds"] > 0
     assert report.figures["answered_late"] > 0  # approve-then-timeout: advised, refunded
     assert report.figures["lost"] == report.figures["duplicated"] == 0
