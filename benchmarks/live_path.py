@@ -216,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="also write the results (and the machine) here")
     args = parser.parse_args(argv)
     print(describe_machine(), flush=True)
-    with tempfile.TemporaryDirectory(prefix="cardpay-live-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="cardpay-live-", ignore_cleanup_errors=True) as tmp:
         work = Path(tmp)
         work.chmod(0o755)  # the embedded server's own user reaches it when run as root
         result = run(args, work)
