@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Callable, Iterator
 
@@ -44,24 +45,41 @@ def pg_template(pg_server: EmbeddedPostgres) -> str:
     return TEMPLATE
 
 
-@pytest.fixture
-def make_db(pg_server: EmbeddedPostgres, pg_template: str) -> Iterator[Callable[[], str]]:
-    """A factory of fresh, migrated databases on the session's real PostgreSQL server."""
-    admin = _admin(pg_server.url)
+@contextlib.contextmanager
+def _databases(server: EmbeddedPostgres, template: str) -> Iterator[Callable[[], str]]:
+    """Make fresh, migrated databases (copies of `template`); drop them all at the end."""
+    admin = _admin(server.url)
     names: list[str] = []
 
     def make() -> str:
         name = f"cardpay_test_{next(_db_names)}"
         with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"'))
+            conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
         names.append(name)
-        return pg_server.url.replace("/postgres?", f"/{name}?")
+        return server.url.replace("/postgres?", f"/{name}?")
 
-    yield make
-    with admin.connect() as conn:
-        for name in names:
-            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    admin.dispose()
+    try:
+        yield make
+    finally:
+        with admin.connect() as conn:
+            for name in names:
+                conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def make_db(pg_server: EmbeddedPostgres, pg_template: str) -> Iterator[Callable[[], str]]:
+    """A factory of fresh, migrated databases on the session's real PostgreSQL server."""
+    with _databases(pg_server, pg_template) as make:
+        yield make
+
+
+@pytest.fixture(scope="module")
+def module_pg_url(pg_server: EmbeddedPostgres, pg_template: str) -> Iterator[str]:
+    """One fresh, migrated database for a whole test module: for modules whose tests only read
+    data a module-scoped fixture wrote once (building it per test cost seconds each)."""
+    with _databases(pg_server, pg_template) as make:
+        yield make()
 
 
 @pytest.fixture

@@ -19,30 +19,23 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine
-
-from cardpay.bootstrap import database
-from cardpay.bootstrap.listen import (
-    NodeUnreachable,
-    WrongChain,
-    build_listener,
-    check_chain,
-    fork_floor,
-    run_listener,
-)
 from cardpay.cli.errors import CommandFailed, UsageError
-from cardpay.cli.progress import Progress
-from cardpay.metrics import ListenerMetrics
-from cardpay.postgres.chain_identity import PostgresChainIdentities
 from cardpay.settings import Settings
-from listener.errors import ReorgTooDeep
-from listener.poller import Listener, RangeResult
-from listener.presets import ChainConfig, load_preset
-from listener.rpc import HttpJsonRpc
 
-__all__ = ["backfill", "build_listener", "deploy", "listen", "register"]
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from cardpay.metrics import ListenerMetrics
+    from listener.poller import Listener, RangeResult
+    from listener.presets import ChainConfig
+
+# The database, listener and RPC modules are imported where a command runs, not here: every
+# `cardpay` command imports this module to build its parser, and these cost ~0.5 s of start-up
+# (most of `cardpay --help`'s), paid by each command that never indexes a block.
+
+__all__ = ["backfill", "deploy", "listen", "register"]
 
 
 def chain_options() -> argparse.ArgumentParser:
@@ -153,6 +146,8 @@ def chain_preset(settings: Settings, name: str, deployment: Path | None, *,
                  match_refunds_from: int | None = None) -> ChainConfig:
     """The preset; `match_refunds_from` turns refund matching on from that block (the `gnosis`
     preset on a fork, where cardpay sends the refunds after the fork block)."""
+    from listener.presets import load_preset
+
     try:
         config = load_preset(name, deployment_file(settings, deployment))
     except (FileNotFoundError, ValueError, KeyError) as exc:
@@ -188,6 +183,11 @@ def _start_block(listener: Listener, from_block: int | None, name: str) -> int:
 def _indexing(settings: Settings, engine: Engine, listener: Listener, config: ChainConfig,
               url: str, from_block: int | None) -> Iterator[None]:
     """Check the node is on the listener's chain; turn what stops indexing into one line."""
+    from cardpay.bootstrap.listen import NodeUnreachable, WrongChain, check_chain, fork_floor
+    from cardpay.postgres.chain_identity import PostgresChainIdentities
+    from listener.errors import ReorgTooDeep
+    from listener.rpc import HttpJsonRpc
+
     # The first block a reset goes back to. A cursor without a stored identity predates identities
     # (migration 0005): what it indexed may start anywhere, so a reset must start at 0.
     first = (from_block or 0) if listener.cursor() is None else 0
@@ -220,6 +220,11 @@ def _indexing(settings: Settings, engine: Engine, listener: Listener, config: Ch
 def backfill(settings: Settings, *, preset: str, deployment: Path | None, rpc_url: str | None,
              from_block: int | None, to_block: int | None, show_progress: bool,
              match_refunds_from: int | None = None) -> int:
+    from cardpay.bootstrap import database
+    from cardpay.bootstrap.listen import build_listener
+    from cardpay.cli.progress import Progress
+    from cardpay.metrics import ListenerMetrics
+
     config = chain_preset(settings, preset, deployment, match_refunds_from=match_refunds_from)
     url = _rpc_url(settings, rpc_url)
     metrics = ListenerMetrics(listener=settings.listener_name)
@@ -263,6 +268,10 @@ def backfill(settings: Settings, *, preset: str, deployment: Path | None, rpc_ur
 def listen(settings: Settings, *, preset: str, deployment: Path | None, rpc_url: str | None,
            from_block: int | None, metrics_port: int | None, poll_interval: float,
            match_refunds_from: int | None = None) -> int:
+    from cardpay.bootstrap import database
+    from cardpay.bootstrap.listen import build_listener
+    from cardpay.metrics import ListenerMetrics
+
     config = chain_preset(settings, preset, deployment, match_refunds_from=match_refunds_from)
     url = _rpc_url(settings, rpc_url)
     metrics = ListenerMetrics(listener=settings.listener_name)
@@ -280,6 +289,8 @@ def listen(settings: Settings, *, preset: str, deployment: Path | None, rpc_url:
 
 async def _until_signal(listener: Listener, metrics: ListenerMetrics,
                         poll_interval: float) -> None:
+    from cardpay.bootstrap.listen import run_listener
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -306,13 +317,13 @@ def deploy(settings: Settings, *, rpc_url: str | None, cardholders: int, out: Pa
            cards: bool = True) -> int:
     """Deploy the local replicas on a node, write the `local` preset file and register one EURe
     card per cardholder (ids local-0000, local-0001, ...)."""
+    from cardpay.bootstrap.listen import NodeUnreachable, node_identity
     from cardpay.devstack.local_chain import LocalChain, LocalChainError
+    from listener.rpc import HttpJsonRpc
 
     url = _rpc_url(settings, rpc_url)
     probe = HttpJsonRpc(url, retries=1, timeout=5.0)
     try:
-        from cardpay.bootstrap.listen import node_identity
-
         node_identity(probe, url)
     except NodeUnreachable as exc:
         raise CommandFailed(str(exc)) from None
@@ -334,6 +345,7 @@ def deploy(settings: Settings, *, rpc_url: str | None, cardholders: int, out: Pa
 def _register_local_cards(settings: Settings, url: str, deployment: dict[str, Any]) -> None:
     """One card per cardholder Safe, in EURe (a Gnosis Pay Safe spends one token), with its
     Roles module so the daily allowance is followed; cards already registered are kept."""
+    from cardpay.bootstrap import database
     from cardpay.bootstrap.cards import local_cards, register_cards
     from cardpay.handlers.cards import RegistrationRaced
     from cardpay.onchain.readings import ChainReadFailed

@@ -14,12 +14,13 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-from sqlalchemy import URL, Connection, Engine
+from typing import TYPE_CHECKING, Any
 
 from cardpay.cli.errors import CommandFailed
 from cardpay.settings import Settings
+
+if TYPE_CHECKING:  # types only: importing sqlalchemy is start-up cost for every command
+    from sqlalchemy import URL, Connection, Engine
 
 
 def register(sub: Any) -> None:

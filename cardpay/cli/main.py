@@ -16,8 +16,6 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-import sqlalchemy.exc
-
 from cardpay.cli import (
     api,
     cards,
@@ -129,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def translate(exc: BaseException) -> CliError | None:
     """The user-facing errors of the layers below, as CLI errors (None: not one of them)."""
+    import sqlalchemy.exc  # here: a command that never reaches the database does not import it
+
     from cardpay.bootstrap import DatabaseUnavailable
 
     if isinstance(exc, CliError):

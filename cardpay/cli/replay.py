@@ -8,20 +8,19 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from sqlalchemy import select
-
-from cardpay.bootstrap.replay import ReplayStack, replay_stack
 from cardpay.cli.errors import CommandFailed, UsageError
-from cardpay.cli.progress import Progress
-from cardpay.postgres.schema import chain_activity, quarantine
 from cardpay.settings import Settings
-from domain.events import PaymentSpent
 from domain.money import Currency, Money
-from listener.errors import ChainMismatch
-from listener.presets import ChainConfig, load_preset
-from listener.replay import ReplayResult, load_recording, replay
+
+if TYPE_CHECKING:
+    from cardpay.bootstrap.replay import ReplayStack
+    from listener.presets import ChainConfig
+    from listener.replay import ReplayResult
+
+# The replay stack's modules (the database, the listener) are imported when a replay runs: every
+# `cardpay` command imports this module to build its parser (see cardpay/cli/chain.py).
 
 
 @dataclass
@@ -41,6 +40,9 @@ class ReplayReport:
 
 def preset_for(directory: Path, name: str) -> ChainConfig:
     """Observer mode: a recording has no refund submissions to match transfers against."""
+    from listener.errors import ChainMismatch
+    from listener.presets import load_preset
+
     config = dataclasses.replace(load_preset(name, directory / "deployment.json"),
                                  match_refunds=False)
     recorded = directory / "deployment.json"
@@ -54,6 +56,11 @@ def preset_for(directory: Path, name: str) -> ChainConfig:
 
 
 def read_report(stack: ReplayStack, result: ReplayResult, config: ChainConfig) -> ReplayReport:
+    from sqlalchemy import select
+
+    from cardpay.postgres.schema import chain_activity, quarantine
+    from domain.events import PaymentSpent
+
     t = chain_activity
     with stack.engine.connect() as conn:
         rows = conn.execute(select(t).order_by(t.c.block_number, t.c.log_index)).all()
@@ -85,6 +92,10 @@ def read_report(stack: ReplayStack, result: ReplayResult, config: ChainConfig) -
 
 
 def run_replay(directory: Path, preset: str, *, show_progress: bool) -> ReplayReport:
+    from cardpay.bootstrap.replay import replay_stack
+    from cardpay.cli.progress import Progress
+    from listener.replay import load_recording, replay
+
     config = preset_for(directory, preset)
     recording = load_recording(directory)
     with replay_stack(config.chain_id) as stack:

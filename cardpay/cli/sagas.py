@@ -23,7 +23,6 @@ from cardpay.cli.services import (
     until_signal,
     validate_loop_options,
 )
-from cardpay.runtime.supervise import GaveUp
 from cardpay.settings import Settings
 
 STATUSES = ("running", "compensating", "completed", "compensated", "stuck")
@@ -83,6 +82,7 @@ def run_command(settings: Settings, args: argparse.Namespace) -> int:
     from cardpay.bootstrap import database
     from cardpay.bootstrap.sagas import build_worker, missing_parties, run_saga_worker
     from cardpay.cli.chain import chain_preset
+    from cardpay.runtime.supervise import GaveUp
     from projector.errors import FeedChanged
 
     quiet_kafka_client()

@@ -16,12 +16,14 @@ import logging
 import math
 import signal
 from collections.abc import Coroutine
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from cardpay.cli.errors import CommandFailed, UsageError
 from cardpay.runtime import tune_gc
-from cardpay.runtime.supervise import GaveUp, describe
 from cardpay.settings import Settings
+
+if TYPE_CHECKING:  # supervise imports prometheus_client and tenacity: start-up cost otherwise
+    from cardpay.runtime.supervise import GaveUp
 
 T = TypeVar("T")
 
@@ -124,6 +126,7 @@ async def until_signal(work: Coroutine[Any, Any, T], stop: asyncio.Event) -> T |
 
 def gave_up_failure(exc: GaveUp) -> CommandFailed:
     from cardpay.kafka.adapters import KafkaUnreachable
+    from cardpay.runtime.supervise import describe
 
     if isinstance(exc.last, KafkaUnreachable):
         return CommandFailed(f"{exc.last} for {exc.seconds:.0f}s; {KAFKA_HINT}")
@@ -138,6 +141,7 @@ def relay_command(settings: Settings, args: argparse.Namespace) -> int:
     from cardpay.bootstrap.relay import build_relay
     from cardpay.kafka.relay import RelayAlreadyRunning
     from cardpay.metrics.relay import RelayMetrics
+    from cardpay.runtime.supervise import GaveUp
 
     bootstrap = settings.kafka_bootstrap
     quiet_kafka_client()
@@ -183,6 +187,7 @@ def project_command(settings: Settings, args: argparse.Namespace) -> int:
         running_projector,
     )
     from cardpay.metrics.projector import ProjectorMetrics
+    from cardpay.runtime.supervise import GaveUp
     from projector.errors import FeedChanged
 
     tune_gc()

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -15,12 +16,28 @@ import pytest
 pytestmark = pytest.mark.e2e
 
 
-def test_demo_json_agrees_across_the_parties() -> None:
+@dataclass(frozen=True)
+class KeptDemo:
+    proc: subprocess.CompletedProcess[str]
+    kept: Path
+
+
+@pytest.fixture(scope="module")
+def kept_demo(tmp_path_factory: pytest.TempPathFactory) -> KeptDemo:
+    """One `demo --json --keep DIR` run read by two tests: the JSON report's agreement and the
+    kept database the read commands open are two views of the same run (a demo costs ~20 s, most
+    of it starting PostgreSQL and Anvil and deploying, so one run instead of two saves that)."""
+    kept = tmp_path_factory.mktemp("demo") / "demo-db"
     proc = subprocess.run(
         [sys.executable, "-m", "cardpay.cli.main", "demo", "--json", "--payments", "30",
-         "--seed", "3"],
+         "--seed", "3", "--keep", str(kept)],
         capture_output=True, text=True, timeout=600,
     )
+    return KeptDemo(proc, kept)
+
+
+def test_demo_json_agrees_across_the_parties(kept_demo: KeptDemo) -> None:
+    proc = kept_demo.proc
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout)
     assert report["check"] == "ok" and report["mismatches"] == []
@@ -60,13 +77,8 @@ def test_demo_rejects_a_nonsense_payment_count() -> None:
                            "(see `cardpay demo --help`)\n")
 
 
-def test_demo_keep_leaves_a_database_the_read_commands_open(tmp_path: Path) -> None:
-    kept = tmp_path / "demo-db"
-    proc = subprocess.run(
-        [sys.executable, "-m", "cardpay.cli.main", "demo", "--json", "--payments", "12",
-         "--keep", str(kept)],
-        capture_output=True, text=True, timeout=600,
-    )
+def test_demo_keep_leaves_a_database_the_read_commands_open(kept_demo: KeptDemo) -> None:
+    proc, kept = kept_demo.proc, kept_demo.kept
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout)
     assert f"CARDPAY_DATA_DIR={kept} cardpay db shell" in proc.stderr

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -17,6 +18,7 @@ from sqlalchemy import Engine
 from cardpay.handlers.finance import BadQuery, PaymentFilter
 from cardpay.handlers.payments import execute
 from cardpay.handlers.ports import Card, ChainReading
+from cardpay.postgres.engine import make_engine
 from cardpay.postgres.finance import (
     daily,
     holds,
@@ -80,16 +82,25 @@ def build(engine: Engine) -> dict[str, dict[str, Any]]:
     return want
 
 
-@pytest.fixture
-def built(pg_engine: Engine) -> dict[str, dict[str, Any]]:
-    return build(pg_engine)
+@pytest.fixture(scope="module")
+def read_engine(module_pg_url: str) -> Iterator[Engine]:
+    """One database for the whole module: every test here only reads what `built` wrote, so
+    building the 25 payments once serves them all (per test it cost ~1-3 s, ten times)."""
+    engine = make_engine(module_pg_url, pool_size=10)
+    yield engine
+    engine.dispose()
 
 
-def test_pages_cover_every_payment_once_newest_first(pg_engine: Engine,
+@pytest.fixture(scope="module")
+def built(read_engine: Engine) -> dict[str, dict[str, Any]]:
+    return build(read_engine)
+
+
+def test_pages_cover_every_payment_once_newest_first(read_engine: Engine,
                                                      built: dict[str, Any]) -> None:
     seen: list[dict[str, Any]] = []
     cursor: str | None = None
-    with pg_engine.connect() as conn:
+    with read_engine.connect() as conn:
         while True:
             page, cursor = payments_page(conn, PaymentFilter(), after=cursor, limit=7)
             seen.extend(page)
@@ -116,17 +127,17 @@ def test_pages_cover_every_payment_once_newest_first(pg_engine: Engine,
     (PaymentFilter(day=date(2026, 11, 29), currency="EURe"),
      lambda w: w["first_at"].date() == date(2026, 11, 29) and w["currency"] == "EURe"),
 ], ids=["fiat", "token", "network_status", "account", "card", "day_and_currency"])
-def test_filters(pg_engine: Engine, built: dict[str, Any], wanted: PaymentFilter,
+def test_filters(read_engine: Engine, built: dict[str, Any], wanted: PaymentFilter,
                  keep: Any) -> None:
-    with pg_engine.connect() as conn:
+    with read_engine.connect() as conn:
         page, cursor = payments_page(conn, wanted, limit=1000)
     assert cursor is None
     expected = {pid for pid, w in built.items() if keep(w)}
     assert expected and {r["payment_id"] for r in page} == expected
 
 
-def test_bad_filters_and_cursors_are_one_clear_error(pg_engine: Engine) -> None:
-    with pg_engine.connect() as conn:
+def test_bad_filters_and_cursors_are_one_clear_error(read_engine: Engine) -> None:
+    with read_engine.connect() as conn:
         for wanted, after, message in [
             (PaymentFilter(currency="JPY"), None, "unknown currency 'JPY'"),
             (PaymentFilter(card="nope"), None, "no card 'nope'"),
@@ -138,8 +149,8 @@ def test_bad_filters_and_cursors_are_one_clear_error(pg_engine: Engine) -> None:
 
 
 def test_one_payment_has_its_audit_trail_and_holds_are_the_open_ones(
-        pg_engine: Engine, built: dict[str, Any]) -> None:
-    with pg_engine.connect() as conn:
+        read_engine: Engine, built: dict[str, Any]) -> None:
+    with read_engine.connect() as conn:
         found = payment(conn, "auth-002")
         assert payment(conn, "nope") is None
         open_holds = holds(conn)
@@ -156,8 +167,8 @@ def test_one_payment_has_its_audit_trail_and_holds_are_the_open_ones(
         if w["held"] and w["safe"] == SAFES[1] and w["currency"] == "EURe"}
 
 
-def test_the_days_add_up_to_the_payments(pg_engine: Engine, built: dict[str, Any]) -> None:
-    with pg_engine.connect() as conn:
+def test_the_days_add_up_to_the_payments(read_engine: Engine, built: dict[str, Any]) -> None:
+    with read_engine.connect() as conn:
         days = daily(conn)
         eur_only = daily(conn, currencies=["EUR"], day_from=date(2026, 11, 29))
     for token in ("EURe", "USDCe"):
@@ -174,9 +185,9 @@ def test_the_days_add_up_to_the_payments(pg_engine: Engine, built: dict[str, Any
                             for d in eur_only)
 
 
-def test_the_cli_pages_filters_and_shows_one_payment(pg_url: str,
+def test_the_cli_pages_filters_and_shows_one_payment(module_pg_url: str,
                                                      built: dict[str, Any]) -> None:
-    env = {"CARDPAY_DATABASE_URL": pg_url}
+    env = {"CARDPAY_DATABASE_URL": module_pg_url}
     first = run_cardpay(("payments", "--currency", "EUR", "--limit", "10", "--json"), env)
     assert first.returncode == 0, first.stderr
     page = json.loads(first.stdout)
