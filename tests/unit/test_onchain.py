@@ -7,13 +7,14 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from eth_abi.abi import encode
+from eth_abi.abi import decode, encode
 from web3 import Web3
 
 from cardpay.bootstrap.relayer import RelayerNotConfigured, chain_targets
 from cardpay.handlers.onchain import (
     REFUND_BATCH_SELECTOR,
     SPEND_SELECTOR,
+    SPENDING_ROLE,
     Fees,
     encode_refund_batch,
     encode_spend,
@@ -29,22 +30,41 @@ KEY = "0x" + "4c" * 32
 
 
 def test_the_selectors_are_the_contracts_functions() -> None:
-    assert Web3.keccak(text="spend(address,address,address,uint256)")[:4].hex() == SPEND_SELECTOR
+    assert SPEND_SELECTOR == "8a320255"  # mainnet's Spender module (gnosis-pay-onchain.md §3)
+    assert Web3.keccak(text="spend(address,address,address,uint256,bytes32)")[:4].hex() == \
+        SPEND_SELECTOR
+    assert Web3.keccak(text="SPENDING_ROLE").hex() == SPENDING_ROLE.removeprefix("0x")
     assert Web3.keccak(text="refundBatch(address,address[],uint256[])")[:4].hex() == \
         REFUND_BATCH_SELECTOR
 
 
 def test_spend_and_refund_batch_encode_as_eth_abi_does() -> None:
-    assert encode_spend(A, B, C, 12345) == SPEND_SELECTOR + encode(
-        ["address", "address", "address", "uint256"], [A, B, C, 12345]).hex()
+    role = bytes.fromhex(SPENDING_ROLE.removeprefix("0x"))
+    assert encode_spend(A, B, C, 12345, SPENDING_ROLE) == SPEND_SELECTOR + encode(
+        ["address", "address", "address", "uint256", "bytes32"], [A, B, C, 12345, role]).hex()
     legs = [(B, 1), (C, 2**200), (D, 3)]
     assert encode_refund_batch(A, legs) == REFUND_BATCH_SELECTOR + encode(
         ["address", "address[]", "uint256[]"],
         [A, [to for to, _ in legs], [amount for _, amount in legs]]).hex()
     with pytest.raises(ValueError):
-        encode_spend(A, B, C, -1)
+        encode_spend(A, B, C, -1, SPENDING_ROLE)
     with pytest.raises(ValueError):
-        encode_spend("0x12", B, C, 1)
+        encode_spend("0x12", B, C, 1, SPENDING_ROLE)
+    with pytest.raises(ValueError):
+        encode_spend(A, B, C, 1, "0x1234")
+
+
+def test_the_spend_calldata_decodes_as_mainnets_five_argument_abi() -> None:
+    """What cardpay sends is what mainnet's Spender module parses: spend(asset, account,
+    receiver, amount, roleKey), decoded here with eth-abi from the mainnet signature."""
+    data = bytes.fromhex(encode_spend(A, B, C, 8_500_000_000_000_000_000, SPENDING_ROLE))
+    assert data[:4].hex() == "8a320255"
+    assert len(data) == 4 + 5 * 32  # no appended salt or signature
+    asset, account, receiver, amount, role = decode(
+        ["address", "address", "address", "uint256", "bytes32"], data[4:])
+    assert (asset, account, receiver) == (A, B, C)
+    assert amount == 8_500_000_000_000_000_000
+    assert "0x" + role.hex() == SPENDING_ROLE
 
 
 def test_a_replacement_pays_at_least_an_eighth_more_and_what_the_node_asks() -> None:
