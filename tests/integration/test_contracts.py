@@ -317,7 +317,7 @@ def test_refund_batch_of_five_legs_is_one_tx_with_five_transfers(local_chain: Lo
 def test_a_spend_from_an_account_that_is_not_an_enabled_module_is_refused(
     local_chain: LocalChain,
 ) -> None:
-    """Zodiac's moduleOnly: Gnosis Pay's own deployer (the module's owner) is refused too, with
+    """Zodiac's moduleOnly: even the module's owner (the deployer) is refused, with
     the custom error NotAuthorized(sender), and nothing moves."""
     d = local_chain.deployment
     before = local_chain.balance_of("EURe", 0)
