@@ -3,8 +3,9 @@
 A card event is what one Gnosis Pay card spend leaves on chain: a ``Spend`` log from the spender
 module and the token ``Transfer`` from the cardholder account into the settlement account (plus
 the account's ``ExecutionFromModuleSuccess``). Sending one transaction per spend costs ~5 ms each
-on Anvil, so the workload goes through the benchmark-only ``SpendBatcher`` contract: a relayer of
-the spender module that calls ``SpenderModule.spend`` ``events_per_tx`` times in one transaction.
+on Anvil, so the workload goes through the benchmark-only ``SpendBatcher`` contract: an enabled
+module of the spender module that calls ``SpenderModule.spend`` ``events_per_tx`` times in one
+transaction.
 Every log still comes from the spender module and the token, exactly as in production; only the
 transaction shape differs (many spends per receipt). Under Anvil's automine each batch is its own
 block, so 100,000 events at 100 per transaction cover 1,000 blocks.

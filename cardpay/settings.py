@@ -230,7 +230,8 @@ class Settings:
     where nobody has Gnosis Pay's keys; docs/adr/0019)."""
     relayer_address: str | None = None
     """With `impersonate`: the account spends are sent as (CARDPAY_RELAYER_ADDRESS; default
-    the preset's relayer, Gnosis Pay's relayer EOA for `gnosis`)."""
+    the first enabled module of the preset's Spender module, read from the chain: the Spender
+    module takes `spend` only from its enabled modules)."""
     settlement_sender: str | None = None
     """With `impersonate`: the account refunds are sent as (CARDPAY_SETTLEMENT_SENDER;
     default the settlement account's `owner()` read from the node)."""

@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 
 from cardpay.errors import CardpayError
 from cardpay.handlers.onchain import (
+    SENTINEL_MODULES,
     ChainTargets,
     EffectAnswers,
     OnchainUnitOfWork,
@@ -24,6 +25,8 @@ from cardpay.handlers.onchain import (
     Slot,
     SpendRelayer,
     TransactionSender,
+    decode_modules_page,
+    encode_modules_page,
     link_spend,
 )
 from cardpay.onchain.sender import ImpersonatedSigner, ImpersonatingNode, LocalSigner, RpcNode
@@ -89,10 +92,33 @@ def _node(settings: Settings, rpc_url: str | None) -> RpcNode:
     return ImpersonatingNode(rpc) if settings.impersonate else RpcNode(rpc)
 
 
-def spend_sender_address(settings: Settings, config: ChainConfig) -> str | None:
-    """Whom spends are sent as under impersonation: CARDPAY_RELAYER_ADDRESS, else the preset's
-    relayer (Gnosis Pay's relayer EOA for `gnosis`)."""
-    return settings.relayer_address or config.relayer
+def first_enabled_module(node: RpcNode, spender_module: str) -> str:
+    """The first enabled module of `spender_module` (`getModulesPaginated(SENTINEL, 10)`), as
+    the node says: an account its `spend` accepts without a signature (Zodiac's `moduleOnly`).
+    RelayerNotConfigured, in one line, when it has none or does not answer."""
+    try:
+        answer = str(node.call(spender_module, "0x" + encode_modules_page(SENTINEL_MODULES, 10)))
+        modules, _ = decode_modules_page(answer)
+    except (ValueError, CardpayError, ListenerError) as exc:
+        raise RelayerNotConfigured(
+            f"the Spender module {spender_module} does not list its modules "
+            f"(getModulesPaginated: {exc}); set CARDPAY_RELAYER_ADDRESS") from None
+    if not modules:
+        raise RelayerNotConfigured(
+            f"the Spender module {spender_module} has no enabled module to impersonate; "
+            "set CARDPAY_RELAYER_ADDRESS")
+    return modules[0]
+
+
+def spend_sender_address(settings: Settings, config: ChainConfig, node: RpcNode) -> str:
+    """Whom spends are sent as under impersonation: CARDPAY_RELAYER_ADDRESS, else the first
+    enabled module of the preset's Spender module read from the chain. On mainnet the delegate
+    EOA sends `spend` with an enabled module's EIP-712 signature, which nobody here can make;
+    a call straight from an enabled module passes `moduleOnly` with no signature, and on a fork
+    that module can be impersonated (docs/adr/0019)."""
+    if settings.relayer_address:
+        return settings.relayer_address
+    return first_enabled_module(node, chain_targets(config).spender_module)
 
 
 OWNER_SELECTOR = "0x8da5cb5b"
@@ -126,8 +152,9 @@ def build_spend_relayer(settings: Settings, engine: Engine, config: ChainConfig,
     def link(uow: OnchainUnitOfWork, slot: Slot, tx: SignedTx) -> None:
         link_spend(uow, slot, tx, chain_id=chain_id)
 
+    impersonated = spend_sender_address(settings, config, node) if settings.impersonate else None
     sender = _sender(settings, settings.relayer_key, "CARDPAY_RELAYER_KEY", node, clock, link,
-                     impersonated=spend_sender_address(settings, config))
+                     impersonated=impersonated)
     return SpendRelayer(onchain_uow_factory(engine), sender, answers, chain_targets(config),
                         batch=batch)
 

@@ -336,7 +336,7 @@ def prepared(settings: Settings, *, cardholders: int, fork: Fork | None = None) 
             from_block, fork_first = _fork_cards(settings, engine, rpc_url, anvil, fork, notes)
             preset: tuple[str, ...] = ("--preset", "gnosis")
             listen_options = ("--match-refunds-from", str(fork_first))
-            _impersonate(settings, env, notes)
+            _impersonate(settings, env, notes, rpc_url)
         else:
             path, from_block = _deployment(settings, engine, rpc_url, anvil, cardholders, notes)
             preset = ("--preset", "local", "--deployment", str(path))
@@ -376,19 +376,37 @@ def prepared(settings: Settings, *, cardholders: int, fork: Fork | None = None) 
         yield Stack(rpc_url, preset, from_block, env, notes, secret_file, listen_options)
 
 
-def _impersonate(settings: Settings, env: dict[str, str], notes: list[str]) -> None:
+def _impersonate(settings: Settings, env: dict[str, str], notes: list[str],
+                 rpc_url: str) -> None:
     """On a fork nobody here holds Gnosis Pay's keys: spends and refunds are sent as the
-    accounts the contracts expect, impersonated (unless CARDPAY_TX_SIGNER says `key`)."""
+    accounts the contracts expect, impersonated (unless CARDPAY_TX_SIGNER says `key`). Spends:
+    CARDPAY_RELAYER_ADDRESS, else the Spender module's first enabled module, read from the
+    fork here for the note (the spend relayer reads it again when it starts)."""
     if os.environ.get("CARDPAY_TX_SIGNER"):
         notes.append(f"transactions: CARDPAY_TX_SIGNER={settings.tx_signer}")
         return
     env["CARDPAY_TX_SIGNER"] = "impersonate"
-    from listener.presets import GNOSIS
+    if settings.relayer_address:
+        relayer = f"{settings.relayer_address} (CARDPAY_RELAYER_ADDRESS)"
+    else:
+        from cardpay.bootstrap.relayer import (
+            RelayerNotConfigured,
+            chain_targets,
+            first_enabled_module,
+        )
+        from cardpay.onchain.sender import RpcNode
+        from listener.presets import GNOSIS
+        from listener.rpc import HttpJsonRpc
 
-    relayer = settings.relayer_address or GNOSIS.relayer
-    notes.append(f"transactions: spends sent as {relayer} (CARDPAY_RELAYER_ADDRESS), refunds as "
-                 "the settlement account's owner (CARDPAY_SETTLEMENT_SENDER), impersonated on "
-                 "the fork (CARDPAY_TX_SIGNER=impersonate)")
+        module = chain_targets(GNOSIS).spender_module
+        try:
+            found = first_enabled_module(RpcNode(HttpJsonRpc(rpc_url, retries=1)), module)
+            relayer = f"{found}, the Spender module's first enabled module"
+        except RelayerNotConfigured as exc:
+            relayer = f"nobody ({exc})"
+    notes.append(f"transactions: spends sent as {relayer}, refunds as the settlement "
+                 "account's owner (CARDPAY_SETTLEMENT_SENDER), impersonated on the fork "
+                 "(CARDPAY_TX_SIGNER=impersonate)")
 
 
 # -- the children ------------------------------------------------------------------------------

@@ -70,11 +70,12 @@ environment:
   CARDPAY_RELAYER_KEY      the spend relayer's private key (for `sagas run`; never shown)
   CARDPAY_SETTLEMENT_KEY   the settlement account owner's private key, signs refunds (never shown)
   CARDPAY_TX_STUCK_AFTER   a transaction of ours not mined by then is replaced with higher fees
+                           (default 120s)
   CARDPAY_TX_SIGNER        key (sign with the keys above) or impersonate (an Anvil fork: send
                            as the accounts the contracts expect, anvil_impersonateAccount)
-  CARDPAY_RELAYER_ADDRESS  with impersonate: whom spends are sent as (default: the preset's)
+  CARDPAY_RELAYER_ADDRESS  with impersonate: whom spends are sent as (default: the first
+                           enabled module of the Spender module, read from the chain)
   CARDPAY_SETTLEMENT_SENDER  with impersonate: whom refunds are sent as (default: owner())
-                           (default 120s)
   CARDPAY_SETTLEMENT_CUTOFF  daily settlement cut-off, HH:MM UTC (default 02:00): day D's
                            batch is matched against the network's report then on D + 1
 

@@ -6,13 +6,20 @@ preset's mainnet addresses — EURe v2 ``0x420C…3430`` with its v1 frontend ``
 USDC.e ``0x2a22…76F0``, the settlement account ``0x4822…72EE``, the Spender module of
 2023-12 → 2026-06 ``0xcFF2…549b`` and its successor ``0x5f07…3F8a`` — and a history made on
 them: card spends through the old module, the "migration" (the old module loses its role),
-spends through the new one, batched refunds and a top-up. Spends are sent by Gnosis Pay's own
-relayer EOA (``0x9083…8de9``), impersonated on the stand-in, as they are on mainnet.
+spends through the new one, batched refunds and a top-up.
+
+Who may spend: the Spender modules take `spend` only from their enabled modules (Zodiac's
+`moduleOnly`), as on mainnet. The old module's is Gnosis Pay's relayer EOA (``0x9083…8de9``);
+the new module's is `SPENDER_DELEGATE`, an address cardpay knows nothing of — not the preset's,
+not a setting — as mainnet's is to cardpay, so a fork of the stand-in shows the spend relayer
+finding whom to impersonate from the chain (`getModulesPaginated`). Both are impersonated on
+the stand-in to make the history.
 
 A second Anvil forks it (``--fork-url``, ``--fork-block-number``): what happened up to the fork
 block is served by the stand-in, through the fork, exactly as the real chain's history is when a
-user forks Gnosis Chain. The replicas' call shapes are not mainnet's (contracts/README.md,
-"Differences from mainnet"); their logs and addresses are.
+user forks Gnosis Chain. The spend call is mainnet's (`spend(asset, account, receiver, amount,
+roleKey)`, from an enabled module); the settlement account's refund call is not
+(contracts/README.md, "Differences from mainnet"). Their logs and addresses are mainnet's.
 
 Typical use::
 
@@ -53,7 +60,12 @@ OLD_SPENDER_MODULE = "0xcFF260bfbc199dC82717494299b1AcADe25F549b"
 NEW_SPENDER_MODULE = "0x5f07734E2B9C4dE6f9C32253d485741800da3F8a"
 """Its successor, from 2026-06-04: where new spends go (`ChainConfig.spend_module`)."""
 GNOSIS_PAY_RELAYER = "0x90830ed558f12d826370dc52e9d87947a7f18de9"
-"""The EOA that sends every card spend on mainnet (the tx.from of the recorded spends)."""
+"""The EOA that sends every card spend on mainnet (the tx.from of the recorded spends); here
+the old Spender module's enabled module, which sends the history's spends through it."""
+SPENDER_DELEGATE = "0x" + Web3.keccak(text="cardpay stand-in: the Spender module's delegate"
+                                      ).hex().removeprefix("0x")[-40:]
+"""The new Spender module's only enabled module on the stand-in: an address no preset or
+setting of cardpay names (lowercase hex), found on a fork by reading the module's list."""
 GNOSIS_ADDRESSES: Mapping[str, str] = {
     "EURe": EURE_V2, "EURe.v1": EURE_V1, "USDCe": USDCE,
     "settlement": GNOSIS.settlement, "spender": NEW_SPENDER_MODULE,
@@ -120,8 +132,9 @@ def build_standin(node: AnvilNode, *, cardholders: int = 6) -> StandIn:
         raise ValueError("the stand-in needs at least 2 cardholders (one per token)")
     chain = LocalChain(node.rpc_url)
     impersonate(node.rpc, GNOSIS_PAY_RELAYER, fund=True)
+    impersonate(node.rpc, SPENDER_DELEGATE, fund=True)
     d = chain.deploy(cardholders, at=GNOSIS_ADDRESSES,
-                     relayer=Web3.to_checksum_address(GNOSIS_PAY_RELAYER))
+                     relayer=Web3.to_checksum_address(SPENDER_DELEGATE))
     old = _old_spender_module(chain, d)
     spent: dict[str, int] = {s: 0 for s in d.tokens}
     refunded: dict[str, int] = {s: 0 for s in d.tokens}
@@ -131,7 +144,8 @@ def build_standin(node: AnvilNode, *, cardholders: int = 6) -> StandIn:
         nonlocal spends
         symbol = card_token(i)
         amount = _amount(chain, symbol, cents)
-        tx = with_fees({**chain.spend_request(symbol, i, amount), "to": module})
+        sender = Web3.to_checksum_address(GNOSIS_PAY_RELAYER) if module == old else d.relayer
+        tx = with_fees({**chain.spend_request(symbol, i, amount, sender=sender), "to": module})
         chain.transact(f"history spend #{spends} via {module}", tx)
         spent[symbol] += amount
         spends += 1
@@ -153,17 +167,18 @@ def build_standin(node: AnvilNode, *, cardholders: int = 6) -> StandIn:
 
 
 def _old_spender_module(chain: LocalChain, d: LocalDeployment) -> str:
-    """A second Spender module at the old mainnet address, with the relayer and the role on
-    every Roles module, as before the migration."""
+    """A second Spender module at the old mainnet address, with Gnosis Pay's relayer EOA as its
+    enabled module and the role on every Roles module, as before the migration."""
     artifact = load_artifact("SpenderModule")
     created = chain.w3.eth.get_transaction_receipt(chain.transact(  # type: ignore[arg-type]
         "deploy the old SpenderModule",
         {"from": d.deployer, "data": artifact.bytecode, "gas": hex(3_000_000)}))
     old = chain.place(str(created["contractAddress"]), OLD_SPENDER_MODULE)
     module = chain.w3.eth.contract(address=Web3.to_checksum_address(old), abi=artifact.abi)
-    chain.transact("addRelayer on the old SpenderModule",
+    chain.transact("enableModule on the old SpenderModule",
                    {"from": d.deployer, "to": old, "gas": hex(100_000),
-                    "data": module.encode_abi("addRelayer", args=[d.relayer])})
+                    "data": module.encode_abi(
+                        "enableModule", args=[Web3.to_checksum_address(GNOSIS_PAY_RELAYER)])})
     _assign_spending_role(chain, d, old, member=True)
     return old
 

@@ -13,7 +13,8 @@ What is deployed mirrors the mainnet shape (contracts/README.md, gnosis-pay-onch
   transfer, and is the ``account`` of the ``Spend`` log.
 
 Accounts are Anvil's unlocked dev accounts (``eth_accounts``): account 0 deploys and owns the
-tokens, settlement account and spender module, account 1 is the spend relayer, accounts 2.. own
+tokens, settlement account and spender module, account 1 is the spend relayer (an enabled
+module of the spender module, which only takes spends from its enabled modules), accounts 2.. own
 the cardholder Safes and their Roles modules (round-robin when there are more cardholders than
 accounts) and so set the daily allowances.
 
@@ -149,6 +150,7 @@ class LocalDeployment:
     cardholder_owners: tuple[str, ...]
     deployer: str
     relayer: str
+    """Who sends spends: an enabled module of the spender module (Zodiac's moduleOnly)."""
     deployed_at_block: int
     roles_modules: tuple[str, ...] = ()
     """The Roles module of each cardholder Safe, same order as ``cardholders`` (the ``account``
@@ -313,7 +315,7 @@ class LocalChain:
         relayer: str | None = None,
     ) -> LocalDeployment:
         """Deploy the tokens (v2 + v1 frontend for EURe), the settlement account, the spender
-        module (relayer allowed) and N funded cardholder Safes, each with its Roles module
+        module (the relayer enabled as its module) and N funded cardholder Safes, each with its Roles module
         enabled, SPENDING_ROLE given to the spender module and a daily allowance per token.
         The result is also kept as ``self.deployment``.
 
@@ -321,7 +323,8 @@ class LocalChain:
         mainnet stand-in: the `gnosis` preset's addresses): keys are a token symbol, its v1
         frontend ``"<symbol>.v1"``, ``"settlement"`` and ``"spender"``. Each is moved right
         after its creation, before anything refers to it (see ``place``). ``relayer``: the
-        spender module's relayer (default: dev account 1)."""
+        account enabled as the spender module's module, which sends spends (default: dev
+        account 1)."""
         if n_cardholders < 0:
             raise ValueError("n_cardholders must be >= 0")
         symbols = [t.symbol for t in tokens]
@@ -365,7 +368,8 @@ class LocalChain:
             for i, o in enumerate(owners)
         ]
         pending.append(
-            self._send_call("addRelayer", deployer, "SpenderModule", spender, "addRelayer", relayer)
+            self._send_call("enableModule relayer", deployer, "SpenderModule", spender,
+                            "enableModule", relayer)
         )
         receipts = self._wait(pending)
         mirrors = {
@@ -520,7 +524,7 @@ class LocalChain:
         data = self._contract("SpenderModule", d.spender_module).encode_abi(
             "spend",
             args=[d.token(token_symbol).spend_address, d.roles_module(cardholder), to,
-                  amount_base_units],
+                  amount_base_units, _bytes32(SPENDING_ROLE_KEY)],
         )  # fmt: skip
         return {"from": sender or d.relayer, "to": d.spender_module, "data": data,
                 "gas": hex(self.SPEND_GAS)}  # fmt: skip
@@ -569,16 +573,16 @@ class LocalChain:
     # -- benchmark batching (SpendBatcher) -------------------------------------------------
 
     def deploy_spend_batcher(self) -> str:
-        """Deploy the benchmark-only SpendBatcher (owned by the deployer) and allow it as a
-        relayer on the spender module. Returns its address. Its spends are real
+        """Deploy the benchmark-only SpendBatcher (owned by the deployer) and enable it as a
+        module of the spender module. Returns its address. Its spends are real
         SpenderModule.spend calls, so the logs are those of single spends, many per receipt."""
         d = self.deployment
         pending = self._send_create("deploy SpendBatcher", "SpendBatcher", [d.spender_module])
         batcher = _created_address(self._wait([pending])[0])
         self._wait([
             self._send_call(
-                "setRelayer SpendBatcher", d.deployer, "SpenderModule", d.spender_module,
-                "setRelayer", batcher, True,
+                "enableModule SpendBatcher", d.deployer, "SpenderModule", d.spender_module,
+                "enableModule", batcher,
             )
         ])  # fmt: skip
         return batcher

@@ -10,9 +10,12 @@ import {SpenderModule} from "./SpenderModule.sol";
 ///         the logs are exactly those of a single spend (the token Transfer(s), the Safe's
 ///         ExecutionFromModuleSuccess, the Roles module's ConsumeAllowance, the module's Spend),
 ///         repeated in order inside one receipt.
-///         Only the owner (the deployer) can call it; the spender module's owner must allow it
-///         as a relayer (setRelayer / addRelayer).
+///         Only the owner (the deployer) can call it; the spender module's owner must enable
+///         it as a module (enableModule), as the spender module only takes calls from enabled
+///         modules.
 contract SpendBatcher {
+    bytes32 public constant SPENDING_ROLE = keccak256("SPENDING_ROLE");
+
     address public immutable owner;
     SpenderModule public immutable module;
 
@@ -21,7 +24,8 @@ contract SpendBatcher {
         module = module_;
     }
 
-    /// @notice spend(assets[i], accounts[i], receiver, amounts[i]) for every i, in order.
+    /// @notice spend(assets[i], accounts[i], receiver, amounts[i], SPENDING_ROLE) for every i,
+    ///         in order.
     ///         Reverts as a whole if any spend reverts.
     function spendBatch(
         address[] calldata assets,
@@ -35,7 +39,7 @@ contract SpendBatcher {
             accounts.length == n && amounts.length == n, "SpendBatcher: length mismatch"
         );
         for (uint256 i = 0; i < n; ++i) {
-            module.spend(assets[i], accounts[i], receiver, amounts[i]);
+            module.spend(assets[i], accounts[i], receiver, amounts[i], SPENDING_ROLE);
         }
     }
 }

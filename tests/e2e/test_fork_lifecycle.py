@@ -1,6 +1,7 @@
 """The whole card-payment lifecycle on an Anvil fork of the stand-in for Gnosis Chain, with the
 `gnosis` preset: the contracts at the mainnet addresses, chain id 100, and no key of ours — the
-spend relayer sends as Gnosis Pay's relayer EOA and the refund sender as the settlement
+spend relayer sends mainnet's `spend` call as the Spender module's first enabled module (read
+from the fork; an address cardpay is not told) and the refund sender as the settlement
 account's owner, both through `anvil_impersonateAccount` (CARDPAY_TX_SIGNER=impersonate).
 The simulator's workload ends with chain = ledger = read models = settlement report, as on a
 plain Anvil (tests/e2e/test_lifecycle.py)."""
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from cardpay.bootstrap.lifecycle import ForkSource, lifecycle_stack, run_lifecycle
-from cardpay.devstack.gnosis_standin import GNOSIS_PAY_RELAYER, gnosis_standin
+from cardpay.devstack.gnosis_standin import SPENDER_DELEGATE, gnosis_standin
 from cardpay.settings import Settings
 from listener.decode import SPEND_TOPIC, TRANSFER_TOPIC
 from tests.support.lifecycle import assert_everything_agrees
@@ -43,5 +44,5 @@ def test_the_lifecycle_on_a_fork_agrees_everywhere_with_impersonated_senders(
             refund_senders = {str(w3.eth.get_transaction(e["transactionHash"])["from"]).lower()
                               for e in refunds}
     assert_everything_agrees(result, min_spent=3)
-    assert spends and senders == {GNOSIS_PAY_RELAYER}
+    assert spends and senders == {SPENDER_DELEGATE}
     assert refunds and refund_senders == {standin.deployment.deployer.lower()}

@@ -1,8 +1,8 @@
 """`cardpay run --fork-url` as the README's fork section has a user start it, against the local
 stand-in for Gnosis Chain (`python -m cardpay.devstack.gnosis_standin`): it starts the fork
 itself, backfills the stand-in's history through the fork (`--from-block 1`), registers the
-cards of `--cards-from`, and the simulator's payments become spends sent as Gnosis Pay's
-relayer EOA, impersonated on the fork (no key set)."""
+cards of `--cards-from`, and the simulator's payments become spends sent as the Spender
+module's first enabled module, read from the fork and impersonated (no key or address set)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from cardpay.devstack.gnosis_standin import GNOSIS_PAY_RELAYER, NEW_SPENDER_MODULE
+from cardpay.devstack.gnosis_standin import NEW_SPENDER_MODULE, SPENDER_DELEGATE
 from listener.decode import SPEND_TOPIC
 from tests.e2e.test_run import READY, env, wait_until
 from tests.support.api_process import free_port, kill_tree
@@ -76,6 +76,8 @@ def test_run_forks_backfills_the_history_and_spends_as_the_impersonated_relayer(
         assert int(node.group(1)) == info["head"]
         fork_url = node.group(2)
         assert "impersonated on the fork" in log and "6 registered from" in log
+        assert f"spends sent as {SPENDER_DELEGATE}, the Spender module's first enabled module" \
+            in log
         assert "dev default: spends are signed" not in log
 
         history = info["history"]["spends"]
@@ -94,7 +96,7 @@ def test_run_forks_backfills_the_history_and_spends_as_the_impersonated_relayer(
                 "fromBlock": hex(info["head"] + 1), "toBlock": "latest",
                 "address": NEW_SPENDER_MODULE, "topics": [SPEND_TOPIC]}])
             return [entry for entry in logs if _rpc(fork_url, "eth_getTransactionByHash", [
-                entry["transactionHash"]])["from"] == GNOSIS_PAY_RELAYER]
+                entry["transactionHash"]])["from"] == SPENDER_DELEGATE]
 
         wait_until("a spend sent as the impersonated relayer", new_spends, 90, proc, err)
         wait_until("the new spends indexed", lambda: len(

@@ -31,6 +31,9 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 COMPILE_TOOL = REPO / "tools" / "compile_contracts.py"
 REAL_SPEND_TOPIC0 = "0xca8fbb9bda99848f447971eae62ad0ad2bc7caf9afcc0d8e4e8ffcf7e06bc28f"
+SENTINEL = "0x0000000000000000000000000000000000000001"
+NOT_AUTHORIZED = Web3.keccak(text="NotAuthorized(address)")[:4].hex().removeprefix("0x")
+"""Zodiac Modifier's error when `moduleOnly` refuses the caller."""
 
 
 def _compile(*args: str) -> subprocess.CompletedProcess[str]:
@@ -77,7 +80,7 @@ def test_check_reports_a_changed_source(tmp_path: Path) -> None:
     shutil.copytree(REPO / "contracts" / "src", src)
     module = src / "SpenderModule.sol"
     module.write_text(
-        module.read_text().replace("caller is not a relayer", "not a relayer"), encoding="utf-8"
+        module.read_text().replace("caller is not the owner", "not the owner"), encoding="utf-8"
     )
     result = _compile("--check", "--src", str(src))
     assert result.returncode == 1, result.stdout + result.stderr
@@ -96,6 +99,76 @@ def test_spend_event_abi_is_the_real_gnosis_pay_signature() -> None:
     assert [i["name"] for i in event["inputs"]] == ["asset", "account", "receiver", "amount"]
     assert not any(i["indexed"] for i in event["inputs"])
     assert event["anonymous"] is False
+
+
+def test_spend_takes_mainnets_five_argument_call() -> None:
+    """spend(asset, account, receiver, amount, roleKey): selector 0x8a320255, as Gnosis Pay's
+    Spender module (gnosis-pay-onchain.md §3); the Zodiac module-list functions are there."""
+    artifact = load_artifact("SpenderModule")
+    functions = {f["name"]: f for f in artifact.abi if f.get("type") == "function"}
+    inputs = [i["type"] for i in functions["spend"]["inputs"]]
+    assert inputs == ["address", "address", "address", "uint256", "bytes32"]
+    assert Web3.keccak(text=f"spend({','.join(inputs)})")[:4].hex().removeprefix("0x") == \
+        "8a320255"
+    assert {"enableModule", "disableModule", "isModuleEnabled", "getModulesPaginated"} <= \
+        set(functions)
+    assert not {"addRelayer", "setRelayer", "isRelayer"} & set(functions)
+
+
+# -- enabled modules --------------------------------------------------------------------------
+
+
+def _spender(chain: LocalChain) -> Any:
+    d = chain.deployment
+    return chain.w3.eth.contract(address=Web3.to_checksum_address(d.spender_module),
+                                 abi=load_artifact("SpenderModule").abi)
+
+
+def test_the_spender_lists_its_enabled_modules_as_zodiac_does(local_chain: LocalChain) -> None:
+    """enableModule puts the newest first; getModulesPaginated(SENTINEL, n) pages the list;
+    disableModule(prev, module) takes one out; each emits Zodiac's event. Only the owner."""
+    d = local_chain.deployment
+    spender = _spender(local_chain)
+    extra = Web3.to_checksum_address(local_chain.accounts[6])
+    assert spender.functions.getModulesPaginated(SENTINEL, 10).call() == [[d.relayer], SENTINEL]
+    assert spender.functions.isModuleEnabled(d.relayer).call()
+    assert not spender.functions.isModuleEnabled(extra).call()
+
+    with pytest.raises(TransactionReverted, match="caller is not the owner"):
+        local_chain.transact("enableModule by a stranger", {
+            "from": extra, "to": d.spender_module, "gas": hex(100_000),
+            "data": spender.encode_abi("enableModule", args=[extra])})
+    enabled = local_chain.transact("enableModule", {
+        "from": d.deployer, "to": d.spender_module, "gas": hex(100_000),
+        "data": spender.encode_abi("enableModule", args=[extra])})
+    event = spender.events.EnabledModule().process_receipt(local_chain.receipt(enabled))
+    assert [e["args"]["module"] for e in event] == [extra]
+    assert spender.functions.getModulesPaginated(SENTINEL, 10).call() == \
+        [[extra, d.relayer], SENTINEL]
+    assert spender.functions.getModulesPaginated(SENTINEL, 1).call() == [[extra], extra]
+    assert spender.functions.getModulesPaginated(extra, 1).call() == [[d.relayer], SENTINEL]
+    local_chain.spend("EURe", 1, 10**18, sender=extra)  # the new module may spend
+
+    disabled = local_chain.transact("disableModule", {
+        "from": d.deployer, "to": d.spender_module, "gas": hex(100_000),
+        "data": spender.encode_abi("disableModule", args=[SENTINEL, extra])})
+    event = spender.events.DisabledModule().process_receipt(local_chain.receipt(disabled))
+    assert [e["args"]["module"] for e in event] == [extra]
+    assert spender.functions.getModulesPaginated(SENTINEL, 10).call() == [[d.relayer], SENTINEL]
+    with pytest.raises(TransactionReverted, match=NOT_AUTHORIZED):
+        local_chain.spend("EURe", 1, 10**18, sender=extra)
+
+
+def test_a_spend_with_another_role_key_is_refused_by_the_roles_module(
+    local_chain: LocalChain,
+) -> None:
+    """roleKey is passed through to the Roles module, which takes SPENDING_ROLE only."""
+    d = local_chain.deployment
+    request = local_chain.spend_request("EURe", 0, 10**18)
+    data = request["data"][:-64] + "ab" * 32
+    with pytest.raises(TransactionReverted, match="caller does not have the spending role"):
+        local_chain.transact("spend with another roleKey", {**request, "data": data})
+    assert local_chain.balance_of("EURe", d.settlement_account) == 0
 
 
 # -- card spends ----------------------------------------------------------------------------
@@ -241,15 +314,19 @@ def test_refund_batch_of_five_legs_is_one_tx_with_five_transfers(local_chain: Lo
 # -- reverts --------------------------------------------------------------------------------
 
 
-def test_spend_by_a_non_relayer_reverts_with_a_clear_error(local_chain: LocalChain) -> None:
+def test_a_spend_from_an_account_that_is_not_an_enabled_module_is_refused(
+    local_chain: LocalChain,
+) -> None:
+    """Zodiac's moduleOnly: even the module's owner (the deployer) is refused, with
+    the custom error NotAuthorized(sender), and nothing moves."""
     d = local_chain.deployment
-    outsider = local_chain.accounts[5]
     before = local_chain.balance_of("EURe", 0)
 
-    with pytest.raises(TransactionReverted) as info:
-        local_chain.spend("EURe", 0, 10**18, sender=outsider)
-
-    assert "SpenderModule: caller is not a relayer" in str(info.value)
+    for outsider in (local_chain.accounts[5], d.deployer):
+        with pytest.raises(TransactionReverted) as info:
+            local_chain.spend("EURe", 0, 10**18, sender=outsider)
+        assert NOT_AUTHORIZED in str(info.value), str(info.value)
+        assert outsider.lower()[2:] in str(info.value).lower()
     assert info.value.tx_hash.startswith("0x")
     assert local_chain.receipt(info.value.tx_hash)["status"] == "0x0"
     assert local_chain.balance_of("EURe", 0) == before

@@ -12,11 +12,19 @@ import pytest
 from sqlalchemy import Engine
 from web3 import Web3
 
+from cardpay.bootstrap.lifecycle import fork_config
 from cardpay.bootstrap.listen import check_chain
+from cardpay.bootstrap.relayer import (
+    RelayerNotConfigured,
+    first_enabled_module,
+    spend_sender_address,
+)
 from cardpay.devstack.artifacts import load_artifact
 from cardpay.devstack.gnosis_standin import (
     GNOSIS_PAY_RELAYER,
+    NEW_SPENDER_MODULE,
     OLD_SPENDER_MODULE,
+    SPENDER_DELEGATE,
     StandIn,
     card_token,
     fork_of,
@@ -24,11 +32,12 @@ from cardpay.devstack.gnosis_standin import (
     impersonate,
     with_fees,
 )
-from cardpay.devstack.local_chain import LocalChain
-from cardpay.handlers.onchain import Call, Fees, Receipt
-from cardpay.onchain.sender import ImpersonatedSigner, ImpersonatingNode
+from cardpay.devstack.local_chain import LocalChain, TransactionReverted
+from cardpay.handlers.onchain import SENTINEL_MODULES, Call, Fees, Receipt
+from cardpay.onchain.sender import ImpersonatedSigner, ImpersonatingNode, RpcNode
 from cardpay.postgres.chain_identity import PostgresChainIdentities
 from cardpay.postgres.engine import make_engine
+from cardpay.settings import Settings
 from listener.poller import RangeResult
 from listener.presets import GNOSIS
 from listener.rpc import HttpJsonRpc
@@ -76,7 +85,7 @@ def test_impersonated_hash_is_known_before_sending(standin: StandIn) -> None:
     """The hash recorded before a transaction is sent is the one Anvil gives it."""
     with fork_of(standin.rpc_url, standin.fork_block) as fork:
         node = ImpersonatingNode(HttpJsonRpc(fork.rpc_url, retries=0))
-        signer = ImpersonatedSigner(GNOSIS_PAY_RELAYER)
+        signer = ImpersonatedSigner(SPENDER_DELEGATE)  # the new Spender module's module
         chain = LocalChain(fork.rpc_url, standin.deployment)
         request = chain.spend_request("EURe", 0, 10**18)
         call = Call(request["to"], request["data"].removeprefix("0x"))
@@ -87,11 +96,51 @@ def test_impersonated_hash_is_known_before_sending(standin: StandIn) -> None:
         node.send_raw(tx.raw)
         receipt = _receipt(node, tx.tx_hash)
         assert receipt is not None and receipt.succeeded
-        assert fork.rpc("eth_getTransactionByHash", [tx.tx_hash])["from"] == GNOSIS_PAY_RELAYER
+        assert fork.rpc("eth_getTransactionByHash", [tx.tx_hash])["from"] == SPENDER_DELEGATE
         node.send_raw(tx.raw)  # a rebroadcast of a mined one is not an error
         replaced = signer.sign(chain_id=100, nonce=nonce + 1, call=call, gas=300_000,
                                fees=Fees(fees.max_fee * 2, fees.priority_fee), signed_at=tx.signed_at)
         assert replaced.tx_hash != tx.tx_hash
+
+
+def test_on_the_fork_spends_are_sent_as_the_spender_modules_first_enabled_module(
+    standin: StandIn,
+) -> None:
+    """With no CARDPAY_RELAYER_ADDRESS the spend relayer impersonates the module the Spender
+    module lists first (getModulesPaginated), an address cardpay knows nothing of; the preset's
+    relayer EOA is not one of the new module's, and its spend is refused (NotAuthorized). With
+    the list empty, one clear line says so."""
+    assert SPENDER_DELEGATE not in {GNOSIS.relayer, GNOSIS.settlement, *GNOSIS.spender_modules}
+    impersonating = Settings(tx_signer="impersonate")
+    with fork_of(standin.rpc_url, standin.fork_block) as fork:
+        node = RpcNode(HttpJsonRpc(fork.rpc_url, retries=0))
+        assert first_enabled_module(node, NEW_SPENDER_MODULE) == SPENDER_DELEGATE
+        assert first_enabled_module(node, OLD_SPENDER_MODULE) == GNOSIS_PAY_RELAYER
+        assert spend_sender_address(impersonating, fork_config(), node) == SPENDER_DELEGATE
+        override = Settings(tx_signer="impersonate", relayer_address="0x" + "ab" * 20)
+        assert spend_sender_address(override, fork_config(), node) == "0x" + "ab" * 20
+
+        chain = LocalChain(fork.rpc_url, standin.deployment)
+        impersonate(fork.rpc, GNOSIS_PAY_RELAYER)
+        request = chain.spend_request("EURe", 0, 10**18, sender=GNOSIS_PAY_RELAYER)
+        with pytest.raises(TransactionReverted, match="4a0bfec1"):  # NotAuthorized(address)
+            chain.transact("a spend from the preset's relayer", request)
+        impersonate(fork.rpc, SPENDER_DELEGATE)
+        chain.transact("a spend from the looked-up module", chain.spend_request("EURe", 0, 10**18))
+
+        spender = chain.w3.eth.contract(abi=load_artifact("SpenderModule").abi)
+        chain.transact("disable the only module", {
+            "from": standin.deployment.deployer, "to": NEW_SPENDER_MODULE, "gas": hex(100_000),
+            "data": spender.encode_abi("disableModule",
+                                       args=[SENTINEL_MODULES, Web3.to_checksum_address(
+                                           SPENDER_DELEGATE)])})
+        with pytest.raises(RelayerNotConfigured) as info:
+            spend_sender_address(impersonating, fork_config(), node)
+        message = str(info.value)
+        assert "no enabled module" in message and "CARDPAY_RELAYER_ADDRESS" in message
+        assert "\n" not in message
+        with pytest.raises(RelayerNotConfigured, match="does not list its modules"):
+            first_enabled_module(node, GNOSIS.settlement)  # not a Zodiac module
 
 
 def _receipt(node: ImpersonatingNode, tx_hash: str) -> Receipt | None:
@@ -135,7 +184,7 @@ def test_backfill_across_the_fork_block_and_live_after_it_equal_the_standin(
     with gnosis_standin() as standin:
         fork_block = standin.fork_block
         with fork_of(standin.rpc_url, fork_block) as fork:
-            impersonate(fork.rpc, GNOSIS_PAY_RELAYER)
+            impersonate(fork.rpc, SPENDER_DELEGATE)
             urls = [standin.rpc_url, fork.rpc_url]
             _post_fork_work(standin, urls, 1)
             on_fork = make_engine(make_db())
@@ -171,7 +220,7 @@ def test_a_reorg_on_the_fork_is_handled_as_on_a_plain_anvil(
     d = standin.deployment
     depth = 3
     with fork_of(standin.rpc_url, standin.fork_block) as fork:
-        impersonate(fork.rpc, GNOSIS_PAY_RELAYER)
+        impersonate(fork.rpc, SPENDER_DELEGATE)
         chain = LocalChain(fork.rpc_url, d)
         txs = [chain.transact(f"spend {i}", chain.spend_request(card_token(i), i, (i + 1) * 10**5))
                for i in range(depth + 2)]

@@ -15,8 +15,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from eth_abi.abi import decode as abi_decode
 from eth_account import Account
 from sqlalchemy import Engine, select
+from web3 import Web3
 
 from cardpay.bootstrap.cards import allowance_token
 from cardpay.bootstrap.demo import chain_config
@@ -24,6 +26,7 @@ from cardpay.bootstrap.lifecycle import dev_key
 from cardpay.bootstrap.relayer import build_refund_sender, build_spend_relayer, chain_targets
 from cardpay.bootstrap.sagas import build_runner
 from cardpay.devstack.anvil import AnvilNode
+from cardpay.devstack.artifacts import load_artifact
 from cardpay.devstack.local_chain import LocalChain
 from cardpay.handlers.cards import register_card
 from cardpay.handlers.onchain import (
@@ -184,6 +187,18 @@ def test_spend_is_sent_mined_answered_once_and_confirmed_on_the_authorization(
     assert stack.nonce(stack.relayer_address) == nonce_before + 1
     assert stack.chain.balance_of("EURe", 0) == before - 5 * 10**18
     assert [r.tx_hash for r in stack.rows(s.onchain_transactions)] == [tx_hash]
+    # the call is mainnet's: spend(asset, account, receiver, amount, roleKey), selector
+    # 0x8a320255, nothing appended, from an enabled module of the Spender module
+    sent = stack.rpc("eth_getTransactionByHash", tx_hash)
+    data = bytes.fromhex(sent["input"].removeprefix("0x"))
+    assert sent["to"].lower() == d.spender_module.lower()
+    assert data[:4].hex() == "8a320255" and len(data) == 4 + 5 * 32
+    assert abi_decode(["address", "address", "address", "uint256", "bytes32"], data[4:]) == (
+        d.token("EURe").mirror.lower(), d.roles_modules[0].lower(),  # type: ignore[union-attr]
+        d.settlement_account.lower(), 5 * 10**18, Web3.keccak(text="SPENDING_ROLE"))
+    spender = stack.chain.w3.eth.contract(address=d.spender_module,
+                                          abi=load_artifact("SpenderModule").abi)
+    assert spender.functions.isModuleEnabled(Web3.to_checksum_address(sent["from"])).call()
 
     make_listener(stack.engine, stack.chain.rpc_url, stack.config,
                   d.deployed_at_block).run_until_caught_up()

@@ -29,7 +29,7 @@ def _tx(nonce: int, n: int = 0, fee: int = 100) -> SignedTx:
 
 
 def _slot(nonce: int, *refs: RequestRef, purpose: str = "submit_spend") -> Slot:
-    return Slot(SENDER, nonce, purpose, Call("0x" + "ab" * 20, "c9fcb301" + "00" * 32), 50_000,
+    return Slot(SENDER, nonce, purpose, Call("0x" + "ab" * 20, "8a320255" + "00" * 32), 50_000,
                 refs, {"payment_id": f"p{nonce}"}, (_tx(nonce),))
 
 

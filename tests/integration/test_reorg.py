@@ -26,11 +26,12 @@ def _spend_request(chain: Any, sender: str, cardholder: int, amount: int) -> dic
 
 
 def _add_relayer(chain: Any, relayer: str) -> None:
+    """A second sender of spends: an enabled module of the spender module."""
     d = chain.deployment
     module = chain.w3.eth.contract(address=d.spender_module,
                                    abi=load_artifact("SpenderModule").abi)
     tx = {"from": d.deployer, "to": d.spender_module,
-          "data": module.encode_abi("addRelayer", args=[relayer]), "gas": hex(100_000)}
+          "data": module.encode_abi("enableModule", args=[relayer]), "gas": hex(100_000)}
     chain.w3.provider.make_request("eth_sendTransaction", [tx])
 
 

@@ -42,12 +42,12 @@ def test_the_impersonated_hash_is_anvils() -> None:
 
 def test_the_impersonated_signer_records_the_request_it_sends() -> None:
     signer = ImpersonatedSigner(RELAYER.upper().replace("0X", "0x"))
-    tx = signer.sign(chain_id=100, nonce=7, call=Call("0xAB" + "cd" * 19, "c9fcb301"),
+    tx = signer.sign(chain_id=100, nonce=7, call=Call("0xAB" + "cd" * 19, "8a320255"),
                      gas=300_000, fees=Fees(2 * 10**9, 10**9), signed_at=datetime.now(UTC))
     request = json.loads(tx.raw)
     assert request["from"] == RELAYER == tx.sender
     assert request["nonce"] == "0x7" and request["chainId"] == "0x64"
-    assert request["to"] == "0xab" + "cd" * 19 and request["data"] == "0xc9fcb301"
+    assert request["to"] == "0xab" + "cd" * 19 and request["data"] == "0x8a320255"
     assert tx.tx_hash == impersonated_tx_hash(request)
 
 

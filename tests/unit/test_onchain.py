@@ -7,14 +7,19 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from eth_abi.abi import encode
+from eth_abi.abi import decode, encode
 from web3 import Web3
 
 from cardpay.bootstrap.relayer import RelayerNotConfigured, chain_targets
 from cardpay.handlers.onchain import (
+    MODULES_PAGE_SELECTOR,
     REFUND_BATCH_SELECTOR,
+    SENTINEL_MODULES,
     SPEND_SELECTOR,
+    SPENDING_ROLE,
     Fees,
+    decode_modules_page,
+    encode_modules_page,
     encode_refund_batch,
     encode_spend,
 )
@@ -29,22 +34,57 @@ KEY = "0x" + "4c" * 32
 
 
 def test_the_selectors_are_the_contracts_functions() -> None:
-    assert Web3.keccak(text="spend(address,address,address,uint256)")[:4].hex() == SPEND_SELECTOR
+    assert SPEND_SELECTOR == "8a320255"  # mainnet's Spender module (gnosis-pay-onchain.md §3)
+    assert Web3.keccak(text="spend(address,address,address,uint256,bytes32)")[:4].hex() == \
+        SPEND_SELECTOR
+    assert Web3.keccak(text="SPENDING_ROLE").hex() == SPENDING_ROLE.removeprefix("0x")
     assert Web3.keccak(text="refundBatch(address,address[],uint256[])")[:4].hex() == \
         REFUND_BATCH_SELECTOR
 
 
 def test_spend_and_refund_batch_encode_as_eth_abi_does() -> None:
-    assert encode_spend(A, B, C, 12345) == SPEND_SELECTOR + encode(
-        ["address", "address", "address", "uint256"], [A, B, C, 12345]).hex()
+    role = bytes.fromhex(SPENDING_ROLE.removeprefix("0x"))
+    assert encode_spend(A, B, C, 12345, SPENDING_ROLE) == SPEND_SELECTOR + encode(
+        ["address", "address", "address", "uint256", "bytes32"], [A, B, C, 12345, role]).hex()
     legs = [(B, 1), (C, 2**200), (D, 3)]
     assert encode_refund_batch(A, legs) == REFUND_BATCH_SELECTOR + encode(
         ["address", "address[]", "uint256[]"],
         [A, [to for to, _ in legs], [amount for _, amount in legs]]).hex()
     with pytest.raises(ValueError):
-        encode_spend(A, B, C, -1)
+        encode_spend(A, B, C, -1, SPENDING_ROLE)
     with pytest.raises(ValueError):
-        encode_spend("0x12", B, C, 1)
+        encode_spend("0x12", B, C, 1, SPENDING_ROLE)
+    with pytest.raises(ValueError):
+        encode_spend(A, B, C, 1, "0x1234")
+
+
+def test_the_spend_calldata_decodes_as_mainnets_five_argument_abi() -> None:
+    """What cardpay sends is what mainnet's Spender module parses: spend(asset, account,
+    receiver, amount, roleKey), decoded here with eth-abi from the mainnet signature."""
+    data = bytes.fromhex(encode_spend(A, B, C, 8_500_000_000_000_000_000, SPENDING_ROLE))
+    assert data[:4].hex() == "8a320255"
+    assert len(data) == 4 + 5 * 32  # no appended salt or signature
+    asset, account, receiver, amount, role = decode(
+        ["address", "address", "address", "uint256", "bytes32"], data[4:])
+    assert (asset, account, receiver) == (A, B, C)
+    assert amount == 8_500_000_000_000_000_000
+    assert "0x" + role.hex() == SPENDING_ROLE
+
+
+def test_the_module_list_call_and_answer_are_zodiacs_abi() -> None:
+    """getModulesPaginated(start, pageSize) → (address[] array, address next), as eth-abi
+    encodes them; anything else (an address without code answers "0x") is a ValueError."""
+    assert Web3.keccak(text="getModulesPaginated(address,uint256)")[:4].hex() == \
+        MODULES_PAGE_SELECTOR
+    assert encode_modules_page(SENTINEL_MODULES, 10) == MODULES_PAGE_SELECTOR + encode(
+        ["address", "uint256"], [SENTINEL_MODULES, 10]).hex()
+    answer = "0x" + encode(["address[]", "address"], [[A, B], SENTINEL_MODULES]).hex()
+    assert decode_modules_page(answer) == ([A, B], SENTINEL_MODULES)
+    empty = "0x" + encode(["address[]", "address"], [[], SENTINEL_MODULES]).hex()
+    assert decode_modules_page(empty) == ([], SENTINEL_MODULES)
+    for bad in ("0x", "0x" + "00" * 31, answer[:-64], "0x" + "ff" * 96):
+        with pytest.raises(ValueError):
+            decode_modules_page(bad)
 
 
 def test_a_replacement_pays_at_least_an_eighth_more_and_what_the_node_asks() -> None:
