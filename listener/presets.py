@@ -44,8 +44,10 @@ class ChainConfig:
     """The Spender module new spends go through, where the preset reads several (mainnet's
     old and new); None: the only one."""
     relayer: str | None = None
-    """The account the Spender module takes spends from on this chain (mainnet: Gnosis Pay's
-    relayer EOA): whom the spend relayer impersonates on a fork."""
+    """The account that sends this chain's spends (mainnet: Gnosis Pay's delegate EOA, whose
+    calls carry a signature of the Spender module's enabled module). Not whom cardpay acts as on a
+    fork: that is the Spender module's first enabled module, read from the chain
+    (`cardpay.bootstrap.relayer.spend_sender_address`), or CARDPAY_RELAYER_ADDRESS."""
 
     def __post_init__(self) -> None:
         """Addresses compare as lowercase hex everywhere; checksummed input is normalized here."""
