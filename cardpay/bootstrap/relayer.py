@@ -11,11 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from eth_abi.abi import decode as abi_decode
+from eth_abi.abi import encode as abi_encode
+from eth_abi.exceptions import DecodingError
 from sqlalchemy import Engine
 
 from cardpay.errors import CardpayError
 from cardpay.handlers.onchain import (
-    SENTINEL_MODULES,
     ChainTargets,
     EffectAnswers,
     OnchainUnitOfWork,
@@ -25,8 +27,6 @@ from cardpay.handlers.onchain import (
     Slot,
     SpendRelayer,
     TransactionSender,
-    decode_modules_page,
-    encode_modules_page,
     link_spend,
 )
 from cardpay.onchain.sender import ImpersonatedSigner, ImpersonatingNode, LocalSigner, RpcNode
@@ -92,14 +92,25 @@ def _node(settings: Settings, rpc_url: str | None) -> RpcNode:
     return ImpersonatingNode(rpc) if settings.impersonate else RpcNode(rpc)
 
 
+MODULES_PAGE_SELECTOR = "cc2f8452"
+"""getModulesPaginated(address start, uint256 pageSize) on a Zodiac module (or a Safe): who may
+call the Spender module's `spend`."""
+SENTINEL_MODULES = "0x0000000000000000000000000000000000000001"
+"""Zodiac's list head: `getModulesPaginated(SENTINEL_MODULES, n)` starts at the first module."""
+
+
 def first_enabled_module(node: RpcNode, spender_module: str) -> str:
-    """The first enabled module of `spender_module` (`getModulesPaginated(SENTINEL, 10)`), as
-    the node says: an account its `spend` accepts without a signature (Zodiac's `moduleOnly`).
+    """The first enabled module of `spender_module` (`getModulesPaginated(SENTINEL, 10)`, its
+    answer `(address[] array, address next)` decoded by eth-abi), lowercase, as the node says: an
+    account its `spend` accepts without a signature (Zodiac's `moduleOnly`).
     RelayerNotConfigured, in one line, when it has none or does not answer."""
+    call = "0x" + MODULES_PAGE_SELECTOR + abi_encode(["address", "uint256"],
+                                                      [SENTINEL_MODULES, 10]).hex()
     try:
-        answer = str(node.call(spender_module, "0x" + encode_modules_page(SENTINEL_MODULES, 10)))
-        modules, _ = decode_modules_page(answer)
-    except (ValueError, CardpayError, ListenerError) as exc:
+        answer = str(node.call(spender_module, call))
+        found, _ = abi_decode(["address[]", "address"], bytes.fromhex(answer.removeprefix("0x")))
+        modules = [str(module).lower() for module in found]
+    except (ValueError, DecodingError, CardpayError, ListenerError) as exc:
         raise RelayerNotConfigured(
             f"the Spender module {spender_module} does not list its modules "
             f"(getModulesPaginated: {exc}); set CARDPAY_RELAYER_ADDRESS") from None

@@ -46,11 +46,6 @@ call shape (gnosispay/account-kit Spender.sol; gnosis-pay-onchain.md §3)."""
 SPENDING_ROLE = "0x349476e3982666749979c85ce800cd2947a4b8dc9fe20a01a00a1b526072a8a3"
 """keccak256("SPENDING_ROLE"): the role the Spender module holds on every cardholder's Roles
 module, passed as `roleKey` so the Roles module executes the transfer under it."""
-MODULES_PAGE_SELECTOR = "cc2f8452"
-"""getModulesPaginated(address start, uint256 pageSize) on a Zodiac module (or a Safe): who may
-call the Spender module's `spend`."""
-SENTINEL_MODULES = "0x0000000000000000000000000000000000000001"
-"""Zodiac's list head: `getModulesPaginated(SENTINEL_MODULES, n)` starts at the first module."""
 REFUND_BATCH_SELECTOR = "a1f5cc09"
 """refundBatch(address,address[],uint256[]) on the settlement account."""
 
@@ -313,32 +308,6 @@ def encode_spend(asset: str, account: str, receiver: str, amount: int, role_key:
     module (impersonated), which passes Zodiac's `moduleOnly` without one."""
     return SPEND_SELECTOR + _address(asset) + _address(account) + _address(receiver) + \
         _word(amount) + _bytes32(role_key)
-
-
-def encode_modules_page(start: str, page_size: int) -> str:
-    """getModulesPaginated(start, pageSize)."""
-    return MODULES_PAGE_SELECTOR + _address(start) + _word(page_size)
-
-
-def decode_modules_page(data: str) -> tuple[list[str], str]:
-    """getModulesPaginated's answer `(address[] array, address next)` as lowercase addresses
-    (ValueError if it is not one: e.g. "0x" from an address without code)."""
-    body = data.lower().removeprefix("0x")
-    if len(body) < 3 * 64 or len(body) % 64 or any(ch not in "0123456789abcdef" for ch in body):
-        raise ValueError(f"not an (address[], address) answer: {data[:80]!r}")
-    words = [body[i:i + 64] for i in range(0, len(body), 64)]
-    offset, next_module = int(words[0], 16), words[1]
-    if offset % 32 or offset // 32 >= len(words):
-        raise ValueError(f"bad array offset {offset}")
-    start = offset // 32
-    count = int(words[start], 16)
-    items = words[start + 1:start + 1 + count]
-    if len(items) != count:
-        raise ValueError(f"the array says {count} items, the answer holds {len(items)}")
-    for word in [next_module, *items]:
-        if int(word[:24], 16):
-            raise ValueError(f"{word} is not an address")
-    return ["0x" + word[24:] for word in items], "0x" + next_module[24:]
 
 
 def encode_refund_batch(token: str, legs: Sequence[tuple[str, int]]) -> str:

@@ -15,6 +15,7 @@ from web3 import Web3
 from cardpay.bootstrap.lifecycle import fork_config
 from cardpay.bootstrap.listen import check_chain
 from cardpay.bootstrap.relayer import (
+    SENTINEL_MODULES,
     RelayerNotConfigured,
     first_enabled_module,
     spend_sender_address,
@@ -33,7 +34,7 @@ from cardpay.devstack.gnosis_standin import (
     with_fees,
 )
 from cardpay.devstack.local_chain import LocalChain, TransactionReverted
-from cardpay.handlers.onchain import SENTINEL_MODULES, Call, Fees, Receipt
+from cardpay.handlers.onchain import Call, Fees, Receipt
 from cardpay.onchain.sender import ImpersonatedSigner, ImpersonatingNode, RpcNode
 from cardpay.postgres.chain_identity import PostgresChainIdentities
 from cardpay.postgres.engine import make_engine

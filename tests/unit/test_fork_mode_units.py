@@ -10,8 +10,14 @@ import json
 from datetime import UTC, datetime
 
 import pytest
+from eth_abi.abi import encode as abi_encode
 
-from cardpay.bootstrap.relayer import chain_targets
+from cardpay.bootstrap.relayer import (
+    SENTINEL_MODULES,
+    RelayerNotConfigured,
+    chain_targets,
+    first_enabled_module,
+)
 from cardpay.cli.errors import UsageError
 from cardpay.cli.run import fork_options
 from cardpay.handlers.onchain import Call, Fees
@@ -97,3 +103,33 @@ def test_run_fork_options() -> None:
         fork_options(_args(fork_block=5))
     with pytest.raises(UsageError, match="--from-block must be >= 0"):
         fork_options(_args(fork_url="http://x", from_block=-1))
+
+
+class ModulesNode:
+    """Answers `getModulesPaginated` with `answer` (and checks the call is that one)."""
+
+    def __init__(self, answer: str) -> None:
+        self.answer = answer
+
+    def call(self, to: str, data: str) -> str:
+        assert data == "0xcc2f8452" + abi_encode(["address", "uint256"],
+                                                 [SENTINEL_MODULES, 10]).hex()
+        return self.answer
+
+
+def test_the_first_enabled_module_is_read_with_zodiacs_abi_and_a_bad_answer_is_one_line() -> None:
+    """getModulesPaginated(SENTINEL, 10) -> (address[] array, address next); the first module,
+    lowercase; no module, or an answer that is not that ABI (an address without code says
+    "0x"), is RelayerNotConfigured naming CARDPAY_RELAYER_ADDRESS."""
+    a, b = "0x" + "ab" * 20, "0x" + "cd" * 20
+    spender = "0x" + "11" * 20
+
+    def page(modules: list[str]) -> str:
+        return "0x" + abi_encode(["address[]", "address"], [modules, SENTINEL_MODULES]).hex()
+
+    assert first_enabled_module(ModulesNode(page([a, b])), spender) == a  # type: ignore[arg-type]
+    for answer, says in [(page([]), "has no enabled module"), ("0x", "does not list"),
+                         ("0x" + "00" * 31, "does not list"), ("0x" + "ff" * 96, "does not list")]:
+        with pytest.raises(RelayerNotConfigured, match=says) as raised:
+            first_enabled_module(ModulesNode(answer), spender)  # type: ignore[arg-type]
+        assert "CARDPAY_RELAYER_ADDRESS" in str(raised.value)

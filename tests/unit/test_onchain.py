@@ -12,14 +12,10 @@ from web3 import Web3
 
 from cardpay.bootstrap.relayer import RelayerNotConfigured, chain_targets
 from cardpay.handlers.onchain import (
-    MODULES_PAGE_SELECTOR,
     REFUND_BATCH_SELECTOR,
-    SENTINEL_MODULES,
     SPEND_SELECTOR,
     SPENDING_ROLE,
     Fees,
-    decode_modules_page,
-    encode_modules_page,
     encode_refund_batch,
     encode_spend,
 )
@@ -69,22 +65,6 @@ def test_the_spend_calldata_decodes_as_mainnets_five_argument_abi() -> None:
     assert (asset, account, receiver) == (A, B, C)
     assert amount == 8_500_000_000_000_000_000
     assert "0x" + role.hex() == SPENDING_ROLE
-
-
-def test_the_module_list_call_and_answer_are_zodiacs_abi() -> None:
-    """getModulesPaginated(start, pageSize) → (address[] array, address next), as eth-abi
-    encodes them; anything else (an address without code answers "0x") is a ValueError."""
-    assert Web3.keccak(text="getModulesPaginated(address,uint256)")[:4].hex() == \
-        MODULES_PAGE_SELECTOR
-    assert encode_modules_page(SENTINEL_MODULES, 10) == MODULES_PAGE_SELECTOR + encode(
-        ["address", "uint256"], [SENTINEL_MODULES, 10]).hex()
-    answer = "0x" + encode(["address[]", "address"], [[A, B], SENTINEL_MODULES]).hex()
-    assert decode_modules_page(answer) == ([A, B], SENTINEL_MODULES)
-    empty = "0x" + encode(["address[]", "address"], [[], SENTINEL_MODULES]).hex()
-    assert decode_modules_page(empty) == ([], SENTINEL_MODULES)
-    for bad in ("0x", "0x" + "00" * 31, answer[:-64], "0x" + "ff" * 96):
-        with pytest.raises(ValueError):
-            decode_modules_page(bad)
 
 
 def test_a_replacement_pays_at_least_an_eighth_more_and_what_the_node_asks() -> None:
