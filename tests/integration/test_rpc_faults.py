@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import Engine
 
 from cardpay.bootstrap.demo import chain_config
-from cardpay.bootstrap.listen import run_listener
+from cardpay.bootstrap.listen import BATCH_SIZE, run_listener
 from cardpay.handlers.chain import ChainSinkHandler
 from cardpay.postgres.uow import unit_of_work_factory
 from cardpay.runtime.supervise import Backoff
@@ -33,7 +33,8 @@ def _traffic(chain: Any, blocks: int, seed: int) -> None:
 
 def _index_through(proxy: FaultyProxy, chain: Any, engine: Engine) -> Listener:
     config = chain_config(chain.deployment)
-    rpc = HttpJsonRpc(proxy.url, timeout=0.3, retries=6, backoff=0.01, max_backoff=0.05)
+    rpc = HttpJsonRpc(proxy.url, timeout=0.3, retries=6, backoff=0.01, max_backoff=0.05,
+                      batch_size=BATCH_SIZE)  # headers in batches, as `cardpay listen` fetches
     listener = Listener("faulty", rpc, ChainSinkHandler(unit_of_work_factory(engine, None),
                                                          chain_id=config.chain_id),
                         config, start_block=chain.deployment.deployed_at_block, confirmations=0,
@@ -83,6 +84,7 @@ def test_faults_end_with_the_complete_exact_index(
     with FaultyProxy(local_chain.rpc_url, faults) as proxy:
         _index_through(proxy, local_chain, pg_engine)
     assert sum(faults.injected.values()) > 0, "no fault was injected: the test proved nothing"
+    assert proxy.batches > 0  # the block headers' batches met the faults too
     project(pg_engine)
     ours = canonical_views(pg_engine)
     assert ours == fresh_index(make_db, local_chain)

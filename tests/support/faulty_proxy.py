@@ -41,6 +41,8 @@ class FaultyProxy:
         self._rng = random.Random(faults.seed)
         self._lock = threading.Lock()
         self._session = requests.Session()
+        self.batches = 0
+        """JSON-RPC batches proxied (the listener's block headers go as batches)."""
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -86,9 +88,11 @@ class FaultyProxy:
         with self._lock:
             self.faults.injected[kind] += 1
 
-    def handle(self, request: dict[str, Any]) -> tuple[int, bytes]:
+    def handle(self, request: dict[str, Any] | list[dict[str, Any]]) -> tuple[int, bytes]:
+        """One HTTP request: a JSON-RPC call, or a batch (a list of calls, answered as a list).
+        The HTTP-level faults (429, 503, slow, truncated) hit the request whole, as a gateway's
+        would; the range limit and the lagging node hit each call of a batch on its own."""
         f = self.faults
-        method, params = request.get("method"), request.get("params") or []
         if self._roll(f.rate_limited):
             self._inject("429")
             return 429, b'{"error":"rate limited"}'
@@ -98,6 +102,21 @@ class FaultyProxy:
         if self._roll(f.slow):
             self._inject("slow")
             time.sleep(f.slow_seconds)
+        if isinstance(request, list):
+            with self._lock:
+                self.batches += 1
+            payload = json.dumps([self._answer(call) for call in request]).encode()
+        else:
+            payload = json.dumps(self._answer(request)).encode()
+        if self._roll(f.truncated):
+            self._inject("truncated")
+            return 200, payload[: max(1, len(payload) // 2)]
+        return 200, payload
+
+    def _answer(self, request: dict[str, Any]) -> dict[str, Any]:
+        """One call's answer: the node's, or the range limit's error, or a lagging node's."""
+        f = self.faults
+        method, params = request.get("method"), request.get("params") or []
         if method == "eth_getLogs" and f.max_log_range is not None:
             lo, hi = int(params[0]["fromBlock"], 16), int(params[0]["toBlock"], 16)
             if hi - lo + 1 > f.max_log_range:
@@ -107,16 +126,12 @@ class FaultyProxy:
                                f"range [{hex(lo)}, {hex(lo + f.max_log_range - 1)}].")
                 else:
                     message = "Log response size exceeded."
-                return 200, json.dumps({"jsonrpc": "2.0", "id": request.get("id"),
-                                        "error": {"code": -32005, "message": message}}).encode()
+                return {"jsonrpc": "2.0", "id": request.get("id"),
+                        "error": {"code": -32005, "message": message}}
         answer = self._upstream(request)
         if self._roll(f.lagging):
             answer = self._lag(method, params, answer)
-        payload = json.dumps(answer).encode()
-        if self._roll(f.truncated):
-            self._inject("truncated")
-            return 200, payload[: max(1, len(payload) // 2)]
-        return 200, payload
+        return answer
 
     def _lag(self, method: Any, params: list[Any], answer: dict[str, Any]) -> dict[str, Any]:
         head = int(self._upstream({"jsonrpc": "2.0", "id": 0, "method": "eth_blockNumber",
