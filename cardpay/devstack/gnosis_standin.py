@@ -47,11 +47,8 @@ from web3 import Web3
 
 from cardpay.devstack.anvil import AnvilNode
 from cardpay.devstack.artifacts import load_artifact
-from cardpay.devstack.local_chain import (
-    SPENDING_ROLE_KEY,
-    LocalChain,
-    LocalDeployment,
-)
+from cardpay.devstack.local_chain import LocalChain, LocalDeployment
+from cardpay.handlers.onchain import SPENDING_ROLE
 from listener.presets import EURE_V1, EURE_V2, GNOSIS, USDCE
 
 GNOSIS_CHAIN_ID = 100
@@ -186,7 +183,7 @@ def _old_spender_module(chain: LocalChain, d: LocalDeployment) -> str:
 def _assign_spending_role(chain: LocalChain, d: LocalDeployment, module: str, *,
                           member: bool) -> None:
     roles = chain.w3.eth.contract(abi=load_artifact("RolesModule").abi)
-    key = bytes.fromhex(SPENDING_ROLE_KEY.removeprefix("0x"))
+    key = bytes.fromhex(SPENDING_ROLE.removeprefix("0x"))
     for owner, roles_module in zip(d.cardholder_owners, d.roles_modules, strict=True):
         data = roles.encode_abi("assignRoles", args=[module, [key], [member]])
         chain.transact(f"assignRoles {module} {member}",

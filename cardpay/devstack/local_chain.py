@@ -39,6 +39,7 @@ from web3.types import RPCEndpoint
 
 from cardpay.devstack.artifacts import ContractArtifact, load_artifact
 from cardpay.errors import CardpayError
+from cardpay.handlers.onchain import SPENDING_ROLE
 
 __all__ = [
     "CONSUME_ALLOWANCE_EVENT_TOPIC0",
@@ -66,8 +67,6 @@ CONSUME_ALLOWANCE_EVENT_TOPIC0 = (
 )
 # keccak("SPENDING_ALLOWANCE"): Gnosis Pay's allowance key (the daily limit).
 SPENDING_ALLOWANCE_KEY = "0xfe687fc128d1915040376d20ccb1bf40d838ddd82bf9b0ba3da683cc2a251623"
-# keccak("SPENDING_ROLE"): the role the spender module holds on every Roles module.
-SPENDING_ROLE_KEY = "0x349476e3982666749979c85ce800cd2947a4b8dc9fe20a01a00a1b526072a8a3"
 
 DAILY_ALLOWANCE_TOKENS = 1_000_000
 """Default daily allowance per cardholder and token, in whole tokens."""
@@ -434,7 +433,7 @@ class LocalChain:
                     module,
                     "assignRoles",
                     spender,
-                    [_bytes32(SPENDING_ROLE_KEY)],
+                    [_bytes32(SPENDING_ROLE)],
                     [True],
                 )
             )
@@ -524,7 +523,7 @@ class LocalChain:
         data = self._contract("SpenderModule", d.spender_module).encode_abi(
             "spend",
             args=[d.token(token_symbol).spend_address, d.roles_module(cardholder), to,
-                  amount_base_units, _bytes32(SPENDING_ROLE_KEY)],
+                  amount_base_units, _bytes32(SPENDING_ROLE)],
         )  # fmt: skip
         return {"from": sender or d.relayer, "to": d.spender_module, "data": data,
                 "gas": hex(self.SPEND_GAS)}  # fmt: skip

@@ -437,7 +437,7 @@ def run_chaos(options: ChaosOptions, say: Callable[[str], None] = print,
                                         timeout=options.timeout, what="the settlement",
                                         feed=fed(s))
             finally:
-                if crash.is_alive() or crash.ident is not None:
+                if crash.ident is not None:  # started
                     crash.join(120)
                 stop.set()
                 await services
