@@ -234,7 +234,7 @@ class Settings:
     module takes `spend` only from its enabled modules)."""
     settlement_sender: str | None = None
     """With `impersonate`: the account refunds are sent as (CARDPAY_SETTLEMENT_SENDER;
-    default the settlement account's `owner()` read from the node)."""
+    default the settlement Safe's first owner, `getOwners()`, read from the node)."""
 
     @property
     def impersonate(self) -> bool:

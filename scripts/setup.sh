@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything cardpay and its tests need, from the package registries only; idempotent.
 #   .venv/               Python 3.11 virtualenv with cardpay (editable) and the pinned dependencies
-#   node_modules/        Anvil (@foundry-rs/anvil) and solc (solcjs), pinned by package-lock.json
+#   node_modules/        Anvil (@foundry-rs/anvil), solc (solcjs) and Safe v1.3.0's build
+#                        (@gnosis.pm/safe-contracts), pinned by package-lock.json
 #   ~/.cache/cardpay/    Apache Kafka broker jars, fetched with Maven (tools/kafka/pom.xml)
 #   Debian packages      chromium and chromium-driver, for the finance page's browser test
 #                        (apt-get, as root or with sudo; CARDPAY_SKIP_BROWSER=1 skips them);
@@ -18,7 +19,7 @@ fi
 echo "setup: installing Python packages (constraints.txt)"
 .venv/bin/python -m pip install -q -c constraints.txt -e '.[dev,bench]'
 
-echo "setup: installing Anvil and solc from npm (package-lock.json)"
+echo "setup: installing Anvil, solc and the Safe contracts from npm (package-lock.json)"
 npm ci --no-audit --no-fund --loglevel=error
 
 if [ "${CARDPAY_SKIP_KAFKA:-0}" != "1" ]; then

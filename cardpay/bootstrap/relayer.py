@@ -8,8 +8,10 @@ mined.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from eth_abi.abi import decode as abi_decode
 from eth_abi.abi import encode as abi_encode
@@ -35,6 +37,8 @@ from cardpay.settings import Secret, Settings
 from listener.errors import ListenerError
 from listener.presets import ChainConfig
 from listener.rpc import HttpJsonRpc
+
+log = logging.getLogger(__name__)
 
 
 class RelayerNotConfigured(CardpayError):
@@ -132,26 +136,66 @@ def spend_sender_address(settings: Settings, config: ChainConfig, node: RpcNode)
     return first_enabled_module(node, chain_targets(config).spender_module)
 
 
-OWNER_SELECTOR = "0x8da5cb5b"
-"""owner(): the settlement account replica's owner, who may send refunds."""
+GET_OWNERS_SELECTOR = "0xa0e67e2b"
+"""getOwners() on a Safe: its owners, in the order its owner list keeps them."""
+GET_THRESHOLD_SELECTOR = "0xe75235b8"
+"""getThreshold() on a Safe: how many owners must sign a transaction."""
+IS_OWNER_SELECTOR = "0x2f54bf6e"
+"""isOwner(address) on a Safe."""
+SAFE_THRESHOLD_SLOT = 4
+"""Where Safe v1.3.0 keeps its threshold (singleton, modules, owners, ownerCount, threshold)."""
+
+
+def _safe_read(node: RpcNode, safe: str, call: str, types: list[str], what: str) -> Any:
+    """One view call of the settlement Safe, decoded by eth-abi; RelayerNotConfigured, in one
+    line, when it does not answer as a Safe does."""
+    try:
+        answer = str(node.call(safe, call))
+        return abi_decode(types, bytes.fromhex(answer.removeprefix("0x")))[0]
+    except (ValueError, DecodingError, CardpayError, ListenerError) as exc:
+        raise RelayerNotConfigured(
+            f"the settlement account {safe} does not answer {what} as a Safe does ({exc}): "
+            "refunds are sent through a Safe v1.3.0") from None
 
 
 def settlement_sender_address(settings: Settings, config: ChainConfig, node: RpcNode) -> str:
     """Whom refunds are sent as under impersonation: CARDPAY_SETTLEMENT_SENDER, else the
-    settlement account's `owner()` as the node says (RelayerNotConfigured when it has none:
-    the real settlement account is a Safe with several owners and a threshold)."""
-    if settings.settlement_sender:
-        return settings.settlement_sender
-    try:
-        word = str(node.call(config.settlement, OWNER_SELECTOR))
-        owner = "0x" + word.removeprefix("0x")[-40:]
-        if len(word) < 66 or int(owner, 16) == 0:
-            raise ValueError(word)
-    except (ValueError, CardpayError, ListenerError) as exc:
-        raise RelayerNotConfigured(
-            f"the settlement account {config.settlement} has no owner() to impersonate "
-            f"({exc}); set CARDPAY_SETTLEMENT_SENDER") from None
-    return owner.lower()
+    settlement Safe's first owner (`getOwners`) as the node says. RelayerNotConfigured when it
+    is not an owner."""
+    safe = config.settlement
+    sender = settings.settlement_sender
+    if not sender:
+        owners = _safe_read(node, safe, GET_OWNERS_SELECTOR, ["address[]"], "getOwners()")
+        if not owners:
+            raise RelayerNotConfigured(f"the settlement Safe {safe} has no owner to impersonate; "
+                                       "set CARDPAY_SETTLEMENT_SENDER")
+        return str(owners[0]).lower()
+    call = IS_OWNER_SELECTOR + abi_encode(["address"], [sender]).hex()
+    if not _safe_read(node, safe, call, ["bool"], "isOwner"):
+        raise RelayerNotConfigured(f"CARDPAY_SETTLEMENT_SENDER {sender} is not an owner of the "
+                                   f"settlement Safe {safe}")
+    return sender.lower()
+
+
+def one_owner_signs(node: ImpersonatingNode, safe: str) -> int:
+    """On a fork, where nobody holds the other owners' keys: make the settlement Safe take one
+    owner's signature, its threshold set to 1 in its storage (`anvil_setStorageAt`, slot 4 of
+    Safe v1.3.0) and read back. Returns the threshold it had (logged when it changes)."""
+    had = int(_safe_read(node, safe, GET_THRESHOLD_SELECTOR, ["uint256"], "getThreshold()"))
+    if had != 1:
+        try:
+            node.set_storage(safe, SAFE_THRESHOLD_SLOT, 1)
+        except (CardpayError, ListenerError) as exc:
+            raise RelayerNotConfigured(f"cannot set the settlement Safe's threshold on this "
+                                       f"node: {exc}") from None
+        now = int(_safe_read(node, safe, GET_THRESHOLD_SELECTOR, ["uint256"], "getThreshold()"))
+        if now != 1:
+            raise RelayerNotConfigured(
+                f"the settlement Safe {safe} still has threshold {now} after setting slot "
+                f"{SAFE_THRESHOLD_SLOT}: not Safe v1.3.0's storage layout")
+        log.warning("the settlement Safe %s had threshold %d on this fork: set to 1, so that "
+                    "one impersonated owner executes refunds", safe, had)
+    return had
 
 
 def build_spend_relayer(settings: Settings, engine: Engine, config: ChainConfig,
@@ -174,8 +218,10 @@ def build_refund_sender(settings: Settings, engine: Engine, config: ChainConfig,
                         answers: EffectAnswers, *, rpc_url: str | None = None,
                         batch: int = 50, clock: Callable[[], datetime] = _now) -> RefundSender:
     node = _node(settings, rpc_url)
-    impersonated = settlement_sender_address(settings, config, node) \
-        if settings.impersonate else None
+    impersonated = None
+    if isinstance(node, ImpersonatingNode):
+        impersonated = settlement_sender_address(settings, config, node)
+        one_owner_signs(node, config.settlement)
     sender = _sender(settings, settings.settlement_key, "CARDPAY_SETTLEMENT_KEY", node, clock,
                      impersonated=impersonated)
     return RefundSender(onchain_uow_factory(engine), sender, answers, chain_targets(config),

@@ -75,7 +75,7 @@ environment:
                            as the accounts the contracts expect, anvil_impersonateAccount)
   CARDPAY_RELAYER_ADDRESS  with impersonate: whom spends are sent as (default: the first
                            enabled module of the Spender module, read from the chain)
-  CARDPAY_SETTLEMENT_SENDER  with impersonate: whom refunds are sent as (default: owner())
+  CARDPAY_SETTLEMENT_SENDER  with impersonate: whom refunds are sent as (default: the Safe's first owner)
   CARDPAY_SETTLEMENT_CUTOFF  daily settlement cut-off, HH:MM UTC (default 02:00): day D's
                            batch is matched against the network's report then on D + 1
 

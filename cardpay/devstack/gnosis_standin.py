@@ -8,6 +8,13 @@ USDC.e ``0x2a22…76F0``, the settlement account ``0x4822…72EE``, the Spender 
 them: card spends through the old module, the "migration" (the old module loses its role),
 spends through the new one, batched refunds and a top-up.
 
+The settlement account is Safe v1.3.0 itself (a proxy of the GnosisSafeL2 singleton, both at
+their mainnet addresses, with MultiSend at its canonical one), with two owners and a threshold
+of 2, as the real one has several: the history's refund batches are approved by one owner
+(`approveHash`) and executed by the other through MultiSend. Its first owner,
+`SETTLEMENT_OWNER`, is an address cardpay knows nothing of; on a fork cardpay finds it
+(`getOwners`), impersonates it and sets the threshold to 1, as it would on a fork of mainnet.
+
 Who may spend: the Spender modules take `spend` only from their enabled modules (Zodiac's
 `moduleOnly`), as on mainnet. The old module's is Gnosis Pay's relayer EOA (``0x9083…8de9``);
 the new module's is `SPENDER_DELEGATE`, an address cardpay knows nothing of — not the preset's,
@@ -18,8 +25,9 @@ the stand-in to make the history.
 A second Anvil forks it (``--fork-url``, ``--fork-block-number``): what happened up to the fork
 block is served by the stand-in, through the fork, exactly as the real chain's history is when a
 user forks Gnosis Chain. The spend call is mainnet's (`spend(asset, account, receiver, amount,
-roleKey)`, from an enabled module); the settlement account's refund call is not
-(contracts/README.md, "Differences from mainnet"). Their logs and addresses are mainnet's.
+roleKey)`, from an enabled module), and so is the refund's (the Safe's `execTransaction`
+delegatecalling MultiSend); contracts/README.md, "Differences from mainnet", lists what is not.
+Their logs and addresses are mainnet's.
 
 Typical use::
 
@@ -63,6 +71,11 @@ SPENDER_DELEGATE = "0x" + Web3.keccak(text="cardpay stand-in: the Spender module
                                       ).hex().removeprefix("0x")[-40:]
 """The new Spender module's only enabled module on the stand-in: an address no preset or
 setting of cardpay names (lowercase hex), found on a fork by reading the module's list."""
+SETTLEMENT_OWNER = "0x" + Web3.keccak(text="cardpay stand-in: an owner of the settlement Safe"
+                                      ).hex().removeprefix("0x")[-40:]
+"""The settlement Safe's first owner on the stand-in (lowercase hex): named by no preset or
+setting of cardpay, found on a fork with `getOwners`. Its other owner is the deployer."""
+SETTLEMENT_THRESHOLD = 2
 GNOSIS_ADDRESSES: Mapping[str, str] = {
     "EURe": EURE_V2, "EURe.v1": EURE_V1, "USDCe": USDCE,
     "settlement": GNOSIS.settlement, "spender": NEW_SPENDER_MODULE,
@@ -130,8 +143,11 @@ def build_standin(node: AnvilNode, *, cardholders: int = 6) -> StandIn:
     chain = LocalChain(node.rpc_url)
     impersonate(node.rpc, GNOSIS_PAY_RELAYER, fund=True)
     impersonate(node.rpc, SPENDER_DELEGATE, fund=True)
+    impersonate(node.rpc, SETTLEMENT_OWNER, fund=True)
     d = chain.deploy(cardholders, at=GNOSIS_ADDRESSES,
-                     relayer=Web3.to_checksum_address(SPENDER_DELEGATE))
+                     relayer=Web3.to_checksum_address(SPENDER_DELEGATE),
+                     settlement_owners=settlement_signers(chain),
+                     settlement_threshold=SETTLEMENT_THRESHOLD)
     old = _old_spender_module(chain, d)
     spent: dict[str, int] = {s: 0 for s in d.tokens}
     refunded: dict[str, int] = {s: 0 for s in d.tokens}
@@ -156,11 +172,17 @@ def build_standin(node: AnvilNode, *, cardholders: int = 6) -> StandIn:
     for symbol in d.tokens:
         legs = [(i, _amount(chain, symbol, 235 + 10 * i))
                 for i in range(cardholders) if card_token(i) == symbol]
-        chain.refund_batch(symbol, legs)
+        chain.refund_batch(symbol, legs, signers=settlement_signers(chain))
         refunded[symbol] += sum(amount for _, amount in legs)
     chain.mint("EURe", d.cardholders[0], 100 * 10**18)  # a top-up: v2 only, not card activity
     spend(d.spender_module, 1, 1999)
     return StandIn(node, chain, d, History(spends, spent, refunded))
+
+
+def settlement_signers(chain: LocalChain) -> list[str]:
+    """The settlement Safe's owners on the stand-in, as many as its threshold: the history's
+    refunds are signed by both (the first sends, the second approves the hash first)."""
+    return [Web3.to_checksum_address(SETTLEMENT_OWNER), chain.deployer]
 
 
 def _old_spender_module(chain: LocalChain, d: LocalDeployment) -> str:

@@ -12,8 +12,14 @@ What is deployed mirrors the mainnet shape (contracts/README.md, gnosis-pay-onch
   which checks and consumes a daily allowance per token (``ConsumeAllowance``), has the Safe
   transfer, and is the ``account`` of the ``Spend`` log.
 
+The settlement account is not a replica but Safe v1.3.0 itself, from Safe's published build
+(``GnosisSafeL2`` behind a ``GnosisSafeProxy``, set up with owners and a threshold); refunds are
+its ``execTransaction`` delegatecalling ``MultiSend``, as on mainnet. The Safe's singleton and
+MultiSend are put at their canonical addresses (``SAFE_L2_SINGLETON``, ``MULTI_SEND``).
+
 Accounts are Anvil's unlocked dev accounts (``eth_accounts``): account 0 deploys and owns the
-tokens, settlement account and spender module, account 1 is the spend relayer (an enabled
+tokens and spender module and is the settlement Safe's owner (unless ``deploy`` is given
+others), account 1 is the spend relayer (an enabled
 module of the spender module, which only takes spends from its enabled modules), accounts 2.. own
 the cardholder Safes and their Roles modules (round-robin when there are more cardholders than
 accounts) and so set the daily allowances.
@@ -37,14 +43,26 @@ from web3 import HTTPProvider, Web3
 from web3.contract import Contract
 from web3.types import RPCEndpoint
 
-from cardpay.devstack.artifacts import ContractArtifact, load_artifact
+from cardpay.devstack.artifacts import (
+    SAFE_ARTIFACTS,
+    ContractArtifact,
+    load_artifact,
+    load_safe_artifact,
+)
 from cardpay.errors import CardpayError
-from cardpay.handlers.onchain import SPENDING_ROLE
+from cardpay.handlers.onchain import (
+    DELEGATECALL,
+    MULTI_SEND,
+    SPENDING_ROLE,
+    encode_multi_send,
+    encode_refund_batch,
+)
 
 __all__ = [
     "CONSUME_ALLOWANCE_EVENT_TOPIC0",
     "DAILY_ALLOWANCE_TOKENS",
     "DEFAULT_TOKENS",
+    "SAFE_L2_SINGLETON",
     "SPENDING_ALLOWANCE_KEY",
     "SPEND_EVENT_TOPIC0",
     "TRANSFER_EVENT_TOPIC0",
@@ -253,14 +271,25 @@ class _Pending:
     tx_hash: str
 
 
+SAFE_L2_SINGLETON = "0x3E5c63644E683549055b9Be8653de26E0B4CD36E"
+"""Safe v1.3.0's GnosisSafeL2 singleton at its canonical address (the settlement Safe's
+implementation on Gnosis Chain: it emits SafeMultiSigTransaction)."""
+_NO_ADDRESS = "0x" + "0" * 40
+
+
+def _artifact(name: str) -> ContractArtifact:
+    return load_safe_artifact(name) if name in SAFE_ARTIFACTS else load_artifact(name)
+
+
 class LocalChain:
     """web3.py helper over an Anvil node: deploy the replicas, send spends and refunds."""
 
     SPEND_GAS = 300_000
     CALL_GAS = 300_000
     DEPLOY_GAS = 3_000_000
-    REFUND_BATCH_BASE_GAS = 80_000
-    REFUND_BATCH_GAS_PER_LEG = 45_000
+    SAFE_DEPLOY_GAS = 6_000_000
+    REFUND_BATCH_BASE_GAS = 120_000
+    REFUND_BATCH_GAS_PER_LEG = 50_000
     SPEND_BATCH_BASE_GAS = 100_000
     SPEND_BATCH_GAS_PER_SPEND = 55_000  # ~46k for a cold cardholder (Roles + Safe + v1/v2)
 
@@ -312,6 +341,8 @@ class LocalChain:
         *,
         at: Mapping[str, str] | None = None,
         relayer: str | None = None,
+        settlement_owners: Sequence[str] = (),
+        settlement_threshold: int = 1,
     ) -> LocalDeployment:
         """Deploy the tokens (v2 + v1 frontend for EURe), the settlement account, the spender
         module (the relayer enabled as its module) and N funded cardholder Safes, each with its Roles module
@@ -323,7 +354,8 @@ class LocalChain:
         frontend ``"<symbol>.v1"``, ``"settlement"`` and ``"spender"``. Each is moved right
         after its creation, before anything refers to it (see ``place``). ``relayer``: the
         account enabled as the spender module's module, which sends spends (default: dev
-        account 1)."""
+        account 1). ``settlement_owners`` / ``settlement_threshold``: the settlement Safe's
+        (default: the deployer alone, threshold 1)."""
         if n_cardholders < 0:
             raise ValueError("n_cardholders must be >= 0")
         symbols = [t.symbol for t in tokens]
@@ -339,23 +371,31 @@ class LocalChain:
         if n_cardholders and not owner_pool:
             raise LocalChainError("the node needs a 3rd unlocked account to own cardholders")
         owners = tuple(owner_pool[i % len(owner_pool)] for i in range(n_cardholders))
+        safe_owners = [Web3.to_checksum_address(o) for o in settlement_owners or (deployer,)]
+        if not 1 <= settlement_threshold <= len(safe_owners):
+            raise ValueError(f"settlement_threshold {settlement_threshold} is not between 1 and "
+                             f"its {len(safe_owners)} owners")
 
-        # 1. tokens (v2 / single), settlement account, spender module
+        # 1. tokens (v2 / single), the settlement Safe's singleton and MultiSend, spender module
         pending = [
             self._send_create(f"deploy {t.symbol}", "CardToken", [t.name, t.symbol, t.decimals])
             for t in tokens
         ]
-        pending.append(self._send_create("deploy SettlementAccount", "SettlementAccount", []))
+        pending.append(self._send_create("deploy GnosisSafeL2", "GnosisSafeL2", [],
+                                         gas=self.SAFE_DEPLOY_GAS))
+        pending.append(self._send_create("deploy MultiSend", "MultiSend", []))
         pending.append(self._send_create("deploy SpenderModule", "SpenderModule", []))
         receipts = self._wait(pending)
         deployed_at_block = min(int(r["blockNumber"], 16) for r in receipts)
-        keys = [t.symbol for t in tokens] + ["settlement", "spender"]
-        addresses = [self.place(_created_address(r), targets.get(k))
+        keys = [t.symbol for t in tokens] + ["singleton", "multisend", "spender"]
+        canonical = {"singleton": SAFE_L2_SINGLETON, "multisend": MULTI_SEND}
+        addresses = [self.place(_created_address(r), targets.get(k, canonical.get(k)))
                      for k, r in zip(keys, receipts, strict=True)]
         token_addresses = addresses[: len(tokens)]
-        settlement, spender = addresses[len(tokens)], addresses[len(tokens) + 1]
+        singleton, spender = addresses[len(tokens)], addresses[len(tokens) + 2]
 
-        # 2. v1 frontends, cardholder Safes, the relayer
+        # 2. the settlement Safe (a proxy of the singleton), v1 frontends, cardholder Safes, the
+        #    relayer
         fronted = [(t, a) for t, a in zip(tokens, token_addresses, strict=True) if t.has_frontend]
         pending = [
             self._send_create(f"deploy {t.symbol} v1 frontend", "TokenFrontend",
@@ -370,12 +410,15 @@ class LocalChain:
             self._send_call("enableModule relayer", deployer, "SpenderModule", spender,
                             "enableModule", relayer)
         )
+        pending.append(self._send_create("deploy the settlement Safe", "GnosisSafeProxy",
+                                         [singleton]))
         receipts = self._wait(pending)
         mirrors = {
             t.symbol: self.place(_created_address(r), targets.get(f"{t.symbol}.v1"))
             for (t, _), r in zip(fronted, receipts[: len(fronted)], strict=True)
         }
-        safes = tuple(_created_address(r) for r in receipts[len(fronted) : -1])
+        safes = tuple(_created_address(r) for r in receipts[len(fronted) : -2])
+        settlement = self.place(_created_address(receipts[-1]), targets.get("settlement"))
 
         deployment = LocalDeployment(
             chain_id=chain_id,
@@ -392,12 +435,17 @@ class LocalChain:
             deployed_at_block=deployed_at_block,
         )
 
-        # 3. v2 tokens accept their frontend; Roles modules; fund every Safe (mints on v2)
+        # 3. v2 tokens accept their frontend; the settlement Safe's owners; Roles modules; fund
+        #    every Safe (mints on v2)
         pending = [
             self._send_call(f"setFrontend {t.symbol}", deployer, "CardToken", a, "setFrontend",
                             mirrors[t.symbol])
             for t, a in fronted
         ]  # fmt: skip
+        pending.append(self._send_call(
+            "setup the settlement Safe", deployer, "GnosisSafeL2", settlement, "setup",
+            safe_owners, settlement_threshold, _NO_ADDRESS, b"", _NO_ADDRESS, _NO_ADDRESS, 0,
+            _NO_ADDRESS))
         pending += [
             self._send_create(f"deploy RolesModule #{i}", "RolesModule", [owner, safe, settlement])
             for i, (owner, safe) in enumerate(zip(owners, safes, strict=True))
@@ -414,7 +462,7 @@ class LocalChain:
                     )
                 )  # fmt: skip
         receipts = self._wait(pending)
-        roles = tuple(_created_address(r) for r in receipts[len(fronted) : n_setup])
+        roles = tuple(_created_address(r) for r in receipts[len(fronted) + 1 : n_setup])
 
         # 4. each owner enables the Roles module on the Safe, gives the spender module
         #    SPENDING_ROLE and sets the daily allowance of every token (on its spend address)
@@ -531,32 +579,47 @@ class LocalChain:
     def refund(self, token_symbol: str, cardholder: CardholderRef, amount: int) -> str:
         """One refund: a token transfer from the settlement account to the cardholder Safe,
         through the v1 frontend for EURe (a v2 Transfer, then the identical v1 one)."""
-        d = self.deployment
-        to = self._cardholder(cardholder)
-        token = d.token(token_symbol).spend_address
-        pending = self._send_call(
-            f"refund {amount} {token_symbol} to {to}", d.deployer, "SettlementAccount",
-            d.settlement_account, "refund", token, to, amount,
-        )  # fmt: skip
-        self._wait([pending])
-        return pending.tx_hash
+        return self.refund_batch(token_symbol, [(cardholder, amount)])
 
-    def refund_batch(self, token_symbol: str, legs: Sequence[tuple[CardholderRef, int]]) -> str:
-        """Many refunds in one transaction (one Transfer log per leg, two for EURe: v2 then v1,
-        like Gnosis Pay's MultiSend batches)."""
+    def refund_batch(self, token_symbol: str, legs: Sequence[tuple[CardholderRef, int]], *,
+                     signers: Sequence[str] = ()) -> str:
+        """Many refunds in one transaction of the settlement Safe (one Transfer log per leg,
+        two for EURe: v2 then v1, like Gnosis Pay's MultiSend batches); see
+        `refund_batch_requests` for `signers`."""
+        hashes = [self.transact(f"refund batch of {len(legs)} {token_symbol} legs: {i}", tx)
+                  for i, tx in enumerate(self.refund_batch_requests(token_symbol, legs,
+                                                                    signers=signers))]
+        return hashes[-1]
+
+    def refund_batch_requests(self, token_symbol: str,
+                              legs: Sequence[tuple[CardholderRef, int]], *,
+                              signers: Sequence[str] = ()) -> list[dict[str, Any]]:
+        """The transactions (``eth_sendTransaction`` objects, to send in order) of one refund
+        batch: each of ``signers`` but the first approves the Safe transaction's hash
+        (``approveHash``, at the Safe's nonce now), then the first sends ``execTransaction``
+        with all their approvals (cardpay's own call, `encode_refund_batch`). ``signers``:
+        owners of the settlement Safe, as many as its threshold (default: the deployer)."""
         if not legs:
             raise ValueError("refund_batch needs at least one leg")
         d = self.deployment
-        recipients = [self._cardholder(c) for c, _ in legs]
-        amounts = [int(a) for _, a in legs]
+        token = d.token(token_symbol).spend_address
+        paid = [(self._cardholder(c), int(a)) for c, a in legs]
+        sender, *approvers = [Web3.to_checksum_address(s) for s in signers or (d.deployer,)]
+        safe = self._contract("GnosisSafeL2", d.settlement_account)
+        txs: list[dict[str, Any]] = []
+        if approvers:
+            nonce = safe.functions.nonce().call()
+            safe_tx_hash = safe.functions.getTransactionHash(
+                Web3.to_checksum_address(MULTI_SEND), 0,
+                bytes.fromhex(encode_multi_send(token, paid)), DELEGATECALL, 0, 0, 0,
+                _NO_ADDRESS, _NO_ADDRESS, nonce).call()
+            data = safe.encode_abi("approveHash", args=[safe_tx_hash])
+            txs += [{"from": a, "to": d.settlement_account, "data": data,
+                     "gas": hex(self.CALL_GAS)} for a in approvers]
         gas = self.REFUND_BATCH_BASE_GAS + self.REFUND_BATCH_GAS_PER_LEG * len(legs)
-        pending = self._send_call(
-            f"refundBatch of {len(legs)} {token_symbol} legs", d.deployer, "SettlementAccount",
-            d.settlement_account, "refundBatch", d.token(token_symbol).spend_address, recipients,
-            amounts, gas=gas,
-        )  # fmt: skip
-        self._wait([pending])
-        return pending.tx_hash
+        txs.append({"from": sender, "to": d.settlement_account, "gas": hex(gas),
+                    "data": "0x" + encode_refund_batch(token, paid, [sender, *approvers])})
+        return txs
 
     def mint(self, token_symbol: str, to: str, amount: int) -> str:
         """Mint tokens on the v2 token (a Transfer from address(0), like a Monerium top-up;
@@ -694,7 +757,7 @@ class LocalChain:
         key = (name, address)
         contract = self._contracts.get(key)
         if contract is None:
-            artifact = load_artifact(name)
+            artifact = _artifact(name)
             contract = self.w3.eth.contract(
                 address=Web3.to_checksum_address(address), abi=artifact.abi
             )
@@ -738,10 +801,11 @@ class LocalChain:
         tx = {"from": sender, "to": address, "data": data, "gas": hex(gas or self.CALL_GAS)}
         return self._send(action, tx)
 
-    def _send_create(self, action: str, contract_name: str, args: Sequence[Any]) -> _Pending:
-        artifact = load_artifact(contract_name)
+    def _send_create(self, action: str, contract_name: str, args: Sequence[Any], *,
+                     gas: int | None = None) -> _Pending:
+        artifact = _artifact(contract_name)
         data = artifact.bytecode + _encode_constructor_args(artifact, args)
-        tx = {"from": self.deployer, "data": data, "gas": hex(self.DEPLOY_GAS)}
+        tx = {"from": self.deployer, "data": data, "gas": hex(gas or self.DEPLOY_GAS)}
         return self._send(action, tx)
 
     def _send(self, action: str, tx: dict[str, Any]) -> _Pending:

@@ -46,8 +46,24 @@ call shape (gnosispay/account-kit Spender.sol; gnosis-pay-onchain.md §3)."""
 SPENDING_ROLE = "0x349476e3982666749979c85ce800cd2947a4b8dc9fe20a01a00a1b526072a8a3"
 """keccak256("SPENDING_ROLE"): the role the Spender module holds on every cardholder's Roles
 module, passed as `roleKey` so the Roles module executes the transfer under it."""
-REFUND_BATCH_SELECTOR = "a1f5cc09"
-"""refundBatch(address,address[],uint256[]) on the settlement account."""
+EXEC_TRANSACTION_SELECTOR = "6a761202"
+"""execTransaction(address to, uint256 value, bytes data, uint8 operation, uint256 safeTxGas,
+uint256 baseGas, uint256 gasPrice, address gasToken, address refundReceiver, bytes signatures)
+on a Safe v1.3.0: the settlement account is one (gnosis-pay-onchain.md §1)."""
+MULTI_SEND_SELECTOR = "8d80ff0a"
+"""multiSend(bytes transactions) on Safe's MultiSend library, run by delegatecall."""
+TRANSFER_SELECTOR = "a9059cbb"
+"""transfer(address,uint256) on an ERC-20 token."""
+MULTI_SEND = "0xa238cbeb142c10ef7ad8442c6d1f9e89e07e7761"
+"""Safe v1.3.0's MultiSend at its canonical address, the one Gnosis Pay's refund batches go
+through on mainnet (gnosis-pay-onchain.md, the recorded batch of 45 refunds); the local replicas
+put it at the same address."""
+DELEGATECALL = 1
+SAFE_TRANSFER_FAILED = " (Safe GS013: a transfer of the batch failed, the settlement account " \
+    "may be short of the token)"
+"""What a Safe's GS013 means for a refund batch: MultiSend's call failed, no reason given."""
+"""A Safe transaction's `operation`: 0 call, 1 delegatecall (MultiSend has to be delegatecalled
+so that its calls come from the Safe)."""
 
 
 def spend_link(chain_payment_id: str) -> str:
@@ -310,15 +326,37 @@ def encode_spend(asset: str, account: str, receiver: str, amount: int, role_key:
         _word(amount) + _bytes32(role_key)
 
 
-def encode_refund_batch(token: str, legs: Sequence[tuple[str, int]]) -> str:
-    """SettlementAccount.refundBatch(token, to[], amounts[]): head (token, two offsets), then
-    each array as its length and items."""
-    n = len(legs)
-    to_offset = 3 * 32
-    amounts_offset = to_offset + 32 * (1 + n)
-    return (REFUND_BATCH_SELECTOR + _address(token) + _word(to_offset) + _word(amounts_offset)
-            + _word(n) + "".join(_address(to) for to, _ in legs)
-            + _word(n) + "".join(_word(amount) for _, amount in legs))
+def _dynamic(data: str) -> str:
+    """ABI `bytes`: its length in bytes, then the bytes padded to whole words."""
+    return _word(len(data) // 2) + data.ljust(-(-len(data) // 64) * 64, "0")
+
+
+def encode_multi_send(token: str, legs: Sequence[tuple[str, int]]) -> str:
+    """MultiSend.multiSend(transactions): one `token.transfer(to, amount)` per leg, each packed
+    as operation (1 byte, 0 = call), to (20), value (32), data length (32), data."""
+    transfer_to = "00" + _address(token)[24:] + _word(0) + _word(68) + TRANSFER_SELECTOR
+    packed = "".join(transfer_to + _address(to) + _word(amount) for to, amount in legs)
+    return MULTI_SEND_SELECTOR + _word(32) + _dynamic(packed)
+
+
+def encode_refund_batch(token: str, legs: Sequence[tuple[str, int]], signers: Sequence[str], *,
+                        multi_send: str = MULTI_SEND) -> str:
+    """The settlement Safe's `execTransaction`: a delegatecall to MultiSend with one transfer
+    per leg, no gas refund (safeTxGas, baseGas, gasPrice 0: a failing transfer reverts the
+    whole transaction), signed in Safe's "approved" form (r = the owner, s = 0, v = 1, in
+    ascending order of owner): the owner who sends the transaction needs no more, the others
+    must have called `approveHash`. cardpay sends as the one signer a Safe of threshold 1 needs,
+    so its call does not depend on the Safe's nonce."""
+    data = encode_multi_send(token, legs)
+    owners = sorted({_address(signer) for signer in signers})
+    if not owners:
+        raise ValueError("a Safe transaction needs at least one signer")
+    signatures = "".join(owner + _word(0) + "01" for owner in owners)
+    data_offset = 10 * 32
+    signatures_offset = data_offset + len(_dynamic(data)) // 2
+    return (EXEC_TRANSACTION_SELECTOR + _address(multi_send) + _word(0) + _word(data_offset)
+            + _word(DELEGATECALL) + _word(0) + _word(0) + _word(0) + _word(0) + _word(0)
+            + _word(signatures_offset) + _dynamic(data) + _dynamic(signatures))
 
 
 # -- the sender --------------------------------------------------------------------------------
@@ -522,6 +560,8 @@ class ChainTargets:
     settlement_account: str
     tokens: Mapping[str, tuple[str, int]]
     """Currency code → (address, decimals)."""
+    multi_send: str = MULTI_SEND
+    """The MultiSend library the settlement Safe's refund batches delegatecall."""
 
     def token(self, currency: str, decimals: int) -> str:
         found = self.tokens.get(currency)
@@ -691,9 +731,9 @@ def _roles_modules(cards: CardRegistry) -> dict[tuple[str, str], str]:
 
 
 class RefundSender(_EffectWorker):
-    """Executes `send_refund`: the pending refunds of one token go out in one
-    SettlementAccount.refundBatch, signed by the settlement account's owner; each request is
-    answered with the batch's mined hash."""
+    """Executes `send_refund`: the pending refunds of one token go out in one transaction of
+    the settlement Safe (`execTransaction` → MultiSend, one transfer each), sent by one of its
+    owners; each request is answered with the batch's mined hash."""
 
     names = (SEND_REFUND,)
 
@@ -717,14 +757,17 @@ class RefundSender(_EffectWorker):
         signed: list[SignedTx] = []
         for token, legs in groups.items():
             call = Call(self._targets.settlement_account,
-                        encode_refund_batch(token, [(to, amount) for _, to, amount in legs]))
+                        encode_refund_batch(token, [(to, amount) for _, to, amount in legs],
+                                            [self._sender.address],
+                                            multi_send=self._targets.multi_send))
             refs = [RequestRef(r.request_id, r.attempt) for r, _, _ in legs]
             try:
                 signed.append(self._sender.sign_and_record(uow, SEND_REFUND, call, refs))
             except CallReverted as exc:
                 # nothing was signed: the settlement account may be short for now (a reorg
                 # took the spends that fund it away; they are sent again), so tried again
-                refused.extend(_Refused(r, f"the refund batch would revert: {exc.reason}",
+                reason = exc.reason + (SAFE_TRANSFER_FAILED if "GS013" in exc.reason else "")
+                refused.extend(_Refused(r, f"the refund batch would revert: {reason}",
                                         FailureClass.SOFT) for r, _, _ in legs)
             except TransactionRejected as exc:  # left pending: tried again next poll
                 log.warning("refund batch of %d not signed: %s", len(legs), exc)

@@ -262,6 +262,11 @@ class ImpersonatingNode(RpcNode):
     impersonate the sender (idempotent, and again after a restarted fork) and sends the request
     unsigned."""
 
+    def set_storage(self, address: str, slot: int, value: int) -> None:
+        """``anvil_setStorageAt``: one word of a contract's storage on the fork, set by hand."""
+        self._call("anvil_setStorageAt", [address, "0x" + format(slot, "064x"),
+                                          "0x" + format(value, "064x")])
+
     def send_raw(self, raw: bytes) -> None:
         request = json.loads(raw)
         try:

@@ -18,13 +18,15 @@ from eth_abi.abi import decode as abi_decode
 from web3 import Web3
 
 from cardpay.devstack.anvil import AnvilNode
-from cardpay.devstack.artifacts import load_artifact
+from cardpay.devstack.artifacts import load_artifact, load_safe_artifact
 from cardpay.devstack.local_chain import (
+    SAFE_L2_SINGLETON,
     SPEND_EVENT_TOPIC0,
     TRANSFER_EVENT_TOPIC0,
     LocalChain,
     TransactionReverted,
 )
+from cardpay.handlers.onchain import MULTI_SEND
 
 pytestmark = pytest.mark.integration
 
@@ -259,7 +261,19 @@ def test_six_decimal_token_spend(local_chain: LocalChain) -> None:
 # -- refunds --------------------------------------------------------------------------------
 
 
+SAFE_MULTISIG_TX = "0x" + Web3.keccak(text="SafeMultiSigTransaction(address,uint256,bytes,uint8,"
+                                     "uint256,uint256,uint256,address,address,bytes,bytes)").hex()
+SAFE_EXECUTION_SUCCESS = "0x" + Web3.keccak(text="ExecutionSuccess(bytes32,uint256)").hex()
+
+
+def _safe_logs(logs: list[dict[str, Any]], safe: str) -> list[str]:
+    return [log["topics"][0] for log in logs if log["address"].lower() == safe.lower()]
+
+
 def test_refund_is_a_plain_transfer_from_the_settlement_account(local_chain: LocalChain) -> None:
+    """A refund is a Safe v1.3.0 transaction of the settlement account (its own
+    SafeMultiSigTransaction and ExecutionSuccess logs, as on mainnet) whose only card trace is
+    the token's Transfer from the settlement account."""
     d = local_chain.deployment
     eure = d.token("EURe")
     assert eure.mirror is not None
@@ -268,11 +282,31 @@ def test_refund_is_a_plain_transfer_from_the_settlement_account(local_chain: Loc
     tx_hash = local_chain.refund("EURe", 2, 2_350_000_000_000_000_000)
 
     logs = _logs(local_chain, tx_hash)
-    assert len(logs) == 2  # the v2 Transfer, then the v1 frontend's identical one
     leg = (d.settlement_account, d.cardholders[2], 2_350_000_000_000_000_000)
     assert _transfers(logs, eure.address) == [leg]
     assert _transfers(logs, eure.mirror) == [leg]
-    assert [log["address"].lower() for log in logs] == [eure.address.lower(), eure.mirror.lower()]
+    # the Safe's logs around the v2 Transfer, then the v1 frontend's identical one
+    assert [log["address"].lower() for log in logs] == [
+        d.settlement_account.lower(), eure.address.lower(), eure.mirror.lower(),
+        d.settlement_account.lower()]
+    assert _safe_logs(logs, d.settlement_account) == [SAFE_MULTISIG_TX, SAFE_EXECUTION_SUCCESS]
+
+
+def test_the_settlement_account_is_a_safe_v130_proxy_with_owners_and_a_threshold(
+    local_chain: LocalChain,
+) -> None:
+    d = local_chain.deployment
+    safe = local_chain.w3.eth.contract(address=Web3.to_checksum_address(d.settlement_account),
+                                       abi=load_safe_artifact("GnosisSafeL2").abi)
+    assert safe.functions.VERSION().call() == "1.3.0"
+    assert safe.functions.getOwners().call() == [d.deployer]
+    assert safe.functions.getThreshold().call() == 1
+    singleton = local_chain.w3.eth.get_storage_at(safe.address, 0)[-20:]
+    assert Web3.to_checksum_address(singleton) == SAFE_L2_SINGLETON
+    # MultiSend's code holds its creation address (an immutable): compare the length only
+    code = local_chain.w3.eth.get_code(Web3.to_checksum_address(MULTI_SEND))
+    assert len(code) == len(bytes.fromhex(
+        load_safe_artifact("MultiSend").deployed_bytecode.removeprefix("0x")))
 
 
 def test_usdce_refund_is_a_single_transfer(local_chain: LocalChain) -> None:
@@ -282,7 +316,8 @@ def test_usdce_refund_is_a_single_transfer(local_chain: LocalChain) -> None:
 
     logs = _logs(local_chain, local_chain.refund("USDCe", 1, 1_250_000))
 
-    assert len(logs) == 1
+    assert [log["address"].lower() for log in logs] == [
+        d.settlement_account.lower(), usdce.lower(), d.settlement_account.lower()]
     assert _transfers(logs, usdce) == [(d.settlement_account, d.cardholders[1], 1_250_000)]
 
 
@@ -301,11 +336,14 @@ def test_refund_batch_of_five_legs_is_one_tx_with_five_transfers(local_chain: Lo
     assert local_chain.w3.eth.block_number == head + 1
     receipt = local_chain.receipt(tx_hash)
     assert receipt["status"] == "0x1"
-    assert len(receipt["logs"]) == 10  # per leg: v2 Transfer, then v1 Transfer
+    token_logs = receipt["logs"][1:-1]  # between the Safe's two logs
+    assert len(token_logs) == 10  # per leg: v2 Transfer, then v1 Transfer
     expected = [(d.settlement_account, holder, amount) for holder, amount in legs]
     assert _transfers(receipt["logs"], eure) == expected
     assert _transfers(receipt["logs"], mirror) == expected
-    assert [log["address"].lower() for log in receipt["logs"]] == [eure.lower(), mirror.lower()] * 5
+    assert [log["address"].lower() for log in token_logs] == [eure.lower(), mirror.lower()] * 5
+    assert _safe_logs(receipt["logs"], d.settlement_account) == [SAFE_MULTISIG_TX,
+                                                                 SAFE_EXECUTION_SUCCESS]
     after = [local_chain.balance_of("EURe", holder) for holder, _ in legs]
     assert [a - b for a, b in zip(after, before, strict=True)] == [a for _, a in legs]
     assert local_chain.balance_of("EURe", d.settlement_account) == 500 * 10**18 - 15 * 10**18
@@ -345,8 +383,26 @@ def test_spend_above_the_balance_reverts_with_a_clear_error(local_chain: LocalCh
 
 
 def test_refund_batch_above_the_settlement_balance_reverts(local_chain: LocalChain) -> None:
-    with pytest.raises(TransactionReverted, match="exceeds balance"):
+    """A transfer that fails inside MultiSend fails the Safe transaction (safeTxGas 0:
+    Safe's GS013), so nothing of the batch moves."""
+    with pytest.raises(TransactionReverted, match="GS013"):
         local_chain.refund_batch("EURe", [(0, 1), (1, 1)])
+    assert local_chain.balance_of("EURe", local_chain.deployment.settlement_account) == 0
+
+
+def test_a_refund_batch_needs_as_many_owners_as_the_threshold(anvil_node: AnvilNode) -> None:
+    """A settlement Safe of two owners and threshold 2 (as the real one has several): one
+    owner alone is refused (GS020); with the other's approveHash first, the batch goes."""
+    chain = LocalChain(anvil_node.rpc_url)
+    owners = chain.accounts[8:10]
+    d = chain.deploy(2, settlement_owners=owners, settlement_threshold=2)
+    chain.spend("USDCe", 1, 5_000_000)
+    with pytest.raises(TransactionReverted, match="GS020"):
+        chain.refund_batch("USDCe", [(1, 1_000_000)], signers=owners[:1])
+    requests = chain.refund_batch_requests("USDCe", [(1, 1_000_000)], signers=owners[::-1])
+    assert [r["from"] for r in requests] == [owners[0], owners[1]]  # approve, then execute
+    chain.refund_batch("USDCe", [(1, 1_000_000)], signers=owners[::-1])
+    assert chain.balance_of("USDCe", d.settlement_account) == 4_000_000
 
 
 # -- the Anvil harness ----------------------------------------------------------------------

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 from web3 import Web3
+from web3.types import RPCEndpoint
 
 from cardpay.bootstrap.lifecycle import fork_config
 from cardpay.bootstrap.listen import check_chain
@@ -18,23 +19,28 @@ from cardpay.bootstrap.relayer import (
     SENTINEL_MODULES,
     RelayerNotConfigured,
     first_enabled_module,
+    one_owner_signs,
+    settlement_sender_address,
     spend_sender_address,
 )
-from cardpay.devstack.artifacts import load_artifact
+from cardpay.devstack.artifacts import load_artifact, load_safe_artifact
 from cardpay.devstack.gnosis_standin import (
     GNOSIS_PAY_RELAYER,
     NEW_SPENDER_MODULE,
     OLD_SPENDER_MODULE,
+    SETTLEMENT_OWNER,
+    SETTLEMENT_THRESHOLD,
     SPENDER_DELEGATE,
     StandIn,
     card_token,
     fork_of,
     gnosis_standin,
     impersonate,
+    settlement_signers,
     with_fees,
 )
 from cardpay.devstack.local_chain import LocalChain, TransactionReverted
-from cardpay.handlers.onchain import Call, Fees, Receipt
+from cardpay.handlers.onchain import Call, Fees, Receipt, encode_refund_batch
 from cardpay.onchain.sender import ImpersonatedSigner, ImpersonatingNode, RpcNode
 from cardpay.postgres.chain_identity import PostgresChainIdentities
 from cardpay.postgres.engine import make_engine
@@ -141,7 +147,52 @@ def test_on_the_fork_spends_are_sent_as_the_spender_modules_first_enabled_module
         assert "no enabled module" in message and "CARDPAY_RELAYER_ADDRESS" in message
         assert "\n" not in message
         with pytest.raises(RelayerNotConfigured, match="does not list its modules"):
-            first_enabled_module(node, GNOSIS.settlement)  # not a Zodiac module
+            first_enabled_module(node, standin.deployment.token("USDCe").address)  # a token
+
+
+def test_on_the_fork_refunds_are_sent_as_the_settlement_safes_first_owner(
+    standin: StandIn,
+) -> None:
+    """The settlement account is a Safe v1.3.0 of 2 owners, threshold 2. On a fork the refund
+    sender impersonates its first owner (getOwners; an address cardpay knows nothing of), sets
+    the fork's threshold to 1 (the stand-in keeps 2), and cardpay's own execTransaction →
+    MultiSend call moves the tokens. A CARDPAY_SETTLEMENT_SENDER that is no owner, or a
+    settlement account that is no Safe, is one clear line."""
+    d = standin.deployment
+    assert SETTLEMENT_OWNER not in {GNOSIS.relayer, GNOSIS.settlement, *GNOSIS.spender_modules}
+    safe_abi = load_safe_artifact("GnosisSafeL2").abi
+    impersonating = Settings(tx_signer="impersonate")
+    with fork_of(standin.rpc_url, standin.fork_block) as fork:
+        node = ImpersonatingNode(HttpJsonRpc(fork.rpc_url, retries=0))
+        sender = settlement_sender_address(impersonating, fork_config(), node)
+        assert sender == SETTLEMENT_OWNER
+        assert one_owner_signs(node, GNOSIS.settlement) == SETTLEMENT_THRESHOLD
+        assert one_owner_signs(node, GNOSIS.settlement) == 1  # done once
+        chain = LocalChain(fork.rpc_url, d)
+        for w3, threshold in ((chain.w3, 1), (standin.chain.w3, SETTLEMENT_THRESHOLD)):
+            safe = w3.eth.contract(address=Web3.to_checksum_address(GNOSIS.settlement),
+                                   abi=safe_abi)
+            assert safe.functions.getThreshold().call() == threshold
+
+        token = d.token("USDCe").spend_address
+        before = chain.balance_of("USDCe", 1)
+        call = encode_refund_batch(token, [(d.cardholders[1], 1_000), (d.cardholders[3], 2_000)],
+                                   [sender])
+        impersonate(fork.rpc, sender)
+        chain.transact("cardpay's refund batch", {"from": sender, "to": d.settlement_account,
+                                                  "data": "0x" + call, "gas": hex(300_000)})
+        assert chain.balance_of("USDCe", 1) == before + 1_000
+
+        stranger = Settings(tx_signer="impersonate", settlement_sender="0x" + "ab" * 20)
+        with pytest.raises(RelayerNotConfigured, match="is not an owner") as info:
+            settlement_sender_address(stranger, fork_config(), node)
+        assert "\n" not in str(info.value)
+        owner = Settings(tx_signer="impersonate", settlement_sender=d.deployer)
+        assert settlement_sender_address(owner, fork_config(), node) == d.deployer.lower()
+        not_a_safe = fork_config().__class__(**{**fork_config().__dict__,
+                                                "settlement": NEW_SPENDER_MODULE})
+        with pytest.raises(RelayerNotConfigured, match="does not answer getOwners"):
+            settlement_sender_address(impersonating, not_a_safe, node)
 
 
 def _receipt(node: ImpersonatingNode, tx_hash: str) -> Receipt | None:
@@ -155,24 +206,25 @@ def _post_fork_work(standin: StandIn, urls: list[str], step: int) -> list[str]:
     """The same spends and refunds on every node in `urls` (the stand-in and a fork of it), with
     fixed fees, so each has the same hash everywhere (asserted)."""
     d = standin.deployment
-    settlement = standin.chain.w3.eth.contract(abi=load_artifact("SettlementAccount").abi)
-    txs: list[tuple[str, dict[str, Any]]] = []
+    chain = LocalChain(urls[0], d)
+    hashes = []
+    for url in urls:  # a fork does not inherit its upstream's impersonations
+        LocalChain(url, d).w3.provider.make_request(
+            RPCEndpoint("anvil_impersonateAccount"), [Web3.to_checksum_address(SETTLEMENT_OWNER)])
+
+    def send(action: str, tx: dict[str, Any]) -> None:
+        sent = {LocalChain(url, d).transact(action, with_fees(tx)) for url in urls}
+        assert len(sent) == 1, f"{action} has different hashes on the two nodes: {sent}"
+        hashes.extend(sent)
+
     for i in range(len(d.cardholders)):
         symbol = card_token(i)
         amount = (step * 10 + i + 1) * 10 ** (d.token(symbol).decimals - 1)
-        txs.append((f"spend {step}/{i}", with_fees(LocalChain(urls[0], d).spend_request(
-            symbol, i, amount))))
-        if i % 3 == 0:
-            data = settlement.encode_abi("refund", args=[d.token(symbol).spend_address,
-                                                         d.cardholders[i], amount // 3])
-            txs.append((f"refund {step}/{i}", with_fees(
-                {"from": d.deployer, "to": d.settlement_account, "data": data,
-                 "gas": hex(200_000)})))
-    hashes = []
-    for action, tx in txs:
-        sent = {LocalChain(url, d).transact(action, tx) for url in urls}
-        assert len(sent) == 1, f"{action} has different hashes on the two nodes: {sent}"
-        hashes.extend(sent)
+        send(f"spend {step}/{i}", chain.spend_request(symbol, i, amount))
+        if i % 3 == 0:  # the settlement Safe's approveHash, then its execTransaction
+            for n, tx in enumerate(chain.refund_batch_requests(
+                    symbol, [(i, amount // 3)], signers=settlement_signers(chain))):
+                send(f"refund {step}/{i}/{n}", tx)
     return hashes
 
 

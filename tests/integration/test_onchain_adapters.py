@@ -2,7 +2,8 @@
 real card-payment saga: a spend is signed, recorded, broadcast, mined, answered once, and the
 listener confirms it on the authorization's own payment; a reverting spend fails HARD with its
 reason; a crash between record and broadcast, a duplicate claim, a dropped and a stuck
-transaction each end with exactly one spend on chain; refunds of one token share a refundBatch;
+transaction each end with exactly one spend on chain; refunds of one token share one settlement
+Safe transaction (execTransaction → MultiSend);
 the keys never show in logs or reprs."""
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from cardpay.devstack.artifacts import load_artifact
 from cardpay.devstack.local_chain import LocalChain
 from cardpay.handlers.cards import register_card
 from cardpay.handlers.onchain import (
+    EXEC_TRANSACTION_SELECTOR,
+    SAFE_TRANSFER_FAILED,
     SEND_REFUND,
     SpendRelayer,
     TransactionSender,
@@ -363,7 +366,9 @@ def test_refunds_of_one_token_go_in_one_refund_batch(stack: Stack) -> None:
     assert stack.chain.balance_of("USDCe", 1) == usdce + 5 * 10**6
     receipt = stack.chain.receipt(hashes["r1"])
     assert receipt["to"].lower() == d.settlement_account.lower()
-    assert receipt["from"].lower() == d.deployer.lower()
+    assert receipt["from"].lower() == d.deployer.lower()  # the Safe's owner, threshold 1
+    sent = stack.chain.w3.eth.get_transaction(hashes["r1"])  # type: ignore[arg-type]
+    assert bytes(sent["input"])[:4].hex() == EXEC_TRANSACTION_SELECTOR
 
 
 def test_the_keys_never_show_in_logs_or_reprs(stack: Stack,
@@ -880,7 +885,7 @@ def test_a_refund_the_settlement_account_cannot_pay_yet_is_refused_softly(
 
     [answer] = stack.answers.calls
     assert not answer["succeeded"] and answer["failure"] is FailureClass.SOFT
-    assert "would revert" in answer["detail"]
+    assert "would revert" in answer["detail"] and SAFE_TRANSFER_FAILED in answer["detail"]
     assert stack.nonce(refunder) == nonce and stack.rows(s.onchain_transactions) == []
 
 

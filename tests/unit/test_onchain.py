@@ -12,9 +12,13 @@ from web3 import Web3
 
 from cardpay.bootstrap.relayer import RelayerNotConfigured, chain_targets
 from cardpay.handlers.onchain import (
-    REFUND_BATCH_SELECTOR,
+    DELEGATECALL,
+    EXEC_TRANSACTION_SELECTOR,
+    MULTI_SEND,
+    MULTI_SEND_SELECTOR,
     SPEND_SELECTOR,
     SPENDING_ROLE,
+    TRANSFER_SELECTOR,
     Fees,
     encode_refund_batch,
     encode_spend,
@@ -34,8 +38,11 @@ def test_the_selectors_are_the_contracts_functions() -> None:
     assert Web3.keccak(text="spend(address,address,address,uint256,bytes32)")[:4].hex() == \
         SPEND_SELECTOR
     assert Web3.keccak(text="SPENDING_ROLE").hex() == SPENDING_ROLE.removeprefix("0x")
-    assert Web3.keccak(text="refundBatch(address,address[],uint256[])")[:4].hex() == \
-        REFUND_BATCH_SELECTOR
+    safe_exec = ("execTransaction(address,uint256,bytes,uint8,uint256,uint256,uint256,address,"
+                 "address,bytes)")
+    assert Web3.keccak(text=safe_exec)[:4].hex() == EXEC_TRANSACTION_SELECTOR
+    assert Web3.keccak(text="multiSend(bytes)")[:4].hex() == MULTI_SEND_SELECTOR
+    assert Web3.keccak(text="transfer(address,uint256)")[:4].hex() == TRANSFER_SELECTOR
 
 
 def test_spend_and_refund_batch_encode_as_eth_abi_does() -> None:
@@ -43,9 +50,25 @@ def test_spend_and_refund_batch_encode_as_eth_abi_does() -> None:
     assert encode_spend(A, B, C, 12345, SPENDING_ROLE) == SPEND_SELECTOR + encode(
         ["address", "address", "address", "uint256", "bytes32"], [A, B, C, 12345, role]).hex()
     legs = [(B, 1), (C, 2**200), (D, 3)]
-    assert encode_refund_batch(A, legs) == REFUND_BATCH_SELECTOR + encode(
-        ["address", "address[]", "uint256[]"],
-        [A, [to for to, _ in legs], [amount for _, amount in legs]]).hex()
+    transfers = b"".join(
+        bytes(1) + bytes.fromhex(A[2:]) + (0).to_bytes(32, "big") + (68).to_bytes(32, "big")
+        + bytes.fromhex(TRANSFER_SELECTOR) + encode(["address", "uint256"], [to, amount])
+        for to, amount in legs)
+    multi_send = bytes.fromhex(MULTI_SEND_SELECTOR) + encode(["bytes"], [transfers])
+    zero = "0x" + "0" * 40
+
+    def execute(*owners: str) -> str:
+        signatures = b"".join(encode(["address", "uint256"], [o, 0]) + b"\x01" for o in owners)
+        return EXEC_TRANSACTION_SELECTOR + encode(
+            ["address", "uint256", "bytes", "uint8", "uint256", "uint256", "uint256", "address",
+             "address", "bytes"],
+            [MULTI_SEND, 0, multi_send, DELEGATECALL, 0, 0, 0, zero, zero, signatures]).hex()
+
+    assert encode_refund_batch(A, legs, [D]) == execute(D)
+    # a Safe takes its owners' signatures in ascending order of address, each once
+    assert encode_refund_batch(A, legs, [D, B, D.upper().replace("0X", "0x")]) == execute(B, D)
+    with pytest.raises(ValueError):
+        encode_refund_batch(A, legs, [])
     with pytest.raises(ValueError):
         encode_spend(A, B, C, -1, SPENDING_ROLE)
     with pytest.raises(ValueError):
