@@ -404,9 +404,9 @@ def _impersonate(settings: Settings, env: dict[str, str], notes: list[str],
             relayer = f"{found}, the Spender module's first enabled module"
         except RelayerNotConfigured as exc:
             relayer = f"nobody ({exc})"
-    notes.append(f"transactions: spends sent as {relayer}, refunds as the settlement "
-                 "account's owner (CARDPAY_SETTLEMENT_SENDER), impersonated on the fork "
-                 "(CARDPAY_TX_SIGNER=impersonate)")
+    notes.append(f"transactions: spends sent as {relayer}, refunds as the settlement Safe's "
+                 "first owner (CARDPAY_SETTLEMENT_SENDER; the fork's threshold set to 1), "
+                 "impersonated on the fork (CARDPAY_TX_SIGNER=impersonate)")
 
 
 # -- the children ------------------------------------------------------------------------------
