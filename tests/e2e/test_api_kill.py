@@ -29,7 +29,7 @@ from sqlalchemy import Engine, text
 from cardpay.bootstrap.lifecycle import lifecycle_stack, run_lifecycle
 from cardpay.settings import Settings
 from tests.support.api_process import env_for, free_port, wait_healthy
-from tests.support.lifecycle import assert_everything_agrees
+from tests.support.lifecycle import CALM_DEADLINE_MS, assert_everything_agrees
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,7 +68,8 @@ class KillableApi:
     def serve(self, settings: Settings, _engine: Engine) -> Iterator[str]:
         """The lifecycle stack's API starter: its settings as the process's environment."""
         assert settings.database_url is not None
-        extra = {"CARDPAY_SWEEP_INTERVAL_S": str(settings.sweep_interval_s)}
+        extra = {"CARDPAY_SWEEP_INTERVAL_S": str(settings.sweep_interval_s),
+                 "CARDPAY_AUTHORIZATION_DEADLINE_MS": str(settings.authorization_deadline_ms)}
         if settings.kafka_bootstrap:
             extra |= {"CARDPAY_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
                       "CARDPAY_KAFKA_TOPIC": settings.kafka_topic}
@@ -110,7 +111,8 @@ def test_kill_9_of_the_api_mid_lifecycle_ends_as_an_uninterrupted_run(
     # the simulator sends about 2.5 messages per payment: every kill lands within them
     targets = sorted(rng.sample(range(20, 2 * PAYMENTS), KILLS))
     api = KillableApi()
-    with lifecycle_stack(Settings(database_url=pg_url, data_dir=tmp_path), cardholders=20,
+    with lifecycle_stack(Settings(database_url=pg_url, data_dir=tmp_path,
+                                  authorization_deadline_ms=CALM_DEADLINE_MS), cardholders=20,
                          api=api.serve) as s:
         stop = threading.Event()
         errors: list[BaseException] = []

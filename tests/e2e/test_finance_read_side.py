@@ -21,7 +21,7 @@ from cardpay.postgres.repositories.api_tokens import PostgresTokenStore
 from cardpay.settings import Settings
 from domain.money import FIAT_TOKENS, fiat_currency
 from tests.support.cli import run_cardpay
-from tests.support.lifecycle import assert_everything_agrees
+from tests.support.lifecycle import CALM_DEADLINE_MS, assert_everything_agrees
 
 pytestmark = pytest.mark.e2e
 PAYMENTS = 250
@@ -46,7 +46,8 @@ def all_pages(client: httpx.Client, path: str, key: str) -> list[dict[str, Any]]
 
 def test_what_finance_reads_equals_the_simulators_expectation(pg_url: str,
                                                              tmp_path: Path) -> None:
-    settings = Settings(database_url=pg_url, data_dir=tmp_path)
+    settings = Settings(database_url=pg_url, data_dir=tmp_path,
+                        authorization_deadline_ms=CALM_DEADLINE_MS)
     with lifecycle_stack(settings, cardholders=20) as s:
         result = run_lifecycle(s, PAYMENTS, seed=23, duplicates=0.1, reorder=0.2, timeout=600)
         assert_everything_agrees(result, min_spent=PAYMENTS // 10)

@@ -24,7 +24,7 @@ from cardpay.devstack.gnosis_standin import (
 from cardpay.handlers.onchain import EXEC_TRANSACTION_SELECTOR
 from cardpay.settings import Settings
 from listener.decode import SPEND_TOPIC, TRANSFER_TOPIC
-from tests.support.lifecycle import assert_everything_agrees
+from tests.support.lifecycle import CALM_DEADLINE_MS, assert_everything_agrees
 
 pytestmark = pytest.mark.e2e
 
@@ -32,7 +32,8 @@ pytestmark = pytest.mark.e2e
 def test_the_lifecycle_on_a_fork_agrees_everywhere_with_impersonated_senders(
         pg_url: str, tmp_path: Path) -> None:
     payments = 40
-    settings = Settings(database_url=pg_url, data_dir=tmp_path)
+    settings = Settings(database_url=pg_url, data_dir=tmp_path,
+                        authorization_deadline_ms=CALM_DEADLINE_MS)
     with gnosis_standin(cardholders=8) as standin:
         fork_block = standin.fork_block
         source = ForkSource(standin.rpc_url, standin.deployment, fork_block)

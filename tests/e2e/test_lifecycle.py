@@ -32,7 +32,7 @@ import pytest
 
 from cardpay.bootstrap.lifecycle import lifecycle_stack, run_lifecycle
 from cardpay.settings import Settings
-from tests.support.lifecycle import assert_everything_agrees
+from tests.support.lifecycle import CALM_DEADLINE_MS, assert_everything_agrees
 
 pytestmark = pytest.mark.e2e
 
@@ -43,7 +43,8 @@ def test_payments_agree_across_the_network_the_chain_the_ledger_and_the_report(
     topic = f"lifecycle-{uuid.uuid4().hex[:8]}"
     kafka_broker.create_topic(topic, 3)
     settings = Settings(database_url=pg_url, data_dir=tmp_path,
-                        kafka_bootstrap=kafka_broker.bootstrap_servers, kafka_topic=topic)
+                        kafka_bootstrap=kafka_broker.bootstrap_servers, kafka_topic=topic,
+                        authorization_deadline_ms=CALM_DEADLINE_MS)
     with lifecycle_stack(settings, cardholders=40) as s:
         result = run_lifecycle(s, payments, seed=11, duplicates=0.1, reorder=0.2,
                                timeout=900)
