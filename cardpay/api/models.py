@@ -10,10 +10,19 @@ checked by the tests to convert.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+)
 
 from domain import network as n
 from domain.money import Money, fiat_currency
@@ -43,6 +52,30 @@ def _money(units: int, currency: str) -> Money:
 
 def _utc(when: datetime) -> datetime:
     return when.astimezone(UTC)
+
+
+RFC3339_DATE_TIME = re.compile(
+    r"^([0-9]{4}-[0-9]{2}-[0-9]{2})[Tt]([0-9]{2}:[0-9]{2}:[0-9]{2})(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})$")
+"""RFC 3339's `date-time`, what the OpenAPI document's `format: date-time` means."""
+
+
+def _rfc3339(value: Any) -> Any:
+    """A JSON string in RFC 3339's form, as a datetime (fractions past microseconds cut);
+    anything else is left to pydantic's strict check, which refuses it. Pydantic alone, even
+    strict, takes a string of digits as seconds since 1970 ("5" → 1970-01-01T00:00:05Z), a
+    value the document says is refused (schemathesis found it)."""
+    if not isinstance(value, str):
+        return value
+    found = RFC3339_DATE_TIME.match(value)
+    if found is None:
+        raise ValueError("not an RFC 3339 date-time (such as 2026-12-03T10:00:00Z)")
+    day, clock, fraction, offset = found.groups()
+    micro = (fraction or "")[:7]
+    return datetime.fromisoformat(f"{day}T{clock}{micro}{offset.upper().replace('Z', '+00:00')}")
+
+
+NetworkTime = Annotated[AwareDatetime, BeforeValidator(_rfc3339)]
+"""A network message's `network_time`: an RFC 3339 date-time with its offset, read as UTC."""
 
 
 class Wire(BaseModel):
@@ -78,7 +111,7 @@ class AuthorizationRequestBody(Wire):
     amount: Amount
     currency: CurrencyCode
     merchant: MerchantBody
-    network_time: AwareDatetime
+    network_time: NetworkTime
     partial_approval_supported: bool = False
 
     def to_domain(self) -> n.AuthorizationRequest:
@@ -107,7 +140,7 @@ class AuthorizationAdviceBody(Wire):
     currency: CurrencyCode
     merchant: MerchantBody
     reason: Id
-    network_time: AwareDatetime
+    network_time: NetworkTime
 
     def to_domain(self) -> n.AuthorizationAdvice:
         return n.AuthorizationAdvice(
@@ -130,7 +163,7 @@ class IncrementalAuthorizationBody(Wire):
     card_id: Id
     amount: Amount
     currency: CurrencyCode
-    network_time: AwareDatetime
+    network_time: NetworkTime
 
     def to_domain(self) -> n.IncrementalAuthorization:
         return n.IncrementalAuthorization(
@@ -150,7 +183,7 @@ class AuthorizationReversalBody(Wire):
     amount: Amount
     currency: CurrencyCode
     full: bool
-    network_time: AwareDatetime
+    network_time: NetworkTime
 
     def to_domain(self) -> n.AuthorizationReversal:
         return n.AuthorizationReversal(
@@ -165,7 +198,7 @@ class AuthorizationExpiryBody(Wire):
     model_config = _example(type="authorization_expiry", authorization_id="auth_01")
     type: Literal["authorization_expiry"]
     authorization_id: Id
-    network_time: AwareDatetime
+    network_time: NetworkTime
 
     def to_domain(self) -> n.AuthorizationExpiry:
         return n.AuthorizationExpiry(authorization_id=self.authorization_id,
@@ -184,7 +217,7 @@ class ClearingBody(Wire):
     amount: Amount
     currency: CurrencyCode
     final: bool = True
-    network_time: AwareDatetime
+    network_time: NetworkTime
 
     def to_domain(self) -> n.Clearing:
         return n.Clearing(
@@ -204,7 +237,7 @@ class FinancialAuthorizationBody(Wire):
     amount: Amount
     currency: CurrencyCode
     merchant: MerchantBody
-    network_time: AwareDatetime
+    network_time: NetworkTime
 
     def to_domain(self) -> n.FinancialAuthorization:
         return n.FinancialAuthorization(
@@ -224,7 +257,7 @@ class ForcePostBody(Wire):
     amount: Amount
     currency: CurrencyCode
     merchant: MerchantBody
-    network_time: AwareDatetime
+    network_time: NetworkTime
 
     def to_domain(self) -> n.ForcePost:
         return n.ForcePost(
@@ -247,7 +280,7 @@ class ReturnBody(Wire):
     merchant: MerchantBody
     authorization_id: Id | None = None
     clearing_id: Id | None = None
-    network_time: AwareDatetime
+    network_time: NetworkTime
 
     def to_domain(self) -> n.Return:
         return n.Return(
@@ -268,7 +301,7 @@ class ReturnReversalBody(Wire):
     card_id: Id
     amount: Amount
     currency: CurrencyCode
-    network_time: AwareDatetime
+    network_time: NetworkTime
 
     def to_domain(self) -> n.ReturnReversal:
         return n.ReturnReversal(
@@ -315,7 +348,7 @@ class SettlementReportBody(Wire):
     currency: CurrencyCode
     funds_transfer_date: date
     lines: Annotated[list[SettlementLineBody], Field(min_length=1, max_length=64)]
-    network_time: AwareDatetime
+    network_time: NetworkTime
 
     def to_domain(self) -> n.SettlementReport:
         return n.SettlementReport(

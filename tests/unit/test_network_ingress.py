@@ -133,16 +133,31 @@ def test_every_example_converts_to_its_domain_message() -> None:
     (AuthorizationRequestBody, "network_time", 1796195930),
     (EVENT_MODELS[-1], "settlement_date", 20261201),
     (EVENT_MODELS[-1], "network_time", 1796195930.5),
+    # strings pydantic's strict mode still reads as seconds, or that are not RFC 3339's form
+    (AuthorizationRequestBody, "network_time", "5"),
+    (EVENT_MODELS[-1], "network_time", "1796195930"),
+    (AuthorizationRequestBody, "network_time", "2026-12-03 10:00:00Z"),
+    (AuthorizationRequestBody, "network_time", "2026-12-03T10:00:00"),
 ])
 def test_a_value_of_another_json_type_is_refused_not_coerced(model: Any, field: str,
                                                             value: Any) -> None:
     """The OpenAPI document declares booleans, date-times and dates; schemathesis found that
-    lax parsing took 0 for false and a number of seconds for a time."""
+    lax parsing took 0 for false and a number of seconds for a time, and that strict parsing
+    still took a string of digits as seconds."""
     body = json.dumps({**examples(model)[0], field: value})
     adapter = AUTHORIZATION if model is AuthorizationRequestBody else EVENTS
     with pytest.raises(ValidationError) as refused:
         adapter.validate_json(body)
     assert refused.value.errors()[0]["loc"][-1] == field
+
+
+@pytest.mark.parametrize("when", ["2026-12-03T10:00:00Z", "2026-12-03t10:00:00.125+01:00",
+                                  "2026-12-03T10:00:00-05:30"])
+def test_an_rfc3339_network_time_is_read_as_utc(when: str) -> None:
+    body = json.dumps({**examples(AuthorizationRequestBody)[0], "network_time": when})
+    parsed = AUTHORIZATION.validate_json(body)
+    assert parsed.network_time.utcoffset() is not None
+    assert parsed.to_domain().network_time.tzinfo == UTC
 
 
 def test_a_one_line_reason_is_printable_and_bounded() -> None:
