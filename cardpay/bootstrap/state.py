@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
+import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -27,6 +29,7 @@ from cardpay.handlers.reconciliation import reconcile_day
 from cardpay.metrics.state import StateMetrics
 from cardpay.postgres.health import feed_lag, read_state
 from cardpay.postgres.reconciliation import PostgresReconciliationSource
+from cardpay.runtime.processes import parent_death_signal
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +78,22 @@ Breaks = Callable[[Sequence[date]], Awaitable[dict[str, int]]]
 """The breaks per currency over some days, awaited by the refresh loop."""
 
 
+def _die_with(parent: int) -> None:
+    """The worker's initializer: the kernel sends it SIGTERM when the process that started it
+    dies, `kill -9` included (Linux), so a killed API leaves no worker behind; if that parent is
+    already gone, the worker stops at once."""
+    set_pdeathsig = parent_death_signal(signal.SIGTERM)
+    if set_pdeathsig is not None:
+        set_pdeathsig()
+    if os.getppid() != parent:
+        os._exit(0)
+
+
 class ReconcilerProcess:
     """Runs the reconciliation of some days in one worker process (started on first use, with
     `spawn`: a fresh interpreter, not a fork of the API's threads and connections), so its CPU
-    never holds the API's interpreter lock. `close` stops the worker."""
+    never holds the API's interpreter lock. `close` stops the worker; the API's death does too
+    (`_die_with`)."""
 
     def __init__(self, url: str) -> None:
         self._url = url
@@ -87,7 +102,8 @@ class ReconcilerProcess:
     async def __call__(self, days: Sequence[date]) -> dict[str, int]:
         if self._pool is None:
             self._pool = ProcessPoolExecutor(
-                max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+                max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_die_with, initargs=(os.getpid(),))
         return await asyncio.get_running_loop().run_in_executor(
             self._pool, breaks_at, self._url, list(days))
 

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
@@ -323,3 +324,42 @@ def test_the_api_reconciles_in_a_worker_process_of_its_own(pg_url: str, pg_engin
     while workers[0].is_alive() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not workers[0].is_alive()  # closed: the worker does not outlive the API
+
+
+WORKER_OF_A_KILLED_API = """
+import asyncio, sys
+from datetime import date
+from cardpay.bootstrap.state import ReconcilerProcess
+reconciler = ReconcilerProcess(sys.argv[1])
+asyncio.run(reconciler([date(2026, 12, 1)]))
+print(*reconciler._pool._processes, flush=True)
+sys.stdin.read()  # until killed
+"""
+
+
+def test_the_reconcile_worker_dies_with_a_killed_api(pg_url: str) -> None:
+    """kill -9 of the process that started the worker (the API) leaves no worker behind: the
+    kernel's parent-death signal stops it (before, each killed API left one running)."""
+    parent = subprocess.Popen([sys.executable, "-c", WORKER_OF_A_KILLED_API, pg_url],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        [worker] = [int(pid) for pid in parent.stdout.readline().split()]
+        os.kill(worker, 0)  # running
+        parent.kill()
+        parent.wait(10)
+        deadline = time.monotonic() + 10
+        while _running(worker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _running(worker)
+    finally:
+        parent.kill()
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan is reaped by init, which may take a moment)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
