@@ -10,8 +10,8 @@ import pytest
 from domain.commands import ConfirmSpend, RecordSettlementTransfer
 from domain.events import ChainEvidence
 from domain.money import Currency, Money
-from listener.classify import Kind, classify, drop_mirrors
-from listener.decode import SPEND_TOPIC, TRANSFER_TOPIC, Transfer, decode
+from listener.classify import Kind, classify, drop_mirrors, spend_cardholders
+from listener.decode import SPEND_TOPIC, TRANSFER_TOPIC, Spend, Transfer, decode
 from listener.logs import Log, parse_log
 from listener.presets import GNOSIS, ZERO, ChainConfig
 from listener.translate import Translation, payment_id_for_spend, translate
@@ -393,3 +393,54 @@ def test_commands_come_out_in_chain_order() -> None:
         (11, 1), (11, 4), (12, 0)]
     assert [type(cmd) for cmd in out.commands] == [
         RecordSettlementTransfer, ConfirmSpend, RecordSettlementTransfer]
+
+
+def _scan_cardholders(spends: list[Spend], transfers: list[Transfer],
+                      config: ChainConfig) -> list[str | None]:
+    """The reference: every Spend scans its transaction's transfers for the nearest matching one
+    before it not taken yet (what `spend_cardholders` did before it indexed them)."""
+    taken: set[tuple[str, int]] = set()
+    out: list[str | None] = []
+    for spend in spends:
+        best: Transfer | None = None
+        for t in transfers:
+            if (t.log.tx_hash == spend.log.tx_hash and t.log.log_index < spend.log.log_index
+                    and (t.log.block_hash, t.log.log_index) not in taken
+                    and config.canonical(t.token) == config.canonical(spend.asset)
+                    and t.recipient == spend.receiver and t.value == spend.amount
+                    and (best is None or t.log.log_index > best.log.log_index)):
+                best = t
+        if best is not None:
+            taken.add((best.log.block_hash, best.log.log_index))
+        out.append(None if best is None else best.sender)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_spend_cardholders_indexed_equals_the_scan_of_every_transfer(seed: int) -> None:
+    """Random transactions of interleaved transfers and spends — equal amounts from several
+    Safes, v1 and v2 token addresses, other receivers, spends with no transfer — pair as the
+    quadratic scan did."""
+    import random
+
+    rng = random.Random(seed)
+    safes = [f"0x{i:040x}" for i in range(1, 6)]
+    tokens = [*next(iter(GNOSIS.mirrors.items())), EURE]  # a v1 frontend, its v2 token, another
+    transfers: list[Transfer] = []
+    spends: list[Spend] = []
+    index = 0  # log indexes run through the block
+    for tx in range(rng.randint(1, 4)):
+        tx_hash = "0x" + f"{seed:032x}{tx:032x}"
+        for _ in range(rng.randint(1, 40)):
+            log = Log(EURE, (), "0x", 10, block_hash(10), tx_hash, tx, index)
+            index += 1
+            amount = rng.choice((100, 200, 300))
+            receiver = SETTLEMENT if rng.random() < 0.9 else safes[0]
+            if rng.random() < 0.55:
+                transfers.append(Transfer(log, rng.choice(tokens), rng.choice(safes), receiver,
+                                          amount))
+            else:
+                spends.append(Spend(log, SPENDER, rng.choice(tokens), ROLES, receiver, amount))
+    rng.shuffle(transfers)
+    assert spend_cardholders(spends, transfers, GNOSIS) == \
+        _scan_cardholders(spends, transfers, GNOSIS)
