@@ -59,11 +59,11 @@ MULTI_SEND = "0xa238cbeb142c10ef7ad8442c6d1f9e89e07e7761"
 through on mainnet (gnosis-pay-onchain.md, the recorded batch of 45 refunds); the local replicas
 put it at the same address."""
 DELEGATECALL = 1
+"""A Safe transaction's `operation`: 0 call, 1 delegatecall (MultiSend has to be delegatecalled
+so that its calls come from the Safe)."""
 SAFE_TRANSFER_FAILED = " (Safe GS013: a transfer of the batch failed, the settlement account " \
     "may be short of the token)"
 """What a Safe's GS013 means for a refund batch: MultiSend's call failed, no reason given."""
-"""A Safe transaction's `operation`: 0 call, 1 delegatecall (MultiSend has to be delegatecalled
-so that its calls come from the Safe)."""
 
 
 def spend_link(chain_payment_id: str) -> str:
