@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -189,8 +190,7 @@ def test_on_the_fork_refunds_are_sent_as_the_settlement_safes_first_owner(
         assert "\n" not in str(info.value)
         owner = Settings(tx_signer="impersonate", settlement_sender=d.deployer)
         assert settlement_sender_address(owner, fork_config(), node) == d.deployer.lower()
-        not_a_safe = fork_config().__class__(**{**fork_config().__dict__,
-                                                "settlement": NEW_SPENDER_MODULE})
+        not_a_safe = dataclasses.replace(fork_config(), settlement=NEW_SPENDER_MODULE)
         with pytest.raises(RelayerNotConfigured, match="does not answer getOwners"):
             settlement_sender_address(impersonating, not_a_safe, node)
 
