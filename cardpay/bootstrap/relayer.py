@@ -96,6 +96,20 @@ def _node(settings: Settings, rpc_url: str | None) -> RpcNode:
     return ImpersonatingNode(rpc) if settings.impersonate else RpcNode(rpc)
 
 
+def _view(node: RpcNode, to: str, function: str, selector: str,
+          arguments: tuple[list[str], list[Any]], returns: list[str], refused: str,
+          advice: str = "") -> tuple[Any, ...]:
+    """One view call (`eth_call` at the latest block), its arguments and answer in eth-abi.
+    RelayerNotConfigured in one line — `refused`, the function and the cause, `advice` — when
+    the node or the contract does not answer so."""
+    call = "0x" + selector + abi_encode(*arguments).hex()
+    try:
+        answer = str(node.call(to, call))
+        return tuple(abi_decode(returns, bytes.fromhex(answer.removeprefix("0x"))))
+    except (ValueError, DecodingError, CardpayError, ListenerError) as exc:
+        raise RelayerNotConfigured(f"{refused} ({function}: {exc}){advice}") from None
+
+
 MODULES_PAGE_SELECTOR = "cc2f8452"
 """getModulesPaginated(address start, uint256 pageSize) on a Zodiac module (or a Safe): who may
 call the Spender module's `spend`."""
@@ -108,16 +122,11 @@ def first_enabled_module(node: RpcNode, spender_module: str) -> str:
     answer `(address[] array, address next)` decoded by eth-abi), lowercase, as the node says: an
     account its `spend` accepts without a signature (Zodiac's `moduleOnly`).
     RelayerNotConfigured, in one line, when it has none or does not answer."""
-    call = "0x" + MODULES_PAGE_SELECTOR + abi_encode(["address", "uint256"],
-                                                      [SENTINEL_MODULES, 10]).hex()
-    try:
-        answer = str(node.call(spender_module, call))
-        found, _ = abi_decode(["address[]", "address"], bytes.fromhex(answer.removeprefix("0x")))
-        modules = [str(module).lower() for module in found]
-    except (ValueError, DecodingError, CardpayError, ListenerError) as exc:
-        raise RelayerNotConfigured(
-            f"the Spender module {spender_module} does not list its modules "
-            f"(getModulesPaginated: {exc}); set CARDPAY_RELAYER_ADDRESS") from None
+    found, _ = _view(node, spender_module, "getModulesPaginated", MODULES_PAGE_SELECTOR,
+                     (["address", "uint256"], [SENTINEL_MODULES, 10]), ["address[]", "address"],
+                     f"the Spender module {spender_module} does not list its modules",
+                     "; set CARDPAY_RELAYER_ADDRESS")
+    modules = [str(module).lower() for module in found]
     if not modules:
         raise RelayerNotConfigured(
             f"the Spender module {spender_module} has no enabled module to impersonate; "
@@ -136,26 +145,22 @@ def spend_sender_address(settings: Settings, config: ChainConfig, node: RpcNode)
     return first_enabled_module(node, chain_targets(config).spender_module)
 
 
-GET_OWNERS_SELECTOR = "0xa0e67e2b"
+GET_OWNERS_SELECTOR = "a0e67e2b"
 """getOwners() on a Safe: its owners, in the order its owner list keeps them."""
-GET_THRESHOLD_SELECTOR = "0xe75235b8"
+GET_THRESHOLD_SELECTOR = "e75235b8"
 """getThreshold() on a Safe: how many owners must sign a transaction."""
-IS_OWNER_SELECTOR = "0x2f54bf6e"
+IS_OWNER_SELECTOR = "2f54bf6e"
 """isOwner(address) on a Safe."""
 SAFE_THRESHOLD_SLOT = 4
 """Where Safe v1.3.0 keeps its threshold (singleton, modules, owners, ownerCount, threshold)."""
 
 
-def _safe_read(node: RpcNode, safe: str, call: str, types: list[str], what: str) -> Any:
-    """One view call of the settlement Safe, decoded by eth-abi; RelayerNotConfigured, in one
-    line, when it does not answer as a Safe does."""
-    try:
-        answer = str(node.call(safe, call))
-        return abi_decode(types, bytes.fromhex(answer.removeprefix("0x")))[0]
-    except (ValueError, DecodingError, CardpayError, ListenerError) as exc:
-        raise RelayerNotConfigured(
-            f"the settlement account {safe} does not answer {what} as a Safe does ({exc}): "
-            "refunds are sent through a Safe v1.3.0") from None
+def _safe_read(node: RpcNode, safe: str, function: str, selector: str,
+               arguments: tuple[list[str], list[Any]], returns: str) -> Any:
+    """One value read from the settlement Safe (`_view`)."""
+    return _view(node, safe, function, selector, arguments, [returns],
+                 f"the settlement account {safe} does not answer as a Safe does",
+                 ": refunds are sent through a Safe v1.3.0")[0]
 
 
 def settlement_sender_address(settings: Settings, config: ChainConfig, node: RpcNode) -> str:
@@ -165,30 +170,34 @@ def settlement_sender_address(settings: Settings, config: ChainConfig, node: Rpc
     safe = config.settlement
     sender = settings.settlement_sender
     if not sender:
-        owners = _safe_read(node, safe, GET_OWNERS_SELECTOR, ["address[]"], "getOwners()")
+        owners = _safe_read(node, safe, "getOwners", GET_OWNERS_SELECTOR, ([], []), "address[]")
         if not owners:
             raise RelayerNotConfigured(f"the settlement Safe {safe} has no owner to impersonate; "
                                        "set CARDPAY_SETTLEMENT_SENDER")
         return str(owners[0]).lower()
-    call = IS_OWNER_SELECTOR + abi_encode(["address"], [sender]).hex()
-    if not _safe_read(node, safe, call, ["bool"], "isOwner"):
+    if not _safe_read(node, safe, "isOwner", IS_OWNER_SELECTOR, (["address"], [sender]), "bool"):
         raise RelayerNotConfigured(f"CARDPAY_SETTLEMENT_SENDER {sender} is not an owner of the "
                                    f"settlement Safe {safe}")
     return sender.lower()
+
+
+def _threshold(node: RpcNode, safe: str) -> int:
+    return int(_safe_read(node, safe, "getThreshold", GET_THRESHOLD_SELECTOR, ([], []),
+                          "uint256"))
 
 
 def one_owner_signs(node: ImpersonatingNode, safe: str) -> int:
     """On a fork, where nobody holds the other owners' keys: make the settlement Safe take one
     owner's signature, its threshold set to 1 in its storage (`anvil_setStorageAt`, slot 4 of
     Safe v1.3.0) and read back. Returns the threshold it had (logged when it changes)."""
-    had = int(_safe_read(node, safe, GET_THRESHOLD_SELECTOR, ["uint256"], "getThreshold()"))
+    had = _threshold(node, safe)
     if had != 1:
         try:
             node.set_storage(safe, SAFE_THRESHOLD_SLOT, 1)
         except (CardpayError, ListenerError) as exc:
             raise RelayerNotConfigured(f"cannot set the settlement Safe's threshold on this "
                                        f"node: {exc}") from None
-        now = int(_safe_read(node, safe, GET_THRESHOLD_SELECTOR, ["uint256"], "getThreshold()"))
+        now = _threshold(node, safe)
         if now != 1:
             raise RelayerNotConfigured(
                 f"the settlement Safe {safe} still has threshold {now} after setting slot "

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from cardpay.bootstrap.lifecycle import ForkSource, lifecycle_stack, run_lifecycle
+from cardpay.bootstrap.relayer import SAFE_THRESHOLD_SLOT
 from cardpay.devstack.gnosis_standin import (
     SETTLEMENT_OWNER,
     SETTLEMENT_THRESHOLD,
@@ -54,8 +55,9 @@ def test_the_lifecycle_on_a_fork_agrees_everywhere_with_impersonated_senders(
             refund_senders = {str(tx["from"]).lower() for tx in refund_txs}
             refund_calls = {(str(tx["to"]).lower(), bytes(tx["input"])[:4].hex())
                             for tx in refund_txs}
-            thresholds = [int(chain.eth.get_storage_at(s.deployment.settlement_account, 4).hex(),
-                              16) for chain in (w3, standin.chain.w3)]
+            thresholds = [int(chain.eth.get_storage_at(s.deployment.settlement_account,
+                                                       SAFE_THRESHOLD_SLOT).hex(), 16)
+                          for chain in (w3, standin.chain.w3)]
     assert_everything_agrees(result, min_spent=3)
     assert spends and senders == {SPENDER_DELEGATE}
     assert refunds and refund_senders == {SETTLEMENT_OWNER}

@@ -191,7 +191,7 @@ def test_on_the_fork_refunds_are_sent_as_the_settlement_safes_first_owner(
         owner = Settings(tx_signer="impersonate", settlement_sender=d.deployer)
         assert settlement_sender_address(owner, fork_config(), node) == d.deployer.lower()
         not_a_safe = dataclasses.replace(fork_config(), settlement=NEW_SPENDER_MODULE)
-        with pytest.raises(RelayerNotConfigured, match="does not answer getOwners"):
+        with pytest.raises(RelayerNotConfigured, match=r"does not answer as a Safe does \(getOwners"):
             settlement_sender_address(impersonating, not_a_safe, node)
 
 
